@@ -1,0 +1,112 @@
+//! Content digests: SHA-256 of files as written, and a layout-independent
+//! digest of a model's tensors.
+//!
+//! A *tensor digest* is SHA-256 over a canonical encoding of the tensor's
+//! name, dtype, shape and data; the *tensor root* is SHA-256 over the sorted
+//! list of (name, tensor digest). Two models with the same tensors have the
+//! same root however they are sharded, ordered or re-saved. The exact byte
+//! layout is specified in `docs/formats.md`.
+
+use sha2::{Digest, Sha256};
+
+use crate::model::TensorRef;
+
+/// Domain string of a tensor digest.
+const TENSOR_DOMAIN: &[u8] = b"weightmark/v1 tensor\0";
+/// Domain string of the tensor root.
+const ROOT_DOMAIN: &[u8] = b"weightmark/v1 tensor root\0";
+
+/// A 32-byte SHA-256 digest.
+pub type Sha256Digest = [u8; 32];
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Parses lower- or upper-case hex into exactly `N` bytes.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Starts a tensor digest over the tensor's identity (name, dtype, shape);
+/// feed the data bytes next, then finalize.
+pub fn tensor_hasher(name: &str, dtype: &str, shape: &[usize]) -> Sha256 {
+    let mut h = Sha256::new();
+    h.update(TENSOR_DOMAIN);
+    h.update((name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update((dtype.len() as u64).to_le_bytes());
+    h.update(dtype.as_bytes());
+    h.update((shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        h.update((d as u64).to_le_bytes());
+    }
+    h
+}
+
+/// Digest of one tensor's name, dtype, shape and data.
+pub fn tensor_digest(t: &TensorRef<'_>) -> Sha256Digest {
+    let mut h = tensor_hasher(t.name, t.dtype.name(), t.shape);
+    h.update(t.data);
+    h.finalize().into()
+}
+
+/// Root digest over (name, tensor digest) pairs, sorted by name.
+pub fn tensor_root(digests: &[(String, Sha256Digest)]) -> Sha256Digest {
+    let mut sorted: Vec<&(String, Sha256Digest)> = digests.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    h.update(ROOT_DOMAIN);
+    h.update((sorted.len() as u64).to_le_bytes());
+    for (name, d) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(d);
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(from_hex::<4>("0001ABff"), Some(b));
+        assert_eq!(from_hex::<4>("0001ab"), None);
+        assert_eq!(from_hex::<2>("zz00"), None);
+    }
+
+    #[test]
+    fn root_ignores_order() {
+        let a = ("a".to_string(), [1u8; 32]);
+        let b = ("b".to_string(), [2u8; 32]);
+        assert_eq!(tensor_root(&[a.clone(), b.clone()]), tensor_root(&[b, a]));
+    }
+
+    #[test]
+    fn known_answer_empty_root() {
+        // SHA-256 of the domain string followed by a zero count.
+        let mut h = Sha256::new();
+        h.update(b"weightmark/v1 tensor root\0");
+        h.update(0u64.to_le_bytes());
+        let expected: Sha256Digest = h.finalize().into();
+        assert_eq!(tensor_root(&[]), expected);
+    }
+}

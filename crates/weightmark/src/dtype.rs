@@ -1,0 +1,378 @@
+//! Element types of safetensors files and the conversions the mark needs.
+//!
+//! Marking reads elements into `f64`, adds the mark, and writes them back in
+//! the tensor's own dtype with *keyed stochastic rounding*: a value `v` that
+//! falls between two representable neighbours `lo < v < hi` becomes `hi` with
+//! probability `(v - lo) / (hi - lo)` and `lo` otherwise. The expected result
+//! is exactly `v`, so a mark much smaller than the dtype's spacing (common in
+//! bf16) still shifts every element by `a * p` on average instead of vanishing
+//! under round-to-nearest. The uniform numbers come from a keyed stream (see
+//! [`crate::pattern`]) so the output is reproducible.
+
+use half::{bf16, f16};
+
+/// A safetensors element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dtype {
+    /// Boolean, one byte.
+    Bool,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Signed 8-bit integer.
+    I8,
+    /// 8-bit float, 5 exponent bits, 2 mantissa bits.
+    F8E5M2,
+    /// 8-bit float, 4 exponent bits, 3 mantissa bits (no infinities).
+    F8E4M3,
+    /// 8-bit exponent-only scale format.
+    F8E8M0,
+    /// Signed 16-bit integer.
+    I16,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// Signed 32-bit integer.
+    I32,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+    /// Signed 64-bit integer.
+    I64,
+    /// Unsigned 64-bit integer.
+    U64,
+    /// Complex number of two f32.
+    C64,
+}
+
+impl Dtype {
+    /// Every dtype, in a fixed order.
+    pub const ALL: [Dtype; 17] = [
+        Dtype::Bool,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F8E5M2,
+        Dtype::F8E4M3,
+        Dtype::F8E8M0,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::F64,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::C64,
+    ];
+
+    /// Parses the dtype name used in safetensors headers (`"F32"`, `"BF16"`, ...).
+    pub fn from_name(name: &str) -> Option<Dtype> {
+        Dtype::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The dtype's name as written in safetensors headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bool => "BOOL",
+            Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
+            Dtype::F8E5M2 => "F8_E5M2",
+            Dtype::F8E4M3 => "F8_E4M3",
+            Dtype::F8E8M0 => "F8_E8M0",
+            Dtype::I16 => "I16",
+            Dtype::U16 => "U16",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I32 => "I32",
+            Dtype::U32 => "U32",
+            Dtype::F32 => "F32",
+            Dtype::F64 => "F64",
+            Dtype::I64 => "I64",
+            Dtype::U64 => "U64",
+            Dtype::C64 => "C64",
+        }
+    }
+
+    /// Size of one element in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E8M0 => 1,
+            Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
+            Dtype::F64 | Dtype::I64 | Dtype::U64 | Dtype::C64 => 8,
+        }
+    }
+
+    /// Whether a mark can be written into tensors of this dtype.
+    pub fn is_markable(self) -> bool {
+        matches!(self, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
+    }
+
+    /// Whether detection can read tensors of this dtype as real numbers.
+    pub fn is_readable(self) -> bool {
+        self.is_markable() || matches!(self, Dtype::F8E4M3 | Dtype::F8E5M2)
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Decodes little-endian elements of a readable float dtype into `out`
+/// (cleared first). Returns `false` (and leaves `out` empty) for a dtype that
+/// [`Dtype::is_readable`] rejects. A trailing partial element is ignored.
+pub fn decode_f64(dtype: Dtype, bytes: &[u8], out: &mut Vec<f64>) -> bool {
+    out.clear();
+    match dtype {
+        Dtype::F64 => out.extend(
+            bytes.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        ),
+        Dtype::F32 => out.extend(
+            bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        Dtype::F16 => out
+            .extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())),
+        Dtype::BF16 => out
+            .extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())),
+        Dtype::F8E4M3 => out.extend(bytes.iter().map(|&b| f8_e4m3_to_f64(b))),
+        Dtype::F8E5M2 => out.extend(bytes.iter().map(|&b| f8_e5m2_to_f64(b))),
+        _ => return false,
+    }
+    true
+}
+
+/// Decodes an OCP FP8 E4M3 ("fn": no infinities, one NaN pattern) byte.
+pub fn f8_e4m3_to_f64(b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((b >> 3) & 0x0f);
+    let man = f64::from(b & 0x07);
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f64::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f64.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f64.powi(exp - 7)
+    }
+}
+
+/// Decodes an OCP FP8 E5M2 byte (IEEE-like, with infinities and NaNs).
+pub fn f8_e5m2_to_f64(b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((b >> 2) & 0x1f);
+    let man = f64::from(b & 0x03);
+    match exp {
+        0 => sign * man / 4.0 * 2f64.powi(-14),
+        0x1f if man == 0.0 => sign * f64::INFINITY,
+        0x1f => f64::NAN,
+        _ => sign * (1.0 + man / 4.0) * 2f64.powi(exp - 15),
+    }
+}
+
+/// Rounds `v` to a markable dtype with keyed stochastic rounding and writes the
+/// little-endian bytes into `out` (which must be exactly one element long).
+///
+/// `uniform` is a keyed 32-bit uniform number. Returns `false`, writing
+/// nothing, when `v` is not finite or would overflow the dtype: the caller
+/// keeps the original element then.
+pub fn encode_stochastic(dtype: Dtype, v: f64, uniform: u32, out: &mut [u8]) -> bool {
+    if !v.is_finite() {
+        return false;
+    }
+    match dtype {
+        Dtype::F64 => out.copy_from_slice(&v.to_le_bytes()),
+        Dtype::F32 => match round_stochastic::<f32>(v, uniform) {
+            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
+            None => return false,
+        },
+        Dtype::F16 => match round_stochastic::<f16>(v, uniform) {
+            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
+            None => return false,
+        },
+        Dtype::BF16 => match round_stochastic::<bf16>(v, uniform) {
+            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
+            None => return false,
+        },
+        _ => return false,
+    }
+    true
+}
+
+/// Rounds `v` to a markable dtype (round to nearest, ties to even) and writes
+/// the little-endian bytes into `out`. Returns `false`, writing nothing, when
+/// the result would not be finite.
+pub fn encode_nearest(dtype: Dtype, v: f64, out: &mut [u8]) -> bool {
+    if !v.is_finite() {
+        return false;
+    }
+    match dtype {
+        Dtype::F64 => out.copy_from_slice(&v.to_le_bytes()),
+        Dtype::F32 if (v as f32).is_finite() => out.copy_from_slice(&(v as f32).to_le_bytes()),
+        Dtype::F16 if f16::from_f64(v).is_finite() => {
+            out.copy_from_slice(&f16::from_f64(v).to_le_bytes())
+        }
+        Dtype::BF16 if bf16::from_f64(v).is_finite() => {
+            out.copy_from_slice(&bf16::from_f64(v).to_le_bytes())
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// The operations stochastic rounding needs from a narrow float type.
+trait NarrowFloat: Copy {
+    fn from_f64_nearest(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn next_up(self) -> Self;
+    fn next_down(self) -> Self;
+}
+
+impl NarrowFloat for f32 {
+    fn from_f64_nearest(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn next_up(self) -> Self {
+        f32::next_up(self)
+    }
+    fn next_down(self) -> Self {
+        f32::next_down(self)
+    }
+}
+
+/// Next representable value above or below a 16-bit float given by its bits,
+/// for finite inputs (sign-magnitude encoding, as for every IEEE-like type).
+fn step_bits16(bits: u16, up: bool) -> u16 {
+    let negative = bits & 0x8000 != 0;
+    let magnitude = bits & 0x7fff;
+    match (magnitude == 0, negative == up) {
+        // +-0 stepping away from zero: smallest subnormal of the right sign.
+        (true, _) => {
+            if up {
+                0x0001
+            } else {
+                0x8001
+            }
+        }
+        // Moving toward zero: magnitude shrinks.
+        (false, true) => bits - 1,
+        // Moving away from zero: magnitude grows.
+        (false, false) => bits + 1,
+    }
+}
+
+macro_rules! narrow_half {
+    ($t:ty) => {
+        impl NarrowFloat for $t {
+            fn from_f64_nearest(v: f64) -> Self {
+                <$t>::from_f64(v)
+            }
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn next_up(self) -> Self {
+                <$t>::from_bits(step_bits16(self.to_bits(), true))
+            }
+            fn next_down(self) -> Self {
+                <$t>::from_bits(step_bits16(self.to_bits(), false))
+            }
+        }
+    };
+}
+narrow_half!(f16);
+narrow_half!(bf16);
+
+/// Keyed stochastic rounding of `v` to `T`; `None` when the result would not be
+/// finite.
+fn round_stochastic<T: NarrowFloat>(v: f64, uniform: u32) -> Option<T> {
+    let nearest = T::from_f64_nearest(v);
+    let nv = nearest.to_f64();
+    if !nv.is_finite() {
+        return None;
+    }
+    if nv == v {
+        return Some(nearest);
+    }
+    let (lo, hi) = if nv < v { (nearest, nearest.next_up()) } else { (nearest.next_down(), nearest) };
+    let (lo_v, hi_v) = (lo.to_f64(), hi.to_f64());
+    if !lo_v.is_finite() || !hi_v.is_finite() {
+        return Some(nearest);
+    }
+    let p_hi = (v - lo_v) / (hi_v - lo_v);
+    // uniform / 2^32 is in [0, 1); choosing `hi` when it falls below p_hi makes
+    // P(hi) = p_hi up to 2^-32.
+    let u = f64::from(uniform) * (1.0 / 4_294_967_296.0);
+    Some(if u < p_hi { hi } else { lo })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in Dtype::ALL {
+            assert_eq!(Dtype::from_name(d.name()), Some(d));
+        }
+        assert_eq!(Dtype::from_name("F4"), None);
+    }
+
+    #[test]
+    fn f8_known_values() {
+        assert_eq!(f8_e4m3_to_f64(0x38), 1.0);
+        assert_eq!(f8_e4m3_to_f64(0x7e), 448.0);
+        assert!(f8_e4m3_to_f64(0x7f).is_nan());
+        assert_eq!(f8_e4m3_to_f64(0x01), 2f64.powi(-9));
+        assert_eq!(f8_e5m2_to_f64(0x3c), 1.0);
+        assert_eq!(f8_e5m2_to_f64(0x7b), 57344.0);
+        assert_eq!(f8_e5m2_to_f64(0x7c), f64::INFINITY);
+        assert_eq!(f8_e5m2_to_f64(0xbc), -1.0);
+    }
+
+    #[test]
+    fn stochastic_rounding_is_unbiased_in_bf16() {
+        // 1.0 + a quarter of bf16's spacing at 1.0 (2^-7): P(up) must be 1/4.
+        let spacing = 2f64.powi(-7);
+        let v = 1.0 + spacing / 4.0;
+        let n = 100_000u32;
+        let mut sum = 0.0;
+        for i in 0..n {
+            let u = i.wrapping_mul(2_654_435_761); // a well-spread sequence of u32
+            let x = round_stochastic::<bf16>(v, u).map(|x| x.to_f64()).unwrap_or(f64::NAN);
+            assert!(x == 1.0 || x == 1.0 + spacing);
+            sum += x;
+        }
+        let mean = sum / f64::from(n);
+        assert!((mean - v).abs() < spacing * 0.01, "mean {mean} vs {v}");
+    }
+
+    #[test]
+    fn stochastic_rounding_handles_negative_and_zero() {
+        for u in [0u32, u32::MAX / 2, u32::MAX] {
+            let x = round_stochastic::<f16>(-1e-9, u).map(|x| x.to_f64()).unwrap_or(f64::NAN);
+            assert!(x <= 0.0 && x >= -6e-8, "{x}");
+            let y = round_stochastic::<bf16>(-0.3, u).map(|x| x.to_f64()).unwrap_or(f64::NAN);
+            assert!((y + 0.3).abs() < 0.002, "{y}");
+        }
+        assert!(round_stochastic::<f16>(1e6, 0).is_none());
+    }
+
+    #[test]
+    fn exact_values_are_kept() {
+        let mut out = [0u8; 2];
+        assert!(encode_stochastic(Dtype::BF16, 0.5, 12345, &mut out));
+        assert_eq!(bf16::from_le_bytes(out).to_f64(), 0.5);
+    }
+}

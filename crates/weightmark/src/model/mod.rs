@@ -1,0 +1,286 @@
+//! Models on disk: a single `.safetensors` file, or a directory holding one
+//! model (a single file, or shards listed by a `*.safetensors.index.json`).
+//!
+//! [`Model::open`] memory-maps every file and validates every header and the
+//! index before anything else happens, so a malformed input is rejected before
+//! any output exists. Tensors are then borrowed as [`TensorRef`]s straight from
+//! the maps; nothing is copied until a tensor is actually transformed.
+
+mod header;
+mod index;
+mod mmap;
+mod write;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
+pub use index::{ShardIndex, INDEX_FILE_NAME};
+pub use write::{write_model, OutputFile, WriteOptions, WriteReport};
+
+use crate::dtype::Dtype;
+use crate::error::{Error, FormatError, Result};
+
+/// One memory-mapped safetensors file with its validated header.
+pub struct ModelFile {
+    /// Path of the file.
+    pub path: PathBuf,
+    /// File name (for shards: the name the index uses).
+    pub file_name: String,
+    /// The validated header.
+    pub header: Header,
+    map: Mmap,
+}
+
+impl ModelFile {
+    /// Opens, maps and validates one safetensors file.
+    pub fn open(path: &Path) -> Result<ModelFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let map = mmap::map(&file, path)?;
+        if map.get(..4) == Some(b"GGUF".as_slice()) {
+            return Err(Error::NotAModel {
+                path: path.to_path_buf(),
+                reason: "this is a GGUF file; this version reads safetensors only".into(),
+            });
+        }
+        let header = Header::parse(&map, len).map_err(|e| Error::format(path, e))?;
+        let file_name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(ModelFile { path: path.to_path_buf(), file_name, header, map })
+    }
+
+    /// The raw bytes of the whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The JSON header bytes, including the 8-byte length prefix.
+    pub fn header_bytes(&self) -> &[u8] {
+        self.map.get(..self.header.data_start()).unwrap_or_default()
+    }
+
+    /// The data bytes of one tensor of this file.
+    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
+        let start = self.header.data_start();
+        // Offsets were checked against the file length in Header::parse.
+        self.map.get(start + info.begin..start + info.end).unwrap_or_default()
+    }
+}
+
+/// How a model is laid out on disk; outputs mirror it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// A bare `.safetensors` file.
+    File,
+    /// A directory holding one unsharded `.safetensors` file.
+    DirectorySingle,
+    /// A directory of shards with an index.
+    DirectorySharded,
+}
+
+/// A borrowed view of one tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: &'a [usize],
+    /// Little-endian element bytes.
+    pub data: &'a [u8],
+    /// The header entry.
+    pub info: &'a TensorInfo,
+}
+
+impl TensorRef<'_> {
+    /// Number of elements.
+    pub fn elements(&self) -> usize {
+        self.info.elements()
+    }
+}
+
+/// An opened, validated model.
+pub struct Model {
+    /// The path the model was opened from.
+    pub path: PathBuf,
+    /// Its layout.
+    pub layout: Layout,
+    /// Its files, in shard order.
+    pub files: Vec<ModelFile>,
+    /// The shard index, for sharded models.
+    pub index: Option<ShardIndex>,
+    by_name: HashMap<String, (usize, usize)>,
+}
+
+impl Model {
+    /// Opens a `.safetensors` file or a model directory and validates all of it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            Self::open_dir(path)
+        } else {
+            let file = ModelFile::open(path)?;
+            Self::assemble(path, Layout::File, vec![file], None)
+        }
+    }
+
+    fn open_dir(dir: &Path) -> Result<Model> {
+        let mut indexes = Vec::new();
+        let mut weights = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".safetensors.index.json") {
+                indexes.push(name);
+            } else if name.ends_with(".safetensors") {
+                weights.push(name);
+            }
+        }
+        indexes.sort();
+        weights.sort();
+        let not_a_model = |reason: String| Error::NotAModel { path: dir.to_path_buf(), reason };
+        match (indexes.len(), weights.len()) {
+            (0, 0) => Err(not_a_model("no .safetensors file in this directory".into())),
+            (0, 1) => {
+                let file = ModelFile::open(&dir.join(&weights[0]))?;
+                Self::assemble(dir, Layout::DirectorySingle, vec![file], None)
+            }
+            (0, _) => Err(not_a_model(format!(
+                "{} .safetensors files and no *.safetensors.index.json to say how they fit together",
+                weights.len()
+            ))),
+            (1, _) => Self::open_sharded(dir, &indexes[0]),
+            _ => Err(not_a_model(format!("several shard indexes: {}", indexes.join(", ")))),
+        }
+    }
+
+    fn open_sharded(dir: &Path, index_name: &str) -> Result<Model> {
+        let index_path = dir.join(index_name);
+        let bytes = fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let index =
+            ShardIndex::parse(index_name, bytes).map_err(|e| Error::format(&index_path, e))?;
+        let canonical_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        for shard in &index.shards {
+            let shard_path = dir.join(shard);
+            let canonical = shard_path.canonicalize().map_err(|e| {
+                let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                    format!("shard '{shard}' named by the index does not exist")
+                } else {
+                    format!("shard '{shard}': {e}")
+                };
+                Error::format(&index_path, FormatError::Index { reason })
+            })?;
+            // A symbolic link may still lead outside the directory.
+            if !canonical.starts_with(&canonical_dir) {
+                let name = index
+                    .weight_map
+                    .iter()
+                    .find(|(_, f)| *f == shard)
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_default();
+                return Err(Error::format(
+                    &index_path,
+                    FormatError::IndexEscapes { name, file: shard.clone() },
+                ));
+            }
+            let mut file = ModelFile::open(&shard_path)?;
+            file.file_name = shard.clone();
+            files.push(file);
+        }
+        // Every indexed tensor must be where the index says, and vice versa.
+        for (name, shard) in &index.weight_map {
+            let in_shard = files
+                .iter()
+                .find(|f| &f.file_name == shard)
+                .is_some_and(|f| f.header.tensors.iter().any(|t| &t.name == name));
+            if !in_shard {
+                return Err(Error::format(
+                    &index_path,
+                    FormatError::IndexTensorMissing { name: name.clone(), file: shard.clone() },
+                ));
+            }
+        }
+        for f in &files {
+            for t in &f.header.tensors {
+                if index.weight_map.get(&t.name) != Some(&f.file_name) {
+                    return Err(Error::format(
+                        &index_path,
+                        FormatError::Index {
+                            reason: format!(
+                                "tensor '{}' in shard '{}' is not listed for that shard",
+                                t.name, f.file_name
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
+        Self::assemble(dir, Layout::DirectorySharded, files, Some(index))
+    }
+
+    fn assemble(
+        path: &Path,
+        layout: Layout,
+        files: Vec<ModelFile>,
+        index: Option<ShardIndex>,
+    ) -> Result<Model> {
+        let mut by_name = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for (ti, t) in f.header.tensors.iter().enumerate() {
+                if by_name.insert(t.name.clone(), (fi, ti)).is_some() {
+                    return Err(Error::format(
+                        &f.path,
+                        FormatError::DuplicateName { name: t.name.clone() },
+                    ));
+                }
+            }
+        }
+        Ok(Model { path: path.to_path_buf(), layout, files, index, by_name })
+    }
+
+    /// All tensors, shard by shard, each in header order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.files.iter().flat_map(|f| f.header.tensors.iter().map(move |t| tensor_ref(f, t)))
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
+        let &(fi, ti) = self.by_name.get(name)?;
+        let f = self.files.get(fi)?;
+        f.header.tensors.get(ti).map(|t| tensor_ref(f, t))
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors().map(|t| t.data.len() as u64).sum()
+    }
+
+    /// A short name for the model: its file name without `.safetensors`, or
+    /// its directory name.
+    pub fn display_name(&self) -> String {
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_else(|| "model".into());
+        name.strip_suffix(".safetensors").map(str::to_string).unwrap_or(name)
+    }
+
+    /// Names of every tensor, as a set.
+    pub fn names(&self) -> HashSet<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+}
+
+fn tensor_ref<'a>(f: &'a ModelFile, t: &'a TensorInfo) -> TensorRef<'a> {
+    TensorRef { name: &t.name, dtype: t.dtype, shape: &t.shape, data: f.tensor_data(t), info: t }
+}

@@ -1,0 +1,317 @@
+//! Writing a model with some tensors replaced, mirroring the input's layout.
+//!
+//! Only tensor data changes: dtypes, shapes and offsets stay, so each output
+//! file reuses its input's header bytes verbatim (metadata, order and all) and
+//! a sharded model reuses its index verbatim. Tensors go out one at a time in
+//! file order; a producer thread computes the next tensor while this one is
+//! hashed and written, so memory holds about two tensors whatever the model's
+//! size. Everything is written under temporary names beside the destination
+//! and renamed into place at the end; on error nothing is left behind.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use super::{Layout, Model, ModelFile, TensorRef};
+use crate::digest::{tensor_hasher, Sha256Digest};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// Files in a model directory that hold weights in some other format. They
+/// are never copied into an output directory: they would carry the unmarked
+/// weights along with the marked ones.
+const WEIGHT_EXTENSIONS: &[&str] =
+    &["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "npz", "tflite", "ot"];
+
+/// Options for [`write_model`].
+pub struct WriteOptions<'a> {
+    /// Progress receiver.
+    pub progress: &'a dyn Progress,
+}
+
+/// One file written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Path relative to the output (the file name for a single file).
+    pub name: String,
+    /// SHA-256 of its bytes.
+    pub sha256: Sha256Digest,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What [`write_model`] wrote.
+#[derive(Clone, Debug)]
+pub struct WriteReport {
+    /// Where the model went (a file, or a directory).
+    pub path: PathBuf,
+    /// The safetensors files and the index, with their digests.
+    pub files: Vec<OutputFile>,
+    /// Every tensor's digest (see [`crate::digest`]).
+    pub tensor_digests: Vec<(String, Sha256Digest)>,
+    /// Other files copied from the input directory (config, tokenizer, ...).
+    pub copied: Vec<String>,
+    /// Files of the input directory deliberately not copied (other weight formats).
+    pub skipped: Vec<String>,
+}
+
+/// Computes a tensor's replacement bytes, or `None` to copy it unchanged.
+pub type Transform<'t> = dyn Fn(&TensorRef<'_>) -> Result<Option<Vec<u8>>> + Sync + 't;
+
+/// Writes `model` to `out` with each tensor passed through `transform`.
+///
+/// A single-file model goes to the file `out` (or into `out` if that is an
+/// existing directory); a directory model goes to the directory `out`.
+pub fn write_model(
+    model: &Model,
+    out: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<WriteReport> {
+    let total: u64 = model.data_bytes();
+    options.progress.start("writing", total);
+    let result = match model.layout {
+        Layout::File => write_single(model, out, transform, options),
+        Layout::DirectorySingle | Layout::DirectorySharded => {
+            write_directory(model, out, transform, options)
+        }
+    };
+    options.progress.finish();
+    result
+}
+
+fn write_single(
+    model: &Model,
+    out: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<WriteReport> {
+    let file = model.files.first().ok_or_else(|| Error::invalid("model has no file"))?;
+    let dest = if out.is_dir() { out.join(&file.file_name) } else { out.to_path_buf() };
+    refuse_same_path(&model.path, &dest)?;
+    let parent = parent_dir(&dest);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".weightmark-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let mut digests = Vec::new();
+    let tmp_path = tmp.path().to_path_buf();
+    let (sha256, size) =
+        write_file(file, tmp.as_file_mut(), &tmp_path, transform, options, &mut digests)?;
+    tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(WriteReport {
+        path: dest,
+        files: vec![OutputFile { name, sha256, size }],
+        tensor_digests: digests,
+        copied: Vec::new(),
+        skipped: Vec::new(),
+    })
+}
+
+fn write_directory(
+    model: &Model,
+    out: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<WriteReport> {
+    refuse_same_path(&model.path, out)?;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: the input is a model directory, so the output must be a directory, not a file",
+            out.display()
+        )));
+    }
+    let parent = parent_dir(out);
+    let staging = tempfile::Builder::new()
+        .prefix(".weightmark-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let mut files = Vec::new();
+    let mut digests = Vec::new();
+    for f in &model.files {
+        let path = staging.path().join(&f.file_name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut handle = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let (sha256, size) = write_file(f, &mut handle, &path, transform, options, &mut digests)?;
+        files.push(OutputFile { name: f.file_name.clone(), sha256, size });
+    }
+    if let Some(index) = &model.index {
+        let path = staging.path().join(&index.file_name);
+        fs::write(&path, &index.bytes).map_err(|e| Error::io(&path, e))?;
+        let sha256 = Sha256::digest(&index.bytes).into();
+        files.push(OutputFile { name: index.file_name.clone(), sha256, size: index.bytes.len() as u64 });
+    }
+    let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    let (copied, skipped) = copy_auxiliary(&model.path, staging.path(), &written)?;
+    move_into_place(staging.path(), out)?;
+    Ok(WriteReport { path: out.to_path_buf(), files, tensor_digests: digests, copied, skipped })
+}
+
+/// Writes one safetensors file: its header verbatim, then each tensor's
+/// (possibly replaced) data in offset order. Returns the file's SHA-256 and size.
+fn write_file(
+    file: &ModelFile,
+    handle: &mut File,
+    path: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+    digests: &mut Vec<(String, Sha256Digest)>,
+) -> Result<(Sha256Digest, u64)> {
+    let mut order: Vec<_> = file.header.tensors.iter().collect();
+    order.sort_by_key(|t| t.begin);
+    let mut writer = BufWriter::with_capacity(1 << 20, handle);
+    let mut file_hash = Sha256::new();
+    let header = file.header_bytes();
+    writer.write_all(header).map_err(|e| Error::io(path, e))?;
+    file_hash.update(header);
+    let mut size = header.len() as u64;
+
+    std::thread::scope(|scope| -> Result<()> {
+        // The producer computes replacements one tensor ahead of the writer.
+        let (tx, rx) = mpsc::sync_channel::<Result<Option<Vec<u8>>>>(1);
+        let order = &order;
+        let producer = scope.spawn(move || {
+            for info in order {
+                let t = super::tensor_ref(file, info);
+                if tx.send(transform(&t)).is_err() {
+                    break;
+                }
+            }
+        });
+        for info in order {
+            let t = super::tensor_ref(file, info);
+            let replaced = rx.recv().map_err(|_| Error::invalid("tensor producer stopped"))??;
+            let data: &[u8] = replaced.as_deref().unwrap_or(t.data);
+            if data.len() != t.data.len() {
+                return Err(Error::invalid(format!(
+                    "tensor '{}': replacement has {} bytes, expected {}",
+                    t.name,
+                    data.len(),
+                    t.data.len()
+                )));
+            }
+            let mut tensor_hash = tensor_hasher(t.name, t.dtype.name(), t.shape);
+            // Hash for the file and for the tensor digest side by side.
+            rayon::join(|| file_hash.update(data), || tensor_hash.update(data));
+            writer.write_all(data).map_err(|e| Error::io(path, e))?;
+            digests.push((t.name.to_string(), tensor_hash.finalize().into()));
+            size += data.len() as u64;
+            options.progress.advance(data.len() as u64);
+        }
+        drop(rx);
+        producer.join().map_err(|_| Error::invalid("tensor producer panicked"))?;
+        Ok(())
+    })?;
+    writer.flush().map_err(|e| Error::io(path, e))?;
+    let handle = writer.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    handle.sync_all().map_err(|e| Error::io(path, e))?;
+    Ok((file_hash.finalize().into(), size))
+}
+
+/// Copies the input directory's other files (config, tokenizer, ...) into the
+/// staging directory, recursively, skipping weight files of other formats.
+fn copy_auxiliary(
+    input: &Path,
+    staging: &Path,
+    written: &[&str],
+) -> Result<(Vec<String>, Vec<String>)> {
+    let mut copied = Vec::new();
+    let mut skipped = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = input.join(&rel);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(&dir, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let rel_path = rel.join(entry.file_name());
+            let name = rel_path.to_string_lossy().into_owned();
+            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            if name.starts_with('.') || written.contains(&name.as_str()) {
+                continue;
+            }
+            if kind.is_dir() {
+                fs::create_dir_all(staging.join(&rel_path))
+                    .map_err(|e| Error::io(staging.join(&rel_path), e))?;
+                stack.push(rel_path);
+            } else if kind.is_file() {
+                let ext = rel_path.extension().map(|e| e.to_string_lossy().to_lowercase());
+                let is_weights = ext.as_deref().is_some_and(|e| {
+                    e == "safetensors" || WEIGHT_EXTENSIONS.contains(&e)
+                });
+                if is_weights || name.ends_with(".safetensors.index.json") {
+                    skipped.push(name);
+                } else {
+                    let dest = staging.join(&rel_path);
+                    fs::copy(entry.path(), &dest).map_err(|e| Error::io(entry.path(), e))?;
+                    copied.push(name);
+                }
+            }
+        }
+    }
+    Ok((copied, skipped))
+}
+
+/// Moves the staged output into `out`: a plain rename when `out` does not
+/// exist, otherwise file by file into the existing directory.
+fn move_into_place(staging: &Path, out: &Path) -> Result<()> {
+    if !out.exists() {
+        return fs::rename(staging, out).map_err(|e| Error::io(out, e));
+    }
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = staging.join(&rel);
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let rel_path = rel.join(entry.file_name());
+            let dest = out.join(&rel_path);
+            if entry.file_type().map_err(|e| Error::io(entry.path(), e))?.is_dir() {
+                fs::create_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
+                stack.push(rel_path);
+            } else {
+                fs::rename(entry.path(), &dest).map_err(|e| Error::io(&dest, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to write over the input.
+fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
+    let canonical_in = input.canonicalize().map_err(|e| Error::io(input, e))?;
+    let canonical_out = match out.canonicalize() {
+        Ok(p) => p,
+        Err(_) => match (out.parent(), out.file_name()) {
+            (Some(p), Some(n)) => {
+                let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+                p.canonicalize().map(|p| p.join(n)).unwrap_or_else(|_| out.to_path_buf())
+            }
+            _ => out.to_path_buf(),
+        },
+    };
+    let inside_input = canonical_in.is_file()
+        && canonical_in.parent().is_some_and(|d| d == canonical_out);
+    if canonical_in == canonical_out || inside_input {
+        return Err(Error::invalid(format!(
+            "{}: the output is the input; write the marked model somewhere else",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}

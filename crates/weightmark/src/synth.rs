@@ -1,0 +1,182 @@
+//! Synthetic models: Llama-shaped weight sets built from a seed, and a small
+//! safetensors writer for them. Used by `weightmark demo`, the tests and the
+//! benches; real models come from `scripts/fetch-models`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::dtype::{encode_nearest, Dtype};
+use crate::error::{Error, Result};
+use crate::provenance::write_atomic_bytes;
+use crate::rng::{fill_normal, stream};
+
+/// A tensor held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynthTensor {
+    /// Name.
+    pub name: String,
+    /// Dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes.
+    pub data: Vec<u8>,
+}
+
+/// The dimensions of a Llama-layout decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LlamaShape {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Residual width.
+    pub hidden: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: usize,
+}
+
+impl LlamaShape {
+    /// The demo's model: about 33M parameters.
+    pub const DEMO: LlamaShape =
+        LlamaShape { vocab: 8000, hidden: 512, intermediate: 1376, layers: 8, heads: 8, kv_heads: 4 };
+
+    /// A tiny model for fast tests: about 0.3M parameters.
+    pub const TINY: LlamaShape =
+        LlamaShape { vocab: 256, hidden: 64, intermediate: 172, layers: 2, heads: 4, kv_heads: 2 };
+
+    /// Total number of parameters.
+    pub fn parameters(&self) -> usize {
+        llama_layout(self).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+}
+
+/// Names and shapes of a Llama-layout model, in Hugging Face naming.
+pub fn llama_layout(s: &LlamaShape) -> Vec<(String, Vec<usize>)> {
+    let head_dim = s.hidden / s.heads.max(1);
+    let kv = s.kv_heads * head_dim;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![s.vocab, s.hidden])];
+    for l in 0..s.layers {
+        let p = format!("model.layers.{l}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![s.hidden]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![s.hidden, s.hidden]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, s.hidden]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, s.hidden]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![s.hidden, s.hidden]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![s.hidden]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![s.intermediate, s.hidden]),
+            (format!("{p}.mlp.up_proj.weight"), vec![s.intermediate, s.hidden]),
+            (format!("{p}.mlp.down_proj.weight"), vec![s.hidden, s.intermediate]),
+        ]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![s.hidden]));
+    out.push(("lm_head.weight".to_string(), vec![s.vocab, s.hidden]));
+    out
+}
+
+/// A Llama-shaped model with random weights: matrices are Gaussian with a
+/// per-row scale around 0.02 (log-normal spread, as in trained models), norm
+/// weights are near 1.
+pub fn llama(shape: &LlamaShape, dtype: Dtype, seed: u64) -> Vec<SynthTensor> {
+    llama_layout(shape)
+        .into_par_iter()
+        .map(|(name, dims)| {
+            if dims.len() == 1 {
+                norm_vector(&name, dims[0], dtype, seed)
+            } else {
+                gaussian_matrix(&name, dims[0], dims[1], dtype, seed)
+            }
+        })
+        .collect()
+}
+
+/// A `rows x cols` Gaussian matrix with a log-normal per-row scale near 0.02.
+pub fn gaussian_matrix(name: &str, rows: usize, cols: usize, dtype: Dtype, seed: u64) -> SynthTensor {
+    let mut scales = vec![0.0; rows];
+    fill_normal(&mut stream(seed, &format!("scale\0{name}")), 0, &mut scales);
+    let size = dtype.size();
+    let mut data = vec![0u8; rows * cols * size];
+    data.par_chunks_mut(cols * size).enumerate().for_each(|(r, out)| {
+        let mut v = vec![0.0; cols];
+        fill_normal(&mut stream(seed, name), (r * cols) as u64, &mut v);
+        let scale = 0.02 * (0.3 * scales[r]).exp();
+        for (o, x) in out.chunks_exact_mut(size).zip(&v) {
+            encode_nearest(dtype, x * scale, o);
+        }
+    });
+    SynthTensor { name: name.to_string(), dtype, shape: vec![rows, cols], data }
+}
+
+fn norm_vector(name: &str, len: usize, dtype: Dtype, seed: u64) -> SynthTensor {
+    let mut v = vec![0.0; len];
+    fill_normal(&mut stream(seed, name), 0, &mut v);
+    let mut data = vec![0u8; len * dtype.size()];
+    for (o, x) in data.chunks_exact_mut(dtype.size()).zip(&v) {
+        encode_nearest(dtype, 1.0 + 0.05 * x, o);
+    }
+    SynthTensor { name: name.to_string(), dtype, shape: vec![len], data }
+}
+
+/// Serialises tensors (in the given order) as a safetensors file.
+pub fn to_safetensors(tensors: &[SynthTensor], metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!(m));
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "data_offsets": [offset, offset + t.data.len()],
+            }),
+        );
+        offset += t.data.len();
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    // Pad the header to 8 bytes with spaces, as the reference writer does.
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for t in tensors {
+        out.extend_from_slice(&t.data);
+    }
+    out
+}
+
+/// Writes tensors as one safetensors file (atomically).
+pub fn write_file(path: &Path, tensors: &[SynthTensor], metadata: Option<&BTreeMap<String, String>>) -> Result<()> {
+    write_atomic_bytes(path, &to_safetensors(tensors, metadata))
+}
+
+/// Writes tensors as `shards` safetensors files in `dir` with a Hugging Face
+/// index, splitting the tensor list into contiguous runs.
+pub fn write_sharded(dir: &Path, tensors: &[SynthTensor], shards: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let shards = shards.clamp(1, tensors.len().max(1));
+    let per = tensors.len().div_ceil(shards);
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0usize;
+    for (i, chunk) in tensors.chunks(per.max(1)).enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
+        for t in chunk {
+            weight_map.insert(t.name.clone(), file.clone());
+            total += t.data.len();
+        }
+        write_file(&dir.join(&file), chunk, Some(&BTreeMap::from([("format".into(), "pt".into())])))?;
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    write_atomic_bytes(&dir.join(crate::model::INDEX_FILE_NAME), index.to_string().as_bytes())
+}
