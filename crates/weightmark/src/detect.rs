@@ -5,10 +5,9 @@
 //! is reported by name and left out; every other tensor is tested, and the
 //! per-tensor statistics add up to the global z (see [`crate::scheme`]).
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::digest::{hex, tensor_digest, tensor_root};
+use crate::digest::{hex, model_tensor_digests, tensor_root};
 use crate::error::Result;
 use crate::key::MarkKey;
 use crate::model::{Model, TensorRef};
@@ -79,6 +78,9 @@ pub struct Detection {
     pub z: f64,
     /// Hoeffding bound `exp(-z^2/2)` on the false-positive probability.
     pub p_value: f64,
+    /// `log10` of the bound, `-z^2 / (2 ln 10)`: exact where `p_value`
+    /// underflows to 0 (z above about 38).
+    pub log10_p_value: f64,
     /// Decision threshold on `p_value`.
     pub threshold_p: f64,
     /// Elements tested.
@@ -146,26 +148,20 @@ pub fn detect(
         plan.push((t, orig));
     }
 
-    options.progress.start("detecting", suspect.data_bytes());
+    let planned: u64 = plan.iter().map(|(t, _)| t.data.len() as u64).sum();
+    options.progress.start("detecting", planned + suspect.data_bytes());
     // Statistics of planned tensors, then digests of every suspect tensor.
     let results: Vec<TensorResult> = plan
         .iter()
         .map(|(t, o)| {
             let streams = TensorStreams::new(target.mark_key, t.name);
             let st = detect_tensor(t, o.as_ref(), &streams);
+            options.progress.advance(t.data.len() as u64);
             TensorResult { name: t.name.to_string(), z: st.z(), s: st.s, v: st.v, elements: st.elements }
         })
         .collect();
-    let digests: Vec<(String, [u8; 32])> = suspect
-        .tensors()
-        .collect::<Vec<_>>()
-        .par_iter()
-        .map(|t| {
-            let d = tensor_digest(t);
-            options.progress.advance(t.data.len() as u64);
-            (t.name.to_string(), d)
-        })
-        .collect();
+    let digests = model_tensor_digests(suspect);
+    options.progress.advance(suspect.data_bytes());
     options.progress.finish();
 
     let total = results
@@ -178,6 +174,7 @@ pub fn detect(
         mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
         z,
         p_value,
+        log10_p_value: if z > 0.0 { -z * z / (2.0 * std::f64::consts::LN_10) } else { 0.0 },
         threshold_p: options.threshold_p,
         elements: total.elements,
         s: total.s,

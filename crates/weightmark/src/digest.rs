@@ -9,7 +9,9 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::model::TensorRef;
+use rayon::prelude::*;
+
+use crate::model::{Model, TensorRef};
 
 /// Domain string of a tensor digest.
 const TENSOR_DOMAIN: &[u8] = b"weightmark/v1 tensor\0";
@@ -63,6 +65,12 @@ pub fn tensor_digest(t: &TensorRef<'_>) -> Sha256Digest {
     let mut h = tensor_hasher(t.name, t.dtype.name(), t.shape);
     h.update(t.data);
     h.finalize().into()
+}
+
+/// Digests of every tensor of a model, in model order (computed in parallel).
+pub fn model_tensor_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
+    let tensors: Vec<TensorRef<'_>> = model.tensors().collect();
+    tensors.par_iter().map(|t| (t.name.to_string(), tensor_digest(t))).collect()
 }
 
 /// Root digest over (name, tensor digest) pairs, sorted by name.

@@ -1,0 +1,109 @@
+//! `weightmark embed`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use weightmark::provenance::{envelope_to_string, write_atomic};
+use weightmark::scheme::{p_value_bound, z_for_p};
+use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
+
+use crate::cli::EmbedArgs;
+use crate::format::{count, p_bound};
+use crate::progress::Bar;
+use crate::Outcome;
+
+/// Marks a model and writes its certificate.
+pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
+    let cert_path = args.cert.clone().unwrap_or_else(|| default_cert_path(&args.output));
+    if cert_is_inside_output(&cert_path, &args.output) {
+        bail!("{}: the certificate must not go inside the output model directory", cert_path.display());
+    }
+    let key = SecretKey::load(&args.key)?;
+    let model = Model::open(&args.model)?;
+    let label = args.label.clone().unwrap_or_else(|| model.display_name());
+    let selection = if args.tensors.is_empty() {
+        Selection::Default
+    } else {
+        Selection::Globs(args.tensors.clone())
+    };
+    let bar = Bar::new();
+    let options = EmbedOptions {
+        strength: args.strength,
+        label: label.clone(),
+        recipient: args.recipient.clone(),
+        selection,
+        created: weightmark::now_rfc3339(),
+        progress: &bar,
+    };
+    let report = embed(&model, &args.output, &key, &options)
+        .with_context(|| format!("could not mark {}", args.model.display()))?;
+    write_atomic(&cert_path, &envelope_to_string(&report.certificate)?)
+        .context("the marked model was written, but its certificate could not be")?;
+
+    let f = &report.fidelity;
+    let largest = report
+        .tensors
+        .iter()
+        .max_by(|a, b| a.fidelity.max_abs_change.total_cmp(&b.fidelity.max_abs_change))
+        .map(|t| t.name.as_str())
+        .unwrap_or("-");
+    println!(
+        "marked {} tensors ({} elements) of {} -> {}",
+        report.tensors.len(),
+        count(report.blind.elements),
+        args.model.display(),
+        report.written.path.display()
+    );
+    println!(
+        "  release: label '{label}', recipient {}, strength {}",
+        args.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+        args.strength
+    );
+    println!(
+        "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
+        100.0 * f.relative_rms_change(),
+        f.snr_db(),
+        f.max_abs_change
+    );
+    let blind_z = report.blind.z();
+    println!(
+        "  blind z of the output: {blind_z:.1} ({}); informed z: {:.0} ({})",
+        p_bound(p_value_bound(blind_z)),
+        report.informed.z(),
+        p_bound(p_value_bound(report.informed.z()))
+    );
+    let threshold_z = z_for_p(weightmark::DEFAULT_THRESHOLD_P);
+    if blind_z < threshold_z {
+        println!(
+            "  note: this model is too small for blind detection at strength {}: blind z {blind_z:.1} \
+             is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {:.3} \
+             ({:.1}% relative change). Keep the unmarked original: informed detection \
+             (detect --original) finds this mark with z about {:.0}.",
+            args.strength,
+            report.strength_for_blind_threshold(),
+            100.0 * report.strength_for_blind_threshold(),
+            report.informed.z()
+        );
+    }
+    for skipped in &report.written.skipped {
+        println!("  not copied (weights in another format would carry the unmarked model): {skipped}");
+    }
+    println!("  certificate: {} (signed by key {})", cert_path.display(), key.public_key().key_id());
+    Ok(Outcome::Success)
+}
+
+/// `OUT.cert.json` beside OUT (for a directory: beside it, never inside).
+pub fn default_cert_path(output: &Path) -> PathBuf {
+    let trimmed = output.components().as_path();
+    let mut s = trimmed.as_os_str().to_owned();
+    s.push(".cert.json");
+    PathBuf::from(s)
+}
+
+fn cert_is_inside_output(cert: &Path, output: &Path) -> bool {
+    let (Ok(cert), Ok(output)) = (std::path::absolute(cert), std::path::absolute(output)) else {
+        return false;
+    };
+    let output_is_dir = output.is_dir() || output.extension().is_none_or(|e| e != "safetensors");
+    output_is_dir && cert.starts_with(&output)
+}

@@ -1,0 +1,31 @@
+//! `weightmark keygen -o NAME`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use weightmark::SecretKey;
+
+use crate::cli::KeygenArgs;
+use crate::Outcome;
+
+/// Writes NAME.key and NAME.pub.
+pub fn run(args: &KeygenArgs) -> anyhow::Result<Outcome> {
+    let secret_path = with_suffix(&args.output, "key");
+    let public_path = with_suffix(&args.output, "pub");
+    let key = SecretKey::generate()?;
+    key.save(&secret_path, &public_path, &weightmark::now_rfc3339())
+        .context("could not write the key pair")?;
+    let public = key.public_key();
+    println!("secret key: {} (keep it private: it marks and signs your releases)", secret_path.display());
+    println!("public key: {} (share it: anyone can check your certificates with it)", public_path.display());
+    println!("key id:     {}", public.key_id());
+    Ok(Outcome::Success)
+}
+
+/// `NAME` + `.ext` (keeps any dots already in NAME).
+fn with_suffix(base: &std::path::Path, ext: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
