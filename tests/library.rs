@@ -29,7 +29,8 @@ fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
 
 fn mark(input: &Path, output: &Path, key: &SecretKey) -> EmbedReport {
     let model = Model::open(input).unwrap_or_else(|e| panic!("{e}"));
-    embed(&model, output, key, &options("release", Selection::Default)).unwrap_or_else(|e| panic!("{e}"))
+    embed(&model, output, key, &options("release", Selection::Default))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn find(suspect: &Path, original: Option<&Path>, key: &SecretKey) -> Detection {
@@ -37,8 +38,13 @@ fn find(suspect: &Path, original: Option<&Path>, key: &SecretKey) -> Detection {
     let original = original.map(|o| Model::open(o).unwrap_or_else(|e| panic!("{e}")));
     let mark_key = key.mark_key("release", None);
     let target = Target { mark_key: &mark_key, tensors: None };
-    detect(&suspect, original.as_ref(), &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })
-        .unwrap_or_else(|e| panic!("{e}"))
+    detect(
+        &suspect,
+        original.as_ref(),
+        &target,
+        &DetectOptions { threshold_p: 1e-9, progress: &NoProgress },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -47,17 +53,33 @@ fn every_markable_dtype_is_found_blind_at_default_strength() {
     let key = SecretKey::from_seed([11; 32]);
     assert!(SHAPE_20M.parameters() >= 20_000_000);
     for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
-        let original = write_llama(dir.path(), &format!("orig-{dtype}.safetensors"), &SHAPE_20M, dtype, 5);
+        let original =
+            write_llama(dir.path(), &format!("orig-{dtype}.safetensors"), &SHAPE_20M, dtype, 5);
         let marked = dir.path().join(format!("marked-{dtype}.safetensors"));
         let report = mark(&original, &marked, &key);
-        assert!(report.fidelity.relative_rms_change() <= 0.01, "{dtype}: change {}", report.fidelity.relative_rms_change());
+        assert!(
+            report.fidelity.relative_rms_change() <= 0.01,
+            "{dtype}: change {}",
+            report.fidelity.relative_rms_change()
+        );
 
         let blind = find(&marked, None, &key);
         let informed = find(&marked, Some(&original), &key);
         let unmarked = find(&original, None, &key);
-        eprintln!("{dtype}: blind z {:.2}, informed z {:.1}, unmarked z {:.2}, change {:.4}", blind.z, informed.z, unmarked.z, report.fidelity.relative_rms_change());
+        eprintln!(
+            "{dtype}: blind z {:.2}, informed z {:.1}, unmarked z {:.2}, change {:.4}",
+            blind.z,
+            informed.z,
+            unmarked.z,
+            report.fidelity.relative_rms_change()
+        );
         assert!(blind.detected && blind.z >= 10.0, "{dtype}: blind z {}", blind.z);
-        assert!(informed.detected && informed.z >= 10.0 * blind.z, "{dtype}: informed z {} vs blind {}", informed.z, blind.z);
+        assert!(
+            informed.detected && informed.z >= 10.0 * blind.z,
+            "{dtype}: informed z {} vs blind {}",
+            informed.z,
+            blind.z
+        );
         assert!(!unmarked.detected && unmarked.z < 6.0, "{dtype}: unmarked z {}", unmarked.z);
         // The z measured at embedding time is the blind z of the output.
         assert!((report.blind.z() - blind.z).abs() < 1e-6, "{dtype}");
@@ -83,7 +105,8 @@ fn unselected_tensors_metadata_and_order_pass_through_byte_for_byte() {
     assert_eq!(a[..header_len], b[..header_len], "header (metadata, order, offsets) changed");
 
     let before = safetensors::SafeTensors::deserialize(&a).unwrap_or_else(|e| panic!("{e}"));
-    let after = safetensors::SafeTensors::deserialize(&b).unwrap_or_else(|e| panic!("output does not load: {e}"));
+    let after = safetensors::SafeTensors::deserialize(&b)
+        .unwrap_or_else(|e| panic!("output does not load: {e}"));
     for name in ["embeddings.position_ids", "mask", "a.small.weight", "norm.weight"] {
         let x = before.tensor(name).unwrap_or_else(|e| panic!("{e}"));
         let y = after.tensor(name).unwrap_or_else(|e| panic!("{e}"));
@@ -100,12 +123,22 @@ fn unselected_tensors_metadata_and_order_pass_through_byte_for_byte() {
 #[test]
 fn output_is_byte_identical_whatever_the_thread_count() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let shape = LlamaShape { vocab: 2000, hidden: 256, intermediate: 688, layers: 2, heads: 4, kv_heads: 2 };
+    let shape = LlamaShape {
+        vocab: 2000,
+        hidden: 256,
+        intermediate: 688,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
     let input = write_llama(dir.path(), "in.safetensors", &shape, Dtype::BF16, 3);
     let key = SecretKey::from_seed([2; 32]);
     let mut outputs = Vec::new();
     for threads in [1, 4] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap_or_else(|e| panic!("{e}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         // Same file name in both runs: the certificate records it.
         let sub = dir.path().join(format!("threads-{threads}"));
         std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("{e}"));
@@ -123,10 +156,19 @@ fn output_is_byte_identical_whatever_the_thread_count() {
 fn sharded_input_gives_sharded_output_with_a_valid_index() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let input = dir.path().join("sharded");
-    let shape = LlamaShape { vocab: 1000, hidden: 128, intermediate: 344, layers: 3, heads: 4, kv_heads: 2 };
+    let shape = LlamaShape {
+        vocab: 1000,
+        hidden: 128,
+        intermediate: 344,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+    };
     write_sharded(&input, &llama(&shape, Dtype::F16, 9), 3).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(input.join("config.json"), "{\"model_type\":\"llama\"}").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(input.join("pytorch_model.bin"), b"unmarked weights").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(input.join("config.json"), "{\"model_type\":\"llama\"}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(input.join("pytorch_model.bin"), b"unmarked weights")
+        .unwrap_or_else(|e| panic!("{e}"));
     let output = dir.path().join("marked");
     let key = SecretKey::from_seed([4; 32]);
     let report = mark(&input, &output, &key);
@@ -153,8 +195,10 @@ fn sharded_input_gives_sharded_output_with_a_valid_index() {
     let index: serde_json::Value = serde_json::from_slice(&index_out).unwrap_or_default();
     let map = index["weight_map"].as_object().cloned().unwrap_or_default();
     for (tensor, file) in &map {
-        let bytes = std::fs::read(output.join(file.as_str().unwrap_or_default())).unwrap_or_default();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let bytes =
+            std::fs::read(output.join(file.as_str().unwrap_or_default())).unwrap_or_default();
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(st.tensor(tensor).is_ok(), "{tensor} not in {file}");
     }
     let reopened = Model::open(&output).unwrap_or_else(|e| panic!("{e}"));
@@ -166,7 +210,14 @@ fn sharded_input_gives_sharded_output_with_a_valid_index() {
 #[test]
 fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let shape = LlamaShape { vocab: 4000, hidden: 256, intermediate: 688, layers: 4, heads: 4, kv_heads: 2 };
+    let shape = LlamaShape {
+        vocab: 4000,
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+    };
     let input = write_llama(dir.path(), "in.safetensors", &shape, Dtype::F32, 8);
     let marked = dir.path().join("marked.safetensors");
     let key = SecretKey::from_seed([6; 32]);
@@ -184,7 +235,12 @@ fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
     let mut tensors: Vec<weightmark::synth::SynthTensor> = model
         .tensors()
         .filter(|t| t.name != "model.layers.1.mlp.up_proj.weight")
-        .map(|t| weightmark::synth::SynthTensor { name: t.name.into(), dtype: t.dtype, shape: t.shape.to_vec(), data: t.data.to_vec() })
+        .map(|t| weightmark::synth::SynthTensor {
+            name: t.name.into(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+            data: t.data.to_vec(),
+        })
         .collect();
     if let Some(lm) = tensors.iter_mut().find(|t| t.name == "lm_head.weight") {
         lm.shape = vec![3000, 256];
@@ -195,11 +251,19 @@ fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
     let suspect = Model::open(&suspect_path).unwrap_or_else(|e| panic!("{e}"));
     let mark_key = key.mark_key("release", None);
     let target = Target { mark_key: &mark_key, tensors: Some(certified) };
-    let d = detect(&suspect, None, &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })
-        .unwrap_or_else(|e| panic!("{e}"));
-    let skipped: Vec<(&str, &str)> = d.skipped.iter().map(|s| (s.name.as_str(), s.reason.as_str())).collect();
+    let d = detect(
+        &suspect,
+        None,
+        &target,
+        &DetectOptions { threshold_p: 1e-9, progress: &NoProgress },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let skipped: Vec<(&str, &str)> =
+        d.skipped.iter().map(|s| (s.name.as_str(), s.reason.as_str())).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
-    assert!(skipped.iter().any(|(n, r)| *n == "model.layers.1.mlp.up_proj.weight" && r.contains("missing")));
+    assert!(skipped
+        .iter()
+        .any(|(n, r)| *n == "model.layers.1.mlp.up_proj.weight" && r.contains("missing")));
     assert!(skipped.iter().any(|(n, r)| *n == "lm_head.weight" && r.contains("shape")));
     assert_eq!(d.tensors.len(), report.tensors.len() - 2);
     assert!(d.z > 0.0);
@@ -215,20 +279,34 @@ fn globs_choose_tensors_and_bad_globs_are_refused() {
     let out = dir.path().join("out.safetensors");
     let globs = |g: &[&str]| Selection::Globs(g.iter().map(|s| s.to_string()).collect());
 
-    let r = embed(&model, &out, &key, &options("r", globs(&["m.*", "a.small.*"]))).unwrap_or_else(|e| panic!("{e}"));
+    let r = embed(&model, &out, &key, &options("r", globs(&["m.*", "a.small.*"])))
+        .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a.small.weight", "m.second.weight"]);
 
-    let err = embed(&model, &out, &key, &options("r", globs(&["nothing.*"]))).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = embed(&model, &out, &key, &options("r", globs(&["nothing.*"])))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("'nothing.*' matches no tensor"), "{err}");
-    let err = embed(&model, &out, &key, &options("r", globs(&["embeddings.*"]))).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = embed(&model, &out, &key, &options("r", globs(&["embeddings.*"])))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("embeddings.position_ids") && err.contains("I64"), "{err}");
 }
 
 #[test]
 fn recipients_get_independent_marks() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let shape = LlamaShape { vocab: 2000, hidden: 256, intermediate: 688, layers: 2, heads: 4, kv_heads: 2 };
+    let shape = LlamaShape {
+        vocab: 2000,
+        hidden: 256,
+        intermediate: 688,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
     let input = write_llama(dir.path(), "in.safetensors", &shape, Dtype::F32, 1);
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     let key = SecretKey::from_seed([8; 32]);
@@ -240,9 +318,14 @@ fn recipients_get_independent_marks() {
     let z_for = |recipient: &str| {
         let mk = key.mark_key("release", Some(recipient));
         let t = Target { mark_key: &mk, tensors: None };
-        detect(&suspect, Some(&model), &t, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })
-            .map(|d| d.z)
-            .unwrap_or(f64::NAN)
+        detect(
+            &suspect,
+            Some(&model),
+            &t,
+            &DetectOptions { threshold_p: 1e-9, progress: &NoProgress },
+        )
+        .map(|d| d.z)
+        .unwrap_or(f64::NAN)
     };
     assert!(z_for("alice") > 100.0);
     assert!(z_for("bob").abs() < 6.0, "bob z {}", z_for("bob"));

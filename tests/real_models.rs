@@ -45,8 +45,14 @@ fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through()
     let blind = find(&marked, None, &key);
     let wrong = find(&marked, None, &SecretKey::from_seed([22; 32]));
     let unmarked = find(&model, None, &key);
-    eprintln!("MiniLM: blind z {:.2} (p {:.2e}), wrong key z {:.2}, unmarked z {:.2}, change {:.4}%",
-        blind.z, blind.p_value, wrong.z, unmarked.z, 100.0 * report.fidelity.relative_rms_change());
+    eprintln!(
+        "MiniLM: blind z {:.2} (p {:.2e}), wrong key z {:.2}, unmarked z {:.2}, change {:.4}%",
+        blind.z,
+        blind.p_value,
+        wrong.z,
+        unmarked.z,
+        100.0 * report.fidelity.relative_rms_change()
+    );
     assert!(blind.detected && blind.p_value <= 1e-9, "blind z {}", blind.z);
     assert!(!wrong.detected, "wrong key z {}", wrong.z);
     assert!(!unmarked.detected, "unmarked z {}", unmarked.z);
@@ -54,7 +60,8 @@ fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through()
     let a = std::fs::read(&input).unwrap_or_default();
     let b = std::fs::read(&out).unwrap_or_default();
     let before = safetensors::SafeTensors::deserialize(&a).unwrap_or_else(|e| panic!("{e}"));
-    let after = safetensors::SafeTensors::deserialize(&b).unwrap_or_else(|e| panic!("output does not load: {e}"));
+    let after = safetensors::SafeTensors::deserialize(&b)
+        .unwrap_or_else(|e| panic!("output does not load: {e}"));
     let ids = "embeddings.position_ids";
     let x = before.tensor(ids).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(x.dtype(), safetensors::Dtype::I64);
@@ -63,7 +70,12 @@ fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through()
     let names_after: Vec<String> = after.names().into_iter().map(|s| s.to_string()).collect();
     assert_eq!(names_before.len(), names_after.len());
     for t in model.tensors().filter(|t| !report.tensors.iter().any(|r| r.name == t.name)) {
-        assert_eq!(t.data, after.tensor(t.name).unwrap_or_else(|e| panic!("{e}")).data(), "{}", t.name);
+        assert_eq!(
+            t.data,
+            after.tensor(t.name).unwrap_or_else(|e| panic!("{e}")).data(),
+            "{}",
+            t.name
+        );
     }
 }
 
@@ -77,7 +89,11 @@ fn fracast_is_too_small_for_blind_detection_but_found_informed() {
     let key = SecretKey::from_seed([23; 32]);
     let report = mark(&model, &out, &key);
     // Blind detection would need far more than a 1% change on 76k elements.
-    assert!(report.strength_for_blind_threshold() > 0.01, "{}", report.strength_for_blind_threshold());
+    assert!(
+        report.strength_for_blind_threshold() > 0.01,
+        "{}",
+        report.strength_for_blind_threshold()
+    );
     let marked = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     let informed = find(&marked, Some(&model), &key);
     eprintln!("fracast: informed z {:.1}, blind z at release {:.2}", informed.z, report.blind.z());
@@ -92,5 +108,8 @@ fn fracast_int8_copy_opens_and_its_integer_tensors_are_left_alone() {
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     let ints = model.tensors().filter(|t| !t.dtype.is_readable()).count();
     assert!(ints > 0, "expected integer tensors in the int8 copy");
-    assert!(model.tensors().filter(|t| !t.dtype.is_readable()).all(|t| !weightmark::select::is_default_selected(&t)));
+    assert!(model
+        .tensors()
+        .filter(|t| !t.dtype.is_readable())
+        .all(|t| !weightmark::select::is_default_selected(&t)));
 }

@@ -49,13 +49,28 @@ pub fn mixed_tensors() -> Vec<SynthTensor> {
     let ids: Vec<u8> = (0..512i64).flat_map(|i| i.to_le_bytes()).collect();
     let mut tensors = vec![
         weightmark::synth::gaussian_matrix("z.first.weight", 256, 128, Dtype::F32, 1),
-        SynthTensor { name: "embeddings.position_ids".into(), dtype: Dtype::I64, shape: vec![1, 512], data: ids },
-        SynthTensor { name: "mask".into(), dtype: Dtype::Bool, shape: vec![7], data: vec![1, 0, 1, 1, 0, 0, 1] },
+        SynthTensor {
+            name: "embeddings.position_ids".into(),
+            dtype: Dtype::I64,
+            shape: vec![1, 512],
+            data: ids,
+        },
+        SynthTensor {
+            name: "mask".into(),
+            dtype: Dtype::Bool,
+            shape: vec![7],
+            data: vec![1, 0, 1, 1, 0, 0, 1],
+        },
         weightmark::synth::gaussian_matrix("a.small.weight", 16, 16, Dtype::F32, 2),
         weightmark::synth::gaussian_matrix("m.second.weight", 128, 96, Dtype::F32, 3),
     ];
     let norm: Vec<u8> = (0..128).flat_map(|i| (1.0f32 + i as f32 * 1e-3).to_le_bytes()).collect();
-    tensors.push(SynthTensor { name: "norm.weight".into(), dtype: Dtype::F32, shape: vec![128], data: norm });
+    tensors.push(SynthTensor {
+        name: "norm.weight".into(),
+        dtype: Dtype::F32,
+        shape: vec![128],
+        data: norm,
+    });
     tensors
 }
 

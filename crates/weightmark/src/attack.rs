@@ -136,19 +136,16 @@ fn add_low_rank(w: &mut [f64], rows: usize, cols: usize, relative: f64, seed: u6
     let mut v = vec![0.0; RANK * cols];
     fill_normal(&mut rng, 0, &mut u);
     fill_normal(&mut rng, (rows * RANK) as u64, &mut v);
-    let (Ok(u), Ok(v)) = (
-        Array2::from_shape_vec((rows, RANK), u),
-        Array2::from_shape_vec((RANK, cols), v),
-    ) else {
+    let (Ok(u), Ok(v)) =
+        (Array2::from_shape_vec((rows, RANK), u), Array2::from_shape_vec((RANK, cols), v))
+    else {
         return;
     };
     let update: Array2<f64> = u.dot(&v);
     let Ok(original) = ArrayView2::from_shape((rows, cols), &*w).map(|a| a.to_owned()) else {
         return;
     };
-    for ((row, up), orig) in
-        w.chunks_mut(cols).zip(update.rows()).zip(original.rows())
-    {
+    for ((row, up), orig) in w.chunks_mut(cols).zip(update.rows()).zip(original.rows()) {
         let up_rms = (up.iter().map(|x| x * x).sum::<f64>() / cols as f64).sqrt();
         let target = relative * (orig.iter().map(|x| x * x).sum::<f64>() / cols as f64).sqrt();
         if up_rms > 0.0 {

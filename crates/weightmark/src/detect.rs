@@ -121,11 +121,13 @@ pub fn detect(
             continue;
         };
         if let Some(shape) = shape.as_ref().filter(|s| s.as_slice() != t.shape) {
-            skipped.push(skip(format!("shape {:?} in the suspect, {shape:?} when marked", t.shape)));
+            skipped
+                .push(skip(format!("shape {:?} in the suspect, {shape:?} when marked", t.shape)));
             continue;
         }
         if !t.dtype.is_readable() {
-            skipped.push(skip(format!("dtype {} in the suspect cannot be read as numbers", t.dtype)));
+            skipped
+                .push(skip(format!("dtype {} in the suspect cannot be read as numbers", t.dtype)));
             continue;
         }
         let orig = match original {
@@ -157,7 +159,13 @@ pub fn detect(
             let streams = TensorStreams::new(target.mark_key, t.name);
             let st = detect_tensor(t, o.as_ref(), &streams);
             options.progress.advance(t.data.len() as u64);
-            TensorResult { name: t.name.to_string(), z: st.z(), s: st.s, v: st.v, elements: st.elements }
+            TensorResult {
+                name: t.name.to_string(),
+                z: st.z(),
+                s: st.s,
+                v: st.v,
+                elements: st.elements,
+            }
         })
         .collect();
     let digests = model_tensor_digests(suspect);

@@ -104,7 +104,9 @@ impl Dtype {
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {
-            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E8M0 => 1,
+            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E8M0 => {
+                1
+            }
             Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 2,
             Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
             Dtype::F64 | Dtype::I64 | Dtype::U64 | Dtype::C64 => 8,
@@ -135,15 +137,19 @@ pub fn decode_f64(dtype: Dtype, bytes: &[u8], out: &mut Vec<f64>) -> bool {
     out.clear();
     match dtype {
         Dtype::F64 => out.extend(
-            bytes.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
         ),
         Dtype::F32 => out.extend(
             bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         ),
-        Dtype::F16 => out
-            .extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())),
-        Dtype::BF16 => out
-            .extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())),
+        Dtype::F16 => {
+            out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()))
+        }
+        Dtype::BF16 => {
+            out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()))
+        }
         Dtype::F8E4M3 => out.extend(bytes.iter().map(|&b| f8_e4m3_to_f64(b))),
         Dtype::F8E5M2 => out.extend(bytes.iter().map(|&b| f8_e5m2_to_f64(b))),
         _ => return false,
@@ -305,7 +311,8 @@ fn round_stochastic<T: NarrowFloat>(v: f64, uniform: u32) -> Option<T> {
     if nv == v {
         return Some(nearest);
     }
-    let (lo, hi) = if nv < v { (nearest, nearest.next_up()) } else { (nearest.next_down(), nearest) };
+    let (lo, hi) =
+        if nv < v { (nearest, nearest.next_up()) } else { (nearest.next_down(), nearest) };
     let (lo_v, hi_v) = (lo.to_f64(), hi.to_f64());
     if !lo_v.is_finite() || !hi_v.is_finite() {
         return Some(nearest);
@@ -362,7 +369,7 @@ mod tests {
     fn stochastic_rounding_handles_negative_and_zero() {
         for u in [0u32, u32::MAX / 2, u32::MAX] {
             let x = round_stochastic::<f16>(-1e-9, u).map(|x| x.to_f64()).unwrap_or(f64::NAN);
-            assert!(x <= 0.0 && x >= -6e-8, "{x}");
+            assert!((-6e-8..=0.0).contains(&x), "{x}");
             let y = round_stochastic::<bf16>(-0.3, u).map(|x| x.to_f64()).unwrap_or(f64::NAN);
             assert!((y + 0.3).abs() < 0.002, "{y}");
         }

@@ -116,10 +116,12 @@ pub fn embed(
         };
         Ok(marked)
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress: options.progress })?;
+    let written =
+        write_model(model, out, &transform, &WriteOptions { progress: options.progress })?;
 
     let results = results.into_inner().map_err(|_| Error::invalid("a marking thread panicked"))?;
-    let originals = originals.into_inner().map_err(|_| Error::invalid("a marking thread panicked"))?;
+    let originals =
+        originals.into_inner().map_err(|_| Error::invalid("a marking thread panicked"))?;
     let mut tensors = Vec::new();
     let (mut fidelity, mut blind, mut informed) =
         (Fidelity::default(), Stats::default(), Stats::default());

@@ -130,7 +130,9 @@ impl SecretKey {
     pub fn from_file_str(text: &str, path: &Path) -> Result<SecretKey> {
         let payload = parse_key_text(text, SECRET_KEY_HEADER, path)?;
         let mut bytes = Zeroizing::new(
-            BASE64.decode(payload.text).map_err(|_| key_error(path, payload.line, "is not base64"))?,
+            BASE64
+                .decode(payload.text)
+                .map_err(|_| key_error(path, payload.line, "is not base64"))?,
         );
         let seed: [u8; 32] = bytes
             .as_slice()
@@ -159,7 +161,9 @@ impl SecretKey {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(secret_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::KeyExists { path: secret_path.to_path_buf() },
+            std::io::ErrorKind::AlreadyExists => {
+                Error::KeyExists { path: secret_path.to_path_buf() }
+            }
             _ => Error::io(secret_path, e),
         })?;
         let text = Zeroizing::new(self.to_file_string(created));
@@ -211,9 +215,9 @@ impl PublicKey {
         let sig: [u8; 64] = signature.try_into().map_err(|_| Error::BadSignature {
             reason: format!("signature is {} bytes, expected 64", signature.len()),
         })?;
-        self.key
-            .verify(message, &ed25519_dalek::Signature::from_bytes(&sig))
-            .map_err(|_| Error::BadSignature { reason: format!("not made by key {}", self.key_id()) })
+        self.key.verify(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
+            Error::BadSignature { reason: format!("not made by key {}", self.key_id()) }
+        })
     }
 
     /// The public key file's text.
@@ -228,8 +232,9 @@ impl PublicKey {
     /// Parses a public key file's text.
     pub fn from_file_str(text: &str, path: &Path) -> Result<PublicKey> {
         let payload = parse_key_text(text, PUBLIC_KEY_HEADER, path)?;
-        let bytes =
-            BASE64.decode(payload.text).map_err(|_| key_error(path, payload.line, "is not base64"))?;
+        let bytes = BASE64
+            .decode(payload.text)
+            .map_err(|_| key_error(path, payload.line, "is not base64"))?;
         let bytes: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -281,7 +286,11 @@ fn parse_key_text<'a>(text: &'a str, header: &str, path: &Path) -> Result<KeyPay
     match lines.next() {
         Some((_, first)) if first == header => {}
         Some((_, first)) if first.starts_with("weightmark ") => {
-            return Err(key_error(path, 1, &format!("is not a '{header}' header (wrong kind of key file?)")));
+            return Err(key_error(
+                path,
+                1,
+                &format!("is not a '{header}' header (wrong kind of key file?)"),
+            ));
         }
         _ => return Err(key_error(path, 1, &format!("should be '{header}'"))),
     }
@@ -311,8 +320,10 @@ fn read_small(path: &Path) -> Result<String> {
         });
     }
     let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes)
-        .map_err(|_| Error::KeyFile { path: path.to_path_buf(), reason: "is not UTF-8 text".into() })
+    String::from_utf8(bytes).map_err(|_| Error::KeyFile {
+        path: path.to_path_buf(),
+        reason: "is not UTF-8 text".into(),
+    })
 }
 
 /// Refuses a secret key file that its group or others can read, like ssh.
@@ -343,7 +354,8 @@ mod tests {
     fn secret_key_file_round_trips() {
         let k = SecretKey::from_seed([7u8; 32]);
         let text = k.to_file_string("2026-01-01T00:00:00Z");
-        let back = SecretKey::from_file_str(&text, Path::new("k.key")).unwrap_or_else(|e| panic!("{e}"));
+        let back =
+            SecretKey::from_file_str(&text, Path::new("k.key")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.public_key(), k.public_key());
         assert!(text.starts_with(SECRET_KEY_HEADER));
     }
@@ -352,7 +364,8 @@ mod tests {
     fn public_key_file_round_trips() {
         let p = SecretKey::from_seed([9u8; 32]).public_key();
         let text = p.to_file_string("2026-01-01T00:00:00Z");
-        let back = PublicKey::from_file_str(&text, Path::new("k.pub")).unwrap_or_else(|e| panic!("{e}"));
+        let back =
+            PublicKey::from_file_str(&text, Path::new("k.pub")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, p);
         assert!(text.contains(&p.key_id()));
     }
@@ -370,7 +383,8 @@ mod tests {
 
     // Computed independently with Python (hmac, hashlib, cryptography), see docs/formats.md.
     const KNOWN_KEY_ID: &str = "9e856a046beaffd9";
-    const KNOWN_COMMITMENT: &str = "8adccce8a7b545ea5a83f04836bc1d472f617604c4cf9166a0f41b9425d9ea94";
+    const KNOWN_COMMITMENT: &str =
+        "8adccce8a7b545ea5a83f04836bc1d472f617604c4cf9166a0f41b9425d9ea94";
 
     #[test]
     fn mark_keys_differ_by_label_and_recipient() {
@@ -388,10 +402,12 @@ mod tests {
     fn errors_name_lines_not_contents() {
         let p = Path::new("k.key");
         let bad = format!("{SECRET_KEY_HEADER}\nnot-base64-secret!!\n");
-        let err = SecretKey::from_file_str(&bad, p).err().map(|e| e.to_string()).unwrap_or_default();
+        let err =
+            SecretKey::from_file_str(&bad, p).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("line 2") && !err.contains("not-base64-secret"), "{err}");
         let pub_text = SecretKey::from_seed([1; 32]).public_key().to_file_string("t");
-        let err = SecretKey::from_file_str(&pub_text, p).err().map(|e| e.to_string()).unwrap_or_default();
+        let err =
+            SecretKey::from_file_str(&pub_text, p).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("wrong kind of key file"), "{err}");
     }
 }

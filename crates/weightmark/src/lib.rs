@@ -72,8 +72,7 @@ pub use select::Selection;
 /// The current time as RFC 3339 UTC with seconds (`2026-11-28T13:20:55Z`).
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     now.format(&format).unwrap_or_else(|_| now.unix_timestamp().to_string())
 }

@@ -148,8 +148,8 @@ impl Certificate {
 
 /// DSSE pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len())
-        .into_bytes();
+    let mut out =
+        format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
     out.extend_from_slice(payload);
     out
 }
@@ -173,7 +173,10 @@ pub fn sign_statement<P: Serialize>(statement: &Statement<P>, key: &SecretKey) -
 pub fn verify_envelope(envelope: &Envelope, public: &PublicKey) -> Result<Vec<u8>> {
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(Error::BadSignature {
-            reason: format!("payloadType is '{}', expected '{PAYLOAD_TYPE}'", envelope.payload_type),
+            reason: format!(
+                "payloadType is '{}', expected '{PAYLOAD_TYPE}'",
+                envelope.payload_type
+            ),
         });
     }
     let payload = BASE64
@@ -182,9 +185,7 @@ pub fn verify_envelope(envelope: &Envelope, public: &PublicKey) -> Result<Vec<u8
     let want = public.key_id();
     let sig = envelope.signatures.iter().find(|s| s.keyid == want).ok_or_else(|| {
         let ids: Vec<&str> = envelope.signatures.iter().map(|s| s.keyid.as_str()).collect();
-        Error::WrongKey {
-            reason: format!("signed by key {}, not by key {want}", ids.join(", ")),
-        }
+        Error::WrongKey { reason: format!("signed by key {}, not by key {want}", ids.join(", ")) }
     })?;
     let sig_bytes = BASE64
         .decode(&sig.sig)
@@ -252,7 +253,10 @@ mod tests {
     #[test]
     fn pae_known_answer() {
         // The example from the DSSE specification.
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::pattern::TensorStreams;
 /// Default strength: the mark's RMS relative to each row's RMS (0.3%).
 ///
 /// Blind z of an unattacked model is `strength * sqrt(n)`: at 0.3% that is
-/// >= 10 from n = 11.1M marked elements (13.4 at 20M, 35 at 135M), while the
+/// at least 10 from n = 11.1M marked elements (13.4 at 20M, 35 at 135M), while the
 /// relative RMS change stays at 0.3%, comparable to storing f32 weights in
 /// bf16 (about 0.2%). See `docs/scheme.md`.
 pub const DEFAULT_STRENGTH: f64 = 0.003;
@@ -174,10 +174,8 @@ fn row_stats(x: &[f64], p: &[f64]) -> Stats {
 
 /// RMS of the finite values of a row (0 for none).
 fn row_rms(row: &[f64]) -> f64 {
-    let (sum, n) = row
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold((0.0, 0usize), |(s, n), v| (s + v * v, n + 1));
+    let (sum, n) =
+        row.iter().filter(|v| v.is_finite()).fold((0.0, 0usize), |(s, n), v| (s + v * v, n + 1));
     if n == 0 {
         0.0
     } else {
@@ -270,11 +268,19 @@ pub fn detect_tensor(
             let start = ci * chunk;
             let end = (start + chunk).min(elements);
             let mut x = Vec::with_capacity(end - start);
-            decode_f64(suspect.dtype, suspect.data.get(start * s_size..end * s_size).unwrap_or_default(), &mut x);
+            decode_f64(
+                suspect.dtype,
+                suspect.data.get(start * s_size..end * s_size).unwrap_or_default(),
+                &mut x,
+            );
             if let Some(o) = original {
                 let o_size = o.dtype.size();
                 let mut w = Vec::with_capacity(end - start);
-                decode_f64(o.dtype, o.data.get(start * o_size..end * o_size).unwrap_or_default(), &mut w);
+                decode_f64(
+                    o.dtype,
+                    o.data.get(start * o_size..end * o_size).unwrap_or_default(),
+                    &mut w,
+                );
                 for (xi, wi) in x.iter_mut().zip(&w) {
                     *xi -= wi;
                 }

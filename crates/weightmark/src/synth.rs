@@ -44,8 +44,14 @@ pub struct LlamaShape {
 
 impl LlamaShape {
     /// The demo's model: about 33M parameters.
-    pub const DEMO: LlamaShape =
-        LlamaShape { vocab: 8000, hidden: 512, intermediate: 1376, layers: 8, heads: 8, kv_heads: 4 };
+    pub const DEMO: LlamaShape = LlamaShape {
+        vocab: 8000,
+        hidden: 512,
+        intermediate: 1376,
+        layers: 8,
+        heads: 8,
+        kv_heads: 4,
+    };
 
     /// A tiny model for fast tests: about 0.3M parameters.
     pub const TINY: LlamaShape =
@@ -98,7 +104,13 @@ pub fn llama(shape: &LlamaShape, dtype: Dtype, seed: u64) -> Vec<SynthTensor> {
 }
 
 /// A `rows x cols` Gaussian matrix with a log-normal per-row scale near 0.02.
-pub fn gaussian_matrix(name: &str, rows: usize, cols: usize, dtype: Dtype, seed: u64) -> SynthTensor {
+pub fn gaussian_matrix(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    dtype: Dtype,
+    seed: u64,
+) -> SynthTensor {
     let mut scales = vec![0.0; rows];
     fill_normal(&mut stream(seed, &format!("scale\0{name}")), 0, &mut scales);
     let size = dtype.size();
@@ -125,7 +137,10 @@ fn norm_vector(name: &str, len: usize, dtype: Dtype, seed: u64) -> SynthTensor {
 }
 
 /// Serialises tensors (in the given order) as a safetensors file.
-pub fn to_safetensors(tensors: &[SynthTensor], metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+pub fn to_safetensors(
+    tensors: &[SynthTensor],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if let Some(m) = metadata {
         header.insert("__metadata__".into(), serde_json::json!(m));
@@ -157,7 +172,11 @@ pub fn to_safetensors(tensors: &[SynthTensor], metadata: Option<&BTreeMap<String
 }
 
 /// Writes tensors as one safetensors file (atomically).
-pub fn write_file(path: &Path, tensors: &[SynthTensor], metadata: Option<&BTreeMap<String, String>>) -> Result<()> {
+pub fn write_file(
+    path: &Path,
+    tensors: &[SynthTensor],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
     write_atomic_bytes(path, &to_safetensors(tensors, metadata))
 }
 
@@ -175,7 +194,11 @@ pub fn write_sharded(dir: &Path, tensors: &[SynthTensor], shards: usize) -> Resu
             weight_map.insert(t.name.clone(), file.clone());
             total += t.data.len();
         }
-        write_file(&dir.join(&file), chunk, Some(&BTreeMap::from([("format".into(), "pt".into())])))?;
+        write_file(
+            &dir.join(&file),
+            chunk,
+            Some(&BTreeMap::from([("format".into(), "pt".into())])),
+        )?;
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     write_atomic_bytes(&dir.join(crate::model::INDEX_FILE_NAME), index.to_string().as_bytes())

@@ -22,7 +22,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     let temp;
     let dir: &Path = match &args.keep {
         Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("{}: cannot create", d.display()))?;
             d
         }
         None => {
@@ -43,7 +44,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         shape.hidden
     );
 
-    step(2, "The lab makes an owner key (kept secret) and marks the copy it gives to licensee 'acme'.");
+    step(
+        2,
+        "The lab makes an owner key (kept secret) and marks the copy it gives to licensee 'acme'.",
+    );
     let key = SecretKey::generate()?;
     let marked_path = dir.join("marked.safetensors");
     let original = Model::open(&original_path)?;
@@ -69,7 +73,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         100.0 * report.fidelity.relative_rms_change(),
         report.fidelity.snr_db()
     );
-    println!("   A certificate signed with the owner's key records the release: {}", cert_path.display());
+    println!(
+        "   A certificate signed with the owner's key records the release: {}",
+        cert_path.display()
+    );
 
     step(3, "Someone fine-tunes the leaked copy (5% relative change), then quantizes it to int8.");
     let marked = Model::open(&marked_path)?;
@@ -88,7 +95,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
 
     let derivative = Model::open(&derivative_path)?;
     let mark_key = key.mark_key("demo-release", Some("acme"));
-    step(4, "The lab finds the derivative and tests it with its key, without the original (blind).");
+    step(
+        4,
+        "The lab finds the derivative and tests it with its key, without the original (blind).",
+    );
     let blind = find(&derivative, None, &mark_key)?;
     say(&blind);
 
@@ -97,7 +107,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     say(&informed);
 
     step(6, "Someone else's key finds nothing, nor does the lab's key in the unmarked original.");
-    let wrong = find(&derivative, None, &SecretKey::generate()?.mark_key("demo-release", Some("acme")))?;
+    let wrong =
+        find(&derivative, None, &SecretKey::generate()?.mark_key("demo-release", Some("acme")))?;
     say(&wrong);
     let unmarked = find(&original, None, &mark_key)?;
     say(&unmarked);
@@ -107,7 +118,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         "\n{} in {:.1} s. Files are in {}.",
         if all_right { "Every step came out as it should" } else { "SOMETHING WENT WRONG" },
         started.elapsed().as_secs_f64(),
-        if args.keep.is_some() { dir.display().to_string() } else { "a temporary directory (now removed; use --keep DIR to keep them)".into() }
+        if args.keep.is_some() {
+            dir.display().to_string()
+        } else {
+            "a temporary directory (now removed; use --keep DIR to keep them)".into()
+        }
     );
     if !all_right {
         anyhow::bail!("the demo's detections did not come out as expected");
@@ -115,9 +130,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn find(suspect: &Model, original: Option<&Model>, mark_key: &MarkKey) -> anyhow::Result<Detection> {
+fn find(
+    suspect: &Model,
+    original: Option<&Model>,
+    mark_key: &MarkKey,
+) -> anyhow::Result<Detection> {
     let target = Target { mark_key, tensors: None };
-    Ok(detect(suspect, original, &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })?)
+    Ok(detect(
+        suspect,
+        original,
+        &target,
+        &DetectOptions { threshold_p: 1e-9, progress: &NoProgress },
+    )?)
 }
 
 fn step(n: usize, text: &str) {

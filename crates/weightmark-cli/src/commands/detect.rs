@@ -25,9 +25,9 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     let (label, recipient, mark_key) = release(&key, cert.as_ref(), args)?;
     let suspect = Model::open(&args.suspect)?;
     let original = args.original.as_ref().map(Model::open).transpose()?;
-    let tensors = cert.as_ref().map(|c| {
-        c.predicate().tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
-    });
+    let tensors = cert
+        .as_ref()
+        .map(|c| c.predicate().tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect());
     let target = Target { mark_key: &mark_key, tensors };
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };

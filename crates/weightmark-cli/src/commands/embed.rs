@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use weightmark::model::resolve_output;
 use weightmark::provenance::{envelope_to_string, write_atomic};
 use weightmark::scheme::{p_value_bound, z_for_p};
 use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
@@ -14,12 +15,16 @@ use crate::Outcome;
 
 /// Marks a model and writes its certificate.
 pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
-    let cert_path = args.cert.clone().unwrap_or_else(|| default_cert_path(&args.output));
-    if cert_is_inside_output(&cert_path, &args.output) {
-        bail!("{}: the certificate must not go inside the output model directory", cert_path.display());
-    }
     let key = SecretKey::load(&args.key)?;
     let model = Model::open(&args.model)?;
+    let destination = resolve_output(&model, &args.output)?;
+    let cert_path = args.cert.clone().unwrap_or_else(|| default_cert_path(&destination));
+    if cert_is_inside_output(&cert_path, &destination) {
+        bail!(
+            "{}: the certificate must not go inside the output model directory",
+            cert_path.display()
+        );
+    }
     let label = args.label.clone().unwrap_or_else(|| model.display_name());
     let selection = if args.tensors.is_empty() {
         Selection::Default
@@ -86,16 +91,25 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         );
     }
     for skipped in &report.written.skipped {
-        println!("  not copied (weights in another format would carry the unmarked model): {skipped}");
+        println!(
+            "  not copied (weights in another format would carry the unmarked model): {skipped}"
+        );
     }
-    println!("  certificate: {} (signed by key {})", cert_path.display(), key.public_key().key_id());
+    println!(
+        "  certificate: {} (signed by key {})",
+        cert_path.display(),
+        key.public_key().key_id()
+    );
     Ok(Outcome::Success)
 }
 
 /// `OUT.cert.json` beside OUT (for a directory: beside it, never inside).
 pub fn default_cert_path(output: &Path) -> PathBuf {
-    let trimmed = output.components().as_path();
-    let mut s = trimmed.as_os_str().to_owned();
+    let output = match output.file_name() {
+        Some(_) => output.to_path_buf(),
+        None => std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf()),
+    };
+    let mut s = output.as_os_str().to_owned();
     s.push(".cert.json");
     PathBuf::from(s)
 }

@@ -16,8 +16,14 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<Outcome> {
     key.save(&secret_path, &public_path, &weightmark::now_rfc3339())
         .context("could not write the key pair")?;
     let public = key.public_key();
-    println!("secret key: {} (keep it private: it marks and signs your releases)", secret_path.display());
-    println!("public key: {} (share it: anyone can check your certificates with it)", public_path.display());
+    println!(
+        "secret key: {} (keep it private: it marks and signs your releases)",
+        secret_path.display()
+    );
+    println!(
+        "public key: {} (share it: anyone can check your certificates with it)",
+        public_path.display()
+    );
     println!("key id:     {}", public.key_id());
     Ok(Outcome::Success)
 }

@@ -231,7 +231,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<_> = h.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["b", "a"]);
-        assert_eq!(h.metadata.as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            h.metadata.as_ref().and_then(|m| m.get("format")).map(String::as_str),
+            Some("pt")
+        );
     }
 
     #[test]
@@ -239,18 +242,34 @@ mod tests {
         let t = |dt: &str, shape: &str, b: u64, e: u64| {
             format!(r#""x":{{"dtype":"{dt}","shape":{shape},"data_offsets":[{b},{e}]}}"#)
         };
-        let cases: Vec<(String, usize, fn(&FormatError) -> bool)> = vec![
-            (format!("{{{}}}", t("F32", "[2]", 0, 4)), 4, |e| matches!(e, FormatError::SizeMismatch { .. })),
-            (format!("{{{}}}", t("Q4", "[2]", 0, 8)), 8, |e| matches!(e, FormatError::UnknownDtype { .. })),
-            (format!("{{{}}}", t("F32", "[2]", 0, 8)), 4, |e| matches!(e, FormatError::OffsetsOutOfBounds { .. })),
-            (format!("{{{}}}", t("F32", "[2]", 0, 8)), 12, |e| matches!(e, FormatError::TrailingBytes { .. })),
-            (format!("{{{}}}", t("F32", "[4294967296,4294967296,16]", 0, 8)), 8, |e| matches!(e, FormatError::ShapeOverflow { .. })),
+        type Check = fn(&FormatError) -> bool;
+        let cases: Vec<(String, usize, Check)> = vec![
+            (format!("{{{}}}", t("F32", "[2]", 0, 4)), 4, |e| {
+                matches!(e, FormatError::SizeMismatch { .. })
+            }),
+            (format!("{{{}}}", t("Q4", "[2]", 0, 8)), 8, |e| {
+                matches!(e, FormatError::UnknownDtype { .. })
+            }),
+            (format!("{{{}}}", t("F32", "[2]", 0, 8)), 4, |e| {
+                matches!(e, FormatError::OffsetsOutOfBounds { .. })
+            }),
+            (format!("{{{}}}", t("F32", "[2]", 0, 8)), 12, |e| {
+                matches!(e, FormatError::TrailingBytes { .. })
+            }),
+            (format!("{{{}}}", t("F32", "[4294967296,4294967296,16]", 0, 8)), 8, |e| {
+                matches!(e, FormatError::ShapeOverflow { .. })
+            }),
             (
-                format!(r#"{{{},"y":{{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}}}"#, t("F32", "[2]", 0, 8)),
+                format!(
+                    r#"{{{},"y":{{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}}}"#,
+                    t("F32", "[2]", 0, 8)
+                ),
                 12,
                 |e| matches!(e, FormatError::OffsetsNotContiguous { .. }),
             ),
-            (format!("{{{},{}}}", t("F32", "[2]", 0, 8), t("F32", "[2]", 8, 16)), 16, |e| matches!(e, FormatError::DuplicateName { .. })),
+            (format!("{{{},{}}}", t("F32", "[2]", 0, 8), t("F32", "[2]", 8, 16)), 16, |e| {
+                matches!(e, FormatError::DuplicateName { .. })
+            }),
             ("[1,2]".to_string(), 0, |e| matches!(e, FormatError::HeaderJson { .. })),
         ];
         for (json, data_len, check) in cases {
@@ -264,11 +283,17 @@ mod tests {
         assert!(matches!(Header::parse(&[1, 2, 3], 3), Err(FormatError::TooShort { .. })));
         let mut f = 1000u64.to_le_bytes().to_vec();
         f.extend_from_slice(b"{}");
-        assert!(matches!(Header::parse(&f, f.len() as u64), Err(FormatError::HeaderPastEnd { .. })));
+        assert!(matches!(
+            Header::parse(&f, f.len() as u64),
+            Err(FormatError::HeaderPastEnd { .. })
+        ));
         let f = u64::MAX.to_le_bytes();
         assert!(matches!(Header::parse(&f, 8), Err(FormatError::HeaderTooLarge { .. })));
         let mut f = 4u64.to_le_bytes().to_vec();
         f.extend_from_slice(&[b'{', 0xff, 0xfe, b'}']);
-        assert!(matches!(Header::parse(&f, f.len() as u64), Err(FormatError::HeaderNotUtf8 { offset: 1 })));
+        assert!(matches!(
+            Header::parse(&f, f.len() as u64),
+            Err(FormatError::HeaderNotUtf8 { offset: 1 })
+        ));
     }
 }

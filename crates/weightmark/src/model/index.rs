@@ -52,7 +52,12 @@ impl ShardIndex {
         let mut shards: Vec<String> = raw.weight_map.values().cloned().collect();
         shards.sort();
         shards.dedup();
-        Ok(ShardIndex { file_name: file_name.to_string(), bytes, weight_map: raw.weight_map, shards })
+        Ok(ShardIndex {
+            file_name: file_name.to_string(),
+            bytes,
+            weight_map: raw.weight_map,
+            shards,
+        })
     }
 }
 
@@ -80,7 +85,8 @@ mod tests {
     #[test]
     fn lists_shards_once() {
         let json = r#"{"metadata":{"total_size":8},"weight_map":{"a":"s2.safetensors","b":"s1.safetensors","c":"s2.safetensors"}}"#;
-        let idx = ShardIndex::parse("i.json", json.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}"));
+        let idx =
+            ShardIndex::parse("i.json", json.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(idx.shards, ["s1.safetensors", "s2.safetensors"]);
     }
 }

@@ -19,7 +19,7 @@ use memmap2::Mmap;
 
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
-pub use write::{write_model, OutputFile, WriteOptions, WriteReport};
+pub use write::{resolve_output, write_model, OutputFile, Transform, WriteOptions, WriteReport};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, FormatError, Result};

@@ -83,6 +83,18 @@ pub fn write_model(
     result
 }
 
+/// Where [`write_model`] will put `model` when asked to write to `out`, after
+/// refusing an output that is the input: the file itself for a single file
+/// (inside `out` if that is an existing directory), else the directory `out`.
+pub fn resolve_output(model: &Model, out: &Path) -> Result<PathBuf> {
+    let dest = match (&model.layout, model.files.first()) {
+        (Layout::File, Some(file)) if out.is_dir() => out.join(&file.file_name),
+        _ => out.to_path_buf(),
+    };
+    refuse_same_path(&model.path, &dest)?;
+    Ok(dest)
+}
+
 fn write_single(
     model: &Model,
     out: &Path,
@@ -90,8 +102,7 @@ fn write_single(
     options: &WriteOptions<'_>,
 ) -> Result<WriteReport> {
     let file = model.files.first().ok_or_else(|| Error::invalid("model has no file"))?;
-    let dest = if out.is_dir() { out.join(&file.file_name) } else { out.to_path_buf() };
-    refuse_same_path(&model.path, &dest)?;
+    let dest = resolve_output(model, out)?;
     let parent = parent_dir(&dest);
     let mut tmp = tempfile::Builder::new()
         .prefix(".weightmark-")
@@ -146,7 +157,11 @@ fn write_directory(
         let path = staging.path().join(&index.file_name);
         fs::write(&path, &index.bytes).map_err(|e| Error::io(&path, e))?;
         let sha256 = Sha256::digest(&index.bytes).into();
-        files.push(OutputFile { name: index.file_name.clone(), sha256, size: index.bytes.len() as u64 });
+        files.push(OutputFile {
+            name: index.file_name.clone(),
+            sha256,
+            size: index.bytes.len() as u64,
+        });
     }
     let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let (copied, skipped) = copy_auxiliary(&model.path, staging.path(), &written)?;
@@ -245,9 +260,9 @@ fn copy_auxiliary(
                 stack.push(rel_path);
             } else if kind.is_file() {
                 let ext = rel_path.extension().map(|e| e.to_string_lossy().to_lowercase());
-                let is_weights = ext.as_deref().is_some_and(|e| {
-                    e == "safetensors" || WEIGHT_EXTENSIONS.contains(&e)
-                });
+                let is_weights = ext
+                    .as_deref()
+                    .is_some_and(|e| e == "safetensors" || WEIGHT_EXTENSIONS.contains(&e));
                 if is_weights || name.ends_with(".safetensors.index.json") {
                     skipped.push(name);
                 } else {
@@ -298,8 +313,8 @@ fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
             _ => out.to_path_buf(),
         },
     };
-    let inside_input = canonical_in.is_file()
-        && canonical_in.parent().is_some_and(|d| d == canonical_out);
+    let inside_input =
+        canonical_in.is_file() && canonical_in.parent().is_some_and(|d| d == canonical_out);
     if canonical_in == canonical_out || inside_input {
         return Err(Error::invalid(format!(
             "{}: the output is the input; write the marked model somewhere else",
