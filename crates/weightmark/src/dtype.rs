@@ -185,33 +185,91 @@ pub fn f8_e5m2_to_f64(b: u8) -> f64 {
     }
 }
 
-/// Rounds `v` to a markable dtype with keyed stochastic rounding and writes the
-/// little-endian bytes into `out` (which must be exactly one element long).
-///
-/// `uniform` is a keyed 32-bit uniform number. Returns `false`, writing
-/// nothing, when `v` is not finite or would overflow the dtype: the caller
-/// keeps the original element then.
-pub fn encode_stochastic(dtype: Dtype, v: f64, uniform: u32, out: &mut [u8]) -> bool {
-    if !v.is_finite() {
-        return false;
-    }
+/// Rounds each `values[i]` to a markable dtype with keyed stochastic rounding
+/// (uniform number `uniforms[i]`) and writes its little-endian bytes into
+/// element `i` of `out`. An element whose value is not finite, or would
+/// overflow the dtype, is left as it was in `out`. Other dtypes leave `out`
+/// untouched.
+pub fn encode_stochastic(dtype: Dtype, values: &[f64], uniforms: &[u32], out: &mut [u8]) {
     match dtype {
-        Dtype::F64 => out.copy_from_slice(&v.to_le_bytes()),
-        Dtype::F32 => match round_stochastic::<f32>(v, uniform) {
-            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
-            None => return false,
-        },
-        Dtype::F16 => match round_stochastic::<f16>(v, uniform) {
-            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
-            None => return false,
-        },
-        Dtype::BF16 => match round_stochastic::<bf16>(v, uniform) {
-            Some(x) => out.copy_from_slice(&x.to_le_bytes()),
-            None => return false,
-        },
-        _ => return false,
+        Dtype::F64 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(8)) {
+                if v.is_finite() {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        Dtype::F32 => encode_with::<4>(values, uniforms, out, |v, u| {
+            round_stochastic_bits(v, u, 23, |b| (b as f32).to_bits().into())
+                .map(|bits| f32::from_bits(bits as u32))
+                .or_else(|| round_stochastic(v, u))
+                .map(f32::to_le_bytes)
+        }),
+        Dtype::F16 => encode_with::<2>(values, uniforms, out, |v, u| {
+            round_stochastic::<f16>(v, u).map(f16::to_le_bytes)
+        }),
+        Dtype::BF16 => encode_with::<2>(values, uniforms, out, |v, u| {
+            round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
+                .map(|bits| bf16::from_bits(bits as u16))
+                .or_else(|| round_stochastic(v, u))
+                .map(bf16::to_le_bytes)
+        }),
+        _ => {}
     }
-    true
+}
+
+/// The loop of [`encode_stochastic`] for one narrow type.
+fn encode_with<const N: usize>(
+    values: &[f64],
+    uniforms: &[u32],
+    out: &mut [u8],
+    round: impl Fn(f64, u32) -> Option<[u8; N]>,
+) {
+    for ((&v, &u), o) in values.iter().zip(uniforms).zip(out.chunks_exact_mut(N)) {
+        if let Some(bytes) = round(v, u) {
+            o.copy_from_slice(&bytes);
+        }
+    }
+}
+
+/// Fast path of keyed stochastic rounding for a binary float type with f32's
+/// exponent range (f32, bf16) and `mantissa` stored bits, on the bits of `v`:
+/// truncating the magnitude to `mantissa` bits gives the lower neighbour,
+/// the truncated bits `frac` give `P(up) = frac / 2^shift` exactly, and
+/// "up" is the next magnitude (bits + 1). Returns the result's bits, or
+/// `None` outside the normal range (the caller falls back to
+/// [`round_stochastic`], which makes the same choice for every `uniform`).
+#[inline]
+fn round_stochastic_bits(
+    v: f64,
+    uniform: u32,
+    mantissa: u32,
+    to_bits: impl Fn(f64) -> u64,
+) -> Option<u64> {
+    const MIN_NORMAL: f64 = 1.1754943508222875e-38; // f32::MIN_POSITIVE
+    const MAX_SAFE: f64 = 1.0e38; // well inside the range of f32 and bf16
+    let magnitude = v.abs();
+    if !(MIN_NORMAL..MAX_SAFE).contains(&magnitude) {
+        return None;
+    }
+    let shift = 52 - mantissa;
+    let bits = magnitude.to_bits();
+    let frac = bits & ((1u64 << shift) - 1);
+    // Exactly representable in the target type: the conversion is exact.
+    let lower = to_bits(f64::from_bits(bits - frac));
+    // uniform / 2^32 < frac / 2^shift, in exact integer arithmetic.
+    let up = (u128::from(uniform) << shift) < (u128::from(frac) << 32);
+    let sign = if v.is_sign_negative() { 1u64 << (8 * byte_width(mantissa) - 1) } else { 0 };
+    Some((lower + u64::from(up)) | sign)
+}
+
+/// Width in bytes of the type with `mantissa` stored bits (f32 or bf16).
+const fn byte_width(mantissa: u32) -> u32 {
+    if mantissa == 23 {
+        4
+    } else {
+        2
+    }
 }
 
 /// Rounds `v` to a markable dtype (round to nearest, ties to even) and writes
@@ -300,28 +358,34 @@ macro_rules! narrow_half {
 narrow_half!(f16);
 narrow_half!(bf16);
 
-/// Keyed stochastic rounding of `v` to `T`; `None` when the result would not be
-/// finite.
+/// Keyed stochastic rounding of `v` to `T`; `None` when `v` or the result
+/// would not be finite.
+///
+/// Works on the magnitude (IEEE grids are symmetric about zero): with `lo`
+/// and `hi` the representable magnitudes around `|v|`, the result has
+/// magnitude `hi` iff `uniform / 2^32 < (|v| - lo) / (hi - lo)`, then takes
+/// the sign of `v`. Both comparisons are exact in `f64` (`hi - lo` is a power
+/// of two), so [`round_stochastic_bits`] makes the very same choice.
+#[inline]
 fn round_stochastic<T: NarrowFloat>(v: f64, uniform: u32) -> Option<T> {
-    let nearest = T::from_f64_nearest(v);
+    let magnitude = v.abs();
+    let nearest = T::from_f64_nearest(magnitude);
     let nv = nearest.to_f64();
-    if !nv.is_finite() {
+    if !nv.is_finite() || !magnitude.is_finite() {
         return None;
     }
-    if nv == v {
-        return Some(nearest);
+    let signed = |x: T| if v.is_sign_negative() { T::from_f64_nearest(-x.to_f64()) } else { x };
+    if nv == magnitude {
+        return Some(signed(nearest));
     }
     let (lo, hi) =
-        if nv < v { (nearest, nearest.next_up()) } else { (nearest.next_down(), nearest) };
+        if nv < magnitude { (nearest, nearest.next_up()) } else { (nearest.next_down(), nearest) };
     let (lo_v, hi_v) = (lo.to_f64(), hi.to_f64());
-    if !lo_v.is_finite() || !hi_v.is_finite() {
-        return Some(nearest);
+    if !hi_v.is_finite() {
+        return None;
     }
-    let p_hi = (v - lo_v) / (hi_v - lo_v);
-    // uniform / 2^32 is in [0, 1); choosing `hi` when it falls below p_hi makes
-    // P(hi) = p_hi up to 2^-32.
-    let u = f64::from(uniform) * (1.0 / 4_294_967_296.0);
-    Some(if u < p_hi { hi } else { lo })
+    let take_hi = f64::from(uniform) * (hi_v - lo_v) < (magnitude - lo_v) * 4_294_967_296.0;
+    Some(signed(if take_hi { hi } else { lo }))
 }
 
 #[cfg(test)]
@@ -377,9 +441,36 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_makes_the_same_choice_as_the_generic_rounding() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let v = ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 10f64.powi((r % 9) as i32 - 6);
+            let u = next() as u32;
+            let fast32 = round_stochastic_bits(v, u, 23, |b| (b as f32).to_bits().into())
+                .map(|b| f32::from_bits(b as u32));
+            assert_eq!(fast32, round_stochastic::<f32>(v, u), "f32 v={v} u={u}");
+            let fast16 = round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
+                .map(|b| bf16::from_bits(b as u16));
+            let slow16 = round_stochastic::<bf16>(v, u);
+            assert_eq!(fast16.map(bf16::to_bits), slow16.map(bf16::to_bits), "bf16 v={v} u={u}");
+        }
+    }
+
+    #[test]
     fn exact_values_are_kept() {
         let mut out = [0u8; 2];
-        assert!(encode_stochastic(Dtype::BF16, 0.5, 12345, &mut out));
+        encode_stochastic(Dtype::BF16, &[0.5], &[12345], &mut out);
         assert_eq!(bf16::from_le_bytes(out).to_f64(), 0.5);
+        // Non-finite values leave the element alone.
+        let mut out = 1.5f32.to_le_bytes();
+        encode_stochastic(Dtype::F32, &[f64::NAN], &[0], &mut out);
+        assert_eq!(f32::from_le_bytes(out), 1.5);
     }
 }

@@ -203,21 +203,18 @@ pub fn embed_tensor(t: &TensorRef<'_>, streams: &TensorStreams, strength: f64) -
             let mut u = vec![0u32; n];
             streams.signs(start as u64, &mut p);
             streams.dither(start as u64, &mut u);
-            for ((row_w, row_p), (row_u, row_out)) in w
-                .chunks(row_len)
-                .zip(p.chunks(row_len))
-                .zip(u.chunks(row_len).zip(out.chunks_mut(row_len * size)))
+            let mut target = vec![0.0; n];
+            for ((row_w, row_p), row_t) in
+                w.chunks(row_len).zip(p.chunks(row_len)).zip(target.chunks_mut(row_len))
             {
                 let a = strength * row_rms(row_w);
-                for (((&wi, &pi), &ui), o) in
-                    row_w.iter().zip(row_p).zip(row_u).zip(row_out.chunks_exact_mut(size))
-                {
-                    if wi.is_finite() {
-                        // On overflow the original bytes stay (encode writes nothing).
-                        encode_stochastic(t.dtype, wi + a * pi, ui, o);
-                    }
+                for ((t, &wi), &pi) in row_t.iter_mut().zip(row_w).zip(row_p) {
+                    // Non-finite elements stay NaN/inf here and are left alone.
+                    *t = wi + a * pi;
                 }
             }
+            // On overflow or a non-finite value the original bytes stay.
+            encode_stochastic(t.dtype, &target, &u, out);
             let mut marked = Vec::with_capacity(n);
             decode_f64(t.dtype, out, &mut marked);
             let mut fid = Fidelity::default();
