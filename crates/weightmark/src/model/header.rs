@@ -296,4 +296,53 @@ mod tests {
             Err(FormatError::HeaderNotUtf8 { offset: 1 })
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::Header;
+        use crate::dtype::Dtype;
+        use crate::synth::{to_safetensors, SynthTensor};
+
+        fn tensor() -> impl Strategy<Value = SynthTensor> {
+            ("[a-z.]{1,12}", 0..Dtype::ALL.len(), proptest::collection::vec(0usize..5, 0..4))
+                .prop_map(|(name, d, shape)| {
+                    let dtype = Dtype::ALL[d];
+                    let len = shape.iter().product::<usize>() * dtype.size();
+                    SynthTensor { name, dtype, shape, data: vec![7u8; len] }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn written_headers_parse_back(tensors in proptest::collection::vec(tensor(), 0..6)) {
+                let mut seen = std::collections::HashSet::new();
+                let tensors: Vec<SynthTensor> =
+                    tensors.into_iter().filter(|t| seen.insert(t.name.clone())).collect();
+                let bytes = to_safetensors(&tensors, None);
+                let header = Header::parse(&bytes, bytes.len() as u64);
+                prop_assert!(header.is_ok(), "{:?}", header.err());
+                let header = header.unwrap_or_else(|_| unreachable!());
+                prop_assert_eq!(header.tensors.len(), tensors.len());
+                for (t, info) in tensors.iter().zip(&header.tensors) {
+                    prop_assert_eq!(&t.name, &info.name);
+                    prop_assert_eq!(t.dtype, info.dtype);
+                    prop_assert_eq!(&t.shape, &info.shape);
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), len in 0u64..1000) {
+                let _ = Header::parse(&bytes, len.max(bytes.len() as u64));
+            }
+
+            #[test]
+            fn corrupted_headers_never_panic(tensors in proptest::collection::vec(tensor(), 1..4), at in any::<usize>(), byte in any::<u8>()) {
+                let mut bytes = to_safetensors(&tensors, None);
+                let i = at % bytes.len();
+                bytes[i] = byte;
+                let _ = Header::parse(&bytes, bytes.len() as u64);
+            }
+        }
+    }
 }
