@@ -89,7 +89,8 @@ pub struct Detection {
     pub s: f64,
     /// Global V.
     pub v: f64,
-    /// Per-tensor results, in suspect order.
+    /// Per-tensor results: in certificate order with a certificate, else in
+    /// suspect order.
     pub tensors: Vec<TensorResult>,
     /// Tensors that could not be tested.
     pub skipped: Vec<Skipped>,

@@ -68,8 +68,11 @@ pub struct EmbedReport {
 impl EmbedReport {
     /// Smallest strength at which this model's blind z would reach the
     /// default threshold (z = 6.44), from `z = strength * sqrt(n)`.
+    /// Rounded up to three significant digits, so the value printed is enough.
     pub fn strength_for_blind_threshold(&self) -> f64 {
-        z_for_p(DEFAULT_THRESHOLD_P) / (self.blind.elements.max(1) as f64).sqrt()
+        let exact = z_for_p(DEFAULT_THRESHOLD_P) / (self.blind.elements.max(1) as f64).sqrt();
+        let scale = 10f64.powi(2 - exact.log10().floor() as i32);
+        (exact * scale).ceil() / scale
     }
 }
 
@@ -83,6 +86,11 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
     }
     if options.label.is_empty() {
         return Err(Error::invalid("the release label is empty (use --label)"));
+    }
+    if options.recipient.as_deref() == Some("") {
+        return Err(Error::invalid(
+            "the recipient is empty: leave -r out for a release without one",
+        ));
     }
     Ok(())
 }

@@ -114,7 +114,8 @@ pub struct ReleasePredicate {
     pub mark_key_commitment: String,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
-    /// Total marked elements.
+    /// Elements counted by the blind statistic at release: finite elements
+    /// of marked rows whose RMS is not zero.
     pub marked_elements: u64,
     /// Tensor root of the unmarked original (hex).
     pub original_tensor_root: String,
@@ -242,6 +243,7 @@ pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    crate::model::set_public_mode(tmp.path(), 0o644)?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

@@ -254,22 +254,30 @@ pub fn detect_tensor(
     original: Option<&TensorRef<'_>>,
     streams: &TensorStreams,
 ) -> Stats {
+    detect_tensor_multi(suspect, original, &[streams]).first().copied().unwrap_or_default()
+}
+
+/// Detection statistics of one tensor under several keys at once, reading
+/// the tensor once: `x` and the weights `c_i` do not depend on the key, so
+/// `V` and the decoding are shared and only `S` is computed per key.
+pub fn detect_tensor_multi(
+    suspect: &TensorRef<'_>,
+    original: Option<&TensorRef<'_>>,
+    streams: &[&TensorStreams],
+) -> Vec<Stats> {
     let elements = suspect.elements();
     let row_len = suspect.info.row_len().max(1);
     let chunk = chunk_len(elements, row_len);
     let chunks = elements.div_ceil(chunk);
     let s_size = suspect.dtype.size();
-    let parts: Vec<Stats> = (0..chunks)
+    let parts: Vec<Vec<Stats>> = (0..chunks)
         .into_par_iter()
         .map(|ci| {
             let start = ci * chunk;
             let end = (start + chunk).min(elements);
             let mut x = Vec::with_capacity(end - start);
-            decode_f64(
-                suspect.dtype,
-                suspect.data.get(start * s_size..end * s_size).unwrap_or_default(),
-                &mut x,
-            );
+            let bytes = suspect.data.get(start * s_size..end * s_size).unwrap_or_default();
+            decode_f64(suspect.dtype, bytes, &mut x);
             if let Some(o) = original {
                 let o_size = o.dtype.size();
                 let mut w = Vec::with_capacity(end - start);
@@ -282,14 +290,43 @@ pub fn detect_tensor(
                     *xi -= wi;
                 }
             }
+            // Weighted values c_i x_i (0 where x_i is not finite) and the
+            // shared V and element count, row by row.
+            let mut weighted = vec![0.0; x.len()];
+            let mut shared = Stats::default();
+            for (row_x, row_cx) in x.chunks(row_len).zip(weighted.chunks_mut(row_len)) {
+                let (sum_sq, n) = row_x
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold((0.0, 0u64), |(s, n), v| (s + v * v, n + 1));
+                if sum_sq == 0.0 || n == 0 {
+                    continue;
+                }
+                let c = 1.0 / (sum_sq / n as f64).sqrt();
+                for (cx, &v) in row_cx.iter_mut().zip(row_x) {
+                    *cx = if v.is_finite() { c * v } else { 0.0 };
+                }
+                shared.v += c * c * sum_sq;
+                shared.elements += n;
+            }
             let mut p = vec![0.0; x.len()];
-            streams.signs(start as u64, &mut p);
-            x.chunks(row_len)
-                .zip(p.chunks(row_len))
-                .fold(Stats::default(), |acc, (rx, rp)| acc.merge(row_stats(rx, rp)))
+            streams
+                .iter()
+                .map(|st| {
+                    st.signs(start as u64, &mut p);
+                    let s: f64 = weighted.iter().zip(&p).map(|(cx, s)| cx * s).sum();
+                    Stats { s, ..shared }
+                })
+                .collect()
         })
         .collect();
-    parts.into_iter().fold(Stats::default(), Stats::merge)
+    let mut total = vec![Stats::default(); streams.len()];
+    for part in parts {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t = t.merge(p);
+        }
+    }
+    total
 }
 
 #[cfg(test)]
@@ -310,6 +347,75 @@ mod tests {
         let st = row_stats(&x, &p);
         assert!((st.z() - 20.0).abs() < 1e-9);
     }
+
+    #[test]
+    fn multi_key_detection_equals_single_key_detection() {
+        use crate::key::MarkKey;
+        use crate::model::TensorInfo;
+        let shape = vec![37usize, 300];
+        let data: Vec<u8> =
+            (0..37 * 300).flat_map(|i| ((i as f32 * 0.37).sin() * 0.02).to_le_bytes()).collect();
+        let info = TensorInfo {
+            name: "t".into(),
+            dtype: crate::Dtype::F32,
+            shape: shape.clone(),
+            begin: 0,
+            end: data.len(),
+        };
+        let t = TensorRef {
+            name: "t",
+            dtype: crate::Dtype::F32,
+            shape: &shape,
+            data: &data,
+            info: &info,
+        };
+        let keys: Vec<TensorStreams> =
+            (0..3u8).map(|k| TensorStreams::new(&MarkKey::from_bytes([k; 32]), "t")).collect();
+        let refs: Vec<&TensorStreams> = keys.iter().collect();
+        let multi = detect_tensor_multi(&t, None, &refs);
+        for (k, m) in keys.iter().zip(&multi) {
+            let single = detect_tensor(&t, None, k);
+            assert!(
+                (single.s - m.s).abs() < 1e-9 && single.v == m.v && single.elements == m.elements
+            );
+        }
+    }
+
+    /// Pins the marked bytes of a small tensor in each markable dtype: a change
+    /// to the pattern streams, the amplitude or the rounding rule breaks every
+    /// existing mark and must be a new scheme, not a silent edit. The values
+    /// were also reproduced by the independent Python implementation described
+    /// in docs/formats.md.
+    #[test]
+    fn known_answer_marked_bytes() {
+        use crate::key::MarkKey;
+        use crate::model::TensorInfo;
+        use sha2::{Digest, Sha256};
+        let shape = vec![4usize, 64];
+        let values: Vec<f64> = (0..256).map(|i| ((i as f64) * 0.731).sin() * 0.05).collect();
+        let mut got = Vec::new();
+        for dtype in [crate::Dtype::F64, crate::Dtype::F32, crate::Dtype::F16, crate::Dtype::BF16] {
+            let mut data = vec![0u8; 256 * dtype.size()];
+            for (o, &v) in data.chunks_exact_mut(dtype.size()).zip(&values) {
+                crate::dtype::encode_nearest(dtype, v, o);
+            }
+            let info = TensorInfo {
+                name: "w".into(),
+                dtype,
+                shape: shape.clone(),
+                begin: 0,
+                end: data.len(),
+            };
+            let t = TensorRef { name: "w", dtype, shape: &shape, data: &data, info: &info };
+            let streams = TensorStreams::new(&MarkKey::from_bytes([9; 32]), "w");
+            let marked = embed_tensor(&t, &streams, 0.003);
+            got.push(crate::digest::hex(&Sha256::digest(&marked.data)[..8]));
+        }
+        assert_eq!(got, KNOWN_MARKED);
+    }
+
+    const KNOWN_MARKED: [&str; 4] =
+        ["b95c144f26cf3a61", "121c80740a30935c", "4d08f09901eb4192", "0e00d52f1639d038"];
 
     #[test]
     fn merge_is_additive() {

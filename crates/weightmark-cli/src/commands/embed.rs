@@ -81,8 +81,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     if blind_z < threshold_z {
         println!(
             "  note: this model is too small for blind detection at strength {}: blind z {blind_z:.1} \
-             is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {:.3} \
-             ({:.1}% relative change). Keep the unmarked original: informed detection \
+             is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {} \
+             ({:.2}% relative change). Keep the unmarked original: informed detection \
              (detect --original) finds this mark with z about {:.0}.",
             args.strength,
             report.strength_for_blind_threshold(),

@@ -11,6 +11,8 @@ mod index;
 mod mmap;
 mod write;
 
+pub(crate) use write::set_public_mode;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

@@ -113,6 +113,7 @@ fn write_single(
     let tmp_path = tmp.path().to_path_buf();
     let (sha256, size) =
         write_file(file, tmp.as_file_mut(), &tmp_path, transform, options, &mut digests)?;
+    set_public_mode(&tmp_path, 0o644)?;
     tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(WriteReport {
@@ -165,6 +166,7 @@ fn write_directory(
     }
     let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let (copied, skipped) = copy_auxiliary(&model.path, staging.path(), &written)?;
+    set_public_mode(staging.path(), 0o755)?;
     move_into_place(staging.path(), out)?;
     Ok(WriteReport { path: out.to_path_buf(), files, tensor_digests: digests, copied, skipped })
 }
@@ -321,6 +323,20 @@ fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
             out.display()
         )));
     }
+    Ok(())
+}
+
+/// Temporary files and directories are created private (0600/0700); the
+/// model written through them is not a secret, so give it the usual mode.
+pub(crate) fn set_public_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }
 
