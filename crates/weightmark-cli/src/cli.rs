@@ -23,6 +23,12 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Look for a mark in a suspect model (blind, or informed with --original).
     Detect(DetectArgs),
+    /// Check the signature of a certificate or detection report, and a model against it.
+    Verify(VerifyArgs),
+    /// Find which licensee's copy a suspect is: test every certificate in one pass.
+    Identify(IdentifyArgs),
+    /// Write one release's mark key for a dispute (never the master secret).
+    Reveal(RevealArgs),
     /// List a model's tensors, dtypes, shapes, sizes and digests.
     Inspect(InspectArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
@@ -80,9 +86,19 @@ pub struct EmbedArgs {
 /// `weightmark detect`.
 #[derive(Args, Debug)]
 pub struct DetectArgs {
-    /// The owner's secret key file.
-    #[arg(short = 'k', long = "key", value_name = "KEY")]
-    pub key: PathBuf,
+    /// Your secret key file: the owner's (derives the mark key), or, with
+    /// --mark-key, the key that signs the --report.
+    #[arg(short = 'k', long = "key", value_name = "KEY", required_unless_present = "mark_key")]
+    pub key: Option<PathBuf>,
+    /// A revealed mark key (from `weightmark reveal`) instead of the owner's
+    /// secret key: for a third party settling a dispute. Needs --cert; refused
+    /// unless it matches the certificate's commitment.
+    #[arg(long = "mark-key", value_name = "FILE", requires = "cert")]
+    pub mark_key: Option<PathBuf>,
+    /// The owner's public key, to check the certificate's signature when the
+    /// secret key given is not the owner's (with --mark-key).
+    #[arg(long = "pub", value_name = "PUB")]
+    pub public: Option<PathBuf>,
     /// Certificate of the release to look for (gives label, recipient and tensors).
     #[arg(long, value_name = "CERT", conflicts_with_all = ["label", "recipient"], required_unless_present = "label")]
     pub cert: Option<PathBuf>,
@@ -101,9 +117,74 @@ pub struct DetectArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Write a detection report signed with -k: the suspect's digests, the
+    /// statistics, the decision and the certificate tested.
+    #[arg(long, value_name = "REPORT", requires = "key")]
+    pub report: Option<PathBuf>,
+    /// An earlier report this one builds on (the suspect derives from that
+    /// report's suspect), so a chain of reports can be followed back.
+    #[arg(long = "builds-on", value_name = "REPORT", requires = "report")]
+    pub builds_on: Option<PathBuf>,
     /// The suspect model: a .safetensors file or a model directory.
     #[arg(value_name = "SUSPECT")]
     pub suspect: PathBuf,
+}
+
+/// `weightmark verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A certificate (from `embed`) or a detection report (from `detect --report`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The signer's public key file.
+    #[arg(long = "pub", value_name = "PUB")]
+    pub public: PathBuf,
+    /// Also check that this model is the one the file is about: file digests
+    /// and per-tensor digests (a re-saved or re-sharded copy with identical
+    /// tensors verifies at tensor level).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `weightmark identify`.
+#[derive(Args, Debug)]
+pub struct IdentifyArgs {
+    /// The owner's secret key file.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    pub key: PathBuf,
+    /// Directory of release certificates (one per licensee); every `*.json`
+    /// file signed by this key is tested.
+    #[arg(long, value_name = "DIR")]
+    pub certs: PathBuf,
+    /// The unmarked original: informed detection (far more sensitive).
+    #[arg(long, value_name = "ORIG")]
+    pub original: Option<PathBuf>,
+    /// Name a candidate when its Bonferroni-adjusted p-value bound is at most this.
+    #[arg(long, value_name = "P", default_value_t = weightmark::DEFAULT_THRESHOLD_P)]
+    pub threshold: f64,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The suspect model.
+    #[arg(value_name = "SUSPECT")]
+    pub suspect: PathBuf,
+}
+
+/// `weightmark reveal`.
+#[derive(Args, Debug)]
+pub struct RevealArgs {
+    /// The owner's secret key file.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    pub key: PathBuf,
+    /// The certificate of the release whose mark key to reveal.
+    #[arg(long, value_name = "CERT")]
+    pub cert: PathBuf,
+    /// Where to write the mark key (mode 0600, never overwritten).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 /// `weightmark inspect`.

@@ -10,6 +10,7 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod format;
+mod output;
 mod progress;
 
 use cli::{Cli, Command};
@@ -49,15 +50,15 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Keygen(args) => commands::keygen::run(&args),
         Command::Embed(args) => commands::embed::run(&args),
         Command::Detect(args) => commands::detect::run(&args),
+        Command::Verify(args) => commands::verify::run(&args),
+        Command::Identify(args) => commands::identify::run(&args),
+        Command::Reveal(args) => commands::reveal::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
     }
 }
 
-/// A closed pipe (`weightmark inspect m | head`) is not an error.
+/// A closed stdout (`weightmark inspect m | head`) is not an error.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain().any(|e| e.is::<output::StdoutClosed>())
 }

@@ -5,19 +5,19 @@
 //! is reported by name and left out; every other tensor is tested, and the
 //! per-tensor statistics add up to the global z (see [`crate::scheme`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::digest::{hex, model_tensor_digests, tensor_root};
+use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
 use crate::error::Result;
 use crate::key::MarkKey;
 use crate::model::{Model, TensorRef};
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
-use crate::scheme::{detect_tensor, p_value_bound, Stats};
+use crate::scheme::{detect_tensor_multi, p_value_bound, Stats};
 use crate::select::is_default_selected;
 
 /// Blind (suspect alone) or informed (suspect minus the original).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Without the original.
@@ -44,7 +44,7 @@ pub struct DetectOptions<'a> {
 }
 
 /// Statistics of one tested tensor.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TensorResult {
     /// Tensor name.
     pub name: String,
@@ -59,7 +59,7 @@ pub struct TensorResult {
 }
 
 /// A tensor that could not be tested, and why.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Skipped {
     /// Tensor name.
     pub name: String,
@@ -96,6 +96,9 @@ pub struct Detection {
     pub skipped: Vec<Skipped>,
     /// Tensor root over every tensor of the suspect (hex).
     pub suspect_digest: String,
+    /// Digest of every tensor of the suspect (for signed reports).
+    #[serde(skip)]
+    pub suspect_tensor_digests: Vec<(String, Sha256Digest)>,
 }
 
 /// Runs detection of `target` in `suspect`, informed when `original` is given.
@@ -105,91 +108,125 @@ pub fn detect(
     target: &Target<'_>,
     options: &DetectOptions<'_>,
 ) -> Result<Detection> {
-    let mut skipped = Vec::new();
-    let mut plan: Vec<(TensorRef<'_>, Option<TensorRef<'_>>)> = Vec::new();
-    let wanted: Vec<(String, Option<Vec<usize>>)> = match &target.tensors {
-        Some(list) => list.iter().map(|(n, s)| (n.clone(), Some(s.clone()))).collect(),
-        None => suspect
-            .tensors()
-            .filter(is_default_selected)
-            .map(|t| (t.name.to_string(), None))
-            .collect(),
-    };
-    for (name, shape) in &wanted {
-        let skip = |reason: String| Skipped { name: name.clone(), reason };
-        let Some(t) = suspect.tensor(name) else {
-            skipped.push(skip("missing from the suspect".into()));
-            continue;
+    let mut all = detect_many(suspect, original, std::slice::from_ref(target), options)?;
+    all.pop().ok_or_else(|| crate::Error::invalid("detection produced no result"))
+}
+
+/// Runs detection of several targets (releases, recipients) in one read pass
+/// over the suspect: each tensor is decoded once and tested under every key
+/// that marked it ([`detect_tensor_multi`]). Results are in target order.
+pub fn detect_many(
+    suspect: &Model,
+    original: Option<&Model>,
+    targets: &[Target<'_>],
+    options: &DetectOptions<'_>,
+) -> Result<Vec<Detection>> {
+    let mut skipped: Vec<Vec<Skipped>> = vec![Vec::new(); targets.len()];
+    // Tensor name -> (suspect tensor, original tensor, targets that test it), in
+    // order of first appearance.
+    let mut plan: Vec<(TensorRef<'_>, Option<TensorRef<'_>>, Vec<usize>)> = Vec::new();
+    for (ti, target) in targets.iter().enumerate() {
+        let wanted: Vec<(String, Option<Vec<usize>>)> = match &target.tensors {
+            Some(list) => list.iter().map(|(n, s)| (n.clone(), Some(s.clone()))).collect(),
+            None => suspect
+                .tensors()
+                .filter(is_default_selected)
+                .map(|t| (t.name.to_string(), None))
+                .collect(),
         };
-        if let Some(shape) = shape.as_ref().filter(|s| s.as_slice() != t.shape) {
-            skipped
-                .push(skip(format!("shape {:?} in the suspect, {shape:?} when marked", t.shape)));
-            continue;
+        for (name, shape) in &wanted {
+            match check_tensor(suspect, original, name, shape.as_deref()) {
+                Err(reason) => skipped[ti].push(Skipped { name: name.clone(), reason }),
+                Ok((t, o)) => match plan.iter_mut().find(|(p, _, _)| p.name == t.name) {
+                    Some((_, _, users)) => users.push(ti),
+                    None => plan.push((t, o, vec![ti])),
+                },
+            }
         }
-        if !t.dtype.is_readable() {
-            skipped
-                .push(skip(format!("dtype {} in the suspect cannot be read as numbers", t.dtype)));
-            continue;
-        }
-        let orig = match original {
-            None => None,
-            Some(o) => match o.tensor(name) {
-                None => {
-                    skipped.push(skip("missing from the original".into()));
-                    continue;
-                }
-                Some(ot) if ot.shape != t.shape || !ot.dtype.is_readable() => {
-                    skipped.push(skip(format!(
-                        "original has shape {:?} and dtype {}, suspect {:?} and {}",
-                        ot.shape, ot.dtype, t.shape, t.dtype
-                    )));
-                    continue;
-                }
-                Some(ot) => Some(ot),
-            },
-        };
-        plan.push((t, orig));
     }
 
-    let planned: u64 = plan.iter().map(|(t, _)| t.data.len() as u64).sum();
+    let planned: u64 = plan.iter().map(|(t, _, _)| t.data.len() as u64).sum();
     options.progress.start("detecting", planned + suspect.data_bytes());
-    // Statistics of planned tensors, then digests of every suspect tensor.
-    let results: Vec<TensorResult> = plan
-        .iter()
-        .map(|(t, o)| {
-            let streams = TensorStreams::new(target.mark_key, t.name);
-            let st = detect_tensor(t, o.as_ref(), &streams);
-            options.progress.advance(t.data.len() as u64);
-            TensorResult {
+    let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
+    for (t, o, users) in &plan {
+        let streams: Vec<TensorStreams> =
+            users.iter().map(|&ti| TensorStreams::new(targets[ti].mark_key, t.name)).collect();
+        let refs: Vec<&TensorStreams> = streams.iter().collect();
+        let stats = detect_tensor_multi(t, o.as_ref(), &refs);
+        for (&ti, st) in users.iter().zip(stats) {
+            results[ti].push(TensorResult {
                 name: t.name.to_string(),
                 z: st.z(),
                 s: st.s,
                 v: st.v,
                 elements: st.elements,
-            }
-        })
-        .collect();
+            });
+        }
+        options.progress.advance(t.data.len() as u64);
+    }
     let digests = model_tensor_digests(suspect);
     options.progress.advance(suspect.data_bytes());
     options.progress.finish();
+    let suspect_digest = hex(&tensor_root(&digests));
 
-    let total = results
-        .iter()
-        .fold(Stats::default(), |acc, r| acc.merge(Stats { s: r.s, v: r.v, elements: r.elements }));
-    let z = total.z();
-    let p_value = p_value_bound(z);
-    Ok(Detection {
-        detected: p_value <= options.threshold_p,
-        mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
-        z,
-        p_value,
-        log10_p_value: if z > 0.0 { -z * z / (2.0 * std::f64::consts::LN_10) } else { 0.0 },
-        threshold_p: options.threshold_p,
-        elements: total.elements,
-        s: total.s,
-        v: total.v,
-        tensors: results,
-        skipped,
-        suspect_digest: hex(&tensor_root(&digests)),
-    })
+    Ok(results
+        .into_iter()
+        .zip(skipped)
+        .map(|(tensors, skipped)| {
+            let total = tensors.iter().fold(Stats::default(), |acc, r| {
+                acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
+            });
+            let z = total.z();
+            let p_value = p_value_bound(z);
+            Detection {
+                detected: p_value <= options.threshold_p,
+                mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
+                z,
+                p_value,
+                log10_p_value: log10_p_bound(z),
+                threshold_p: options.threshold_p,
+                elements: total.elements,
+                s: total.s,
+                v: total.v,
+                tensors,
+                skipped,
+                suspect_digest: suspect_digest.clone(),
+                suspect_tensor_digests: digests.clone(),
+            }
+        })
+        .collect())
+}
+
+/// `log10` of the bound `exp(-z^2/2)`: `-z^2 / (2 ln 10)` for positive `z`.
+pub fn log10_p_bound(z: f64) -> f64 {
+    if z > 0.0 {
+        -z * z / (2.0 * std::f64::consts::LN_10)
+    } else {
+        0.0
+    }
+}
+
+/// The suspect's (and original's) tensor called `name`, or why it cannot be tested.
+fn check_tensor<'m>(
+    suspect: &'m Model,
+    original: Option<&'m Model>,
+    name: &str,
+    shape: Option<&[usize]>,
+) -> std::result::Result<(TensorRef<'m>, Option<TensorRef<'m>>), String> {
+    let t = suspect.tensor(name).ok_or("missing from the suspect")?;
+    if let Some(shape) = shape.filter(|s| *s != t.shape) {
+        return Err(format!("shape {:?} in the suspect, {shape:?} when marked", t.shape));
+    }
+    if !t.dtype.is_readable() {
+        return Err(format!("dtype {} in the suspect cannot be read as numbers", t.dtype));
+    }
+    let Some(o) = original else { return Ok((t, None)) };
+    let ot = o.tensor(name).ok_or("missing from the original")?;
+    if ot.shape != t.shape || !ot.dtype.is_readable() {
+        return Err(format!(
+            "original has shape {:?} and dtype {}, suspect {:?} and {}",
+            ot.shape, ot.dtype, t.shape, t.dtype
+        ));
+    }
+    Ok((t, Some(ot)))
 }

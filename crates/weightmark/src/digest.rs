@@ -73,6 +73,20 @@ pub fn model_tensor_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
     tensors.par_iter().map(|t| (t.name.to_string(), tensor_digest(t))).collect()
 }
 
+/// SHA-256 of every file of a model (shards, and the index for a sharded
+/// model), by file name, computed in parallel.
+pub fn model_file_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
+    let mut out: Vec<(String, Sha256Digest)> = model
+        .files
+        .par_iter()
+        .map(|f| (f.file_name.clone(), Sha256::digest(f.bytes()).into()))
+        .collect();
+    if let Some(index) = &model.index {
+        out.push((index.file_name.clone(), Sha256::digest(&index.bytes).into()));
+    }
+    out
+}
+
 /// Root digest over (name, tensor digest) pairs, sorted by name.
 pub fn tensor_root(digests: &[(String, Sha256Digest)]) -> Sha256Digest {
     let mut sorted: Vec<&(String, Sha256Digest)> = digests.iter().collect();

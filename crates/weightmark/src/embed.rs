@@ -11,9 +11,10 @@ use crate::key::SecretKey;
 use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
+use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
     sign_statement, CertifiedTensor, Envelope, ReleasePredicate, Statement, Subject, Tool,
-    RELEASE_PREDICATE_TYPE, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+    STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
@@ -172,6 +173,11 @@ pub fn embed(
             mark_key_commitment: hex(&mark_key.commitment()),
             tensors: certified,
             marked_elements: blind.elements,
+            tensor_digests: written
+                .tensor_digests
+                .iter()
+                .map(|(n, d)| (n.clone(), hex(d)))
+                .collect(),
             original_tensor_root: hex(&tensor_root(&originals)),
             blind_z_at_release: blind.z(),
             signer: key.public_key().key_id(),

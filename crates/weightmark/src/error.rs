@@ -49,13 +49,13 @@ pub enum FormatError {
         reason: String,
     },
     /// Two tensors share a name.
-    #[error("tensor '{name}' appears twice in the header")]
+    #[error("tensor '{}' appears twice in the header", .name.escape_debug())]
     DuplicateName {
         /// The repeated name.
         name: String,
     },
     /// A dtype string that this tool does not know.
-    #[error("tensor '{name}': unknown dtype '{dtype}'")]
+    #[error("tensor '{}': unknown dtype '{}'", .name.escape_debug(), .dtype.escape_debug())]
     UnknownDtype {
         /// Tensor name.
         name: String,
@@ -63,7 +63,7 @@ pub enum FormatError {
         dtype: String,
     },
     /// Shape times dtype size overflows or disagrees with the data offsets.
-    #[error("tensor '{name}': shape {shape:?} x {dtype} needs {expected} bytes but data_offsets hold {actual}")]
+    #[error("tensor '{}': shape {shape:?} x {dtype} needs {expected} bytes but data_offsets hold {actual}", .name.escape_debug())]
     SizeMismatch {
         /// Tensor name.
         name: String,
@@ -77,7 +77,7 @@ pub enum FormatError {
         actual: u64,
     },
     /// Shape arithmetic overflowed.
-    #[error("tensor '{name}': shape {shape:?} overflows")]
+    #[error("tensor '{}': shape {shape:?} overflows", .name.escape_debug())]
     ShapeOverflow {
         /// Tensor name.
         name: String,
@@ -85,7 +85,7 @@ pub enum FormatError {
         shape: Vec<u64>,
     },
     /// Data offsets are reversed, overlap another tensor or leave a gap.
-    #[error("tensor '{name}': data_offsets [{begin}, {end}] overlap or leave a gap (expected to start at {expected_begin})")]
+    #[error("tensor '{}': data_offsets [{begin}, {end}] overlap or leave a gap (expected to start at {expected_begin})", .name.escape_debug())]
     OffsetsNotContiguous {
         /// Tensor name.
         name: String,
@@ -97,7 +97,7 @@ pub enum FormatError {
         expected_begin: u64,
     },
     /// Data offsets point past the end of the file.
-    #[error("tensor '{name}': data_offsets end at {end}, past the {data_len}-byte data section")]
+    #[error("tensor '{}': data_offsets end at {end}, past the {data_len}-byte data section", .name.escape_debug())]
     OffsetsOutOfBounds {
         /// Tensor name.
         name: String,
@@ -119,7 +119,7 @@ pub enum FormatError {
         reason: String,
     },
     /// A shard index names a file outside the model directory.
-    #[error("shard index: tensor '{name}' points outside the model directory: '{file}'")]
+    #[error("shard index: tensor '{}' points outside the model directory: '{}'", .name.escape_debug(), .file.escape_debug())]
     IndexEscapes {
         /// Tensor name.
         name: String,
@@ -127,7 +127,7 @@ pub enum FormatError {
         file: String,
     },
     /// A tensor the index lists is not in the shard it names.
-    #[error("shard index: tensor '{name}' is not in shard '{file}'")]
+    #[error("shard index: tensor '{}' is not in shard '{file}'", .name.escape_debug())]
     IndexTensorMissing {
         /// Tensor name.
         name: String,

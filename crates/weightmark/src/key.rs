@@ -28,7 +28,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
@@ -112,8 +112,8 @@ impl SecretKey {
         MarkKey { key }
     }
 
-    /// The secret key file's text.
-    pub fn to_file_string(&self, created: &str) -> String {
+    /// The secret key file's text (zeroized when dropped).
+    pub fn to_file_string(&self, created: &str) -> Zeroizing<String> {
         let public = self.public_key();
         let mut encoded = Zeroizing::new(BASE64.encode(self.seed.as_ref()));
         let text = format!(
@@ -123,7 +123,7 @@ impl SecretKey {
             encoded.as_str()
         );
         encoded.zeroize();
-        text
+        Zeroizing::new(text)
     }
 
     /// Parses a secret key file's text. Errors give line numbers, never contents.
@@ -134,12 +134,13 @@ impl SecretKey {
                 .decode(payload.text)
                 .map_err(|_| key_error(path, payload.line, "is not base64"))?,
         );
-        let seed: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| key_error(path, payload.line, "does not hold 32 bytes"))?;
+        let mut seed = Zeroizing::new([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(key_error(path, payload.line, "does not hold 32 bytes"));
+        }
+        seed.copy_from_slice(&bytes);
         bytes.zeroize();
-        Ok(SecretKey::from_seed(seed))
+        Ok(SecretKey { seed })
     }
 
     /// Reads a secret key file, refusing one that others can read.
@@ -166,7 +167,7 @@ impl SecretKey {
             }
             _ => Error::io(secret_path, e),
         })?;
-        let text = Zeroizing::new(self.to_file_string(created));
+        let text = self.to_file_string(created);
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(secret_path, e))?;
@@ -215,7 +216,7 @@ impl PublicKey {
         let sig: [u8; 64] = signature.try_into().map_err(|_| Error::BadSignature {
             reason: format!("signature is {} bytes, expected 64", signature.len()),
         })?;
-        self.key.verify(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
+        self.key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
             Error::BadSignature { reason: format!("not made by key {}", self.key_id()) }
         })
     }
@@ -273,6 +274,75 @@ impl MarkKey {
         h.update(self.key.as_ref());
         h.finalize().into()
     }
+
+    /// The mark key file's text (`weightmark reveal`). The comment lines say
+    /// which release it opens; only the key line is trusted on reading, and
+    /// the commitment is always recomputed from it.
+    pub fn to_file_string(&self, release: &RevealedRelease<'_>) -> String {
+        let mut encoded = Zeroizing::new(BASE64.encode(self.key.as_ref()));
+        let text = format!(
+            "{MARK_KEY_HEADER}\n# one release's mark key: it detects this release's mark and nothing else\n\
+             # label: {}\n# recipient: {}\n# commitment: {}\n# certificate sha256: {}\n{}\n",
+            release.label,
+            release.recipient.unwrap_or("(none)"),
+            hex(&self.commitment()),
+            release.certificate_sha256,
+            encoded.as_str()
+        );
+        encoded.zeroize();
+        text
+    }
+
+    /// Parses a mark key file's text.
+    pub fn from_file_str(text: &str, path: &Path) -> Result<MarkKey> {
+        let payload = parse_key_text(text, MARK_KEY_HEADER, path)?;
+        let mut bytes = Zeroizing::new(
+            BASE64
+                .decode(payload.text)
+                .map_err(|_| key_error(path, payload.line, "is not base64"))?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| key_error(path, payload.line, "does not hold 32 bytes"))?;
+        bytes.zeroize();
+        Ok(MarkKey::from_bytes(key))
+    }
+
+    /// Reads a mark key file.
+    pub fn load(path: &Path) -> Result<MarkKey> {
+        let text = Zeroizing::new(read_small(path)?);
+        Self::from_file_str(&text, path)
+    }
+
+    /// Writes a mark key file (mode 0600, never overwriting).
+    pub fn save(&self, path: &Path, release: &RevealedRelease<'_>) -> Result<()> {
+        let text = Zeroizing::new(self.to_file_string(release));
+        write_private_new(path, text.as_bytes())
+    }
+}
+
+/// Which release a revealed mark key opens (comments of the mark key file).
+pub struct RevealedRelease<'a> {
+    /// Release label.
+    pub label: &'a str,
+    /// Recipient, if any.
+    pub recipient: Option<&'a str>,
+    /// SHA-256 (hex) of the certificate.
+    pub certificate_sha256: &'a str,
+}
+
+/// Creates `path` with mode 0600 (refusing to overwrite) and writes `bytes`.
+fn write_private_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::KeyExists { path: path.to_path_buf() },
+        _ => Error::io(path, e),
+    })?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(path, e))
 }
 
 /// The base64 line of a key file and its 1-based line number.
@@ -312,17 +382,11 @@ fn key_error(path: &Path, line: usize, what: &str) -> Error {
 }
 
 fn read_small(path: &Path) -> Result<String> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > MAX_KEY_FILE_LEN {
-        return Err(Error::KeyFile {
-            path: path.to_path_buf(),
-            reason: format!("{} bytes is too large for a key file", meta.len()),
-        });
-    }
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|_| Error::KeyFile {
-        path: path.to_path_buf(),
-        reason: "is not UTF-8 text".into(),
+    let bytes = crate::io::read_capped(path, MAX_KEY_FILE_LEN)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let mut bytes = e.into_bytes();
+        bytes.zeroize();
+        Error::KeyFile { path: path.to_path_buf(), reason: "is not UTF-8 text".into() }
     })
 }
 
@@ -385,6 +449,21 @@ mod tests {
     const KNOWN_KEY_ID: &str = "9e856a046beaffd9";
     const KNOWN_COMMITMENT: &str =
         "8adccce8a7b545ea5a83f04836bc1d472f617604c4cf9166a0f41b9425d9ea94";
+
+    #[test]
+    fn mark_key_file_round_trips() {
+        let mk = SecretKey::from_seed([4u8; 32]).mark_key("r", Some("bob"));
+        let release =
+            RevealedRelease { label: "r", recipient: Some("bob"), certificate_sha256: "00" };
+        let text = mk.to_file_string(&release);
+        assert!(text.starts_with(MARK_KEY_HEADER) && text.contains("# recipient: bob"));
+        let back =
+            MarkKey::from_file_str(&text, Path::new("m.markkey")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.commitment(), mk.commitment());
+        let err =
+            SecretKey::from_file_str(&text, Path::new("m.markkey")).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("wrong kind of key file"));
+    }
 
     #[test]
     fn mark_keys_differ_by_label_and_recipient() {

@@ -48,6 +48,7 @@ pub mod digest;
 pub mod dtype;
 pub mod embed;
 mod error;
+mod io;
 pub mod key;
 pub mod model;
 pub mod pattern;
@@ -58,7 +59,7 @@ pub mod scheme;
 pub mod select;
 pub mod synth;
 
-pub use detect::{detect, DetectOptions, Detection, Mode, Target};
+pub use detect::{detect, detect_many, DetectOptions, Detection, Mode, Target};
 pub use dtype::Dtype;
 pub use embed::{embed, EmbedOptions, EmbedReport};
 pub use error::{Error, FormatError, Result};

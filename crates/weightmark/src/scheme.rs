@@ -156,31 +156,44 @@ fn chunk_len(elements: usize, row_len: usize) -> usize {
 /// Statistics of one row given its `x` values and signs; non-finite `x` are
 /// left out (weight 0, which does not depend on the key).
 fn row_stats(x: &[f64], p: &[f64]) -> Stats {
-    let mut sum_sq = 0.0;
-    let mut n = 0u64;
-    for &v in x {
-        if v.is_finite() {
-            sum_sq += v * v;
-            n += 1;
-        }
-    }
-    if sum_sq == 0.0 || n == 0 {
+    let (rms, n) = finite_rms(x);
+    if rms == 0.0 {
         return Stats::default();
     }
-    let c = 1.0 / (sum_sq / n as f64).sqrt();
-    let s: f64 = x.iter().zip(p).filter(|(v, _)| v.is_finite()).map(|(v, s)| v * s).sum();
-    Stats { s: c * s, v: c * c * sum_sq, elements: n }
+    let c = 1.0 / rms;
+    let (mut s, mut v) = (0.0, 0.0);
+    for (&xi, &pi) in x.iter().zip(p) {
+        if xi.is_finite() {
+            let cx = c * xi;
+            s += cx * pi;
+            v += cx * cx;
+        }
+    }
+    Stats { s, v, elements: n }
+}
+
+/// RMS of the finite values of a row (0 for none), and how many there are.
+///
+/// The sum of squares is accumulated in index order; if it overflows (F64
+/// elements beyond about 1e154) the row is rescaled by its largest magnitude
+/// first, so one huge element cannot turn the statistics into NaN.
+pub(crate) fn finite_rms(row: &[f64]) -> (f64, u64) {
+    let (sum, n) =
+        row.iter().filter(|v| v.is_finite()).fold((0.0, 0u64), |(s, n), v| (s + v * v, n + 1));
+    if n == 0 {
+        return (0.0, 0);
+    }
+    if sum.is_finite() {
+        return ((sum / n as f64).sqrt(), n);
+    }
+    let max = row.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
+    let scaled: f64 = row.iter().filter(|v| v.is_finite()).map(|v| (v / max) * (v / max)).sum();
+    (max * (scaled / n as f64).sqrt(), n)
 }
 
 /// RMS of the finite values of a row (0 for none).
 fn row_rms(row: &[f64]) -> f64 {
-    let (sum, n) =
-        row.iter().filter(|v| v.is_finite()).fold((0.0, 0usize), |(s, n), v| (s + v * v, n + 1));
-    if n == 0 {
-        0.0
-    } else {
-        (sum / n as f64).sqrt()
-    }
+    finite_rms(row).0
 }
 
 /// Marks one tensor (whose dtype must be markable).
@@ -295,18 +308,15 @@ pub fn detect_tensor_multi(
             let mut weighted = vec![0.0; x.len()];
             let mut shared = Stats::default();
             for (row_x, row_cx) in x.chunks(row_len).zip(weighted.chunks_mut(row_len)) {
-                let (sum_sq, n) = row_x
-                    .iter()
-                    .filter(|v| v.is_finite())
-                    .fold((0.0, 0u64), |(s, n), v| (s + v * v, n + 1));
-                if sum_sq == 0.0 || n == 0 {
+                let (rms, n) = finite_rms(row_x);
+                if rms == 0.0 {
                     continue;
                 }
-                let c = 1.0 / (sum_sq / n as f64).sqrt();
+                let c = 1.0 / rms;
                 for (cx, &v) in row_cx.iter_mut().zip(row_x) {
                     *cx = if v.is_finite() { c * v } else { 0.0 };
+                    shared.v += *cx * *cx;
                 }
-                shared.v += c * c * sum_sq;
                 shared.elements += n;
             }
             let mut p = vec![0.0; x.len()];
@@ -416,6 +426,15 @@ mod tests {
 
     const KNOWN_MARKED: [&str; 4] =
         ["b95c144f26cf3a61", "121c80740a30935c", "4d08f09901eb4192", "0e00d52f1639d038"];
+
+    #[test]
+    fn one_huge_element_does_not_disable_detection() {
+        let p: Vec<f64> = (0..400).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
+        let mut x: Vec<f64> = p.iter().map(|s| 0.01 * s).collect();
+        x[7] = 1e300;
+        let st = row_stats(&x, &p);
+        assert!(st.v.is_finite() && st.s.is_finite() && st.elements == 400, "{st:?}");
+    }
 
     #[test]
     fn merge_is_additive() {

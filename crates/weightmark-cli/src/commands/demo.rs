@@ -14,7 +14,7 @@ use weightmark::{
 
 use crate::cli::DemoArgs;
 use crate::format::{count, p_bound};
-use crate::Outcome;
+use crate::{outln, Outcome};
 
 /// Runs the demo; fails (exit 2) if any step does not come out as it should.
 pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
@@ -32,12 +32,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         }
     };
     let shape = LlamaShape::DEMO;
-    println!("weightmark demo: mark a model, let someone change it, and find the mark again.\n");
+    outln!("weightmark demo: mark a model, let someone change it, and find the mark again.\n");
 
-    step(1, "A lab has a model to release.");
+    step(1, "A lab has a model to release.")?;
     let original_path = dir.join("original.safetensors");
     write_file(&original_path, &llama(&shape, Dtype::BF16, 2026), None)?;
-    println!(
+    outln!(
         "   Built a synthetic Llama-shaped model in bf16: {} parameters, {} layers, hidden size {}.",
         count(shape.parameters() as u64),
         shape.layers,
@@ -47,7 +47,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     step(
         2,
         "The lab makes an owner key (kept secret) and marks the copy it gives to licensee 'acme'.",
-    );
+    )?;
     let key = SecretKey::generate()?;
     let marked_path = dir.join("marked.safetensors");
     let original = Model::open(&original_path)?;
@@ -66,26 +66,26 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     )?;
     let cert_path = dir.join("marked.safetensors.cert.json");
     write_atomic(&cert_path, &envelope_to_string(&report.certificate)?)?;
-    println!(
+    outln!(
         "   Marked {} tensors at strength {}: the weights moved by {:.2}% RMS (SNR {:.1} dB).",
         report.tensors.len(),
         weightmark::DEFAULT_STRENGTH,
         100.0 * report.fidelity.relative_rms_change(),
         report.fidelity.snr_db()
     );
-    println!(
+    outln!(
         "   A certificate signed with the owner's key records the release: {}",
         cert_path.display()
     );
 
-    step(3, "Someone fine-tunes the leaked copy (5% relative change), then quantizes it to int8.");
+    step(3, "Someone fine-tunes the leaked copy (5% relative change), then quantizes it to int8.")?;
     let marked = Model::open(&marked_path)?;
     let drifted_path = dir.join("drifted.safetensors");
     let drift = apply(&marked, &drifted_path, &Attack::Drift { relative: 0.05 }, 7, &NoProgress)?;
     let drifted = Model::open(&drifted_path)?;
     let derivative_path = dir.join("derivative.safetensors");
     let quant = apply(&drifted, &derivative_path, &Attack::QuantizeInt8PerRow, 7, &NoProgress)?;
-    println!(
+    outln!(
         "   Drift changed the weights by {:.1}% RMS, int8 rounding by another {:.2}%. \
          The mark itself is only {:.2}%.",
         100.0 * drift.damage.relative_rms_change(),
@@ -98,23 +98,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     step(
         4,
         "The lab finds the derivative and tests it with its key, without the original (blind).",
-    );
+    )?;
     let blind = find(&derivative, None, &mark_key)?;
-    say(&blind);
+    say(&blind)?;
 
-    step(5, "With the original at hand the test is far more sensitive (informed).");
+    step(5, "With the original at hand the test is far more sensitive (informed).")?;
     let informed = find(&derivative, Some(&original), &mark_key)?;
-    say(&informed);
+    say(&informed)?;
 
-    step(6, "Someone else's key finds nothing, nor does the lab's key in the unmarked original.");
+    step(6, "Someone else's key finds nothing, nor does the lab's key in the unmarked original.")?;
     let wrong =
         find(&derivative, None, &SecretKey::generate()?.mark_key("demo-release", Some("acme")))?;
-    say(&wrong);
+    say(&wrong)?;
     let unmarked = find(&original, None, &mark_key)?;
-    say(&unmarked);
+    say(&unmarked)?;
 
     let all_right = blind.detected && informed.detected && !wrong.detected && !unmarked.detected;
-    println!(
+    outln!(
         "\n{} in {:.1} s. Files are in {}.",
         if all_right { "Every step came out as it should" } else { "SOMETHING WENT WRONG" },
         started.elapsed().as_secs_f64(),
@@ -144,15 +144,17 @@ fn find(
     )?)
 }
 
-fn step(n: usize, text: &str) {
-    println!("{n}. {text}");
+fn step(n: usize, text: &str) -> anyhow::Result<()> {
+    outln!("{n}. {text}");
+    Ok(())
 }
 
-fn say(d: &Detection) {
-    println!(
+fn say(d: &Detection) -> anyhow::Result<()> {
+    outln!(
         "   z = {:.1}, {} -> {}",
         d.z,
         p_bound(d.p_value),
         if d.detected { "MARK FOUND" } else { "no mark (as expected)" }
     );
+    Ok(())
 }

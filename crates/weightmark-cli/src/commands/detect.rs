@@ -2,29 +2,46 @@
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use weightmark::{
-    detect, load_certificate, Certificate, DetectOptions, Detection, MarkKey, Model, SecretKey,
-    Target,
+use weightmark::digest::{hex, model_file_digests, model_tensor_digests, tensor_root};
+use weightmark::provenance::report::{build_report, load_report, ReportInputs};
+use weightmark::provenance::{
+    envelope_to_string, load_certificate, load_certificate_unverified, write_atomic, Certificate,
 };
+use weightmark::{detect, DetectOptions, Detection, MarkKey, Model, PublicKey, SecretKey, Target};
 
 use crate::cli::DetectArgs;
 use crate::format::{count, p_bound};
 use crate::progress::Bar;
-use crate::Outcome;
+use crate::{outln, Outcome};
 
 /// Tests a suspect for one release's mark.
 pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     if !(args.threshold > 0.0 && args.threshold < 1.0) {
         bail!("--threshold {} must be a probability between 0 and 1", args.threshold);
     }
-    let key = SecretKey::load(&args.key)?;
-    let cert = match &args.cert {
-        Some(path) => Some(load_certificate(path, &key.public_key())?),
-        None => None,
+    let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
+    // Whose signature the certificate must carry.
+    let owner: Option<PublicKey> = match (&args.public, &args.mark_key, &secret) {
+        (Some(path), _, _) => Some(PublicKey::load(path)?),
+        (None, None, Some(secret)) => Some(secret.public_key()),
+        _ => None,
     };
-    let (label, recipient, mark_key) = release(&key, cert.as_ref(), args)?;
+    let cert = match (&args.cert, &owner) {
+        (Some(path), Some(owner)) => Some(load_certificate(path, owner)?),
+        (Some(path), None) => Some(load_certificate_unverified(path)?),
+        (None, _) => None,
+    };
+    let (label, recipient, mark_key) = release(args, secret.as_ref(), cert.as_ref())?;
+    if cert.as_ref().is_some_and(|c| !c.signature_checked) {
+        eprintln!(
+            "weightmark: note: the certificate's signature was not checked (give the owner's \
+             public key with --pub); its commitment does match the mark key"
+        );
+    }
+
     let suspect = Model::open(&args.suspect)?;
     let original = args.original.as_ref().map(Model::open).transpose()?;
+    let builds_on = args.builds_on.as_deref().map(|p| load_report(p, None)).transpose()?;
     let tensors = cert
         .as_ref()
         .map(|c| c.predicate().tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect());
@@ -33,6 +50,38 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
         .with_context(|| format!("could not test {}", args.suspect.display()))?;
+    if result.elements == 0 {
+        let why: Vec<String> =
+            result.skipped.iter().take(3).map(|s| format!("'{}' {}", s.name, s.reason)).collect();
+        bail!(
+            "{}: nothing could be tested ({} tensor(s) skipped: {}{})",
+            args.suspect.display(),
+            result.skipped.len(),
+            why.join("; "),
+            if result.skipped.len() > 3 { "; ..." } else { "" }
+        );
+    }
+
+    if let (Some(path), Some(signer)) = (&args.report, &secret) {
+        let suspect_files = model_file_digests(&suspect);
+        let original_tensor_root =
+            original.as_ref().map(|o| hex(&tensor_root(&model_tensor_digests(o))));
+        let envelope = build_report(
+            &ReportInputs {
+                detection: &result,
+                label: &label,
+                recipient: recipient.as_deref(),
+                certificate: cert.as_ref(),
+                suspect_files: &suspect_files,
+                original_tensor_root,
+                builds_on: builds_on.as_ref(),
+                created: weightmark::now_rfc3339(),
+            },
+            signer,
+        )?;
+        write_atomic(path, &envelope_to_string(&envelope)?)
+            .with_context(|| format!("could not write the report {}", path.display()))?;
+    }
 
     if args.json {
         let mut value = serde_json::to_value(&result)?;
@@ -40,61 +89,86 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
             obj.insert("label".into(), json!(label));
             obj.insert("recipient".into(), json!(recipient));
             obj.insert("certificate_digest".into(), json!(cert.as_ref().map(|c| &c.digest)));
+            obj.insert(
+                "certificate_signature_checked".into(),
+                json!(cert.as_ref().map(|c| c.signature_checked)),
+            );
             obj.insert("suspect".into(), json!(args.suspect.display().to_string()));
+            obj.insert(
+                "report".into(),
+                json!(args.report.as_ref().map(|p| p.display().to_string())),
+            );
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_table(args, &label, recipient.as_deref(), &result);
+        print_table(args, &label, recipient.as_deref(), &result)?;
     }
     Ok(if result.detected { Outcome::Success } else { Outcome::Negative })
 }
 
-/// Label, recipient and mark key of the release under test; with a
-/// certificate, checks that this key made it.
+/// Label, recipient and mark key of the release under test. A mark key that
+/// does not match the certificate's commitment is refused here, before any
+/// detection runs.
 fn release(
-    key: &SecretKey,
-    cert: Option<&Certificate>,
     args: &DetectArgs,
+    secret: Option<&SecretKey>,
+    cert: Option<&Certificate>,
 ) -> anyhow::Result<(String, Option<String>, MarkKey)> {
+    let cert_name = || args.cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    if let Some(path) = &args.mark_key {
+        let cert = cert.context("--mark-key needs --cert")?;
+        let mark_key = MarkKey::load(path)?;
+        cert.check_mark_key(&mark_key)
+            .with_context(|| format!("{} does not open {}", path.display(), cert_name()))?;
+        let p = cert.predicate();
+        return Ok((p.label.clone(), p.recipient.clone(), mark_key));
+    }
+    let secret = secret.context("give -k KEY or --mark-key FILE")?;
     let Some(cert) = cert else {
         let label = args.label.clone().context("give --cert CERT or --label LABEL")?;
-        let mark_key = key.mark_key(&label, args.recipient.as_deref());
+        let mark_key = secret.mark_key(&label, args.recipient.as_deref());
         return Ok((label, args.recipient.clone(), mark_key));
     };
     let p = cert.predicate();
-    let mark_key = key.mark_key(&p.label, p.recipient.as_deref());
-    if weightmark::digest::hex(&mark_key.commitment()) != p.mark_key_commitment {
+    if p.scheme != "ss1" {
         bail!(
-            "the mark key derived from this secret key does not match the certificate's commitment \
-             (was the release marked with another key?)"
+            "{}: the certificate uses scheme '{}'; this version knows 'ss1'",
+            cert_name(),
+            p.scheme
         );
     }
-    if p.scheme != "ss1" {
-        bail!("the certificate uses scheme '{}'; this version knows 'ss1'", p.scheme);
-    }
+    let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
+    cert.check_mark_key(&mark_key).with_context(|| {
+        format!("{}: the mark key derived from this secret key does not match", cert_name())
+    })?;
     Ok((p.label.clone(), p.recipient.clone(), mark_key))
 }
 
-fn print_table(args: &DetectArgs, label: &str, recipient: Option<&str>, r: &Detection) {
+fn print_table(
+    args: &DetectArgs,
+    label: &str,
+    recipient: Option<&str>,
+    r: &Detection,
+) -> anyhow::Result<()> {
     let mode = match r.mode {
         weightmark::Mode::Blind => "blind (no original)",
         weightmark::Mode::Informed => "informed (suspect minus original)",
     };
-    println!("suspect:  {} (tensor root {})", args.suspect.display(), &r.suspect_digest[..16]);
-    println!(
+    outln!("suspect:  {} (tensor root {})", args.suspect.display(), &r.suspect_digest[..16]);
+    outln!(
         "release:  label '{label}', recipient {}",
         recipient.map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into())
     );
-    println!("mode:     {mode}");
+    outln!("mode:     {mode}");
     let width = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
-    println!("  {:<width$}  {:>9}  {:>10}", "tensor", "z", "elements");
+    outln!("  {:<width$}  {:>9}  {:>10}", "tensor", "z", "elements");
     for t in &r.tensors {
-        println!("  {:<width$}  {:>9.2}  {:>10}", t.name, t.z, count(t.elements));
+        outln!("  {:<width$}  {:>9.2}  {:>10}", t.name, t.z, count(t.elements));
     }
     for s in &r.skipped {
-        println!("  {:<width$}  not tested: {}", s.name, s.reason);
+        outln!("  {:<width$}  not tested: {}", s.name, s.reason);
     }
-    println!(
+    outln!(
         "global z = {:.2} over {} elements; {} (threshold p <= {:.0e})",
         r.z,
         count(r.elements),
@@ -102,8 +176,12 @@ fn print_table(args: &DetectArgs, label: &str, recipient: Option<&str>, r: &Dete
         r.threshold_p
     );
     if r.detected {
-        println!("MARK FOUND: this model carries the mark of this release.");
+        outln!("MARK FOUND: this model carries the mark of this release.");
     } else {
-        println!("no mark found at this threshold.");
+        outln!("no mark found at this threshold.");
     }
+    if let Some(report) = &args.report {
+        outln!("signed report: {}", report.display());
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
 use crate::cli::EmbedArgs;
 use crate::format::{count, p_bound};
 use crate::progress::Bar;
-use crate::Outcome;
+use crate::{outln, Outcome};
 
 /// Marks a model and writes its certificate.
 pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
@@ -19,12 +19,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let model = Model::open(&args.model)?;
     let destination = resolve_output(&model, &args.output)?;
     let cert_path = args.cert.clone().unwrap_or_else(|| default_cert_path(&destination));
-    if cert_is_inside_output(&cert_path, &destination) {
-        bail!(
-            "{}: the certificate must not go inside the output model directory",
-            cert_path.display()
-        );
-    }
+    refuse_collisions(&model, &args.key, &destination, &cert_path)?;
     let label = args.label.clone().unwrap_or_else(|| model.display_name());
     let selection = if args.tensors.is_empty() {
         Selection::Default
@@ -52,26 +47,26 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         .max_by(|a, b| a.fidelity.max_abs_change.total_cmp(&b.fidelity.max_abs_change))
         .map(|t| t.name.as_str())
         .unwrap_or("-");
-    println!(
+    outln!(
         "marked {} tensors ({} elements) of {} -> {}",
         report.tensors.len(),
         count(report.blind.elements),
         args.model.display(),
         report.written.path.display()
     );
-    println!(
+    outln!(
         "  release: label '{label}', recipient {}, strength {}",
         args.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
         args.strength
     );
-    println!(
+    outln!(
         "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
         100.0 * f.relative_rms_change(),
         f.snr_db(),
         f.max_abs_change
     );
     let blind_z = report.blind.z();
-    println!(
+    outln!(
         "  blind z of the output: {blind_z:.1} ({}); informed z: {:.0} ({})",
         p_bound(p_value_bound(blind_z)),
         report.informed.z(),
@@ -79,7 +74,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     );
     let threshold_z = z_for_p(weightmark::DEFAULT_THRESHOLD_P);
     if blind_z < threshold_z {
-        println!(
+        outln!(
             "  note: this model is too small for blind detection at strength {}: blind z {blind_z:.1} \
              is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {} \
              ({:.2}% relative change). Keep the unmarked original: informed detection \
@@ -91,27 +86,26 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         );
     }
     for skipped in &report.written.skipped {
-        println!(
+        outln!(
             "  not copied (weights in another format would carry the unmarked model): {skipped}"
         );
     }
-    println!(
-        "  certificate: {} (signed by key {})",
-        cert_path.display(),
-        key.public_key().key_id()
-    );
+    outln!("  certificate: {} (signed by key {})", cert_path.display(), key.public_key().key_id());
     Ok(Outcome::Success)
 }
 
 /// `OUT.cert.json` beside OUT (for a directory: beside it, never inside).
 pub fn default_cert_path(output: &Path) -> PathBuf {
+    let absolute;
     let output = match output.file_name() {
-        Some(_) => output.to_path_buf(),
-        None => std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf()),
+        Some(_) => output,
+        None => {
+            absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+            &absolute
+        }
     };
-    let mut s = output.as_os_str().to_owned();
-    s.push(".cert.json");
-    PathBuf::from(s)
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!("{name}.cert.json"))
 }
 
 fn cert_is_inside_output(cert: &Path, output: &Path) -> bool {
@@ -120,4 +114,32 @@ fn cert_is_inside_output(cert: &Path, output: &Path) -> bool {
     };
     let output_is_dir = output.is_dir() || output.extension().is_none_or(|e| e != "safetensors");
     output_is_dir && cert.starts_with(&output)
+}
+
+/// Refuses a certificate or output path that would replace the input, the
+/// key, or each other.
+fn refuse_collisions(
+    model: &Model,
+    key: &Path,
+    destination: &Path,
+    cert: &Path,
+) -> anyhow::Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+    };
+    if same(destination, key) {
+        bail!("{}: the output would replace the secret key", destination.display());
+    }
+    if same(cert, key) || same(cert, destination) || model.files.iter().any(|f| same(cert, &f.path))
+    {
+        bail!(
+            "{}: the certificate would replace the key, the input or the output; choose another --cert",
+            cert.display()
+        );
+    }
+    if cert_is_inside_output(cert, destination) {
+        bail!("{}: the certificate must not go inside the output model directory", cert.display());
+    }
+    Ok(())
 }

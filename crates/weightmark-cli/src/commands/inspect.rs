@@ -7,7 +7,7 @@ use weightmark::Model;
 
 use crate::cli::InspectArgs;
 use crate::format::{bytes, count};
-use crate::Outcome;
+use crate::{outln, Outcome};
 
 /// Prints a model's tensors.
 pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
@@ -43,13 +43,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
             "tensors": tensors,
             "tensor_root": tensor_digests.as_ref().map(|d| hex(&tensor_root(d))),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(Outcome::Success);
     }
     let elements: u64 = model.tensors().map(|t| t.elements() as u64).sum();
     let marked: u64 =
         model.tensors().filter(is_default_selected).map(|t| t.elements() as u64).sum();
-    println!(
+    outln!(
         "{}: {:?}, {} file(s), {} tensors, {} elements ({} marked by default), {}",
         args.model.display(),
         model.layout,
@@ -66,7 +66,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
             .and_then(|d| d.get(i))
             .map(|(_, d)| hex(&d[..8]))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}{:<width$}  {:<7} {:<16} {:>10}  {}",
             if is_default_selected(&t) { "*" } else { " " },
             t.name,
@@ -77,8 +77,8 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
         );
     }
     if let Some(d) = &tensor_digests {
-        println!("tensor root: {}", hex(&tensor_root(d)));
+        outln!("tensor root: {}", hex(&tensor_root(d)));
     }
-    println!("(* = marked by default)");
+    outln!("(* = marked by default)");
     Ok(Outcome::Success)
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use weightmark::SecretKey;
 
 use crate::cli::KeygenArgs;
-use crate::Outcome;
+use crate::{outln, Outcome};
 
 /// Writes NAME.key and NAME.pub.
 pub fn run(args: &KeygenArgs) -> anyhow::Result<Outcome> {
@@ -16,15 +16,15 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<Outcome> {
     key.save(&secret_path, &public_path, &weightmark::now_rfc3339())
         .context("could not write the key pair")?;
     let public = key.public_key();
-    println!(
+    outln!(
         "secret key: {} (keep it private: it marks and signs your releases)",
         secret_path.display()
     );
-    println!(
+    outln!(
         "public key: {} (share it: anyone can check your certificates with it)",
         public_path.display()
     );
-    println!("key id:     {}", public.key_id());
+    outln!("key id:     {}", public.key_id());
     Ok(Outcome::Success)
 }
 

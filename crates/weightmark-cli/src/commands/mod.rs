@@ -3,5 +3,8 @@
 pub mod demo;
 pub mod detect;
 pub mod embed;
+pub mod identify;
 pub mod inspect;
 pub mod keygen;
+pub mod reveal;
+pub mod verify;

@@ -182,7 +182,10 @@ fn validate(raw: RawHeader, header_len: usize, data_len: u64) -> Result<Header, 
         if end > data_len {
             return Err(FormatError::OffsetsOutOfBounds { name, end, data_len });
         }
-        let shape = t.shape.iter().map(|&d| d as usize).collect();
+        let Ok(shape) = t.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>()
+        else {
+            return Err(FormatError::ShapeOverflow { name, shape: t.shape });
+        };
         tensors.push(TensorInfo { name, dtype, shape, begin: begin as usize, end: end as usize });
     }
     // Offsets must tile [0, data_len) exactly, as the safetensors crate requires.

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use super::{Layout, Model, ModelFile, TensorRef};
+use super::{Layout, Model, ModelFile, TensorInfo, TensorRef};
 use crate::digest::{tensor_hasher, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -25,6 +25,13 @@ use crate::progress::Progress;
 /// weights along with the marked ones.
 const WEIGHT_EXTENSIONS: &[&str] =
     &["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "npz", "tflite", "ot"];
+
+/// How deep [`copy_auxiliary`] follows sub-directories (and links to them).
+const MAX_COPY_DEPTH: usize = 8;
+
+/// What the writer thread returns: the file's SHA-256 and size, and each
+/// tensor's digest.
+type WrittenFile = (Sha256Digest, u64, Vec<(String, Sha256Digest)>);
 
 /// Options for [`write_model`].
 pub struct WriteOptions<'a> {
@@ -138,6 +145,14 @@ fn write_directory(
             out.display()
         )));
     }
+    let not_empty = fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if not_empty {
+        return Err(Error::invalid(format!(
+            "{}: exists and is not empty; write to a new directory so no stale file (an unmarked \
+             copy, another licensee's) ends up beside the marked model",
+            out.display()
+        )));
+    }
     let parent = parent_dir(out);
     let staging = tempfile::Builder::new()
         .prefix(".weightmark-")
@@ -183,53 +198,65 @@ fn write_file(
 ) -> Result<(Sha256Digest, u64)> {
     let mut order: Vec<_> = file.header.tensors.iter().collect();
     order.sort_by_key(|t| t.begin);
-    let mut writer = BufWriter::with_capacity(1 << 20, handle);
-    let mut file_hash = Sha256::new();
     let header = file.header_bytes();
-    writer.write_all(header).map_err(|e| Error::io(path, e))?;
-    file_hash.update(header);
-    let mut size = header.len() as u64;
 
-    std::thread::scope(|scope| -> Result<()> {
-        // The producer computes replacements one tensor ahead of the writer.
-        let (tx, rx) = mpsc::sync_channel::<Result<Option<Vec<u8>>>>(1);
-        let order = &order;
-        let producer = scope.spawn(move || {
-            for info in order {
+    // The calling thread computes replacements (so its rayon pool is the one
+    // used); a writer thread hashes and writes one tensor behind it.
+    std::thread::scope(|scope| -> Result<(Sha256Digest, u64)> {
+        let (tx, rx) = mpsc::sync_channel::<(&TensorInfo, Option<Vec<u8>>)>(1);
+        let writer = scope.spawn(move || -> Result<WrittenFile> {
+            let mut out = BufWriter::with_capacity(1 << 20, handle);
+            let mut file_hash = Sha256::new();
+            out.write_all(header).map_err(|e| Error::io(path, e))?;
+            file_hash.update(header);
+            let mut size = header.len() as u64;
+            let mut written = Vec::new();
+            for (info, replaced) in rx {
                 let t = super::tensor_ref(file, info);
-                if tx.send(transform(&t)).is_err() {
+                let data: &[u8] = replaced.as_deref().unwrap_or(t.data);
+                let mut tensor_hash = tensor_hasher(t.name, t.dtype.name(), t.shape);
+                // Hash for the file and for the tensor digest side by side.
+                rayon::join(|| file_hash.update(data), || tensor_hash.update(data));
+                out.write_all(data).map_err(|e| Error::io(path, e))?;
+                written.push((t.name.to_string(), tensor_hash.finalize().into()));
+                size += data.len() as u64;
+                options.progress.advance(data.len() as u64);
+            }
+            out.flush().map_err(|e| Error::io(path, e))?;
+            let handle = out.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+            handle.sync_all().map_err(|e| Error::io(path, e))?;
+            Ok((file_hash.finalize().into(), size, written))
+        });
+        let mut produced: Result<()> = Ok(());
+        for info in &order {
+            let t = super::tensor_ref(file, info);
+            let replaced = match transform(&t) {
+                Ok(r) => r,
+                Err(e) => {
+                    produced = Err(e);
                     break;
                 }
-            }
-        });
-        for info in order {
-            let t = super::tensor_ref(file, info);
-            let replaced = rx.recv().map_err(|_| Error::invalid("tensor producer stopped"))??;
-            let data: &[u8] = replaced.as_deref().unwrap_or(t.data);
-            if data.len() != t.data.len() {
-                return Err(Error::invalid(format!(
+            };
+            if let Some(data) = replaced.as_ref().filter(|d| d.len() != t.data.len()) {
+                produced = Err(Error::invalid(format!(
                     "tensor '{}': replacement has {} bytes, expected {}",
                     t.name,
                     data.len(),
                     t.data.len()
                 )));
+                break;
             }
-            let mut tensor_hash = tensor_hasher(t.name, t.dtype.name(), t.shape);
-            // Hash for the file and for the tensor digest side by side.
-            rayon::join(|| file_hash.update(data), || tensor_hash.update(data));
-            writer.write_all(data).map_err(|e| Error::io(path, e))?;
-            digests.push((t.name.to_string(), tensor_hash.finalize().into()));
-            size += data.len() as u64;
-            options.progress.advance(data.len() as u64);
+            if tx.send((info, replaced)).is_err() {
+                break; // the writer failed; its error is reported below
+            }
         }
-        drop(rx);
-        producer.join().map_err(|_| Error::invalid("tensor producer panicked"))?;
-        Ok(())
-    })?;
-    writer.flush().map_err(|e| Error::io(path, e))?;
-    let handle = writer.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
-    handle.sync_all().map_err(|e| Error::io(path, e))?;
-    Ok((file_hash.finalize().into(), size))
+        drop(tx);
+        let written = writer.join().map_err(|_| Error::invalid("the writer thread panicked"))?;
+        produced?;
+        let (sha, size, tensor_digests) = written?;
+        digests.extend(tensor_digests);
+        Ok((sha, size))
+    })
 }
 
 /// Copies the input directory's other files (config, tokenizer, ...) into the
@@ -243,6 +270,11 @@ fn copy_auxiliary(
     let mut skipped = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
+        if rel.components().count() > MAX_COPY_DEPTH {
+            skipped
+                .push(format!("{}/ (nested deeper than {MAX_COPY_DEPTH} levels)", rel.display()));
+            continue;
+        }
         let dir = input.join(&rel);
         let mut entries: Vec<_> = fs::read_dir(&dir)
             .map_err(|e| Error::io(&dir, e))?
@@ -252,7 +284,9 @@ fn copy_auxiliary(
         for entry in entries {
             let rel_path = rel.join(entry.file_name());
             let name = rel_path.to_string_lossy().into_owned();
-            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            // Follow symbolic links: Hugging Face cache snapshots are made of them.
+            let kind =
+                fs::metadata(entry.path()).map_err(|e| Error::io(entry.path(), e))?.file_type();
             if name.starts_with('.') || written.contains(&name.as_str()) {
                 continue;
             }
@@ -278,28 +312,13 @@ fn copy_auxiliary(
     Ok((copied, skipped))
 }
 
-/// Moves the staged output into `out`: a plain rename when `out` does not
-/// exist, otherwise file by file into the existing directory.
+/// Moves the staged output into `out`, which does not exist or is an empty
+/// directory (checked before any work).
 fn move_into_place(staging: &Path, out: &Path) -> Result<()> {
-    if !out.exists() {
-        return fs::rename(staging, out).map_err(|e| Error::io(out, e));
+    if out.is_dir() {
+        fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
     }
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = staging.join(&rel);
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let rel_path = rel.join(entry.file_name());
-            let dest = out.join(&rel_path);
-            if entry.file_type().map_err(|e| Error::io(entry.path(), e))?.is_dir() {
-                fs::create_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
-                stack.push(rel_path);
-            } else {
-                fs::rename(entry.path(), &dest).map_err(|e| Error::io(&dest, e))?;
-            }
-        }
-    }
-    Ok(())
+    fs::rename(staging, out).map_err(|e| Error::io(out, e))
 }
 
 /// Refuses to write over the input.
@@ -315,12 +334,20 @@ fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
             _ => out.to_path_buf(),
         },
     };
-    let inside_input =
-        canonical_in.is_file() && canonical_in.parent().is_some_and(|d| d == canonical_out);
-    if canonical_in == canonical_out || inside_input {
+    let nested = canonical_in.is_dir()
+        && (canonical_out.starts_with(&canonical_in) || canonical_in.starts_with(&canonical_out));
+    if canonical_in == canonical_out {
         return Err(Error::invalid(format!(
             "{}: the output is the input; write the marked model somewhere else",
             out.display()
+        )));
+    }
+    if nested {
+        return Err(Error::invalid(format!(
+            "{}: the output directory and the input directory {} are inside one another; \
+             write the marked model somewhere else",
+            out.display(),
+            input.display()
         )));
     }
     Ok(())

@@ -1,36 +1,28 @@
-//! Signed statements: release certificates as in-toto Statements v1 inside
-//! DSSE envelopes signed with ed25519.
+//! DSSE envelopes around in-toto statements, signed with ed25519.
 //!
 //! The envelope is `{"payloadType", "payload" (base64), "signatures": [{"keyid",
 //! "sig" (base64)}]}`; the signature covers DSSE's pre-authentication encoding
-//! `"DSSEv1" SP len(type) SP type SP len(body) SP body`. The payload is the
-//! Statement JSON: subjects are the output files with their SHA-256, plus the
-//! layout-independent tensor root; the predicate ([`ReleasePredicate`]) holds
-//! what detection needs. `docs/formats.md` specifies every byte.
+//! `"DSSEv1" SP len(type) SP type SP len(body) SP body`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::error::{Error, Result};
+use crate::key::{PublicKey, SecretKey};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::digest::hex;
-use crate::error::{Error, Result};
-use crate::key::{PublicKey, SecretKey};
 
 /// DSSE payload type of in-toto statements.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// in-toto Statement type.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-/// Predicate type of a weightmark release certificate.
-pub const RELEASE_PREDICATE_TYPE: &str = "https://weightmark.dev/release/v1";
 /// Digest-set key for the tensor root (see [`crate::digest`]).
 pub const TENSOR_ROOT_ALGORITHM: &str = "weightmarkTensorRootV1";
 /// Subject name used for the tensor root.
 pub const TENSOR_ROOT_SUBJECT: &str = "tensors";
-/// Largest certificate file accepted.
-const MAX_CERT_LEN: u64 = 64 * 1024 * 1024;
+/// Largest certificate or report file accepted.
+pub const MAX_STATEMENT_LEN: u64 = 64 * 1024 * 1024;
 
 /// A DSSE envelope.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,7 +53,7 @@ pub struct Subject {
     /// File name, or [`TENSOR_ROOT_SUBJECT`].
     pub name: String,
     /// Algorithm to hex digest.
-    pub digest: std::collections::BTreeMap<String, String>,
+    pub digest: BTreeMap<String, String>,
 }
 
 /// An in-toto Statement v1 with a typed predicate.
@@ -79,17 +71,6 @@ pub struct Statement<P> {
     pub predicate: P,
 }
 
-/// One marked tensor as recorded in a certificate.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CertifiedTensor {
-    /// Canonical tensor name.
-    pub name: String,
-    /// Dtype name.
-    pub dtype: String,
-    /// Shape.
-    pub shape: Vec<usize>,
-}
-
 /// The tool that made a statement.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Tool {
@@ -99,52 +80,19 @@ pub struct Tool {
     pub version: String,
 }
 
-/// The predicate of a release certificate.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ReleasePredicate {
-    /// Mark scheme ("ss1").
-    pub scheme: String,
-    /// Strength: mark RMS relative to row RMS.
-    pub strength: f64,
-    /// Release label.
-    pub label: String,
-    /// Recipient (licensee), if any.
-    pub recipient: Option<String>,
-    /// Hex SHA-256 commitment to the release mark key.
-    pub mark_key_commitment: String,
-    /// The marked tensors.
-    pub tensors: Vec<CertifiedTensor>,
-    /// Elements counted by the blind statistic at release: finite elements
-    /// of marked rows whose RMS is not zero.
-    pub marked_elements: u64,
-    /// Tensor root of the unmarked original (hex).
-    pub original_tensor_root: String,
-    /// Blind z measured on the output right after marking.
-    pub blind_z_at_release: f64,
-    /// Key id of the signer.
-    pub signer: String,
-    /// The tool.
-    pub tool: Tool,
-    /// Creation time, RFC 3339 UTC.
-    pub created: String,
+/// A digest set with one entry.
+pub fn digest_set(algorithm: &str, hex_digest: String) -> BTreeMap<String, String> {
+    BTreeMap::from([(algorithm.to_string(), hex_digest)])
 }
 
-/// A parsed, signature-checked certificate.
-#[derive(Clone, Debug)]
-pub struct Certificate {
-    /// The statement.
-    pub statement: Statement<ReleasePredicate>,
-    /// The envelope as read.
-    pub envelope: Envelope,
-    /// SHA-256 of the certificate file's bytes (hex), for reports to cite.
-    pub digest: String,
-}
-
-impl Certificate {
-    /// The predicate.
-    pub fn predicate(&self) -> &ReleasePredicate {
-        &self.statement.predicate
+/// The `predicateType` of a payload, without parsing the rest.
+pub fn predicate_type(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "predicateType")]
+        predicate_type: String,
     }
+    serde_json::from_slice::<Peek>(payload).ok().map(|p| p.predicate_type)
 }
 
 /// DSSE pre-authentication encoding.
@@ -180,19 +128,28 @@ pub fn verify_envelope(envelope: &Envelope, public: &PublicKey) -> Result<Vec<u8
             ),
         });
     }
-    let payload = BASE64
-        .decode(&envelope.payload)
-        .map_err(|_| Error::BadSignature { reason: "payload is not base64".into() })?;
+    let payload = payload_bytes(envelope)?;
     let want = public.key_id();
-    let sig = envelope.signatures.iter().find(|s| s.keyid == want).ok_or_else(|| {
+    let matching: Vec<&EnvelopeSignature> =
+        envelope.signatures.iter().filter(|s| s.keyid == want).collect();
+    if matching.is_empty() {
         let ids: Vec<&str> = envelope.signatures.iter().map(|s| s.keyid.as_str()).collect();
-        Error::WrongKey { reason: format!("signed by key {}, not by key {want}", ids.join(", ")) }
-    })?;
-    let sig_bytes = BASE64
-        .decode(&sig.sig)
-        .map_err(|_| Error::BadSignature { reason: "signature is not base64".into() })?;
-    public.verify(&pae(&envelope.payload_type, &payload), &sig_bytes)?;
-    Ok(payload)
+        return Err(Error::WrongKey {
+            reason: format!("signed by key {}, not by key {want}", ids.join(", ")),
+        });
+    }
+    let message = pae(&envelope.payload_type, &payload);
+    let mut last = None;
+    for sig in matching {
+        match BASE64.decode(&sig.sig) {
+            Err(_) => last = Some(Error::BadSignature { reason: "signature is not base64".into() }),
+            Ok(bytes) => match public.verify(&message, &bytes) {
+                Ok(()) => return Ok(payload),
+                Err(e) => last = Some(e),
+            },
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::BadSignature { reason: "no signature".into() }))
 }
 
 /// Serialises an envelope as pretty JSON with a trailing newline.
@@ -202,27 +159,29 @@ pub fn envelope_to_string(envelope: &Envelope) -> Result<String> {
         .map_err(|e| Error::invalid(format!("cannot serialise envelope: {e}")))
 }
 
-/// Reads a certificate file, checks its signature by `public`, and parses it.
-pub fn load_certificate(path: &Path, public: &PublicKey) -> Result<Certificate> {
-    let cert_err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > MAX_CERT_LEN {
-        return Err(cert_err(format!("{} bytes is too large for a certificate", meta.len())));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let envelope: Envelope = serde_json::from_slice(&bytes)
-        .map_err(|e| cert_err(format!("not a DSSE envelope: {e}")))?;
-    let payload = verify_envelope(&envelope, public).map_err(|e| cert_err(e.to_string()))?;
-    let statement: Statement<ReleasePredicate> = serde_json::from_slice(&payload)
-        .map_err(|e| cert_err(format!("payload is not a weightmark release statement: {e}")))?;
-    if statement.predicate_type != RELEASE_PREDICATE_TYPE {
-        return Err(cert_err(format!(
-            "predicateType is '{}', not a weightmark release certificate",
-            statement.predicate_type
-        )));
-    }
-    let digest = hex(&Sha256::digest(&bytes));
-    Ok(Certificate { statement, envelope, digest })
+/// Parses an envelope from a file's bytes. Bytes that are not UTF-8 are
+/// replaced (they can only sit inside string values, whose base64 then fails
+/// to decode), so a corrupted payload or signature is reported as an invalid
+/// signature rather than as an unreadable file.
+pub fn parse_envelope(bytes: &[u8], path: &Path) -> Result<Envelope> {
+    let text = String::from_utf8_lossy(bytes);
+    serde_json::from_str(&text).map_err(|e| Error::Certificate {
+        path: path.to_path_buf(),
+        reason: format!("not a DSSE envelope: {e}"),
+    })
+}
+
+/// Reads a statement file (certificate or report), at most `MAX_STATEMENT_LEN`
+/// bytes; returns its bytes.
+pub fn read_statement_file(path: &Path) -> Result<Vec<u8>> {
+    crate::io::read_capped(path, MAX_STATEMENT_LEN)
+}
+
+/// Decodes an envelope's payload (base64).
+pub fn payload_bytes(envelope: &Envelope) -> Result<Vec<u8>> {
+    BASE64
+        .decode(&envelope.payload)
+        .map_err(|_| Error::BadSignature { reason: "payload is not base64".into() })
 }
 
 /// Writes `text` to `path` atomically (temporary file beside it, then rename).

@@ -1,0 +1,39 @@
+//! `weightmark reveal`: one release's mark key, for a dispute.
+
+use anyhow::Context;
+use weightmark::key::RevealedRelease;
+use weightmark::provenance::load_certificate;
+use weightmark::SecretKey;
+
+use crate::cli::RevealArgs;
+use crate::{outln, Outcome};
+
+/// Writes the mark key of the release a certificate describes.
+pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
+    let secret = SecretKey::load(&args.key)?;
+    let cert = load_certificate(&args.cert, &secret.public_key())?;
+    let p = cert.predicate();
+    let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
+    cert.check_mark_key(&mark_key).with_context(|| {
+        format!("{}: this secret key did not make this release", args.cert.display())
+    })?;
+    let release = RevealedRelease {
+        label: &p.label,
+        recipient: p.recipient.as_deref(),
+        certificate_sha256: &cert.digest,
+    };
+    mark_key.save(&args.output, &release)?;
+    outln!(
+        "wrote the mark key of release '{}' (recipient {}) to {}",
+        p.label,
+        p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+        args.output.display()
+    );
+    outln!(
+        "it opens this release's mark only; anyone can check it against the certificate and run \
+         `weightmark detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT`",
+        args.output.display(),
+        args.cert.display()
+    );
+    Ok(Outcome::Success)
+}

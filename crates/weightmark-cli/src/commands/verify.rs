@@ -1,0 +1,138 @@
+//! `weightmark verify`: is this certificate or report genuine, and is this
+//! model the one it is about?
+
+use serde_json::json;
+use weightmark::provenance::{verify_file, ModelCheck, Verified, VerifiedKind};
+use weightmark::{Error, Model, PublicKey};
+
+use crate::cli::VerifyArgs;
+use crate::{outln, Outcome};
+
+/// Exit 0 valid (and the model matches), 1 invalid or mismatch, 2 unusable input.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
+    let public = PublicKey::load(&args.public)?;
+    let model = args.model.as_ref().map(Model::open).transpose()?;
+    let verified = match verify_file(&args.file, &public, model.as_ref()) {
+        Ok(v) => v,
+        Err(e @ (Error::BadSignature { .. } | Error::WrongKey { .. })) => {
+            if args.json {
+                outln!(
+                    "{}",
+                    json!({"valid": false, "file": args.file.display().to_string(), "reason": e.to_string()})
+                );
+            } else {
+                outln!("INVALID: {}: {e}", args.file.display());
+            }
+            return Ok(Outcome::Negative);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let model_ok = verified.model.as_ref().is_none_or(ModelCheck::tensors_match);
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&to_json(args, &verified, model_ok))?);
+    } else {
+        print(args, &verified)?;
+    }
+    Ok(if model_ok { Outcome::Success } else { Outcome::Negative })
+}
+
+fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
+    match &v.kind {
+        VerifiedKind::Certificate(s) => {
+            let p = &s.predicate;
+            outln!("VALID certificate {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "  release '{}', recipient {}, created {}; scheme {} at strength {}, {} marked tensors",
+                p.label,
+                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+                p.created,
+                p.scheme,
+                p.strength,
+                p.tensors.len()
+            );
+        }
+        VerifiedKind::Report(s) => {
+            let p = &s.predicate;
+            outln!("VALID detection report {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "  {} detection of release '{}' (recipient {}): z = {:.2}, p <= {:.1e}, {}; created {}",
+                match p.mode {
+                    weightmark::Mode::Blind => "blind",
+                    weightmark::Mode::Informed => "informed",
+                },
+                p.label,
+                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+                p.z,
+                p.p_value,
+                if p.detected { "mark found" } else { "no mark found" },
+                p.created
+            );
+            if let Some(c) = &p.certificate {
+                outln!("  tested certificate sha256 {} (signed by key {})", c.sha256, c.signer);
+            }
+            if let Some(b) = &p.builds_on {
+                outln!("  builds on report sha256 {} (signed by key {})", b.sha256, b.signer);
+            }
+        }
+    }
+    if let (Some(check), Some(path)) = (&v.model, &args.model) {
+        print_model_check(check, &path.display().to_string())?;
+    }
+    Ok(())
+}
+
+fn print_model_check(c: &ModelCheck, model: &str) -> anyhow::Result<()> {
+    if c.tensors_match() && c.files_match() {
+        outln!("MODEL MATCHES: {model} is byte for byte the model this file is about");
+        return Ok(());
+    }
+    if c.tensors_match() {
+        outln!(
+            "MODEL MATCHES AT TENSOR LEVEL: every tensor of {model} is identical, but the files \
+             differ (re-saved or re-sharded)"
+        );
+    } else {
+        outln!("MODEL DIFFERS: {model} is not the model this file is about");
+    }
+    for name in &c.files_not_found {
+        outln!("  file not found in the model (no file with its SHA-256): {name}");
+    }
+    for name in &c.files_unrecorded {
+        outln!("  file of the model not recorded: {name}");
+    }
+    for name in &c.tensors_changed {
+        outln!("  tensor changed: {name}");
+    }
+    for name in &c.tensors_missing {
+        outln!("  tensor missing from the model: {name}");
+    }
+    for name in &c.tensors_extra {
+        outln!("  tensor not recorded: {name}");
+    }
+    Ok(())
+}
+
+fn to_json(args: &VerifyArgs, v: &Verified, model_ok: bool) -> serde_json::Value {
+    let (kind, predicate) = match &v.kind {
+        VerifiedKind::Certificate(s) => ("certificate", json!(s.predicate)),
+        VerifiedKind::Report(s) => ("report", json!(s.predicate)),
+    };
+    json!({
+        "valid": model_ok,
+        "signature_valid": true,
+        "file": args.file.display().to_string(),
+        "kind": kind,
+        "signer": v.signer,
+        "sha256": v.digest,
+        "predicate": predicate,
+        "model": v.model.as_ref().map(|c| json!({
+            "files_match": c.files_match(),
+            "tensors_match": c.tensors_match(),
+            "files_not_found": c.files_not_found,
+            "files_unrecorded": c.files_unrecorded,
+            "tensors_changed": c.tensors_changed,
+            "tensors_missing": c.tensors_missing,
+            "tensors_extra": c.tensors_extra,
+        })),
+    })
+}

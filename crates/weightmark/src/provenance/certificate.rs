@@ -1,0 +1,141 @@
+//! The release certificate: what `embed` signs about a marked model.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::envelope::{
+    parse_envelope, payload_bytes, read_statement_file, verify_envelope, Envelope, Statement, Tool,
+};
+use crate::digest::hex;
+use crate::error::{Error, Result};
+use crate::key::{MarkKey, PublicKey};
+
+/// Predicate type of a weightmark release certificate.
+pub const RELEASE_PREDICATE_TYPE: &str = "https://weightmark.dev/release/v1";
+
+/// One marked tensor as recorded in a certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertifiedTensor {
+    /// Canonical tensor name.
+    pub name: String,
+    /// Dtype name.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// The predicate of a release certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReleasePredicate {
+    /// Mark scheme ("ss1").
+    pub scheme: String,
+    /// Strength: mark RMS relative to row RMS.
+    pub strength: f64,
+    /// Release label.
+    pub label: String,
+    /// Recipient (licensee), if any.
+    pub recipient: Option<String>,
+    /// Hex SHA-256 commitment to the release mark key.
+    pub mark_key_commitment: String,
+    /// The marked tensors.
+    pub tensors: Vec<CertifiedTensor>,
+    /// Elements counted by the blind statistic at release: finite elements
+    /// of marked rows whose RMS is not zero.
+    pub marked_elements: u64,
+    /// Tensor digest (hex) of every tensor of the output, by name.
+    pub tensor_digests: BTreeMap<String, String>,
+    /// Tensor root of the unmarked original (hex).
+    pub original_tensor_root: String,
+    /// Blind z measured on the output right after marking.
+    pub blind_z_at_release: f64,
+    /// Key id of the signer.
+    pub signer: String,
+    /// The tool.
+    pub tool: Tool,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// A parsed certificate.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// The statement.
+    pub statement: Statement<ReleasePredicate>,
+    /// The envelope as read.
+    pub envelope: Envelope,
+    /// SHA-256 of the certificate file's bytes (hex), for reports to cite.
+    pub digest: String,
+    /// Whether the signature was checked against the owner's public key.
+    pub signature_checked: bool,
+}
+
+impl Certificate {
+    /// The predicate.
+    pub fn predicate(&self) -> &ReleasePredicate {
+        &self.statement.predicate
+    }
+
+    /// Checks that `mark_key` is the one this certificate committed to.
+    pub fn check_mark_key(&self, mark_key: &MarkKey) -> Result<()> {
+        let got = hex(&mark_key.commitment());
+        let p = self.predicate();
+        if got != p.mark_key_commitment {
+            return Err(Error::WrongKey {
+                reason: format!(
+                    "this mark key does not belong to the release of this certificate \
+                     (label '{}', recipient {}): its commitment {}... differs from the \
+                     certificate's {}...",
+                    p.label,
+                    p.recipient
+                        .as_deref()
+                        .map(|r| format!("'{r}'"))
+                        .unwrap_or_else(|| "none".into()),
+                    &got[..16],
+                    &p.mark_key_commitment.get(..16).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a certificate, checks its signature by `public`, and parses it.
+pub fn load_certificate(path: &Path, public: &PublicKey) -> Result<Certificate> {
+    load(path, Some(public))
+}
+
+/// Reads a certificate without checking its signature (for `detect
+/// --mark-key` without the owner's public key; the commitment still binds the
+/// mark key to it).
+pub fn load_certificate_unverified(path: &Path) -> Result<Certificate> {
+    load(path, None)
+}
+
+fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
+    let cert_err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    let bytes = read_statement_file(path)?;
+    let envelope = parse_envelope(&bytes, path)?;
+    let payload = match public {
+        Some(public) => verify_envelope(&envelope, public).map_err(|e| cert_err(e.to_string()))?,
+        None => payload_bytes(&envelope).map_err(|e| cert_err(e.to_string()))?,
+    };
+    let statement = parse_release_statement(&payload).map_err(cert_err)?;
+    let digest = hex(&Sha256::digest(&bytes));
+    Ok(Certificate { statement, envelope, digest, signature_checked: public.is_some() })
+}
+
+/// Parses a payload as a release statement.
+pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredicate>, String> {
+    let statement: Statement<ReleasePredicate> = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload is not a weightmark release statement: {e}"))?;
+    if statement.predicate_type != RELEASE_PREDICATE_TYPE {
+        return Err(format!(
+            "predicateType is '{}', not a weightmark release certificate",
+            statement.predicate_type
+        ));
+    }
+    Ok(statement)
+}

@@ -1,0 +1,27 @@
+//! Signed statements about models: release certificates and detection
+//! reports, each an in-toto Statement v1 inside a DSSE envelope signed with
+//! ed25519, and their verification.
+//!
+//! * [`envelope`]: the DSSE envelope, its pre-authentication encoding,
+//!   signing and signature checks, atomic writes.
+//! * [`certificate`]: the release certificate written by `embed`.
+//! * [`report`]: the detection report written by `detect --report`.
+//! * [`verify`]: checking a certificate or report, and a model against it.
+//!
+//! `docs/formats.md` specifies every byte.
+
+pub mod certificate;
+pub mod envelope;
+pub mod report;
+pub mod verify;
+
+pub use certificate::{
+    load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, ReleasePredicate,
+};
+pub use envelope::{
+    envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, write_atomic,
+    write_atomic_bytes, Envelope, EnvelopeSignature, Statement, Subject, Tool, PAYLOAD_TYPE,
+    STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+};
+pub use report::{DetectionPredicate, Report};
+pub use verify::{verify_file, ModelCheck, Verified, VerifiedKind};

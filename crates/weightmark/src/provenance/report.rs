@@ -1,0 +1,213 @@
+//! The detection report: what `detect --report` signs about a suspect.
+//!
+//! A report names the suspect by its digests, the release it was tested for
+//! (the certificate's digest and commitment), the statistics and the
+//! decision, and optionally the report it builds on (a derivative of a
+//! derivative), so a chain of reports can be followed back to a release.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::certificate::Certificate;
+use super::envelope::{
+    digest_set, parse_envelope, payload_bytes, read_statement_file, sign_statement,
+    verify_envelope, Envelope, Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM,
+    TENSOR_ROOT_SUBJECT,
+};
+use crate::detect::{Detection, Mode, Skipped, TensorResult};
+use crate::digest::{hex, Sha256Digest};
+use crate::error::{Error, Result};
+use crate::key::{PublicKey, SecretKey};
+
+/// Predicate type of a weightmark detection report.
+pub const DETECTION_PREDICATE_TYPE: &str = "https://weightmark.dev/detection/v1";
+
+/// The certificate a detection tested.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// SHA-256 (hex) of the certificate file.
+    pub sha256: String,
+    /// Key id of the certificate's signer (the owner).
+    pub signer: String,
+    /// The certificate's mark-key commitment.
+    pub mark_key_commitment: String,
+}
+
+/// An earlier report this one builds on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportRef {
+    /// SHA-256 (hex) of the earlier report file.
+    pub sha256: String,
+    /// Key id of its signer.
+    pub signer: String,
+    /// The tensor root of the suspect it was about.
+    pub suspect_tensor_root: String,
+}
+
+/// The predicate of a detection report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DetectionPredicate {
+    /// Mark scheme ("ss1").
+    pub scheme: String,
+    /// Blind or informed.
+    pub mode: Mode,
+    /// Release label tested.
+    pub label: String,
+    /// Recipient tested, if any.
+    pub recipient: Option<String>,
+    /// The certificate tested, if detection used one.
+    pub certificate: Option<CertificateRef>,
+    /// Tensor root of the suspect (hex).
+    pub suspect_tensor_root: String,
+    /// Tensor digest (hex) of every tensor of the suspect, by name.
+    pub suspect_tensor_digests: BTreeMap<String, String>,
+    /// Tensor root of the original, for informed detection.
+    pub original_tensor_root: Option<String>,
+    /// Global z.
+    pub z: f64,
+    /// Global S.
+    pub s: f64,
+    /// Global V.
+    pub v: f64,
+    /// Elements tested.
+    pub elements: u64,
+    /// Hoeffding bound `exp(-z^2/2)`.
+    pub p_value: f64,
+    /// `log10` of the bound.
+    pub log10_p_value: f64,
+    /// Decision threshold on the bound.
+    pub threshold_p: f64,
+    /// The decision.
+    pub detected: bool,
+    /// Per-tensor statistics.
+    pub tensors: Vec<TensorResult>,
+    /// Tensors that could not be tested.
+    pub skipped: Vec<Skipped>,
+    /// The report this one builds on.
+    pub builds_on: Option<ReportRef>,
+    /// Key id of whoever ran the detection and signed the report.
+    pub signer: String,
+    /// The tool.
+    pub tool: Tool,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// A parsed report.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The statement.
+    pub statement: Statement<DetectionPredicate>,
+    /// SHA-256 (hex) of the report file.
+    pub digest: String,
+    /// Key id of the envelope's first signature.
+    pub signer: String,
+}
+
+/// What a report is built from.
+pub struct ReportInputs<'a> {
+    /// The detection.
+    pub detection: &'a Detection,
+    /// Release label and recipient tested.
+    pub label: &'a str,
+    /// Recipient tested.
+    pub recipient: Option<&'a str>,
+    /// The certificate tested, if any.
+    pub certificate: Option<&'a Certificate>,
+    /// SHA-256 of each suspect file, by name.
+    pub suspect_files: &'a [(String, Sha256Digest)],
+    /// Tensor root of the original, for informed detection.
+    pub original_tensor_root: Option<String>,
+    /// The report this one builds on.
+    pub builds_on: Option<&'a Report>,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// Builds and signs a detection report with `signer`.
+pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Envelope> {
+    let d = inputs.detection;
+    let mut subject: Vec<Subject> = inputs
+        .suspect_files
+        .iter()
+        .map(|(name, sha)| Subject { name: name.clone(), digest: digest_set("sha256", hex(sha)) })
+        .collect();
+    subject.push(Subject {
+        name: TENSOR_ROOT_SUBJECT.to_string(),
+        digest: digest_set(TENSOR_ROOT_ALGORITHM, d.suspect_digest.clone()),
+    });
+    let certificate = inputs.certificate.map(|c| CertificateRef {
+        sha256: c.digest.clone(),
+        signer: c.predicate().signer.clone(),
+        mark_key_commitment: c.predicate().mark_key_commitment.clone(),
+    });
+    let builds_on = inputs.builds_on.map(|r| ReportRef {
+        sha256: r.digest.clone(),
+        signer: r.signer.clone(),
+        suspect_tensor_root: r.statement.predicate.suspect_tensor_root.clone(),
+    });
+    let statement = Statement {
+        statement_type: STATEMENT_TYPE.to_string(),
+        subject,
+        predicate_type: DETECTION_PREDICATE_TYPE.to_string(),
+        predicate: DetectionPredicate {
+            scheme: "ss1".into(),
+            mode: d.mode,
+            label: inputs.label.to_string(),
+            recipient: inputs.recipient.map(str::to_string),
+            certificate,
+            suspect_tensor_root: d.suspect_digest.clone(),
+            suspect_tensor_digests: d
+                .suspect_tensor_digests
+                .iter()
+                .map(|(n, dg)| (n.clone(), hex(dg)))
+                .collect(),
+            original_tensor_root: inputs.original_tensor_root.clone(),
+            z: d.z,
+            s: d.s,
+            v: d.v,
+            elements: d.elements,
+            p_value: d.p_value,
+            log10_p_value: d.log10_p_value,
+            threshold_p: d.threshold_p,
+            detected: d.detected,
+            tensors: d.tensors.clone(),
+            skipped: d.skipped.clone(),
+            builds_on,
+            signer: signer.public_key().key_id(),
+            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
+            created: inputs.created.clone(),
+        },
+    };
+    sign_statement(&statement, signer)
+}
+
+/// Reads a report; checks its signature when `public` is given.
+pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
+    let err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    let bytes = read_statement_file(path)?;
+    let envelope = parse_envelope(&bytes, path)?;
+    let payload = match public {
+        Some(public) => verify_envelope(&envelope, public).map_err(|e| err(e.to_string()))?,
+        None => payload_bytes(&envelope).map_err(|e| err(e.to_string()))?,
+    };
+    let statement = parse_detection_statement(&payload).map_err(err)?;
+    let signer = envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default();
+    Ok(Report { statement, digest: hex(&Sha256::digest(&bytes)), signer })
+}
+
+/// Parses a payload as a detection statement.
+pub fn parse_detection_statement(payload: &[u8]) -> Result<Statement<DetectionPredicate>, String> {
+    let statement: Statement<DetectionPredicate> = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload is not a weightmark detection report: {e}"))?;
+    if statement.predicate_type != DETECTION_PREDICATE_TYPE {
+        return Err(format!(
+            "predicateType is '{}', not a weightmark detection report",
+            statement.predicate_type
+        ));
+    }
+    Ok(statement)
+}

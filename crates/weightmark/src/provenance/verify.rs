@@ -1,0 +1,150 @@
+//! Checking a certificate or a detection report: its signature, and
+//! optionally that a model on disk is the one it is about.
+//!
+//! Signature problems are errors of kind [`Error::BadSignature`] or
+//! [`Error::WrongKey`] (the CLI's exit 1); a file that is not an envelope at
+//! all is [`Error::Certificate`] (exit 2). A model that differs is not an
+//! error: [`ModelCheck`] lists which files and which tensors differ.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::certificate::{parse_release_statement, ReleasePredicate, RELEASE_PREDICATE_TYPE};
+use super::envelope::{
+    parse_envelope, predicate_type, read_statement_file, verify_envelope, Statement,
+    TENSOR_ROOT_SUBJECT,
+};
+use super::report::{parse_detection_statement, DetectionPredicate, DETECTION_PREDICATE_TYPE};
+use crate::digest::{hex, model_file_digests, model_tensor_digests, tensor_root};
+use crate::error::{Error, Result};
+use crate::key::PublicKey;
+use crate::model::Model;
+
+/// What kind of statement was verified.
+#[derive(Clone, Debug)]
+pub enum VerifiedKind {
+    /// A release certificate.
+    Certificate(Box<Statement<ReleasePredicate>>),
+    /// A detection report.
+    Report(Box<Statement<DetectionPredicate>>),
+}
+
+/// A statement whose signature verified.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The statement.
+    pub kind: VerifiedKind,
+    /// Key id of the signer.
+    pub signer: String,
+    /// SHA-256 (hex) of the file.
+    pub digest: String,
+    /// The model comparison, when a model was given.
+    pub model: Option<ModelCheck>,
+}
+
+/// How a model compares with the digests a statement records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelCheck {
+    /// Recorded files (name) with no file of the same SHA-256 in the model.
+    pub files_not_found: Vec<String>,
+    /// Model files (name) whose SHA-256 the statement does not record.
+    pub files_unrecorded: Vec<String>,
+    /// Tensors present in both whose digests differ.
+    pub tensors_changed: Vec<String>,
+    /// Recorded tensors absent from the model.
+    pub tensors_missing: Vec<String>,
+    /// Model tensors the statement does not record.
+    pub tensors_extra: Vec<String>,
+    /// Whether the model's tensor root equals the recorded one.
+    pub tensor_root_matches: bool,
+}
+
+impl ModelCheck {
+    /// Every file is byte-identical to a recorded one, and vice versa.
+    pub fn files_match(&self) -> bool {
+        self.files_not_found.is_empty() && self.files_unrecorded.is_empty()
+    }
+
+    /// Every tensor (name, dtype, shape, data) is as recorded.
+    pub fn tensors_match(&self) -> bool {
+        self.tensor_root_matches
+            && self.tensors_changed.is_empty()
+            && self.tensors_missing.is_empty()
+            && self.tensors_extra.is_empty()
+    }
+}
+
+/// Verifies the certificate or report at `path` against `public`, and
+/// compares `model` with it when given.
+pub fn verify_file(path: &Path, public: &PublicKey, model: Option<&Model>) -> Result<Verified> {
+    let bytes = read_statement_file(path)?;
+    let envelope = parse_envelope(&bytes, path)?;
+    let payload = verify_envelope(&envelope, public)?;
+    let not_ours = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    let kind = match predicate_type(&payload).as_deref() {
+        Some(RELEASE_PREDICATE_TYPE) => VerifiedKind::Certificate(Box::new(
+            parse_release_statement(&payload).map_err(not_ours)?,
+        )),
+        Some(DETECTION_PREDICATE_TYPE) => {
+            VerifiedKind::Report(Box::new(parse_detection_statement(&payload).map_err(not_ours)?))
+        }
+        other => {
+            return Err(not_ours(format!(
+                "signed, but predicateType {} is neither a weightmark certificate nor a report",
+                other.unwrap_or("(none)")
+            )))
+        }
+    };
+    let model = model.map(|m| compare_model(&kind, m));
+    Ok(Verified { kind, signer: public.key_id(), digest: hex(&Sha256::digest(&bytes)), model })
+}
+
+fn compare_model(kind: &VerifiedKind, model: &Model) -> ModelCheck {
+    let (subjects, recorded_tensors) = match kind {
+        VerifiedKind::Certificate(s) => (&s.subject, &s.predicate.tensor_digests),
+        VerifiedKind::Report(s) => (&s.subject, &s.predicate.suspect_tensor_digests),
+    };
+    let mut check = ModelCheck::default();
+
+    let files = model_file_digests(model);
+    let recorded_files: Vec<(&str, &str)> = subjects
+        .iter()
+        .filter(|s| s.name != TENSOR_ROOT_SUBJECT)
+        .filter_map(|s| s.digest.get("sha256").map(|d| (s.name.as_str(), d.as_str())))
+        .collect();
+    for (name, digest) in &recorded_files {
+        if !files.iter().any(|(_, d)| hex(d) == *digest) {
+            check.files_not_found.push(name.to_string());
+        }
+    }
+    for (name, digest) in &files {
+        if !recorded_files.iter().any(|(_, d)| *d == hex(digest)) {
+            check.files_unrecorded.push(name.clone());
+        }
+    }
+
+    let actual = model_tensor_digests(model);
+    let actual_map: BTreeMap<&str, String> =
+        actual.iter().map(|(n, d)| (n.as_str(), hex(d))).collect();
+    for (name, digest) in recorded_tensors {
+        match actual_map.get(name.as_str()) {
+            None => check.tensors_missing.push(name.clone()),
+            Some(d) if d != digest => check.tensors_changed.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    for name in actual_map.keys() {
+        if !recorded_tensors.contains_key(*name) {
+            check.tensors_extra.push(name.to_string());
+        }
+    }
+    let recorded_root = subjects
+        .iter()
+        .find(|s| s.name == TENSOR_ROOT_SUBJECT)
+        .and_then(|s| s.digest.values().next().cloned())
+        .unwrap_or_default();
+    check.tensor_root_matches = hex(&tensor_root(&actual)) == recorded_root;
+    check
+}
