@@ -117,7 +117,10 @@ pub fn load_certificate_unverified(path: &Path) -> Result<Certificate> {
 fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
     let cert_err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
     let bytes = read_statement_file(path)?;
-    let envelope = parse_envelope(&bytes, path)?;
+    let envelope = parse_envelope(&bytes, path).map_err(|e| match e {
+        Error::BadSignature { .. } => err_of(path, e.to_string()),
+        other => other,
+    })?;
     let payload = match public {
         Some(public) => verify_envelope(&envelope, public).map_err(|e| cert_err(e.to_string()))?,
         None => payload_bytes(&envelope).map_err(|e| cert_err(e.to_string()))?,
@@ -138,4 +141,9 @@ pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredic
         ));
     }
     Ok(statement)
+}
+
+/// A certificate or report error naming the file.
+fn err_of(path: &Path, reason: String) -> Error {
+    Error::Certificate { path: path.to_path_buf(), reason }
 }

@@ -165,9 +165,17 @@ pub fn envelope_to_string(envelope: &Envelope) -> Result<String> {
 /// signature rather than as an unreadable file.
 pub fn parse_envelope(bytes: &[u8], path: &Path) -> Result<Envelope> {
     let text = String::from_utf8_lossy(bytes);
-    serde_json::from_str(&text).map_err(|e| Error::Certificate {
-        path: path.to_path_buf(),
-        reason: format!("not a DSSE envelope: {e}"),
+    serde_json::from_str(&text).map_err(|e| {
+        // A file with an envelope's fields that no longer parses was an
+        // envelope once: a corrupted or tampered statement, not unusable input.
+        if text.contains("\"payloadType\"") && text.contains("\"signatures\"") {
+            Error::BadSignature { reason: format!("the envelope is corrupted ({e})") }
+        } else {
+            Error::Certificate {
+                path: path.to_path_buf(),
+                reason: format!("not a DSSE envelope: {e}"),
+            }
+        }
     })
 }
 

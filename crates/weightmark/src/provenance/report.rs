@@ -189,7 +189,10 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
 pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
     let err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
     let bytes = read_statement_file(path)?;
-    let envelope = parse_envelope(&bytes, path)?;
+    let envelope = parse_envelope(&bytes, path).map_err(|e| match e {
+        Error::BadSignature { .. } => err_of(path, e.to_string()),
+        other => other,
+    })?;
     let payload = match public {
         Some(public) => verify_envelope(&envelope, public).map_err(|e| err(e.to_string()))?,
         None => payload_bytes(&envelope).map_err(|e| err(e.to_string()))?,
@@ -210,4 +213,9 @@ pub fn parse_detection_statement(payload: &[u8]) -> Result<Statement<DetectionPr
         ));
     }
     Ok(statement)
+}
+
+/// A certificate or report error naming the file.
+fn err_of(path: &Path, reason: String) -> Error {
+    Error::Certificate { path: path.to_path_buf(), reason }
 }

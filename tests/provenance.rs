@@ -1,0 +1,375 @@
+//! End-to-end tests of provenance: certificates checked by an independent
+//! implementation, tampering, verification of models against certificates,
+//! signed detection reports and their chains, disputes with a revealed mark
+//! key, and leak identification across recipients.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use weightmark::synth::{
+    gaussian_matrix, llama, write_file, write_sharded, LlamaShape, SynthTensor,
+};
+use weightmark::{Dtype, Model};
+
+const SMALL: LlamaShape =
+    LlamaShape { vocab: 4096, hidden: 256, intermediate: 688, layers: 4, heads: 4, kv_heads: 2 };
+
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_weightmark"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+/// A two-tensor model: a small certificate, so every byte can be flipped.
+fn two_tensor_model(path: &Path) {
+    let tensors = vec![
+        gaussian_matrix("a.weight", 64, 128, Dtype::F32, 1),
+        gaussian_matrix("b.weight", 128, 64, Dtype::F32, 2),
+    ];
+    write_file(path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn an_independent_implementation_verifies_certificates_and_reports() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::BF16, 1), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.ok(&[
+        "embed",
+        "-k",
+        "lab.key",
+        "--strength",
+        "0.01",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    s.ok(&[
+        "detect",
+        "-k",
+        "lab.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "marked.safetensors",
+        "--report",
+        "r.json",
+    ]);
+    s.ok(&["keygen", "-o", "other"]);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/verify_certificate.py");
+    let python = |file: &str, key: &str| {
+        Command::new("python3")
+            .arg(&script)
+            .args([file, key])
+            .current_dir(s.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("python3 is needed for this test: {e}"))
+    };
+    let cert = python("marked.safetensors.cert.json", "lab.pub");
+    assert!(
+        !stderr(&cert).contains("No module named 'cryptography'"),
+        "the Python `cryptography` package is missing: run scripts/test, which installs it"
+    );
+    assert_eq!(cert.status.code(), Some(0), "{}{}", stdout(&cert), stderr(&cert));
+    assert_eq!(stdout(&cert).trim(), "ok https://weightmark.dev/release/v1");
+    let report = python("r.json", "lab.pub");
+    assert_eq!(
+        stdout(&report).trim(),
+        "ok https://weightmark.dev/detection/v1",
+        "{}",
+        stderr(&report)
+    );
+    let wrong = python("marked.safetensors.cert.json", "other.pub");
+    assert_eq!(wrong.status.code(), Some(1));
+}
+
+#[test]
+fn flipping_any_byte_of_payload_or_signature_makes_verify_exit_1() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    two_tensor_model(&s.path("m.safetensors"));
+    s.ok(&["embed", "-k", "lab.key", "m.safetensors", "-o", "marked.safetensors"]);
+    let original = std::fs::read(s.path("marked.safetensors.cert.json")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&original).into_owned();
+    let span = |field: &str| {
+        let key = format!("\"{field}\": \"");
+        let start = text.find(&key).map(|i| i + key.len()).unwrap_or_else(|| panic!("no {field}"));
+        let end = start + text[start..].find('"').unwrap_or(0);
+        start..end
+    };
+    let positions: Vec<usize> = span("payload").chain(span("sig")).collect();
+    assert!(positions.len() > 500, "payload and signature span {} bytes", positions.len());
+    for (n, &i) in positions.iter().enumerate() {
+        let mut bytes = original.clone();
+        bytes[i] ^= if n % 2 == 0 { 0x01 } else { 0x20 };
+        std::fs::write(s.path("tampered.json"), &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let o = s.run(&["verify", "tampered.json", "--pub", "lab.pub"]);
+        assert_eq!(o.status.code(), Some(1), "byte {i} flipped: {}{}", stdout(&o), stderr(&o));
+    }
+    s.ok(&["keygen", "-o", "other"]);
+    let o = s.run(&["verify", "marked.safetensors.cert.json", "--pub", "other.pub"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("INVALID") && stdout(&o).contains("not by key"), "{}", stdout(&o));
+    let o = s.run(&["verify", "m.safetensors", "--pub", "lab.pub"]);
+    assert_eq!(o.status.code(), Some(2), "not an envelope at all is unusable input");
+}
+
+#[test]
+fn verify_model_names_the_changed_tensor_and_accepts_a_resharded_copy() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::F16, 3), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.ok(&["embed", "-k", "lab.key", "m.safetensors", "-o", "marked.safetensors"]);
+    let cert = "marked.safetensors.cert.json";
+    assert!(s
+        .ok(&["verify", cert, "--pub", "lab.pub", "--model", "marked.safetensors"])
+        .contains("MODEL MATCHES:"));
+
+    let marked = Model::open(s.path("marked.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let mut tensors: Vec<SynthTensor> = marked
+        .tensors()
+        .map(|t| SynthTensor {
+            name: t.name.into(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+            data: t.data.to_vec(),
+        })
+        .collect();
+    write_sharded(&s.path("resharded"), &tensors, 3).unwrap_or_else(|e| panic!("{e}"));
+    let out = s.ok(&["verify", cert, "--pub", "lab.pub", "--model", "resharded"]);
+    assert!(out.contains("MODEL MATCHES AT TENSOR LEVEL") && out.contains("files differ"), "{out}");
+
+    let victim = "model.layers.2.mlp.down_proj.weight";
+    if let Some(t) = tensors.iter_mut().find(|t| t.name == victim) {
+        t.data[10] ^= 0x01;
+    }
+    write_file(&s.path("edited.safetensors"), &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    let o = s.run(&["verify", cert, "--pub", "lab.pub", "--model", "edited.safetensors"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(text.contains(&format!("tensor changed: {victim}")), "{text}");
+    assert_eq!(text.matches("tensor changed").count(), 1, "{text}");
+}
+
+#[test]
+fn reports_are_signed_by_whoever_ran_detection_and_chain_back() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    s.ok(&["keygen", "-o", "auditor"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::F32, 4), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.ok(&[
+        "embed",
+        "-k",
+        "lab.key",
+        "-r",
+        "acme",
+        "--strength",
+        "0.01",
+        "m.safetensors",
+        "-o",
+        "acme.safetensors",
+    ]);
+    let cert = "acme.safetensors.cert.json";
+    s.ok(&[
+        "detect",
+        "-k",
+        "lab.key",
+        "--cert",
+        cert,
+        "acme.safetensors",
+        "--report",
+        "first.json",
+    ]);
+    // An auditor holding only a revealed mark key and the owner's public key.
+    s.ok(&["reveal", "-k", "lab.key", "--cert", cert, "-o", "acme.markkey"]);
+    s.ok(&[
+        "detect",
+        "--mark-key",
+        "acme.markkey",
+        "--cert",
+        cert,
+        "--pub",
+        "lab.pub",
+        "-k",
+        "auditor.key",
+        "--original",
+        "m.safetensors",
+        "acme.safetensors",
+        "--report",
+        "second.json",
+        "--builds-on",
+        "first.json",
+    ]);
+    let o = s.run(&["verify", "second.json", "--pub", "auditor.pub", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["kind"], "report");
+    let p = &v["predicate"];
+    assert_eq!(p["mode"], "informed");
+    assert_eq!(p["detected"], true);
+    assert_eq!(p["recipient"], "acme");
+    let first_sha =
+        json(&s.run(&["verify", "first.json", "--pub", "lab.pub", "--json"]))["sha256"].clone();
+    assert_eq!(p["builds_on"]["sha256"], first_sha);
+    let cert_sha = json(&s.run(&["verify", cert, "--pub", "lab.pub", "--json"]))["sha256"].clone();
+    assert_eq!(p["certificate"]["sha256"], cert_sha);
+    // The report is the auditor's, not the lab's.
+    assert_eq!(s.run(&["verify", "second.json", "--pub", "lab.pub"]).status.code(), Some(1));
+}
+
+#[test]
+fn a_revealed_mark_key_finds_its_release_and_is_refused_for_another() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::BF16, 5), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for r in ["alice", "bob"] {
+        s.ok(&[
+            "embed",
+            "-k",
+            "lab.key",
+            "-r",
+            r,
+            "--strength",
+            "0.01",
+            "m.safetensors",
+            "-o",
+            &format!("{r}.safetensors"),
+        ]);
+        s.ok(&[
+            "reveal",
+            "-k",
+            "lab.key",
+            "--cert",
+            &format!("{r}.safetensors.cert.json"),
+            "-o",
+            &format!("{r}.markkey"),
+        ]);
+    }
+    let key_text = std::fs::read_to_string(s.path("alice.markkey")).unwrap_or_default();
+    let secret_text = std::fs::read_to_string(s.path("lab.key")).unwrap_or_default();
+    let seed_line = secret_text.lines().last().unwrap_or_default();
+    assert!(key_text.starts_with("weightmark mark key v1") && !key_text.contains(seed_line));
+
+    let found = s.run(&[
+        "detect",
+        "--mark-key",
+        "alice.markkey",
+        "--cert",
+        "alice.safetensors.cert.json",
+        "--pub",
+        "lab.pub",
+        "alice.safetensors",
+        "--json",
+    ]);
+    assert_eq!(found.status.code(), Some(0), "{}", stderr(&found));
+    assert_eq!(json(&found)["certificate_signature_checked"], true);
+
+    let refused = s.run(&[
+        "detect",
+        "--mark-key",
+        "bob.markkey",
+        "--cert",
+        "alice.safetensors.cert.json",
+        "alice.safetensors",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("does not belong to the release of this certificate")
+            && err.contains("'alice'"),
+        "{err}"
+    );
+    assert!(stdout(&refused).is_empty(), "detection must not run: {}", stdout(&refused));
+    // A mark key cannot stand in for the owner's secret key.
+    let o = s.run(&["embed", "-k", "alice.markkey", "m.safetensors", "-o", "x.safetensors"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn identify_ranks_the_leaking_recipient_first_with_adjusted_p_values() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::F32, 6), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(s.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    for r in ["r1", "r2", "r3", "r4", "r5"] {
+        s.ok(&[
+            "embed",
+            "-k",
+            "lab.key",
+            "-r",
+            r,
+            "--label",
+            "v2",
+            "--strength",
+            "0.01",
+            "m.safetensors",
+            "-o",
+            &format!("{r}.safetensors"),
+            "--cert",
+            &format!("certs/{r}.json"),
+        ]);
+    }
+    let o = s.run(&["identify", "-k", "lab.key", "--certs", "certs", "r3.safetensors", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["certificates"], 5);
+    assert_eq!(v["identified"], 1);
+    let c = v["candidates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(c[0]["recipient"], "r3");
+    assert_eq!(c[0]["identified"], true);
+    let lp = c[0]["log10_p_value"].as_f64().unwrap_or(0.0);
+    let la = c[0]["log10_adjusted_p_value"].as_f64().unwrap_or(0.0);
+    assert!((la - lp - 5f64.log10()).abs() < 1e-9, "Bonferroni for 5 tests: {lp} {la}");
+    assert!(c[1..].iter().all(|x| x["identified"] == false));
+
+    let informed = s.run(&[
+        "identify",
+        "-k",
+        "lab.key",
+        "--certs",
+        "certs",
+        "--original",
+        "m.safetensors",
+        "r3.safetensors",
+        "--json",
+    ]);
+    assert_eq!(json(&informed)["candidates"][0]["recipient"], "r3");
+    let unmarked = s.run(&["identify", "-k", "lab.key", "--certs", "certs", "m.safetensors"]);
+    assert_eq!(unmarked.status.code(), Some(1), "{}", stdout(&unmarked));
+}
