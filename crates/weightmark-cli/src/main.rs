@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "weightmark: error: {err:#}");
+            let _ = writeln!(std::io::stderr(), "weightmark: error: {}", one_line(&err));
             ExitCode::from(2)
         }
     }
@@ -56,6 +56,20 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
     }
+}
+
+/// The error chain on one line, leaving out a cause whose text the previous
+/// message already ends with (library errors include their I/O cause).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|prev| prev.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ").replace('\n', " ")
 }
 
 /// A closed stdout (`weightmark inspect m | head`) is not an error.

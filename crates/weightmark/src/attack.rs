@@ -72,6 +72,65 @@ pub fn apply(
     Ok(AttackReport { written, damage })
 }
 
+/// The collusion attack: the element-wise average of several copies of one
+/// model (same tensor names and shapes), written in the first copy's layout.
+/// Tensors that are not floats are copied from the first copy. The damage is
+/// measured against the first copy.
+pub fn average_models(
+    models: &[&Model],
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let Some(first) = models.first() else {
+        return Err(Error::invalid("nothing to average"));
+    };
+    for m in &models[1..] {
+        for t in first.tensors() {
+            let same = m.tensor(t.name).is_some_and(|o| o.shape == t.shape);
+            if !same {
+                return Err(Error::invalid(format!(
+                    "{}: tensor '{}' is missing or has another shape; copies to average must match",
+                    m.path.display(),
+                    t.name
+                )));
+            }
+        }
+    }
+    let damage = Mutex::new(Fidelity::default());
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        if !t.dtype.is_markable() {
+            return Ok(None);
+        }
+        let mut sum = Vec::new();
+        decode_f64(t.dtype, t.data, &mut sum);
+        let first_values = sum.clone();
+        let mut buf = Vec::new();
+        for m in &models[1..] {
+            let other = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+            decode_f64(other.dtype, other.data, &mut buf);
+            sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += v);
+        }
+        let k = models.len() as f64;
+        let mut data = t.data.to_vec();
+        let mut f = Fidelity::default();
+        for ((o, s), &old) in data.chunks_exact_mut(t.dtype.size()).zip(&sum).zip(&first_values) {
+            let avg = s / k;
+            if encode_nearest(t.dtype, avg, o) && old.is_finite() {
+                f.sum_sq_original += old * old;
+                f.sum_sq_change += (avg - old) * (avg - old);
+                f.max_abs_change = f.max_abs_change.max((avg - old).abs());
+                f.elements += 1;
+            }
+        }
+        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+        *d = d.merge(f);
+        Ok(Some(data))
+    };
+    let written = write_model(first, out, &transform, &WriteOptions { progress })?;
+    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    Ok(AttackReport { written, damage })
+}
+
 /// Applies `attack` to one float tensor; returns new bytes and the damage.
 pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>, Fidelity) {
     let mut w = Vec::new();

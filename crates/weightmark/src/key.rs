@@ -283,8 +283,8 @@ impl MarkKey {
         let text = format!(
             "{MARK_KEY_HEADER}\n# one release's mark key: it detects this release's mark and nothing else\n\
              # label: {}\n# recipient: {}\n# commitment: {}\n# certificate sha256: {}\n{}\n",
-            release.label,
-            release.recipient.unwrap_or("(none)"),
+            quoted(release.label),
+            release.recipient.map(quoted).unwrap_or_else(|| "none".into()),
             hex(&self.commitment()),
             release.certificate_sha256,
             encoded.as_str()
@@ -320,6 +320,11 @@ impl MarkKey {
         let text = Zeroizing::new(self.to_file_string(release));
         write_private_new(path, text.as_bytes())
     }
+}
+
+/// A label or recipient in a comment line: quoted, control characters escaped.
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.escape_debug())
 }
 
 /// Which release a revealed mark key opens (comments of the mark key file).
@@ -456,7 +461,7 @@ mod tests {
         let release =
             RevealedRelease { label: "r", recipient: Some("bob"), certificate_sha256: "00" };
         let text = mk.to_file_string(&release);
-        assert!(text.starts_with(MARK_KEY_HEADER) && text.contains("# recipient: bob"));
+        assert!(text.starts_with(MARK_KEY_HEADER) && text.contains("# recipient: \"bob\""));
         let back =
             MarkKey::from_file_str(&text, Path::new("m.markkey")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.commitment(), mk.commitment());

@@ -19,6 +19,12 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     if !(args.threshold > 0.0 && args.threshold < 1.0) {
         bail!("--threshold {} must be a probability between 0 and 1", args.threshold);
     }
+    if args.recipient.as_deref() == Some("") {
+        bail!("the recipient is empty: leave -r out to test a release without one");
+    }
+    if let Some(report) = &args.report {
+        refuse_report_collision(report, args)?;
+    }
     let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
     // Whose signature the certificate must carry.
     let owner: Option<PublicKey> = match (&args.public, &args.mark_key, &secret) {
@@ -142,6 +148,29 @@ fn release(
         format!("{}: the mark key derived from this secret key does not match", cert_name())
     })?;
     Ok((p.label.clone(), p.recipient.clone(), mark_key))
+}
+
+/// Refuses a report path that would replace one of the inputs.
+fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyhow::Result<()> {
+    let target = std::path::absolute(report)?;
+    let target = target.canonicalize().unwrap_or(target);
+    let mut inputs: Vec<&std::path::Path> = vec![&args.suspect];
+    inputs.extend(args.key.as_deref());
+    inputs.extend(args.mark_key.as_deref());
+    inputs.extend(args.public.as_deref());
+    inputs.extend(args.cert.as_deref());
+    inputs.extend(args.original.as_deref());
+    inputs.extend(args.builds_on.as_deref());
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else { continue };
+        if target == input || (input.is_dir() && target.starts_with(&input)) {
+            bail!(
+                "{}: the report would replace or land inside an input; choose another --report",
+                report.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_table(

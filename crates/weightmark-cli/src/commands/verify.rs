@@ -55,7 +55,7 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
             let p = &s.predicate;
             outln!("VALID detection report {}, signed by key {}", args.file.display(), v.signer);
             outln!(
-                "  {} detection of release '{}' (recipient {}): z = {:.2}, p <= {:.1e}, {}; created {}",
+                "  {} detection of release '{}' (recipient {}): z = {:.2}, {}, {}; created {}",
                 match p.mode {
                     weightmark::Mode::Blind => "blind",
                     weightmark::Mode::Informed => "informed",
@@ -63,7 +63,7 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 p.label,
                 p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
                 p.z,
-                p.p_value,
+                crate::format::p_bound(p.p_value),
                 if p.detected { "mark found" } else { "no mark found" },
                 p.created
             );

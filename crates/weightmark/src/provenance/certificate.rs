@@ -46,6 +46,7 @@ pub struct ReleasePredicate {
     /// of marked rows whose RMS is not zero.
     pub marked_elements: u64,
     /// Tensor digest (hex) of every tensor of the output, by name.
+    #[serde(default)]
     pub tensor_digests: BTreeMap<String, String>,
     /// Tensor root of the unmarked original (hex).
     pub original_tensor_root: String,
@@ -132,6 +133,13 @@ fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
 
 /// Parses a payload as a release statement.
 pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredicate>, String> {
+    match super::envelope::predicate_type(payload) {
+        Some(t) if t == RELEASE_PREDICATE_TYPE => {}
+        Some(t) => {
+            return Err(format!("predicateType is '{t}', not a weightmark release certificate"))
+        }
+        None => return Err("payload is not an in-toto statement".into()),
+    }
     let statement: Statement<ReleasePredicate> = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not a weightmark release statement: {e}"))?;
     if statement.predicate_type != RELEASE_PREDICATE_TYPE {

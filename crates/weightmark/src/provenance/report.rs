@@ -34,6 +34,9 @@ pub struct CertificateRef {
     pub signer: String,
     /// The certificate's mark-key commitment.
     pub mark_key_commitment: String,
+    /// Whether the certificate's signature was checked against the owner's
+    /// public key when the detection ran.
+    pub signature_checked: bool,
 }
 
 /// An earlier report this one builds on.
@@ -41,7 +44,8 @@ pub struct CertificateRef {
 pub struct ReportRef {
     /// SHA-256 (hex) of the earlier report file.
     pub sha256: String,
-    /// Key id of its signer.
+    /// Key id in the earlier report's envelope, as written there: check the
+    /// chain by verifying that report with its signer's public key.
     pub signer: String,
     /// The tensor root of the suspect it was about.
     pub suspect_tensor_root: String,
@@ -143,6 +147,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
         sha256: c.digest.clone(),
         signer: c.predicate().signer.clone(),
         mark_key_commitment: c.predicate().mark_key_commitment.clone(),
+        signature_checked: c.signature_checked,
     });
     let builds_on = inputs.builds_on.map(|r| ReportRef {
         sha256: r.digest.clone(),
@@ -204,6 +209,13 @@ pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
 
 /// Parses a payload as a detection statement.
 pub fn parse_detection_statement(payload: &[u8]) -> Result<Statement<DetectionPredicate>, String> {
+    match super::envelope::predicate_type(payload) {
+        Some(t) if t == DETECTION_PREDICATE_TYPE => {}
+        Some(t) => {
+            return Err(format!("predicateType is '{t}', not a weightmark detection report"))
+        }
+        None => return Err("payload is not an in-toto statement".into()),
+    }
     let statement: Statement<DetectionPredicate> = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not a weightmark detection report: {e}"))?;
     if statement.predicate_type != DETECTION_PREDICATE_TYPE {
