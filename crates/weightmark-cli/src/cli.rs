@@ -29,6 +29,8 @@ pub enum Command {
     Identify(IdentifyArgs),
     /// Write one release's mark key for a dispute (never the master secret).
     Reveal(RevealArgs),
+    /// Convert a GGUF file (or any readable model) to Hugging Face-layout safetensors.
+    Convert(ConvertArgs),
     /// List a model's tensors, dtypes, shapes, sizes and digests.
     Inspect(InspectArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
@@ -185,6 +187,25 @@ pub struct RevealArgs {
     /// Where to write the mark key (mode 0600, never overwritten).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
+}
+
+/// `weightmark convert`.
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The model to convert: a .gguf file (llama.cpp names are mapped to
+    /// Hugging Face names for llama, mistral, qwen2 and qwen3; others keep
+    /// their GGUF names), or a safetensors model.
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Output directory (new, or empty).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Dtype of the float tensors written.
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// Split into shards of at most this size, with an index (e.g. 100MB, 2GB, 1GiB).
+    #[arg(long = "max-shard-size", value_name = "SIZE")]
+    pub max_shard_size: Option<String>,
 }
 
 /// `weightmark inspect`.

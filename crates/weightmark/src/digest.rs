@@ -84,6 +84,9 @@ pub fn model_file_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
     if let Some(index) = &model.index {
         out.push((index.file_name.clone(), Sha256::digest(&index.bytes).into()));
     }
+    if let Some(raw) = &model.raw {
+        out.push((raw.file_name.clone(), Sha256::digest(raw.bytes()).into()));
+    }
     out
 }
 

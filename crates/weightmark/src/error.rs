@@ -126,6 +126,12 @@ pub enum FormatError {
         /// The file as written in the index.
         file: String,
     },
+    /// A GGUF file is malformed or uses something this tool cannot read.
+    #[error("GGUF: {reason}")]
+    Gguf {
+        /// What is wrong.
+        reason: String,
+    },
     /// A tensor the index lists is not in the shard it names.
     #[error("shard index: tensor '{}' is not in shard '{file}'", .name.escape_debug())]
     IndexTensorMissing {

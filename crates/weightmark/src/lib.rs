@@ -43,11 +43,13 @@
 #![deny(unsafe_code)]
 
 pub mod attack;
+pub mod convert;
 pub mod detect;
 pub mod digest;
 pub mod dtype;
 pub mod embed;
 mod error;
+pub mod gguf;
 mod io;
 pub mod key;
 pub mod model;

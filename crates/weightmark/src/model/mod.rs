@@ -86,6 +86,40 @@ pub enum Layout {
     DirectorySingle,
     /// A directory of shards with an index.
     DirectorySharded,
+    /// A GGUF file, read whole and converted to f32 tensors with canonical names.
+    Gguf,
+}
+
+/// A tensor held in memory (from a GGUF file).
+pub struct OwnedTensor {
+    /// Header entry (offsets are 0..len of `data`).
+    pub info: TensorInfo,
+    /// Little-endian element bytes.
+    pub data: Vec<u8>,
+}
+
+/// A file read whole (GGUF), kept mapped for its digest.
+pub struct RawFile {
+    /// File name.
+    pub file_name: String,
+    /// Its bytes.
+    map: Mmap,
+    /// The parsed GGUF header and metadata.
+    pub gguf: crate::gguf::GgufFile,
+}
+
+impl RawFile {
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Where a tensor lives.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Mapped(usize, usize),
+    Owned(usize),
 }
 
 /// A borrowed view of one tensor.
@@ -120,7 +154,13 @@ pub struct Model {
     pub files: Vec<ModelFile>,
     /// The shard index, for sharded models.
     pub index: Option<ShardIndex>,
-    by_name: HashMap<String, (usize, usize)>,
+    /// Tensors held in memory (GGUF models).
+    pub owned: Vec<OwnedTensor>,
+    /// The GGUF file, for GGUF models.
+    pub raw: Option<RawFile>,
+    /// Things the reader wants the user to know (unmapped names, ...).
+    pub warnings: Vec<String>,
+    by_name: HashMap<String, Slot>,
 }
 
 impl Model {
@@ -130,6 +170,8 @@ impl Model {
         let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             Self::open_dir(path)
+        } else if is_gguf(path)? {
+            Self::open_gguf(path)
         } else {
             let file = ModelFile::open(path)?;
             Self::assemble(path, Layout::File, vec![file], None)
@@ -216,6 +258,34 @@ impl Model {
         Self::assemble(dir, Layout::DirectorySharded, files, Some(index))
     }
 
+    fn open_gguf(path: &Path) -> Result<Model> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let map = mmap::map(&file, path)?;
+        let gguf = crate::gguf::GgufFile::parse(&map).map_err(|e| Error::format(path, e))?;
+        let (tensors, warnings) =
+            crate::gguf::canonical_tensors(&gguf, &map).map_err(|e| Error::format(path, e))?;
+        let mut by_name = HashMap::new();
+        let mut owned = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            if by_name.insert(t.info.name.clone(), Slot::Owned(owned.len())).is_some() {
+                return Err(Error::format(path, FormatError::DuplicateName { name: t.info.name }));
+            }
+            owned.push(OwnedTensor { info: t.info, data: t.data });
+        }
+        let file_name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Model {
+            path: path.to_path_buf(),
+            layout: Layout::Gguf,
+            files: Vec::new(),
+            index: None,
+            owned,
+            raw: Some(RawFile { file_name, map, gguf }),
+            warnings,
+            by_name,
+        })
+    }
+
     fn assemble(
         path: &Path,
         layout: Layout,
@@ -225,7 +295,7 @@ impl Model {
         let mut by_name = HashMap::new();
         for (fi, f) in files.iter().enumerate() {
             for (ti, t) in f.header.tensors.iter().enumerate() {
-                if by_name.insert(t.name.clone(), (fi, ti)).is_some() {
+                if by_name.insert(t.name.clone(), Slot::Mapped(fi, ti)).is_some() {
                     return Err(Error::format(
                         &f.path,
                         FormatError::DuplicateName { name: t.name.clone() },
@@ -233,19 +303,34 @@ impl Model {
                 }
             }
         }
-        Ok(Model { path: path.to_path_buf(), layout, files, index, by_name })
+        Ok(Model {
+            path: path.to_path_buf(),
+            layout,
+            files,
+            index,
+            owned: Vec::new(),
+            raw: None,
+            warnings: Vec::new(),
+            by_name,
+        })
     }
 
     /// All tensors, shard by shard, each in header order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
-        self.files.iter().flat_map(|f| f.header.tensors.iter().map(move |t| tensor_ref(f, t)))
+        let mapped =
+            self.files.iter().flat_map(|f| f.header.tensors.iter().map(move |t| tensor_ref(f, t)));
+        mapped.chain(self.owned.iter().map(owned_ref))
     }
 
     /// The tensor called `name`, if any.
     pub fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
-        let &(fi, ti) = self.by_name.get(name)?;
-        let f = self.files.get(fi)?;
-        f.header.tensors.get(ti).map(|t| tensor_ref(f, t))
+        match *self.by_name.get(name)? {
+            Slot::Mapped(fi, ti) => {
+                let f = self.files.get(fi)?;
+                f.header.tensors.get(ti).map(|t| tensor_ref(f, t))
+            }
+            Slot::Owned(i) => self.owned.get(i).map(owned_ref),
+        }
     }
 
     /// Number of tensors.
@@ -263,13 +348,33 @@ impl Model {
     pub fn display_name(&self) -> String {
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = name.unwrap_or_else(|| "model".into());
-        name.strip_suffix(".safetensors").map(str::to_string).unwrap_or(name)
+        let name = name.strip_suffix(".safetensors").map(str::to_string).unwrap_or(name);
+        name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
     }
 
     /// Names of every tensor, as a set.
     pub fn names(&self) -> HashSet<&str> {
         self.by_name.keys().map(String::as_str).collect()
     }
+}
+
+fn owned_ref(t: &OwnedTensor) -> TensorRef<'_> {
+    TensorRef {
+        name: &t.info.name,
+        dtype: t.info.dtype,
+        shape: &t.info.shape,
+        data: &t.data,
+        info: &t.info,
+    }
+}
+
+/// Whether the file at `path` starts with the GGUF magic bytes.
+fn is_gguf(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    Ok(n == 4 && &magic == crate::gguf::reader::MAGIC)
 }
 
 fn tensor_ref<'a>(f: &'a ModelFile, t: &'a TensorInfo) -> TensorRef<'a> {

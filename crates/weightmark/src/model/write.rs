@@ -81,6 +81,11 @@ pub fn write_model(
     let total: u64 = model.data_bytes();
     options.progress.start("writing", total);
     let result = match model.layout {
+        Layout::Gguf => Err(Error::invalid(format!(
+            "{}: a GGUF model cannot be written back as GGUF here; `weightmark convert` it to \
+             safetensors first",
+            model.path.display()
+        ))),
         Layout::File => write_single(model, out, transform, options),
         Layout::DirectorySingle | Layout::DirectorySharded => {
             write_directory(model, out, transform, options)

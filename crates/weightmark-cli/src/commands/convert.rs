@@ -1,0 +1,39 @@
+//! `weightmark convert`: GGUF to Hugging Face-layout safetensors.
+
+use anyhow::Context;
+use weightmark::convert::{convert, parse_size, ConvertOptions};
+use weightmark::{Dtype, Model};
+
+use crate::cli::ConvertArgs;
+use crate::{outln, Outcome};
+
+/// Converts a model.
+pub fn run(args: &ConvertArgs) -> anyhow::Result<Outcome> {
+    let dtype = match args.dtype.as_str() {
+        "f16" => Dtype::F16,
+        "bf16" => Dtype::BF16,
+        _ => Dtype::F32,
+    };
+    let max_shard_bytes = match &args.max_shard_size {
+        None => None,
+        Some(s) => Some(parse_size(s).with_context(|| {
+            format!("--max-shard-size '{s}' is not a size such as 500MB, 2GB or 1GiB")
+        })?),
+    };
+    let model = Model::open(&args.model)?;
+    for warning in &model.warnings {
+        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+    }
+    let report = convert(&model, &args.output, &ConvertOptions { dtype, max_shard_bytes })
+        .with_context(|| format!("could not convert {}", args.model.display()))?;
+    outln!(
+        "converted {} tensors of {} to {} ({} file(s) in {}{})",
+        report.tensors,
+        args.model.display(),
+        args.output.display(),
+        report.files.len(),
+        dtype,
+        if report.config { ", with config.json" } else { "" }
+    );
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,287 @@
+//! Parsing a GGUF file (versions 2 and 3): header, metadata, tensor infos.
+//!
+//! Layout: magic `GGUF`, u32 version, u64 tensor count, u64 metadata count,
+//! the metadata key/value pairs, the tensor infos (name, dims, ggml type,
+//! offset), padding to `general.alignment` (default 32), then the tensor
+//! data. Every count, length and offset is checked against the file before it
+//! is used; nothing is allocated from an unchecked count.
+
+use std::collections::BTreeMap;
+
+use super::quant::GgmlType;
+use crate::error::FormatError;
+
+/// Magic bytes at the start of a GGUF file.
+pub const MAGIC: &[u8; 4] = b"GGUF";
+/// Largest string accepted in metadata or names (1 MiB).
+const MAX_STRING: u64 = 1 << 20;
+/// Largest number of dimensions of a tensor.
+const MAX_DIMS: u32 = 8;
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// An unsigned integer of any width.
+    U64(u64),
+    /// A signed integer of any width.
+    I64(i64),
+    /// A float of any width.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(String),
+    /// An array.
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// As an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U64(v) => Some(v),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// As a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F64(v) => Some(v),
+            Value::U64(v) => Some(v as f64),
+            Value::I64(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// As a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GgufTensorInfo {
+    /// Name as stored (llama.cpp naming).
+    pub name: String,
+    /// Dimensions as stored: `dims[0]` varies fastest.
+    pub dims: Vec<u64>,
+    /// Element type.
+    pub ggml_type: GgmlType,
+    /// Absolute byte offset of the data in the file.
+    pub start: usize,
+    /// Byte length of the data.
+    pub len: usize,
+}
+
+impl GgufTensorInfo {
+    /// Number of elements.
+    pub fn elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed, validated GGUF header.
+#[derive(Clone, Debug)]
+pub struct GgufFile {
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// Metadata, by key.
+    pub metadata: BTreeMap<String, Value>,
+    /// Tensors in file order.
+    pub tensors: Vec<GgufTensorInfo>,
+}
+
+impl GgufFile {
+    /// A metadata value as an unsigned integer.
+    pub fn meta_u64(&self, key: &str) -> Option<u64> {
+        self.metadata.get(key).and_then(Value::as_u64)
+    }
+
+    /// A metadata value as a string.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+
+    /// The model architecture (`general.architecture`).
+    pub fn architecture(&self) -> Option<&str> {
+        self.meta_str("general.architecture")
+    }
+
+    /// Parses and validates the GGUF file in `bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<GgufFile, FormatError> {
+        let mut c = Cursor { bytes, pos: 0 };
+        if c.take(4)? != MAGIC {
+            return Err(bad("does not start with the GGUF magic bytes"));
+        }
+        let version = c.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(bad(&format!("GGUF version {version} is not supported (only 2 and 3)")));
+        }
+        let tensor_count = c.u64()?;
+        let kv_count = c.u64()?;
+        // Each entry needs at least 8 (tensor) or 12 (kv) bytes: reject counts the
+        // file cannot hold before allocating anything.
+        let remaining = (bytes.len() - c.pos) as u64;
+        if tensor_count > remaining / 8 || kv_count > remaining / 12 {
+            return Err(bad(&format!(
+                "counts ({tensor_count} tensors, {kv_count} metadata entries) run past the end of the file"
+            )));
+        }
+        let mut metadata = BTreeMap::new();
+        for _ in 0..kv_count {
+            let key = c.string()?;
+            let ty = c.u32()?;
+            let value = c.value(ty, 0)?;
+            metadata.insert(key, value);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| *a > 0 && a.is_power_of_two() && *a <= 1 << 16)
+                .ok_or_else(|| bad("general.alignment is not a power of two up to 65536"))?,
+        } as usize;
+        let mut raw = Vec::new();
+        for _ in 0..tensor_count {
+            let name = c.string()?;
+            let n_dims = c.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(bad(&format!("tensor '{}': {n_dims} dimensions", name.escape_debug())));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(c.u64()?);
+            }
+            let type_id = c.u32()?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
+                bad(&format!(
+                    "tensor '{}': tensor type id {type_id} does not exist or is not supported",
+                    name.escape_debug()
+                ))
+            })?;
+            let offset = c.u64()?;
+            raw.push((name, dims, ggml_type, offset));
+        }
+        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let mut tensors = Vec::with_capacity(raw.len());
+        let mut seen = std::collections::HashSet::new();
+        for (name, dims, ggml_type, offset) in raw {
+            if !seen.insert(name.clone()) {
+                return Err(FormatError::DuplicateName { name });
+            }
+            let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let len = elements.and_then(|e| ggml_type.byte_len(e));
+            let Some(len) = len else {
+                return Err(bad(&format!(
+                    "tensor '{}': {dims:?} elements of {} overflow or are not whole blocks",
+                    name.escape_debug(),
+                    ggml_type.name()
+                )));
+            };
+            let start = (data_start as u64).checked_add(offset);
+            let end = start.and_then(|s| s.checked_add(len));
+            match (start, end) {
+                (Some(s), Some(e)) if e <= bytes.len() as u64 && offset % alignment as u64 == 0 => {
+                    tensors.push(GgufTensorInfo { name, dims, ggml_type, start: s as usize, len: len as usize });
+                }
+                _ => {
+                    return Err(bad(&format!(
+                        "tensor '{}': data at offset {offset} ({len} bytes) lies outside the file or is misaligned",
+                        name.escape_debug()
+                    )))
+                }
+            }
+        }
+        Ok(GgufFile { version, metadata, tensors })
+    }
+}
+
+fn bad(reason: &str) -> FormatError {
+    FormatError::Gguf { reason: reason.to_string() }
+}
+
+/// A bounds-checked reader over the file's bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(bad(&format!("truncated: needs {n} more bytes at offset {}", self.pos)));
+        };
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String, FormatError> {
+        let len = self.u64()?;
+        if len > MAX_STRING {
+            return Err(bad(&format!(
+                "a string of {len} bytes at offset {} is too long",
+                self.pos
+            )));
+        }
+        let raw = self.take(len as usize)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| bad("a string is not valid UTF-8"))
+    }
+
+    fn value(&mut self, ty: u32, depth: u32) -> Result<Value, FormatError> {
+        Ok(match ty {
+            0 => Value::U64(u64::from(self.array::<1>()?[0])),
+            1 => Value::I64(i64::from(self.array::<1>()?[0] as i8)),
+            2 => Value::U64(u64::from(u16::from_le_bytes(self.array()?))),
+            3 => Value::I64(i64::from(i16::from_le_bytes(self.array()?))),
+            4 => Value::U64(u64::from(self.u32()?)),
+            5 => Value::I64(i64::from(i32::from_le_bytes(self.array()?))),
+            6 => Value::F64(f64::from(f32::from_le_bytes(self.array()?))),
+            7 => Value::Bool(self.array::<1>()?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err(bad("metadata arrays nested too deep"));
+                }
+                let inner = self.u32()?;
+                let count = self.u64()?;
+                let remaining = (self.bytes.len() - self.pos) as u64;
+                if count > remaining {
+                    return Err(bad(&format!(
+                        "an array of {count} values runs past the end of the file"
+                    )));
+                }
+                let mut items = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    items.push(self.value(inner, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.array()?)),
+            12 => Value::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(bad(&format!("metadata value type {other} does not exist"))),
+        })
+    }
+}
