@@ -31,6 +31,8 @@ pub enum Command {
     Reveal(RevealArgs),
     /// Convert a GGUF file (or any readable model) to Hugging Face-layout safetensors.
     Convert(ConvertArgs),
+    /// Apply one edit to a model (robustness experiments): gguf, noise, drift, int8.
+    Attack(AttackArgs),
     /// List a model's tensors, dtypes, shapes, sizes and digests.
     Inspect(InspectArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
@@ -206,6 +208,67 @@ pub struct ConvertArgs {
     /// Split into shards of at most this size, with an index (e.g. 100MB, 2GB, 1GiB).
     #[arg(long = "max-shard-size", value_name = "SIZE")]
     pub max_shard_size: Option<String>,
+}
+
+/// `weightmark attack`.
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    /// The edit.
+    #[command(subcommand)]
+    pub kind: AttackKind,
+}
+
+/// The edits.
+#[derive(Subcommand, Debug)]
+pub enum AttackKind {
+    /// Write a quantized GGUF file the way llama.cpp's converter and
+    /// llama-quantize would: llama.cpp names, Q/K rows permuted, 1-D tensors in
+    /// F32, llama.cpp's fallback types for rows that are not whole blocks.
+    /// Needs a Llama-layout model with a config.json beside it.
+    Gguf {
+        /// Quantization type.
+        #[arg(long = "type", value_name = "TYPE", value_parser = ["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16", "F32"])]
+        ty: String,
+        /// The model (safetensors, Hugging Face names).
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// The GGUF file to write.
+        #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
+        output: PathBuf,
+    },
+    /// Add i.i.d. Gaussian noise of a relative RMS to every marked-by-default tensor.
+    Noise(LevelArgs),
+    /// Simulated fine-tuning: a change of a relative RMS, half low-rank, half noise.
+    Drift(LevelArgs),
+    /// Symmetric int8 quantization with one absmax scale per row, and back.
+    Int8 {
+        /// Seed (unused by this deterministic edit; accepted for uniformity).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The model.
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// Where to write the edited model.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+/// Arguments of attacks with a level.
+#[derive(Args, Debug)]
+pub struct LevelArgs {
+    /// RMS of the change relative to each row's RMS (0.05 = 5%).
+    #[arg(long, value_name = "LEVEL")]
+    pub relative: f64,
+    /// Seed of the random numbers (the edit is reproducible).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The model.
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Where to write the edited model (same layout as the input).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
 }
 
 /// `weightmark inspect`.

@@ -54,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Identify(args) => commands::identify::run(&args),
         Command::Reveal(args) => commands::reveal::run(&args),
         Command::Convert(args) => commands::convert::run(&args),
+        Command::Attack(args) => commands::attack::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
     }

@@ -9,7 +9,9 @@
 
 pub mod names;
 pub mod quant;
+pub mod quantize;
 pub mod reader;
+pub mod writer;
 
 use rayon::prelude::*;
 

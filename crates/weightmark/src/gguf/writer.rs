@@ -1,0 +1,333 @@
+//! Writing a Llama-layout safetensors model as a quantized GGUF file the way
+//! llama.cpp's converter and `llama-quantize` do: llama.cpp tensor names,
+//! reversed dimensions, Q/K rows permuted for its RoPE layout, 1-D tensors in
+//! F32, 2-D tensors in the requested type, with llama.cpp's fallback (Q4_K to
+//! Q5_0, Q6_K to Q8_0, else F16) for rows that are not whole blocks.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::quant::GgmlType;
+use super::quantize::quantize;
+use crate::dtype::decode_f64;
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// What the writer needs from `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Residual width.
+    pub hidden: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Context length.
+    pub context: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the `config.json` beside (or inside, for a directory) the model.
+    pub fn for_model(model: &Model) -> Result<LlamaConfig> {
+        let dir = if model.path.is_dir() {
+            model.path.clone()
+        } else {
+            model.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let path = dir.join("config.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::NotAModel { path: path.clone(), reason: format!("not JSON: {e}") }
+        })?;
+        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|x| x as usize);
+        let missing =
+            |k: &str| Error::NotAModel { path: path.clone(), reason: format!("no '{k}'") };
+        let heads = get("num_attention_heads").ok_or_else(|| missing("num_attention_heads"))?;
+        Ok(LlamaConfig {
+            heads,
+            kv_heads: get("num_key_value_heads").unwrap_or(heads),
+            layers: get("num_hidden_layers").ok_or_else(|| missing("num_hidden_layers"))?,
+            hidden: get("hidden_size").ok_or_else(|| missing("hidden_size"))?,
+            intermediate: get("intermediate_size").ok_or_else(|| missing("intermediate_size"))?,
+            context: get("max_position_embeddings").unwrap_or(2048),
+            rms_eps: v.get("rms_norm_eps").and_then(serde_json::Value::as_f64).unwrap_or(1e-5),
+            rope_theta: v.get("rope_theta").and_then(serde_json::Value::as_f64).unwrap_or(10000.0),
+            vocab: get("vocab_size").unwrap_or(0),
+        })
+    }
+}
+
+/// The llama.cpp name of a Hugging Face Llama tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (part, suffix) = tail.rsplit_once('.')?;
+    let g = match part {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// llama.cpp's permutation of Q/K rows: HF row `h*d + s*(d/2) + i` goes to
+/// row `h*d + 2i + s`.
+fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return None;
+    }
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for s in 0..2 {
+                let src = h * d + s * half + i;
+                let dst = h * d + 2 * i + s;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(values.get(src * cols..(src + 1) * cols)?);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The type llama.cpp uses for a tensor with rows of `ne0` elements.
+fn type_for(requested: GgmlType, ndims: usize, ne0: usize) -> GgmlType {
+    if ndims < 2 {
+        return GgmlType::F32;
+    }
+    let fits = |t: GgmlType| ne0 % t.block().0 == 0;
+    let fallback = match requested {
+        GgmlType::Q4K => GgmlType::Q5_0,
+        GgmlType::Q6K => GgmlType::Q8_0,
+        other => other,
+    };
+    [requested, fallback, GgmlType::F16].into_iter().find(|&t| fits(t)).unwrap_or(GgmlType::F16)
+}
+
+/// What [`write_gguf`] wrote.
+#[derive(Clone, Debug)]
+pub struct GgufReport {
+    /// (GGUF name, type) of each tensor, in file order.
+    pub tensors: Vec<(String, GgmlType)>,
+    /// Hugging Face tensors left out because llama.cpp has no name for them.
+    pub skipped: Vec<String>,
+}
+
+/// Writes `model` (Llama layout, Hugging Face names) as a GGUF file of type
+/// `requested` (Q8_0, Q4_0, Q4_K, Q6_K, F16 or F32).
+pub fn write_gguf(
+    model: &Model,
+    out: &Path,
+    requested: GgmlType,
+    config: &LlamaConfig,
+) -> Result<GgufReport> {
+    if !matches!(
+        requested,
+        GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
+            | GgmlType::F16
+            | GgmlType::F32
+    ) {
+        return Err(Error::invalid(format!(
+            "--type {} is not one of Q8_0, Q4_0, Q4_K, Q6_K, F16, F32",
+            requested.name()
+        )));
+    }
+    const ALIGN: usize = 32;
+    let mut infos = Vec::new();
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut skipped = Vec::new();
+    for t in model.tensors() {
+        let Some(name) = gguf_name(t.name) else {
+            skipped.push(t.name.to_string());
+            continue;
+        };
+        if !t.dtype.is_readable() {
+            skipped.push(t.name.to_string());
+            continue;
+        }
+        let mut values64 = Vec::new();
+        decode_f64(t.dtype, t.data, &mut values64);
+        let mut values: Vec<f32> = values64.iter().map(|&v| v as f32).collect();
+        let rows = t.shape.first().copied().unwrap_or(1);
+        let cols: usize = t.shape.iter().skip(1).product();
+        let heads = if name.contains(".attn_q.") {
+            Some(config.heads)
+        } else if name.contains(".attn_k.") {
+            Some(config.kv_heads)
+        } else {
+            None
+        };
+        if let Some(h) = heads {
+            values = permute_rows(&values, rows, cols.max(1), h).ok_or_else(|| {
+                Error::invalid(format!(
+                    "tensor '{}': {rows} rows cannot be split into {h} heads",
+                    t.name
+                ))
+            })?;
+        }
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let ty = type_for(requested, t.shape.len(), *t.shape.last().unwrap_or(&1));
+        let mut bytes = Vec::new();
+        quantize(ty, &values, &mut bytes);
+        infos.push((name, dims, ty));
+        blobs.push(bytes);
+    }
+
+    let file_type: u32 = match requested {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q4K => 15,
+        _ => 18,
+    };
+    let mut header = Vec::new();
+    header.extend_from_slice(super::reader::MAGIC);
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    let kvs: Vec<(&str, Kv)> = vec![
+        ("general.architecture", Kv::Str("llama".into())),
+        ("general.name", Kv::Str(model.display_name())),
+        ("general.file_type", Kv::U32(file_type)),
+        ("general.quantization_version", Kv::U32(2)),
+        ("llama.context_length", Kv::U32(config.context as u32)),
+        ("llama.embedding_length", Kv::U32(config.hidden as u32)),
+        ("llama.block_count", Kv::U32(config.layers as u32)),
+        ("llama.feed_forward_length", Kv::U32(config.intermediate as u32)),
+        ("llama.rope.dimension_count", Kv::U32((config.hidden / config.heads.max(1)) as u32)),
+        ("llama.attention.head_count", Kv::U32(config.heads as u32)),
+        ("llama.attention.head_count_kv", Kv::U32(config.kv_heads as u32)),
+        ("llama.attention.layer_norm_rms_epsilon", Kv::F32(config.rms_eps as f32)),
+        ("llama.rope.freq_base", Kv::F32(config.rope_theta as f32)),
+        ("llama.vocab_size", Kv::U32(config.vocab as u32)),
+    ];
+    header.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (key, value) in &kvs {
+        put_str(&mut header, key);
+        value.put(&mut header);
+    }
+    let mut offset = 0usize;
+    for ((name, dims, ty), blob) in infos.iter().zip(&blobs) {
+        put_str(&mut header, name);
+        header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&ty.id().to_le_bytes());
+        header.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += blob.len().div_ceil(ALIGN) * ALIGN;
+    }
+    while header.len() % ALIGN != 0 {
+        header.push(0);
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".weightmark-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .map_err(|e| Error::io(parent, e))?;
+    let io = |e| Error::io(out, e);
+    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+    w.write_all(&header).map_err(io)?;
+    for blob in &blobs {
+        w.write_all(blob).map_err(io)?;
+        let pad = blob.len().div_ceil(ALIGN) * ALIGN - blob.len();
+        w.write_all(&vec![0u8; pad]).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    crate::model::set_public_mode(tmp.path(), 0o644)?;
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    Ok(GgufReport { tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(), skipped })
+}
+
+/// A metadata value to write.
+enum Kv {
+    U32(u32),
+    F32(f32),
+    Str(String),
+}
+
+impl Kv {
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            Kv::U32(v) => {
+                out.extend_from_slice(&4u32.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Kv::F32(v) => {
+                out.extend_from_slice(&6u32.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Kv::Str(s) => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                put_str(out, s);
+            }
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::names::{hf_name, unpermute_rows};
+    use super::*;
+
+    #[test]
+    fn names_and_permutation_invert_the_reader() {
+        for hf in [
+            "model.layers.3.self_attn.q_proj.weight",
+            "lm_head.weight",
+            "model.layers.0.mlp.down_proj.weight",
+        ] {
+            assert_eq!(gguf_name(hf).and_then(|g| hf_name(&g)).as_deref(), Some(hf));
+        }
+        let v: Vec<f32> = (0..48).map(|i| i as f32).collect();
+        let p = permute_rows(&v, 12, 4, 3).unwrap_or_default();
+        assert_eq!(unpermute_rows(&p, 12, 4, 3), Some(v));
+    }
+
+    #[test]
+    fn fallback_types_follow_llama_cpp() {
+        assert_eq!(type_for(GgmlType::Q4K, 2, 576), GgmlType::Q5_0);
+        assert_eq!(type_for(GgmlType::Q4K, 2, 1536), GgmlType::Q4K);
+        assert_eq!(type_for(GgmlType::Q6K, 2, 576), GgmlType::Q8_0);
+        assert_eq!(type_for(GgmlType::Q8_0, 1, 576), GgmlType::F32);
+        assert_eq!(type_for(GgmlType::Q8_0, 2, 100), GgmlType::F16);
+    }
+}
