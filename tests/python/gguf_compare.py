@@ -2,6 +2,7 @@
 Python package `gguf` (reader, writer and numpy dequantizers).
 
     python3 gguf_compare.py WEIGHTMARK_BINARY WORKDIR [SMOLLM2.gguf]
+    python3 gguf_compare.py WEIGHTMARK_BINARY WORKDIR --written FILE.gguf TYPES
 
 1. Writes a GGUF file (unknown architecture, so names are kept) holding one
    tensor of random blocks for every type weightmark reads, converts it with
@@ -10,6 +11,9 @@ Python package `gguf` (reader, writer and numpy dequantizers).
    tensor with gguf's reading of it, after mapping names to Hugging Face names
    and undoing the Q/K row permutation, both implemented here from the
    llama.cpp converter's description.
+3. With --written, checks a GGUF file written by `weightmark attack gguf`: gguf
+   reads it, the names and types are llama.cpp's, and every tensor reads back
+   the same in gguf as in weightmark.
 Prints one line per check; exits 1 on the first mismatch above 1e-6.
 """
 import json
@@ -138,11 +142,28 @@ def unpermute(w, n_head):
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def smollm2(binary, work, path):
+def written(binary, work, path, expected_types):
+    """A GGUF file written by `weightmark attack gguf`: names, shapes and types as
+    llama.cpp would write them, and values that read back the same in gguf."""
+    reader = gguf.GGUFReader(path)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    assert arch == "llama", arch
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    for name, ty in types.items():
+        if name.endswith("norm.weight"):
+            assert ty == "F32", (name, ty)
+        else:
+            assert ty in expected_types, (name, ty)
+    assert "token_embd.weight" in types and "blk.0.attn_q.weight" in types
+    print(f"ok {os.path.basename(path)}: {len(types)} tensors, types {sorted(set(types.values()))}")
+    smollm2(binary, work, path, out_name=os.path.basename(path) + ".converted")
+
+
+def smollm2(binary, work, path, out_name="smollm2-f32"):
     reader = gguf.GGUFReader(path)
     field = lambda k: int(reader.fields[k].parts[-1][0])
     heads, kv_heads = field("llama.attention.head_count"), field("llama.attention.head_count_kv")
-    out = os.path.join(work, "smollm2-f32")
+    out = os.path.join(work, out_name)
     subprocess.run([binary, "convert", path, "-o", out], check=True, stdout=subprocess.DEVNULL)
     got = read_safetensors(out)
     worst = 0.0
@@ -157,11 +178,15 @@ def smollm2(binary, work, path):
     if len(got) != len(reader.tensors):
         print(f"MISMATCH: {len(got)} tensors converted, {len(reader.tensors)} in the GGUF file")
         sys.exit(1)
-    print(f"ok SmolLM2: {len(reader.tensors)} tensors agree, max abs difference {worst:.3g}")
+    print(f"ok {os.path.basename(path)}: {len(reader.tensors)} tensors agree with gguf's reading, max abs difference {worst:.3g}")
 
 
 if __name__ == "__main__":
     binary, work = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3 and sys.argv[3] == "--written":
+        # --written FILE.gguf TYPE[,TYPE...]: check a file from `attack gguf`.
+        written(binary, work, sys.argv[4], sys.argv[5].split(","))
+        sys.exit(0)
     all_types(binary, work)
     if len(sys.argv) > 3:
         smollm2(binary, work, sys.argv[3])

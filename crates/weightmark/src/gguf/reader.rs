@@ -285,3 +285,58 @@ impl<'a> Cursor<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A valid file: one metadata string, one Q8_0 tensor of 64 elements.
+    fn valid() -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        for s in ["general.architecture"] {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(b"llama");
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b'w');
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&32u64.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.extend(std::iter::repeat_n(1u8, 68));
+        b
+    }
+
+    #[test]
+    fn valid_file_parses() {
+        let f = GgufFile::parse(&valid()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.architecture(), Some("llama"));
+        assert_eq!(f.tensors[0].dims, [32, 2]);
+        assert_eq!(f.tensors[0].len, 68);
+    }
+
+    proptest! {
+        #[test]
+        fn corrupted_files_never_panic(at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>()) {
+            let mut b = valid();
+            let i = at % b.len();
+            b[i] = byte;
+            b.truncate(cut % (b.len() + 1));
+            if let Ok(f) = GgufFile::parse(&b) {
+                let _ = crate::gguf::canonical_tensors(&f, &b);
+            }
+        }
+    }
+}

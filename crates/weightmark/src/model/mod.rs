@@ -170,7 +170,8 @@ impl Model {
         let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.is_dir() {
             Self::open_dir(path)
-        } else if is_gguf(path)? {
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) || is_gguf(path)?
+        {
             Self::open_gguf(path)
         } else {
             let file = ModelFile::open(path)?;

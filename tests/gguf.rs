@@ -1,0 +1,239 @@
+//! End-to-end tests of GGUF support: reading every supported type and the real
+//! SmolLM2 file as llama.cpp's own Python reader (`gguf`) does, malformed
+//! files, and "marked -> released -> converted to GGUF by someone else ->
+//! detected" on SmolLM2.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_weightmark"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    }
+    fn python(&self, args: &[&str]) -> Output {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/gguf_compare.py");
+        let o = Command::new("python3")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_weightmark"))
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("python3 is needed for this test: {e}"));
+        assert!(
+            !stderr(&o).contains("No module named"),
+            "the Python packages `gguf` and `numpy` are missing: run scripts/test, which installs them\\n{}",
+            stderr(&o)
+        );
+        o
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn every_type_and_the_real_smollm2_read_exactly_as_llama_cpp_reads_them() {
+    let gguf = common::real_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let s = Scene::new();
+    let o = s.python(&[&gguf.to_string_lossy()]);
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
+    for ty in [
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K", "Q6_K",
+    ] {
+        assert!(text.contains(&format!("ok {ty}:")), "{ty} not checked: {text}");
+    }
+    assert!(text.contains("SmolLM2-135M-Instruct.Q4_1.gguf: 272 tensors agree"), "{text}");
+}
+
+/// A minimal GGUF v3 file with one F32 tensor of 32 elements, then `damage`.
+fn tiny_gguf(damage: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    let key = "general.architecture";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend_from_slice(b"llama");
+    let name = "blk.0.ffn_up.weight";
+    b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&32u64.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // F32
+    b.extend_from_slice(&0u64.to_le_bytes()); // offset
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(std::iter::repeat_n(0u8, 128));
+    damage(&mut b);
+    b
+}
+
+#[test]
+fn malformed_gguf_files_exit_2_with_a_clear_error_and_never_panic() {
+    let s = Scene::new();
+    let good = tiny_gguf(|_| {});
+    std::fs::write(s.path("good.gguf"), &good).unwrap_or_else(|e| panic!("{e}"));
+    assert!(s
+        .ok(&["inspect", "good.gguf", "--json"])
+        .contains("model.layers.0.mlp.up_proj.weight"));
+    let name_len_at = 4 + 4 + 8 + 8 + 8 + 20 + 4 + 8 + 5;
+    let type_at = name_len_at + 8 + 19 + 4 + 8;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad magic", tiny_gguf(|b| b[0] = b'X'), "magic"),
+        ("truncated", good[..60].to_vec(), "truncated"),
+        (
+            "tensor count past the end",
+            tiny_gguf(|b| b[8..16].copy_from_slice(&u64::MAX.to_le_bytes())),
+            "past the end",
+        ),
+        (
+            "metadata count past the end",
+            tiny_gguf(|b| b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes())),
+            "past the end",
+        ),
+        (
+            "string length past the end",
+            tiny_gguf(|b| b[24..32].copy_from_slice(&(1u64 << 19).to_le_bytes())),
+            "truncated",
+        ),
+        (
+            "tensor type id that does not exist",
+            tiny_gguf(|b| b[type_at..type_at + 4].copy_from_slice(&99u32.to_le_bytes())),
+            "type id 99",
+        ),
+        (
+            "offset out of bounds",
+            tiny_gguf(|b| {
+                b[type_at + 4..type_at + 12].copy_from_slice(&(1u64 << 32).to_le_bytes())
+            }),
+            "outside the file",
+        ),
+        (
+            "dimension overflow",
+            tiny_gguf(|b| b[type_at - 8..type_at].copy_from_slice(&u64::MAX.to_le_bytes())),
+            "overflow",
+        ),
+        (
+            "unsupported version",
+            tiny_gguf(|b| b[4..8].copy_from_slice(&9u32.to_le_bytes())),
+            "version 9",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        std::fs::write(s.path("bad.gguf"), &bytes).unwrap_or_else(|e| panic!("{e}"));
+        for args in [
+            vec!["inspect", "bad.gguf"],
+            vec!["convert", "bad.gguf", "-o", "out"],
+            vec!["detect", "-k", "k.key", "--label", "x", "bad.gguf"],
+        ] {
+            if args[0] == "detect" && !s.path("k.key").exists() {
+                s.ok(&["keygen", "-o", "k"]);
+            }
+            let o = s.run(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{what} ({}): {err}", args[0]);
+            assert!(err.contains("bad.gguf") && err.contains(needle), "{what}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+        }
+        assert!(!s.path("out").exists(), "{what}: output left behind");
+    }
+}
+
+#[test]
+fn marked_smollm2_converted_to_gguf_by_someone_else_is_still_found() {
+    let original = common::real_model("smollm2-bf16-sharded");
+    let o = original.to_string_lossy().into_owned();
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    s.ok(&["keygen", "-o", "stranger"]);
+    s.ok(&["embed", "-k", "lab.key", "-r", "acme", &o, "-o", "marked"]);
+    assert_eq!(
+        std::fs::read_dir(s.path("marked")).map(|d| d.count()).unwrap_or(0),
+        5,
+        "3 shards, index, config"
+    );
+    for (ty, types) in [("Q8_0", "Q8_0"), ("Q4_K", "Q4_K,Q5_0")] {
+        let file = format!("marked-{ty}.gguf");
+        s.ok(&["attack", "gguf", "--type", ty, "marked", "-o", &file]);
+        let check = s.python(&["--written", &s.path(&file).to_string_lossy(), types]);
+        assert_eq!(check.status.code(), Some(0), "{}{}", stdout(&check), stderr(&check));
+
+        let blind =
+            s.run(&["detect", "-k", "lab.key", "--cert", "marked.cert.json", &file, "--json"]);
+        assert_eq!(blind.status.code(), Some(0), "{ty} blind: {}", stderr(&blind));
+        let b = json(&blind);
+        let informed = s.run(&[
+            "detect",
+            "-k",
+            "lab.key",
+            "--cert",
+            "marked.cert.json",
+            "--original",
+            &o,
+            &file,
+            "--json",
+        ]);
+        assert_eq!(informed.status.code(), Some(0), "{ty} informed: {}", stderr(&informed));
+        let i = json(&informed);
+        eprintln!("SmolLM2 {ty}: blind z {:.2}, informed z {:.1}", b["z"], i["z"]);
+        assert!(b["p_value"].as_f64().unwrap_or(1.0) <= 1e-9, "{ty}: blind z {}", b["z"]);
+        assert!(i["log10_p_value"].as_f64().unwrap_or(0.0) <= -12.0, "{ty}: informed z {}", i["z"]);
+        assert!(b["skipped"].as_array().is_some_and(Vec::is_empty), "{ty}: {}", b["skipped"]);
+
+        let wrong = s.run(&[
+            "detect",
+            "-k",
+            "stranger.key",
+            "--label",
+            "marked",
+            "-r",
+            "acme",
+            &file,
+            "--json",
+        ]);
+        assert_eq!(wrong.status.code(), Some(1), "{ty}: a stranger's key found something");
+    }
+    // identify accepts a GGUF suspect too.
+    std::fs::create_dir(s.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(s.path("marked.cert.json"), s.path("certs/acme.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id =
+        s.run(&["identify", "-k", "lab.key", "--certs", "certs", "marked-Q8_0.gguf", "--json"]);
+    assert_eq!(id.status.code(), Some(0), "{}", stderr(&id));
+    assert_eq!(json(&id)["candidates"][0]["recipient"], "acme");
+}
