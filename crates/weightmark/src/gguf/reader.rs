@@ -298,10 +298,9 @@ mod tests {
         b.extend_from_slice(&3u32.to_le_bytes());
         b.extend_from_slice(&1u64.to_le_bytes());
         b.extend_from_slice(&1u64.to_le_bytes());
-        for s in ["general.architecture"] {
-            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            b.extend_from_slice(s.as_bytes());
-        }
+        let key = "general.architecture";
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key.as_bytes());
         b.extend_from_slice(&8u32.to_le_bytes());
         b.extend_from_slice(&5u64.to_le_bytes());
         b.extend_from_slice(b"llama");
