@@ -46,6 +46,9 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     }
 
     let suspect = Model::open(&args.suspect)?;
+    for warning in &suspect.warnings {
+        eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
+    }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let builds_on = args.builds_on.as_deref().map(|p| load_report(p, None)).transpose()?;
     let tensors = cert

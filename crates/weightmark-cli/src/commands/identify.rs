@@ -32,6 +32,9 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
     let secret = SecretKey::load(&args.key)?;
     let candidates = load_candidates(args, &secret)?;
     let suspect = Model::open(&args.suspect)?;
+    for warning in &suspect.warnings {
+        eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
+    }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let targets: Vec<Target<'_>> = candidates
         .iter()

@@ -12,6 +12,9 @@ use crate::{outln, Outcome};
 /// Prints a model's tensors.
 pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
     let model = Model::open(&args.model)?;
+    for warning in &model.warnings {
+        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+    }
     let tensor_digests = if args.no_digests { None } else { Some(model_tensor_digests(&model)) };
     if args.json {
         let tensors: Vec<_> = model
@@ -29,11 +32,14 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
                 })
             })
             .collect();
-        let files: Vec<_> = model
+        let mut files: Vec<_> = model
             .files
             .iter()
             .map(|f| json!({"name": f.file_name, "bytes": f.bytes().len(), "tensors": f.header.tensors.len()}))
             .collect();
+        if let Some(raw) = &model.raw {
+            files.push(json!({"name": raw.file_name, "bytes": raw.bytes().len(), "tensors": model.tensor_count(), "gguf_version": raw.gguf.version}));
+        }
         let metadata: Vec<_> = model.files.iter().map(|f| json!(f.header.metadata)).collect();
         let out = json!({
             "path": args.model.display().to_string(),
