@@ -76,6 +76,27 @@ fn every_type_and_the_real_smollm2_read_exactly_as_llama_cpp_reads_them() {
     assert!(text.contains("SmolLM2-135M-Instruct.Q4_1.gguf: 272 tensors agree"), "{text}");
 }
 
+/// A GGUF v3 file whose two F32 tensors of 32 elements both start at offset 0.
+fn overlapping_gguf() -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&2u64.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    for name in ["a.weight", "b.weight"] {
+        b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&32u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(std::iter::repeat_n(0u8, 128));
+    b
+}
+
 /// A minimal GGUF v3 file with one F32 tensor of 32 elements, then `damage`.
 fn tiny_gguf(damage: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
@@ -153,6 +174,17 @@ fn malformed_gguf_files_exit_2_with_a_clear_error_and_never_panic() {
             tiny_gguf(|b| b[4..8].copy_from_slice(&9u32.to_le_bytes())),
             "version 9",
         ),
+        (
+            "huge dimension hidden by a zero one",
+            tiny_gguf(|b| {
+                // Two dimensions: [0, 2^62] (the tensor info grows by 8 bytes).
+                b[type_at - 12..type_at - 8].copy_from_slice(&2u32.to_le_bytes());
+                b[type_at - 8..type_at].copy_from_slice(&0u64.to_le_bytes());
+                let _ = b.splice(type_at..type_at, (1u64 << 62).to_le_bytes());
+            }),
+            "2^40 limit",
+        ),
+        ("tensors sharing bytes", overlapping_gguf(), "overlap"),
     ];
     for (what, bytes, needle) in cases {
         std::fs::write(s.path("bad.gguf"), &bytes).unwrap_or_else(|e| panic!("{e}"));
@@ -171,6 +203,28 @@ fn malformed_gguf_files_exit_2_with_a_clear_error_and_never_panic() {
             assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
         }
         assert!(!s.path("out").exists(), "{what}: output left behind");
+    }
+}
+
+#[test]
+fn attack_gguf_then_convert_gives_back_every_tensor_bit_for_bit() {
+    // F32 GGUF: only names, dimension order and the Q/K permutation change, so
+    // writing and reading back must be exact.
+    let source = common::real_model("smollm2-f16");
+    let s = Scene::new();
+    s.ok(&["attack", "gguf", "--type", "F32", &source.to_string_lossy(), "-o", "smol.gguf"]);
+    s.ok(&["convert", "smol.gguf", "-o", "back"]);
+    let a = weightmark::Model::open(&source).unwrap_or_else(|e| panic!("{e}"));
+    let b = weightmark::Model::open(s.path("back")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.tensor_count(), b.tensor_count());
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for t in a.tensors() {
+        let u =
+            b.tensor(t.name).unwrap_or_else(|| panic!("{} missing after the round trip", t.name));
+        assert_eq!(t.shape, u.shape, "{}", t.name);
+        weightmark::dtype::decode_f64(t.dtype, t.data, &mut x);
+        weightmark::dtype::decode_f64(u.dtype, u.data, &mut y);
+        assert!(x == y, "{} differs after attack gguf + convert", t.name);
     }
 }
 

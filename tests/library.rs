@@ -330,3 +330,37 @@ fn recipients_get_independent_marks() {
     assert!(z_for("alice") > 100.0);
     assert!(z_for("bob").abs() < 6.0, "bob z {}", z_for("bob"));
 }
+
+#[test]
+fn a_tensor_listed_twice_is_tested_once_so_z_cannot_be_inflated() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let input = write_llama(dir.path(), "in.safetensors", &LlamaShape::TINY, Dtype::F32, 2);
+    let marked = dir.path().join("marked.safetensors");
+    let key = SecretKey::from_seed([12; 32]);
+    mark(&input, &marked, &key);
+    let suspect = Model::open(&marked).unwrap_or_else(|e| panic!("{e}"));
+    let t = suspect
+        .tensors()
+        .find(|t| t.shape.len() == 2)
+        .map(|t| (t.name.to_string(), t.shape.to_vec()));
+    let Some(t) = t else { panic!("no matrix") };
+    let mark_key = key.mark_key("release", None);
+    let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
+    let once = detect(
+        &suspect,
+        None,
+        &Target { mark_key: &mark_key, tensors: Some(vec![t.clone()]) },
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let many = detect(
+        &suspect,
+        None,
+        &Target { mark_key: &mark_key, tensors: Some(vec![t.clone(); 100]) },
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(once.z, many.z);
+    assert_eq!(many.skipped.len(), 99);
+    assert!(many.skipped.iter().all(|s| s.reason == "listed twice"));
+}

@@ -240,26 +240,79 @@ pub enum AttackKind {
     Noise(LevelArgs),
     /// Simulated fine-tuning: a change of a relative RMS, half low-rank, half noise.
     Drift(LevelArgs),
-    /// Symmetric int8 quantization with one absmax scale per row, and back.
-    Int8 {
-        /// Seed (unused by this deterministic edit; accepted for uniformity).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The model.
-        #[arg(value_name = "MODEL")]
-        model: PathBuf,
-        /// Where to write the edited model.
-        #[arg(short = 'o', long = "output", value_name = "OUT")]
-        output: PathBuf,
+    /// Symmetric absmax quantization (int8, int4, ...) per row or per group, and back.
+    Quantize {
+        /// Bits per element (2 to 8).
+        #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u32).range(2..=8))]
+        bits: u32,
+        /// Group size (consecutive elements of a row sharing a scale); default: one scale per row.
+        #[arg(long, value_name = "N")]
+        group: Option<usize>,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Set a fraction of each tensor's elements to zero.
+    Prune {
+        /// Fraction zeroed (0.5 = half).
+        #[arg(long, value_name = "F")]
+        fraction: f64,
+        /// Which elements: the smallest magnitudes, or a seeded random choice.
+        #[arg(long, value_name = "METHOD", default_value = "magnitude", value_parser = ["magnitude", "random"])]
+        method: String,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Merge a LoRA-style update B·A of a rank and relative Frobenius norm.
+    Lowrank {
+        /// Rank of the update.
+        #[arg(long, value_name = "R")]
+        rank: usize,
+        /// Norm of the update relative to each tensor's (0.1 = 10%).
+        #[arg(long, value_name = "LEVEL")]
+        relative: f64,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Multiply every weight by a factor (weight decay).
+    Scale {
+        /// The factor (0.99 = 1% decay).
+        #[arg(long, value_name = "FACTOR")]
+        factor: f64,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Round trip through another dtype (e.g. bf16 -> f16 -> bf16).
+    Cast {
+        /// The dtype passed through.
+        #[arg(long, value_name = "DTYPE", value_parser = ["f32", "f16", "bf16"])]
+        via: String,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Linear merge with another model of the same shapes: LAMBDA x MODEL + (1 - LAMBDA) x OTHER.
+    Merge {
+        /// The other model.
+        #[arg(long = "with", value_name = "OTHER")]
+        other: PathBuf,
+        /// Weight of MODEL.
+        #[arg(long, value_name = "LAMBDA", default_value_t = 0.5)]
+        lambda: f64,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Embed a second mark with a fresh random key at a given strength.
+    Overwrite {
+        /// Strength of the second mark (0.03 = 10x the default).
+        #[arg(long, value_name = "EPS")]
+        strength: f64,
+        #[command(flatten)]
+        io: AttackIo,
     },
 }
 
-/// Arguments of attacks with a level.
+/// Input, output and seed of an attack.
 #[derive(Args, Debug)]
-pub struct LevelArgs {
-    /// RMS of the change relative to each row's RMS (0.05 = 5%).
-    #[arg(long, value_name = "LEVEL")]
-    pub relative: f64,
+pub struct AttackIo {
     /// Seed of the random numbers (the edit is reproducible).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -269,6 +322,16 @@ pub struct LevelArgs {
     /// Where to write the edited model (same layout as the input).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
+}
+
+/// Arguments of attacks with a level.
+#[derive(Args, Debug)]
+pub struct LevelArgs {
+    /// RMS of the change relative to each row's RMS (0.05 = 5%).
+    #[arg(long, value_name = "LEVEL")]
+    pub relative: f64,
+    #[command(flatten)]
+    pub io: AttackIo,
 }
 
 /// `weightmark inspect`.

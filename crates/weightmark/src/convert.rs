@@ -174,7 +174,7 @@ fn hf_config(gguf: &GgufFile, model: &Model, dtype: Dtype) -> Option<serde_json:
         model.tensor("model.embed_tokens.weight").and_then(|t| t.shape.first().map(|&v| v as u64))
     });
     let heads = u("attention.head_count");
-    Some(json!({
+    let mut config = json!({
         "architectures": [architecture],
         "model_type": model_type,
         "hidden_size": u("embedding_length"),
@@ -191,7 +191,12 @@ fn hf_config(gguf: &GgufFile, model: &Model, dtype: Dtype) -> Option<serde_json:
         "bos_token_id": gguf.meta_u64("tokenizer.ggml.bos_token_id"),
         "eos_token_id": gguf.meta_u64("tokenizer.ggml.eos_token_id"),
         "torch_dtype": match dtype { Dtype::F16 => "float16", Dtype::BF16 => "bfloat16", _ => "float32" },
-    }))
+    });
+    // Leave out what the GGUF file does not say rather than writing nulls.
+    if let Some(map) = config.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    Some(config)
 }
 
 /// Parses a size such as `500MB`, `2GB`, `1GiB` or `123456` (bytes).

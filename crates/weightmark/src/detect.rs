@@ -134,7 +134,13 @@ pub fn detect_many(
                 .map(|t| (t.name.to_string(), None))
                 .collect(),
         };
+        let mut seen = std::collections::HashSet::new();
         for (name, shape) in &wanted {
+            // A tensor counted twice would inflate z; test each once.
+            if !seen.insert(name.as_str()) {
+                skipped[ti].push(Skipped { name: name.clone(), reason: "listed twice".into() });
+                continue;
+            }
             match check_tensor(suspect, original, name, shape.as_deref()) {
                 Err(reason) => skipped[ti].push(Skipped { name: name.clone(), reason }),
                 Ok((t, o)) => match plan.iter_mut().find(|(p, _, _)| p.name == t.name) {

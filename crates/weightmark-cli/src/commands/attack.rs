@@ -1,47 +1,125 @@
 //! `weightmark attack`: one edit of a model, for robustness experiments.
+//! Every edit is seeded and reproducible and reports its own damage (the
+//! relative RMS change of the weights it touched).
 
-use anyhow::Context;
-use weightmark::attack::{apply, Attack};
+use std::path::Path;
+
+use anyhow::{ensure, Context};
+use weightmark::attack::{apply, merge_linear, Attack, AttackReport, PruneMethod};
 use weightmark::gguf::writer::{write_gguf, LlamaConfig};
 use weightmark::gguf::GgmlType;
-use weightmark::Model;
+use weightmark::{embed, Dtype, EmbedOptions, Model, SecretKey, Selection};
 
-use crate::cli::{AttackArgs, AttackKind};
+use crate::cli::{AttackArgs, AttackIo, AttackKind};
 use crate::progress::Bar;
 use crate::{outln, Outcome};
 
 /// Applies the edit.
 pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
-    let (attack, seed, model, output) = match &args.kind {
+    let (attack, io): (Attack, &AttackIo) = match &args.kind {
         AttackKind::Gguf { ty, model, output } => return gguf(ty, model, output),
+        AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
+        AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
         AttackKind::Noise(a) => {
-            (Attack::Noise { relative: a.relative }, a.seed, &a.model, &a.output)
+            ensure!(
+                a.relative.is_finite() && a.relative >= 0.0,
+                "--relative must be a non-negative number"
+            );
+            (Attack::Noise { relative: a.relative }, &a.io)
         }
         AttackKind::Drift(a) => {
-            (Attack::Drift { relative: a.relative }, a.seed, &a.model, &a.output)
+            ensure!(
+                a.relative.is_finite() && a.relative >= 0.0,
+                "--relative must be a non-negative number"
+            );
+            (Attack::Drift { relative: a.relative }, &a.io)
         }
-        AttackKind::Int8 { seed, model, output } => {
-            (Attack::QuantizeInt8PerRow, *seed, model, output)
+        AttackKind::Quantize { bits, group, io } => {
+            ensure!(group.is_none_or(|g| g > 0), "--group must be at least 1");
+            (Attack::Quantize { bits: *bits, group: *group }, io)
+        }
+        AttackKind::Prune { fraction, method, io } => {
+            ensure!((0.0..=1.0).contains(fraction), "--fraction must be between 0 and 1");
+            let method =
+                if method == "random" { PruneMethod::Random } else { PruneMethod::Magnitude };
+            (Attack::Prune { fraction: *fraction, method }, io)
+        }
+        AttackKind::Lowrank { rank, relative, io } => {
+            ensure!(
+                *rank > 0 && relative.is_finite() && *relative >= 0.0,
+                "--rank must be positive and --relative non-negative"
+            );
+            (Attack::LowRank { rank: *rank, relative: *relative }, io)
+        }
+        AttackKind::Scale { factor, io } => {
+            ensure!(factor.is_finite(), "--factor must be a number");
+            (Attack::Scale { factor: *factor }, io)
+        }
+        AttackKind::Cast { via, io } => {
+            let via = match via.as_str() {
+                "f16" => Dtype::F16,
+                "bf16" => Dtype::BF16,
+                _ => Dtype::F32,
+            };
+            (Attack::Cast { via }, io)
         }
     };
-    if let Attack::Noise { relative } | Attack::Drift { relative } = attack {
-        anyhow::ensure!(
-            relative.is_finite() && relative >= 0.0,
-            "--relative {relative} must be a non-negative number"
-        );
-    }
-    let m = Model::open(model)?;
-    let report = apply(&m, output, &attack, seed, &Bar::new())
-        .with_context(|| format!("could not edit {}", model.display()))?;
+    let m = Model::open(&io.model)?;
+    let report = apply(&m, &io.output, &attack, io.seed, &Bar::new())
+        .with_context(|| format!("could not edit {}", io.model.display()))?;
+    say(&format!("{attack:?} (seed {})", io.seed), &report)
+}
+
+fn say(what: &str, report: &AttackReport) -> anyhow::Result<Outcome> {
     outln!(
-        "{attack:?} (seed {seed}) -> {}: relative RMS change {:.3}% of the touched weights",
+        "{what} -> {}: relative RMS change {:.3}% of the touched weights",
         report.written.path.display(),
         100.0 * report.damage.relative_rms_change()
     );
     Ok(Outcome::Success)
 }
 
-fn gguf(ty: &str, model: &std::path::Path, output: &std::path::Path) -> anyhow::Result<Outcome> {
+fn merge(other: &Path, lambda: f64, io: &AttackIo) -> anyhow::Result<Outcome> {
+    ensure!(lambda.is_finite(), "--lambda must be a number");
+    let a = Model::open(&io.model)?;
+    let b = Model::open(other)?;
+    let report = merge_linear(&[&a, &b], &[lambda, 1.0 - lambda], &io.output, &Bar::new())
+        .with_context(|| {
+            format!("could not merge {} with {}", io.model.display(), other.display())
+        })?;
+    say(&format!("linear merge, lambda {lambda}, with {}", other.display()), &report)
+}
+
+fn overwrite(strength: f64, io: &AttackIo) -> anyhow::Result<Outcome> {
+    let m = Model::open(&io.model)?;
+    let attacker = SecretKey::from_seed(seed_bytes(io.seed));
+    let options = EmbedOptions {
+        strength,
+        label: "overwrite".into(),
+        recipient: None,
+        selection: Selection::Default,
+        created: weightmark::now_rfc3339(),
+        progress: &Bar::new(),
+    };
+    let report = embed(&m, &io.output, &attacker, &options)
+        .with_context(|| format!("could not overwrite the mark of {}", io.model.display()))?;
+    outln!(
+        "second mark at strength {strength} (attacker key from seed {}) -> {}: relative RMS change {:.3}%",
+        io.seed,
+        report.written.path.display(),
+        100.0 * report.fidelity.relative_rms_change()
+    );
+    Ok(Outcome::Success)
+}
+
+/// A 32-byte seed from a number (the attacker's key in experiments).
+fn seed_bytes(seed: u64) -> [u8; 32] {
+    let mut s = [0x5au8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    s
+}
+
+fn gguf(ty: &str, model: &Path, output: &Path) -> anyhow::Result<Outcome> {
     let ggml = match ty {
         "Q8_0" => GgmlType::Q8_0,
         "Q4_0" => GgmlType::Q4_0,

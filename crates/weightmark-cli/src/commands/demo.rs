@@ -84,7 +84,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     let drift = apply(&marked, &drifted_path, &Attack::Drift { relative: 0.05 }, 7, &NoProgress)?;
     let drifted = Model::open(&drifted_path)?;
     let derivative_path = dir.join("derivative.safetensors");
-    let quant = apply(&drifted, &derivative_path, &Attack::QuantizeInt8PerRow, 7, &NoProgress)?;
+    let quant = apply(
+        &drifted,
+        &derivative_path,
+        &Attack::Quantize { bits: 8, group: None },
+        7,
+        &NoProgress,
+    )?;
     outln!(
         "   Drift changed the weights by {:.1}% RMS, int8 rounding by another {:.2}%. \
          The mark itself is only {:.2}%.",

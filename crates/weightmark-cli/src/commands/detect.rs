@@ -130,6 +130,13 @@ fn release(
         cert.check_mark_key(&mark_key)
             .with_context(|| format!("{} does not open {}", path.display(), cert_name()))?;
         let p = cert.predicate();
+        if p.scheme != "ss1" {
+            bail!(
+                "{}: the certificate uses scheme '{}'; this version knows 'ss1'",
+                cert_name(),
+                p.scheme
+            );
+        }
         return Ok((p.label.clone(), p.recipient.clone(), mark_key));
     }
     let secret = secret.context("give -k KEY or --mark-key FILE")?;

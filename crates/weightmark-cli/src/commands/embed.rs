@@ -138,6 +138,14 @@ fn refuse_collisions(
             cert.display()
         );
     }
+    let inside_input = model.path.is_dir()
+        && match (std::path::absolute(cert), model.path.canonicalize()) {
+            (Ok(c), Ok(input)) => c.canonicalize().unwrap_or(c).starts_with(input),
+            _ => false,
+        };
+    if inside_input {
+        bail!("{}: the certificate must not go inside the input model directory", cert.display());
+    }
     if cert_is_inside_output(cert, destination) {
         bail!("{}: the certificate must not go inside the output model directory", cert.display());
     }

@@ -68,7 +68,16 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 p.created
             );
             if let Some(c) = &p.certificate {
-                outln!("  tested certificate sha256 {} (signed by key {})", c.sha256, c.signer);
+                outln!(
+                    "  tested certificate sha256 {} ({} key {})",
+                    c.sha256,
+                    if c.signature_checked {
+                        "signature checked against"
+                    } else {
+                        "signature NOT checked; claims"
+                    },
+                    c.signer
+                );
             }
             if let Some(b) = &p.builds_on {
                 outln!("  builds on report sha256 {} (signed by key {})", b.sha256, b.signer);

@@ -79,6 +79,11 @@ pub fn canonical_tensors(
                     };
                     let rows = shape.first().copied().unwrap_or(0);
                     let cols = if shape.len() > 1 { shape[1..].iter().product() } else { 1 };
+                    if values.is_empty() {
+                        return Err(FormatError::Gguf {
+                            reason: format!("tensor '{}' is empty", t.name.escape_debug()),
+                        });
+                    }
                     values = names::unpermute_rows(&values, rows, cols, h).ok_or_else(|| {
                         FormatError::Gguf {
                             reason: format!(

@@ -73,7 +73,10 @@ pub fn qk_kind(gguf_name: &str) -> Option<QkHeads> {
 /// two halves of each head: GGUF row `h*d + 2i + s` is Hugging Face row
 /// `h*d + s*(d/2) + i` (with `d = rows/heads`). `values` is row-major.
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || values.len() != rows * cols {
+    if heads == 0 || heads > rows || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return None;
+    }
+    if rows.checked_mul(cols) != Some(values.len()) {
         return None;
     }
     let d = rows / heads;

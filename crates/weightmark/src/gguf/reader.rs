@@ -17,6 +17,8 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 const MAX_STRING: u64 = 1 << 20;
 /// Largest number of dimensions of a tensor.
 const MAX_DIMS: u32 = 8;
+/// Largest single dimension accepted (2^40).
+const MAX_DIM: u64 = 1 << 40;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,7 +140,9 @@ impl GgufFile {
             let key = c.string()?;
             let ty = c.u32()?;
             let value = c.value(ty, 0)?;
-            metadata.insert(key, value);
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(bad(&format!("metadata key '{}' appears twice", key.escape_debug())));
+            }
         }
         let alignment = match metadata.get("general.alignment") {
             None => 32,
@@ -156,7 +160,14 @@ impl GgufFile {
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                dims.push(c.u64()?);
+                let d = c.u64()?;
+                if d > MAX_DIM {
+                    return Err(bad(&format!(
+                        "tensor '{}': dimension {d} overflows the 2^40 limit",
+                        name.escape_debug()
+                    )));
+                }
+                dims.push(d);
             }
             let type_id = c.u32()?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
@@ -176,7 +187,9 @@ impl GgufFile {
                 return Err(FormatError::DuplicateName { name });
             }
             let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let len = elements.and_then(|e| ggml_type.byte_len(e));
+            // Rows (the first, fastest dimension) must be whole blocks, as llama.cpp requires.
+            let whole_rows = dims.first().is_some_and(|&d| d % ggml_type.block().0 as u64 == 0);
+            let len = elements.filter(|_| whole_rows).and_then(|e| ggml_type.byte_len(e));
             let Some(len) = len else {
                 return Err(bad(&format!(
                     "tensor '{}': {dims:?} elements of {} overflow or are not whole blocks",
@@ -196,6 +209,20 @@ impl GgufFile {
                         name.escape_debug()
                     )))
                 }
+            }
+        }
+        // Tensors may not share bytes: otherwise a small file could describe
+        // unbounded amounts of data to dequantize.
+        let mut spans: Vec<(usize, usize, &str)> =
+            tensors.iter().map(|t| (t.start, t.start + t.len, t.name.as_str())).collect();
+        spans.sort_unstable();
+        for pair in spans.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                return Err(bad(&format!(
+                    "tensors '{}' and '{}' overlap in the file",
+                    pair[0].2.escape_debug(),
+                    pair[1].2.escape_debug()
+                )));
             }
         }
         Ok(GgufFile { version, metadata, tensors })
@@ -272,7 +299,8 @@ impl<'a> Cursor<'a> {
                         "an array of {count} values runs past the end of the file"
                     )));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                // Capacity is capped: a count is only a claim until the values are read.
+                let mut items = Vec::with_capacity((count as usize).min(4096));
                 for _ in 0..count {
                     items.push(self.value(inner, depth + 1)?);
                 }

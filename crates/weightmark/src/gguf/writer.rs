@@ -160,6 +160,17 @@ pub fn write_gguf(
             requested.name()
         )));
     }
+    crate::model::refuse_same_path(&model.path, out)?;
+    if model
+        .files
+        .iter()
+        .any(|f| f.path.canonicalize().ok() == out.canonicalize().ok() && out.exists())
+    {
+        return Err(Error::invalid(format!(
+            "{}: the output is one of the input's files",
+            out.display()
+        )));
+    }
     const ALIGN: usize = 32;
     let mut infos = Vec::new();
     let mut blobs: Vec<Vec<u8>> = Vec::new();

@@ -40,7 +40,13 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements.
     pub fn elements(&self) -> usize {
-        self.shape.iter().product()
+        // Validated shapes have products that fit (checked at parse time);
+        // a zero dimension makes the product 0 whatever the others are.
+        if self.shape.contains(&0) {
+            0
+        } else {
+            self.shape.iter().product()
+        }
     }
 
     /// Length of a row for the mark's amplitude: the last dimension for

@@ -11,7 +11,7 @@ mod index;
 mod mmap;
 mod write;
 
-pub(crate) use write::set_public_mode;
+pub(crate) use write::{refuse_same_path, set_public_mode};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

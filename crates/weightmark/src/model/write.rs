@@ -327,7 +327,7 @@ fn move_into_place(staging: &Path, out: &Path) -> Result<()> {
 }
 
 /// Refuses to write over the input.
-fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
+pub(crate) fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
     let canonical_in = input.canonicalize().map_err(|e| Error::io(input, e))?;
     let canonical_out = match out.canonicalize() {
         Ok(p) => p,

@@ -71,6 +71,8 @@ pub struct Certificate {
     pub digest: String,
     /// Whether the signature was checked against the owner's public key.
     pub signature_checked: bool,
+    /// Key id that verified the signature, when it was checked.
+    pub verified_signer: Option<String>,
 }
 
 impl Certificate {
@@ -128,7 +130,13 @@ fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
     };
     let statement = parse_release_statement(&payload).map_err(cert_err)?;
     let digest = hex(&Sha256::digest(&bytes));
-    Ok(Certificate { statement, envelope, digest, signature_checked: public.is_some() })
+    Ok(Certificate {
+        statement,
+        envelope,
+        digest,
+        signature_checked: public.is_some(),
+        verified_signer: public.map(PublicKey::key_id),
+    })
 }
 
 /// Parses a payload as a release statement.
@@ -142,6 +150,10 @@ pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredic
     }
     let statement: Statement<ReleasePredicate> = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not a weightmark release statement: {e}"))?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = statement.predicate.tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
+        return Err(format!("tensor '{}' is listed twice", t.name.escape_debug()));
+    }
     if statement.predicate_type != RELEASE_PREDICATE_TYPE {
         return Err(format!(
             "predicateType is '{}', not a weightmark release certificate",

@@ -30,7 +30,9 @@ pub const DETECTION_PREDICATE_TYPE: &str = "https://weightmark.dev/detection/v1"
 pub struct CertificateRef {
     /// SHA-256 (hex) of the certificate file.
     pub sha256: String,
-    /// Key id of the certificate's signer (the owner).
+    /// Key id that verified the certificate's signature; when the signature
+    /// was not checked, the signer the certificate claims (see
+    /// `signature_checked`).
     pub signer: String,
     /// The certificate's mark-key commitment.
     pub mark_key_commitment: String,
@@ -145,7 +147,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
     });
     let certificate = inputs.certificate.map(|c| CertificateRef {
         sha256: c.digest.clone(),
-        signer: c.predicate().signer.clone(),
+        signer: c.verified_signer.clone().unwrap_or_else(|| c.predicate().signer.clone()),
         mark_key_commitment: c.predicate().mark_key_commitment.clone(),
         signature_checked: c.signature_checked,
     });

@@ -1,0 +1,397 @@
+//! Edits applied to marked models to measure how well the mark survives.
+//!
+//! Each attack is a seeded, reproducible per-tensor function; [`apply`] writes
+//! the attacked model in the input's layout and reports the damage (relative
+//! RMS change of the weights it touched). Attacks touch the default-selected
+//! tensors (float matrices); everything else is copied.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+use crate::dtype::{decode_f64, encode_nearest, Dtype};
+use crate::error::{Error, Result};
+use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
+use crate::progress::Progress;
+use crate::rng::{fill_normal, stream};
+use crate::scheme::Fidelity;
+use crate::select::is_default_selected;
+
+/// An edit of a model's weights.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Attack {
+    /// Adds i.i.d. Gaussian noise of `relative` x row RMS.
+    Noise {
+        /// Noise RMS relative to each row's RMS.
+        relative: f64,
+    },
+    /// Simulated fine-tuning: a change of relative RMS `relative`, half of its
+    /// energy a low-rank update (rank 8, as gradient updates are close to
+    /// low-rank) and half i.i.d. noise.
+    Drift {
+        /// Change RMS relative to each row's RMS.
+        relative: f64,
+    },
+    /// Symmetric absmax quantization to `bits` bits (2 to 8), one scale per
+    /// row or per group of `group` consecutive elements of a row, then back
+    /// to the original dtype.
+    Quantize {
+        /// Bits per element.
+        bits: u32,
+        /// Group size; `None` for one scale per row.
+        group: Option<usize>,
+    },
+    /// Sets a fraction of each tensor's elements to zero.
+    Prune {
+        /// Fraction of elements zeroed, in [0, 1].
+        fraction: f64,
+        /// Which elements.
+        method: PruneMethod,
+    },
+    /// Merges a LoRA-style update `B A` of rank `rank` (Gaussian factors)
+    /// scaled to `relative` x the tensor's Frobenius norm.
+    LowRank {
+        /// Rank of the update.
+        rank: usize,
+        /// Frobenius norm of the update relative to the tensor's.
+        relative: f64,
+    },
+    /// Multiplies every weight by `factor` (weight decay).
+    Scale {
+        /// The factor.
+        factor: f64,
+    },
+    /// Round trip through another dtype (round to nearest) and back.
+    Cast {
+        /// The dtype passed through (F16, BF16, F32).
+        via: Dtype,
+    },
+}
+
+/// Which elements [`Attack::Prune`] zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneMethod {
+    /// The smallest magnitudes of each tensor.
+    Magnitude,
+    /// A seeded random choice.
+    Random,
+}
+
+/// What [`apply`] did.
+#[derive(Clone, Debug)]
+pub struct AttackReport {
+    /// The files written.
+    pub written: WriteReport,
+    /// Change over the tensors the attack touched.
+    pub damage: Fidelity,
+}
+
+/// Applies `attack` with `seed` to `model`, writing to `out`.
+pub fn apply(
+    model: &Model,
+    out: &Path,
+    attack: &Attack,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let damage = Mutex::new(Fidelity::default());
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        if !is_default_selected(t) {
+            return Ok(None);
+        }
+        let (data, f) = attack_tensor(t, attack, seed);
+        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+        *d = d.merge(f);
+        Ok(Some(data))
+    };
+    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    Ok(AttackReport { written, damage })
+}
+
+/// The collusion attack: the element-wise average of several copies of one
+/// model (same tensor names and shapes), written in the first copy's layout.
+pub fn average_models(
+    models: &[&Model],
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let k = models.len().max(1) as f64;
+    merge_linear(models, &vec![1.0 / k; models.len()], out, progress)
+}
+
+/// A linear merge `sum_j weights[j] * model_j` of models with the same tensor
+/// names and shapes (for two models, `lambda` and `1 - lambda`), written in
+/// the first model's layout. Tensors that are not floats are copied from the
+/// first model. The damage is measured against the first model.
+pub fn merge_linear(
+    models: &[&Model],
+    weights: &[f64],
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let Some(first) = models.first() else {
+        return Err(Error::invalid("nothing to merge"));
+    };
+    if weights.len() != models.len() {
+        return Err(Error::invalid("one weight per model is needed"));
+    }
+    for m in &models[1..] {
+        for t in first.tensors() {
+            let same = m.tensor(t.name).is_some_and(|o| o.shape == t.shape);
+            if !same {
+                return Err(Error::invalid(format!(
+                    "{}: tensor '{}' is missing or has another shape; models to merge must match",
+                    m.path.display(),
+                    t.name
+                )));
+            }
+        }
+    }
+    let damage = Mutex::new(Fidelity::default());
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        if !t.dtype.is_markable() {
+            return Ok(None);
+        }
+        let mut first_values = Vec::new();
+        decode_f64(t.dtype, t.data, &mut first_values);
+        let mut sum: Vec<f64> = first_values.iter().map(|v| v * weights[0]).collect();
+        let mut buf = Vec::new();
+        for (m, &wj) in models[1..].iter().zip(&weights[1..]) {
+            let other = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+            decode_f64(other.dtype, other.data, &mut buf);
+            sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += wj * v);
+        }
+        let mut data = t.data.to_vec();
+        for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(&sum) {
+            encode_nearest(t.dtype, v, o);
+        }
+        let mut back = Vec::new();
+        decode_f64(t.dtype, &data, &mut back);
+        let f = damage_of(&first_values, &back);
+        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+        *d = d.merge(f);
+        Ok(Some(data))
+    };
+    let written = write_model(first, out, &transform, &WriteOptions { progress })?;
+    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    Ok(AttackReport { written, damage })
+}
+
+/// Applies `attack` to one float tensor; returns new bytes and the damage.
+pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>, Fidelity) {
+    let mut w = Vec::new();
+    decode_f64(t.dtype, t.data, &mut w);
+    let cols = t.info.row_len().max(1);
+    let rows = w.len() / cols;
+    let mut new = w.clone();
+    match attack {
+        Attack::Noise { relative } => add_noise(&mut new, cols, *relative, seed, t.name),
+        Attack::Drift { relative } => {
+            let half = relative / std::f64::consts::SQRT_2;
+            add_noise(&mut new, cols, half, seed, t.name);
+            add_low_rank(&mut new, rows, cols, 8, half, seed, t.name, RowScale::PerRow);
+        }
+        Attack::Quantize { bits, group } => {
+            let group = group.unwrap_or(cols).max(1);
+            new.par_chunks_mut(cols).for_each(|row| {
+                row.chunks_mut(group).for_each(|g| quantize_absmax(g, *bits));
+            });
+        }
+        Attack::Prune { fraction, method } => prune(&mut new, *fraction, *method, seed, t.name),
+        Attack::LowRank { rank, relative } => {
+            add_low_rank(&mut new, rows, cols, *rank, *relative, seed, t.name, RowScale::Frobenius)
+        }
+        Attack::Scale { factor } => new.iter_mut().for_each(|x| *x *= factor),
+        Attack::Cast { via } => {
+            let mut buf = vec![0u8; via.size()];
+            let mut back = Vec::with_capacity(1);
+            for x in new.iter_mut() {
+                if encode_nearest(*via, *x, &mut buf) {
+                    decode_f64(*via, &buf, &mut back);
+                    *x = back.first().copied().unwrap_or(*x);
+                }
+            }
+        }
+    }
+    let size = t.dtype.size();
+    let mut out = t.data.to_vec();
+    for ((o, &v), &old) in out.chunks_exact_mut(size).zip(&new).zip(&w) {
+        if old.is_finite() {
+            // On overflow the original element stays.
+            encode_nearest(t.dtype, v, o);
+        }
+    }
+    let mut back = Vec::with_capacity(w.len());
+    decode_f64(t.dtype, &out, &mut back);
+    (out, damage_of(&w, &back))
+}
+
+/// Relative change between two versions of a tensor's values.
+fn damage_of(before: &[f64], after: &[f64]) -> Fidelity {
+    let mut fid = Fidelity::default();
+    for (&old, &b) in before.iter().zip(after) {
+        if old.is_finite() && b.is_finite() {
+            let d = b - old;
+            fid.sum_sq_original += old * old;
+            fid.sum_sq_change += d * d;
+            fid.max_abs_change = fid.max_abs_change.max(d.abs());
+            fid.elements += 1;
+        }
+    }
+    fid
+}
+
+fn row_rms(row: &[f64]) -> f64 {
+    (row.iter().map(|v| v * v).sum::<f64>() / row.len().max(1) as f64).sqrt()
+}
+
+fn add_noise(w: &mut [f64], cols: usize, relative: f64, seed: u64, name: &str) {
+    w.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let mut rng = stream(seed, &format!("noise\0{name}"));
+        let mut n = vec![0.0; row.len()];
+        fill_normal(&mut rng, (r * cols) as u64, &mut n);
+        let scale = relative * row_rms(row);
+        for (x, e) in row.iter_mut().zip(&n) {
+            *x += scale * e;
+        }
+    });
+}
+
+/// How a low-rank update is scaled.
+#[derive(Clone, Copy)]
+enum RowScale {
+    /// Each row's change has RMS `relative` x that row's RMS.
+    PerRow,
+    /// The whole update has Frobenius norm `relative` x the tensor's.
+    Frobenius,
+}
+
+/// Adds `U V` (Gaussian factors of rank `rank`), scaled as `how` says.
+#[allow(clippy::too_many_arguments)]
+fn add_low_rank(
+    w: &mut [f64],
+    rows: usize,
+    cols: usize,
+    rank: usize,
+    relative: f64,
+    seed: u64,
+    name: &str,
+    how: RowScale,
+) {
+    let rank = rank.max(1);
+    let mut rng = stream(seed, &format!("lowrank\0{name}"));
+    let mut u = vec![0.0; rows * rank];
+    let mut v = vec![0.0; rank * cols];
+    fill_normal(&mut rng, 0, &mut u);
+    fill_normal(&mut rng, (rows * rank) as u64, &mut v);
+    let (Ok(u), Ok(v)) =
+        (Array2::from_shape_vec((rows, rank), u), Array2::from_shape_vec((rank, cols), v))
+    else {
+        return;
+    };
+    let update: Array2<f64> = u.dot(&v);
+    let Ok(original) = ArrayView2::from_shape((rows, cols), &*w).map(|a| a.to_owned()) else {
+        return;
+    };
+    let frobenius_factor = match how {
+        RowScale::Frobenius => {
+            let norm_w = original.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let norm_u = update.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm_u > 0.0 {
+                relative * norm_w / norm_u
+            } else {
+                0.0
+            }
+        }
+        RowScale::PerRow => 0.0,
+    };
+    for ((row, up), orig) in w.chunks_mut(cols).zip(update.rows()).zip(original.rows()) {
+        let factor = match how {
+            RowScale::Frobenius => frobenius_factor,
+            RowScale::PerRow => {
+                let up_rms = (up.iter().map(|x| x * x).sum::<f64>() / cols as f64).sqrt();
+                let target =
+                    relative * (orig.iter().map(|x| x * x).sum::<f64>() / cols as f64).sqrt();
+                if up_rms > 0.0 {
+                    target / up_rms
+                } else {
+                    0.0
+                }
+            }
+        };
+        for (x, d) in row.iter_mut().zip(up.iter()) {
+            *x += d * factor;
+        }
+    }
+}
+
+/// Symmetric absmax quantization of one group to `bits` bits, in place.
+fn quantize_absmax(group: &mut [f64], bits: u32) {
+    let levels = f64::from((1u32 << (bits.clamp(2, 8) - 1)) - 1);
+    let absmax = group.iter().fold(0.0f64, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
+    if absmax == 0.0 {
+        return;
+    }
+    let scale = absmax / levels;
+    for x in group.iter_mut().filter(|x| x.is_finite()) {
+        *x = (*x / scale).round().clamp(-levels, levels) * scale;
+    }
+}
+
+/// Zeroes `fraction` of the elements: the smallest magnitudes, or a seeded
+/// random choice.
+fn prune(w: &mut [f64], fraction: f64, method: PruneMethod, seed: u64, name: &str) {
+    let count = ((w.len() as f64) * fraction.clamp(0.0, 1.0)).round() as usize;
+    if count == 0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    match method {
+        PruneMethod::Magnitude => {
+            // Ties broken by index, so the choice is deterministic.
+            order.select_nth_unstable_by(count - 1, |&a, &b| {
+                w[a].abs().total_cmp(&w[b].abs()).then(a.cmp(&b))
+            });
+        }
+        PruneMethod::Random => {
+            let mut keys = vec![0.0; w.len()];
+            fill_normal(&mut stream(seed, &format!("prune\0{name}")), 0, &mut keys);
+            order.select_nth_unstable_by(count - 1, |&a, &b| {
+                keys[a].total_cmp(&keys[b]).then(a.cmp(&b))
+            });
+        }
+    }
+    for &i in &order[..count] {
+        w[i] = 0.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_groups_keep_their_absmax_and_levels() {
+        let mut g = vec![0.1, -0.4, 0.25, 0.0];
+        quantize_absmax(&mut g, 4);
+        assert_eq!(g[1], -0.4);
+        let step = 0.4 / 7.0;
+        for x in &g {
+            assert!(((x / step).round() - x / step).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn prune_zeroes_the_smallest_magnitudes() {
+        let mut w = vec![0.5, -0.1, 0.3, -0.05, 0.2, 0.9];
+        prune(&mut w, 0.5, PruneMethod::Magnitude, 1, "t");
+        assert_eq!(w, [0.5, 0.0, 0.3, 0.0, 0.0, 0.9]);
+        let mut r = vec![1.0; 1000];
+        prune(&mut r, 0.3, PruneMethod::Random, 1, "t");
+        assert_eq!(r.iter().filter(|&&x| x == 0.0).count(), 300);
+    }
+}
