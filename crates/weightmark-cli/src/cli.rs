@@ -31,8 +31,10 @@ pub enum Command {
     Reveal(RevealArgs),
     /// Convert a GGUF file (or any readable model) to Hugging Face-layout safetensors.
     Convert(ConvertArgs),
-    /// Apply one edit to a model (robustness experiments): gguf, noise, drift, int8.
+    /// Apply one edit to a model (robustness experiments).
     Attack(AttackArgs),
+    /// Benchmarks: `bench robustness` sweeps attacks and levels on a marked model.
+    Bench(BenchArgs),
     /// List a model's tensors, dtypes, shapes, sizes and digests.
     Inspect(InspectArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
@@ -332,6 +334,54 @@ pub struct LevelArgs {
     pub relative: f64,
     #[command(flatten)]
     pub io: AttackIo,
+}
+
+/// `weightmark bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The benchmark.
+    #[command(subcommand)]
+    pub kind: BenchKind,
+}
+
+/// The benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchKind {
+    /// For each attack and level: blind and informed z, p-values, the attack's
+    /// damage, and a wrong key; writes results.json, results.csv, results.md
+    /// and one SVG plot per attack.
+    Robustness(RobustnessArgs),
+}
+
+/// `weightmark bench robustness`.
+#[derive(Args, Debug)]
+pub struct RobustnessArgs {
+    /// The marked model.
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// The owner's secret key file.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    pub key: PathBuf,
+    /// The marked model's certificate.
+    #[arg(long, value_name = "CERT")]
+    pub cert: PathBuf,
+    /// The unmarked original (adds informed detection).
+    #[arg(long, value_name = "ORIG")]
+    pub original: Option<PathBuf>,
+    /// Attacks to sweep, comma-separated [default: all]: noise, drift, quantize-row,
+    /// quantize-g32, prune-magnitude, prune-random, lowrank-r16, scale, cast-f16,
+    /// merge-unrelated, overwrite.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub attacks: Vec<String>,
+    /// Levels for one attack, replacing its defaults: ATTACK=L1,L2,... (repeatable).
+    #[arg(long, value_name = "ATTACK=LEVELS")]
+    pub levels: Vec<String>,
+    /// Seed of the attacks.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory for the results (created if needed).
+    #[arg(long, value_name = "DIR", default_value = "robustness")]
+    pub out: PathBuf,
 }
 
 /// `weightmark inspect`.

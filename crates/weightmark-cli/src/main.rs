@@ -55,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Reveal(args) => commands::reveal::run(&args),
         Command::Convert(args) => commands::convert::run(&args),
         Command::Attack(args) => commands::attack::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
     }

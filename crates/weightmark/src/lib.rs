@@ -43,6 +43,7 @@
 #![deny(unsafe_code)]
 
 pub mod attack;
+pub mod bench;
 pub mod convert;
 pub mod detect;
 pub mod digest;

@@ -191,6 +191,27 @@ pub(crate) fn finite_rms(row: &[f64]) -> (f64, u64) {
     (max * (scaled / n as f64).sqrt(), n)
 }
 
+/// Turns one row of suspect values into the informed residual, in place:
+/// `x_i = s_i - g * o_i`, where the gain `g` is the least-squares fit of the
+/// suspect row on the original row (so a scaled, decayed or merged copy leaves
+/// only what the edit added, not a multiple of the original), and elements
+/// that are exactly zero in the suspect (pruned) are left out (NaN, weight 0).
+/// Both choices depend only on the suspect and the original, never on the
+/// key, so the Hoeffding bound stays exact.
+fn informed_residual(suspect: &mut [f64], original: &[f64]) {
+    let (mut so, mut oo) = (0.0, 0.0);
+    for (&s, &o) in suspect.iter().zip(original) {
+        if s != 0.0 && s.is_finite() && o.is_finite() {
+            so += s * o;
+            oo += o * o;
+        }
+    }
+    let gain = if oo > 0.0 && (so / oo).is_finite() { so / oo } else { 1.0 };
+    for (s, &o) in suspect.iter_mut().zip(original) {
+        *s = if *s == 0.0 { f64::NAN } else { *s - gain * o };
+    }
+}
+
 /// RMS of the finite values of a row (0 for none).
 fn row_rms(row: &[f64]) -> f64 {
     finite_rms(row).0
@@ -299,8 +320,8 @@ pub fn detect_tensor_multi(
                     o.data.get(start * o_size..end * o_size).unwrap_or_default(),
                     &mut w,
                 );
-                for (xi, wi) in x.iter_mut().zip(&w) {
-                    *xi -= wi;
+                for (row_x, row_w) in x.chunks_mut(row_len).zip(w.chunks(row_len)) {
+                    informed_residual(row_x, row_w);
                 }
             }
             // Weighted values c_i x_i (0 where x_i is not finite) and the
@@ -434,6 +455,27 @@ mod tests {
         x[7] = 1e300;
         let st = row_stats(&x, &p);
         assert!(st.v.is_finite() && st.s.is_finite() && st.elements == 400, "{st:?}");
+    }
+
+    #[test]
+    fn informed_residual_removes_a_gain_and_ignores_pruned_elements() {
+        let original: Vec<f64> = (0..64).map(|i| ((i as f64) * 0.7).sin()).collect();
+        let mark: Vec<f64> = (0..64).map(|i| if i % 3 == 0 { 0.01 } else { -0.01 }).collect();
+        // A copy scaled by 0.5 (weight decay), with every 8th element pruned.
+        let mut suspect: Vec<f64> =
+            original.iter().zip(&mark).map(|(o, m)| 0.5 * (o + m)).collect();
+        for i in (0..64).step_by(8) {
+            suspect[i] = 0.0;
+        }
+        informed_residual(&mut suspect, &original);
+        for (i, (x, m)) in suspect.iter().zip(&mark).enumerate() {
+            if i % 8 == 0 {
+                assert!(x.is_nan());
+            } else {
+                // What is left is (close to) the scaled mark, not -0.5 x original.
+                assert!((x - 0.5 * m).abs() < 0.01, "{i}: {x}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod attack;
+pub mod bench;
 pub mod convert;
 pub mod demo;
 pub mod detect;

@@ -69,6 +69,12 @@ pub enum Attack {
         /// The dtype passed through (F16, BF16, F32).
         via: Dtype,
     },
+    /// A linear merge `lambda * w + (1 - lambda) * u` with an unrelated model
+    /// `u` of the same shapes: seeded Gaussian weights with each row's RMS.
+    MergeUnrelated {
+        /// Weight of the attacked model.
+        lambda: f64,
+    },
 }
 
 /// Which elements [`Attack::Prune`] zeroes.
@@ -206,6 +212,20 @@ pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>,
             add_low_rank(&mut new, rows, cols, *rank, *relative, seed, t.name, RowScale::Frobenius)
         }
         Attack::Scale { factor } => new.iter_mut().for_each(|x| *x *= factor),
+        Attack::MergeUnrelated { lambda } => {
+            new.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                let mut u = vec![0.0; row.len()];
+                fill_normal(
+                    &mut stream(seed, &format!("unrelated\0{}", t.name)),
+                    (r * cols) as u64,
+                    &mut u,
+                );
+                let rms = row_rms(row);
+                for (x, e) in row.iter_mut().zip(&u) {
+                    *x = lambda * *x + (1.0 - lambda) * rms * e;
+                }
+            });
+        }
         Attack::Cast { via } => {
             let mut buf = vec![0u8; via.size()];
             let mut back = Vec::with_capacity(1);

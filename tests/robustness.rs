@@ -1,0 +1,226 @@
+//! End-to-end tests of the attack suite and `bench robustness` on synthetic
+//! models: each attack does what it says and reports its damage, and the
+//! sweep writes its tables and plots with no false positive for a wrong key.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use weightmark::synth::{llama, write_file, LlamaShape};
+use weightmark::{Dtype, Model};
+
+const SHAPE: LlamaShape =
+    LlamaShape { vocab: 2048, hidden: 256, intermediate: 512, layers: 2, heads: 4, kv_heads: 2 };
+
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let s = Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) };
+        write_file(&s.path("m.safetensors"), &llama(&SHAPE, Dtype::F32, 3), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        s
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o: Output = Command::new(env!("CARGO_BIN_EXE_weightmark"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
+    }
+    /// Values of every matrix of a model, concatenated.
+    fn values(&self, name: &str) -> Vec<f64> {
+        let m = Model::open(self.path(name)).unwrap_or_else(|e| panic!("{e}"));
+        let mut all = Vec::new();
+        let mut buf = Vec::new();
+        for t in m.tensors().filter(weightmark::select::is_default_selected) {
+            weightmark::dtype::decode_f64(t.dtype, t.data, &mut buf);
+            all.extend_from_slice(&buf);
+        }
+        all
+    }
+}
+
+/// The relative RMS change between two value lists.
+fn change(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let n: f64 = a.iter().map(|x| x * x).sum();
+    (d / n).sqrt()
+}
+
+#[test]
+fn each_attack_does_what_it_says_and_reports_its_damage() {
+    let s = Scene::new();
+    let before = s.values("m.safetensors");
+    let cases: [(&[&str], f64, f64); 6] = [
+        (&["noise", "--relative", "0.1"], 0.09, 0.11),
+        (&["drift", "--relative", "0.2"], 0.18, 0.22),
+        (&["lowrank", "--rank", "16", "--relative", "0.1"], 0.09, 0.11),
+        (&["scale", "--factor", "0.9"], 0.099, 0.101),
+        (&["quantize", "--bits", "8"], 0.001, 0.02),
+        (&["prune", "--fraction", "0.5"], 0.1, 0.5),
+    ];
+    for (args, lo, hi) in &cases {
+        let mut full = vec!["attack"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        let text = s.ok(&full);
+        let after = s.values("out.safetensors");
+        let measured = change(&before, &after);
+        assert!((*lo..=*hi).contains(&measured), "{args:?}: change {measured}");
+        let reported: f64 = text
+            .split("relative RMS change ")
+            .nth(1)
+            .and_then(|t| t.split('%').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(f64::NAN);
+        assert!(
+            (reported / 100.0 - measured).abs() < 1e-3,
+            "{args:?}: reported {reported}% vs {measured}"
+        );
+    }
+    // Pruning zeroes exactly the requested share of each tensor.
+    s.ok(&["attack", "prune", "--fraction", "0.5", "m.safetensors", "-o", "pruned.safetensors"]);
+    let pruned = s.values("pruned.safetensors");
+    let zeros = pruned.iter().filter(|&&x| x == 0.0).count() as f64 / pruned.len() as f64;
+    assert!((zeros - 0.5).abs() < 0.01, "{zeros}");
+    // int4 in groups of 32: at most 15 levels per group.
+    s.ok(&[
+        "attack",
+        "quantize",
+        "--bits",
+        "4",
+        "--group",
+        "32",
+        "m.safetensors",
+        "-o",
+        "q4.safetensors",
+    ]);
+    for group in s.values("q4.safetensors").chunks(32).take(100) {
+        let mut levels: Vec<i64> = group.iter().map(|x| (x * 1e9).round() as i64).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() <= 15, "{} levels", levels.len());
+    }
+    // A merge with lambda 1 keeps the model; the same seed gives the same edit.
+    s.ok(&[
+        "attack",
+        "merge",
+        "--with",
+        "q4.safetensors",
+        "--lambda",
+        "1",
+        "m.safetensors",
+        "-o",
+        "same.safetensors",
+    ]);
+    assert_eq!(s.values("same.safetensors"), before);
+    s.ok(&[
+        "attack",
+        "noise",
+        "--relative",
+        "0.1",
+        "--seed",
+        "9",
+        "m.safetensors",
+        "-o",
+        "n1.safetensors",
+    ]);
+    s.ok(&[
+        "attack",
+        "noise",
+        "--relative",
+        "0.1",
+        "--seed",
+        "9",
+        "m.safetensors",
+        "-o",
+        "n2.safetensors",
+    ]);
+    assert_eq!(
+        std::fs::read(s.path("n1.safetensors")).ok(),
+        std::fs::read(s.path("n2.safetensors")).ok()
+    );
+}
+
+#[test]
+fn bench_robustness_writes_tables_and_plots_without_false_positives() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "k"]);
+    s.ok(&[
+        "embed",
+        "-k",
+        "k.key",
+        "--strength",
+        "0.02",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    let text = s.ok(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked.safetensors",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--original",
+        "m.safetensors",
+        "--attacks",
+        "noise,prune-magnitude,overwrite",
+        "--levels",
+        "noise=0.1,1.0",
+        "--levels",
+        "prune-magnitude=0.5",
+        "--levels",
+        "overwrite=0.05",
+        "--out",
+        "rob",
+    ]);
+    assert!(text.contains("wrong key above the threshold: 0 of 4 points"), "{text}");
+    for f in [
+        "results.json",
+        "results.csv",
+        "results.md",
+        "plot-noise.svg",
+        "plot-prune-magnitude.svg",
+        "plot-overwrite.svg",
+    ] {
+        assert!(s.path("rob").join(f).exists(), "{f} missing");
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("rob/results.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 4);
+    let noise = &rows[0];
+    assert_eq!(noise["attack"], "noise");
+    assert!((noise["damage"].as_f64().unwrap_or(0.0) - 0.1).abs() < 0.01);
+    assert!(noise["informed_z"].as_f64().unwrap_or(0.0) > noise["blind_z"].as_f64().unwrap_or(0.0));
+    assert_eq!(
+        std::fs::read_to_string(s.path("rob/results.csv")).unwrap_or_default().lines().count(),
+        5
+    );
+    let svg = std::fs::read_to_string(s.path("rob/plot-noise.svg")).unwrap_or_default();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    assert!(
+        std::fs::read_dir(s.path("rob")).map(|d| d.count()).unwrap_or(0) == 6,
+        "scratch files left behind"
+    );
+}
