@@ -5,70 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{json, stderr, stdout, Scene};
+
+use std::path::Path;
 
 use weightmark::synth::{llama, write_file, write_sharded, LlamaShape};
 use weightmark::Dtype;
 
 const SMALL: LlamaShape =
     LlamaShape { vocab: 4096, hidden: 256, intermediate: 688, layers: 4, heads: 4, kv_heads: 2 };
-
-/// A scratch directory and the binary.
-struct Scene {
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    fn new() -> Scene {
-        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_env(args, &[])
-    }
-
-    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weightmark"));
-        cmd.args(args).current_dir(self.dir.path());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
-    }
-
-    fn keygen(&self, name: &str) -> String {
-        let out = self.run(&["keygen", "-o", name]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        format!("{name}.key")
-    }
-
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap_or_else(|e| panic!("{e}"))
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
-}
 
 #[test]
 fn keygen_writes_a_private_key_and_refuses_to_overwrite() {

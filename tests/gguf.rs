@@ -5,66 +5,34 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{json, stderr, stdout, Scene};
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-struct Scene {
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    fn new() -> Scene {
-        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_weightmark"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
-        stdout(&o)
-    }
-    fn python(&self, args: &[&str]) -> Output {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/gguf_compare.py");
-        let o = Command::new("python3")
-            .arg(script)
-            .arg(env!("CARGO_BIN_EXE_weightmark"))
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("python3 is needed for this test: {e}"));
-        assert!(
-            !stderr(&o).contains("No module named"),
-            "the Python packages `gguf` and `numpy` are missing: run scripts/test, which installs them\\n{}",
-            stderr(&o)
-        );
-        o
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+/// Runs tests/python/gguf_compare.py with the binary and the scene's directory.
+fn python(s: &Scene, args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/gguf_compare.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_weightmark"))
+        .arg(s.dir.path())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is needed for this test: {e}"));
+    assert!(
+        !stderr(&o).contains("No module named"),
+        "the Python packages `gguf` and `numpy` are missing: run scripts/test, which installs them\\n{}",
+        stderr(&o)
+    );
+    o
 }
 
 #[test]
 fn every_type_and_the_real_smollm2_read_exactly_as_llama_cpp_reads_them() {
     let gguf = common::real_model("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let s = Scene::new();
-    let o = s.python(&[&gguf.to_string_lossy()]);
+    let o = python(&s, &[&gguf.to_string_lossy()]);
     let text = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
     for ty in [
@@ -244,7 +212,7 @@ fn marked_smollm2_converted_to_gguf_by_someone_else_is_still_found() {
     for (ty, types) in [("Q8_0", "Q8_0"), ("Q4_K", "Q4_K,Q5_0")] {
         let file = format!("marked-{ty}.gguf");
         s.ok(&["attack", "gguf", "--type", ty, "marked", "-o", &file]);
-        let check = s.python(&["--written", &s.path(&file).to_string_lossy(), types]);
+        let check = python(&s, &["--written", &s.path(&file).to_string_lossy(), types]);
         assert_eq!(check.status.code(), Some(0), "{}{}", stdout(&check), stderr(&check));
 
         let blind =

@@ -5,8 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{json, stderr, stdout, Scene};
+
+use std::path::Path;
+use std::process::Command;
 
 use weightmark::synth::{
     gaussian_matrix, llama, write_file, write_sharded, LlamaShape, SynthTensor,
@@ -15,41 +17,6 @@ use weightmark::{Dtype, Model};
 
 const SMALL: LlamaShape =
     LlamaShape { vocab: 4096, hidden: 256, intermediate: 688, layers: 4, heads: 4, kv_heads: 2 };
-
-struct Scene {
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    fn new() -> Scene {
-        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_weightmark"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
-        stdout(&o)
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
 
 /// A two-tensor model: a small certificate, so every byte can be flipped.
 fn two_tensor_model(path: &Path) {

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use common::Scene;
 
 use weightmark::synth::{llama, write_file, LlamaShape};
 use weightmark::{Dtype, Model};
@@ -13,46 +12,24 @@ use weightmark::{Dtype, Model};
 const SHAPE: LlamaShape =
     LlamaShape { vocab: 2048, hidden: 256, intermediate: 512, layers: 2, heads: 4, kv_heads: 2 };
 
-struct Scene {
-    dir: tempfile::TempDir,
+/// A scene holding the synthetic model `m.safetensors`.
+fn scene() -> Scene {
+    let s = Scene::new();
+    write_file(&s.path("m.safetensors"), &llama(&SHAPE, Dtype::F32, 3), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s
 }
 
-impl Scene {
-    fn new() -> Scene {
-        let s = Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) };
-        write_file(&s.path("m.safetensors"), &llama(&SHAPE, Dtype::F32, 3), None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        s
+/// Values of every matrix of a model, concatenated.
+fn values(s: &Scene, name: &str) -> Vec<f64> {
+    let m = Model::open(s.path(name)).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = Vec::new();
+    let mut buf = Vec::new();
+    for t in m.tensors().filter(weightmark::select::is_default_selected) {
+        weightmark::dtype::decode_f64(t.dtype, t.data, &mut buf);
+        all.extend_from_slice(&buf);
     }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o: Output = Command::new(env!("CARGO_BIN_EXE_weightmark"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run weightmark: {e}"));
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        text
-    }
-    /// Values of every matrix of a model, concatenated.
-    fn values(&self, name: &str) -> Vec<f64> {
-        let m = Model::open(self.path(name)).unwrap_or_else(|e| panic!("{e}"));
-        let mut all = Vec::new();
-        let mut buf = Vec::new();
-        for t in m.tensors().filter(weightmark::select::is_default_selected) {
-            weightmark::dtype::decode_f64(t.dtype, t.data, &mut buf);
-            all.extend_from_slice(&buf);
-        }
-        all
-    }
+    all
 }
 
 /// The relative RMS change between two value lists.
@@ -64,8 +41,8 @@ fn change(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn each_attack_does_what_it_says_and_reports_its_damage() {
-    let s = Scene::new();
-    let before = s.values("m.safetensors");
+    let s = scene();
+    let before = values(&s, "m.safetensors");
     let cases: [(&[&str], f64, f64); 6] = [
         (&["noise", "--relative", "0.1"], 0.09, 0.11),
         (&["drift", "--relative", "0.2"], 0.18, 0.22),
@@ -79,7 +56,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
         full.extend_from_slice(args);
         full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
         let text = s.ok(&full);
-        let after = s.values("out.safetensors");
+        let after = values(&s, "out.safetensors");
         let measured = change(&before, &after);
         assert!((*lo..=*hi).contains(&measured), "{args:?}: change {measured}");
         let reported: f64 = text
@@ -95,7 +72,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
     }
     // Pruning zeroes exactly the requested share of each tensor.
     s.ok(&["attack", "prune", "--fraction", "0.5", "m.safetensors", "-o", "pruned.safetensors"]);
-    let pruned = s.values("pruned.safetensors");
+    let pruned = values(&s, "pruned.safetensors");
     let zeros = pruned.iter().filter(|&&x| x == 0.0).count() as f64 / pruned.len() as f64;
     assert!((zeros - 0.5).abs() < 0.01, "{zeros}");
     // int4 in groups of 32: at most 15 levels per group.
@@ -110,7 +87,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
         "-o",
         "q4.safetensors",
     ]);
-    for group in s.values("q4.safetensors").chunks(32).take(100) {
+    for group in values(&s, "q4.safetensors").chunks(32).take(100) {
         let mut levels: Vec<i64> = group.iter().map(|x| (x * 1e9).round() as i64).collect();
         levels.sort_unstable();
         levels.dedup();
@@ -128,7 +105,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
         "-o",
         "same.safetensors",
     ]);
-    assert_eq!(s.values("same.safetensors"), before);
+    assert_eq!(values(&s, "same.safetensors"), before);
     s.ok(&[
         "attack",
         "noise",
@@ -159,7 +136,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
 
 #[test]
 fn bench_robustness_writes_tables_and_plots_without_false_positives() {
-    let s = Scene::new();
+    let s = scene();
     s.ok(&["keygen", "-o", "k"]);
     s.ok(&[
         "embed",

@@ -81,3 +81,78 @@ pub fn mixed_metadata() -> std::collections::BTreeMap<String, String> {
         ("note".to_string(), "kept byte for byte".to_string()),
     ])
 }
+
+/// A fresh temporary directory in which the `weightmark` binary runs (CLI tests).
+pub struct Scene {
+    /// The directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Scene {
+    /// A new, empty scene.
+    pub fn new() -> Scene {
+        Scene { dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")) }
+    }
+
+    /// A path inside the scene.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the binary with `args` in the scene.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_env(args, &[])
+    }
+
+    /// Runs the binary with `args` and extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let binary = option_env!("CARGO_BIN_EXE_weightmark").unwrap_or_else(|| {
+            panic!("Scene runs the weightmark binary: use it from the CLI crate's tests")
+        });
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(args).current_dir(self.dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap_or_else(|e| panic!("cannot run weightmark: {e}"))
+    }
+
+    /// Runs the binary and asserts exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    }
+
+    /// `keygen -o NAME`; returns the secret key file name.
+    pub fn keygen(&self, name: &str) -> String {
+        self.ok(&["keygen", "-o", name]);
+        format!("{name}.key")
+    }
+
+    /// File names in the scene, sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A command's stdout as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A command's stdout parsed as JSON.
+pub fn json(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
+}

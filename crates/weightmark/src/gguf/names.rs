@@ -73,6 +73,23 @@ pub fn qk_kind(gguf_name: &str) -> Option<QkHeads> {
 /// two halves of each head: GGUF row `h*d + 2i + s` is Hugging Face row
 /// `h*d + s*(d/2) + i` (with `d = rows/heads`). `values` is row-major.
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
+    move_rows(values, rows, cols, heads, |gguf, hf| (gguf, hf))
+}
+
+/// Applies llama.cpp's permutation (the inverse of [`unpermute_rows`]).
+pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
+    move_rows(values, rows, cols, heads, |gguf, hf| (hf, gguf))
+}
+
+/// Copies each row between its GGUF and Hugging Face positions; `route`
+/// turns (GGUF row, HF row) into (source row, destination row).
+fn move_rows(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    route: impl Fn(usize, usize) -> (usize, usize),
+) -> Option<Vec<f32>> {
     if heads == 0 || heads > rows || rows % heads != 0 || (rows / heads) % 2 != 0 {
         return None;
     }
@@ -85,8 +102,7 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
     for h in 0..heads {
         for i in 0..half {
             for s in 0..2 {
-                let src = h * d + 2 * i + s;
-                let dst = h * d + s * half + i;
+                let (src, dst) = route(h * d + 2 * i + s, h * d + s * half + i);
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }

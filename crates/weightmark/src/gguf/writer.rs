@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::names::permute_rows;
 use super::quant::GgmlType;
 use super::quantize::quantize;
 use crate::dtype::decode_f64;
@@ -91,28 +92,6 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}.{suffix}"))
-}
-
-/// llama.cpp's permutation of Q/K rows: HF row `h*d + s*(d/2) + i` goes to
-/// row `h*d + 2i + s`.
-fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Option<Vec<f32>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
-        return None;
-    }
-    let d = rows / heads;
-    let half = d / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for s in 0..2 {
-                let src = h * d + s * half + i;
-                let dst = h * d + 2 * i + s;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(values.get(src * cols..(src + 1) * cols)?);
-            }
-        }
-    }
-    Some(out)
 }
 
 /// The type llama.cpp uses for a tensor with rows of `ne0` elements.

@@ -4,11 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::envelope::{
-    parse_envelope, payload_bytes, read_statement_file, verify_envelope, Envelope, Statement, Tool,
-};
+use super::envelope::{open_statement, Envelope, Statement, Tool};
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, PublicKey};
@@ -118,22 +115,13 @@ pub fn load_certificate_unverified(path: &Path) -> Result<Certificate> {
 }
 
 fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
-    let cert_err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
-    let bytes = read_statement_file(path)?;
-    let envelope = parse_envelope(&bytes, path).map_err(|e| match e {
-        Error::BadSignature { .. } => err_of(path, e.to_string()),
-        other => other,
-    })?;
-    let payload = match public {
-        Some(public) => verify_envelope(&envelope, public).map_err(|e| cert_err(e.to_string()))?,
-        None => payload_bytes(&envelope).map_err(|e| cert_err(e.to_string()))?,
-    };
-    let statement = parse_release_statement(&payload).map_err(cert_err)?;
-    let digest = hex(&Sha256::digest(&bytes));
+    let opened = open_statement(path, public)?;
+    let statement = parse_release_statement(&opened.payload)
+        .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
     Ok(Certificate {
         statement,
-        envelope,
-        digest,
+        envelope: opened.envelope,
+        digest: opened.sha256,
         signature_checked: public.is_some(),
         verified_signer: public.map(PublicKey::key_id),
     })
@@ -161,9 +149,4 @@ pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredic
         ));
     }
     Ok(statement)
-}
-
-/// A certificate or report error naming the file.
-fn err_of(path: &Path, reason: String) -> Error {
-    Error::Certificate { path: path.to_path_buf(), reason }
 }

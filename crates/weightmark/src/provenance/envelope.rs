@@ -12,6 +12,7 @@ use crate::key::{PublicKey, SecretKey};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 /// DSSE payload type of in-toto statements.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -183,6 +184,36 @@ pub fn parse_envelope(bytes: &[u8], path: &Path) -> Result<Envelope> {
 /// bytes; returns its bytes.
 pub fn read_statement_file(path: &Path) -> Result<Vec<u8>> {
     crate::io::read_capped(path, MAX_STATEMENT_LEN)
+}
+
+/// A statement file read and opened: its bytes' SHA-256 (hex), the envelope,
+/// and the payload (signature checked when a public key is given).
+pub struct OpenedStatement {
+    /// SHA-256 (hex) of the file's bytes.
+    pub sha256: String,
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Reads a certificate or report file, parses its envelope and, when `public`
+/// is given, checks its signature. Every error names the file.
+pub fn open_statement(path: &Path, public: Option<&PublicKey>) -> Result<OpenedStatement> {
+    let named = |e: Error| match e {
+        Error::BadSignature { .. } | Error::WrongKey { .. } => {
+            Error::Certificate { path: path.to_path_buf(), reason: e.to_string() }
+        }
+        other => other,
+    };
+    let bytes = read_statement_file(path)?;
+    let envelope = parse_envelope(&bytes, path).map_err(named)?;
+    let payload = match public {
+        Some(public) => verify_envelope(&envelope, public).map_err(named)?,
+        None => payload_bytes(&envelope).map_err(named)?,
+    };
+    let sha256 = crate::digest::hex(&sha2::Sha256::digest(&bytes));
+    Ok(OpenedStatement { sha256, envelope, payload })
 }
 
 /// Decodes an envelope's payload (base64).

@@ -9,13 +9,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::certificate::Certificate;
 use super::envelope::{
-    digest_set, parse_envelope, payload_bytes, read_statement_file, sign_statement,
-    verify_envelope, Envelope, Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM,
-    TENSOR_ROOT_SUBJECT,
+    digest_set, open_statement, sign_statement, Envelope, Statement, Subject, Tool, STATEMENT_TYPE,
+    TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::detect::{Detection, Mode, Skipped, TensorResult};
 use crate::digest::{hex, Sha256Digest};
@@ -194,19 +192,11 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
 
 /// Reads a report; checks its signature when `public` is given.
 pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
-    let err = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
-    let bytes = read_statement_file(path)?;
-    let envelope = parse_envelope(&bytes, path).map_err(|e| match e {
-        Error::BadSignature { .. } => err_of(path, e.to_string()),
-        other => other,
-    })?;
-    let payload = match public {
-        Some(public) => verify_envelope(&envelope, public).map_err(|e| err(e.to_string()))?,
-        None => payload_bytes(&envelope).map_err(|e| err(e.to_string()))?,
-    };
-    let statement = parse_detection_statement(&payload).map_err(err)?;
-    let signer = envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default();
-    Ok(Report { statement, digest: hex(&Sha256::digest(&bytes)), signer })
+    let opened = open_statement(path, public)?;
+    let statement = parse_detection_statement(&opened.payload)
+        .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
+    let signer = opened.envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default();
+    Ok(Report { statement, digest: opened.sha256, signer })
 }
 
 /// Parses a payload as a detection statement.
@@ -227,9 +217,4 @@ pub fn parse_detection_statement(payload: &[u8]) -> Result<Statement<DetectionPr
         ));
     }
     Ok(statement)
-}
-
-/// A certificate or report error naming the file.
-fn err_of(path: &Path, reason: String) -> Error {
-    Error::Certificate { path: path.to_path_buf(), reason }
 }
