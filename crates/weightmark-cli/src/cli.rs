@@ -302,6 +302,12 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// Permute the MLP neurons of every layer of a Llama-layout model
+    /// (function-preserving; informed detection re-aligns it).
+    Permute {
+        #[command(flatten)]
+        io: AttackIo,
+    },
     /// Embed a second mark with a fresh random key at a given strength.
     Overwrite {
         /// Strength of the second mark (0.03 = 10x the default).

@@ -96,6 +96,9 @@ pub struct Detection {
     pub skipped: Vec<Skipped>,
     /// Tensor root over every tensor of the suspect (hex).
     pub suspect_digest: String,
+    /// Function-preserving transforms found and undone before testing
+    /// (informed detection only).
+    pub realigned: Vec<String>,
     /// Digest of every tensor of the suspect (for signed reports).
     #[serde(skip)]
     pub suspect_tensor_digests: Vec<(String, Sha256Digest)>,
@@ -121,6 +124,16 @@ pub fn detect_many(
     targets: &[Target<'_>],
     options: &DetectOptions<'_>,
 ) -> Result<Vec<Detection>> {
+    // With the original at hand, undo function-preserving edits first. The
+    // digests below are still those of the suspect as given.
+    let realigned = match original {
+        Some(o) => crate::align::realign(suspect, o)?,
+        None => None,
+    };
+    let given = suspect;
+    let suspect = realigned.as_ref().map_or(suspect, |r| &r.model);
+    let recovered: Vec<String> =
+        realigned.as_ref().map(|r| r.recovered.clone()).unwrap_or_default();
     let mut skipped: Vec<Vec<Skipped>> = vec![Vec::new(); targets.len()];
     // Tensor name -> (suspect tensor, original tensor, targets that test it), in
     // order of first appearance.
@@ -170,8 +183,8 @@ pub fn detect_many(
         }
         options.progress.advance(t.data.len() as u64);
     }
-    let digests = model_tensor_digests(suspect);
-    options.progress.advance(suspect.data_bytes());
+    let digests = model_tensor_digests(given);
+    options.progress.advance(given.data_bytes());
     options.progress.finish();
     let suspect_digest = hex(&tensor_root(&digests));
 
@@ -197,6 +210,7 @@ pub fn detect_many(
                 tensors,
                 skipped,
                 suspect_digest: suspect_digest.clone(),
+                realigned: recovered.clone(),
                 suspect_tensor_digests: digests.clone(),
             }
         })

@@ -42,6 +42,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod align;
 pub mod attack;
 pub mod bench;
 pub mod convert;

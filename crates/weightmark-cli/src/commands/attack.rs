@@ -20,6 +20,18 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
         AttackKind::Gguf { ty, model, output } => return gguf(ty, model, output),
         AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
+        AttackKind::Permute { io } => {
+            let m = Model::open(&io.model)?;
+            let report =
+                weightmark::attack::permute::permute_mlp(&m, &io.output, io.seed, &Bar::new())
+                    .with_context(|| format!("could not permute {}", io.model.display()))?;
+            outln!(
+                "MLP neurons of every layer permuted (seed {}) -> {}: the function is unchanged",
+                io.seed,
+                report.written.path.display()
+            );
+            return Ok(Outcome::Success);
+        }
         AttackKind::Noise(a) => {
             ensure!(
                 a.relative.is_finite() && a.relative >= 0.0,

@@ -199,6 +199,9 @@ fn print_table(
         recipient.map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into())
     );
     outln!("mode:     {mode}");
+    for r in &r.realigned {
+        outln!("re-aligned: {r}");
+    }
     let width = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
     outln!("  {:<width$}  {:>9}  {:>10}", "tensor", "z", "elements");
     for t in &r.tensors {

@@ -5,6 +5,8 @@
 //! RMS change of the weights it touched). Attacks touch the default-selected
 //! tensors (float matrices); everything else is copied.
 
+pub mod permute;
+
 use std::path::Path;
 use std::sync::Mutex;
 

@@ -88,6 +88,8 @@ pub enum Layout {
     DirectorySharded,
     /// A GGUF file, read whole and converted to f32 tensors with canonical names.
     Gguf,
+    /// Tensors held in memory only (a re-aligned suspect).
+    Memory,
 }
 
 /// A tensor held in memory (from a GGUF file).
@@ -283,6 +285,29 @@ impl Model {
             owned,
             raw: Some(RawFile { file_name, map, gguf }),
             warnings,
+            by_name,
+        })
+    }
+
+    /// A model held entirely in memory (re-aligned suspects), reported under `path`.
+    pub fn from_owned(path: &Path, tensors: Vec<OwnedTensor>) -> Result<Model> {
+        let mut by_name = HashMap::new();
+        for (i, t) in tensors.iter().enumerate() {
+            if by_name.insert(t.info.name.clone(), Slot::Owned(i)).is_some() {
+                return Err(Error::format(
+                    path,
+                    FormatError::DuplicateName { name: t.info.name.clone() },
+                ));
+            }
+        }
+        Ok(Model {
+            path: path.to_path_buf(),
+            layout: Layout::Memory,
+            files: Vec::new(),
+            index: None,
+            owned: tensors,
+            raw: None,
+            warnings: Vec::new(),
             by_name,
         })
     }

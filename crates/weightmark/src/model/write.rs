@@ -81,6 +81,9 @@ pub fn write_model(
     let total: u64 = model.data_bytes();
     options.progress.start("writing", total);
     let result = match model.layout {
+        Layout::Memory => {
+            Err(Error::invalid("a model held in memory has no file layout to mirror"))
+        }
         Layout::Gguf => Err(Error::invalid(format!(
             "{}: a GGUF model cannot be written back as GGUF here; `weightmark convert` it to \
              safetensors first",

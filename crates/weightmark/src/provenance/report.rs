@@ -90,6 +90,9 @@ pub struct DetectionPredicate {
     pub tensors: Vec<TensorResult>,
     /// Tensors that could not be tested.
     pub skipped: Vec<Skipped>,
+    /// Function-preserving transforms recovered and undone before testing.
+    #[serde(default)]
+    pub realigned: Vec<String>,
     /// The report this one builds on.
     pub builds_on: Option<ReportRef>,
     /// Key id of whoever ran the detection and signed the report.
@@ -181,6 +184,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
             detected: d.detected,
             tensors: d.tensors.clone(),
             skipped: d.skipped.clone(),
+            realigned: d.realigned.clone(),
             builds_on,
             signer: signer.public_key().key_id(),
             tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },

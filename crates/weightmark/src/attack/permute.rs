@@ -1,0 +1,135 @@
+//! Function-preserving permutation of MLP neurons in a Llama-layout model:
+//! for each layer a seeded permutation of the intermediate neurons reorders
+//! the rows of `gate_proj` and `up_proj` and the columns of `down_proj`
+//! together, so the model computes exactly the same function while every
+//! marked element of those tensors moves.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand_core::RngCore;
+
+use super::AttackReport;
+use crate::error::{Error, Result};
+use crate::model::{write_model, Model, TensorRef, WriteOptions};
+use crate::progress::Progress;
+use crate::rng::stream;
+use crate::scheme::Fidelity;
+
+/// Which MLP tensor of a layer, if any: (layer, is `down_proj`).
+pub fn mlp_tensor(name: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    match tail {
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some((layer, false)),
+        "mlp.down_proj.weight" => Some((layer, true)),
+        _ => None,
+    }
+}
+
+/// A seeded permutation of `n` items (Fisher-Yates on a ChaCha20 stream).
+pub fn permutation(n: usize, seed: u64, name: &str) -> Vec<usize> {
+    let mut rng = stream(seed, name);
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// Reorders rows (`columns == false`) or columns of a row-major matrix:
+/// output row/column `k` is input row/column `perm[k]`.
+pub fn reorder(
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    elem: usize,
+    perm: &[usize],
+    columns: bool,
+) -> Vec<u8> {
+    let mut out = vec![0u8; data.len()];
+    if columns {
+        for r in 0..rows {
+            let row_in = &data[r * cols * elem..(r + 1) * cols * elem];
+            let row_out = &mut out[r * cols * elem..(r + 1) * cols * elem];
+            for (k, &src) in perm.iter().enumerate() {
+                row_out[k * elem..(k + 1) * elem]
+                    .copy_from_slice(&row_in[src * elem..(src + 1) * elem]);
+            }
+        }
+    } else {
+        let stride = cols * elem;
+        for (k, &src) in perm.iter().enumerate() {
+            out[k * stride..(k + 1) * stride]
+                .copy_from_slice(&data[src * stride..(src + 1) * stride]);
+        }
+    }
+    out
+}
+
+/// Permutes the MLP neurons of every layer of a Llama-layout model.
+pub fn permute_mlp(
+    model: &Model,
+    out: &Path,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    // Intermediate size per layer, from gate_proj's rows.
+    let mut sizes: HashMap<usize, usize> = HashMap::new();
+    for t in model.tensors() {
+        if let (Some((layer, false)), Some(&rows)) = (mlp_tensor(t.name), t.shape.first()) {
+            sizes.insert(layer, rows);
+        }
+    }
+    if sizes.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no model.layers.N.mlp.*_proj.weight tensors: permute needs a Llama-layout model",
+            model.path.display()
+        )));
+    }
+    let perms: HashMap<usize, Vec<usize>> =
+        sizes.iter().map(|(&l, &n)| (l, permutation(n, seed, &format!("mlp\0{l}")))).collect();
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        let Some((layer, down)) = mlp_tensor(t.name) else { return Ok(None) };
+        let (Some(perm), [rows, cols]) = (perms.get(&layer), t.shape) else {
+            return Err(Error::invalid(format!("tensor '{}' is not a 2-D MLP matrix", t.name)));
+        };
+        let expected = if down { *cols } else { *rows };
+        if perm.len() != expected {
+            return Err(Error::invalid(format!(
+                "tensor '{}': {expected} neurons, but gate_proj of layer {layer} has {}",
+                t.name,
+                perm.len()
+            )));
+        }
+        Ok(Some(reorder(t.data, *rows, *cols, t.dtype.size(), perm, down)))
+    };
+    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    // A permutation moves elements without changing any value: the relative
+    // change, element by element, is that of a random shuffle (about sqrt(2)).
+    Ok(AttackReport { written, damage: Fidelity::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_seeded_and_complete() {
+        let p = permutation(100, 3, "x");
+        let mut sorted = p.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(p, permutation(100, 3, "x"));
+        assert_ne!(p, permutation(100, 4, "x"));
+    }
+
+    #[test]
+    fn reorder_rows_and_columns() {
+        let data: Vec<u8> = (0..6).collect(); // 2 x 3, one byte per element
+        assert_eq!(reorder(&data, 2, 3, 1, &[2, 0, 1], true), [2, 0, 1, 5, 3, 4]);
+        assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
+    }
+}
