@@ -6,7 +6,7 @@
 mod common;
 
 use ndarray::{s, Array1, Array2, Axis};
-use weightmark::attack::permute::permute_mlp;
+use weightmark::attack::permute::{permute_heads, permute_mlp, HeadPermutation};
 use weightmark::synth::{llama, write_file, LlamaShape};
 use weightmark::{
     detect, embed, DetectOptions, Dtype, EmbedOptions, Model, NoProgress, SecretKey, Selection,
@@ -118,6 +118,108 @@ fn permuting_mlp_neurons_leaves_the_logits_unchanged() {
     let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
     assert!(a.len_of(Axis(1)) == SHAPE.vocab);
+}
+
+#[test]
+fn permuting_attention_heads_leaves_the_logits_unchanged() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("m.safetensors");
+    write_file(&path, &llama(&SHAPE, Dtype::F32, 5), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("p.safetensors");
+    // A seed that also swaps the key/value heads of layer 0 (not only the
+    // query heads within their groups).
+    let seed = (1..100u64)
+        .find(|&s| HeadPermutation::seeded(SHAPE.heads, SHAPE.kv_heads, s, 0).kv == [1, 0])
+        .unwrap_or(1);
+    permute_heads(&model, &out, SHAPE.heads, SHAPE.kv_heads, seed, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let permuted = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        model.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data.to_vec()),
+        permuted.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data.to_vec()),
+        "the permutation must move weights"
+    );
+    let tokens = [7, 300, 12, 99, 400];
+    let (a, b) = (logits(&model, &tokens), logits(&permuted, &tokens));
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
+}
+
+#[test]
+fn informed_detection_undoes_head_and_neuron_permutations_together() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let orig_dir = dir.path().join("original");
+    std::fs::create_dir(&orig_dir).unwrap_or_else(|e| panic!("{e}"));
+    let shape = LlamaShape {
+        vocab: 2048,
+        hidden: 256,
+        intermediate: 688,
+        layers: 2,
+        heads: 8,
+        kv_heads: 2,
+    };
+    write_file(&orig_dir.join("model.safetensors"), &llama(&shape, Dtype::F32, 6), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = format!(
+        r#"{{"num_attention_heads": {}, "num_key_value_heads": {}, "num_hidden_layers": {}, "hidden_size": {}, "intermediate_size": {}}}"#,
+        shape.heads, shape.kv_heads, shape.layers, shape.hidden, shape.intermediate
+    );
+    std::fs::write(orig_dir.join("config.json"), config).unwrap_or_else(|e| panic!("{e}"));
+    let original = Model::open(&orig_dir).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([33; 32]);
+    let options = EmbedOptions {
+        strength: 0.01,
+        label: "r".into(),
+        recipient: None,
+        selection: Selection::Globs(vec!["*.mlp.*".into(), "*.self_attn.*".into()]),
+        created: "2026-11-28T00:00:00Z".into(),
+        progress: &NoProgress,
+    };
+    let marked_path = dir.path().join("marked.safetensors");
+    embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let marked = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+    let step = dir.path().join("step.safetensors");
+    permute_mlp(&marked, &step, 5, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let step = Model::open(&step).unwrap_or_else(|e| panic!("{e}"));
+    let permuted_path = dir.path().join("permuted.safetensors");
+    permute_heads(&step, &permuted_path, shape.heads, shape.kv_heads, 5, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let permuted = Model::open(&permuted_path).unwrap_or_else(|e| panic!("{e}"));
+
+    let mk = key.mark_key("r", None);
+    let tensors: Vec<(String, Vec<usize>)> = marked
+        .tensors()
+        .filter(|t| t.name.contains(".mlp.") || t.name.contains(".self_attn."))
+        .map(|t| (t.name.to_string(), t.shape.to_vec()))
+        .collect();
+    let target = Target { mark_key: &mk, tensors: Some(tensors) };
+    let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
+    let blind = detect(&permuted, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let informed =
+        detect(&permuted, Some(&original), &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let reference =
+        detect(&marked, Some(&original), &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "permuted heads+MLP: blind z {:.2}, informed z {:.1} (unpermuted {:.1}); {:?}",
+        blind.z, informed.z, reference.z, informed.realigned
+    );
+    assert!(blind.z.abs() < 6.0, "blind z {}", blind.z);
+    assert_eq!(
+        informed.realigned.iter().filter(|r| r.contains("attention heads")).count(),
+        shape.layers
+    );
+    assert_eq!(
+        informed.realigned.iter().filter(|r| r.contains("MLP neurons")).count(),
+        shape.layers
+    );
+    assert!(
+        (informed.z - reference.z).abs() < 1e-6 * reference.z,
+        "{} vs {}",
+        informed.z,
+        reference.z
+    );
 }
 
 #[test]

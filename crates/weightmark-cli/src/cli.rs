@@ -302,9 +302,14 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
-    /// Permute the MLP neurons of every layer of a Llama-layout model
-    /// (function-preserving; informed detection re-aligns it).
+    /// Permute the MLP neurons and/or attention heads of every layer of a
+    /// Llama-layout model (function-preserving: query heads move with their
+    /// key/value head; informed detection re-aligns it). Heads need the
+    /// model's config.json.
     Permute {
+        /// What to permute.
+        #[arg(long, value_name = "WHAT", default_value = "both", value_parser = ["mlp", "heads", "both"])]
+        what: String,
         #[command(flatten)]
         io: AttackIo,
     },

@@ -10,14 +10,16 @@
 //! nearest sketch, then confirmed by the full cosine. The permutation found
 //! is undone and the report says what was recovered. Nothing here depends on
 //! the key, so the p-value bound of the detection that follows stays exact.
-//! Not yet implemented: attention-head permutations, residual-stream
-//! rotations.
+//! Attention heads are matched the same way (whole heads, key/value heads by
+//! their `k_proj` and `v_proj` rows, query heads by their `q_proj` rows),
+//! when the head counts are known from a `config.json` beside the original
+//! (or the suspect). Not yet implemented: residual-stream rotations.
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::attack::permute::{mlp_tensor, reorder};
+use crate::attack::permute::{mlp_tensor, reorder, HeadPermutation};
 use crate::dtype::decode_f64;
 use crate::error::Result;
 use crate::model::{Model, OwnedTensor, TensorRef};
@@ -51,28 +53,159 @@ pub fn realign(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
             layer_permutation(suspect, original, layer).map(|(p, moved)| (layer, p, moved))
         })
         .collect();
-    if found.is_empty() {
+    let heads = head_counts(original).or_else(|| head_counts(suspect));
+    let head_found: Vec<(usize, HeadUndo)> = match heads {
+        Some((h, kv)) => attention_layers(suspect)
+            .par_iter()
+            .filter_map(|&layer| {
+                head_permutation(suspect, original, layer, h, kv).map(|u| (layer, u))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if found.is_empty() && head_found.is_empty() {
         return Ok(None);
     }
     let perms: HashMap<usize, &Vec<usize>> = found.iter().map(|(l, p, _)| (*l, p)).collect();
+    let head_perms: HashMap<usize, &HeadUndo> = head_found.iter().map(|(l, u)| (*l, u)).collect();
     let mut owned = Vec::new();
     for t in suspect.tensors() {
-        let data = match mlp_tensor(t.name).and_then(|(l, down)| perms.get(&l).map(|p| (p, down))) {
-            Some((perm, down)) => match t.shape {
-                [rows, cols] => reorder(t.data, *rows, *cols, t.dtype.size(), perm, down),
-                _ => t.data.to_vec(),
-            },
-            None => t.data.to_vec(),
+        let mlp = mlp_tensor(t.name).and_then(|(l, down)| perms.get(&l).map(|p| (p, down)));
+        let attention =
+            attention_part(t.name).and_then(|(l, part)| head_perms.get(&l).map(|u| (*u, part)));
+        let data = match (mlp, attention, t.shape) {
+            (Some((perm, down)), _, [rows, cols]) => {
+                reorder(t.data, *rows, *cols, t.dtype.size(), perm, down)
+            }
+            (_, Some((undo, part)), [rows, cols]) => {
+                let (order, columns) = match part {
+                    "q_proj" => (&undo.q_rows, false),
+                    "o_proj" => (&undo.q_rows, true),
+                    _ => (&undo.kv_rows, false),
+                };
+                reorder(t.data, *rows, *cols, t.dtype.size(), order, columns)
+            }
+            _ => t.data.to_vec(),
         };
         owned.push(OwnedTensor { info: t.info.clone(), data });
     }
-    let recovered = found
+    let mut recovered: Vec<String> = found
         .iter()
         .map(|(l, p, moved)| {
             format!("MLP neurons of layer {l} were permuted ({moved} of {} moved): undone", p.len())
         })
         .collect();
+    recovered.extend(head_found.iter().map(|(l, u)| {
+        format!(
+            "attention heads of layer {l} were permuted ({} of {} query heads, {} of {} key/value heads moved): undone",
+            u.q_moved, u.q_heads, u.kv_moved, u.kv_heads
+        )
+    }));
     Ok(Some(Realigned { model: Model::from_owned(&suspect.path, owned)?, recovered }))
+}
+
+/// How to undo one layer's head permutation: row orders (`out[k] = in[order[k]]`).
+struct HeadUndo {
+    q_rows: Vec<usize>,
+    kv_rows: Vec<usize>,
+    q_moved: usize,
+    q_heads: usize,
+    kv_moved: usize,
+    kv_heads: usize,
+}
+
+/// (heads, key/value heads) from the model's `config.json`, if any.
+fn head_counts(model: &Model) -> Option<(usize, usize)> {
+    crate::gguf::writer::LlamaConfig::for_model(model).ok().map(|c| (c.heads, c.kv_heads))
+}
+
+/// Layers with attention projections.
+fn attention_layers(model: &Model) -> Vec<usize> {
+    let mut layers: Vec<usize> =
+        model.tensors().filter_map(|t| attention_part(t.name).map(|(l, _)| l)).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    layers
+}
+
+/// (layer, "q_proj" | "k_proj" | "v_proj" | "o_proj") of an attention weight.
+fn attention_part(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let part = tail.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
+    matches!(part, "q_proj" | "k_proj" | "v_proj" | "o_proj").then_some((layer.parse().ok()?, part))
+}
+
+/// Blocks of `block` rows of the named tensors, concatenated per block.
+fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f64>>> {
+    let mut features = vec![Vec::new(); blocks];
+    for name in names {
+        let (rows, cols, v) = rows_of(&m.tensor(name)?)?;
+        if rows % blocks != 0 {
+            return None;
+        }
+        let per = rows / blocks * cols;
+        for (b, f) in features.iter_mut().enumerate() {
+            f.extend_from_slice(&v[b * per..(b + 1) * per]);
+        }
+    }
+    Some(features)
+}
+
+/// Matches suspect blocks to original blocks by cosine; `order[j]` is the
+/// suspect block holding original block `j`. `None` if not confident.
+fn match_blocks(suspect: &[Vec<f64>], original: &[Vec<f64>]) -> Option<Vec<usize>> {
+    let n = suspect.len();
+    let mut order = vec![usize::MAX; n];
+    let mut taken = vec![false; n];
+    for (i, s) in suspect.iter().enumerate() {
+        let (j, c) = (0..n)
+            .filter(|&j| !taken[j])
+            .map(|j| (j, cosine(s, &original[j])))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        if c < MIN_COSINE {
+            return None;
+        }
+        taken[j] = true;
+        order[j] = i;
+    }
+    Some(order)
+}
+
+/// The head permutation of one layer, if the heads moved.
+fn head_permutation(
+    suspect: &Model,
+    original: &Model,
+    layer: usize,
+    heads: usize,
+    kv_heads: usize,
+) -> Option<HeadUndo> {
+    let name = |p: &str| format!("model.layers.{layer}.self_attn.{p}.weight");
+    let kv_names = [name("k_proj"), name("v_proj")];
+    let q_names = [name("q_proj")];
+    let kv_order = match_blocks(
+        &head_features(suspect, &kv_names, kv_heads)?,
+        &head_features(original, &kv_names, kv_heads)?,
+    )?;
+    let q_order = match_blocks(
+        &head_features(suspect, &q_names, heads)?,
+        &head_features(original, &q_names, heads)?,
+    )?;
+    let moved = |o: &[usize]| o.iter().enumerate().filter(|(j, &i)| *j != i).count();
+    let (q_moved, kv_moved) = (moved(&q_order), moved(&kv_order));
+    if q_moved == 0 && kv_moved == 0 {
+        return None;
+    }
+    let q_dim = suspect.tensor(&name("q_proj"))?.shape.first()? / heads;
+    let kv_dim = suspect.tensor(&name("k_proj"))?.shape.first()? / kv_heads;
+    Some(HeadUndo {
+        q_rows: HeadPermutation::expand(&q_order, q_dim),
+        kv_rows: HeadPermutation::expand(&kv_order, kv_dim),
+        q_moved,
+        q_heads: heads,
+        kv_moved,
+        kv_heads,
+    })
 }
 
 /// Rows of a 2-D tensor as f64.

@@ -20,18 +20,7 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
         AttackKind::Gguf { ty, model, output } => return gguf(ty, model, output),
         AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
-        AttackKind::Permute { io } => {
-            let m = Model::open(&io.model)?;
-            let report =
-                weightmark::attack::permute::permute_mlp(&m, &io.output, io.seed, &Bar::new())
-                    .with_context(|| format!("could not permute {}", io.model.display()))?;
-            outln!(
-                "MLP neurons of every layer permuted (seed {}) -> {}: the function is unchanged",
-                io.seed,
-                report.written.path.display()
-            );
-            return Ok(Outcome::Success);
-        }
+        AttackKind::Permute { what, io } => return permute(what, io),
         AttackKind::Noise(a) => {
             ensure!(
                 a.relative.is_finite() && a.relative >= 0.0,
@@ -80,6 +69,47 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
     let report = apply(&m, &io.output, &attack, io.seed, &Bar::new())
         .with_context(|| format!("could not edit {}", io.model.display()))?;
     say(&format!("{attack:?} (seed {})", io.seed), &report)
+}
+
+fn permute(what: &str, io: &AttackIo) -> anyhow::Result<Outcome> {
+    use weightmark::attack::permute::{permute_heads, permute_mlp};
+    let m = Model::open(&io.model)?;
+    let bar = Bar::new();
+    let heads = || -> anyhow::Result<(usize, usize)> {
+        let c =
+            LlamaConfig::for_model(&m).context("permuting heads needs the model's config.json")?;
+        Ok((c.heads, c.kv_heads))
+    };
+    let written = match what {
+        "mlp" => permute_mlp(&m, &io.output, io.seed, &bar)?.written,
+        "heads" => {
+            let (h, kv) = heads()?;
+            permute_heads(&m, &io.output, h, kv, io.seed, &bar)?.written
+        }
+        _ => {
+            let (h, kv) = heads()?;
+            let parent =
+                io.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let staging = tempfile::Builder::new().prefix(".weightmark-").tempdir_in(parent)?;
+            let name =
+                io.output.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
+            let step = staging.path().join(name);
+            permute_mlp(&m, &step, io.seed, &bar)?;
+            let mid = Model::open(&step)?;
+            permute_heads(&mid, &io.output, h, kv, io.seed, &bar)?.written
+        }
+    };
+    outln!(
+        "{} permuted (seed {}) -> {}: the function is unchanged",
+        match what {
+            "mlp" => "MLP neurons",
+            "heads" => "attention heads",
+            _ => "MLP neurons and attention heads",
+        },
+        io.seed,
+        written.path.display()
+    );
+    Ok(Outcome::Success)
 }
 
 fn say(what: &str, report: &AttackReport) -> anyhow::Result<Outcome> {

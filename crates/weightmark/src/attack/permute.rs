@@ -133,3 +133,92 @@ mod tests {
         assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
     }
 }
+
+/// Which attention tensor of a layer, if any: (layer, part).
+fn attention_tensor(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let part = tail.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
+    Some((layer.parse().ok()?, part))
+}
+
+/// A permutation of attention heads that keeps grouped-query attention
+/// intact: key/value heads are permuted by `kv`, and the query heads of each
+/// group move with their key/value head, shuffled within the group by `q`.
+/// `q[k]` is the original query head now at position `k`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadPermutation {
+    /// Query heads, as `q[new] = old`.
+    pub q: Vec<usize>,
+    /// Key/value heads, as `kv[new] = old`.
+    pub kv: Vec<usize>,
+}
+
+impl HeadPermutation {
+    /// A seeded head permutation for `heads` query heads and `kv_heads` key/value heads.
+    pub fn seeded(heads: usize, kv_heads: usize, seed: u64, layer: usize) -> HeadPermutation {
+        let group = heads / kv_heads.max(1);
+        let kv = permutation(kv_heads, seed, &format!("kv\0{layer}"));
+        let mut q = Vec::with_capacity(heads);
+        for (new_g, &old_g) in kv.iter().enumerate() {
+            let within = permutation(group, seed, &format!("q\0{layer}\0{new_g}"));
+            q.extend(within.iter().map(|&m| old_g * group + m));
+        }
+        HeadPermutation { q, kv }
+    }
+
+    /// Expands head indices to row (or column) indices of `head_dim` each.
+    pub fn expand(heads: &[usize], head_dim: usize) -> Vec<usize> {
+        heads.iter().flat_map(|&h| h * head_dim..(h + 1) * head_dim).collect()
+    }
+
+    /// The new bytes of an attention tensor (`q_proj`, `k_proj`, `v_proj`
+    /// rows or `o_proj` columns), or `None` for other tensors.
+    pub fn apply(&self, part: &str, t: &TensorRef<'_>, head_dim: usize) -> Option<Vec<u8>> {
+        let [rows, cols] = t.shape else { return None };
+        let e = t.dtype.size();
+        match part {
+            "q_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), false))
+            }
+            "k_proj" | "v_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.kv, head_dim), false))
+            }
+            "o_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), true))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Permutes the attention heads of every layer (grouped-query aware), a
+/// function-preserving edit: query heads move with their key/value head.
+pub fn permute_heads(
+    model: &Model,
+    out: &Path,
+    heads: usize,
+    kv_heads: usize,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(Error::invalid(format!(
+            "{heads} heads cannot be grouped over {kv_heads} key/value heads"
+        )));
+    }
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        let Some((layer, part)) = attention_tensor(t.name) else { return Ok(None) };
+        let width = if part == "o_proj" { t.shape.get(1) } else { t.shape.first() };
+        let count = if matches!(part, "k_proj" | "v_proj") { kv_heads } else { heads };
+        let Some(head_dim) = width.filter(|w| *w % count == 0).map(|w| w / count) else {
+            return Err(Error::invalid(format!(
+                "tensor '{}' does not split into {count} heads",
+                t.name
+            )));
+        };
+        Ok(HeadPermutation::seeded(heads, kv_heads, seed, layer).apply(part, t, head_dim))
+    };
+    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    Ok(AttackReport { written, damage: Fidelity::default() })
+}
