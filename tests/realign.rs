@@ -284,3 +284,93 @@ fn informed_detection_undoes_an_mlp_permutation() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
 }
+
+#[test]
+fn rotating_the_residual_stream_leaves_the_logits_unchanged() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("m.safetensors");
+    write_file(&path, &llama(&SHAPE, Dtype::F32, 8), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("r.safetensors");
+    weightmark::attack::rotate::rotate(&model, &out, 5, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rotated = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    let tokens = [1, 2, 300, 45, 6];
+    let (a, b) = (logits(&model, &tokens), logits(&rotated, &tokens));
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
+    let e0 = matrix(&model, "model.embed_tokens.weight");
+    let e1 = matrix(&rotated, "model.embed_tokens.weight");
+    assert!(
+        (&e0 - &e1).iter().map(|v| v.abs()).sum::<f64>() > 1.0,
+        "the rotation must move weights"
+    );
+}
+
+#[test]
+fn informed_detection_undoes_rotation_and_permutation_together() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shape = LlamaShape {
+        vocab: 2048,
+        hidden: 256,
+        intermediate: 688,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
+    let path = dir.path().join("m.safetensors");
+    write_file(&path, &llama(&shape, Dtype::F32, 9), None).unwrap_or_else(|e| panic!("{e}"));
+    let original = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([34; 32]);
+    let options = EmbedOptions {
+        strength: weightmark::DEFAULT_STRENGTH,
+        label: "r".into(),
+        recipient: None,
+        selection: Selection::Default,
+        created: "2026-11-28T00:00:00Z".into(),
+        progress: &NoProgress,
+    };
+    let marked_path = dir.path().join("marked.safetensors");
+    embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let marked = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+    let step = dir.path().join("step.safetensors");
+    permute_mlp(&marked, &step, 2, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let step = Model::open(&step).unwrap_or_else(|e| panic!("{e}"));
+    let attacked_path = dir.path().join("attacked.safetensors");
+    weightmark::attack::rotate::rotate(&step, &attacked_path, 3, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let attacked = Model::open(&attacked_path).unwrap_or_else(|e| panic!("{e}"));
+
+    let mk = key.mark_key("r", None);
+    let tensors: Vec<(String, Vec<usize>)> = marked
+        .tensors()
+        .filter(weightmark::select::is_default_selected)
+        .map(|t| (t.name.to_string(), t.shape.to_vec()))
+        .collect();
+    let target = Target { mark_key: &mk, tensors: Some(tensors) };
+    let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
+    let blind = detect(&attacked, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let informed =
+        detect(&attacked, Some(&original), &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "rotated + permuted: blind z {:.2}, informed z {:.1}; {:?}",
+        blind.z, informed.z, informed.realigned
+    );
+    assert!(blind.z.abs() < 6.0, "blind z {}", blind.z);
+    assert!(
+        informed.realigned.first().is_some_and(|r| r.contains("rotated")),
+        "{:?}",
+        informed.realigned
+    );
+    assert!(
+        informed.realigned.iter().any(|r| r.contains("MLP neurons")),
+        "{:?}",
+        informed.realigned
+    );
+    assert!(informed.log10_p_value <= -12.0, "informed z {}", informed.z);
+    let wrong = SecretKey::from_seed([35; 32]).mark_key("r", None);
+    let w = detect(&attacked, Some(&original), &Target { mark_key: &wrong, tensors: None }, &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!w.detected, "wrong key z {}", w.z);
+}

@@ -313,6 +313,13 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// Rotate the residual stream of a Llama-layout model by a seeded random
+    /// orthogonal matrix, folding the RMSNorm weights first (function-
+    /// preserving; needs an untied lm_head; informed detection re-aligns it).
+    Rotate {
+        #[command(flatten)]
+        io: AttackIo,
+    },
     /// Embed a second mark with a fresh random key at a given strength.
     Overwrite {
         /// Strength of the second mark (0.03 = 10x the default).

@@ -34,13 +34,41 @@ const MIN_COSINE: f64 = 0.5;
 pub struct Realigned {
     /// The suspect with the transforms undone (all tensors held in memory).
     pub model: Model,
+    /// The original to compare with, when re-alignment had to change it too
+    /// (a rotation folds the original's norm weights into its matrices).
+    pub original: Option<Model>,
     /// What was recovered, one line per transform.
     pub recovered: Vec<String>,
 }
 
-/// Finds and undoes MLP neuron permutations of `suspect` relative to
-/// `original`; `None` when there is nothing to undo.
+/// Finds and undoes a residual-stream rotation, then permutations of MLP
+/// neurons and attention heads, of `suspect` relative to `original`; `None`
+/// when there is nothing to undo.
 pub fn realign(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
+    let rotation = crate::align_rotation::unrotate(suspect, original)?;
+    let (s, o) = match &rotation {
+        Some(r) => (&r.suspect, &r.original),
+        None => (suspect, original),
+    };
+    let permuted = realign_permutations(s, o)?;
+    Ok(match (rotation, permuted) {
+        (None, None) => None,
+        (None, Some(p)) => Some(p),
+        (Some(r), None) => Some(Realigned {
+            model: r.suspect,
+            original: Some(r.original),
+            recovered: vec![r.recovered],
+        }),
+        (Some(r), Some(mut p)) => {
+            p.recovered.insert(0, r.recovered);
+            p.original = Some(r.original);
+            Some(p)
+        }
+    })
+}
+
+/// Finds and undoes MLP neuron and attention head permutations.
+fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
     let mut layers: Vec<usize> = suspect
         .tensors()
         .filter_map(|t| mlp_tensor(t.name).filter(|(_, down)| !down).map(|(l, _)| l))
@@ -101,7 +129,11 @@ pub fn realign(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
             u.q_moved, u.q_heads, u.kv_moved, u.kv_heads
         )
     }));
-    Ok(Some(Realigned { model: Model::from_owned(&suspect.path, owned)?, recovered }))
+    Ok(Some(Realigned {
+        model: Model::from_owned(&suspect.path, owned)?,
+        original: None,
+        recovered,
+    }))
 }
 
 /// How to undo one layer's head permutation: row orders (`out[k] = in[order[k]]`).

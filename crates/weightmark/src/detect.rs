@@ -132,6 +132,7 @@ pub fn detect_many(
     };
     let given = suspect;
     let suspect = realigned.as_ref().map_or(suspect, |r| &r.model);
+    let original = realigned.as_ref().and_then(|r| r.original.as_ref()).or(original);
     let recovered: Vec<String> =
         realigned.as_ref().map(|r| r.recovered.clone()).unwrap_or_default();
     let mut skipped: Vec<Vec<Skipped>> = vec![Vec::new(); targets.len()];

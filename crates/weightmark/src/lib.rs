@@ -43,6 +43,7 @@
 #![deny(unsafe_code)]
 
 pub mod align;
+mod align_rotation;
 pub mod attack;
 pub mod bench;
 pub mod convert;

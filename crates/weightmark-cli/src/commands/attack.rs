@@ -21,6 +21,17 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
         AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
         AttackKind::Permute { what, io } => return permute(what, io),
+        AttackKind::Rotate { io } => {
+            let m = Model::open(&io.model)?;
+            let report = weightmark::attack::rotate::rotate(&m, &io.output, io.seed, &Bar::new())
+                .with_context(|| format!("could not rotate {}", io.model.display()))?;
+            outln!(
+                "residual stream rotated (seed {}, norm weights folded) -> {}: the function is unchanged",
+                io.seed,
+                report.written.path.display()
+            );
+            return Ok(Outcome::Success);
+        }
         AttackKind::Noise(a) => {
             ensure!(
                 a.relative.is_finite() && a.relative >= 0.0,

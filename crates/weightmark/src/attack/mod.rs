@@ -6,6 +6,7 @@
 //! tensors (float matrices); everything else is copied.
 
 pub mod permute;
+pub mod rotate;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -1,0 +1,136 @@
+//! Informed re-alignment of a residual-stream rotation (see
+//! [`crate::attack::rotate`]): with the original's norm weights folded into its
+//! matrices, the rotation `Q` is recovered by orthogonal Procrustes on the
+//! matrices that read the stream with rows no other edit reorders (the
+//! embeddings and the output head), `Q = polar(sum A^T B)` (A original, B
+//! suspect), computed with Newton-Schulz iterations; then the suspect is
+//! rotated back and compared with the folded original. Nothing here depends on
+//! the key.
+
+use ndarray::Array2;
+
+use crate::attack::rotate::{as_matrix, folded, norm_weights, role, Role};
+use crate::error::Result;
+use crate::model::{Model, OwnedTensor, TensorRef};
+
+/// A rotation found and undone.
+pub struct Unrotated {
+    /// The suspect rotated back.
+    pub suspect: Model,
+    /// The original with its norms folded in (and set to 1).
+    pub original: Model,
+    /// What was recovered.
+    pub recovered: String,
+}
+
+/// Mean cosine between matching rows of two matrices.
+fn mean_row_cosine(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    let mut total = 0.0;
+    for (x, y) in a.rows().into_iter().zip(b.rows()) {
+        let (xy, xx, yy) = (x.dot(&y), x.dot(&x), y.dot(&y));
+        total += if xx > 0.0 && yy > 0.0 { xy / (xx.sqrt() * yy.sqrt()) } else { 0.0 };
+    }
+    total / a.nrows().max(1) as f64
+}
+
+/// The orthogonal polar factor of `m` (Newton-Schulz).
+fn polar(m: &Array2<f64>) -> Array2<f64> {
+    let norm = m.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return Array2::eye(m.nrows());
+    }
+    let mut x = m / norm;
+    for _ in 0..100 {
+        let xtx = x.t().dot(&x);
+        let next = &x * 1.5 - &x.dot(&xtx) * 0.5;
+        let change = (&next - &x).iter().map(|v| v.abs()).fold(0.0, f64::max);
+        x = next;
+        if change < 1e-12 {
+            break;
+        }
+    }
+    x
+}
+
+fn encode(t: &TensorRef<'_>, m: &Array2<f64>) -> OwnedTensor {
+    let mut data = t.data.to_vec();
+    for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(m.iter()) {
+        crate::dtype::encode_nearest(t.dtype, v, o);
+    }
+    OwnedTensor { info: t.info.clone(), data }
+}
+
+/// Finds and undoes a rotation of the residual stream; `None` if the
+/// suspect's embeddings already line up with the original's.
+pub fn unrotate(suspect: &Model, original: &Model) -> Result<Option<Unrotated>> {
+    let (Some(se), Some(oe)) =
+        (suspect.tensor("model.embed_tokens.weight"), original.tensor("model.embed_tokens.weight"))
+    else {
+        return Ok(None);
+    };
+    if se.shape != oe.shape {
+        return Ok(None);
+    }
+    let (Some(se_m), Some(oe_m)) = (as_matrix(&se), as_matrix(&oe)) else { return Ok(None) };
+    if mean_row_cosine(&se_m, &oe_m) >= 0.5 {
+        return Ok(None);
+    }
+    let norms = norm_weights(original);
+    let hidden = oe_m.ncols();
+    let mut m = Array2::<f64>::zeros((hidden, hidden));
+    // Only tensors whose rows no other edit reorders: the embeddings and the
+    // output head (vocabulary rows). Neuron and head permutations reorder the
+    // rows of the other reading matrices and would corrupt the fit.
+    for t in original.tensors() {
+        if !matches!(t.name, "model.embed_tokens.weight" | "lm_head.weight") {
+            continue;
+        }
+        let (Some(a), Some(b)) =
+            (folded(&t, &norms), suspect.tensor(t.name).and_then(|s| as_matrix(&s)))
+        else {
+            continue;
+        };
+        if a.dim() == b.dim() && a.ncols() == hidden {
+            m += &a.t().dot(&b);
+        }
+    }
+    let q = polar(&m);
+    // Confirm: the rotated-back embeddings must line up with the original's.
+    if mean_row_cosine(&se_m.dot(&q.t()), &oe_m) < 0.9 {
+        return Ok(None);
+    }
+    let mut s_owned = Vec::new();
+    for t in suspect.tensors() {
+        let m = match role(t.name) {
+            Some(Role::Reads(_)) => {
+                as_matrix(&t).filter(|m| m.ncols() == hidden).map(|m| m.dot(&q.t()))
+            }
+            Some(Role::Writes) => as_matrix(&t).filter(|m| m.nrows() == hidden).map(|m| q.dot(&m)),
+            _ => None,
+        };
+        s_owned.push(match m {
+            Some(m) => encode(&t, &m),
+            None => OwnedTensor { info: t.info.clone(), data: t.data.to_vec() },
+        });
+    }
+    let mut o_owned = Vec::new();
+    for t in original.tensors() {
+        let m = match role(t.name) {
+            Some(Role::Reads(_)) => folded(&t, &norms),
+            Some(Role::Norm) => Some(Array2::from_elem((1, t.elements()), 1.0)),
+            _ => None,
+        };
+        o_owned.push(match m {
+            Some(m) => encode(&t, &m),
+            None => OwnedTensor { info: t.info.clone(), data: t.data.to_vec() },
+        });
+    }
+    Ok(Some(Unrotated {
+        suspect: Model::from_owned(&suspect.path, s_owned)?,
+        original: Model::from_owned(&original.path, o_owned)?,
+        recovered: format!(
+            "the residual stream was rotated ({hidden} x {hidden} orthogonal matrix recovered by \
+             Procrustes, norm weights folded): undone"
+        ),
+    }))
+}

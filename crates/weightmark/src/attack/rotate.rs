@@ -1,0 +1,208 @@
+//! Function-preserving rotation of the residual stream of a Llama-layout
+//! model: RMSNorm weights are first folded into the matrices that read the
+//! normalised stream (and set to 1), then every matrix that reads the stream
+//! is multiplied by a seeded random orthogonal `Q` on its input side
+//! (`W Q`), and every matrix that writes it on its output side (`Q^T W`).
+//! `RMSNorm(h Q) = RMSNorm(h) Q` for unit norm weights, so the logits are
+//! unchanged while every element of every matrix moves.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::Array2;
+
+use super::AttackReport;
+use crate::dtype::{decode_f64, encode_nearest};
+use crate::error::{Error, Result};
+use crate::model::{write_model, Model, TensorRef, WriteOptions};
+use crate::progress::Progress;
+use crate::rng::{fill_normal, stream};
+use crate::scheme::Fidelity;
+
+/// How a tensor takes part in the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Reads the stream (columns = hidden): `W Q`; the norm named is folded in first.
+    Reads(Option<NormOf>),
+    /// Writes the stream (rows = hidden): `Q^T W`.
+    Writes,
+    /// A norm weight: becomes 1.
+    Norm,
+}
+
+/// Which norm is folded into a reading matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormOf {
+    /// `input_layernorm` of the layer.
+    Input(usize),
+    /// `post_attention_layernorm` of the layer.
+    PostAttention(usize),
+    /// The final `model.norm`.
+    Final,
+}
+
+impl NormOf {
+    /// The norm tensor's name.
+    pub fn name(self) -> String {
+        match self {
+            NormOf::Input(l) => format!("model.layers.{l}.input_layernorm.weight"),
+            NormOf::PostAttention(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
+            NormOf::Final => "model.norm.weight".to_string(),
+        }
+    }
+}
+
+/// The role of a Hugging Face Llama tensor, if it has one.
+pub fn role(name: &str) -> Option<Role> {
+    match name {
+        "model.embed_tokens.weight" => return Some(Role::Reads(None)),
+        "lm_head.weight" => return Some(Role::Reads(Some(NormOf::Final))),
+        "model.norm.weight" => return Some(Role::Norm),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let l: usize = layer.parse().ok()?;
+    Some(match tail {
+        "input_layernorm.weight" | "post_attention_layernorm.weight" => Role::Norm,
+        "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
+            Role::Reads(Some(NormOf::Input(l)))
+        }
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => {
+            Role::Reads(Some(NormOf::PostAttention(l)))
+        }
+        "self_attn.o_proj.weight" | "mlp.down_proj.weight" => Role::Writes,
+        _ => return None,
+    })
+}
+
+/// A tensor's values as a matrix (1-D tensors as one row).
+pub fn as_matrix(t: &TensorRef<'_>) -> Option<Array2<f64>> {
+    let mut v = Vec::new();
+    decode_f64(t.dtype, t.data, &mut v);
+    let (rows, cols) = match t.shape {
+        [n] => (1, *n),
+        [r, c] => (*r, *c),
+        _ => return None,
+    };
+    Array2::from_shape_vec((rows, cols), v).ok()
+}
+
+/// A seeded random orthogonal matrix (Gram-Schmidt on a Gaussian matrix).
+pub fn random_orthogonal(n: usize, seed: u64) -> Array2<f64> {
+    let mut g = vec![0.0; n * n];
+    fill_normal(&mut stream(seed, "rotate"), 0, &mut g);
+    let mut q = Array2::from_shape_vec((n, n), g).unwrap_or_else(|_| Array2::eye(n));
+    for i in 0..n {
+        for j in 0..i {
+            let d = q.row(i).dot(&q.row(j));
+            let rj = q.row(j).to_owned();
+            q.row_mut(i).scaled_add(-d, &rj);
+        }
+        let norm = q.row(i).dot(&q.row(i)).sqrt();
+        q.row_mut(i).mapv_inplace(|x| x / norm);
+    }
+    q
+}
+
+/// The matrix of `t` with its norm folded in (columns scaled), or as is.
+pub fn folded(t: &TensorRef<'_>, norms: &HashMap<String, Vec<f64>>) -> Option<Array2<f64>> {
+    let mut m = as_matrix(t)?;
+    if let Some(Role::Reads(Some(norm))) = role(t.name) {
+        if let Some(g) = norms.get(&norm.name()) {
+            for mut row in m.rows_mut() {
+                row.iter_mut().zip(g).for_each(|(x, s)| *x *= s);
+            }
+        }
+    }
+    Some(m)
+}
+
+/// Norm weights of a model, by name.
+pub fn norm_weights(model: &Model) -> HashMap<String, Vec<f64>> {
+    model
+        .tensors()
+        .filter(|t| role(t.name) == Some(Role::Norm))
+        .map(|t| {
+            let mut v = Vec::new();
+            decode_f64(t.dtype, t.data, &mut v);
+            (t.name.to_string(), v)
+        })
+        .collect()
+}
+
+fn encode_like(t: &TensorRef<'_>, m: &Array2<f64>) -> Vec<u8> {
+    let mut out = t.data.to_vec();
+    for (o, &v) in out.chunks_exact_mut(t.dtype.size()).zip(m.iter()) {
+        encode_nearest(t.dtype, v, o);
+    }
+    out
+}
+
+/// Rotates the residual stream of a Llama-layout model by a seeded orthogonal matrix.
+pub fn rotate(
+    model: &Model,
+    out: &Path,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let hidden = model
+        .tensor("model.embed_tokens.weight")
+        .and_then(|t| t.shape.get(1).copied())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: no model.embed_tokens.weight: rotate needs a Llama-layout model",
+                model.path.display()
+            ))
+        })?;
+    if model.tensor("lm_head.weight").is_none() {
+        return Err(Error::invalid(format!(
+            "{}: the output head is tied to the embeddings (no lm_head.weight): the final norm \
+             cannot be folded into a tied head, so a rotation would change the function; \
+             untie the head first",
+            model.path.display()
+        )));
+    }
+    let q = random_orthogonal(hidden, seed);
+    let norms = norm_weights(model);
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        let Some(r) = role(t.name) else { return Ok(None) };
+        let bad = || {
+            Error::invalid(format!("tensor '{}' does not fit a hidden size of {hidden}", t.name))
+        };
+        let m = match r {
+            Role::Norm => Array2::from_elem((1, t.elements()), 1.0),
+            Role::Reads(_) => {
+                let m = folded(t, &norms).ok_or_else(bad)?;
+                if m.ncols() != hidden {
+                    return Err(bad());
+                }
+                m.dot(&q)
+            }
+            Role::Writes => {
+                let m = as_matrix(t).ok_or_else(bad)?;
+                if m.nrows() != hidden {
+                    return Err(bad());
+                }
+                q.t().dot(&m)
+            }
+        };
+        Ok(Some(encode_like(t, &m)))
+    };
+    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    Ok(AttackReport { written, damage: Fidelity::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_orthogonal_is_orthogonal() {
+        let q = random_orthogonal(32, 3);
+        let i = q.dot(&q.t());
+        for ((r, c), v) in i.indexed_iter() {
+            assert!((v - if r == c { 1.0 } else { 0.0 }).abs() < 1e-10);
+        }
+    }
+}
