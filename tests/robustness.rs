@@ -201,3 +201,47 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "scratch files left behind"
     );
 }
+
+#[test]
+fn truncation_removes_whole_layers_and_detection_names_them() {
+    let s = scene();
+    s.ok(&["keygen", "-o", "k"]);
+    s.ok(&[
+        "embed",
+        "-k",
+        "k.key",
+        "--strength",
+        "0.02",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    let text = s.ok(&[
+        "attack",
+        "truncate",
+        "--keep",
+        "1",
+        "marked.safetensors",
+        "-o",
+        "short.safetensors",
+    ]);
+    assert!(text.contains("kept 1 of 2 layers"), "{text}");
+    let short = Model::open(s.path("short.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(short.tensors().all(|t| !t.name.starts_with("model.layers.1.")));
+    let o = s.run(&[
+        "detect",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "short.safetensors",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let v = common::json(&o);
+    let skipped = v["skipped"].as_array().cloned().unwrap_or_default();
+    assert_eq!(skipped.len(), 7, "the 7 matrices of layer 1: {skipped:?}");
+    assert!(skipped
+        .iter()
+        .all(|k| k["name"].as_str().is_some_and(|n| n.starts_with("model.layers.1."))));
+}

@@ -320,6 +320,14 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// Drop the last decoder layers of a Llama-layout model.
+    Truncate {
+        /// Number of decoder layers to keep.
+        #[arg(long, value_name = "N")]
+        keep: usize,
+        #[command(flatten)]
+        io: AttackIo,
+    },
     /// Embed a second mark with a fresh random key at a given strength.
     Overwrite {
         /// Strength of the second mark (0.03 = 10x the default).

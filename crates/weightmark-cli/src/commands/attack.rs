@@ -21,6 +21,19 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
         AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
         AttackKind::Permute { what, io } => return permute(what, io),
+        AttackKind::Truncate { keep, io } => {
+            let m = Model::open(&io.model)?;
+            let r = weightmark::attack::truncate::truncate(&m, &io.output, *keep)
+                .with_context(|| format!("could not truncate {}", io.model.display()))?;
+            outln!(
+                "kept {} of {} layers ({} tensors removed) -> {}",
+                r.layers.1,
+                r.layers.0,
+                r.removed,
+                io.output.display()
+            );
+            return Ok(Outcome::Success);
+        }
         AttackKind::Rotate { io } => {
             let m = Model::open(&io.model)?;
             let report = weightmark::attack::rotate::rotate(&m, &io.output, io.seed, &Bar::new())

@@ -7,6 +7,7 @@
 
 pub mod permute;
 pub mod rotate;
+pub mod truncate;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -1,0 +1,80 @@
+//! Dropping the last decoder layers of a Llama-layout model (a crude way to
+//! make a smaller derivative). Tensors of layers `>= keep` are removed; the
+//! rest are kept byte for byte. Detection then reports the removed tensors as
+//! missing and tests the others.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::{Layout, Model};
+use crate::provenance::write_atomic_bytes;
+use crate::synth::{to_safetensors, SynthTensor};
+
+/// The decoder layer of a tensor name, if any.
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
+}
+
+/// What [`truncate`] did.
+#[derive(Clone, Debug)]
+pub struct TruncateReport {
+    /// Layers before and after.
+    pub layers: (usize, usize),
+    /// Tensors removed.
+    pub removed: usize,
+}
+
+/// Keeps the first `keep` decoder layers. A single-file input gives the file
+/// `out`; a directory gives the directory `out` with `model.safetensors` and,
+/// if the input had one, a `config.json` with `num_hidden_layers` updated.
+pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport> {
+    let layers = model.tensors().filter_map(|t| layer_of(t.name)).max().map_or(0, |l| l + 1);
+    if layers == 0 {
+        return Err(Error::invalid(format!(
+            "{}: no model.layers.N tensors to drop",
+            model.path.display()
+        )));
+    }
+    if keep == 0 || keep >= layers {
+        return Err(Error::invalid(format!(
+            "--keep {keep}: the model has {layers} layers; keep between 1 and {}",
+            layers - 1
+        )));
+    }
+    crate::model::refuse_same_path(&model.path, out)?;
+    let kept: Vec<SynthTensor> = model
+        .tensors()
+        .filter(|t| layer_of(t.name).is_none_or(|l| l < keep))
+        .map(|t| SynthTensor {
+            name: t.name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+            data: t.data.to_vec(),
+        })
+        .collect();
+    let removed = model.tensor_count() - kept.len();
+    let bytes = to_safetensors(&kept, None);
+    match model.layout {
+        Layout::File => write_atomic_bytes(out, &bytes)?,
+        _ => {
+            if out.exists() {
+                return Err(Error::invalid(format!(
+                    "{}: already exists; choose a new directory",
+                    out.display()
+                )));
+            }
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
+            let config = model.path.join("config.json");
+            if let Ok(text) = std::fs::read(&config) {
+                let mut v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    Error::NotAModel { path: config.clone(), reason: format!("not JSON: {e}") }
+                })?;
+                v["num_hidden_layers"] = serde_json::json!(keep);
+                let pretty = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                write_atomic_bytes(&out.join("config.json"), &pretty)?;
+            }
+        }
+    }
+    Ok(TruncateReport { layers: (layers, keep), removed })
+}
