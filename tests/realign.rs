@@ -95,7 +95,13 @@ fn logits(m: &Model, tokens: &[usize]) -> Array2<f64> {
         h = &h + &(&gate * &up).dot(&matrix(m, &p("mlp.down_proj")).t());
     }
     let h = rms_norm(&h, &vector(m, "model.norm.weight"));
-    h.dot(&matrix(m, "lm_head.weight").t())
+    // A tied head reuses the embeddings.
+    let head = if m.tensor("lm_head.weight").is_some() {
+        "lm_head.weight"
+    } else {
+        "model.embed_tokens.weight"
+    };
+    h.dot(&matrix(m, head).t())
 }
 
 #[test]
@@ -373,4 +379,24 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     let w = detect(&attacked, Some(&original), &Target { mark_key: &wrong, tensors: None }, &opts)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
+}
+
+#[test]
+fn rotating_a_tied_model_unties_its_head_and_keeps_the_logits() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("tied.safetensors");
+    let tensors: Vec<_> =
+        llama(&SHAPE, Dtype::F32, 12).into_iter().filter(|t| t.name != "lm_head.weight").collect();
+    write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("r.safetensors");
+    weightmark::attack::rotate::rotate(&model, &out, 8, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rotated = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert!(rotated.tensor("lm_head.weight").is_some(), "the head must be untied");
+    let tokens = [9, 8, 7, 100];
+    let (a, b) = (logits(&model, &tokens), logits(&rotated, &tokens));
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
 }

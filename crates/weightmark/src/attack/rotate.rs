@@ -4,7 +4,9 @@
 //! is multiplied by a seeded random orthogonal `Q` on its input side
 //! (`W Q`), and every matrix that writes it on its output side (`Q^T W`).
 //! `RMSNorm(h Q) = RMSNorm(h) Q` for unit norm weights, so the logits are
-//! unchanged while every element of every matrix moves.
+//! unchanged while every element of every matrix moves. A head tied to the
+//! embeddings is untied (an `lm_head.weight` is written), since the final
+//! norm must be folded into the head but not into the embedding lookup.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,8 +18,10 @@ use crate::dtype::{decode_f64, encode_nearest};
 use crate::error::{Error, Result};
 use crate::model::{write_model, Model, TensorRef, WriteOptions};
 use crate::progress::Progress;
+use crate::provenance::write_atomic_bytes;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
+use crate::synth::{to_safetensors, SynthTensor};
 
 /// How a tensor takes part in the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,14 +159,6 @@ pub fn rotate(
                 model.path.display()
             ))
         })?;
-    if model.tensor("lm_head.weight").is_none() {
-        return Err(Error::invalid(format!(
-            "{}: the output head is tied to the embeddings (no lm_head.weight): the final norm \
-             cannot be folded into a tied head, so a rotation would change the function; \
-             untie the head first",
-            model.path.display()
-        )));
-    }
     let q = random_orthogonal(hidden, seed);
     let norms = norm_weights(model);
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
@@ -189,7 +185,71 @@ pub fn rotate(
         };
         Ok(Some(encode_like(t, &m)))
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    if model.tensor("lm_head.weight").is_some() {
+        let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+        return Ok(AttackReport { written, damage: Fidelity::default() });
+    }
+    // A head tied to the embeddings cannot take the final norm: untie it, writing
+    // `lm_head.weight` = (embeddings with the final norm folded in) Q.
+    crate::model::refuse_same_path(&model.path, out)?;
+    let mut tensors = Vec::new();
+    for t in model.tensors() {
+        let data = transform(&t)?.unwrap_or_else(|| t.data.to_vec());
+        tensors.push(SynthTensor {
+            name: t.name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+            data,
+        });
+    }
+    let embed =
+        model.tensor("model.embed_tokens.weight").ok_or_else(|| Error::invalid("no embeddings"))?;
+    let mut head =
+        as_matrix(&embed).ok_or_else(|| Error::invalid("embeddings are not a matrix"))?;
+    if let Some(g) = norms.get("model.norm.weight") {
+        for mut row in head.rows_mut() {
+            row.iter_mut().zip(g).for_each(|(x, s)| *x *= s);
+        }
+    }
+    let head = head.dot(&q);
+    tensors.push(SynthTensor {
+        name: "lm_head.weight".into(),
+        dtype: embed.dtype,
+        shape: embed.shape.to_vec(),
+        data: encode_like(&embed, &head),
+    });
+    let bytes = to_safetensors(&tensors, None);
+    let path = if model.layout == crate::model::Layout::File {
+        write_atomic_bytes(out, &bytes)?;
+        out.to_path_buf()
+    } else {
+        if out.exists() {
+            return Err(Error::invalid(format!(
+                "{}: already exists; choose a new directory",
+                out.display()
+            )));
+        }
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
+        let config = model.path.join("config.json");
+        if let Ok(text) = std::fs::read(&config) {
+            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&text) {
+                v["tie_word_embeddings"] = serde_json::json!(false);
+                write_atomic_bytes(
+                    &out.join("config.json"),
+                    &serde_json::to_vec_pretty(&v).unwrap_or_default(),
+                )?;
+            }
+        }
+        out.to_path_buf()
+    };
+    let written = crate::model::WriteReport {
+        path,
+        files: Vec::new(),
+        tensor_digests: Vec::new(),
+        copied: Vec::new(),
+        skipped: Vec::new(),
+    };
     Ok(AttackReport { written, damage: Fidelity::default() })
 }
 
