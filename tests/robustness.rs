@@ -245,3 +245,112 @@ fn truncation_removes_whole_layers_and_detection_names_them() {
         .iter()
         .all(|k| k["name"].as_str().is_some_and(|n| n.starts_with("model.layers.1."))));
 }
+
+#[test]
+fn ties_merging_two_fine_tunes_of_the_release_keeps_the_mark() {
+    let s = scene();
+    s.ok(&["keygen", "-o", "k"]);
+    s.ok(&[
+        "embed",
+        "-k",
+        "k.key",
+        "--strength",
+        "0.02",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    s.ok(&[
+        "attack",
+        "drift",
+        "--relative",
+        "0.1",
+        "--seed",
+        "1",
+        "marked.safetensors",
+        "-o",
+        "a.safetensors",
+    ]);
+    s.ok(&[
+        "attack",
+        "drift",
+        "--relative",
+        "0.1",
+        "--seed",
+        "2",
+        "marked.safetensors",
+        "-o",
+        "b.safetensors",
+    ]);
+    let text = s.ok(&[
+        "attack",
+        "merge",
+        "--method",
+        "ties",
+        "--with",
+        "b.safetensors",
+        "--base",
+        "marked.safetensors",
+        "--density",
+        "0.2",
+        "--lambda",
+        "1",
+        "a.safetensors",
+        "-o",
+        "ties.safetensors",
+    ]);
+    assert!(text.contains("TIES merge"), "{text}");
+    // The merge really differs from either input, and the mark carried by the base survives.
+    assert_ne!(values(&s, "ties.safetensors"), values(&s, "a.safetensors"));
+    let o = s.run(&[
+        "detect",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "ties.safetensors",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    // TIES of a model with itself against itself changes nothing.
+    s.ok(&[
+        "attack",
+        "merge",
+        "--method",
+        "ties",
+        "--with",
+        "a.safetensors",
+        "--base",
+        "a.safetensors",
+        "a.safetensors",
+        "-o",
+        "same.safetensors",
+    ]);
+    assert_eq!(values(&s, "same.safetensors"), values(&s, "a.safetensors"));
+}
+
+#[test]
+fn function_preserving_attacks_report_how_far_the_weights_moved() {
+    let s = scene();
+    std::fs::write(
+        s.path("config.json"),
+        r#"{"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for args in
+        [&["permute", "--what", "mlp"][..], &["permute", "--what", "both"][..], &["rotate"][..]]
+    {
+        let mut full = vec!["attack"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        let text = s.ok(&full);
+        let moved: f64 = text
+            .split("changed by ")
+            .nth(1)
+            .and_then(|t| t.split('%').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
+        assert!(moved > 50.0, "{args:?}: {text}");
+        std::fs::remove_file(s.path("out.safetensors")).ok();
+    }
+}

@@ -291,14 +291,25 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
-    /// Linear merge with another model of the same shapes: LAMBDA x MODEL + (1 - LAMBDA) x OTHER.
+    /// Merge with another model of the same shapes: linear (LAMBDA x MODEL +
+    /// (1 - LAMBDA) x OTHER), or TIES against a common base (trim each task
+    /// vector to DENSITY, elect signs, average what agrees, BASE + LAMBDA x merged).
     Merge {
         /// The other model.
         #[arg(long = "with", value_name = "OTHER")]
         other: PathBuf,
-        /// Weight of MODEL.
+        /// Weight of MODEL (linear), or of the merged task vector (TIES).
         #[arg(long, value_name = "LAMBDA", default_value_t = 0.5)]
         lambda: f64,
+        /// Merge method.
+        #[arg(long, value_name = "METHOD", default_value = "linear", value_parser = ["linear", "ties"])]
+        method: String,
+        /// The common base model (TIES).
+        #[arg(long, value_name = "BASE", required_if_eq("method", "ties"))]
+        base: Option<PathBuf>,
+        /// Fraction of each task vector kept (TIES).
+        #[arg(long, value_name = "D", default_value_t = 0.2)]
+        density: f64,
         #[command(flatten)]
         io: AttackIo,
     },
@@ -315,7 +326,8 @@ pub enum AttackKind {
     },
     /// Rotate the residual stream of a Llama-layout model by a seeded random
     /// orthogonal matrix, folding the RMSNorm weights first (function-
-    /// preserving; needs an untied lm_head; informed detection re-aligns it).
+    /// preserving; a head tied to the embeddings is untied; informed
+    /// detection re-aligns it).
     Rotate {
         #[command(flatten)]
         io: AttackIo,

@@ -18,7 +18,32 @@ use crate::{outln, Outcome};
 pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
     let (attack, io): (Attack, &AttackIo) = match &args.kind {
         AttackKind::Gguf { ty, model, output } => return gguf(ty, model, output),
-        AttackKind::Merge { other, lambda, io } => return merge(other, *lambda, io),
+        AttackKind::Merge { other, lambda, method, base, density, io } => {
+            if method == "ties" {
+                let base = base.as_ref().context("--method ties needs --base BASE")?;
+                let (a, b, base_m) =
+                    (Model::open(&io.model)?, Model::open(other)?, Model::open(base)?);
+                let report = weightmark::attack::merge_ties(
+                    &[&a, &b],
+                    &base_m,
+                    *density,
+                    *lambda,
+                    &io.output,
+                    &Bar::new(),
+                )
+                .with_context(|| {
+                    format!("could not merge {} with {}", io.model.display(), other.display())
+                })?;
+                return say(
+                    &format!(
+                        "TIES merge (density {density}, lambda {lambda}) with {}",
+                        other.display()
+                    ),
+                    &report,
+                );
+            }
+            return merge(other, *lambda, io);
+        }
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
         AttackKind::Permute { what, io } => return permute(what, io),
         AttackKind::Truncate { keep, io } => {
@@ -39,9 +64,11 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
             let report = weightmark::attack::rotate::rotate(&m, &io.output, io.seed, &Bar::new())
                 .with_context(|| format!("could not rotate {}", io.model.display()))?;
             outln!(
-                "residual stream rotated (seed {}, norm weights folded) -> {}: the function is unchanged",
+                "residual stream rotated (seed {}, norm weights folded) -> {}: the function is \
+                 unchanged; element by element the weights changed by {:.1}% RMS",
                 io.seed,
-                report.written.path.display()
+                report.written.path.display(),
+                100.0 * report.damage.relative_rms_change()
             );
             return Ok(Outcome::Success);
         }
@@ -104,11 +131,11 @@ fn permute(what: &str, io: &AttackIo) -> anyhow::Result<Outcome> {
             LlamaConfig::for_model(&m).context("permuting heads needs the model's config.json")?;
         Ok((c.heads, c.kv_heads))
     };
-    let written = match what {
-        "mlp" => permute_mlp(&m, &io.output, io.seed, &bar)?.written,
+    let report = match what {
+        "mlp" => permute_mlp(&m, &io.output, io.seed, &bar)?,
         "heads" => {
             let (h, kv) = heads()?;
-            permute_heads(&m, &io.output, h, kv, io.seed, &bar)?.written
+            permute_heads(&m, &io.output, h, kv, io.seed, &bar)?
         }
         _ => {
             let (h, kv) = heads()?;
@@ -118,20 +145,25 @@ fn permute(what: &str, io: &AttackIo) -> anyhow::Result<Outcome> {
             let name =
                 io.output.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
             let step = staging.path().join(name);
-            permute_mlp(&m, &step, io.seed, &bar)?;
+            let mlp = permute_mlp(&m, &step, io.seed, &bar)?;
             let mid = Model::open(&step)?;
-            permute_heads(&mid, &io.output, h, kv, io.seed, &bar)?.written
+            let mut heads = permute_heads(&mid, &io.output, h, kv, io.seed, &bar)?;
+            // The two steps touch different tensors: their sums add.
+            heads.damage = heads.damage.merge(mlp.damage);
+            heads
         }
     };
     outln!(
-        "{} permuted (seed {}) -> {}: the function is unchanged",
+        "{} permuted (seed {}) -> {}: the function is unchanged; element by element the \
+         permuted weights changed by {:.1}% RMS",
         match what {
             "mlp" => "MLP neurons",
             "heads" => "attention heads",
             _ => "MLP neurons and attention heads",
         },
         io.seed,
-        written.path.display()
+        report.written.path.display(),
+        100.0 * report.damage.relative_rms_change()
     );
     Ok(Outcome::Success)
 }

@@ -191,6 +191,103 @@ pub fn merge_linear(
     Ok(AttackReport { written, damage })
 }
 
+/// TIES merging (Yadav et al., 2023) of models fine-tuned from a common
+/// `base`: each model's task vector `m - base` is trimmed to its largest
+/// `density` fraction by magnitude, a sign is elected per element from the
+/// sum of the trimmed vectors, the trimmed values that agree with it are
+/// averaged, and `base + lambda * merged` is written in the first model's
+/// layout. All models must have the base's tensor names and shapes.
+pub fn merge_ties(
+    models: &[&Model],
+    base: &Model,
+    density: f64,
+    lambda: f64,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let Some(first) = models.first() else {
+        return Err(Error::invalid("nothing to merge"));
+    };
+    if !(0.0..=1.0).contains(&density) {
+        return Err(Error::invalid(format!("density {density} must be between 0 and 1")));
+    }
+    for m in models.iter().copied().chain(std::iter::once(base)) {
+        for t in first.tensors() {
+            if m.tensor(t.name).is_none_or(|o| o.shape != t.shape) {
+                return Err(Error::invalid(format!(
+                    "{}: tensor '{}' is missing or has another shape; models to merge must match",
+                    m.path.display(),
+                    t.name
+                )));
+            }
+        }
+    }
+    let damage = Mutex::new(Fidelity::default());
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        if !t.dtype.is_markable() {
+            return Ok(None);
+        }
+        let b = base.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+        let mut base_v = Vec::new();
+        decode_f64(b.dtype, b.data, &mut base_v);
+        let mut tasks: Vec<Vec<f64>> = Vec::new();
+        let mut buf = Vec::new();
+        for m in models {
+            let mt = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+            decode_f64(mt.dtype, mt.data, &mut buf);
+            let mut task: Vec<f64> = buf.iter().zip(&base_v).map(|(x, b)| x - b).collect();
+            trim(&mut task, density);
+            tasks.push(task);
+        }
+        let merged: Vec<f64> = (0..base_v.len())
+            .map(|i| {
+                let sign = tasks.iter().map(|t| t[i]).sum::<f64>().signum();
+                let agreeing: Vec<f64> = tasks
+                    .iter()
+                    .map(|t| t[i])
+                    .filter(|v| *v != 0.0 && v.signum() == sign)
+                    .collect();
+                if agreeing.is_empty() {
+                    0.0
+                } else {
+                    agreeing.iter().sum::<f64>() / agreeing.len() as f64
+                }
+            })
+            .collect();
+        let mut first_v = Vec::new();
+        decode_f64(t.dtype, t.data, &mut first_v);
+        let mut data = t.data.to_vec();
+        for ((o, b), m) in data.chunks_exact_mut(t.dtype.size()).zip(&base_v).zip(&merged) {
+            encode_nearest(t.dtype, b + lambda * m, o);
+        }
+        let mut back = Vec::new();
+        decode_f64(t.dtype, &data, &mut back);
+        let f = damage_of(&first_v, &back);
+        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+        *d = d.merge(f);
+        Ok(Some(data))
+    };
+    let written = write_model(first, out, &transform, &WriteOptions { progress })?;
+    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    Ok(AttackReport { written, damage })
+}
+
+/// Keeps the largest `density` fraction of `v` by magnitude, zeroing the rest.
+fn trim(v: &mut [f64], density: f64) {
+    let keep = ((v.len() as f64) * density).round() as usize;
+    if keep >= v.len() {
+        return;
+    }
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    let drop = v.len() - keep;
+    order.select_nth_unstable_by(drop - 1, |&a, &b| {
+        v[a].abs().total_cmp(&v[b].abs()).then(a.cmp(&b))
+    });
+    for &i in &order[..drop] {
+        v[i] = 0.0;
+    }
+}
+
 /// Applies `attack` to one float tensor; returns new bytes and the damage.
 pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>, Fidelity) {
     let mut w = Vec::new();
@@ -252,6 +349,14 @@ pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>,
     let mut back = Vec::with_capacity(w.len());
     decode_f64(t.dtype, &out, &mut back);
     (out, damage_of(&w, &back))
+}
+
+/// Relative change between the bytes of two versions of a tensor.
+pub(crate) fn damage_of_bytes(dtype: Dtype, before: &[u8], after: &[u8]) -> Fidelity {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    decode_f64(dtype, before, &mut a);
+    decode_f64(dtype, after, &mut b);
+    damage_of(&a, &b)
 }
 
 /// Relative change between two versions of a tensor's values.
@@ -407,6 +512,13 @@ mod tests {
         for x in &g {
             assert!(((x / step).round() - x / step).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn trim_keeps_the_largest_magnitudes() {
+        let mut v = vec![0.1, -0.9, 0.3, -0.05];
+        trim(&mut v, 0.5);
+        assert_eq!(v, [0.0, -0.9, 0.3, 0.0]);
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub fn rotate(
         })?;
     let q = random_orthogonal(hidden, seed);
     let norms = norm_weights(model);
+    let damage = std::sync::Mutex::new(Fidelity::default());
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
         let Some(r) = role(t.name) else { return Ok(None) };
         let bad = || {
@@ -183,11 +184,13 @@ pub fn rotate(
                 q.t().dot(&m)
             }
         };
-        Ok(Some(encode_like(t, &m)))
+        let data = encode_like(t, &m);
+        super::permute::add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
+        Ok(Some(data))
     };
     if model.tensor("lm_head.weight").is_some() {
         let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-        return Ok(AttackReport { written, damage: Fidelity::default() });
+        return Ok(AttackReport { written, damage: super::permute::take(damage)? });
     }
     // A head tied to the embeddings cannot take the final norm: untie it, writing
     // `lm_head.weight` = (embeddings with the final norm folded in) Q.
@@ -250,7 +253,7 @@ pub fn rotate(
         copied: Vec::new(),
         skipped: Vec::new(),
     };
-    Ok(AttackReport { written, damage: Fidelity::default() })
+    Ok(AttackReport { written, damage: super::permute::take(damage)? })
 }
 
 #[cfg(test)]
