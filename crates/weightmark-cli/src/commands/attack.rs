@@ -51,11 +51,12 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
             let r = weightmark::attack::truncate::truncate(&m, &io.output, *keep)
                 .with_context(|| format!("could not truncate {}", io.model.display()))?;
             outln!(
-                "kept {} of {} layers ({} tensors removed) -> {}",
+                "kept {} of {} layers ({} tensors removed) -> {}: relative RMS change {:.1}% (removed weights count as zeroed)",
                 r.layers.1,
                 r.layers.0,
                 r.removed,
-                io.output.display()
+                io.output.display(),
+                100.0 * r.relative_change
             );
             return Ok(Outcome::Success);
         }
@@ -235,7 +236,13 @@ fn gguf(ty: &str, model: &Path, output: &Path) -> anyhow::Result<Outcome> {
         *counts.entry(t.name()).or_insert(0) += 1;
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    outln!("wrote {} ({} tensors: {})", output.display(), report.tensors.len(), summary.join(", "));
+    outln!(
+        "wrote {} ({} tensors: {}): relative RMS change {:.3}% of the written weights",
+        output.display(),
+        report.tensors.len(),
+        summary.join(", "),
+        100.0 * report.damage.relative_rms_change()
+    );
     for s in &report.skipped {
         outln!("  left out (no llama.cpp name): {s}");
     }

@@ -22,6 +22,8 @@ pub struct TruncateReport {
     pub layers: (usize, usize),
     /// Tensors removed.
     pub removed: usize,
+    /// Relative RMS change of the model's float weights (removed ones count as zeroed).
+    pub relative_change: f64,
 }
 
 /// Keeps the first `keep` decoder layers. A single-file input gives the file
@@ -53,6 +55,17 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport
         })
         .collect();
     let removed = model.tensor_count() - kept.len();
+    let (mut total, mut gone) = (0.0, 0.0);
+    let mut v = Vec::new();
+    for t in model.tensors().filter(|t| t.dtype.is_readable()) {
+        crate::dtype::decode_f64(t.dtype, t.data, &mut v);
+        let energy: f64 = v.iter().filter(|x| x.is_finite()).map(|x| x * x).sum();
+        total += energy;
+        if layer_of(t.name).is_some_and(|l| l >= keep) {
+            gone += energy;
+        }
+    }
+    let relative_change = if total > 0.0 { (gone / total).sqrt() } else { 0.0 };
     let bytes = to_safetensors(&kept, None);
     match model.layout {
         Layout::File => write_atomic_bytes(out, &bytes)?,
@@ -76,5 +89,5 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport
             }
         }
     }
-    Ok(TruncateReport { layers: (layers, keep), removed })
+    Ok(TruncateReport { layers: (layers, keep), removed, relative_change })
 }

@@ -115,6 +115,8 @@ pub struct GgufReport {
     pub tensors: Vec<(String, GgmlType)>,
     /// Hugging Face tensors left out because llama.cpp has no name for them.
     pub skipped: Vec<String>,
+    /// Change of the written values (after quantization) against the input.
+    pub damage: crate::scheme::Fidelity,
 }
 
 /// Writes `model` (Llama layout, Hugging Face names) as a GGUF file of type
@@ -154,6 +156,7 @@ pub fn write_gguf(
     let mut infos = Vec::new();
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     let mut skipped = Vec::new();
+    let mut damage = crate::scheme::Fidelity::default();
     for t in model.tensors() {
         let Some(name) = gguf_name(t.name) else {
             skipped.push(t.name.to_string());
@@ -187,6 +190,15 @@ pub fn write_gguf(
         let ty = type_for(requested, t.shape.len(), *t.shape.last().unwrap_or(&1));
         let mut bytes = Vec::new();
         quantize(ty, &values, &mut bytes);
+        let mut back = Vec::new();
+        super::quant::dequantize(ty, &bytes, &mut back);
+        for (&a, &b) in values.iter().zip(&back) {
+            let (a, b) = (f64::from(a), f64::from(b));
+            damage.sum_sq_original += a * a;
+            damage.sum_sq_change += (b - a) * (b - a);
+            damage.max_abs_change = damage.max_abs_change.max((b - a).abs());
+            damage.elements += 1;
+        }
         infos.push((name, dims, ty));
         blobs.push(bytes);
     }
@@ -259,7 +271,7 @@ pub fn write_gguf(
     drop(w);
     crate::model::set_public_mode(tmp.path(), 0o644)?;
     tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    Ok(GgufReport { tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(), skipped })
+    Ok(GgufReport { tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(), skipped, damage })
 }
 
 /// A metadata value to write.
