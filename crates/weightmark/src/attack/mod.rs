@@ -113,13 +113,11 @@ pub fn apply(
             return Ok(None);
         }
         let (data, f) = attack_tensor(t, attack, seed);
-        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
-        *d = d.merge(f);
+        add_damage(&damage, f)?;
         Ok(Some(data))
     };
     let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
-    Ok(AttackReport { written, damage })
+    Ok(AttackReport { written, damage: take(damage)? })
 }
 
 /// The collusion attack: the element-wise average of several copies of one
@@ -149,18 +147,7 @@ pub fn merge_linear(
     if weights.len() != models.len() {
         return Err(Error::invalid("one weight per model is needed"));
     }
-    for m in &models[1..] {
-        for t in first.tensors() {
-            let same = m.tensor(t.name).is_some_and(|o| o.shape == t.shape);
-            if !same {
-                return Err(Error::invalid(format!(
-                    "{}: tensor '{}' is missing or has another shape; models to merge must match",
-                    m.path.display(),
-                    t.name
-                )));
-            }
-        }
-    }
+    check_same_shapes(first, &models[1..])?;
     let damage = Mutex::new(Fidelity::default());
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
         if !t.dtype.is_markable() {
@@ -182,13 +169,75 @@ pub fn merge_linear(
         let mut back = Vec::new();
         decode_f64(t.dtype, &data, &mut back);
         let f = damage_of(&first_values, &back);
-        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
-        *d = d.merge(f);
+        add_damage(&damage, f)?;
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
-    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
-    Ok(AttackReport { written, damage })
+    Ok(AttackReport { written, damage: take(damage)? })
+}
+
+/// Refuses models that lack one of `first`'s tensors or hold it in another shape.
+fn check_same_shapes(first: &Model, others: &[&Model]) -> Result<()> {
+    for m in others {
+        for t in first.tensors() {
+            if m.tensor(t.name).is_none_or(|o| o.shape != t.shape) {
+                return Err(Error::invalid(format!(
+                    "{}: tensor '{}' is missing or has another shape; models to merge must match",
+                    m.path.display(),
+                    t.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds a tensor's damage to the running total.
+pub(crate) fn add_damage(total: &Mutex<Fidelity>, f: Fidelity) -> Result<()> {
+    let mut d = total.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    *d = d.merge(f);
+    Ok(())
+}
+
+/// The running total, once the threads are done.
+pub(crate) fn take(total: Mutex<Fidelity>) -> Result<Fidelity> {
+    total.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))
+}
+
+/// Writes a new set of tensors as one safetensors file: the file `out` for a
+/// single-file input, else the new directory `out` holding `model.safetensors`
+/// and, if the input has one, its `config.json` passed through `edit_config`.
+/// For edits that add or remove tensors, which [`write_model`] cannot do.
+pub(crate) fn write_new_tensors(
+    model: &Model,
+    out: &Path,
+    tensors: &[crate::synth::SynthTensor],
+    edit_config: impl Fn(&mut serde_json::Value),
+) -> Result<std::path::PathBuf> {
+    use crate::provenance::write_atomic_bytes;
+    let bytes = crate::synth::to_safetensors(tensors, None);
+    if model.layout == crate::model::Layout::File {
+        write_atomic_bytes(out, &bytes)?;
+        return Ok(out.to_path_buf());
+    }
+    if out.exists() {
+        return Err(Error::invalid(format!(
+            "{}: already exists; choose a new directory",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
+    let config = model.path.join("config.json");
+    if let Ok(text) = std::fs::read(&config) {
+        let mut v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+            Error::NotAModel { path: config.clone(), reason: format!("not JSON: {e}") }
+        })?;
+        edit_config(&mut v);
+        let pretty = serde_json::to_vec_pretty(&v).unwrap_or_default();
+        write_atomic_bytes(&out.join("config.json"), &pretty)?;
+    }
+    Ok(out.to_path_buf())
 }
 
 /// TIES merging (Yadav et al., 2023) of models fine-tuned from a common
@@ -211,17 +260,7 @@ pub fn merge_ties(
     if !(0.0..=1.0).contains(&density) {
         return Err(Error::invalid(format!("density {density} must be between 0 and 1")));
     }
-    for m in models.iter().copied().chain(std::iter::once(base)) {
-        for t in first.tensors() {
-            if m.tensor(t.name).is_none_or(|o| o.shape != t.shape) {
-                return Err(Error::invalid(format!(
-                    "{}: tensor '{}' is missing or has another shape; models to merge must match",
-                    m.path.display(),
-                    t.name
-                )));
-            }
-        }
-    }
+    check_same_shapes(first, &[&models[1..], &[base]].concat())?;
     let damage = Mutex::new(Fidelity::default());
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
         if !t.dtype.is_markable() {
@@ -263,13 +302,11 @@ pub fn merge_ties(
         let mut back = Vec::new();
         decode_f64(t.dtype, &data, &mut back);
         let f = damage_of(&first_v, &back);
-        let mut d = damage.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
-        *d = d.merge(f);
+        add_damage(&damage, f)?;
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
-    let damage = damage.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))?;
-    Ok(AttackReport { written, damage })
+    Ok(AttackReport { written, damage: take(damage)? })
 }
 
 /// Keeps the largest `density` fraction of `v` by magnitude, zeroing the rest.

@@ -10,24 +10,12 @@ use std::sync::Mutex;
 
 use rand_core::RngCore;
 
-use super::AttackReport;
+use super::{add_damage, take, AttackReport};
 use crate::error::{Error, Result};
 use crate::model::{write_model, Model, TensorRef, WriteOptions};
 use crate::progress::Progress;
 use crate::rng::stream;
 use crate::scheme::Fidelity;
-
-/// Adds a tensor's damage to the running total.
-pub(crate) fn add_damage(total: &Mutex<Fidelity>, f: Fidelity) -> Result<()> {
-    let mut d = total.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
-    *d = d.merge(f);
-    Ok(())
-}
-
-/// The running total, once the threads are done.
-pub(crate) fn take(total: Mutex<Fidelity>) -> Result<Fidelity> {
-    total.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))
-}
 
 /// Which MLP tensor of a layer, if any: (layer, is `down_proj`).
 pub fn mlp_tensor(name: &str) -> Option<(usize, bool)> {

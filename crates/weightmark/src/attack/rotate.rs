@@ -18,10 +18,9 @@ use crate::dtype::{decode_f64, encode_nearest};
 use crate::error::{Error, Result};
 use crate::model::{write_model, Model, TensorRef, WriteOptions};
 use crate::progress::Progress;
-use crate::provenance::write_atomic_bytes;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
-use crate::synth::{to_safetensors, SynthTensor};
+use crate::synth::SynthTensor;
 
 /// How a tensor takes part in the residual stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,12 +184,12 @@ pub fn rotate(
             }
         };
         let data = encode_like(t, &m);
-        super::permute::add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
+        super::add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
     if model.tensor("lm_head.weight").is_some() {
         let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-        return Ok(AttackReport { written, damage: super::permute::take(damage)? });
+        return Ok(AttackReport { written, damage: super::take(damage)? });
     }
     // A head tied to the embeddings cannot take the final norm: untie it, writing
     // `lm_head.weight` = (embeddings with the final norm folded in) Q.
@@ -221,31 +220,9 @@ pub fn rotate(
         shape: embed.shape.to_vec(),
         data: encode_like(&embed, &head),
     });
-    let bytes = to_safetensors(&tensors, None);
-    let path = if model.layout == crate::model::Layout::File {
-        write_atomic_bytes(out, &bytes)?;
-        out.to_path_buf()
-    } else {
-        if out.exists() {
-            return Err(Error::invalid(format!(
-                "{}: already exists; choose a new directory",
-                out.display()
-            )));
-        }
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
-        let config = model.path.join("config.json");
-        if let Ok(text) = std::fs::read(&config) {
-            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&text) {
-                v["tie_word_embeddings"] = serde_json::json!(false);
-                write_atomic_bytes(
-                    &out.join("config.json"),
-                    &serde_json::to_vec_pretty(&v).unwrap_or_default(),
-                )?;
-            }
-        }
-        out.to_path_buf()
-    };
+    let path = super::write_new_tensors(model, out, &tensors, |v| {
+        v["tie_word_embeddings"] = serde_json::json!(false);
+    })?;
     let written = crate::model::WriteReport {
         path,
         files: Vec::new(),
@@ -253,7 +230,7 @@ pub fn rotate(
         copied: Vec::new(),
         skipped: Vec::new(),
     };
-    Ok(AttackReport { written, damage: super::permute::take(damage)? })
+    Ok(AttackReport { written, damage: super::take(damage)? })
 }
 
 #[cfg(test)]

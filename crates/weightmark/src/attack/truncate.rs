@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::{Layout, Model};
-use crate::provenance::write_atomic_bytes;
-use crate::synth::{to_safetensors, SynthTensor};
+use crate::model::Model;
+use crate::synth::SynthTensor;
 
 /// The decoder layer of a tensor name, if any.
 fn layer_of(name: &str) -> Option<usize> {
@@ -66,28 +65,8 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport
         }
     }
     let relative_change = if total > 0.0 { (gone / total).sqrt() } else { 0.0 };
-    let bytes = to_safetensors(&kept, None);
-    match model.layout {
-        Layout::File => write_atomic_bytes(out, &bytes)?,
-        _ => {
-            if out.exists() {
-                return Err(Error::invalid(format!(
-                    "{}: already exists; choose a new directory",
-                    out.display()
-                )));
-            }
-            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-            write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
-            let config = model.path.join("config.json");
-            if let Ok(text) = std::fs::read(&config) {
-                let mut v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-                    Error::NotAModel { path: config.clone(), reason: format!("not JSON: {e}") }
-                })?;
-                v["num_hidden_layers"] = serde_json::json!(keep);
-                let pretty = serde_json::to_vec_pretty(&v).unwrap_or_default();
-                write_atomic_bytes(&out.join("config.json"), &pretty)?;
-            }
-        }
-    }
+    super::write_new_tensors(model, out, &kept, |v| {
+        v["num_hidden_layers"] = serde_json::json!(keep)
+    })?;
     Ok(TruncateReport { layers: (layers, keep), removed, relative_change })
 }
