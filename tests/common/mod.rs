@@ -156,3 +156,76 @@ pub fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
 }
+
+/// GPT-2's map from bytes to printable characters, which byte-level BPE
+/// vocabularies are written in.
+fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut chars = vec!['\0'; 256];
+    for &b in &printable {
+        chars[b as usize] = char::from_u32(b).unwrap_or('?');
+    }
+    let mut next = 256;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            chars[b as usize] = char::from_u32(next).unwrap_or('?');
+            printable.push(b);
+            next += 1;
+        }
+    }
+    chars
+}
+
+/// Writes a Hugging Face `tokenizer.json` whose tokens are the 256 bytes (id =
+/// byte value): byte-level BPE without merges, for tiny synthetic models.
+pub fn write_byte_tokenizer(path: &Path) {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        byte_chars().iter().enumerate().map(|(i, c)| (c.to_string(), i.into())).collect();
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+    });
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": []
+        }
+    });
+    std::fs::write(path, tokenizer.to_string()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Writes a synthetic Llama model directory that the eval commands can run:
+/// `model.safetensors`, `config.json` and a byte tokenizer (the vocabulary must
+/// be 256).
+pub fn write_llama_dir(dir: &Path, shape: &LlamaShape, dtype: Dtype, seed: u64) -> PathBuf {
+    assert_eq!(shape.vocab, 256, "the byte tokenizer has 256 tokens");
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    write_file(&dir.join("model.safetensors"), &llama(shape, dtype, seed), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = serde_json::json!({
+        "model_type": "llama",
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "vocab_size": shape.vocab,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": false
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    write_byte_tokenizer(&dir.join("tokenizer.json"));
+    dir.to_path_buf()
+}
+
+/// A real English text shipped with Debian: the GPL version 3.
+pub fn license_text() -> PathBuf {
+    let path = PathBuf::from("/usr/share/common-licenses/GPL-3");
+    assert!(path.is_file(), "{} is missing (Debian's base-files ships it)", path.display());
+    path
+}

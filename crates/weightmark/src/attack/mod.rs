@@ -120,6 +120,50 @@ pub fn apply(
     Ok(AttackReport { written, damage: take(damage)? })
 }
 
+/// Writes `model` with some tensors replaced by new values (an edit made
+/// elsewhere, such as real fine-tuning), each rounded to nearest in the
+/// tensor's own dtype; every other tensor is copied. The damage is measured
+/// over the replaced tensors that hold a mark by default (float matrices), the
+/// weights a mark lives in. A value vector of the wrong length, or one for a
+/// tensor that is not a float, is refused before anything is written.
+pub fn write_replaced(
+    model: &Model,
+    out: &Path,
+    values: &std::collections::HashMap<String, Vec<f32>>,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    for (name, v) in values {
+        let t = model.tensor(name).ok_or_else(|| {
+            Error::invalid(format!("{}: no tensor '{name}' to replace", model.path.display()))
+        })?;
+        if !t.dtype.is_markable() || v.len() != t.elements() {
+            return Err(Error::invalid(format!(
+                "{}: tensor '{name}' is {} with {} elements; {} new values cannot replace it",
+                model.path.display(),
+                t.dtype,
+                t.elements(),
+                v.len()
+            )));
+        }
+    }
+    let damage = Mutex::new(Fidelity::default());
+    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
+        let Some(new) = values.get(t.name) else {
+            return Ok(None);
+        };
+        let mut data = t.data.to_vec();
+        for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(new) {
+            encode_nearest(t.dtype, f64::from(v), o);
+        }
+        if is_default_selected(t) {
+            add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
+        }
+        Ok(Some(data))
+    };
+    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    Ok(AttackReport { written, damage: take(damage)? })
+}
+
 /// The collusion attack: the element-wise average of several copies of one
 /// model (same tensor names and shapes), written in the first copy's layout.
 pub fn average_models(

@@ -1,0 +1,32 @@
+//! # weightmark-eval
+//!
+//! Answers two questions about a mark with real models instead of
+//! simulations: what does it cost the model, and does it survive someone
+//! fine-tuning the model?
+//!
+//! - [`load`] opens a model for evaluation: weights through the core library,
+//!   `config.json` and `tokenizer.json` from beside them.
+//! - [`llama`] is a Llama-family decoder written on candle's differentiable
+//!   operations, with LoRA adapters; [`bert`] runs BERT-layout sentence
+//!   encoders (MiniLM).
+//! - [`metrics`] measures perplexity, the KL divergence and top-1 agreement of
+//!   two decoders, and the embedding cosine of two encoders.
+//! - [`finetune`] trains a decoder on text on the CPU with AdamW, fully or
+//!   with LoRA, and writes the result in the input's layout and dtypes.
+//! - [`curve`] follows a mark through fine-tuning: detection and held-out
+//!   perplexity at checkpoints, beside the simulated `drift` attack of the same
+//!   size.
+//!
+//! The crate is kept out of the default `weightmark` build: the CLI gains the
+//! `eval` commands and `attack finetune` with `--features eval`.
+
+pub mod bert;
+
+pub mod error;
+pub mod finetune;
+pub mod llama;
+pub mod load;
+pub mod metrics;
+pub mod text;
+
+pub use error::{EvalError, Result};

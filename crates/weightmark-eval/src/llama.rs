@@ -1,0 +1,387 @@
+//! A Llama-family decoder (Llama 2/3, SmolLM2, Mistral without sliding
+//! windows) written with candle's differentiable primitives.
+//!
+//! The forward pass is our own rather than `candle_transformers`' because
+//! fine-tuning needs two things that one does not offer: gradients through
+//! every operation (its fused RoPE, softmax and RMSNorm kernels have no
+//! backward pass on the CPU) and LoRA adapters beside the frozen matrices. It
+//! follows Hugging Face's `LlamaForCausalLM`: pre-norm blocks, rotary position
+//! embeddings in the "rotate half" layout, grouped-query attention and a SwiGLU
+//! MLP. `tests/eval.rs` checks its logits against `candle_transformers`' Llama
+//! on a random model, and that SmolLM2 completes "The capital of France is"
+//! with " Paris".
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::Deserialize;
+
+use crate::error::{EvalError, Result};
+
+/// The fields of a Hugging Face `config.json` that the forward pass needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LlamaConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Number of blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to the query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Head width; defaults to `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Whether the output head is the embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+impl LlamaConfig {
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one head.
+    pub fn head_width(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The name and shape of every tensor the model reads.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) =
+            (self.num_attention_heads * self.head_width(), self.kv_heads() * self.head_width());
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+}
+
+/// A low-rank adapter `scale * B A` beside a frozen matrix.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    /// `A`, rank x in.
+    pub a: Var,
+    /// `B`, out x rank, zero at the start.
+    pub b: Var,
+    /// `alpha / rank`.
+    pub scale: f64,
+}
+
+/// A bias-free linear layer, optionally with a LoRA adapter.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The weight, out x in.
+    pub weight: Tensor,
+    /// The adapter, while LoRA training.
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let low = x.broadcast_matmul(&l.a.as_tensor().t()?)?;
+                let up = low.broadcast_matmul(&l.b.as_tensor().t()?)?;
+                Ok((y + (up * l.scale)?)?)
+            }
+        }
+    }
+
+    /// The weight with the adapter merged in: `W + scale * B A`.
+    pub fn merged(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => {
+                let delta = l.b.as_tensor().matmul(l.a.as_tensor())?;
+                Ok((&self.weight + (delta * l.scale)?)?)
+            }
+        }
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Clone, Debug)]
+struct Block {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    linears: [Linear; 7],
+}
+
+/// The seven matrices of a block, in the order of [`Block::linears`].
+pub const BLOCK_MATRICES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// A Llama model held as f32 tensors on the CPU.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    /// Its configuration.
+    pub config: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+}
+
+impl Llama {
+    /// Builds the model from named f32 tensors, checking every name and shape
+    /// (errors name `path` and the tensor).
+    pub fn from_tensors(
+        config: LlamaConfig,
+        tensors: &HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<Llama> {
+        for (name, shape) in config.expected_tensors() {
+            let t = tensors.get(&name).ok_or_else(|| EvalError::Tensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason: "missing; is this a Llama-layout model?".into(),
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(EvalError::Tensor {
+                    path: path.to_path_buf(),
+                    name,
+                    reason: format!("shape {:?} where config.json implies {shape:?}", t.dims()),
+                });
+            }
+        }
+        let get = |name: &str| -> Result<Tensor> {
+            tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| EvalError::invalid(format!("no tensor {name}")))
+        };
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let lin = |m: &str| -> Result<Linear> {
+                Ok(Linear { weight: get(&format!("{p}.{m}.weight"))?, lora: None })
+            };
+            blocks.push(Block {
+                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                linears: [
+                    lin(BLOCK_MATRICES[0])?,
+                    lin(BLOCK_MATRICES[1])?,
+                    lin(BLOCK_MATRICES[2])?,
+                    lin(BLOCK_MATRICES[3])?,
+                    lin(BLOCK_MATRICES[4])?,
+                    lin(BLOCK_MATRICES[5])?,
+                    lin(BLOCK_MATRICES[6])?,
+                ],
+            });
+        }
+        let lm_head = if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) };
+        Ok(Llama {
+            embed: get("model.embed_tokens.weight")?,
+            norm: get("model.norm.weight")?,
+            blocks,
+            lm_head,
+            config,
+        })
+    }
+
+    /// Every tensor of the model under its Hugging Face name, with adapters
+    /// merged into their matrices.
+    pub fn merged_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), b.input_norm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_norm.clone()));
+            for (m, lin) in BLOCK_MATRICES.iter().zip(&b.linears) {
+                out.push((format!("{p}.{m}.weight"), lin.merged()?));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Mutable access to every linear layer of every block (to attach adapters).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Linear)> {
+        self.blocks.iter_mut().enumerate().flat_map(|(l, b)| {
+            BLOCK_MATRICES
+                .iter()
+                .copied()
+                .zip(b.linears.iter_mut())
+                .map(move |(m, lin)| (l, m, lin))
+        })
+    }
+
+    /// Replaces every tensor by a trainable variable holding it; returns the
+    /// variables (for full fine-tuning).
+    pub fn make_trainable(&mut self) -> Result<Vec<Var>> {
+        let mut vars = Vec::new();
+        let mut wrap = |t: &mut Tensor| -> Result<()> {
+            let v = Var::from_tensor(t)?;
+            *t = v.as_tensor().clone();
+            vars.push(v);
+            Ok(())
+        };
+        wrap(&mut self.embed)?;
+        wrap(&mut self.norm)?;
+        if let Some(h) = &mut self.lm_head {
+            wrap(h)?;
+        }
+        for b in &mut self.blocks {
+            wrap(&mut b.input_norm)?;
+            wrap(&mut b.post_norm)?;
+            for lin in &mut b.linears {
+                wrap(&mut lin.weight)?;
+            }
+        }
+        Ok(vars)
+    }
+
+    /// Next-token logits for a batch of token ids `(batch, time)`:
+    /// `(batch, time, vocab)`, f32.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (batch, time) = tokens.dims2()?;
+        let c = &self.config;
+        let device = tokens.device();
+        let mut x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((
+            batch,
+            time,
+            c.hidden_size,
+        ))?;
+        let (cos, sin) = rope_tables(c, time, device)?;
+        let mask = causal_mask(time, device)?;
+        for b in &self.blocks {
+            let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
+            x = (x + self.attention(b, &h, &cos, &sin, &mask)?)?;
+            let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
+            let [.., gate, up, down] = &b.linears;
+            let act = (gate.forward(&h)?.silu()? * up.forward(&h)?)?;
+            x = (x + down.forward(&act)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(x.broadcast_matmul(&head.t()?)?)
+    }
+
+    fn attention(
+        &self,
+        b: &Block,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, time, _) = h.dims3()?;
+        let (heads, kv_heads, width) = (c.num_attention_heads, c.kv_heads(), c.head_width());
+        let [q, k, v, o, ..] = &b.linears;
+        let split = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, time, n, width))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope(&split(q.forward(h)?, heads)?, cos, sin)?;
+        let k = repeat_kv(rope(&split(k.forward(h)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
+        let v = repeat_kv(split(v.forward(h)?, kv_heads)?, heads / kv_heads)?;
+        let scores = (q.matmul(&k.t()?)? / (width as f64).sqrt())?.broadcast_add(mask)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, time, heads * width))?;
+        o.forward(&y)
+    }
+}
+
+/// `x / rms(x) * weight` over the last dimension.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(weight)?)
+}
+
+/// Cosine and sine tables `(time, width)` for rotary embeddings, each half
+/// repeated as Hugging Face's "rotate half" layout expects.
+fn rope_tables(c: &LlamaConfig, time: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let width = c.head_width();
+    let half = width / 2;
+    let mut cos = Vec::with_capacity(time * width);
+    let mut sin = Vec::with_capacity(time * width);
+    for pos in 0..time {
+        for j in 0..width {
+            let freq = c.rope_theta.powf(-((2 * (j % half)) as f64) / width as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (time, width), device)?,
+        Tensor::from_vec(sin, (time, width), device)?,
+    ))
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` of shape `(batch, heads, time, width)`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// Repeats each key/value head `n` times, `(b, kv, t, w)` to `(b, kv * n, t, w)`.
+fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, w) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, w))?.reshape((b, kv * n, t, w))?)
+}
+
+/// `(time, time)`: 0 on and below the diagonal, minus infinity above.
+fn causal_mask(time: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..time)
+        .flat_map(|i| (0..time).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (time, time), device)?.to_dtype(DType::F32)?)
+}

@@ -1,0 +1,248 @@
+//! The eval crate on a tiny synthetic Llama (forward pass against
+//! `candle_transformers`, real training steps, LoRA merging) and on the real
+//! models (SmolLM2 completes a sentence, MiniLM embeds sentences sensibly, a
+//! default-strength mark costs SmolLM2 almost nothing).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, D};
+use common::{license_text, real_model, write_llama_dir};
+use weightmark::synth::LlamaShape;
+use weightmark::{Dtype, Model};
+use weightmark_eval::bert::SentenceEncoder;
+use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
+use weightmark_eval::llama::Llama;
+use weightmark_eval::load::{encode, open, tensors_f32, Architecture, EvalModel};
+use weightmark_eval::metrics::{compare, compare_embeddings, perplexity};
+use weightmark_eval::text::Corpus;
+
+fn llama_of(m: &EvalModel) -> Llama {
+    let Architecture::Llama(config) = &m.architecture else { panic!("not a Llama") };
+    let tensors = tensors_f32(&m.model).unwrap_or_else(|e| panic!("{e}"));
+    Llama::from_tensors(config.clone(), &tensors, &m.model.path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tiny_dir(tmp: &tempfile::TempDir, name: &str, seed: u64) -> PathBuf {
+    write_llama_dir(&tmp.path().join(name), &LlamaShape::TINY, Dtype::F32, seed)
+}
+
+#[test]
+fn forward_pass_matches_candle_transformers() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 3);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let ours = llama_of(&m);
+
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let reference_config: candle_transformers::models::llama::LlamaConfig =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let reference_config = reference_config.into_config(false);
+    let tensors = tensors_f32(&m.model).unwrap_or_else(|e| panic!("{e}"));
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let reference = candle_transformers::models::llama::Llama::load(vb, &reference_config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut cache = candle_transformers::models::llama::Cache::new(
+        false,
+        DType::F32,
+        &reference_config,
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 256).collect();
+    let input = Tensor::from_vec(ids, (1, 24), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let theirs = reference.forward(&input, 0, &mut cache).unwrap_or_else(|e| panic!("{e}"));
+    let mine = ours.forward(&input).unwrap_or_else(|e| panic!("{e}"));
+    let last =
+        mine.narrow(1, 23, 1).and_then(|t| t.flatten_all()).unwrap_or_else(|e| panic!("{e}"));
+    let theirs = theirs.flatten_all().unwrap_or_else(|e| panic!("{e}"));
+    let diff: f32 = (last - &theirs)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let scale: f32 = theirs.abs().and_then(|d| d.max(0)).and_then(|d| d.to_scalar()).unwrap_or(1.0);
+    println!("max |logit difference| {diff:e} (largest logit {scale})");
+    assert!(diff <= 1e-4 * scale.max(1.0), "logits differ by {diff}");
+}
+
+/// Trains the tiny model on the GPL for `steps` and returns (held-out
+/// perplexity before, after, the trainer, the original tensors).
+fn train_tiny(
+    method: Method,
+    lr: f64,
+    steps: usize,
+) -> (f64, f64, Trainer, HashMap<String, Vec<f32>>) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 5);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    let held_out: Vec<Vec<u32>> = split.held_out.iter().take(16).cloned().collect();
+    let before = perplexity(&model, &held_out).unwrap_or_else(|e| panic!("{e}"));
+    let original: HashMap<String, Vec<f32>> = model
+        .merged_tensors()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(n, t)| {
+            (n, t.flatten_all().and_then(|t| t.to_vec1()).unwrap_or_else(|e| panic!("{e}")))
+        })
+        .collect();
+    let options =
+        FinetuneOptions { method, learning_rate: lr, weight_decay: 0.0, batch: 8, seed: 7 };
+    let mut trainer = Trainer::new(model, split.train, &options).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..steps {
+        trainer.step().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let after = perplexity(trainer.model(), &held_out).unwrap_or_else(|e| panic!("{e}"));
+    println!("{method}: held-out perplexity {before:.2} -> {after:.2} after {steps} steps");
+    (before, after, trainer, original)
+}
+
+#[test]
+fn full_fine_tuning_learns_held_out_text() {
+    let (before, after, trainer, original) = train_tiny(Method::Full, 3e-3, 25);
+    assert!(after < 0.7 * before, "held-out perplexity {before} -> {after}: less than a 30% fall");
+    let trained = trainer.merged_values().unwrap_or_else(|e| panic!("{e}"));
+    let changed = trained.iter().filter(|(n, v)| original[n.as_str()] != **v).count();
+    assert_eq!(changed, trained.len(), "full fine-tuning must move every tensor");
+}
+
+#[test]
+fn lora_learns_and_merges_into_the_block_matrices_only() {
+    let (before, after, trainer, original) = train_tiny(Method::Lora { rank: 8 }, 1e-2, 25);
+    assert!(after < 0.85 * before, "held-out perplexity {before} -> {after}");
+    let trained = trainer.merged_values().unwrap_or_else(|e| panic!("{e}"));
+    for (name, values) in &trained {
+        let is_block_matrix = name.contains("_proj.");
+        assert_eq!(original[name.as_str()] != *values, is_block_matrix, "{name}");
+    }
+    // The merged weights compute what the model with adapters computes.
+    let m = Llama::from_tensors(
+        trainer.model().config.clone(),
+        &trained
+            .iter()
+            .map(|(n, v)| {
+                let shape = trainer
+                    .model()
+                    .merged_tensors()
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .into_iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, t)| t.dims().to_vec())
+                    .unwrap_or_default();
+                (
+                    n.clone(),
+                    Tensor::from_vec(v.clone(), shape, &Device::Cpu)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect(),
+        "merged".as_ref(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let input = Tensor::from_vec((0..32u32).collect::<Vec<_>>(), (1, 32), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = trainer.model().forward(&input).unwrap_or_else(|e| panic!("{e}"));
+    let b = m.forward(&input).unwrap_or_else(|e| panic!("{e}"));
+    let diff: f32 = (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(diff < 1e-3, "merged model differs from the adapted one by {diff}");
+}
+
+#[test]
+fn training_is_reproducible() {
+    let (_, _, a, _) = train_tiny(Method::Lora { rank: 4 }, 1e-2, 3);
+    let (_, _, b, _) = train_tiny(Method::Lora { rank: 4 }, 1e-2, 3);
+    assert_eq!(
+        a.merged_values().unwrap_or_else(|e| panic!("{e}")),
+        b.merged_values().unwrap_or_else(|e| panic!("{e}"))
+    );
+}
+
+#[test]
+fn smollm2_completes_the_capital_of_france_with_paris() {
+    let m = open(&real_model("smollm2-f16"), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let ids = encode(&m.tokenizer, "The capital of France is").unwrap_or_else(|e| panic!("{e}"));
+    let n = ids.len();
+    let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let logits = model.forward(&input).unwrap_or_else(|e| panic!("{e}"));
+    let top: u32 = logits
+        .narrow(1, n - 1, 1)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.argmax(D::Minus1))
+        .and_then(|t| t.to_scalar())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let word = m.tokenizer.decode(&[top], false).unwrap_or_else(|e| panic!("{e}"));
+    println!("top next token {top} = {word:?}");
+    assert_eq!(word, " Paris");
+}
+
+#[test]
+fn minilm_embeds_similar_sentences_close_together() {
+    let m = open(&real_model("minilm"), None).unwrap_or_else(|e| panic!("{e}"));
+    let Architecture::Bert(config) = &m.architecture else { panic!("MiniLM is a BERT model") };
+    let tensors = tensors_f32(&m.model).unwrap_or_else(|e| panic!("{e}"));
+    let encoder = SentenceEncoder::new(config, tensors, m.tokenizer.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let texts: Vec<String> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let e = encoder.embed(&texts).unwrap_or_else(|e| panic!("{e}"));
+    let cos = |i: usize, j: usize| -> f32 {
+        (e.get(i).unwrap_or_else(|e| panic!("{e}")) * e.get(j).unwrap_or_else(|e| panic!("{e}")))
+            .and_then(|p| p.sum_all())
+            .and_then(|p| p.to_scalar())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    println!("similar {:.4}, unrelated {:.4}", cos(0, 1), cos(0, 2));
+    assert!(cos(0, 1) > 0.6 && cos(0, 2) < 0.2, "{} {}", cos(0, 1), cos(0, 2));
+    let same = compare_embeddings(&encoder, &encoder, &texts).unwrap_or_else(|e| panic!("{e}"));
+    assert!((same.mean_cosine - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn a_default_strength_mark_costs_smollm2_almost_nothing() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let original_path = real_model("smollm2-f16");
+    let original = open(&original_path, None).unwrap_or_else(|e| panic!("{e}"));
+    let key = weightmark::SecretKey::from_seed([9; 32]);
+    let marked_path = tmp.path().join("marked");
+    let options = weightmark::EmbedOptions {
+        strength: weightmark::DEFAULT_STRENGTH,
+        label: "fidelity".into(),
+        recipient: None,
+        selection: weightmark::Selection::Default,
+        created: "2026-11-28T00:00:00Z".into(),
+        progress: &weightmark::NoProgress,
+    };
+    weightmark::embed(&original.model, &marked_path, &key, &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(original_path.join("tokenizer.json"), marked_path.join("tokenizer.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let marked = open(&marked_path, None).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&original.tokenizer, 128).unwrap_or_else(|e| panic!("{e}"));
+    let windows: Vec<Vec<u32>> = split.held_out.iter().take(8).cloned().collect();
+    let c = compare(&llama_of(&original), &llama_of(&marked), &windows)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{c:?}");
+    assert!(c.perplexity_change.abs() < 0.005, "perplexity changed by {}", c.perplexity_change);
+    assert!(c.top1_agreement >= 0.98, "top-1 agreement {}", c.top1_agreement);
+    assert!(c.mean_kl < 1e-3, "KL {}", c.mean_kl);
+    let _ = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+}
