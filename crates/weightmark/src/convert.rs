@@ -1,6 +1,8 @@
 //! Writing any readable model (a GGUF file in particular) as Hugging
 //! Face-layout safetensors: one file, or shards with an index, plus a
-//! `config.json` built from GGUF metadata.
+//! `config.json` built from GGUF metadata and, for byte-level BPE
+//! vocabularies, a `tokenizer.json` with its `tokenizer_config.json`
+//! ([`crate::gguf::tokenizer`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -11,6 +13,7 @@ use serde_json::json;
 
 use crate::dtype::{decode_f64, encode_nearest, Dtype};
 use crate::error::{Error, Result};
+use crate::gguf::tokenizer::{to_hf_tokenizer, TokenizerExport};
 use crate::gguf::GgufFile;
 use crate::model::{Model, TensorRef, INDEX_FILE_NAME};
 
@@ -31,6 +34,10 @@ pub struct ConvertReport {
     pub tensors: usize,
     /// Whether a config.json was written.
     pub config: bool,
+    /// Whether a tokenizer.json and tokenizer_config.json were written.
+    pub tokenizer: bool,
+    /// Things the user should know (a tokenizer that could not be exported, ...).
+    pub warnings: Vec<String>,
 }
 
 /// Writes `model` into the new directory `out` as safetensors.
@@ -55,6 +62,12 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
         .prefix(".weightmark-")
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
+
+    // Checked before any tensor is written: malformed metadata fails fast.
+    let tokenizer = match &model.raw {
+        Some(raw) => to_hf_tokenizer(&raw.gguf).map_err(|e| Error::format(&model.path, e))?,
+        None => TokenizerExport::Absent,
+    };
 
     let tensors: Vec<TensorRef<'_>> = model.tensors().collect();
     let size_of = |t: &TensorRef<'_>| -> u64 {
@@ -94,19 +107,28 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
     }
     if count > 1 {
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        let path = staging.path().join(INDEX_FILE_NAME);
-        fs::write(&path, serde_json::to_vec_pretty(&index).unwrap_or_default())
-            .map_err(|e| Error::io(&path, e))?;
+        write_json(&staging.path().join(INDEX_FILE_NAME), &index)?;
     }
     let config = match &model.raw {
         Some(raw) => hf_config(&raw.gguf, model, options.dtype),
         None => None,
     };
     if let Some(config) = &config {
-        let path = staging.path().join("config.json");
-        fs::write(&path, serde_json::to_vec_pretty(config).unwrap_or_default())
-            .map_err(|e| Error::io(&path, e))?;
+        write_json(&staging.path().join("config.json"), config)?;
     }
+    let mut warnings = Vec::new();
+    let tokenizer = match tokenizer {
+        TokenizerExport::Files(files) => {
+            write_json(&staging.path().join("tokenizer.json"), &files.tokenizer)?;
+            write_json(&staging.path().join("tokenizer_config.json"), &files.config)?;
+            true
+        }
+        TokenizerExport::Unsupported(why) => {
+            warnings.push(format!("no tokenizer.json written: {why}"));
+            false
+        }
+        TokenizerExport::Absent => false,
+    };
     crate::model::set_public_mode(staging.path(), 0o755)?;
     if out.is_dir() {
         fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
@@ -116,7 +138,19 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
         let _ = fs::remove_dir_all(&staged);
         Error::io(out, e)
     })?;
-    Ok(ConvertReport { files: names, tensors: tensors.len(), config: config.is_some() })
+    Ok(ConvertReport {
+        files: names,
+        tensors: tensors.len(),
+        config: config.is_some(),
+        tokenizer,
+        warnings,
+    })
+}
+
+/// Writes `value` as pretty-printed JSON.
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::io(path, e.into()))?;
+    fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Writes one safetensors file; returns its data bytes.

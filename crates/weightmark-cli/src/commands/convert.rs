@@ -26,14 +26,18 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Outcome> {
     }
     let report = convert(&model, &args.output, &ConvertOptions { dtype, max_shard_bytes })
         .with_context(|| format!("could not convert {}", args.model.display()))?;
+    for warning in &report.warnings {
+        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+    }
     outln!(
-        "converted {} tensors of {} to {} ({} file(s) in {}{})",
+        "converted {} tensors of {} to {} ({} file(s) in {}{}{})",
         report.tensors,
         args.model.display(),
         args.output.display(),
         report.files.len(),
         dtype,
-        if report.config { ", with config.json" } else { "" }
+        if report.config { ", with config.json" } else { "" },
+        if report.tokenizer { ", tokenizer.json and tokenizer_config.json" } else { "" }
     );
     Ok(Outcome::Success)
 }

@@ -11,6 +11,7 @@ pub mod names;
 pub mod quant;
 pub mod quantize;
 pub mod reader;
+pub mod tokenizer;
 pub mod writer;
 
 use rayon::prelude::*;
