@@ -29,14 +29,12 @@ fn tiny_dir(tmp: &tempfile::TempDir, name: &str, seed: u64) -> PathBuf {
     write_llama_dir(&tmp.path().join(name), &LlamaShape::TINY, Dtype::F32, seed)
 }
 
-#[test]
-fn forward_pass_matches_candle_transformers() {
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tiny_dir(&tmp, "tiny", 3);
-    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
-    let ours = llama_of(&m);
-
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+/// Largest |difference| between our last-position logits and
+/// `candle_transformers`' Llama on `ids`, relative to the largest logit.
+fn difference_from_reference(m: &EvalModel, ids: Vec<u32>) -> f32 {
+    let ours = llama_of(m);
+    let config_path = weightmark_eval::load::side_dir(&m.model.path).join("config.json");
+    let text = std::fs::read_to_string(config_path).unwrap_or_else(|e| panic!("{e}"));
     let reference_config: candle_transformers::models::llama::LlamaConfig =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     let reference_config = reference_config.into_config(false);
@@ -51,13 +49,12 @@ fn forward_pass_matches_candle_transformers() {
         &Device::Cpu,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-
-    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 256).collect();
-    let input = Tensor::from_vec(ids, (1, 24), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let n = ids.len();
+    let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
     let theirs = reference.forward(&input, 0, &mut cache).unwrap_or_else(|e| panic!("{e}"));
     let mine = ours.forward(&input).unwrap_or_else(|e| panic!("{e}"));
     let last =
-        mine.narrow(1, 23, 1).and_then(|t| t.flatten_all()).unwrap_or_else(|e| panic!("{e}"));
+        mine.narrow(1, n - 1, 1).and_then(|t| t.flatten_all()).unwrap_or_else(|e| panic!("{e}"));
     let theirs = theirs.flatten_all().unwrap_or_else(|e| panic!("{e}"));
     let diff: f32 = (last - &theirs)
         .and_then(|d| d.abs())
@@ -66,7 +63,27 @@ fn forward_pass_matches_candle_transformers() {
         .unwrap_or_else(|e| panic!("{e}"));
     let scale: f32 = theirs.abs().and_then(|d| d.max(0)).and_then(|d| d.to_scalar()).unwrap_or(1.0);
     println!("max |logit difference| {diff:e} (largest logit {scale})");
-    assert!(diff <= 1e-4 * scale.max(1.0), "logits differ by {diff}");
+    diff / scale.max(1.0)
+}
+
+#[test]
+fn forward_pass_matches_candle_transformers() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let m = open(&tiny_dir(&tmp, "tiny", 3), None).unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 256).collect();
+    let diff = difference_from_reference(&m, ids);
+    assert!(diff <= 1e-4, "logits differ by {diff} of the largest");
+}
+
+#[test]
+fn smollm2_forward_pass_matches_candle_transformers() {
+    // Tied embeddings, grouped-query attention (9 / 3 heads), RoPE base 1e5.
+    let m = open(&real_model("smollm2-f16"), None).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(license_text()).unwrap_or_else(|e| panic!("{e}"));
+    let mut ids = encode(&m.tokenizer, &text).unwrap_or_else(|e| panic!("{e}"));
+    ids.truncate(96);
+    let diff = difference_from_reference(&m, ids);
+    assert!(diff <= 1e-4, "logits differ by {diff} of the largest");
 }
 
 /// Trains the tiny model on the GPL for `steps` and returns (held-out

@@ -37,6 +37,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// List a model's tensors, dtypes, shapes, sizes and digests.
     Inspect(InspectArgs),
+    /// What a model does with text: perplexity, and the cost of a change
+    /// (needs a build with `--features eval`).
+    Eval(EvalArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
     Demo(DemoArgs),
 }
@@ -340,6 +343,11 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// Real fine-tuning on text, on the CPU: AdamW on next-token
+    /// cross-entropy, every weight or LoRA adapters (merged on save). Trains
+    /// on 90% of the text's windows and reports perplexity on the other 10%
+    /// (needs a build with `--features eval`).
+    Finetune(FinetuneArgs),
     /// Embed a second mark with a fresh random key at a given strength.
     Overwrite {
         /// Strength of the second mark (0.03 = 10x the default).
@@ -406,9 +414,11 @@ pub struct RobustnessArgs {
     /// The unmarked original (adds informed detection).
     #[arg(long, value_name = "ORIG")]
     pub original: Option<PathBuf>,
-    /// Attacks to sweep, comma-separated [default: all]: noise, drift, quantize-row,
-    /// quantize-g32, prune-magnitude, prune-random, lowrank-r16, scale, cast-f16,
-    /// merge-unrelated, overwrite.
+    /// Attacks to sweep, comma-separated [default: all but fine-tuning]: noise,
+    /// drift, quantize-row, quantize-g32, prune-magnitude, prune-random,
+    /// lowrank-r16, scale, cast-f16, merge-unrelated, overwrite; and real
+    /// fine-tuning, finetune-full and finetune-lora (levels: training steps
+    /// at which to measure; needs --text and a build with --features eval).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub attacks: Vec<String>,
     /// Levels for one attack, replacing its defaults: ATTACK=L1,L2,... (repeatable).
@@ -420,6 +430,58 @@ pub struct RobustnessArgs {
     /// Directory for the results (created if needed).
     #[arg(long, value_name = "DIR", default_value = "robustness")]
     pub out: PathBuf,
+    /// Text to fine-tune on (repeatable; 90% of its windows train, 10% are
+    /// held out for perplexity). Needed by finetune-full and finetune-lora.
+    #[arg(long = "text", value_name = "FILE", help_heading = "Real fine-tuning (--features eval)")]
+    pub text: Vec<PathBuf>,
+    /// Tokens per training window.
+    #[arg(
+        long,
+        value_name = "TOKENS",
+        default_value_t = 128,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub seq: usize,
+    /// Windows per training step.
+    #[arg(
+        long,
+        value_name = "B",
+        default_value_t = 4,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub batch: usize,
+    /// Learning rate of full fine-tuning.
+    #[arg(
+        long = "lr-full",
+        value_name = "LR",
+        default_value_t = 1e-4,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub lr_full: f64,
+    /// Learning rate of LoRA.
+    #[arg(
+        long = "lr-lora",
+        value_name = "LR",
+        default_value_t = 1e-3,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub lr_lora: f64,
+    /// LoRA rank.
+    #[arg(
+        long = "lora-rank",
+        value_name = "RANK",
+        default_value_t = 16,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub lora_rank: usize,
+    /// Held-out windows used for perplexity (0: all).
+    #[arg(
+        long = "eval-windows",
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Real fine-tuning (--features eval)"
+    )]
+    pub eval_windows: usize,
 }
 
 /// `weightmark inspect`.
@@ -442,4 +504,94 @@ pub struct DemoArgs {
     /// Keep the demo's files in this directory instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+}
+
+/// Text for evaluation and training.
+#[derive(Args, Debug, Clone)]
+pub struct TextArgs {
+    /// A UTF-8 text file; each file is one document (repeatable).
+    #[arg(long = "text", value_name = "FILE", required = true)]
+    pub text: Vec<PathBuf>,
+    /// Tokens per window.
+    #[arg(long, value_name = "TOKENS", default_value_t = 128)]
+    pub seq: usize,
+    /// Use at most this many windows for perplexity (0: all).
+    #[arg(long = "max-windows", value_name = "N", default_value_t = 0)]
+    pub max_windows: usize,
+    /// A tokenizer.json to use instead of the one beside the model.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// `weightmark eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The measurement.
+    #[command(subcommand)]
+    pub kind: EvalKind,
+}
+
+/// The measurements.
+#[derive(Subcommand, Debug)]
+pub enum EvalKind {
+    /// Perplexity of a decoder (Llama layout) on text.
+    Ppl {
+        /// The model: a safetensors file or directory with config.json and
+        /// tokenizer.json beside it.
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// Which windows: all, held-out (the tenth `attack finetune` never
+        /// trains on) or train.
+        #[arg(long, default_value = "all", value_parser = ["all", "held-out", "train"])]
+        split: String,
+        #[command(flatten)]
+        text: TextArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two models on the same text. Decoders: perplexity of both,
+    /// mean KL divergence of the next-token distributions, top-1 agreement.
+    /// Sentence encoders (BERT layout): mean cosine of the embeddings of each
+    /// paragraph.
+    Compare {
+        /// The reference model.
+        #[arg(value_name = "A")]
+        a: PathBuf,
+        /// The model compared with it.
+        #[arg(value_name = "B")]
+        b: PathBuf,
+        #[command(flatten)]
+        text: TextArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `weightmark attack finetune`.
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Optimisation steps.
+    #[arg(long, value_name = "N")]
+    pub steps: usize,
+    /// AdamW learning rate [default: 1e-4 full, 1e-3 LoRA].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Train LoRA adapters of this rank instead of every weight.
+    #[arg(long, value_name = "RANK")]
+    pub lora: Option<usize>,
+    /// Windows per step.
+    #[arg(long, value_name = "B", default_value_t = 4)]
+    pub batch: usize,
+    /// AdamW decoupled weight decay.
+    #[arg(long = "weight-decay", value_name = "W", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Print the training loss every N steps (0: never).
+    #[arg(long = "log-every", value_name = "N", default_value_t = 10)]
+    pub log_every: usize,
+    #[command(flatten)]
+    pub text: TextArgs,
+    #[command(flatten)]
+    pub io: AttackIo,
 }

@@ -57,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Attack(args) => commands::attack::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Inspect(args) => commands::inspect::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
     }
 }

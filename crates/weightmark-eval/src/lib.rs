@@ -21,6 +21,7 @@
 //! `eval` commands and `attack finetune` with `--features eval`.
 
 pub mod bert;
+pub mod curve;
 
 pub mod error;
 pub mod finetune;

@@ -45,6 +45,7 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
             return merge(other, *lambda, io);
         }
         AttackKind::Overwrite { strength, io } => return overwrite(*strength, io),
+        AttackKind::Finetune(a) => return super::eval::finetune(a),
         AttackKind::Permute { what, io } => return permute(what, io),
         AttackKind::Truncate { keep, io } => {
             let m = Model::open(&io.model)?;

@@ -18,15 +18,56 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
     }
 }
 
+/// The real fine-tuning attacks (eval crate) and their default checkpoints.
+pub const FINETUNE_ATTACKS: [&str; 2] = ["finetune-full", "finetune-lora"];
+
+/// Default training steps at which a fine-tuning run is measured.
+pub const FINETUNE_CHECKPOINTS: [f64; 5] = [0.0, 25.0, 50.0, 100.0, 200.0];
+
+fn is_finetune(name: &str) -> bool {
+    FINETUNE_ATTACKS.contains(&name.trim())
+}
+
+/// The fine-tuning runs asked for, with their checkpoints.
+pub fn finetune_plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let mut plan: Vec<(String, Vec<usize>)> = args
+        .attacks
+        .iter()
+        .filter(|a| is_finetune(a))
+        .map(|a| (a.trim().to_string(), FINETUNE_CHECKPOINTS.iter().map(|&s| s as usize).collect()))
+        .collect();
+    for spec in &args.levels {
+        let Some((name, levels)) = spec.split_once('=') else { continue };
+        if !is_finetune(name) {
+            continue;
+        }
+        let steps: Vec<usize> = levels
+            .split(',')
+            .map(|v| {
+                v.trim().parse::<usize>().with_context(|| {
+                    format!("--levels '{spec}': '{v}' is not a whole number of steps")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        match plan.iter_mut().find(|(n, _)| n == name.trim()) {
+            Some(entry) => entry.1 = steps,
+            None => bail!("--levels names '{name}', which is not in --attacks"),
+        }
+    }
+    Ok(plan)
+}
+
 fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
     let sweeps: Vec<Sweep> = if args.attacks.is_empty() {
         Sweep::ALL.to_vec()
     } else {
         args.attacks
             .iter()
+            .filter(|name| !is_finetune(name))
             .map(|name| {
                 Sweep::from_name(name.trim()).with_context(|| {
-                    let known: Vec<&str> = Sweep::ALL.iter().map(|s| s.name()).collect();
+                    let mut known: Vec<&str> = Sweep::ALL.iter().map(|s| s.name()).collect();
+                    known.extend(FINETUNE_ATTACKS);
                     format!("--attacks: unknown attack '{name}' (known: {})", known.join(", "))
                 })
             })
@@ -38,6 +79,9 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
         let (name, levels) = spec
             .split_once('=')
             .with_context(|| format!("--levels '{spec}': write ATTACK=L1,L2"))?;
+        if is_finetune(name) {
+            continue;
+        }
         let sweep = Sweep::from_name(name.trim())
             .with_context(|| format!("--levels: unknown attack '{name}'"))?;
         let values: Vec<f64> = levels
@@ -58,6 +102,10 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
 
 fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let plan = plan(args)?;
+    let finetune = finetune_plan(args)?;
+    if !finetune.is_empty() && args.text.is_empty() {
+        bail!("{} needs --text FILE to train on", finetune[0].0);
+    }
     let secret = SecretKey::load(&args.key)?;
     let cert = load_certificate(&args.cert, &secret.public_key())?;
     let p = cert.predicate();
@@ -73,7 +121,8 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         .tempdir_in(&args.out)
         .with_context(|| format!("{}: cannot create a scratch directory", args.out.display()))?;
 
-    let points: u64 = plan.iter().map(|(_, l)| l.len() as u64).sum();
+    let points: u64 = plan.iter().map(|(_, l)| l.len() as u64).sum::<u64>()
+        + finetune.iter().map(|(_, l)| 2 * l.len() as u64).sum::<u64>();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = ProgressBar::new(points);
         b.set_style(
@@ -89,7 +138,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         bar.set_message(format!("{} {}", r.attack, r.level));
         bar.inc(1);
     };
-    let rows = robustness(&SweepInputs {
+    let inputs = SweepInputs {
         marked: &marked,
         original: original.as_ref(),
         mark_key: &mark_key,
@@ -98,8 +147,14 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         seed: args.seed,
         scratch: scratch.path(),
         on_row: &on_row,
-    })
-    .context("the robustness sweep failed")?;
+    };
+    let mut rows = robustness(&inputs).context("the robustness sweep failed")?;
+    if !finetune.is_empty() {
+        rows.extend(
+            super::eval::finetune_rows(args, &inputs, &finetune)
+                .context("the fine-tuning sweep failed")?,
+        );
+    }
     bar.finish_and_clear();
 
     let out = &args.out;
@@ -116,11 +171,18 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     write_atomic(&out.join("results.csv"), &to_csv(&rows))?;
     write_atomic(&out.join("results.md"), &to_markdown(&rows))?;
     let threshold = z_for_p(weightmark::DEFAULT_THRESHOLD_P);
-    for (sweep, _) in &plan {
-        let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == sweep.name()).collect();
-        let title = format!("{}: {}", marked.display_name(), sweep.name());
-        let svg = svg::plot(&title, sweep.level_name(), &mine, threshold);
-        write_atomic(&out.join(format!("plot-{}.svg", sweep.name())), &svg)?;
+    let mut attacks: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !attacks.contains(&r.attack.as_str()) {
+            attacks.push(&r.attack);
+        }
+    }
+    for attack in &attacks {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == *attack).collect();
+        let title = format!("{}: {attack}", marked.display_name());
+        let level_name = Sweep::from_name(attack).map_or("training steps", Sweep::level_name);
+        let svg = svg::plot(&title, level_name, &mine, threshold);
+        write_atomic(&out.join(format!("plot-{attack}.svg")), &svg)?;
     }
     let false_positives = rows
         .iter()
@@ -132,7 +194,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     outln!(
         "{} points over {} attacks in {:.0} s -> {} (results.json, results.csv, results.md, plot-*.svg)",
         rows.len(),
-        plan.len(),
+        attacks.len(),
         rows.iter().map(|r| r.seconds).sum::<f64>(),
         out.display()
     );

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod demo;
 pub mod detect;
 pub mod embed;
+pub mod eval;
 pub mod identify;
 pub mod inspect;
 pub mod keygen;

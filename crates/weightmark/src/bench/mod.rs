@@ -158,6 +158,10 @@ pub struct Row {
     pub wrong_key_blind_z: f64,
     /// Informed z with a wrong key.
     pub wrong_key_informed_z: Option<f64>,
+    /// Held-out perplexity of the attacked model, for attacks that measure it
+    /// (real fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     /// Seconds this point took (attack and detections).
     pub seconds: f64,
 }
@@ -184,17 +188,13 @@ pub struct SweepInputs<'a> {
 
 /// Runs the sweep.
 pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
-    let wrong = SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None);
     let attacker = SecretKey::from_seed([0x3c; 32]);
     let mut rows = Vec::new();
     for (sweep, levels) in &inputs.plan {
         for &level in levels {
             let started = Instant::now();
-            let out = inputs.scratch.join(format!("{}-{level}", sweep.name()));
-            let out = match inputs.marked.layout {
-                crate::model::Layout::File => out.with_extension("safetensors"),
-                _ => out,
-            };
+            let out =
+                scratch_path(inputs.marked, inputs.scratch, &format!("{}-{level}", sweep.name()));
             let damage = match sweep.attack(level) {
                 Some(attack) => apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
                     .damage
@@ -211,40 +211,65 @@ pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
                     embed(inputs.marked, &out, &attacker, &options)?.fidelity.relative_rms_change()
                 }
             };
-            let attacked = Model::open(&out)?;
-            let opts =
-                DetectOptions { threshold_p: crate::DEFAULT_THRESHOLD_P, progress: &NoProgress };
-            let run = |key: &MarkKey, original: Option<&Model>| {
-                detect(
-                    &attacked,
-                    original,
-                    &Target { mark_key: key, tensors: Some(inputs.tensors.clone()) },
-                    &opts,
-                )
-            };
-            let blind = run(inputs.mark_key, None)?;
-            let informed = inputs.original.map(|o| run(inputs.mark_key, Some(o))).transpose()?;
-            let wrong_blind = run(&wrong, None)?;
-            let wrong_informed = inputs.original.map(|o| run(&wrong, Some(o))).transpose()?;
-            drop(attacked);
-            remove(&out);
-            let row = Row {
-                attack: sweep.name().to_string(),
-                level,
-                damage,
-                blind_z: blind.z,
-                blind_p: blind.p_value,
-                informed_z: informed.as_ref().map(|d| d.z),
-                informed_p: informed.as_ref().map(|d| d.p_value),
-                wrong_key_blind_z: wrong_blind.z,
-                wrong_key_informed_z: wrong_informed.as_ref().map(|d| d.z),
-                seconds: started.elapsed().as_secs_f64(),
-            };
+            let row = measure(inputs, &out, sweep.name(), level, damage, started)?;
             (inputs.on_row)(&row);
             rows.push(row);
         }
     }
     Ok(rows)
+}
+
+/// Detects the mark in the attacked model at `out` (blind and, with the
+/// original, informed; with the release key and with a wrong one), removes
+/// `out`, and returns the row. `started` is when the attack began.
+pub fn measure(
+    inputs: &SweepInputs<'_>,
+    out: &Path,
+    attack: &str,
+    level: f64,
+    damage: f64,
+    started: Instant,
+) -> Result<Row> {
+    let wrong = SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None);
+    let attacked = Model::open(out)?;
+    let opts = DetectOptions { threshold_p: crate::DEFAULT_THRESHOLD_P, progress: &NoProgress };
+    let run = |key: &MarkKey, original: Option<&Model>| {
+        detect(
+            &attacked,
+            original,
+            &Target { mark_key: key, tensors: Some(inputs.tensors.clone()) },
+            &opts,
+        )
+    };
+    let blind = run(inputs.mark_key, None)?;
+    let informed = inputs.original.map(|o| run(inputs.mark_key, Some(o))).transpose()?;
+    let wrong_blind = run(&wrong, None)?;
+    let wrong_informed = inputs.original.map(|o| run(&wrong, Some(o))).transpose()?;
+    drop(attacked);
+    remove(out);
+    Ok(Row {
+        attack: attack.to_string(),
+        level,
+        damage,
+        blind_z: blind.z,
+        blind_p: blind.p_value,
+        informed_z: informed.as_ref().map(|d| d.z),
+        informed_p: informed.as_ref().map(|d| d.p_value),
+        wrong_key_blind_z: wrong_blind.z,
+        wrong_key_informed_z: wrong_informed.as_ref().map(|d| d.z),
+        perplexity: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Where an attacked copy of `marked` named `name` goes in `scratch`: a file
+/// for a single-file model, else a directory.
+pub fn scratch_path(marked: &Model, scratch: &Path, name: &str) -> std::path::PathBuf {
+    let out = scratch.join(name);
+    match marked.layout {
+        crate::model::Layout::File => out.with_extension("safetensors"),
+        _ => out,
+    }
 }
 
 fn remove(path: &Path) {
@@ -254,13 +279,13 @@ fn remove(path: &Path) {
 /// The rows as CSV.
 pub fn to_csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "attack,level,damage,blind_z,blind_p,informed_z,informed_p,wrong_key_blind_z,wrong_key_informed_z,seconds\n",
+        "attack,level,damage,blind_z,blind_p,informed_z,informed_p,wrong_key_blind_z,wrong_key_informed_z,perplexity,seconds\n",
     );
     let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
     let opt_e = |v: Option<f64>| v.map(|x| format!("{x:e}")).unwrap_or_default();
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{:e},{},{},{},{},{:.2}\n",
+            "{},{},{},{},{:e},{},{},{},{},{},{:.2}\n",
             r.attack,
             r.level,
             r.damage,
@@ -270,6 +295,7 @@ pub fn to_csv(rows: &[Row]) -> String {
             opt_e(r.informed_p),
             r.wrong_key_blind_z,
             opt(r.wrong_key_informed_z),
+            opt(r.perplexity),
             r.seconds
         ));
     }
@@ -280,21 +306,28 @@ pub fn to_csv(rows: &[Row]) -> String {
 pub fn to_markdown(rows: &[Row]) -> String {
     let mut out = String::new();
     let threshold = crate::scheme::z_for_p(crate::DEFAULT_THRESHOLD_P);
-    for sweep in Sweep::ALL {
-        let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == sweep.name()).collect();
-        if mine.is_empty() {
-            continue;
+    let mut attacks: Vec<&str> = Vec::new();
+    for r in rows {
+        if !attacks.contains(&r.attack.as_str()) {
+            attacks.push(&r.attack);
         }
-        out.push_str(&format!("### {} (level: {})\n\n", sweep.name(), sweep.level_name()));
-        out.push_str("| level | damage | blind z | found blind | informed z | found informed | wrong key z (blind / informed) |\n");
-        out.push_str("|---:|---:|---:|:---:|---:|:---:|---:|\n");
+    }
+    for attack in attacks {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == attack).collect();
+        let level_name = Sweep::from_name(attack).map_or("training steps", Sweep::level_name);
+        let has_ppl = mine.iter().any(|r| r.perplexity.is_some());
+        out.push_str(&format!("### {attack} (level: {level_name})\n\n"));
+        out.push_str("| level | damage | blind z | found blind | informed z | found informed | wrong key z (blind / informed) |");
+        out.push_str(if has_ppl { " held-out perplexity |\n" } else { "\n" });
+        out.push_str("|---:|---:|---:|:---:|---:|:---:|---:|");
+        out.push_str(if has_ppl { "---:|\n" } else { "\n" });
         for r in mine {
             let informed = r.informed_z.map(|z| format!("{z:.1}")).unwrap_or_else(|| "-".into());
             let found_i = r.informed_z.map(|z| if z >= 7.43 { "yes" } else { "no" }).unwrap_or("-");
             let wrong_i =
                 r.wrong_key_informed_z.map(|z| format!("{z:.2}")).unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "| {} | {:.2}% | {:.2} | {} | {} | {} | {:.2} / {} |\n",
+                "| {} | {:.2}% | {:.2} | {} | {} | {} | {:.2} / {} |",
                 r.level,
                 100.0 * r.damage,
                 r.blind_z,
@@ -304,6 +337,11 @@ pub fn to_markdown(rows: &[Row]) -> String {
                 r.wrong_key_blind_z,
                 wrong_i
             ));
+            match (has_ppl, r.perplexity) {
+                (false, _) => out.push('\n'),
+                (true, Some(p)) => out.push_str(&format!(" {p:.3} |\n")),
+                (true, None) => out.push_str(" - |\n"),
+            }
         }
         out.push('\n');
     }

@@ -1,0 +1,45 @@
+//! `weightmark eval ppl|compare` and `weightmark attack finetune`: real
+//! forward passes and real training, from the `weightmark-eval` crate.
+//!
+//! The crate (candle and a tokenizer) is heavy, so it is an optional feature:
+//! a default build keeps these commands in its help and explains how to get
+//! them.
+
+#[cfg(not(feature = "eval"))]
+mod disabled {
+    use weightmark::bench::{Row, SweepInputs};
+
+    use crate::cli::{EvalArgs, FinetuneArgs, RobustnessArgs};
+    use crate::Outcome;
+
+    const HINT: &str = "this weightmark was built without the eval feature; \
+        rebuild with `cargo build --release -p weightmark-cli --features eval`";
+
+    /// Explains how to get the eval commands.
+    pub fn run(_: &EvalArgs) -> anyhow::Result<Outcome> {
+        anyhow::bail!(HINT)
+    }
+
+    /// Explains how to get `attack finetune`.
+    pub fn finetune(_: &FinetuneArgs) -> anyhow::Result<Outcome> {
+        anyhow::bail!(HINT)
+    }
+
+    /// Explains how to get the fine-tuning attacks of `bench robustness`.
+    pub fn finetune_rows(
+        _: &RobustnessArgs,
+        _: &SweepInputs<'_>,
+        _: &[(String, Vec<usize>)],
+    ) -> anyhow::Result<Vec<Row>> {
+        anyhow::bail!(HINT)
+    }
+}
+
+#[cfg(not(feature = "eval"))]
+pub use disabled::{finetune, finetune_rows, run};
+
+#[cfg(feature = "eval")]
+mod enabled;
+
+#[cfg(feature = "eval")]
+pub use enabled::{finetune, finetune_rows, run};

@@ -1,0 +1,254 @@
+//! The eval commands, built with `--features eval`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use weightmark_eval::bert::SentenceEncoder;
+use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
+use weightmark_eval::llama::Llama;
+use weightmark_eval::load::{self, tensors_f32, Architecture, EvalModel};
+use weightmark_eval::metrics::{compare, compare_embeddings, perplexity};
+use weightmark_eval::text::{Corpus, Split};
+
+use weightmark::bench::{Row, SweepInputs};
+use weightmark_eval::curve::{finetune_curve, CurvePlan};
+
+use crate::cli::{EvalArgs, EvalKind, FinetuneArgs, RobustnessArgs, TextArgs};
+use crate::{outln, Outcome};
+
+/// Default learning rates: typical for full fine-tuning and for LoRA.
+pub const DEFAULT_LR_FULL: f64 = 1e-4;
+/// See [`DEFAULT_LR_FULL`].
+pub const DEFAULT_LR_LORA: f64 = 1e-3;
+
+/// Runs `weightmark eval`.
+pub fn run(args: &EvalArgs) -> anyhow::Result<Outcome> {
+    match &args.kind {
+        EvalKind::Ppl { model, split, text, json } => ppl(model, split, text, *json),
+        EvalKind::Compare { a, b, text, json } => compare_models(a, b, text, *json),
+    }
+}
+
+/// Builds the decoder of an opened model, or says why it is not one.
+pub fn decoder(m: &EvalModel) -> anyhow::Result<Llama> {
+    let Architecture::Llama(config) = &m.architecture else {
+        bail!(
+            "{}: a BERT-layout encoder has no next-token perplexity; use `eval compare` for \
+             embedding similarity",
+            m.model.path.display()
+        )
+    };
+    Ok(Llama::from_tensors(config.clone(), &tensors_f32(&m.model)?, &m.model.path)?)
+}
+
+/// At most `max` items (0: all).
+fn limit(mut v: Vec<Vec<u32>>, max: usize) -> Vec<Vec<u32>> {
+    if max > 0 {
+        v.truncate(max);
+    }
+    v
+}
+
+fn read_windows(m: &EvalModel, text: &TextArgs) -> anyhow::Result<(Corpus, Split)> {
+    let corpus = Corpus::read(&text.text)?;
+    let split = corpus.windows(&m.tokenizer, text.seq)?;
+    for p in &split.too_short {
+        eprintln!(
+            "weightmark: note: {} is shorter than one window of {} tokens",
+            p.display(),
+            text.seq
+        );
+    }
+    Ok((corpus, split))
+}
+
+fn ppl(model: &Path, which: &str, text: &TextArgs, json: bool) -> anyhow::Result<Outcome> {
+    let m = load::open(model, text.tokenizer.as_deref())?;
+    let llama = decoder(&m)?;
+    let (_, split) = read_windows(&m, text)?;
+    let windows = match which {
+        "held-out" => split.held_out,
+        "train" => split.train,
+        _ => split.all(),
+    };
+    let windows = limit(windows, text.max_windows);
+    let value = perplexity(&llama, &windows)
+        .with_context(|| format!("{}: perplexity failed", model.display()))?;
+    let tokens = windows.len() * text.seq;
+    if json {
+        outln!(
+            "{}",
+            json!({
+                "model": model.display().to_string(),
+                "perplexity": value,
+                "split": which,
+                "windows": windows.len(),
+                "tokens_predicted": tokens,
+                "seq": text.seq,
+            })
+        );
+    } else {
+        outln!(
+            "perplexity {value:.4} over {tokens} predicted tokens ({} windows of {}, split {which})",
+            windows.len(),
+            text.seq
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// The tokenizer used for both models of a comparison: the one given, else A's.
+fn shared_tokenizer(a: &Path, text: &TextArgs) -> PathBuf {
+    text.tokenizer.clone().unwrap_or_else(|| load::side_dir(a).join("tokenizer.json"))
+}
+
+fn compare_models(a: &Path, b: &Path, text: &TextArgs, json: bool) -> anyhow::Result<Outcome> {
+    let tokenizer = shared_tokenizer(a, text);
+    let ma = load::open(a, Some(&tokenizer))?;
+    let mb = load::open(b, Some(&tokenizer))?;
+    match (&ma.architecture, &mb.architecture) {
+        (Architecture::Llama(_), Architecture::Llama(_)) => {
+            let (_, split) = read_windows(&ma, text)?;
+            let windows = limit(split.all(), text.max_windows);
+            let c = compare(&decoder(&ma)?, &decoder(&mb)?, &windows)?;
+            if json {
+                outln!("{}", serde_json::to_string(&c)?);
+            } else {
+                outln!(
+                    "perplexity {:.4} -> {:.4} ({:+.3}%), mean KL {:.3e} nats, top-1 agreement {:.3}% over {} positions",
+                    c.perplexity_a,
+                    c.perplexity_b,
+                    100.0 * c.perplexity_change,
+                    c.mean_kl,
+                    100.0 * c.top1_agreement,
+                    c.positions
+                );
+            }
+        }
+        (Architecture::Bert(ca), Architecture::Bert(cb)) => {
+            let corpus = Corpus::read(&text.text)?;
+            let mut paragraphs = corpus.paragraphs(5);
+            if text.max_windows > 0 {
+                paragraphs.truncate(text.max_windows);
+            }
+            let ea = SentenceEncoder::new(ca, tensors_f32(&ma.model)?, ma.tokenizer.clone())?;
+            let eb = SentenceEncoder::new(cb, tensors_f32(&mb.model)?, mb.tokenizer.clone())?;
+            let c = compare_embeddings(&ea, &eb, &paragraphs)?;
+            if json {
+                outln!("{}", serde_json::to_string(&c)?);
+            } else {
+                outln!(
+                    "embedding cosine: mean {:.6}, min {:.6} over {} paragraphs",
+                    c.mean_cosine,
+                    c.min_cosine,
+                    c.texts
+                );
+            }
+        }
+        _ => bail!("{} and {} are different architectures", a.display(), b.display()),
+    }
+    Ok(Outcome::Success)
+}
+
+/// Runs `weightmark attack finetune`.
+pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<Outcome> {
+    let io = &args.io;
+    let m = load::open(&io.model, args.text.tokenizer.as_deref())?;
+    let llama = decoder(&m)?;
+    let (_, split) = read_windows(&m, &args.text)?;
+    let held_out = limit(split.held_out.clone(), args.text.max_windows);
+    let method = match args.lora {
+        Some(rank) => Method::Lora { rank },
+        None => Method::Full,
+    };
+    let lr = args.lr.unwrap_or(match method {
+        Method::Full => DEFAULT_LR_FULL,
+        Method::Lora { .. } => DEFAULT_LR_LORA,
+    });
+    let options = FinetuneOptions {
+        method,
+        learning_rate: lr,
+        weight_decay: args.weight_decay,
+        batch: args.batch,
+        seed: io.seed,
+    };
+    let before = (!held_out.is_empty()).then(|| perplexity(&llama, &held_out)).transpose()?;
+    let train_windows = split.train.len();
+    let mut trainer = Trainer::new(llama, split.train, &options)?;
+    let started = std::time::Instant::now();
+    for step in 1..=args.steps {
+        let loss = trainer.step()?;
+        if args.log_every > 0 && (step % args.log_every == 0 || step == args.steps) {
+            eprintln!(
+                "step {step}/{}: loss {loss:.4} ({:.1} s/step)",
+                args.steps,
+                started.elapsed().as_secs_f64() / step as f64
+            );
+        }
+    }
+    let after =
+        (!held_out.is_empty()).then(|| perplexity(trainer.model(), &held_out)).transpose()?;
+    let report = trainer
+        .write(&m.model, &io.output)
+        .with_context(|| format!("could not write {}", io.output.display()))?;
+    outln!(
+        "{method} fine-tuning: {} steps of {} x {} tokens (lr {lr:e}, seed {}) on {train_windows} training windows -> {}",
+        args.steps,
+        args.batch,
+        args.text.seq,
+        io.seed,
+        report.written.path.display()
+    );
+    match (before, after) {
+        (Some(b), Some(a)) => outln!(
+            "held-out perplexity {b:.4} -> {a:.4} ({:+.1}%) over {} windows",
+            100.0 * (a / b - 1.0),
+            held_out.len()
+        ),
+        _ => outln!("no held-out windows (the text is shorter than ten windows)"),
+    }
+    outln!(
+        "relative RMS change of the marked weights: {:.3}%",
+        100.0 * report.damage.relative_rms_change()
+    );
+    Ok(Outcome::Success)
+}
+
+/// The fine-tuning attacks of `bench robustness`: one training run per entry
+/// of `plan` (`finetune-full` or `finetune-lora`, with its checkpoints) on
+/// the marked model.
+pub fn finetune_rows(
+    args: &RobustnessArgs,
+    inputs: &SweepInputs<'_>,
+    plan: &[(String, Vec<usize>)],
+) -> anyhow::Result<Vec<Row>> {
+    let m = load::open(&args.model, None)?;
+    let llama = decoder(&m)?;
+    let text = TextArgs {
+        text: args.text.clone(),
+        seq: args.seq,
+        max_windows: args.eval_windows,
+        tokenizer: None,
+    };
+    let (_, split) = read_windows(&m, &text)?;
+    let held_out = limit(split.held_out.clone(), args.eval_windows);
+    let mut rows = Vec::new();
+    for (name, checkpoints) in plan {
+        let (method, learning_rate) = if name == "finetune-lora" {
+            (Method::Lora { rank: args.lora_rank }, args.lr_lora)
+        } else {
+            (Method::Full, args.lr_full)
+        };
+        let options = FinetuneOptions {
+            method,
+            learning_rate,
+            weight_decay: 0.0,
+            batch: args.batch,
+            seed: args.seed,
+        };
+        let curve = CurvePlan { options, checkpoints: checkpoints.clone() };
+        rows.extend(finetune_curve(inputs, llama.clone(), split.train.clone(), &held_out, &curve)?);
+    }
+    Ok(rows)
+}
