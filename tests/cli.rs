@@ -427,3 +427,20 @@ fn demo_tells_the_whole_story_and_every_step_succeeds() {
     assert_eq!(text.matches("no mark (as expected)").count(), 2, "{text}");
     assert!(text.contains("Every step came out as it should"));
 }
+
+/// A default build lists the eval commands but explains how to get them.
+#[cfg(not(feature = "eval"))]
+#[test]
+fn eval_commands_need_the_eval_feature() {
+    let s = Scene::new();
+    std::fs::write(s.path("t.txt"), "some text").unwrap_or_else(|e| panic!("{e}"));
+    for args in [
+        &["eval", "ppl", "m", "--text", "t.txt"][..],
+        &["attack", "finetune", "--steps", "1", "--text", "t.txt", "m", "-o", "out"][..],
+    ] {
+        let o = s.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("--features eval"), "{}", stderr(&o));
+        assert!(!s.path("out").exists());
+    }
+}
