@@ -68,10 +68,13 @@ pub struct EmbedArgs {
     /// Mark strength: RMS of the mark relative to the RMS of each row.
     ///
     /// Blind z of an unattacked model is about strength x sqrt(marked
-    /// elements). The default 0.003 (a 0.3% relative change, comparable to
-    /// storing f32 weights in bf16) gives blind z >= 10 from 11M elements
-    /// (13.4 at 20M, 35 at 135M). Smaller models need more strength for blind
-    /// detection, or the original for informed detection.
+    /// elements). The default 0.003 (a 0.3% relative change) gives blind z >=
+    /// 10 from 11M elements (13.4 at 20M, 35 at 135M). Smaller models need
+    /// more strength for blind detection, or the original for informed
+    /// detection. The cost to the model grows with the square of the
+    /// strength: 0.001 costs about what re-rounding to bf16 does, the default
+    /// about 8 times that in KL divergence (docs/fidelity.md). With the
+    /// original at hand, informed detection works at 0.001 and below.
     #[arg(long, value_name = "EPS", default_value_t = weightmark::DEFAULT_STRENGTH)]
     pub strength: f64,
     /// Mark only tensors whose names match this glob (repeatable).

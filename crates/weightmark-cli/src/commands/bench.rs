@@ -134,9 +134,23 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     } else {
         ProgressBar::hidden()
     };
+    // Long runs (real fine-tuning takes most of an hour) report each point as
+    // it lands: on the bar on a terminal, as one line each otherwise (logs).
     let on_row = |r: &Row| {
         bar.set_message(format!("{} {}", r.attack, r.level));
         bar.inc(1);
+        if bar.is_hidden() {
+            let informed = r.informed_z.map(|z| format!(", informed z {z:.1}")).unwrap_or_default();
+            let ppl = r.perplexity.map(|p| format!(", perplexity {p:.3}")).unwrap_or_default();
+            eprintln!(
+                "bench: {} {}: damage {:.3}%, blind z {:.2}{informed}{ppl} ({:.0} s)",
+                r.attack,
+                r.level,
+                100.0 * r.damage,
+                r.blind_z,
+                r.seconds
+            );
+        }
     };
     let inputs = SweepInputs {
         marked: &marked,
