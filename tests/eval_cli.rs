@@ -61,6 +61,26 @@ fn ppl_and_compare_of_a_model_with_itself() {
     assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
     assert_eq!(v["perplexity_change"].as_f64(), Some(0.0));
     assert_eq!(v["positions"], 8 * 64);
+
+    // A bare copy without config or tokenizer beside it borrows A's.
+    std::fs::create_dir(s.path("bare")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(s.path("tiny/model.safetensors"), s.path("bare/copy.safetensors"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let o = s.run(&[
+        "eval",
+        "compare",
+        &m,
+        "bare/copy.safetensors",
+        "--text",
+        &t,
+        "--seq",
+        "64",
+        "--max-windows",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o)["mean_kl"].as_f64(), Some(0.0));
 }
 
 #[test]

@@ -50,6 +50,13 @@ pub fn side_dir(model_path: &Path) -> PathBuf {
 /// Opens the model at `path` with `config.json` and `tokenizer.json` from
 /// beside it (or the tokenizer at `tokenizer`, when given).
 pub fn open(path: &Path, tokenizer: Option<&Path>) -> Result<EvalModel> {
+    open_like(path, path, tokenizer)
+}
+
+/// Opens the model at `path` like [`open`], but reads `config.json` from
+/// beside `reference` when `path` has none beside it (a bare marked copy of
+/// `reference`, say).
+pub fn open_like(path: &Path, reference: &Path, tokenizer: Option<&Path>) -> Result<EvalModel> {
     let model = Model::open(path)?;
     if model.layout == Layout::Gguf {
         return Err(EvalError::input(
@@ -58,7 +65,10 @@ pub fn open(path: &Path, tokenizer: Option<&Path>) -> Result<EvalModel> {
         ));
     }
     let dir = side_dir(path);
-    let architecture = read_config(&dir.join("config.json"))?;
+    let own_config = dir.join("config.json");
+    let config =
+        if own_config.is_file() { own_config } else { side_dir(reference).join("config.json") };
+    let architecture = read_config(&config)?;
     let tokenizer_path =
         tokenizer.map(Path::to_path_buf).unwrap_or_else(|| dir.join("tokenizer.json"));
     let tokenizer = load_tokenizer(&tokenizer_path)?;

@@ -106,7 +106,7 @@ fn shared_tokenizer(a: &Path, text: &TextArgs) -> PathBuf {
 fn compare_models(a: &Path, b: &Path, text: &TextArgs, json: bool) -> anyhow::Result<Outcome> {
     let tokenizer = shared_tokenizer(a, text);
     let ma = load::open(a, Some(&tokenizer))?;
-    let mb = load::open(b, Some(&tokenizer))?;
+    let mb = load::open_like(b, a, Some(&tokenizer))?;
     match (&ma.architecture, &mb.architecture) {
         (Architecture::Llama(_), Architecture::Llama(_)) => {
             let (_, split) = read_windows(&ma, text)?;
