@@ -227,6 +227,11 @@ fn bad_inputs_exit_2_naming_the_file() {
     assert!(stderr(&o).contains("tiny/tokenizer.json: no tokenizer.json"), "{}", stderr(&o));
     assert!(!s.path("out").exists());
 
+    s.ok(&["attack", "gguf", "--type", "F32", &m, "-o", "tiny.gguf"]);
+    let o = s.run(&["eval", "ppl", "tiny.gguf", "--text", &t]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tiny.gguf: GGUF files carry no config.json"), "{}", stderr(&o));
+
     std::fs::write(s.path("tiny/config.json"), "{\"model_type\": \"gpt-j\"}")
         .unwrap_or_else(|e| panic!("{e}"));
     let o = s.run(&["eval", "ppl", &m, "--text", &t]);
