@@ -433,57 +433,36 @@ pub struct RobustnessArgs {
     /// Directory for the results (created if needed).
     #[arg(long, value_name = "DIR", default_value = "robustness")]
     pub out: PathBuf,
+    /// Settings of the real fine-tuning attacks.
+    #[command(flatten)]
+    pub finetune: FinetuneBenchArgs,
+}
+
+/// `bench robustness` settings for finetune-full and finetune-lora.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Real fine-tuning (--features eval)")]
+pub struct FinetuneBenchArgs {
     /// Text to fine-tune on (repeatable; 90% of its windows train, 10% are
     /// held out for perplexity). Needed by finetune-full and finetune-lora.
-    #[arg(long = "text", value_name = "FILE", help_heading = "Real fine-tuning (--features eval)")]
+    #[arg(long = "text", value_name = "FILE")]
     pub text: Vec<PathBuf>,
     /// Tokens per training window.
-    #[arg(
-        long,
-        value_name = "TOKENS",
-        default_value_t = 128,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long, value_name = "TOKENS", default_value_t = 128)]
     pub seq: usize,
     /// Windows per training step.
-    #[arg(
-        long,
-        value_name = "B",
-        default_value_t = 4,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long, value_name = "B", default_value_t = 4)]
     pub batch: usize,
     /// Learning rate of full fine-tuning.
-    #[arg(
-        long = "lr-full",
-        value_name = "LR",
-        default_value_t = 1e-4,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long = "lr-full", value_name = "LR", default_value_t = 1e-4)]
     pub lr_full: f64,
     /// Learning rate of LoRA.
-    #[arg(
-        long = "lr-lora",
-        value_name = "LR",
-        default_value_t = 1e-3,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long = "lr-lora", value_name = "LR", default_value_t = 1e-3)]
     pub lr_lora: f64,
     /// LoRA rank.
-    #[arg(
-        long = "lora-rank",
-        value_name = "RANK",
-        default_value_t = 16,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long = "lora-rank", value_name = "RANK", default_value_t = 16)]
     pub lora_rank: usize,
     /// Held-out windows used for perplexity (0: all).
-    #[arg(
-        long = "eval-windows",
-        value_name = "N",
-        default_value_t = 0,
-        help_heading = "Real fine-tuning (--features eval)"
-    )]
+    #[arg(long = "eval-windows", value_name = "N", default_value_t = 0)]
     pub eval_windows: usize,
 }
 

@@ -103,7 +103,7 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
 fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let plan = plan(args)?;
     let finetune = finetune_plan(args)?;
-    if !finetune.is_empty() && args.text.is_empty() {
+    if !finetune.is_empty() && args.finetune.text.is_empty() {
         bail!("{} needs --text FILE to train on", finetune[0].0);
     }
     let secret = SecretKey::load(&args.key)?;

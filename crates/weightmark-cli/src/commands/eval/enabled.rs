@@ -225,6 +225,8 @@ pub fn finetune_rows(
 ) -> anyhow::Result<Vec<Row>> {
     let m = load::open(&args.model, None)?;
     let llama = decoder(&m)?;
+    let seed = args.seed;
+    let args = &args.finetune;
     let text = TextArgs {
         text: args.text.clone(),
         seq: args.seq,
@@ -240,13 +242,8 @@ pub fn finetune_rows(
         } else {
             (Method::Full, args.lr_full)
         };
-        let options = FinetuneOptions {
-            method,
-            learning_rate,
-            weight_decay: 0.0,
-            batch: args.batch,
-            seed: args.seed,
-        };
+        let options =
+            FinetuneOptions { method, learning_rate, weight_decay: 0.0, batch: args.batch, seed };
         let curve = CurvePlan { options, checkpoints: checkpoints.clone() };
         rows.extend(finetune_curve(inputs, llama.clone(), split.train.clone(), &held_out, &curve)?);
     }
