@@ -190,6 +190,8 @@ fn smollm2_completes_the_capital_of_france_with_paris() {
     let m = open(&real_model("smollm2-f16"), None).unwrap_or_else(|e| panic!("{e}"));
     let model = llama_of(&m);
     let ids = encode(&m.tokenizer, "The capital of France is").unwrap_or_else(|e| panic!("{e}"));
+    // The ids of Hugging Face's own SmolLM2 tokenizer: guards convert's tokenizer export.
+    assert_eq!(ids, [504, 3575, 282, 4649, 314]);
     let n = ids.len();
     let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
     let logits = model.forward(&input).unwrap_or_else(|e| panic!("{e}"));
