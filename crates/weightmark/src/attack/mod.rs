@@ -151,10 +151,7 @@ pub fn write_replaced(
         let Some(new) = values.get(t.name) else {
             return Ok(None);
         };
-        let mut data = t.data.to_vec();
-        for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(new) {
-            encode_nearest(t.dtype, f64::from(v), o);
-        }
+        let data = encode_like(t, new.iter().map(|&v| f64::from(v)));
         if is_default_selected(t) {
             add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         }
@@ -197,23 +194,17 @@ pub fn merge_linear(
         if !t.dtype.is_markable() {
             return Ok(None);
         }
-        let mut first_values = Vec::new();
-        decode_f64(t.dtype, t.data, &mut first_values);
-        let mut sum: Vec<f64> = first_values.iter().map(|v| v * weights[0]).collect();
+        let mut sum = Vec::new();
+        decode_f64(t.dtype, t.data, &mut sum);
+        sum.iter_mut().for_each(|v| *v *= weights[0]);
         let mut buf = Vec::new();
         for (m, &wj) in models[1..].iter().zip(&weights[1..]) {
             let other = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
             decode_f64(other.dtype, other.data, &mut buf);
             sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += wj * v);
         }
-        let mut data = t.data.to_vec();
-        for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(&sum) {
-            encode_nearest(t.dtype, v, o);
-        }
-        let mut back = Vec::new();
-        decode_f64(t.dtype, &data, &mut back);
-        let f = damage_of(&first_values, &back);
-        add_damage(&damage, f)?;
+        let data = encode_like(t, sum.iter().copied());
+        add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
@@ -234,6 +225,16 @@ fn check_same_shapes(first: &Model, others: &[&Model]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `values` rounded to nearest in `t`'s dtype (elements past the end of
+/// `values` keep their bytes).
+fn encode_like(t: &TensorRef<'_>, values: impl Iterator<Item = f64>) -> Vec<u8> {
+    let mut data = t.data.to_vec();
+    for (o, v) in data.chunks_exact_mut(t.dtype.size()).zip(values) {
+        encode_nearest(t.dtype, v, o);
+    }
+    data
 }
 
 /// Adds a tensor's damage to the running total.
@@ -337,16 +338,8 @@ pub fn merge_ties(
                 }
             })
             .collect();
-        let mut first_v = Vec::new();
-        decode_f64(t.dtype, t.data, &mut first_v);
-        let mut data = t.data.to_vec();
-        for ((o, b), m) in data.chunks_exact_mut(t.dtype.size()).zip(&base_v).zip(&merged) {
-            encode_nearest(t.dtype, b + lambda * m, o);
-        }
-        let mut back = Vec::new();
-        decode_f64(t.dtype, &data, &mut back);
-        let f = damage_of(&first_v, &back);
-        add_damage(&damage, f)?;
+        let data = encode_like(t, base_v.iter().zip(&merged).map(|(b, m)| b + lambda * m));
+        add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
