@@ -4,7 +4,7 @@
 //! and `sha256sum` of the same file using `scripts/bench-compare`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use weightmark::digest::model_tensor_digests;
+use weightmark::model_tensor_digests;
 use weightmark::synth::{gaussian_matrix, write_file};
 use weightmark::{
     detect, embed, DetectOptions, Dtype, EmbedOptions, Model, NoProgress, SecretKey, Selection,
@@ -45,7 +45,7 @@ fn throughput(c: &mut Criterion) {
     });
     let suspect = Model::open(&marked).unwrap_or_else(|e| panic!("{e}"));
     let mark_key = key.mark_key("bench", None);
-    let target = Target { mark_key: &mark_key, tensors: None };
+    let target = Target { mark_key: mark_key.clone(), tensors: None };
     let detect_options = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     group.bench_function("detect_blind", |b| {
         b.iter(|| {

@@ -48,11 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options =
         DetectOptions { threshold_p: weightmark::DEFAULT_THRESHOLD_P, progress: &NoProgress };
     let mark_key = owner.mark_key("example", Some("licensee-1"));
-    let target = Target { mark_key: &mark_key, tensors: None };
+    let target = Target { mark_key: mark_key.clone(), tensors: None };
     let blind = detect(&suspect, None, &target, &options)?;
     let informed = detect(&suspect, Some(&original), &target, &options)?;
     let stranger = SecretKey::generate()?.mark_key("example", Some("licensee-1"));
-    let wrong = detect(&suspect, None, &Target { mark_key: &stranger, tensors: None }, &options)?;
+    let wrong =
+        detect(&suspect, None, &Target { mark_key: stranger.clone(), tensors: None }, &options)?;
     println!("blind z {:.1} (found: {})", blind.z, blind.detected);
     println!("informed z {:.0} (found: {})", informed.z, informed.detected);
     println!("another key: z {:.2} (found: {})", wrong.z, wrong.detected);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Mark neural-network weights with a secret key, find the mark in derivatives
 /// with a rigorous p-value, and sign every release.
@@ -211,8 +211,8 @@ pub struct ConvertArgs {
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
     /// Dtype of the float tensors written.
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    pub dtype: String,
+    #[arg(long, value_name = "DTYPE", value_enum, default_value_t = FloatDtype::F32)]
+    pub dtype: FloatDtype,
     /// Split into shards of at most this size, with an index (e.g. 100MB, 2GB, 1GiB).
     #[arg(long = "max-shard-size", value_name = "SIZE")]
     pub max_shard_size: Option<String>,
@@ -235,8 +235,8 @@ pub enum AttackKind {
     /// Needs a Llama-layout model with a config.json beside it.
     Gguf {
         /// Quantization type.
-        #[arg(long = "type", value_name = "TYPE", value_parser = ["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16", "F32"])]
-        ty: String,
+        #[arg(long = "type", value_name = "TYPE", value_enum)]
+        ty: GgufType,
         /// The model (safetensors, Hugging Face names).
         #[arg(value_name = "MODEL")]
         model: PathBuf,
@@ -265,8 +265,8 @@ pub enum AttackKind {
         #[arg(long, value_name = "F")]
         fraction: f64,
         /// Which elements: the smallest magnitudes, or a seeded random choice.
-        #[arg(long, value_name = "METHOD", default_value = "magnitude", value_parser = ["magnitude", "random"])]
-        method: String,
+        #[arg(long, value_name = "METHOD", value_enum, default_value_t = PruneBy::Magnitude)]
+        method: PruneBy,
         #[command(flatten)]
         io: AttackIo,
     },
@@ -292,8 +292,8 @@ pub enum AttackKind {
     /// Round trip through another dtype (e.g. bf16 -> f16 -> bf16).
     Cast {
         /// The dtype passed through.
-        #[arg(long, value_name = "DTYPE", value_parser = ["f32", "f16", "bf16"])]
-        via: String,
+        #[arg(long, value_name = "DTYPE", value_enum)]
+        via: FloatDtype,
         #[command(flatten)]
         io: AttackIo,
     },
@@ -308,8 +308,8 @@ pub enum AttackKind {
         #[arg(long, value_name = "LAMBDA", default_value_t = 0.5)]
         lambda: f64,
         /// Merge method.
-        #[arg(long, value_name = "METHOD", default_value = "linear", value_parser = ["linear", "ties"])]
-        method: String,
+        #[arg(long, value_name = "METHOD", value_enum, default_value_t = MergeMethod::Linear)]
+        method: MergeMethod,
         /// The common base model (TIES).
         #[arg(long, value_name = "BASE", required_if_eq("method", "ties"))]
         base: Option<PathBuf>,
@@ -325,8 +325,8 @@ pub enum AttackKind {
     /// model's config.json.
     Permute {
         /// What to permute.
-        #[arg(long, value_name = "WHAT", default_value = "both", value_parser = ["mlp", "heads", "both"])]
-        what: String,
+        #[arg(long, value_name = "WHAT", value_enum, default_value_t = Permuted::Both)]
+        what: Permuted,
         #[command(flatten)]
         io: AttackIo,
     },
@@ -362,7 +362,7 @@ pub enum AttackKind {
 }
 
 /// Input, output and seed of an attack.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct AttackIo {
     /// Seed of the random numbers (the edit is reproducible).
     #[arg(long, default_value_t = 1)]
@@ -524,8 +524,8 @@ pub enum EvalKind {
         model: PathBuf,
         /// Which windows: all, held-out (the tenth `attack finetune` never
         /// trains on) or train.
-        #[arg(long, default_value = "all", value_parser = ["all", "held-out", "train"])]
-        split: String,
+        #[arg(long, value_enum, default_value_t = TextSplit::All)]
+        split: TextSplit,
         #[command(flatten)]
         text: TextArgs,
         /// Print JSON.
@@ -576,4 +576,132 @@ pub struct FinetuneArgs {
     pub text: TextArgs,
     #[command(flatten)]
     pub io: AttackIo,
+}
+
+/// A float dtype a tensor can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FloatDtype {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl From<FloatDtype> for weightmark::Dtype {
+    fn from(d: FloatDtype) -> Self {
+        match d {
+            FloatDtype::F32 => weightmark::Dtype::F32,
+            FloatDtype::F16 => weightmark::Dtype::F16,
+            FloatDtype::Bf16 => weightmark::Dtype::BF16,
+        }
+    }
+}
+
+/// A GGUF type `attack gguf` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GgufType {
+    /// 8-bit blocks of 32.
+    #[value(name = "Q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32.
+    #[value(name = "Q4_0")]
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256.
+    #[value(name = "Q4_K")]
+    Q4K,
+    /// 6-bit k-quant super-blocks of 256.
+    #[value(name = "Q6_K")]
+    Q6K,
+    /// 16-bit float.
+    #[value(name = "F16")]
+    F16,
+    /// 32-bit float.
+    #[value(name = "F32")]
+    F32,
+}
+
+impl From<GgufType> for weightmark::gguf::GgmlType {
+    fn from(t: GgufType) -> Self {
+        use weightmark::gguf::GgmlType;
+        match t {
+            GgufType::Q8_0 => GgmlType::Q8_0,
+            GgufType::Q4_0 => GgmlType::Q4_0,
+            GgufType::Q4K => GgmlType::Q4K,
+            GgufType::Q6K => GgmlType::Q6K,
+            GgufType::F16 => GgmlType::F16,
+            GgufType::F32 => GgmlType::F32,
+        }
+    }
+}
+
+/// Which elements pruning zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PruneBy {
+    /// The smallest magnitudes of each tensor.
+    Magnitude,
+    /// A seeded random choice.
+    Random,
+}
+
+impl From<PruneBy> for weightmark::attack::PruneMethod {
+    fn from(p: PruneBy) -> Self {
+        match p {
+            PruneBy::Magnitude => weightmark::attack::PruneMethod::Magnitude,
+            PruneBy::Random => weightmark::attack::PruneMethod::Random,
+        }
+    }
+}
+
+/// How two models are merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MergeMethod {
+    /// LAMBDA x MODEL + (1 - LAMBDA) x OTHER.
+    Linear,
+    /// TIES against a common base.
+    Ties,
+}
+
+/// What `attack permute` permutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Permuted {
+    /// MLP neurons.
+    Mlp,
+    /// Attention heads.
+    Heads,
+    /// Both.
+    Both,
+}
+
+impl Permuted {
+    /// The argument that names a library [`weightmark::attack::PermuteWhat`].
+    pub fn from_library(what: weightmark::attack::PermuteWhat) -> Permuted {
+        match what {
+            weightmark::attack::PermuteWhat::Mlp => Permuted::Mlp,
+            weightmark::attack::PermuteWhat::Heads => Permuted::Heads,
+            weightmark::attack::PermuteWhat::Both => Permuted::Both,
+        }
+    }
+}
+
+impl From<Permuted> for weightmark::attack::PermuteWhat {
+    fn from(p: Permuted) -> Self {
+        match p {
+            Permuted::Mlp => weightmark::attack::PermuteWhat::Mlp,
+            Permuted::Heads => weightmark::attack::PermuteWhat::Heads,
+            Permuted::Both => weightmark::attack::PermuteWhat::Both,
+        }
+    }
+}
+
+/// Which windows of a text `eval ppl` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TextSplit {
+    /// Every window.
+    All,
+    /// The tenth `attack finetune` never trains on.
+    HeldOut,
+    /// The windows `attack finetune` trains on.
+    Train,
 }

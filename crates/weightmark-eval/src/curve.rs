@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use weightmark::attack::{apply, Attack};
 use weightmark::bench::{measure, scratch_path, Row, SweepInputs};
-use weightmark::progress::NoProgress;
+use weightmark::NoProgress;
 
 use crate::error::{EvalError, Result};
 use crate::finetune::{FinetuneOptions, Trainer};

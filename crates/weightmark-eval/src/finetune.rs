@@ -17,8 +17,8 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use weightmark::attack::{write_replaced, AttackReport};
-use weightmark::model::Model;
-use weightmark::progress::NoProgress;
+use weightmark::Model;
+use weightmark::NoProgress;
 
 use crate::error::{EvalError, Result};
 use crate::llama::{Llama, Lora};

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
-use weightmark::dtype::decode_f64;
-use weightmark::model::{Layout, Model};
+use weightmark::decode_f64;
+use weightmark::{Layout, Model};
 
 use crate::error::{EvalError, Result};
 use crate::llama::LlamaConfig;

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::attack::permute::{mlp_tensor, reorder, HeadPermutation};
 use crate::dtype::decode_f64;
 use crate::error::Result;
+use crate::llama::{attention_part, mlp_tensor, reorder, HeadPermutation, LlamaConfig};
 use crate::model::{Model, OwnedTensor, TensorRef};
 use crate::rng::{fill_normal, stream};
 
@@ -148,7 +148,7 @@ struct HeadUndo {
 
 /// (heads, key/value heads) from the model's `config.json`, if any.
 fn head_counts(model: &Model) -> Option<(usize, usize)> {
-    crate::gguf::writer::LlamaConfig::for_model(model).ok().map(|c| (c.heads, c.kv_heads))
+    LlamaConfig::for_model(model).ok().map(|c| (c.heads, c.kv_heads))
 }
 
 /// Layers with attention projections.
@@ -158,14 +158,6 @@ fn attention_layers(model: &Model) -> Vec<usize> {
     layers.sort_unstable();
     layers.dedup();
     layers
-}
-
-/// (layer, "q_proj" | "k_proj" | "v_proj" | "o_proj") of an attention weight.
-fn attention_part(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let part = tail.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
-    matches!(part, "q_proj" | "k_proj" | "v_proj" | "o_proj").then_some((layer.parse().ok()?, part))
 }
 
 /// Blocks of `block` rows of the named tensors, concatenated per block.

@@ -9,8 +9,8 @@
 
 use ndarray::Array2;
 
-use crate::attack::rotate::{as_matrix, folded, norm_weights, role, Role};
 use crate::error::Result;
+use crate::llama::{as_matrix, folded, norm_weights, role, Role};
 use crate::model::{Model, OwnedTensor, TensorRef};
 
 /// A rotation found and undone.

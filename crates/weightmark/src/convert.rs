@@ -44,7 +44,7 @@ pub struct ConvertReport {
 pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<ConvertReport> {
     if !matches!(options.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         return Err(Error::invalid(format!(
-            "--dtype {} is not one of f32, f16, bf16",
+            "cannot convert to {}: the output dtype must be f32, f16 or bf16",
             options.dtype
         )));
     }
@@ -54,14 +54,7 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
             out.display()
         )));
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let staging = tempfile::Builder::new()
-        .prefix(".weightmark-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+    let staging = crate::io::staging_dir(out)?;
 
     // Checked before any tensor is written: malformed metadata fails fast.
     let tokenizer = match &model.raw {
@@ -129,7 +122,7 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
         }
         TokenizerExport::Absent => false,
     };
-    crate::model::set_public_mode(staging.path(), 0o755)?;
+    crate::io::set_public_mode(staging.path(), 0o755)?;
     if out.is_dir() {
         fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
     }

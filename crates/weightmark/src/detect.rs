@@ -8,11 +8,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
-use crate::error::Result;
-use crate::key::MarkKey;
+use crate::error::{Error, Result};
+use crate::key::{MarkKey, SecretKey};
 use crate::model::{Model, TensorRef};
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
+use crate::provenance::Certificate;
+use crate::scheme::Scheme;
 use crate::scheme::{detect_tensor_multi, p_value_bound, Stats};
 use crate::select::is_default_selected;
 
@@ -26,13 +28,50 @@ pub enum Mode {
     Informed,
 }
 
-/// What to look for.
-pub struct Target<'a> {
+/// What to look for: one release's mark key and the tensors it marked.
+pub struct Target {
     /// The release mark key.
-    pub mark_key: &'a MarkKey,
+    pub mark_key: MarkKey,
     /// Tensors to test (from a certificate), with their certified shapes;
     /// `None` tests the suspect's default selection.
     pub tensors: Option<Vec<(String, Vec<usize>)>>,
+}
+
+impl Target {
+    /// Looks for `mark_key` in the suspect's default selection.
+    pub fn new(mark_key: MarkKey) -> Target {
+        Target { mark_key, tensors: None }
+    }
+
+    /// The release of `certificate`, with the mark key derived from the
+    /// owner's `secret` key and checked against the certificate's commitment,
+    /// testing the tensors it certifies. Refuses a scheme this version does
+    /// not know and a key that did not make the certificate; both errors
+    /// name the certificate file.
+    pub fn from_certificate(certificate: &Certificate, secret: &SecretKey) -> Result<Target> {
+        let mark_key = secret
+            .mark_key(&certificate.predicate().label, certificate.predicate().recipient.as_deref());
+        Target::from_revealed(certificate, mark_key)
+    }
+
+    /// The release of `certificate` tested with a mark key revealed in a
+    /// dispute (no secret key needed), checked against the commitment.
+    pub fn from_revealed(certificate: &Certificate, mark_key: MarkKey) -> Result<Target> {
+        let named =
+            |e: Error| Error::Certificate { path: certificate.path.clone(), reason: e.to_string() };
+        let p = certificate.predicate();
+        match p.scheme().map_err(named)? {
+            Scheme::Ss1 => {}
+        }
+        certificate.check_mark_key(&mark_key).map_err(named)?;
+        Ok(Target { mark_key, tensors: Some(p.tensor_shapes()) })
+    }
+
+    /// An `ss1` release named by label and recipient, without its
+    /// certificate: the default selection of the suspect is tested.
+    pub fn from_label(secret: &SecretKey, label: &str, recipient: Option<&str>) -> Target {
+        Target::new(secret.mark_key(label, recipient))
+    }
 }
 
 /// Options for [`detect`].
@@ -41,6 +80,13 @@ pub struct DetectOptions<'a> {
     pub threshold_p: f64,
     /// Progress receiver.
     pub progress: &'a dyn Progress,
+}
+
+impl Default for DetectOptions<'static> {
+    /// The default threshold ([`crate::DEFAULT_THRESHOLD_P`]), no progress reports.
+    fn default() -> Self {
+        DetectOptions { threshold_p: crate::DEFAULT_THRESHOLD_P, progress: &crate::NoProgress }
+    }
 }
 
 /// Statistics of one tested tensor.
@@ -108,11 +154,11 @@ pub struct Detection {
 pub fn detect(
     suspect: &Model,
     original: Option<&Model>,
-    target: &Target<'_>,
+    target: &Target,
     options: &DetectOptions<'_>,
 ) -> Result<Detection> {
-    let mut all = detect_many(suspect, original, std::slice::from_ref(target), options)?;
-    all.pop().ok_or_else(|| crate::Error::invalid("detection produced no result"))
+    let mut all = detect_many(suspect, original, &[target], options)?;
+    all.pop().ok_or_else(|| Error::internal("detection produced no result"))
 }
 
 /// Runs detection of several targets (releases, recipients) in one read pass
@@ -121,7 +167,7 @@ pub fn detect(
 pub fn detect_many(
     suspect: &Model,
     original: Option<&Model>,
-    targets: &[Target<'_>],
+    targets: &[&Target],
     options: &DetectOptions<'_>,
 ) -> Result<Vec<Detection>> {
     // With the original at hand, undo function-preserving edits first. The
@@ -170,7 +216,7 @@ pub fn detect_many(
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     for (t, o, users) in &plan {
         let streams: Vec<TensorStreams> =
-            users.iter().map(|&ti| TensorStreams::new(targets[ti].mark_key, t.name)).collect();
+            users.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
         let refs: Vec<&TensorStreams> = streams.iter().collect();
         let stats = detect_tensor_multi(t, o.as_ref(), &refs);
         for (&ti, st) in users.iter().zip(stats) {

@@ -67,6 +67,11 @@ pub struct EmbedReport {
 }
 
 impl EmbedReport {
+    /// The signed certificate as the text of a `.cert.json` file.
+    pub fn certificate_text(&self) -> Result<String> {
+        crate::provenance::envelope_to_string(&self.certificate)
+    }
+
     /// Smallest strength at which this model's blind z would reach the
     /// default threshold (z = 6.44), from `z = strength * sqrt(n)`.
     /// Rounded up to three significant digits, so the value printed is enough.
@@ -74,6 +79,50 @@ impl EmbedReport {
         let exact = z_for_p(DEFAULT_THRESHOLD_P) / (self.blind.elements.max(1) as f64).sqrt();
         let scale = 10f64.powi(2 - exact.log10().floor() as i32);
         (exact * scale).ceil() / scale
+    }
+}
+
+impl EmbedOptions<'static> {
+    /// Options for the release `label` with the defaults: strength
+    /// [`crate::DEFAULT_STRENGTH`], no recipient, the default tensor
+    /// selection, the current time, no progress reports.
+    pub fn new(label: impl Into<String>) -> EmbedOptions<'static> {
+        EmbedOptions {
+            strength: crate::DEFAULT_STRENGTH,
+            label: label.into(),
+            recipient: None,
+            selection: Selection::Default,
+            created: crate::now_rfc3339(),
+            progress: &crate::progress::NoProgress,
+        }
+    }
+}
+
+impl<'a> EmbedOptions<'a> {
+    /// The same options for one recipient (licensee): a distinct mark.
+    #[must_use]
+    pub fn recipient(mut self, recipient: impl Into<String>) -> Self {
+        self.recipient = Some(recipient.into());
+        self
+    }
+
+    /// The same options at another strength.
+    #[must_use]
+    pub fn strength(mut self, strength: f64) -> Self {
+        self.strength = strength;
+        self
+    }
+
+    /// The same options reporting progress to `progress`.
+    pub fn progress<'b>(self, progress: &'b dyn Progress) -> EmbedOptions<'b> {
+        EmbedOptions {
+            strength: self.strength,
+            label: self.label,
+            recipient: self.recipient,
+            selection: self.selection,
+            created: self.created,
+            progress,
+        }
     }
 }
 
@@ -86,11 +135,11 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
         )));
     }
     if options.label.is_empty() {
-        return Err(Error::invalid("the release label is empty (use --label)"));
+        return Err(Error::invalid("the release label is empty"));
     }
     if options.recipient.as_deref() == Some("") {
         return Err(Error::invalid(
-            "the recipient is empty: leave -r out for a release without one",
+            "the recipient is empty: leave it out for a release without one",
         ));
     }
     Ok(())
@@ -128,9 +177,10 @@ pub fn embed(
     let written =
         write_model(model, out, &transform, &WriteOptions { progress: options.progress })?;
 
-    let results = results.into_inner().map_err(|_| Error::invalid("a marking thread panicked"))?;
-    let originals =
-        originals.into_inner().map_err(|_| Error::invalid("a marking thread panicked"))?;
+    // A poisoned lock means a worker panicked; rayon has already resumed that
+    // panic on this thread, so the data is only reached when none did.
+    let results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let originals = originals.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut tensors = Vec::new();
     let (mut fidelity, mut blind, mut informed) =
         (Fidelity::default(), Stats::default(), Stats::default());
@@ -166,7 +216,7 @@ pub fn embed(
         subject,
         predicate_type: RELEASE_PREDICATE_TYPE.to_string(),
         predicate: ReleasePredicate {
-            scheme: "ss1".to_string(),
+            scheme: crate::scheme::Scheme::Ss1.name().to_string(),
             strength: options.strength,
             label: options.label.clone(),
             recipient: options.recipient.clone(),
@@ -194,5 +244,5 @@ fn digest_set(algorithm: &str, digest: &Sha256Digest) -> BTreeMap<String, String
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock().map_err(|_| Error::invalid("a marking thread panicked"))
+    Ok(m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }

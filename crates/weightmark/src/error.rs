@@ -216,6 +216,25 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A certificate names a mark scheme this version does not know.
+    #[error("the certificate uses scheme '{}'; this version knows {}", .scheme.escape_debug(), crate::scheme::Scheme::ALL.map(|s| format!("'{s}'")).join(", "))]
+    UnknownScheme {
+        /// The scheme as written.
+        scheme: String,
+    },
+    /// An output that already exists and would be replaced.
+    #[error("{}: already exists; refusing to overwrite it", path.display())]
+    OutputExists {
+        /// The existing path.
+        path: PathBuf,
+    },
+    /// A worker thread failed on its own (a bug, not a problem with the
+    /// input): the work was abandoned.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What failed.
+        what: String,
+    },
 }
 
 impl Error {
@@ -227,6 +246,11 @@ impl Error {
     /// Wraps a format error with the path it concerns.
     pub fn format(path: impl Into<PathBuf>, source: FormatError) -> Self {
         Error::Format { path: path.into(), source }
+    }
+
+    /// Builds an [`Error::Internal`].
+    pub fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
     }
 
     /// Builds an [`Error::InvalidArgument`].

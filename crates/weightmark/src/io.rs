@@ -1,9 +1,14 @@
-//! Small bounded reads of text inputs (indexes, keys, certificates).
+//! Files in and out: bounded reads of small text inputs (indexes, keys,
+//! certificates) and atomic output (a temporary file beside the destination,
+//! renamed into place), the one place the library creates output files.
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Prefix of every temporary file or directory the library creates.
+pub(crate) const TEMP_PREFIX: &str = ".weightmark-";
 
 /// Reads at most `cap` bytes of `path`; a longer input (even a pipe or a
 /// device that reports no length) is an error rather than an unbounded read.
@@ -18,4 +23,116 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
         });
     }
     Ok(bytes)
+}
+
+/// The directory a file at `path` lives in (`.` for a bare name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A file being written under a temporary name beside its destination; it
+/// appears under the final name only on [`AtomicFile::commit`], and is removed
+/// if dropped before that.
+pub(crate) struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    dest: PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts a file that will become `dest`.
+    pub(crate) fn create(dest: &Path) -> Result<AtomicFile> {
+        let dir = parent_dir(dest);
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(AtomicFile { tmp, dest: dest.to_path_buf() })
+    }
+
+    /// The open file.
+    pub(crate) fn file(&mut self) -> &mut std::fs::File {
+        self.tmp.as_file_mut()
+    }
+
+    /// The temporary path (for error messages about the bytes being written).
+    pub(crate) fn temp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Gives the file the usual mode (temporaries are created 0600) and
+    /// renames it to its destination.
+    pub(crate) fn commit(self) -> Result<()> {
+        set_public_mode(self.tmp.path(), 0o644)?;
+        let dest = self.dest;
+        self.tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        Ok(())
+    }
+}
+
+/// Writes `text` to `path` atomically (temporary file beside it, then rename).
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic_bytes(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file beside it, then rename).
+pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut out = AtomicFile::create(path)?;
+    out.file().write_all(bytes).map_err(|e| Error::io(path, e))?;
+    out.commit()
+}
+
+/// A private staging directory beside `dest`, renamed into place by the
+/// caller once complete and removed if dropped.
+pub(crate) fn staging_dir(dest: &Path) -> Result<tempfile::TempDir> {
+    let dir = parent_dir(dest);
+    tempfile::Builder::new().prefix(TEMP_PREFIX).tempdir_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Temporary files and directories are created private (0600/0700); the
+/// model written through them is not a secret, so give it the usual mode.
+pub(crate) fn set_public_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_and_dropping_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dest = dir.path().join("a.json");
+        write_atomic(&dest, "{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&dest).ok().as_deref(), Some("{}"));
+        let pending =
+            AtomicFile::create(&dir.path().join("b.json")).unwrap_or_else(|e| panic!("{e}"));
+        drop(pending);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[test]
+    fn capped_read_refuses_a_longer_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("x");
+        std::fs::write(&p, [0u8; 100]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read_capped(&p, 100).is_ok());
+        let err = read_capped(&p, 99).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("99-byte limit") && err.contains('x'), "{err}");
+    }
 }

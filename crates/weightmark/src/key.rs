@@ -252,6 +252,7 @@ impl PublicKey {
 
 /// One release's mark key (label + recipient). Revealing it exposes that
 /// release's mark only, never the master seed.
+#[derive(Clone)]
 pub struct MarkKey {
     key: Zeroizing<[u8; 32]>,
 }

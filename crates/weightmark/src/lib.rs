@@ -17,63 +17,82 @@
 //!    and reports per-tensor and global z with the Hoeffding bound
 //!    `p <= exp(-z^2/2)`.
 //!
+//! 5. [`identify()`] ranks every licensee's certificate against a suspect in
+//!    one read pass, with Bonferroni-adjusted bounds.
+//!
 //! ```no_run
-//! use weightmark::{detect, embed, DetectOptions, EmbedOptions, Model, NoProgress, SecretKey, Selection, Target};
+//! use weightmark::{detect, embed, DetectOptions, EmbedOptions, Model, SecretKey, Target};
 //! # fn main() -> weightmark::Result<()> {
 //! let key = SecretKey::generate()?;
 //! let model = Model::open("model.safetensors")?;
-//! let options = EmbedOptions {
-//!     strength: weightmark::DEFAULT_STRENGTH,
-//!     label: "release-1".into(),
-//!     recipient: None,
-//!     selection: Selection::Default,
-//!     created: "2026-11-28T00:00:00Z".into(),
-//!     progress: &NoProgress,
-//! };
-//! let report = embed(&model, "marked.safetensors".as_ref(), &key, &options)?;
+//! let report = embed(&model, "marked.safetensors".as_ref(), &key, &EmbedOptions::new("release-1"))?;
+//! weightmark::write_atomic("marked.cert.json".as_ref(), &report.certificate_text()?)?;
+//!
 //! let suspect = Model::open("marked.safetensors")?;
-//! let mark_key = key.mark_key("release-1", None);
-//! let target = Target { mark_key: &mark_key, tensors: None };
-//! let found = detect(&suspect, None, &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })?;
+//! let cert = weightmark::load_certificate("marked.cert.json".as_ref(), &key.public_key())?;
+//! let target = Target::from_certificate(&cert, &key)?;
+//! let found = detect(&suspect, None, &target, &DetectOptions::default())?;
 //! assert!(found.detected);
-//! # let _ = report; Ok(()) }
+//! # Ok(()) }
 //! ```
+//!
+//! Modules are private; this page re-exports what a caller needs. The
+//! namespaces [`attack`] (edits for robustness experiments), [`bench`]
+//! (robustness sweeps), [`provenance`] (certificates and reports),
+//! [`gguf`] (llama.cpp's format) and [`synth`] (synthetic test models) are
+//! public because they hold many related items.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod align;
+mod align;
 mod align_rotation;
 pub mod attack;
 pub mod bench;
-pub mod convert;
-pub mod detect;
-pub mod digest;
-pub mod dtype;
-pub mod embed;
+mod convert;
+mod detect;
+mod digest;
+mod dtype;
+mod embed;
 mod error;
 pub mod gguf;
+mod identify;
 mod io;
-pub mod key;
-pub mod model;
-pub mod pattern;
-pub mod progress;
+mod key;
+mod llama;
+mod model;
+mod pattern;
+mod progress;
 pub mod provenance;
 mod rng;
-pub mod scheme;
-pub mod select;
+mod scheme;
+mod select;
 pub mod synth;
 
-pub use detect::{detect, detect_many, DetectOptions, Detection, Mode, Target};
-pub use dtype::Dtype;
-pub use embed::{embed, EmbedOptions, EmbedReport};
+pub use attack::{apply as apply_attack, Attack, AttackDetail, AttackReport};
+pub use convert::{convert, parse_size, ConvertOptions, ConvertReport};
+pub use detect::{
+    detect, detect_many, log10_p_bound, DetectOptions, Detection, Mode, Skipped, Target,
+    TensorResult,
+};
+pub use digest::{hex, model_file_digests, model_tensor_digests, tensor_root, Sha256Digest};
+pub use dtype::{decode_f64, Dtype};
+pub use embed::{embed, EmbedOptions, EmbedReport, TensorSummary, MAX_STRENGTH};
 pub use error::{Error, FormatError, Result};
-pub use key::{MarkKey, PublicKey, SecretKey};
-pub use model::{Layout, Model, TensorRef};
+pub use identify::{
+    identify, load_candidates, Candidate, Candidates, Identification, IdentifyOptions,
+    RankedCandidate,
+};
+pub use io::{write_atomic, write_atomic_bytes};
+pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
+pub use llama::{HeadPermutation, LlamaConfig};
+pub use model::{resolve_output, Layout, Model, OutputFile, TensorRef, WriteReport};
 pub use progress::{NoProgress, Progress};
-pub use provenance::{load_certificate, Certificate};
-pub use scheme::{Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P};
-pub use select::Selection;
+pub use provenance::{load_certificate, load_certificate_unverified, Certificate};
+pub use scheme::{
+    p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
+};
+pub use select::{is_default_selected, Selection};
 
 /// The current time as RFC 3339 UTC with seconds (`2026-11-28T13:20:55Z`).
 pub fn now_rfc3339() -> String {

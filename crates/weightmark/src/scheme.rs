@@ -31,6 +31,37 @@ use crate::dtype::{decode_f64, encode_stochastic};
 use crate::model::TensorRef;
 use crate::pattern::TensorStreams;
 
+/// A mark scheme, as named in certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// Keyed spread spectrum in the weights as stored (this module).
+    Ss1,
+}
+
+impl Scheme {
+    /// Every scheme this version can embed and detect.
+    pub const ALL: [Scheme; 1] = [Scheme::Ss1];
+
+    /// The name written in certificates (`"ss1"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Ss1 => "ss1",
+        }
+    }
+
+    /// The scheme called `name`, if this version knows it.
+    pub fn from_name(name: &str) -> Option<Scheme> {
+        Scheme::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Default strength: the mark's RMS relative to each row's RMS (0.3%).
 ///
 /// Blind z of an unattacked model is `strength * sqrt(n)`: at 0.3% that is
@@ -285,6 +316,7 @@ pub fn embed_tensor(t: &TensorRef<'_>, streams: &TensorStreams, strength: f64) -
 
 /// Detection statistics of one tensor: blind, or informed when `original`
 /// (same shape, any readable dtype) is given.
+#[cfg(test)]
 pub fn detect_tensor(
     suspect: &TensorRef<'_>,
     original: Option<&TensorRef<'_>>,

@@ -40,14 +40,14 @@ pub fn select(model: &Model, selection: &Selection) -> Result<Vec<String>> {
                 .iter()
                 .map(|g| {
                     Pattern::new(g).map_err(|e| Error::Selection {
-                        reason: format!("--tensors '{g}' is not a valid glob: {e}"),
+                        reason: format!("tensor pattern '{g}' is not a valid glob: {e}"),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             for (glob, pattern) in globs.iter().zip(&patterns) {
                 if !model.tensors().any(|t| pattern.matches(t.name)) {
                     return Err(Error::Selection {
-                        reason: format!("--tensors '{glob}' matches no tensor of the model"),
+                        reason: format!("tensor pattern '{glob}' matches no tensor of the model"),
                     });
                 }
             }

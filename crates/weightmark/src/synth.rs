@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::dtype::{encode_nearest, Dtype};
 use crate::error::{Error, Result};
-use crate::provenance::write_atomic_bytes;
+use crate::io::write_atomic_bytes;
 use crate::rng::{fill_normal, stream};
 
 /// A tensor held in memory.

@@ -4,9 +4,9 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use weightmark::bench::{robustness, svg, to_csv, to_markdown, Row, Sweep, SweepInputs};
-use weightmark::provenance::{load_certificate, write_atomic};
-use weightmark::scheme::z_for_p;
-use weightmark::{Model, SecretKey};
+use weightmark::z_for_p;
+use weightmark::{load_certificate, write_atomic};
+use weightmark::{Model, SecretKey, Target};
 
 use crate::cli::{BenchArgs, BenchKind, RobustnessArgs};
 use crate::{outln, Outcome};
@@ -102,6 +102,7 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
 
 fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let plan = plan(args)?;
+    weightmark::bench::validate_plan(&plan)?;
     let finetune = finetune_plan(args)?;
     if !finetune.is_empty() && args.finetune.text.is_empty() {
         bail!("{} needs --text FILE to train on", finetune[0].0);
@@ -109,9 +110,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let secret = SecretKey::load(&args.key)?;
     let cert = load_certificate(&args.cert, &secret.public_key())?;
     let p = cert.predicate();
-    let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
-    cert.check_mark_key(&mark_key)
-        .with_context(|| format!("{}: not made with this key", args.cert.display()))?;
+    let target = Target::from_certificate(&cert, &secret)?;
     let marked = Model::open(&args.model)?;
     let original = args.original.as_ref().map(Model::open).transpose()?;
     std::fs::create_dir_all(&args.out)
@@ -155,8 +154,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let inputs = SweepInputs {
         marked: &marked,
         original: original.as_ref(),
-        mark_key: &mark_key,
-        tensors: p.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect(),
+        target: &target,
         plan: plan.clone(),
         seed: args.seed,
         scratch: scratch.path(),

@@ -1,19 +1,14 @@
 //! `weightmark convert`: GGUF to Hugging Face-layout safetensors.
 
 use anyhow::Context;
-use weightmark::convert::{convert, parse_size, ConvertOptions};
-use weightmark::{Dtype, Model};
+use weightmark::{convert, parse_size, ConvertOptions, Dtype, Model};
 
 use crate::cli::ConvertArgs;
 use crate::{outln, Outcome};
 
 /// Converts a model.
 pub fn run(args: &ConvertArgs) -> anyhow::Result<Outcome> {
-    let dtype = match args.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "bf16" => Dtype::BF16,
-        _ => Dtype::F32,
-    };
+    let dtype = Dtype::from(args.dtype);
     let max_shard_bytes = match &args.max_shard_size {
         None => None,
         Some(s) => Some(parse_size(s).with_context(|| {

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use weightmark::attack::{apply, Attack};
-use weightmark::provenance::{envelope_to_string, write_atomic};
+use weightmark::provenance::envelope_to_string;
 use weightmark::synth::{llama, write_file, LlamaShape};
+use weightmark::write_atomic;
+use weightmark::{apply_attack, Attack};
 use weightmark::{
     detect, embed, DetectOptions, Detection, Dtype, EmbedOptions, MarkKey, Model, NoProgress,
     SecretKey, Selection, Target,
@@ -81,10 +82,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     step(3, "Someone fine-tunes the leaked copy (5% relative change), then quantizes it to int8.")?;
     let marked = Model::open(&marked_path)?;
     let drifted_path = dir.join("drifted.safetensors");
-    let drift = apply(&marked, &drifted_path, &Attack::Drift { relative: 0.05 }, 7, &NoProgress)?;
+    let drift =
+        apply_attack(&marked, &drifted_path, &Attack::Drift { relative: 0.05 }, 7, &NoProgress)?;
     let drifted = Model::open(&drifted_path)?;
     let derivative_path = dir.join("derivative.safetensors");
-    let quant = apply(
+    let quant = apply_attack(
         &drifted,
         &derivative_path,
         &Attack::Quantize { bits: 8, group: None },
@@ -141,13 +143,8 @@ fn find(
     original: Option<&Model>,
     mark_key: &MarkKey,
 ) -> anyhow::Result<Detection> {
-    let target = Target { mark_key, tensors: None };
-    Ok(detect(
-        suspect,
-        original,
-        &target,
-        &DetectOptions { threshold_p: 1e-9, progress: &NoProgress },
-    )?)
+    let target = Target::new(mark_key.clone());
+    Ok(detect(suspect, original, &target, &DetectOptions::default())?)
 }
 
 fn step(n: usize, text: &str) -> anyhow::Result<()> {

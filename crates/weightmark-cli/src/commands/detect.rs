@@ -2,12 +2,13 @@
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use weightmark::digest::{hex, model_file_digests, model_tensor_digests, tensor_root};
+use weightmark::provenance::envelope_to_string;
 use weightmark::provenance::report::{build_report, load_report, ReportInputs};
-use weightmark::provenance::{
-    envelope_to_string, load_certificate, load_certificate_unverified, write_atomic, Certificate,
+use weightmark::{
+    detect, hex, load_certificate, load_certificate_unverified, model_file_digests,
+    model_tensor_digests, tensor_root, write_atomic, Certificate, DetectOptions, Detection,
+    MarkKey, Model, PublicKey, SecretKey, Target,
 };
-use weightmark::{detect, DetectOptions, Detection, MarkKey, Model, PublicKey, SecretKey, Target};
 
 use crate::cli::DetectArgs;
 use crate::format::{count, p_bound};
@@ -37,7 +38,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         (Some(path), None) => Some(load_certificate_unverified(path)?),
         (None, _) => None,
     };
-    let (label, recipient, mark_key) = release(args, secret.as_ref(), cert.as_ref())?;
+    let (label, recipient, target) = release(args, secret.as_ref(), cert.as_ref())?;
     if cert.as_ref().is_some_and(|c| !c.signature_checked) {
         eprintln!(
             "weightmark: note: the certificate's signature was not checked (give the owner's \
@@ -51,10 +52,6 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let builds_on = args.builds_on.as_deref().map(|p| load_report(p, None)).transpose()?;
-    let tensors = cert
-        .as_ref()
-        .map(|c| c.predicate().tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect());
-    let target = Target { mark_key: &mark_key, tensors };
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
@@ -115,49 +112,31 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     Ok(if result.detected { Outcome::Success } else { Outcome::Negative })
 }
 
-/// Label, recipient and mark key of the release under test. A mark key that
-/// does not match the certificate's commitment is refused here, before any
-/// detection runs.
+/// Label, recipient and target of the release under test. A mark key that
+/// does not match the certificate's commitment, or a scheme this version does
+/// not know, is refused here, before any detection runs.
 fn release(
     args: &DetectArgs,
     secret: Option<&SecretKey>,
     cert: Option<&Certificate>,
-) -> anyhow::Result<(String, Option<String>, MarkKey)> {
-    let cert_name = || args.cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+) -> anyhow::Result<(String, Option<String>, Target)> {
     if let Some(path) = &args.mark_key {
         let cert = cert.context("--mark-key needs --cert")?;
         let mark_key = MarkKey::load(path)?;
-        cert.check_mark_key(&mark_key)
-            .with_context(|| format!("{} does not open {}", path.display(), cert_name()))?;
+        let target = Target::from_revealed(cert, mark_key)
+            .with_context(|| format!("{} does not open the certificate", path.display()))?;
         let p = cert.predicate();
-        if p.scheme != "ss1" {
-            bail!(
-                "{}: the certificate uses scheme '{}'; this version knows 'ss1'",
-                cert_name(),
-                p.scheme
-            );
-        }
-        return Ok((p.label.clone(), p.recipient.clone(), mark_key));
+        return Ok((p.label.clone(), p.recipient.clone(), target));
     }
     let secret = secret.context("give -k KEY or --mark-key FILE")?;
     let Some(cert) = cert else {
         let label = args.label.clone().context("give --cert CERT or --label LABEL")?;
-        let mark_key = secret.mark_key(&label, args.recipient.as_deref());
-        return Ok((label, args.recipient.clone(), mark_key));
+        let target = Target::from_label(secret, &label, args.recipient.as_deref());
+        return Ok((label, args.recipient.clone(), target));
     };
+    let target = Target::from_certificate(cert, secret)?;
     let p = cert.predicate();
-    if p.scheme != "ss1" {
-        bail!(
-            "{}: the certificate uses scheme '{}'; this version knows 'ss1'",
-            cert_name(),
-            p.scheme
-        );
-    }
-    let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
-    cert.check_mark_key(&mark_key).with_context(|| {
-        format!("{}: the mark key derived from this secret key does not match", cert_name())
-    })?;
-    Ok((p.label.clone(), p.recipient.clone(), mark_key))
+    Ok((p.label.clone(), p.recipient.clone(), target))
 }
 
 /// Refuses a report path that would replace one of the inputs.

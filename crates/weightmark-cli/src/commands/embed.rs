@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use weightmark::model::resolve_output;
-use weightmark::provenance::{envelope_to_string, write_atomic};
-use weightmark::scheme::{p_value_bound, z_for_p};
+use weightmark::provenance::envelope_to_string;
+use weightmark::resolve_output;
+use weightmark::write_atomic;
 use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
+use weightmark::{p_value_bound, z_for_p};
 
 use crate::cli::EmbedArgs;
 use crate::format::{count, p_bound};

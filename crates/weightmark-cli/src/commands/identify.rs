@@ -1,28 +1,14 @@
-//! `weightmark identify`: which licensee's copy is this?
-//!
-//! Every certificate in a directory (one per recipient) is tested in a single
-//! read pass over the suspect, and the candidates are ranked by their
-//! Bonferroni-adjusted p-value bound: with m certificates tested, a candidate
-//! is named only when m x p is at most the threshold, so testing many
-//! licensees does not raise the chance of accusing an innocent one.
+//! `weightmark identify`: which licensee's copy is this? The ranking and the
+//! Bonferroni correction are the library's ([`weightmark::identify`]); this
+//! prints them.
 
 use anyhow::{bail, Context};
-use serde_json::json;
-use weightmark::detect::log10_p_bound;
-use weightmark::provenance::{load_certificate, Certificate};
-use weightmark::{detect_many, DetectOptions, MarkKey, Model, SecretKey, Target};
+use weightmark::{identify, load_candidates, IdentifyOptions, Mode, Model, SecretKey};
 
 use crate::cli::IdentifyArgs;
 use crate::format::p_bound;
 use crate::progress::Bar;
 use crate::{outln, Outcome};
-
-/// One certificate under test.
-struct Candidate {
-    file: String,
-    cert: Certificate,
-    mark_key: MarkKey,
-}
 
 /// Tests every certificate in `--certs` against the suspect.
 pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
@@ -30,86 +16,33 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
         bail!("--threshold {} must be a probability between 0 and 1", args.threshold);
     }
     let secret = SecretKey::load(&args.key)?;
-    let candidates = load_candidates(args, &secret)?;
+    let loaded = load_candidates(&args.certs, &secret)?;
+    for (path, why) in &loaded.skipped {
+        eprintln!("weightmark: note: skipping {}: {why}", path.display());
+    }
     let suspect = Model::open(&args.suspect)?;
     for warning in &suspect.warnings {
         eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
-    let targets: Vec<Target<'_>> = candidates
-        .iter()
-        .map(|c| Target {
-            mark_key: &c.mark_key,
-            tensors: Some(
-                c.cert
-                    .predicate()
-                    .tensors
-                    .iter()
-                    .map(|t| (t.name.clone(), t.shape.clone()))
-                    .collect(),
-            ),
-        })
-        .collect();
     let bar = Bar::new();
-    let detections = detect_many(
-        &suspect,
-        original.as_ref(),
-        &targets,
-        &DetectOptions { threshold_p: args.threshold, progress: &bar },
-    )
-    .with_context(|| format!("could not test {}", args.suspect.display()))?;
-
-    let m = candidates.len() as f64;
-    let mut ranked: Vec<(usize, f64, f64, f64)> = detections
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let log10_p = log10_p_bound(d.z);
-            let log10_adjusted = (log10_p + m.log10()).min(0.0);
-            (i, d.z, log10_p, log10_adjusted)
-        })
-        .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let threshold_log10 = args.threshold.log10();
-    let identified = ranked.iter().filter(|r| r.3 <= threshold_log10).count();
-    let mode = if original.is_some() { "informed" } else { "blind" };
+    let options = IdentifyOptions { threshold_p: args.threshold, progress: &bar };
+    let found = identify(&suspect, original.as_ref(), &loaded.candidates, &options)
+        .with_context(|| format!("could not test {}", args.suspect.display()))?;
 
     if args.json {
-        let list: Vec<_> = ranked
-            .iter()
-            .map(|&(i, z, lp, la)| {
-                let p = candidates[i].cert.predicate();
-                json!({
-                    "certificate": candidates[i].file,
-                    "label": p.label,
-                    "recipient": p.recipient,
-                    "z": z,
-                    "elements": detections[i].elements,
-                    "p_value": 10f64.powf(lp),
-                    "log10_p_value": lp,
-                    "adjusted_p_value": 10f64.powf(la),
-                    "log10_adjusted_p_value": la,
-                    "identified": la <= threshold_log10,
-                    "skipped": detections[i].skipped,
-                })
-            })
-            .collect();
-        let out = json!({
-            "mode": mode,
-            "certificates": candidates.len(),
-            "threshold_p": args.threshold,
-            "identified": identified,
-            "suspect_digest": detections.first().map(|d| d.suspect_digest.clone()),
-            "candidates": list,
-        });
-        outln!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&found)?);
     } else {
+        let mode = match found.mode {
+            Mode::Blind => "blind",
+            Mode::Informed => "informed",
+        };
         outln!(
             "suspect: {} ({mode}); {} certificates tested in one pass; p-values Bonferroni-adjusted \
              for {} tests",
             args.suspect.display(),
-            candidates.len(),
-            candidates.len()
+            found.certificates,
+            found.certificates
         );
         outln!(
             "  {:>4}  {:<20} {:<16} {:>9}  {:<16} {:<16}",
@@ -120,65 +53,27 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
             "p bound",
             "adjusted"
         );
-        for (rank, &(i, z, lp, la)) in ranked.iter().enumerate() {
-            let p = candidates[i].cert.predicate();
+        for (rank, c) in found.candidates.iter().enumerate() {
             outln!(
                 "  {:>4}  {:<20} {:<16} {:>9.2}  {:<16} {:<16} {}",
                 rank + 1,
-                p.recipient.as_deref().unwrap_or("(none)"),
-                p.label,
-                z,
-                p_bound(10f64.powf(lp)),
-                p_bound(10f64.powf(la)),
-                if la <= threshold_log10 { "IDENTIFIED" } else { "" }
+                c.recipient.as_deref().unwrap_or("(none)"),
+                c.label,
+                c.z,
+                p_bound(c.p_value),
+                p_bound(c.adjusted_p_value),
+                if c.identified { "IDENTIFIED" } else { "" }
             );
         }
-        if identified == 0 {
+        if found.identified == 0 {
             outln!("no certificate's mark found at adjusted p <= {:.0e}", args.threshold);
         } else {
-            outln!("{identified} candidate(s) identified at adjusted p <= {:.0e}", args.threshold);
-        }
-    }
-    Ok(if identified > 0 { Outcome::Success } else { Outcome::Negative })
-}
-
-/// Certificates in the directory signed by this key and made with it.
-fn load_candidates(args: &IdentifyArgs, secret: &SecretKey) -> anyhow::Result<Vec<Candidate>> {
-    let public = secret.public_key();
-    let mut paths: Vec<_> = std::fs::read_dir(&args.certs)
-        .with_context(|| {
-            format!("{}: cannot read the certificate directory", args.certs.display())
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    let mut candidates = Vec::new();
-    for path in paths {
-        let cert = match load_certificate(&path, &public) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("weightmark: note: skipping {e}");
-                continue;
-            }
-        };
-        let p = cert.predicate();
-        let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
-        if cert.check_mark_key(&mark_key).is_err() {
-            eprintln!(
-                "weightmark: note: skipping {}: signed by this key but not made with it",
-                path.display()
+            outln!(
+                "{} candidate(s) identified at adjusted p <= {:.0e}",
+                found.identified,
+                args.threshold
             );
-            continue;
         }
-        candidates.push(Candidate { file: path.display().to_string(), cert, mark_key });
     }
-    if candidates.is_empty() {
-        bail!(
-            "{}: no certificate signed by key {} in this directory",
-            args.certs.display(),
-            public.key_id()
-        );
-    }
-    Ok(candidates)
+    Ok(if found.identified > 0 { Outcome::Success } else { Outcome::Negative })
 }

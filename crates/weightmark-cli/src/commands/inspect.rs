@@ -1,9 +1,9 @@
 //! `weightmark inspect`.
 
 use serde_json::json;
-use weightmark::digest::{hex, model_tensor_digests, tensor_root};
-use weightmark::select::is_default_selected;
+use weightmark::is_default_selected;
 use weightmark::Model;
+use weightmark::{hex, model_tensor_digests, tensor_root};
 
 use crate::cli::InspectArgs;
 use crate::format::{bytes, count};

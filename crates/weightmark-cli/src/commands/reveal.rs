@@ -1,8 +1,8 @@
 //! `weightmark reveal`: one release's mark key, for a dispute.
 
 use anyhow::Context;
-use weightmark::key::RevealedRelease;
 use weightmark::provenance::load_certificate;
+use weightmark::RevealedRelease;
 use weightmark::SecretKey;
 
 use crate::cli::RevealArgs;

@@ -5,11 +5,12 @@
 //! RMS change of the weights it touched). Attacks touch the default-selected
 //! tensors (float matrices); everything else is copied.
 
+pub mod gguf;
 pub mod permute;
 pub mod rotate;
 pub mod truncate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ndarray::{Array2, ArrayView2};
@@ -17,13 +18,17 @@ use rayon::prelude::*;
 
 use crate::dtype::{decode_f64, encode_nearest, Dtype};
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::key::SecretKey;
+use crate::llama::LlamaConfig;
 use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
 use crate::progress::Progress;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
 use crate::select::is_default_selected;
 
-/// An edit of a model's weights.
+/// An edit of a model, for robustness experiments. [`Attack::validate`]
+/// checks its parameters; [`apply`] runs it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Attack {
@@ -79,6 +84,63 @@ pub enum Attack {
         /// Weight of the attacked model.
         lambda: f64,
     },
+    /// A linear merge `lambda * model + (1 - lambda) * other` with another
+    /// model of the same tensor names and shapes.
+    Merge {
+        /// The other model.
+        with: PathBuf,
+        /// Weight of the attacked model.
+        lambda: f64,
+    },
+    /// TIES merge with another model fine-tuned from the common `base`
+    /// ([`merge_ties`]).
+    Ties {
+        /// The other model.
+        with: PathBuf,
+        /// Their common base.
+        base: PathBuf,
+        /// Fraction of each task vector kept, in [0, 1].
+        density: f64,
+        /// Weight of the merged task vector.
+        lambda: f64,
+    },
+    /// Function-preserving permutation of MLP neurons and/or attention heads
+    /// of a Llama-layout model (heads need its `config.json`).
+    Permute {
+        /// What is permuted.
+        what: PermuteWhat,
+    },
+    /// Function-preserving rotation of the residual stream of a Llama-layout
+    /// model, norm weights folded first ([`rotate::rotate`]).
+    Rotate,
+    /// Keeps the first `keep` decoder layers of a Llama-layout model.
+    Truncate {
+        /// Decoder layers kept (at least 1, fewer than the model has).
+        keep: usize,
+    },
+    /// A second mark, embedded with an attacker's key derived from the seed
+    /// (the same key for the same seed, in `attack` and in `bench` alike).
+    Overwrite {
+        /// Strength of the second mark.
+        strength: f64,
+    },
+    /// Writes a quantized GGUF file the way llama.cpp does ([`gguf::write_gguf`]);
+    /// needs a Llama-layout model with its `config.json`.
+    Gguf {
+        /// The quantization type (Q8_0, Q4_0, Q4_K, Q6_K, F16 or F32).
+        ty: GgmlType,
+    },
+}
+
+/// What [`Attack::Permute`] permutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PermuteWhat {
+    /// MLP neurons (rows of gate/up with columns of down).
+    Mlp,
+    /// Attention heads, grouped-query aware.
+    Heads,
+    /// Both.
+    Both,
 }
 
 /// Which elements [`Attack::Prune`] zeroes.
@@ -90,17 +152,208 @@ pub enum PruneMethod {
     Random,
 }
 
+/// GGUF types [`Attack::Gguf`] writes.
+pub const GGUF_TYPES: [GgmlType; 6] =
+    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16, GgmlType::F32];
+
+impl Attack {
+    /// Checks the parameters before any work; an error says which one is out
+    /// of range and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(what));
+        let non_negative = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                bad(format!("{name} {v} must be a finite number >= 0"))
+            }
+        };
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                bad(format!("{name} {v} must be a finite number"))
+            }
+        };
+        let fraction = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                bad(format!("{name} {v} must be between 0 and 1"))
+            }
+        };
+        match self {
+            Attack::Noise { relative } => non_negative("noise: relative level", *relative),
+            Attack::Drift { relative } => non_negative("drift: relative change", *relative),
+            Attack::Quantize { bits, group } => {
+                if !(2..=8).contains(bits) {
+                    return bad(format!("quantize: {bits} bits is out of range; use 2 to 8"));
+                }
+                if *group == Some(0) {
+                    return bad("quantize: a group holds at least 1 element".into());
+                }
+                Ok(())
+            }
+            Attack::Prune { fraction: f, .. } => fraction("prune: fraction", *f),
+            Attack::LowRank { rank, relative } => {
+                if *rank == 0 {
+                    return bad("lowrank: the rank must be at least 1".into());
+                }
+                non_negative("lowrank: relative norm", *relative)
+            }
+            Attack::Scale { factor } => finite("scale: factor", *factor),
+            Attack::Cast { via } => {
+                if matches!(via, Dtype::F16 | Dtype::BF16 | Dtype::F32) {
+                    Ok(())
+                } else {
+                    bad(format!("cast: cannot pass through {via}; use f16, bf16 or f32"))
+                }
+            }
+            Attack::MergeUnrelated { lambda } | Attack::Merge { lambda, .. } => {
+                finite("merge: lambda", *lambda)
+            }
+            Attack::Ties { density, lambda, .. } => {
+                fraction("TIES merge: density", *density)?;
+                finite("TIES merge: lambda", *lambda)
+            }
+            Attack::Permute { .. } | Attack::Rotate => Ok(()),
+            Attack::Truncate { keep } => {
+                if *keep == 0 {
+                    return bad("truncate: keep at least 1 layer".into());
+                }
+                Ok(())
+            }
+            Attack::Overwrite { strength } => {
+                if *strength > 0.0 && *strength <= crate::embed::MAX_STRENGTH {
+                    Ok(())
+                } else {
+                    bad(format!(
+                        "overwrite: strength {strength} is out of range; use a value in (0, {}]",
+                        crate::embed::MAX_STRENGTH
+                    ))
+                }
+            }
+            Attack::Gguf { ty } => {
+                if GGUF_TYPES.contains(ty) {
+                    Ok(())
+                } else {
+                    let names: Vec<&str> = GGUF_TYPES.iter().map(|t| t.name()).collect();
+                    bad(format!("gguf: cannot write type {}; use {}", ty.name(), names.join(", ")))
+                }
+            }
+        }
+    }
+
+    /// Whether the edit is applied tensor by tensor to the default selection
+    /// (the attacks [`attack_tensor`] knows).
+    fn is_per_tensor(&self) -> bool {
+        matches!(
+            self,
+            Attack::Noise { .. }
+                | Attack::Drift { .. }
+                | Attack::Quantize { .. }
+                | Attack::Prune { .. }
+                | Attack::LowRank { .. }
+                | Attack::Scale { .. }
+                | Attack::Cast { .. }
+                | Attack::MergeUnrelated { .. }
+        )
+    }
+}
+
+/// What [`apply`] did, beyond the damage.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum AttackDetail {
+    /// Nothing more to say.
+    None,
+    /// [`Attack::Truncate`]: layers before and after, tensors removed.
+    Truncated {
+        /// Decoder layers of the input.
+        layers: usize,
+        /// Decoder layers kept.
+        kept: usize,
+        /// Tensors removed.
+        removed: usize,
+    },
+    /// [`Attack::Gguf`]: the type of each tensor written, and the tensors left
+    /// out (no llama.cpp name).
+    Gguf {
+        /// (llama.cpp name, type) of each tensor written.
+        tensors: Vec<(String, GgmlType)>,
+        /// Tensors left out.
+        skipped: Vec<String>,
+    },
+}
+
 /// What [`apply`] did.
 #[derive(Clone, Debug)]
 pub struct AttackReport {
-    /// The files written.
-    pub written: WriteReport,
-    /// Change over the tensors the attack touched.
+    /// Where the edited model went (a file or a directory).
+    pub path: PathBuf,
+    /// Change over the weights the attack touched (for truncation, the
+    /// removed weights count as zeroed).
     pub damage: Fidelity,
+    /// Details of some attacks.
+    pub detail: AttackDetail,
 }
 
-/// Applies `attack` with `seed` to `model`, writing to `out`.
+impl AttackReport {
+    pub(crate) fn written(written: WriteReport, damage: Fidelity) -> AttackReport {
+        AttackReport { path: written.path, damage, detail: AttackDetail::None }
+    }
+}
+
+/// The attacker's secret key of [`Attack::Overwrite`] for a seed.
+pub fn attacker_key(seed: u64) -> SecretKey {
+    let mut s = [0x5au8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    SecretKey::from_seed(s)
+}
+
+/// Validates `attack`, then applies it with `seed` to `model`, writing the
+/// result to `out` (the input's layout; a GGUF file for [`Attack::Gguf`]).
 pub fn apply(
+    model: &Model,
+    out: &Path,
+    attack: &Attack,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    attack.validate()?;
+    if attack.is_per_tensor() {
+        return apply_per_tensor(model, out, attack, seed, progress);
+    }
+    match attack {
+        Attack::Merge { with, lambda } => {
+            let other = Model::open(with)?;
+            merge_linear(&[model, &other], &[*lambda, 1.0 - lambda], out, progress)
+        }
+        Attack::Ties { with, base, density, lambda } => {
+            let (other, base) = (Model::open(with)?, Model::open(base)?);
+            merge_ties(&[model, &other], &base, *density, *lambda, out, progress)
+        }
+        Attack::Permute { what } => permute::permute(model, out, *what, seed, progress),
+        Attack::Rotate => rotate::rotate(model, out, seed, progress),
+        Attack::Truncate { keep } => truncate::truncate(model, out, *keep),
+        Attack::Overwrite { strength } => {
+            let options =
+                crate::embed::EmbedOptions::new("overwrite").strength(*strength).progress(progress);
+            let options =
+                crate::embed::EmbedOptions { created: "1970-01-01T00:00:00Z".into(), ..options };
+            let report = crate::embed::embed(model, out, &attacker_key(seed), &options)?;
+            Ok(AttackReport::written(report.written, report.fidelity))
+        }
+        Attack::Gguf { ty } => {
+            let config = LlamaConfig::for_model(model)?;
+            gguf::write_gguf(model, out, *ty, &config)
+        }
+        _ => Err(Error::internal(format!("attack {attack:?} has no implementation"))),
+    }
+}
+
+/// The tensor-by-tensor attacks on the default selection.
+fn apply_per_tensor(
     model: &Model,
     out: &Path,
     attack: &Attack,
@@ -117,7 +370,7 @@ pub fn apply(
         Ok(Some(data))
     };
     let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-    Ok(AttackReport { written, damage: take(damage)? })
+    Ok(AttackReport::written(written, take(damage)?))
 }
 
 /// Writes `model` with some tensors replaced by new values (an edit made
@@ -158,7 +411,7 @@ pub fn write_replaced(
         Ok(Some(data))
     };
     let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-    Ok(AttackReport { written, damage: take(damage)? })
+    Ok(AttackReport::written(written, take(damage)?))
 }
 
 /// The collusion attack: the element-wise average of several copies of one
@@ -199,7 +452,9 @@ pub fn merge_linear(
         sum.iter_mut().for_each(|v| *v *= weights[0]);
         let mut buf = Vec::new();
         for (m, &wj) in models[1..].iter().zip(&weights[1..]) {
-            let other = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+            let other = m
+                .tensor(t.name)
+                .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
             decode_f64(other.dtype, other.data, &mut buf);
             sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += wj * v);
         }
@@ -208,7 +463,7 @@ pub fn merge_linear(
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
-    Ok(AttackReport { written, damage: take(damage)? })
+    Ok(AttackReport::written(written, take(damage)?))
 }
 
 /// Refuses models that lack one of `first`'s tensors or hold it in another shape.
@@ -239,14 +494,14 @@ fn encode_like(t: &TensorRef<'_>, values: impl Iterator<Item = f64>) -> Vec<u8> 
 
 /// Adds a tensor's damage to the running total.
 pub(crate) fn add_damage(total: &Mutex<Fidelity>, f: Fidelity) -> Result<()> {
-    let mut d = total.lock().map_err(|_| Error::invalid("an attack thread panicked"))?;
+    let mut d = total.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     *d = d.merge(f);
     Ok(())
 }
 
 /// The running total, once the threads are done.
 pub(crate) fn take(total: Mutex<Fidelity>) -> Result<Fidelity> {
-    total.into_inner().map_err(|_| Error::invalid("an attack thread panicked"))
+    Ok(total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// Writes a new set of tensors as one safetensors file: the file `out` for a
@@ -259,7 +514,7 @@ pub(crate) fn write_new_tensors(
     tensors: &[crate::synth::SynthTensor],
     edit_config: impl Fn(&mut serde_json::Value),
 ) -> Result<std::path::PathBuf> {
-    use crate::provenance::write_atomic_bytes;
+    use crate::io::write_atomic_bytes;
     let bytes = crate::synth::to_safetensors(tensors, None);
     if model.layout == crate::model::Layout::File {
         write_atomic_bytes(out, &bytes)?;
@@ -311,13 +566,17 @@ pub fn merge_ties(
         if !t.dtype.is_markable() {
             return Ok(None);
         }
-        let b = base.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+        let b = base
+            .tensor(t.name)
+            .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
         let mut base_v = Vec::new();
         decode_f64(b.dtype, b.data, &mut base_v);
         let mut tasks: Vec<Vec<f64>> = Vec::new();
         let mut buf = Vec::new();
         for m in models {
-            let mt = m.tensor(t.name).ok_or_else(|| Error::invalid("tensor vanished"))?;
+            let mt = m
+                .tensor(t.name)
+                .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
             decode_f64(mt.dtype, mt.data, &mut buf);
             let mut task: Vec<f64> = buf.iter().zip(&base_v).map(|(x, b)| x - b).collect();
             trim(&mut task, density);
@@ -343,7 +602,7 @@ pub fn merge_ties(
         Ok(Some(data))
     };
     let written = write_model(first, out, &transform, &WriteOptions { progress })?;
-    Ok(AttackReport { written, damage: take(damage)? })
+    Ok(AttackReport::written(written, take(damage)?))
 }
 
 /// Keeps the largest `density` fraction of `v` by magnitude, zeroing the rest.
@@ -362,7 +621,8 @@ fn trim(v: &mut [f64], density: f64) {
     }
 }
 
-/// Applies `attack` to one float tensor; returns new bytes and the damage.
+/// Applies a tensor-by-tensor `attack` to one float tensor; returns new
+/// bytes and the damage (other attacks leave the tensor as it is).
 pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>, Fidelity) {
     let mut w = Vec::new();
     decode_f64(t.dtype, t.data, &mut w);
@@ -411,6 +671,7 @@ pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>,
                 }
             }
         }
+        _ => {}
     }
     let size = t.dtype.size();
     let mut out = t.data.to_vec();

@@ -8,67 +8,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rand_core::RngCore;
-
-use super::{add_damage, take, AttackReport};
+use super::{add_damage, take, AttackReport, PermuteWhat};
 use crate::error::{Error, Result};
+pub use crate::llama::HeadPermutation;
+use crate::llama::{attention_part, mlp_tensor, permutation, reorder, LlamaConfig};
 use crate::model::{write_model, Model, TensorRef, WriteOptions};
 use crate::progress::Progress;
-use crate::rng::stream;
 use crate::scheme::Fidelity;
-
-/// Which MLP tensor of a layer, if any: (layer, is `down_proj`).
-pub fn mlp_tensor(name: &str) -> Option<(usize, bool)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer = layer.parse().ok()?;
-    match tail {
-        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some((layer, false)),
-        "mlp.down_proj.weight" => Some((layer, true)),
-        _ => None,
-    }
-}
-
-/// A seeded permutation of `n` items (Fisher-Yates on a ChaCha20 stream).
-pub fn permutation(n: usize, seed: u64, name: &str) -> Vec<usize> {
-    let mut rng = stream(seed, name);
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        p.swap(i, j);
-    }
-    p
-}
-
-/// Reorders rows (`columns == false`) or columns of a row-major matrix:
-/// output row/column `k` is input row/column `perm[k]`.
-pub fn reorder(
-    data: &[u8],
-    rows: usize,
-    cols: usize,
-    elem: usize,
-    perm: &[usize],
-    columns: bool,
-) -> Vec<u8> {
-    let mut out = vec![0u8; data.len()];
-    if columns {
-        for r in 0..rows {
-            let row_in = &data[r * cols * elem..(r + 1) * cols * elem];
-            let row_out = &mut out[r * cols * elem..(r + 1) * cols * elem];
-            for (k, &src) in perm.iter().enumerate() {
-                row_out[k * elem..(k + 1) * elem]
-                    .copy_from_slice(&row_in[src * elem..(src + 1) * elem]);
-            }
-        }
-    } else {
-        let stride = cols * elem;
-        for (k, &src) in perm.iter().enumerate() {
-            out[k * stride..(k + 1) * stride]
-                .copy_from_slice(&data[src * stride..(src + 1) * stride]);
-        }
-    }
-    out
-}
 
 /// Permutes the MLP neurons of every layer of a Llama-layout model.
 pub fn permute_mlp(
@@ -112,87 +58,7 @@ pub fn permute_mlp(
     };
     let written = write_model(model, out, &transform, &WriteOptions { progress })?;
     // The function is unchanged, but element by element the weights moved a lot.
-    Ok(AttackReport { written, damage: take(damage)? })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permutations_are_seeded_and_complete() {
-        let p = permutation(100, 3, "x");
-        let mut sorted = p.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(p, permutation(100, 3, "x"));
-        assert_ne!(p, permutation(100, 4, "x"));
-    }
-
-    #[test]
-    fn reorder_rows_and_columns() {
-        let data: Vec<u8> = (0..6).collect(); // 2 x 3, one byte per element
-        assert_eq!(reorder(&data, 2, 3, 1, &[2, 0, 1], true), [2, 0, 1, 5, 3, 4]);
-        assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
-    }
-}
-
-/// Which attention tensor of a layer, if any: (layer, part).
-fn attention_tensor(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let part = tail.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
-    Some((layer.parse().ok()?, part))
-}
-
-/// A permutation of attention heads that keeps grouped-query attention
-/// intact: key/value heads are permuted by `kv`, and the query heads of each
-/// group move with their key/value head, shuffled within the group by `q`.
-/// `q[k]` is the original query head now at position `k`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeadPermutation {
-    /// Query heads, as `q[new] = old`.
-    pub q: Vec<usize>,
-    /// Key/value heads, as `kv[new] = old`.
-    pub kv: Vec<usize>,
-}
-
-impl HeadPermutation {
-    /// A seeded head permutation for `heads` query heads and `kv_heads` key/value heads.
-    pub fn seeded(heads: usize, kv_heads: usize, seed: u64, layer: usize) -> HeadPermutation {
-        let group = heads / kv_heads.max(1);
-        let kv = permutation(kv_heads, seed, &format!("kv\0{layer}"));
-        let mut q = Vec::with_capacity(heads);
-        for (new_g, &old_g) in kv.iter().enumerate() {
-            let within = permutation(group, seed, &format!("q\0{layer}\0{new_g}"));
-            q.extend(within.iter().map(|&m| old_g * group + m));
-        }
-        HeadPermutation { q, kv }
-    }
-
-    /// Expands head indices to row (or column) indices of `head_dim` each.
-    pub fn expand(heads: &[usize], head_dim: usize) -> Vec<usize> {
-        heads.iter().flat_map(|&h| h * head_dim..(h + 1) * head_dim).collect()
-    }
-
-    /// The new bytes of an attention tensor (`q_proj`, `k_proj`, `v_proj`
-    /// rows or `o_proj` columns), or `None` for other tensors.
-    pub fn apply(&self, part: &str, t: &TensorRef<'_>, head_dim: usize) -> Option<Vec<u8>> {
-        let [rows, cols] = t.shape else { return None };
-        let e = t.dtype.size();
-        match part {
-            "q_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), false))
-            }
-            "k_proj" | "v_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.kv, head_dim), false))
-            }
-            "o_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), true))
-            }
-            _ => None,
-        }
-    }
+    Ok(AttackReport::written(written, take(damage)?))
 }
 
 /// Permutes the attention heads of every layer (grouped-query aware), a
@@ -212,7 +78,7 @@ pub fn permute_heads(
     }
     let damage = Mutex::new(Fidelity::default());
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
-        let Some((layer, part)) = attention_tensor(t.name) else { return Ok(None) };
+        let Some((layer, part)) = attention_part(t.name) else { return Ok(None) };
         let width = if part == "o_proj" { t.shape.get(1) } else { t.shape.first() };
         let count = if matches!(part, "k_proj" | "v_proj") { kv_heads } else { heads };
         let Some(head_dim) = width.filter(|w| *w % count == 0).map(|w| w / count) else {
@@ -228,5 +94,36 @@ pub fn permute_heads(
         Ok(data)
     };
     let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-    Ok(AttackReport { written, damage: take(damage)? })
+    Ok(AttackReport::written(written, take(damage)?))
+}
+
+/// Permutes what `what` says: MLP neurons, attention heads (counts from the
+/// model's `config.json`), or both (neurons first, through a staging copy
+/// beside `out`; the two touch different tensors, so their damage adds).
+pub fn permute(
+    model: &Model,
+    out: &Path,
+    what: PermuteWhat,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<AttackReport> {
+    let heads = || LlamaConfig::for_model(model).map(|c| (c.heads, c.kv_heads));
+    match what {
+        PermuteWhat::Mlp => permute_mlp(model, out, seed, progress),
+        PermuteWhat::Heads => {
+            let (h, kv) = heads()?;
+            permute_heads(model, out, h, kv, seed, progress)
+        }
+        PermuteWhat::Both => {
+            let (h, kv) = heads()?;
+            let staging = crate::io::staging_dir(out)?;
+            let name = out.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
+            let step = staging.path().join(name);
+            let mlp = permute_mlp(model, &step, seed, progress)?;
+            let mid = Model::open(&step)?;
+            let mut both = permute_heads(&mid, out, h, kv, seed, progress)?;
+            both.damage = both.damage.merge(mlp.damage);
+            Ok(both)
+        }
+    }
 }

@@ -8,88 +8,19 @@
 //! embeddings is untied (an `lm_head.weight` is written), since the final
 //! norm must be folded into the head but not into the embedding lookup.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use ndarray::Array2;
 
 use super::AttackReport;
-use crate::dtype::{decode_f64, encode_nearest};
+use crate::dtype::encode_nearest;
 use crate::error::{Error, Result};
+use crate::llama::{as_matrix, folded, norm_weights, role, Role};
 use crate::model::{write_model, Model, TensorRef, WriteOptions};
 use crate::progress::Progress;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
 use crate::synth::SynthTensor;
-
-/// How a tensor takes part in the residual stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Reads the stream (columns = hidden): `W Q`; the norm named is folded in first.
-    Reads(Option<NormOf>),
-    /// Writes the stream (rows = hidden): `Q^T W`.
-    Writes,
-    /// A norm weight: becomes 1.
-    Norm,
-}
-
-/// Which norm is folded into a reading matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NormOf {
-    /// `input_layernorm` of the layer.
-    Input(usize),
-    /// `post_attention_layernorm` of the layer.
-    PostAttention(usize),
-    /// The final `model.norm`.
-    Final,
-}
-
-impl NormOf {
-    /// The norm tensor's name.
-    pub fn name(self) -> String {
-        match self {
-            NormOf::Input(l) => format!("model.layers.{l}.input_layernorm.weight"),
-            NormOf::PostAttention(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
-            NormOf::Final => "model.norm.weight".to_string(),
-        }
-    }
-}
-
-/// The role of a Hugging Face Llama tensor, if it has one.
-pub fn role(name: &str) -> Option<Role> {
-    match name {
-        "model.embed_tokens.weight" => return Some(Role::Reads(None)),
-        "lm_head.weight" => return Some(Role::Reads(Some(NormOf::Final))),
-        "model.norm.weight" => return Some(Role::Norm),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let l: usize = layer.parse().ok()?;
-    Some(match tail {
-        "input_layernorm.weight" | "post_attention_layernorm.weight" => Role::Norm,
-        "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
-            Role::Reads(Some(NormOf::Input(l)))
-        }
-        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => {
-            Role::Reads(Some(NormOf::PostAttention(l)))
-        }
-        "self_attn.o_proj.weight" | "mlp.down_proj.weight" => Role::Writes,
-        _ => return None,
-    })
-}
-
-/// A tensor's values as a matrix (1-D tensors as one row).
-pub fn as_matrix(t: &TensorRef<'_>) -> Option<Array2<f64>> {
-    let mut v = Vec::new();
-    decode_f64(t.dtype, t.data, &mut v);
-    let (rows, cols) = match t.shape {
-        [n] => (1, *n),
-        [r, c] => (*r, *c),
-        _ => return None,
-    };
-    Array2::from_shape_vec((rows, cols), v).ok()
-}
 
 /// A seeded random orthogonal matrix (Gram-Schmidt on a Gaussian matrix).
 pub fn random_orthogonal(n: usize, seed: u64) -> Array2<f64> {
@@ -106,32 +37,6 @@ pub fn random_orthogonal(n: usize, seed: u64) -> Array2<f64> {
         q.row_mut(i).mapv_inplace(|x| x / norm);
     }
     q
-}
-
-/// The matrix of `t` with its norm folded in (columns scaled), or as is.
-pub fn folded(t: &TensorRef<'_>, norms: &HashMap<String, Vec<f64>>) -> Option<Array2<f64>> {
-    let mut m = as_matrix(t)?;
-    if let Some(Role::Reads(Some(norm))) = role(t.name) {
-        if let Some(g) = norms.get(&norm.name()) {
-            for mut row in m.rows_mut() {
-                row.iter_mut().zip(g).for_each(|(x, s)| *x *= s);
-            }
-        }
-    }
-    Some(m)
-}
-
-/// Norm weights of a model, by name.
-pub fn norm_weights(model: &Model) -> HashMap<String, Vec<f64>> {
-    model
-        .tensors()
-        .filter(|t| role(t.name) == Some(Role::Norm))
-        .map(|t| {
-            let mut v = Vec::new();
-            decode_f64(t.dtype, t.data, &mut v);
-            (t.name.to_string(), v)
-        })
-        .collect()
 }
 
 fn encode_like(t: &TensorRef<'_>, m: &Array2<f64>) -> Vec<u8> {
@@ -189,7 +94,7 @@ pub fn rotate(
     };
     if model.tensor("lm_head.weight").is_some() {
         let written = write_model(model, out, &transform, &WriteOptions { progress })?;
-        return Ok(AttackReport { written, damage: super::take(damage)? });
+        return Ok(AttackReport::written(written, super::take(damage)?));
     }
     // A head tied to the embeddings cannot take the final norm: untie it, writing
     // `lm_head.weight` = (embeddings with the final norm folded in) Q.
@@ -230,7 +135,7 @@ pub fn rotate(
         copied: Vec::new(),
         skipped: Vec::new(),
     };
-    Ok(AttackReport { written, damage: super::take(damage)? })
+    Ok(AttackReport::written(written, super::take(damage)?))
 }
 
 #[cfg(test)]

@@ -5,30 +5,17 @@
 
 use std::path::Path;
 
+use super::{AttackDetail, AttackReport};
 use crate::error::{Error, Result};
+use crate::llama::layer_of;
 use crate::model::Model;
+use crate::scheme::Fidelity;
 use crate::synth::SynthTensor;
-
-/// The decoder layer of a tensor name, if any.
-fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
-}
-
-/// What [`truncate`] did.
-#[derive(Clone, Debug)]
-pub struct TruncateReport {
-    /// Layers before and after.
-    pub layers: (usize, usize),
-    /// Tensors removed.
-    pub removed: usize,
-    /// Relative RMS change of the model's float weights (removed ones count as zeroed).
-    pub relative_change: f64,
-}
 
 /// Keeps the first `keep` decoder layers. A single-file input gives the file
 /// `out`; a directory gives the directory `out` with `model.safetensors` and,
 /// if the input had one, a `config.json` with `num_hidden_layers` updated.
-pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport> {
+pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<AttackReport> {
     let layers = model.tensors().filter_map(|t| layer_of(t.name)).max().map_or(0, |l| l + 1);
     if layers == 0 {
         return Err(Error::invalid(format!(
@@ -38,7 +25,7 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport
     }
     if keep == 0 || keep >= layers {
         return Err(Error::invalid(format!(
-            "--keep {keep}: the model has {layers} layers; keep between 1 and {}",
+            "cannot keep {keep} layers: the model has {layers}; keep between 1 and {}",
             layers - 1
         )));
     }
@@ -54,19 +41,25 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<TruncateReport
         })
         .collect();
     let removed = model.tensor_count() - kept.len();
-    let (mut total, mut gone) = (0.0, 0.0);
+    let (mut total, mut gone, mut elements) = (0.0, 0.0, 0u64);
     let mut v = Vec::new();
     for t in model.tensors().filter(|t| t.dtype.is_readable()) {
         crate::dtype::decode_f64(t.dtype, t.data, &mut v);
         let energy: f64 = v.iter().filter(|x| x.is_finite()).map(|x| x * x).sum();
         total += energy;
+        elements += v.len() as u64;
         if layer_of(t.name).is_some_and(|l| l >= keep) {
             gone += energy;
         }
     }
-    let relative_change = if total > 0.0 { (gone / total).sqrt() } else { 0.0 };
-    super::write_new_tensors(model, out, &kept, |v| {
+    let path = super::write_new_tensors(model, out, &kept, |v| {
         v["num_hidden_layers"] = serde_json::json!(keep)
     })?;
-    Ok(TruncateReport { layers: (layers, keep), removed, relative_change })
+    let damage =
+        Fidelity { sum_sq_original: total, sum_sq_change: gone, max_abs_change: 0.0, elements };
+    Ok(AttackReport {
+        path,
+        damage,
+        detail: AttackDetail::Truncated { layers, kept: keep, removed },
+    })
 }

@@ -15,12 +15,10 @@ use serde::Serialize;
 use crate::attack::{apply, Attack, PruneMethod};
 use crate::detect::{detect, DetectOptions, Target};
 use crate::dtype::Dtype;
-use crate::embed::{embed, EmbedOptions};
-use crate::error::Result;
-use crate::key::{MarkKey, SecretKey};
+use crate::error::{Error, Result};
+use crate::key::SecretKey;
 use crate::model::Model;
 use crate::progress::NoProgress;
-use crate::select::Selection;
 
 /// A family of attacks swept over a numeric level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,12 +116,24 @@ impl Sweep {
         }
     }
 
-    fn attack(self, level: f64) -> Option<Attack> {
-        Some(match self {
+    /// The attack at `level`, validated ([`Attack::validate`]): a level out of
+    /// range (16 bits, a fraction above 1) is an error naming the sweep.
+    pub fn attack(self, level: f64) -> Result<Attack> {
+        let bits = || {
+            if level.fract() == 0.0 && (0.0..=64.0).contains(&level) {
+                Ok(level as u32)
+            } else {
+                Err(Error::invalid(format!(
+                    "{} at level {level}: bits must be a whole number",
+                    self.name()
+                )))
+            }
+        };
+        let attack = match self {
             Sweep::Noise => Attack::Noise { relative: level },
             Sweep::Drift => Attack::Drift { relative: level },
-            Sweep::QuantizeRow => Attack::Quantize { bits: level as u32, group: None },
-            Sweep::QuantizeGroup32 => Attack::Quantize { bits: level as u32, group: Some(32) },
+            Sweep::QuantizeRow => Attack::Quantize { bits: bits()?, group: None },
+            Sweep::QuantizeGroup32 => Attack::Quantize { bits: bits()?, group: Some(32) },
             Sweep::PruneMagnitude => {
                 Attack::Prune { fraction: level, method: PruneMethod::Magnitude }
             }
@@ -132,8 +142,12 @@ impl Sweep {
             Sweep::Scale => Attack::Scale { factor: level },
             Sweep::CastF16 => Attack::Cast { via: Dtype::F16 },
             Sweep::Merge => Attack::MergeUnrelated { lambda: level },
-            Sweep::Overwrite => return None,
-        })
+            Sweep::Overwrite => Attack::Overwrite { strength: level },
+        };
+        attack
+            .validate()
+            .map_err(|e| Error::invalid(format!("{} at level {level}: {e}", self.name())))?;
+        Ok(attack)
     }
 }
 
@@ -172,10 +186,8 @@ pub struct SweepInputs<'a> {
     pub marked: &'a Model,
     /// The unmarked original, for informed detection.
     pub original: Option<&'a Model>,
-    /// The release mark key.
-    pub mark_key: &'a MarkKey,
-    /// Certified tensors (name, shape).
-    pub tensors: Vec<(String, Vec<usize>)>,
+    /// The release under test (mark key and certified tensors).
+    pub target: &'a Target,
     /// Sweeps and their levels.
     pub plan: Vec<(Sweep, Vec<f64>)>,
     /// Seed of the attacks.
@@ -186,31 +198,29 @@ pub struct SweepInputs<'a> {
     pub on_row: &'a (dyn Fn(&Row) + Sync),
 }
 
-/// Runs the sweep.
+/// Checks every level of a plan before any work.
+pub fn validate_plan(plan: &[(Sweep, Vec<f64>)]) -> Result<()> {
+    for (sweep, levels) in plan {
+        for &level in levels {
+            sweep.attack(level)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the sweep (every level is validated first).
 pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
-    let attacker = SecretKey::from_seed([0x3c; 32]);
+    validate_plan(&inputs.plan)?;
     let mut rows = Vec::new();
     for (sweep, levels) in &inputs.plan {
         for &level in levels {
             let started = Instant::now();
             let out =
                 scratch_path(inputs.marked, inputs.scratch, &format!("{}-{level}", sweep.name()));
-            let damage = match sweep.attack(level) {
-                Some(attack) => apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
-                    .damage
-                    .relative_rms_change(),
-                None => {
-                    let options = EmbedOptions {
-                        strength: level,
-                        label: "overwrite".into(),
-                        recipient: None,
-                        selection: Selection::Default,
-                        created: "1970-01-01T00:00:00Z".into(),
-                        progress: &NoProgress,
-                    };
-                    embed(inputs.marked, &out, &attacker, &options)?.fidelity.relative_rms_change()
-                }
-            };
+            let attack = sweep.attack(level)?;
+            let damage = apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
+                .damage
+                .relative_rms_change();
             let row = measure(inputs, &out, sweep.name(), level, damage, started)?;
             (inputs.on_row)(&row);
             rows.push(row);
@@ -230,19 +240,16 @@ pub fn measure(
     damage: f64,
     started: Instant,
 ) -> Result<Row> {
-    let wrong = SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None);
-    let attacked = Model::open(out)?;
-    let opts = DetectOptions { threshold_p: crate::DEFAULT_THRESHOLD_P, progress: &NoProgress };
-    let run = |key: &MarkKey, original: Option<&Model>| {
-        detect(
-            &attacked,
-            original,
-            &Target { mark_key: key, tensors: Some(inputs.tensors.clone()) },
-            &opts,
-        )
+    let wrong = Target {
+        mark_key: SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None),
+        tensors: inputs.target.tensors.clone(),
     };
-    let blind = run(inputs.mark_key, None)?;
-    let informed = inputs.original.map(|o| run(inputs.mark_key, Some(o))).transpose()?;
+    let attacked = Model::open(out)?;
+    let opts = DetectOptions::default();
+    let run =
+        |target: &Target, original: Option<&Model>| detect(&attacked, original, target, &opts);
+    let blind = run(inputs.target, None)?;
+    let informed = inputs.original.map(|o| run(inputs.target, Some(o))).transpose()?;
     let wrong_blind = run(&wrong, None)?;
     let wrong_informed = inputs.original.map(|o| run(&wrong, Some(o))).transpose()?;
     drop(attacked);

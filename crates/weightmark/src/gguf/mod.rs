@@ -12,21 +12,20 @@ pub mod quant;
 pub mod quantize;
 pub mod reader;
 pub mod tokenizer;
-pub mod writer;
 
 use rayon::prelude::*;
 
 pub use quant::GgmlType;
 pub use reader::{GgufFile, GgufTensorInfo, Value};
 
-use crate::dtype::Dtype;
 use crate::error::FormatError;
-use crate::model::TensorInfo;
 
 /// A GGUF tensor converted to an f32 tensor with its canonical name.
 pub struct CanonicalTensor {
-    /// Header entry (dtype F32, Hugging Face shape, offsets 0..len).
-    pub info: TensorInfo,
+    /// Canonical (Hugging Face) name.
+    pub name: String,
+    /// Shape in Hugging Face order (dimensions reversed from GGUF's).
+    pub shape: Vec<usize>,
     /// Little-endian f32 bytes.
     pub data: Vec<u8>,
     /// The name in the GGUF file.
@@ -99,8 +98,7 @@ pub fn canonical_tensors(
                 shape.push(1);
             }
             let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let info = TensorInfo { name, dtype: Dtype::F32, shape, begin: 0, end: data.len() };
-            Ok((CanonicalTensor { info, data, gguf_name: t.name.clone(), ggml_type: t.ggml_type }, warning))
+            Ok((CanonicalTensor { name, shape, data, gguf_name: t.name.clone(), ggml_type: t.ggml_type }, warning))
         })
         .collect();
     let mut out = Vec::with_capacity(tensors.len());

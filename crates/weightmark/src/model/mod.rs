@@ -11,7 +11,7 @@ mod index;
 mod mmap;
 mod write;
 
-pub(crate) use write::{refuse_same_path, set_public_mode};
+pub(crate) use write::refuse_same_path;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
+pub use header::{Header, TensorInfo};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
-pub use write::{resolve_output, write_model, OutputFile, Transform, WriteOptions, WriteReport};
+pub use write::{resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, FormatError, Result};
@@ -270,10 +270,17 @@ impl Model {
         let mut by_name = HashMap::new();
         let mut owned = Vec::with_capacity(tensors.len());
         for t in tensors {
-            if by_name.insert(t.info.name.clone(), Slot::Owned(owned.len())).is_some() {
-                return Err(Error::format(path, FormatError::DuplicateName { name: t.info.name }));
+            if by_name.insert(t.name.clone(), Slot::Owned(owned.len())).is_some() {
+                return Err(Error::format(path, FormatError::DuplicateName { name: t.name }));
             }
-            owned.push(OwnedTensor { info: t.info, data: t.data });
+            let info = TensorInfo {
+                name: t.name,
+                dtype: Dtype::F32,
+                shape: t.shape,
+                begin: 0,
+                end: t.data.len(),
+            };
+            owned.push(OwnedTensor { info, data: t.data });
         }
         let file_name =
             path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{Layout, Model, ModelFile, TensorInfo, TensorRef};
 use crate::digest::{tensor_hasher, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::io::{set_public_mode, staging_dir, AtomicFile};
 use crate::progress::Progress;
 
 /// Files in a model directory that hold weights in some other format. They
@@ -118,18 +119,11 @@ fn write_single(
 ) -> Result<WriteReport> {
     let file = model.files.first().ok_or_else(|| Error::invalid("model has no file"))?;
     let dest = resolve_output(model, out)?;
-    let parent = parent_dir(&dest);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".weightmark-")
-        .suffix(".tmp")
-        .tempfile_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+    let mut tmp = AtomicFile::create(&dest)?;
     let mut digests = Vec::new();
-    let tmp_path = tmp.path().to_path_buf();
-    let (sha256, size) =
-        write_file(file, tmp.as_file_mut(), &tmp_path, transform, options, &mut digests)?;
-    set_public_mode(&tmp_path, 0o644)?;
-    tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+    let tmp_path = tmp.temp_path().to_path_buf();
+    let (sha256, size) = write_file(file, tmp.file(), &tmp_path, transform, options, &mut digests)?;
+    tmp.commit()?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(WriteReport {
         path: dest,
@@ -161,11 +155,7 @@ fn write_directory(
             out.display()
         )));
     }
-    let parent = parent_dir(out);
-    let staging = tempfile::Builder::new()
-        .prefix(".weightmark-")
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+    let staging = staging_dir(out)?;
     let mut files = Vec::new();
     let mut digests = Vec::new();
     for f in &model.files {
@@ -259,7 +249,9 @@ fn write_file(
             }
         }
         drop(tx);
-        let written = writer.join().map_err(|_| Error::invalid("the writer thread panicked"))?;
+        // A panic in the writer is a bug: resume it here rather than
+        // dressing it up as a problem with the input.
+        let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         produced?;
         let (sha, size, tensor_digests) = written?;
         digests.extend(tensor_digests);
@@ -359,25 +351,4 @@ pub(crate) fn refuse_same_path(input: &Path, out: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Temporary files and directories are created private (0600/0700); the
-/// model written through them is not a secret, so give it the usual mode.
-pub(crate) fn set_public_mode(path: &Path, mode: u32) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = (path, mode);
-    Ok(())
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }

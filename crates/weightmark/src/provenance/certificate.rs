@@ -9,6 +9,7 @@ use super::envelope::{open_statement, Envelope, Statement, Tool};
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, PublicKey};
+use crate::scheme::Scheme;
 
 /// Predicate type of a weightmark release certificate.
 pub const RELEASE_PREDICATE_TYPE: &str = "https://weightmark.dev/release/v1";
@@ -27,7 +28,7 @@ pub struct CertifiedTensor {
 /// The predicate of a release certificate.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReleasePredicate {
-    /// Mark scheme ("ss1").
+    /// Mark scheme ("ss1"); see [`ReleasePredicate::scheme`].
     pub scheme: String,
     /// Strength: mark RMS relative to row RMS.
     pub strength: f64,
@@ -57,9 +58,24 @@ pub struct ReleasePredicate {
     pub created: String,
 }
 
+impl ReleasePredicate {
+    /// The scheme, or [`Error::UnknownScheme`] for one this version does not know.
+    pub fn scheme(&self) -> Result<Scheme> {
+        Scheme::from_name(&self.scheme)
+            .ok_or_else(|| Error::UnknownScheme { scheme: self.scheme.clone() })
+    }
+
+    /// The certified tensors as (name, shape), what detection tests.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+    }
+}
+
 /// A parsed certificate.
 #[derive(Clone, Debug)]
 pub struct Certificate {
+    /// The file it was read from.
+    pub path: std::path::PathBuf,
     /// The statement.
     pub statement: Statement<ReleasePredicate>,
     /// The envelope as read.
@@ -76,6 +92,16 @@ impl Certificate {
     /// The predicate.
     pub fn predicate(&self) -> &ReleasePredicate {
         &self.statement.predicate
+    }
+
+    /// The release mark key of this certificate derived from the owner's
+    /// secret key, checked against the certificate's commitment (a key that
+    /// did not make the certificate is [`Error::WrongKey`]).
+    pub fn mark_key(&self, secret: &crate::key::SecretKey) -> Result<MarkKey> {
+        let p = self.predicate();
+        let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
+        self.check_mark_key(&mark_key)?;
+        Ok(mark_key)
     }
 
     /// Checks that `mark_key` is the one this certificate committed to.
@@ -119,6 +145,7 @@ fn load(path: &Path, public: Option<&PublicKey>) -> Result<Certificate> {
     let statement = parse_release_statement(&opened.payload)
         .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
     Ok(Certificate {
+        path: path.to_path_buf(),
         statement,
         envelope: opened.envelope,
         digest: opened.sha256,

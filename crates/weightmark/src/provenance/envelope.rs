@@ -223,29 +223,6 @@ pub fn payload_bytes(envelope: &Envelope) -> Result<Vec<u8>> {
         .map_err(|_| Error::BadSignature { reason: "payload is not base64".into() })
 }
 
-/// Writes `text` to `path` atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    write_atomic_bytes(path, text.as_bytes())
-}
-
-/// Writes `bytes` to `path` atomically (temporary file beside it, then rename).
-pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".weightmark-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    crate::model::set_public_mode(tmp.path(), 0o644)?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! ed25519, and their verification.
 //!
 //! * [`envelope`]: the DSSE envelope, its pre-authentication encoding,
-//!   signing and signature checks, atomic writes.
+//!   signing and signature checks.
 //! * [`certificate`]: the release certificate written by `embed`.
 //! * [`report`]: the detection report written by `detect --report`.
 //! * [`verify`]: checking a certificate or report, and a model against it.
@@ -19,9 +19,9 @@ pub use certificate::{
     load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, ReleasePredicate,
 };
 pub use envelope::{
-    envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, write_atomic,
-    write_atomic_bytes, Envelope, EnvelopeSignature, Statement, Subject, Tool, PAYLOAD_TYPE,
-    STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+    envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, Envelope,
+    EnvelopeSignature, Statement, Subject, Tool, PAYLOAD_TYPE, STATEMENT_TYPE,
+    TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 pub use report::{DetectionPredicate, Report};
 pub use verify::{verify_file, ModelCheck, Verified, VerifiedKind};

@@ -14,7 +14,7 @@ use weightmark_eval::text::{Corpus, Split};
 use weightmark::bench::{Row, SweepInputs};
 use weightmark_eval::curve::{finetune_curve, CurvePlan};
 
-use crate::cli::{EvalArgs, EvalKind, FinetuneArgs, RobustnessArgs, TextArgs};
+use crate::cli::{EvalArgs, EvalKind, FinetuneArgs, RobustnessArgs, TextArgs, TextSplit};
 use crate::{outln, Outcome};
 
 /// Default learning rates: typical for full fine-tuning and for LoRA.
@@ -25,7 +25,7 @@ pub const DEFAULT_LR_LORA: f64 = 1e-3;
 /// Runs `weightmark eval`.
 pub fn run(args: &EvalArgs) -> anyhow::Result<Outcome> {
     match &args.kind {
-        EvalKind::Ppl { model, split, text, json } => ppl(model, split, text, *json),
+        EvalKind::Ppl { model, split, text, json } => ppl(model, *split, text, *json),
         EvalKind::Compare { a, b, text, json } => compare_models(a, b, text, *json),
     }
 }
@@ -63,14 +63,14 @@ fn read_windows(m: &EvalModel, text: &TextArgs) -> anyhow::Result<(Corpus, Split
     Ok((corpus, split))
 }
 
-fn ppl(model: &Path, which: &str, text: &TextArgs, json: bool) -> anyhow::Result<Outcome> {
+fn ppl(model: &Path, split_arg: TextSplit, text: &TextArgs, json: bool) -> anyhow::Result<Outcome> {
     let m = load::open(model, text.tokenizer.as_deref())?;
     let llama = decoder(&m)?;
     let (_, split) = read_windows(&m, text)?;
-    let windows = match which {
-        "held-out" => split.held_out,
-        "train" => split.train,
-        _ => split.all(),
+    let (windows, which) = match split_arg {
+        TextSplit::HeldOut => (split.held_out, "held-out"),
+        TextSplit::Train => (split.train, "train"),
+        TextSplit::All => (split.all(), "all"),
     };
     let windows = limit(windows, text.max_windows);
     let value = perplexity(&llama, &windows)
@@ -198,7 +198,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<Outcome> {
         args.batch,
         args.text.seq,
         io.seed,
-        report.written.path.display()
+        report.path.display()
     );
     match (before, after) {
         (Some(b), Some(a)) => outln!(

@@ -7,92 +7,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::names::permute_rows;
-use super::quant::GgmlType;
-use super::quantize::quantize;
+use super::{AttackDetail, AttackReport};
 use crate::dtype::decode_f64;
 use crate::error::{Error, Result};
+use crate::gguf::names::{gguf_name, permute_rows};
+use crate::gguf::quantize::quantize;
+use crate::gguf::GgmlType;
+use crate::llama::LlamaConfig;
 use crate::model::Model;
-
-/// What the writer needs from `config.json`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    /// Attention heads.
-    pub heads: usize,
-    /// Key/value heads.
-    pub kv_heads: usize,
-    /// Decoder layers.
-    pub layers: usize,
-    /// Residual width.
-    pub hidden: usize,
-    /// MLP width.
-    pub intermediate: usize,
-    /// Context length.
-    pub context: usize,
-    /// RMSNorm epsilon.
-    pub rms_eps: f64,
-    /// RoPE base.
-    pub rope_theta: f64,
-    /// Vocabulary size.
-    pub vocab: usize,
-}
-
-impl LlamaConfig {
-    /// Reads the `config.json` beside (or inside, for a directory) the model.
-    pub fn for_model(model: &Model) -> Result<LlamaConfig> {
-        let dir = if model.path.is_dir() {
-            model.path.clone()
-        } else {
-            model.path.parent().map(Path::to_path_buf).unwrap_or_default()
-        };
-        let path = dir.join("config.json");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::NotAModel { path: path.clone(), reason: format!("not JSON: {e}") }
-        })?;
-        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|x| x as usize);
-        let missing =
-            |k: &str| Error::NotAModel { path: path.clone(), reason: format!("no '{k}'") };
-        let heads = get("num_attention_heads").ok_or_else(|| missing("num_attention_heads"))?;
-        Ok(LlamaConfig {
-            heads,
-            kv_heads: get("num_key_value_heads").unwrap_or(heads),
-            layers: get("num_hidden_layers").ok_or_else(|| missing("num_hidden_layers"))?,
-            hidden: get("hidden_size").ok_or_else(|| missing("hidden_size"))?,
-            intermediate: get("intermediate_size").ok_or_else(|| missing("intermediate_size"))?,
-            context: get("max_position_embeddings").unwrap_or(2048),
-            rms_eps: v.get("rms_norm_eps").and_then(serde_json::Value::as_f64).unwrap_or(1e-5),
-            rope_theta: v.get("rope_theta").and_then(serde_json::Value::as_f64).unwrap_or(10000.0),
-            vocab: get("vocab_size").unwrap_or(0),
-        })
-    }
-}
-
-/// The llama.cpp name of a Hugging Face Llama tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (part, suffix) = tail.rsplit_once('.')?;
-    let g = match part {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
-}
 
 /// The type llama.cpp uses for a tensor with rows of `ne0` elements.
 fn type_for(requested: GgmlType, ndims: usize, ne0: usize) -> GgmlType {
@@ -108,17 +30,6 @@ fn type_for(requested: GgmlType, ndims: usize, ne0: usize) -> GgmlType {
     [requested, fallback, GgmlType::F16].into_iter().find(|&t| fits(t)).unwrap_or(GgmlType::F16)
 }
 
-/// What [`write_gguf`] wrote.
-#[derive(Clone, Debug)]
-pub struct GgufReport {
-    /// (GGUF name, type) of each tensor, in file order.
-    pub tensors: Vec<(String, GgmlType)>,
-    /// Hugging Face tensors left out because llama.cpp has no name for them.
-    pub skipped: Vec<String>,
-    /// Change of the written values (after quantization) against the input.
-    pub damage: crate::scheme::Fidelity,
-}
-
 /// Writes `model` (Llama layout, Hugging Face names) as a GGUF file of type
 /// `requested` (Q8_0, Q4_0, Q4_K, Q6_K, F16 or F32).
 pub fn write_gguf(
@@ -126,18 +37,10 @@ pub fn write_gguf(
     out: &Path,
     requested: GgmlType,
     config: &LlamaConfig,
-) -> Result<GgufReport> {
-    if !matches!(
-        requested,
-        GgmlType::Q8_0
-            | GgmlType::Q4_0
-            | GgmlType::Q4K
-            | GgmlType::Q6K
-            | GgmlType::F16
-            | GgmlType::F32
-    ) {
+) -> Result<AttackReport> {
+    if !super::GGUF_TYPES.contains(&requested) {
         return Err(Error::invalid(format!(
-            "--type {} is not one of Q8_0, Q4_0, Q4_K, Q6_K, F16, F32",
+            "cannot write GGUF type {}: use Q8_0, Q4_0, Q4_K, Q6_K, F16 or F32",
             requested.name()
         )));
     }
@@ -191,7 +94,7 @@ pub fn write_gguf(
         let mut bytes = Vec::new();
         quantize(ty, &values, &mut bytes);
         let mut back = Vec::new();
-        super::quant::dequantize(ty, &bytes, &mut back);
+        crate::gguf::quant::dequantize(ty, &bytes, &mut back);
         for (&a, &b) in values.iter().zip(&back) {
             let (a, b) = (f64::from(a), f64::from(b));
             damage.sum_sq_original += a * a;
@@ -212,7 +115,7 @@ pub fn write_gguf(
         _ => 18,
     };
     let mut header = Vec::new();
-    header.extend_from_slice(super::reader::MAGIC);
+    header.extend_from_slice(crate::gguf::reader::MAGIC);
     header.extend_from_slice(&3u32.to_le_bytes());
     header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
     let kvs: Vec<(&str, Kv)> = vec![
@@ -250,17 +153,9 @@ pub fn write_gguf(
     while header.len() % ALIGN != 0 {
         header.push(0);
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".weightmark-")
-        .suffix(".tmp")
-        .tempfile_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
+    let mut tmp = crate::io::AtomicFile::create(out)?;
     let io = |e| Error::io(out, e);
-    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+    let mut w = std::io::BufWriter::new(tmp.file());
     w.write_all(&header).map_err(io)?;
     for blob in &blobs {
         w.write_all(blob).map_err(io)?;
@@ -269,9 +164,15 @@ pub fn write_gguf(
     }
     w.flush().map_err(io)?;
     drop(w);
-    crate::model::set_public_mode(tmp.path(), 0o644)?;
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    Ok(GgufReport { tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(), skipped, damage })
+    tmp.commit()?;
+    Ok(AttackReport {
+        path: out.to_path_buf(),
+        damage,
+        detail: AttackDetail::Gguf {
+            tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(),
+            skipped,
+        },
+    })
 }
 
 /// A metadata value to write.
@@ -307,8 +208,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::names::{hf_name, unpermute_rows};
     use super::*;
+    use crate::gguf::names::{hf_name, unpermute_rows};
 
     #[test]
     fn names_and_permutation_invert_the_reader() {

@@ -1,0 +1,259 @@
+//! Which licensee's copy is this? Every certificate of an owner (one per
+//! recipient) is tested in a single read pass over the suspect, and the
+//! candidates are ranked by their Bonferroni-adjusted p-value bound: with m
+//! certificates tested, a candidate is named only when `m x p` is at most the
+//! threshold, so testing many licensees does not raise the chance of accusing
+//! an innocent one above the threshold (the union bound holds whatever the
+//! dependence between the tests).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::detect::{detect_many, log10_p_bound, DetectOptions, Mode, Skipped, Target};
+use crate::error::{Error, Result};
+use crate::key::SecretKey;
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::provenance::{load_certificate, Certificate};
+
+/// One certificate under test, with the target derived from it.
+pub struct Candidate {
+    /// The certificate (signature checked).
+    pub certificate: Certificate,
+    /// Its release's mark key and tensors.
+    pub target: Target,
+}
+
+/// The certificates of a directory that can be tested.
+pub struct Candidates {
+    /// Certificates signed by the owner's key and made with it, in file-name order.
+    pub candidates: Vec<Candidate>,
+    /// Files left out, with the reason (another signer, not a certificate,
+    /// signed by this key but made with another mark key, unknown scheme).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Reads every `*.json` file of `dir` and keeps the certificates signed by
+/// `secret`'s public key whose commitment matches the mark key derived from
+/// it. A directory with none is an error naming the directory and the key id.
+pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
+    let public = secret.public_key();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    for path in paths {
+        let loaded = load_certificate(&path, &public).and_then(|certificate| {
+            Ok((Target::from_certificate(&certificate, secret)?, certificate))
+        });
+        match loaded {
+            Ok((target, certificate)) => candidates.push(Candidate { certificate, target }),
+            Err(e) => skipped.push((path, e.to_string())),
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::Certificate {
+            path: dir.to_path_buf(),
+            reason: format!("no certificate signed by key {} in this directory", public.key_id()),
+        });
+    }
+    Ok(Candidates { candidates, skipped })
+}
+
+/// Options for [`identify`].
+pub struct IdentifyOptions<'a> {
+    /// Name a candidate when its Bonferroni-adjusted p-value bound is at most this.
+    pub threshold_p: f64,
+    /// Progress receiver.
+    pub progress: &'a dyn Progress,
+}
+
+/// One candidate's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct RankedCandidate {
+    /// The certificate file.
+    pub certificate: String,
+    /// Its release label.
+    pub label: String,
+    /// Its recipient.
+    pub recipient: Option<String>,
+    /// Global z.
+    pub z: f64,
+    /// Elements tested.
+    pub elements: u64,
+    /// Hoeffding bound `exp(-z^2/2)` for this candidate alone.
+    pub p_value: f64,
+    /// `log10` of `p_value` (exact where it underflows).
+    pub log10_p_value: f64,
+    /// `min(1, m x p_value)` for `m` candidates tested.
+    pub adjusted_p_value: f64,
+    /// `log10` of the adjusted bound.
+    pub log10_adjusted_p_value: f64,
+    /// Whether the adjusted bound is at most the threshold.
+    pub identified: bool,
+    /// Tensors of this release that could not be tested.
+    pub skipped: Vec<Skipped>,
+    /// Position of the candidate in the list given to [`identify`].
+    #[serde(skip)]
+    pub index: usize,
+}
+
+/// The outcome of [`identify`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Identification {
+    /// Blind or informed.
+    pub mode: Mode,
+    /// Certificates tested (the Bonferroni factor).
+    pub certificates: usize,
+    /// Decision threshold on the adjusted bound.
+    pub threshold_p: f64,
+    /// Candidates named.
+    pub identified: usize,
+    /// Tensor root of the suspect (hex).
+    pub suspect_digest: String,
+    /// Every candidate, highest z first.
+    pub candidates: Vec<RankedCandidate>,
+}
+
+/// Tests every candidate in one read pass over `suspect` (informed with
+/// `original`) and ranks them by z, with Bonferroni-adjusted bounds.
+pub fn identify(
+    suspect: &Model,
+    original: Option<&Model>,
+    candidates: &[Candidate],
+    options: &IdentifyOptions<'_>,
+) -> Result<Identification> {
+    if !(options.threshold_p > 0.0 && options.threshold_p < 1.0) {
+        return Err(Error::invalid(format!(
+            "threshold {} must be a probability between 0 and 1",
+            options.threshold_p
+        )));
+    }
+    if candidates.is_empty() {
+        return Err(Error::invalid("no certificate to test"));
+    }
+    let targets: Vec<&Target> = candidates.iter().map(|c| &c.target).collect();
+    let detect_options =
+        DetectOptions { threshold_p: options.threshold_p, progress: options.progress };
+    let detections = detect_many(suspect, original, &targets, &detect_options)?;
+    let m = candidates.len();
+    let threshold_log10 = options.threshold_p.log10();
+    let mut ranked: Vec<RankedCandidate> = detections
+        .iter()
+        .zip(candidates)
+        .enumerate()
+        .map(|(index, (d, c))| {
+            let log10_p = log10_p_bound(d.z);
+            let log10_adjusted = (log10_p + (m as f64).log10()).min(0.0);
+            let p = c.certificate.predicate();
+            RankedCandidate {
+                certificate: c.certificate.path.display().to_string(),
+                label: p.label.clone(),
+                recipient: p.recipient.clone(),
+                z: d.z,
+                elements: d.elements,
+                p_value: 10f64.powf(log10_p),
+                log10_p_value: log10_p,
+                adjusted_p_value: 10f64.powf(log10_adjusted),
+                log10_adjusted_p_value: log10_adjusted,
+                identified: log10_adjusted <= threshold_log10,
+                skipped: d.skipped.clone(),
+                index,
+            }
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.z.total_cmp(&a.z).then(a.index.cmp(&b.index)));
+    Ok(Identification {
+        mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
+        certificates: m,
+        threshold_p: options.threshold_p,
+        identified: ranked.iter().filter(|r| r.identified).count(),
+        suspect_digest: detections.first().map(|d| d.suspect_digest.clone()).unwrap_or_default(),
+        candidates: ranked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::{embed, EmbedOptions};
+    use crate::synth::{gaussian_matrix, write_file};
+    use crate::NoProgress;
+
+    fn write_cert(dir: &Path, name: &str, report: &crate::EmbedReport) {
+        let text = crate::provenance::envelope_to_string(&report.certificate)
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn names_the_marked_recipient_and_adjusts_for_every_certificate() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let model_path = dir.path().join("m.safetensors");
+        write_file(&model_path, &[gaussian_matrix("w", 1024, 2048, crate::Dtype::F32, 1)], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&model_path).unwrap_or_else(|e| panic!("{e}"));
+        let key = SecretKey::from_seed([9; 32]);
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap_or_else(|e| panic!("{e}"));
+        for r in ["acme", "bolt", "core"] {
+            let mut options = EmbedOptions::new("m").recipient(r);
+            options.strength = 0.01;
+            let out = dir.path().join(format!("{r}.safetensors"));
+            let report = embed(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+            write_cert(&certs, &format!("{r}.json"), &report);
+        }
+        // Another owner's certificate and a stray file are skipped, not fatal.
+        let stranger = SecretKey::from_seed([7; 32]);
+        let other =
+            embed(&model, &dir.path().join("x.safetensors"), &stranger, &EmbedOptions::new("m"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        write_cert(&certs, "stranger.json", &other);
+        std::fs::write(certs.join("notes.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+
+        let loaded = load_candidates(&certs, &key).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.candidates.len(), 3);
+        assert_eq!(loaded.skipped.len(), 2);
+        let suspect =
+            Model::open(dir.path().join("bolt.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+        let options = IdentifyOptions { threshold_p: 1e-9, progress: &NoProgress };
+        let found = identify(&suspect, None, &loaded.candidates, &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(found.certificates, 3);
+        assert_eq!(found.identified, 1);
+        let top = &found.candidates[0];
+        assert_eq!(top.recipient.as_deref(), Some("bolt"));
+        assert!(top.z > 10.0, "z {}", top.z);
+        // Bonferroni: the adjusted bound is exactly m times the single one.
+        let log_m = 3f64.log10();
+        assert!((top.log10_adjusted_p_value - (top.log10_p_value + log_m)).abs() < 1e-9);
+        assert!(found.candidates[1..].iter().all(|c| !c.identified && c.z < 6.0));
+    }
+
+    #[test]
+    fn a_directory_without_this_owners_certificates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = load_candidates(dir.path(), &SecretKey::from_seed([1; 32]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(&dir.path().display().to_string()) && err.contains("no certificate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_threshold_outside_zero_one_is_refused() {
+        let model = Model::from_owned(Path::new("m"), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        let options = IdentifyOptions { threshold_p: 1.5, progress: &NoProgress };
+        let err =
+            identify(&model, None, &[], &options).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("threshold 1.5"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The Llama layout, in one place: Hugging Face tensor names and the role each
+//! tensor plays in the residual stream, the `config.json` numbers, and the
+//! function-preserving reorderings (MLP neurons, attention heads) and norm
+//! folding that `align`, `attack`, `convert` and the GGUF writer all use.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::Array2;
+use rand_core::RngCore;
+
+use crate::dtype::decode_f64;
+use crate::error::{Error, Result};
+use crate::model::{Model, TensorRef};
+use crate::rng::stream;
+
+/// The numbers of a Llama-family `config.json` that weightmark uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Residual width.
+    pub hidden: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Context length.
+    pub context: usize,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the `config.json` beside (or inside, for a directory) the model.
+    pub fn for_model(model: &Model) -> Result<LlamaConfig> {
+        let dir = if model.path.is_dir() {
+            model.path.clone()
+        } else {
+            model.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let path = dir.join("config.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::NotAModel { path: path.clone(), reason: format!("not JSON: {e}") }
+        })?;
+        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|x| x as usize);
+        let missing =
+            |k: &str| Error::NotAModel { path: path.clone(), reason: format!("no '{k}'") };
+        let heads = get("num_attention_heads").ok_or_else(|| missing("num_attention_heads"))?;
+        Ok(LlamaConfig {
+            heads,
+            kv_heads: get("num_key_value_heads").unwrap_or(heads),
+            layers: get("num_hidden_layers").ok_or_else(|| missing("num_hidden_layers"))?,
+            hidden: get("hidden_size").ok_or_else(|| missing("hidden_size"))?,
+            intermediate: get("intermediate_size").ok_or_else(|| missing("intermediate_size"))?,
+            context: get("max_position_embeddings").unwrap_or(2048),
+            rms_eps: v.get("rms_norm_eps").and_then(serde_json::Value::as_f64).unwrap_or(1e-5),
+            rope_theta: v.get("rope_theta").and_then(serde_json::Value::as_f64).unwrap_or(10000.0),
+            vocab: get("vocab_size").unwrap_or(0),
+        })
+    }
+}
+
+/// The decoder layer of a tensor name, if any.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
+}
+
+/// Which MLP tensor of a layer, if any: (layer, is `down_proj`).
+pub fn mlp_tensor(name: &str) -> Option<(usize, bool)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    match tail {
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some((layer, false)),
+        "mlp.down_proj.weight" => Some((layer, true)),
+        _ => None,
+    }
+}
+
+/// (layer, "q_proj" | "k_proj" | "v_proj" | "o_proj") of an attention weight.
+pub fn attention_part(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let part = tail.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
+    matches!(part, "q_proj" | "k_proj" | "v_proj" | "o_proj").then_some((layer.parse().ok()?, part))
+}
+
+/// How a tensor takes part in the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Reads the stream (columns = hidden): `W Q`; the norm named is folded in first.
+    Reads(Option<NormOf>),
+    /// Writes the stream (rows = hidden): `Q^T W`.
+    Writes,
+    /// A norm weight: becomes 1.
+    Norm,
+}
+
+/// Which norm is folded into a reading matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormOf {
+    /// `input_layernorm` of the layer.
+    Input(usize),
+    /// `post_attention_layernorm` of the layer.
+    PostAttention(usize),
+    /// The final `model.norm`.
+    Final,
+}
+
+impl NormOf {
+    /// The norm tensor's name.
+    pub fn name(self) -> String {
+        match self {
+            NormOf::Input(l) => format!("model.layers.{l}.input_layernorm.weight"),
+            NormOf::PostAttention(l) => format!("model.layers.{l}.post_attention_layernorm.weight"),
+            NormOf::Final => "model.norm.weight".to_string(),
+        }
+    }
+}
+
+/// The role of a Hugging Face Llama tensor, if it has one.
+pub fn role(name: &str) -> Option<Role> {
+    match name {
+        "model.embed_tokens.weight" => return Some(Role::Reads(None)),
+        "lm_head.weight" => return Some(Role::Reads(Some(NormOf::Final))),
+        "model.norm.weight" => return Some(Role::Norm),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let l: usize = layer.parse().ok()?;
+    Some(match tail {
+        "input_layernorm.weight" | "post_attention_layernorm.weight" => Role::Norm,
+        "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => {
+            Role::Reads(Some(NormOf::Input(l)))
+        }
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => {
+            Role::Reads(Some(NormOf::PostAttention(l)))
+        }
+        "self_attn.o_proj.weight" | "mlp.down_proj.weight" => Role::Writes,
+        _ => return None,
+    })
+}
+
+/// A tensor's values as a matrix (1-D tensors as one row).
+pub fn as_matrix(t: &TensorRef<'_>) -> Option<Array2<f64>> {
+    let mut v = Vec::new();
+    decode_f64(t.dtype, t.data, &mut v);
+    let (rows, cols) = match t.shape {
+        [n] => (1, *n),
+        [r, c] => (*r, *c),
+        _ => return None,
+    };
+    Array2::from_shape_vec((rows, cols), v).ok()
+}
+
+/// The matrix of `t` with its norm folded in (columns scaled), or as is.
+pub fn folded(t: &TensorRef<'_>, norms: &HashMap<String, Vec<f64>>) -> Option<Array2<f64>> {
+    let mut m = as_matrix(t)?;
+    if let Some(Role::Reads(Some(norm))) = role(t.name) {
+        if let Some(g) = norms.get(&norm.name()) {
+            for mut row in m.rows_mut() {
+                row.iter_mut().zip(g).for_each(|(x, s)| *x *= s);
+            }
+        }
+    }
+    Some(m)
+}
+
+/// Norm weights of a model, by name.
+pub fn norm_weights(model: &Model) -> HashMap<String, Vec<f64>> {
+    model
+        .tensors()
+        .filter(|t| role(t.name) == Some(Role::Norm))
+        .map(|t| {
+            let mut v = Vec::new();
+            decode_f64(t.dtype, t.data, &mut v);
+            (t.name.to_string(), v)
+        })
+        .collect()
+}
+
+/// A seeded permutation of `n` items (Fisher-Yates on a ChaCha20 stream).
+pub fn permutation(n: usize, seed: u64, name: &str) -> Vec<usize> {
+    let mut rng = stream(seed, name);
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// Reorders rows (`columns == false`) or columns of a row-major matrix:
+/// output row/column `k` is input row/column `perm[k]`.
+pub fn reorder(
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    elem: usize,
+    perm: &[usize],
+    columns: bool,
+) -> Vec<u8> {
+    let mut out = vec![0u8; data.len()];
+    if columns {
+        for r in 0..rows {
+            let row_in = &data[r * cols * elem..(r + 1) * cols * elem];
+            let row_out = &mut out[r * cols * elem..(r + 1) * cols * elem];
+            for (k, &src) in perm.iter().enumerate() {
+                row_out[k * elem..(k + 1) * elem]
+                    .copy_from_slice(&row_in[src * elem..(src + 1) * elem]);
+            }
+        }
+    } else {
+        let stride = cols * elem;
+        for (k, &src) in perm.iter().enumerate() {
+            out[k * stride..(k + 1) * stride]
+                .copy_from_slice(&data[src * stride..(src + 1) * stride]);
+        }
+    }
+    out
+}
+
+/// A permutation of attention heads that keeps grouped-query attention
+/// intact: key/value heads are permuted by `kv`, and the query heads of each
+/// group move with their key/value head, shuffled within the group by `q`.
+/// `q[k]` is the original query head now at position `k`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadPermutation {
+    /// Query heads, as `q[new] = old`.
+    pub q: Vec<usize>,
+    /// Key/value heads, as `kv[new] = old`.
+    pub kv: Vec<usize>,
+}
+
+impl HeadPermutation {
+    /// A seeded head permutation for `heads` query heads and `kv_heads` key/value heads.
+    pub fn seeded(heads: usize, kv_heads: usize, seed: u64, layer: usize) -> HeadPermutation {
+        let group = heads / kv_heads.max(1);
+        let kv = permutation(kv_heads, seed, &format!("kv\0{layer}"));
+        let mut q = Vec::with_capacity(heads);
+        for (new_g, &old_g) in kv.iter().enumerate() {
+            let within = permutation(group, seed, &format!("q\0{layer}\0{new_g}"));
+            q.extend(within.iter().map(|&m| old_g * group + m));
+        }
+        HeadPermutation { q, kv }
+    }
+
+    /// Expands head indices to row (or column) indices of `head_dim` each.
+    pub fn expand(heads: &[usize], head_dim: usize) -> Vec<usize> {
+        heads.iter().flat_map(|&h| h * head_dim..(h + 1) * head_dim).collect()
+    }
+
+    /// The new bytes of an attention tensor (`q_proj`, `k_proj`, `v_proj`
+    /// rows or `o_proj` columns), or `None` for other tensors.
+    pub fn apply(&self, part: &str, t: &TensorRef<'_>, head_dim: usize) -> Option<Vec<u8>> {
+        let [rows, cols] = t.shape else { return None };
+        let e = t.dtype.size();
+        match part {
+            "q_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), false))
+            }
+            "k_proj" | "v_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.kv, head_dim), false))
+            }
+            "o_proj" => {
+                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), true))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_seeded_and_complete() {
+        let p = permutation(100, 3, "x");
+        let mut sorted = p.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(p, permutation(100, 3, "x"));
+        assert_ne!(p, permutation(100, 4, "x"));
+    }
+
+    #[test]
+    fn reorder_rows_and_columns() {
+        let data: Vec<u8> = (0..6).collect(); // 2 x 3, one byte per element
+        assert_eq!(reorder(&data, 2, 3, 1, &[2, 0, 1], true), [2, 0, 1, 5, 3, 4]);
+        assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
+    }
+}
