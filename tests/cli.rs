@@ -348,7 +348,7 @@ fn sharded_model_directory_keeps_its_layout_and_the_certificate_stays_outside() 
 
 #[test]
 fn fracast_is_reported_too_small_for_blind_detection_and_found_informed() {
-    let fracast = common::real_model("fracast/model.safetensors");
+    let fracast = common::real_model!("fracast/model.safetensors");
     let s = Scene::new();
     let key = s.keygen("owner");
     let f = fracast.to_string_lossy().into_owned();
@@ -372,7 +372,7 @@ fn fracast_is_reported_too_small_for_blind_detection_and_found_informed() {
 
 #[test]
 fn minilm_directory_is_marked_with_its_tokenizer_copied_and_found_blind() {
-    let minilm = common::real_model("minilm");
+    let minilm = common::real_model!("minilm");
     let s = Scene::new();
     let key = s.keygen("owner");
     let m = minilm.to_string_lossy().into_owned();

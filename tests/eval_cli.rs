@@ -31,6 +31,9 @@ fn numbers_after(out: &str, label: &str) -> Vec<f64> {
 
 #[test]
 fn ppl_and_compare_of_a_model_with_itself() {
+    if !common::has_license_text() {
+        return;
+    }
     let s = Scene::new();
     let m = tiny(&s, "tiny");
     let t = text();
@@ -85,6 +88,9 @@ fn ppl_and_compare_of_a_model_with_itself() {
 
 #[test]
 fn finetune_learns_keeps_the_layout_and_is_the_same_on_any_thread_count() {
+    if !common::has_license_text() {
+        return;
+    }
     let s = Scene::new();
     let m = tiny(&s, "tiny");
     let t = text();
@@ -126,6 +132,9 @@ fn finetune_learns_keeps_the_layout_and_is_the_same_on_any_thread_count() {
 
 #[test]
 fn the_mark_is_followed_through_fine_tuning_by_bench_robustness() {
+    if !common::has_license_text() {
+        return;
+    }
     let s = Scene::new();
     let m = tiny(&s, "tiny");
     let key = s.keygen("owner");
@@ -189,8 +198,11 @@ fn the_mark_is_followed_through_fine_tuning_by_bench_robustness() {
 
 #[test]
 fn minilm_compare_reports_embedding_cosine() {
+    if !common::has_license_text() {
+        return;
+    }
     let s = Scene::new();
-    let minilm = real_model("minilm").display().to_string();
+    let minilm = real_model!("minilm").display().to_string();
     let t = text();
     let o =
         s.run(&["eval", "compare", &minilm, &minilm, "--text", &t, "--max-windows", "8", "--json"]);
@@ -209,6 +221,9 @@ fn minilm_compare_reports_embedding_cosine() {
 
 #[test]
 fn bad_inputs_exit_2_naming_the_file() {
+    if !common::has_license_text() {
+        return;
+    }
     let s = Scene::new();
     let m = tiny(&s, "tiny");
     std::fs::write(s.path("latin1.txt"), b"caf\xe9 au lait").unwrap_or_else(|e| panic!("{e}"));

@@ -37,7 +37,7 @@ fn find(suspect: &Path, original: Option<&Path>, key: &SecretKey) -> Detection {
     let suspect = Model::open(suspect).unwrap_or_else(|e| panic!("{e}"));
     let original = original.map(|o| Model::open(o).unwrap_or_else(|e| panic!("{e}")));
     let mark_key = key.mark_key("release", None);
-    let target = Target { mark_key: &mark_key, tensors: None };
+    let target = Target { mark_key: mark_key.clone(), tensors: None };
     detect(
         &suspect,
         original.as_ref(),
@@ -250,7 +250,7 @@ fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
     write_file(&suspect_path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
     let suspect = Model::open(&suspect_path).unwrap_or_else(|e| panic!("{e}"));
     let mark_key = key.mark_key("release", None);
-    let target = Target { mark_key: &mark_key, tensors: Some(certified) };
+    let target = Target { mark_key: mark_key.clone(), tensors: Some(certified) };
     let d = detect(
         &suspect,
         None,
@@ -317,7 +317,7 @@ fn recipients_get_independent_marks() {
     let suspect = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     let z_for = |recipient: &str| {
         let mk = key.mark_key("release", Some(recipient));
-        let t = Target { mark_key: &mk, tensors: None };
+        let t = Target { mark_key: mk.clone(), tensors: None };
         detect(
             &suspect,
             Some(&model),
@@ -349,14 +349,14 @@ fn a_tensor_listed_twice_is_tested_once_so_z_cannot_be_inflated() {
     let once = detect(
         &suspect,
         None,
-        &Target { mark_key: &mark_key, tensors: Some(vec![t.clone()]) },
+        &Target { mark_key: mark_key.clone(), tensors: Some(vec![t.clone()]) },
         &opts,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let many = detect(
         &suspect,
         None,
-        &Target { mark_key: &mark_key, tensors: Some(vec![t.clone(); 100]) },
+        &Target { mark_key: mark_key.clone(), tensors: Some(vec![t.clone(); 100]) },
         &opts,
     )
     .unwrap_or_else(|e| panic!("{e}"));

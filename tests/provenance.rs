@@ -29,6 +29,9 @@ fn two_tensor_model(path: &Path) {
 
 #[test]
 fn an_independent_implementation_verifies_certificates_and_reports() {
+    if !common::python_has(&["cryptography"]) {
+        return;
+    }
     let s = Scene::new();
     s.ok(&["keygen", "-o", "lab"]);
     write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::BF16, 1), None)

@@ -26,14 +26,14 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
 
 fn find(suspect: &Model, original: Option<&Model>, key: &SecretKey) -> Detection {
     let mk = key.mark_key("real", None);
-    let target = Target { mark_key: &mk, tensors: None };
+    let target = Target { mark_key: mk.clone(), tensors: None };
     detect(suspect, original, &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through() {
-    let input = real_model("minilm/model.safetensors");
+    let input = real_model!("minilm/model.safetensors");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let out = dir.path().join("minilm.safetensors");
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
@@ -81,7 +81,7 @@ fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through()
 
 #[test]
 fn fracast_is_too_small_for_blind_detection_but_found_informed() {
-    let input = real_model("fracast/model.safetensors");
+    let input = real_model!("fracast/model.safetensors");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let out = dir.path().join("fracast.safetensors");
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
@@ -104,7 +104,7 @@ fn fracast_is_too_small_for_blind_detection_but_found_informed() {
 
 #[test]
 fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
-    let input = real_model("fracast/model.int8.safetensors");
+    let input = real_model!("fracast/model.int8.safetensors");
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     let ints: Vec<String> =
         model.tensors().filter(|t| !t.dtype.is_readable()).map(|t| t.name.to_string()).collect();

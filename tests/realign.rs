@@ -19,14 +19,14 @@ const SHAPE: LlamaShape =
 fn matrix(m: &Model, name: &str) -> Array2<f64> {
     let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
     let mut v = Vec::new();
-    weightmark::dtype::decode_f64(t.dtype, t.data, &mut v);
+    weightmark::decode_f64(t.dtype, t.data, &mut v);
     Array2::from_shape_vec((t.shape[0], t.shape[1]), v).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn vector(m: &Model, name: &str) -> Array1<f64> {
     let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
     let mut v = Vec::new();
-    weightmark::dtype::decode_f64(t.dtype, t.data, &mut v);
+    weightmark::decode_f64(t.dtype, t.data, &mut v);
     Array1::from(v)
 }
 
@@ -200,7 +200,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         .filter(|t| t.name.contains(".mlp.") || t.name.contains(".self_attn."))
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: &mk, tensors: Some(tensors) };
+    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&permuted, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -264,7 +264,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         .filter(|t| t.name.contains(".mlp."))
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: &mk, tensors: Some(tensors) };
+    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&permuted, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -286,8 +286,13 @@ fn informed_detection_undoes_an_mlp_permutation() {
     assert!(reference.realigned.is_empty(), "nothing to undo in the unpermuted copy");
     // A wrong key stays silent after re-alignment.
     let wrong = SecretKey::from_seed([32; 32]).mark_key("r", None);
-    let w = detect(&permuted, Some(&original), &Target { mark_key: &wrong, tensors: None }, &opts)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let w = detect(
+        &permuted,
+        Some(&original),
+        &Target { mark_key: wrong.clone(), tensors: None },
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
 }
 
@@ -351,10 +356,10 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     let mk = key.mark_key("r", None);
     let tensors: Vec<(String, Vec<usize>)> = marked
         .tensors()
-        .filter(weightmark::select::is_default_selected)
+        .filter(weightmark::is_default_selected)
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: &mk, tensors: Some(tensors) };
+    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&attacked, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -376,8 +381,13 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     );
     assert!(informed.log10_p_value <= -12.0, "informed z {}", informed.z);
     let wrong = SecretKey::from_seed([35; 32]).mark_key("r", None);
-    let w = detect(&attacked, Some(&original), &Target { mark_key: &wrong, tensors: None }, &opts)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let w = detect(
+        &attacked,
+        Some(&original),
+        &Target { mark_key: wrong.clone(), tensors: None },
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
 }
 

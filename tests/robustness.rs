@@ -25,8 +25,8 @@ fn values(s: &Scene, name: &str) -> Vec<f64> {
     let m = Model::open(s.path(name)).unwrap_or_else(|e| panic!("{e}"));
     let mut all = Vec::new();
     let mut buf = Vec::new();
-    for t in m.tensors().filter(weightmark::select::is_default_selected) {
-        weightmark::dtype::decode_f64(t.dtype, t.data, &mut buf);
+    for t in m.tensors().filter(weightmark::is_default_selected) {
+        weightmark::decode_f64(t.dtype, t.data, &mut buf);
         all.extend_from_slice(&buf);
     }
     all

@@ -34,7 +34,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
 
     let right = owner.mark_key("release", None);
     let found =
-        detect(&suspect, None, &Target { mark_key: &right, tensors: None }, &detect_options)
+        detect(&suspect, None, &Target { mark_key: right.clone(), tensors: None }, &detect_options)
             .unwrap_or_else(|e| panic!("{e}"));
     assert!(found.detected, "the right key must find the mark (z {})", found.z);
 
@@ -44,9 +44,13 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         seed[..4].copy_from_slice(&i.to_le_bytes());
         seed[31] = 0xee;
         let wrong = SecretKey::from_seed(seed).mark_key("release", None);
-        let d =
-            detect(&suspect, None, &Target { mark_key: &wrong, tensors: None }, &detect_options)
-                .unwrap_or_else(|e| panic!("{e}"));
+        let d = detect(
+            &suspect,
+            None,
+            &Target { mark_key: wrong.clone(), tensors: None },
+            &detect_options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(!d.detected, "wrong key {i} reached the threshold: z {}", d.z);
         zs.push(d.z);
     }

@@ -24,15 +24,65 @@ pub fn models_dir() -> PathBuf {
     cache.join("weightmark").join("models")
 }
 
-/// Path of a real model file; fails the test (never skips it) when missing.
-pub fn real_model(relative: &str) -> PathBuf {
-    let path = models_dir().join(relative);
-    assert!(
-        path.exists(),
-        "real model {} is missing: run scripts/fetch-models first (or set WEIGHTMARK_MODELS)",
-        path.display()
+/// Whether every fixture must be present (set by `scripts/test`, so CI
+/// fails on a missing model or package instead of skipping the test).
+pub fn fixtures_required() -> bool {
+    std::env::var_os("WEIGHTMARK_REQUIRE_FIXTURES").is_some_and(|v| v == "1")
+}
+
+/// A missing fixture: fails the test under `scripts/test`, else says on
+/// stderr that the test is skipped, and why, and returns false.
+pub fn fixture_missing(what: &str, how: &str) -> bool {
+    assert!(!fixtures_required(), "{what} is missing: {how}");
+    // Straight to stderr, past the test harness's capture, so a skip is seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {what} is missing ({how}); scripts/test runs this test"
     );
-    path
+    false
+}
+
+/// Path of a real model file, or `None` (the test skips itself, with a
+/// message) when it is missing outside `scripts/test`. Use [`real_model!`].
+pub fn fixture(relative: &str) -> Option<PathBuf> {
+    let path = models_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    fixture_missing(
+        &format!("real model {}", path.display()),
+        "run scripts/fetch-models first, or set WEIGHTMARK_MODELS",
+    );
+    None
+}
+
+/// `real_model!("minilm")`: the fixture's path, or return from the test
+/// (skipped with a message) when it is missing outside `scripts/test`.
+#[allow(unused_macros)]
+macro_rules! real_model {
+    ($relative:expr) => {
+        match $crate::common::fixture($relative) {
+            Some(path) => path,
+            None => return Default::default(),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use real_model;
+
+/// Whether python3 can import every module named; a missing one skips the
+/// test (with a message) outside `scripts/test`, which installs them.
+pub fn python_has(modules: &[&str]) -> bool {
+    let code = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok || fixture_missing(
+        &format!("the Python package(s) {}", modules.join(", ")),
+        "scripts/test installs them",
+    )
 }
 
 /// Writes a synthetic Llama-shaped model and returns its path.
@@ -223,9 +273,15 @@ pub fn write_llama_dir(dir: &Path, shape: &LlamaShape, dtype: Dtype, seed: u64) 
     dir.to_path_buf()
 }
 
-/// A real English text shipped with Debian: the GPL version 3.
+/// A real English text shipped with Debian: the GPL version 3 (a test that
+/// needs it checks [`has_license_text`] first).
 pub fn license_text() -> PathBuf {
-    let path = PathBuf::from("/usr/share/common-licenses/GPL-3");
-    assert!(path.is_file(), "{} is missing (Debian's base-files ships it)", path.display());
-    path
+    PathBuf::from("/usr/share/common-licenses/GPL-3")
+}
+
+/// Whether [`license_text`] exists; a missing one skips the test (with a
+/// message) outside `scripts/test`.
+pub fn has_license_text() -> bool {
+    license_text().is_file()
+        || fixture_missing("/usr/share/common-licenses/GPL-3", "Debian's base-files ships it")
 }
