@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
-use crate::key::SecretKey;
+use crate::key::{MarkKey, SecretKey};
 use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
@@ -145,6 +145,135 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The marking of one model, shared by [`embed`] (tensors streamed to files)
+/// and [`embed_in_memory`]: which tensors are marked, and the per-tensor
+/// results gathered from the worker threads.
+struct Marking<'o> {
+    options: &'o EmbedOptions<'o>,
+    selected: Vec<String>,
+    chosen: HashSet<String>,
+    mark_key: MarkKey,
+    results: Mutex<BTreeMap<String, (Fidelity, Stats, Stats)>>,
+    originals: Mutex<Vec<(String, Sha256Digest)>>,
+}
+
+impl<'o> Marking<'o> {
+    fn new(model: &Model, key: &SecretKey, options: &'o EmbedOptions<'o>) -> Result<Self> {
+        check_options(options)?;
+        let selected = select(model, &options.selection)?;
+        let mark_key = key.mark_key(&options.label, options.recipient.as_deref());
+        Ok(Marking {
+            options,
+            chosen: selected.iter().cloned().collect(),
+            selected,
+            mark_key,
+            results: Mutex::new(BTreeMap::new()),
+            originals: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The marked bytes of `t`, or `None` for a tensor left as it is; the
+    /// original's digest is recorded either way.
+    fn mark(&self, t: &TensorRef<'_>) -> Result<Option<Vec<u8>>> {
+        if !self.chosen.contains(t.name) {
+            lock(&self.originals)?.push((t.name.to_string(), tensor_digest(t)));
+            return Ok(None);
+        }
+        let streams = TensorStreams::new(&self.mark_key, t.name);
+        let (digest, e) =
+            rayon::join(|| tensor_digest(t), || embed_tensor(t, &streams, self.options.strength));
+        lock(&self.results)?.insert(t.name.to_string(), (e.fidelity, e.blind, e.informed));
+        lock(&self.originals)?.push((t.name.to_string(), digest));
+        Ok(Some(e.data))
+    }
+
+    /// The summaries and the release predicate, once every tensor went
+    /// through [`Marking::mark`]; `output_digests` are the output's tensor digests.
+    fn finish(
+        self,
+        model: &Model,
+        key: &SecretKey,
+        output_digests: &[(String, Sha256Digest)],
+    ) -> Marked {
+        // A poisoned lock means a worker panicked; rayon has already resumed
+        // that panic on this thread, so the data is only reached when none did.
+        let results = self.results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let originals =
+            self.originals.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tensors = Vec::new();
+        let (mut fidelity, mut blind, mut informed) =
+            (Fidelity::default(), Stats::default(), Stats::default());
+        for name in &self.selected {
+            if let Some(&(f, b, i)) = results.get(name) {
+                fidelity = fidelity.merge(f);
+                blind = blind.merge(b);
+                informed = informed.merge(i);
+                tensors.push(TensorSummary { name: name.clone(), fidelity: f, blind: b });
+            }
+        }
+        let certified = self
+            .selected
+            .iter()
+            .filter_map(|n| model.tensor(n))
+            .map(|t| CertifiedTensor {
+                name: t.name.to_string(),
+                dtype: t.dtype.name().to_string(),
+                shape: t.shape.to_vec(),
+            })
+            .collect();
+        let options = self.options;
+        let predicate = ReleasePredicate {
+            scheme: crate::scheme::Scheme::Ss1.name().to_string(),
+            strength: options.strength,
+            label: options.label.clone(),
+            recipient: options.recipient.clone(),
+            mark_key_commitment: hex(&self.mark_key.commitment()),
+            tensors: certified,
+            marked_elements: blind.elements,
+            tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),
+            original_tensor_root: hex(&tensor_root(&originals)),
+            blind_z_at_release: blind.z(),
+            signer: key.public_key().key_id(),
+            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
+            created: options.created.clone(),
+        };
+        Marked { tensors, fidelity, blind, informed, predicate }
+    }
+}
+
+/// What a marking measured, and the predicate of its certificate.
+struct Marked {
+    tensors: Vec<TensorSummary>,
+    fidelity: Fidelity,
+    blind: Stats,
+    informed: Stats,
+    predicate: ReleasePredicate,
+}
+
+/// The signed release statement over the files written and the predicate.
+fn sign_release(
+    predicate: ReleasePredicate,
+    files: &[(String, Sha256Digest)],
+    tensor_digests: &[(String, Sha256Digest)],
+    key: &SecretKey,
+) -> Result<Envelope> {
+    let mut subject: Vec<Subject> = files
+        .iter()
+        .map(|(name, sha256)| Subject { name: name.clone(), digest: digest_set("sha256", sha256) })
+        .collect();
+    subject.push(Subject {
+        name: TENSOR_ROOT_SUBJECT.to_string(),
+        digest: digest_set(TENSOR_ROOT_ALGORITHM, &tensor_root(tensor_digests)),
+    });
+    let statement = Statement {
+        statement_type: STATEMENT_TYPE.to_string(),
+        subject,
+        predicate_type: RELEASE_PREDICATE_TYPE.to_string(),
+        predicate,
+    };
+    sign_statement(&statement, key)
+}
+
 /// Marks `model` with `key` and writes it to `out`; returns the report with a
 /// signed certificate (which the caller saves beside the output).
 pub fn embed(
@@ -153,90 +282,127 @@ pub fn embed(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<EmbedReport> {
-    check_options(options)?;
-    let selected = select(model, &options.selection)?;
-    let chosen: HashSet<&str> = selected.iter().map(String::as_str).collect();
-    let mark_key = key.mark_key(&options.label, options.recipient.as_deref());
-    let results: Mutex<BTreeMap<String, (Fidelity, Stats, Stats)>> = Mutex::new(BTreeMap::new());
-    let originals: Mutex<Vec<(String, Sha256Digest)>> = Mutex::new(Vec::new());
-
-    let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
-        let marked = if chosen.contains(t.name) {
-            let streams = TensorStreams::new(&mark_key, t.name);
-            let (digest, e) =
-                rayon::join(|| tensor_digest(t), || embed_tensor(t, &streams, options.strength));
-            lock(&results)?.insert(t.name.to_string(), (e.fidelity, e.blind, e.informed));
-            lock(&originals)?.push((t.name.to_string(), digest));
-            Some(e.data)
-        } else {
-            lock(&originals)?.push((t.name.to_string(), tensor_digest(t)));
-            None
-        };
-        Ok(marked)
-    };
+    let marking = Marking::new(model, key, options)?;
+    let transform = |t: &TensorRef<'_>| marking.mark(t);
     let written =
         write_model(model, out, &transform, &WriteOptions { progress: options.progress })?;
+    let m = marking.finish(model, key, &written.tensor_digests);
+    let files: Vec<(String, Sha256Digest)> =
+        written.files.iter().map(|f| (f.name.clone(), f.sha256)).collect();
+    let certificate = sign_release(m.predicate, &files, &written.tensor_digests, key)?;
+    Ok(EmbedReport {
+        written,
+        tensors: m.tensors,
+        fidelity: m.fidelity,
+        blind: m.blind,
+        informed: m.informed,
+        certificate,
+    })
+}
 
-    // A poisoned lock means a worker panicked; rayon has already resumed that
-    // panic on this thread, so the data is only reached when none did.
-    let results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let originals = originals.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// What [`embed_in_memory`] did: the marked tensors and the release record
+/// that [`certify`] signs once the model is saved.
+#[derive(Clone, Debug)]
+pub struct MemoryEmbedding {
+    /// Every tensor of the model in order, with its (marked or unchanged)
+    /// little-endian bytes.
+    pub tensors: Vec<(String, Vec<u8>)>,
+    /// Marked tensors.
+    pub summaries: Vec<TensorSummary>,
+    /// Fidelity over all marked tensors.
+    pub fidelity: Fidelity,
+    /// Blind statistics of the output.
+    pub blind: Stats,
+    /// Informed statistics of the output against the input.
+    pub informed: Stats,
+    /// The release record: the certificate's predicate, with the digest of
+    /// every output tensor, unsigned until [`certify`].
+    pub record: ReleasePredicate,
+}
+
+/// Marks a model held in memory (see [`Model::from_tensors`]) without
+/// writing anything: the marked bytes are exactly those [`embed`] writes for
+/// the same tensors (names, dtypes, shapes and bytes), at any thread count.
+/// Save them (any layout, any tensor order), then [`certify`] the saved model.
+pub fn embed_in_memory(
+    model: &Model,
+    key: &SecretKey,
+    options: &EmbedOptions<'_>,
+) -> Result<MemoryEmbedding> {
+    let marking = Marking::new(model, key, options)?;
+    let total: u64 = model.data_bytes();
+    options.progress.start("marking", total);
     let mut tensors = Vec::new();
-    let (mut fidelity, mut blind, mut informed) =
-        (Fidelity::default(), Stats::default(), Stats::default());
-    for name in &selected {
-        if let Some(&(f, b, i)) = results.get(name) {
-            fidelity = fidelity.merge(f);
-            blind = blind.merge(b);
-            informed = informed.merge(i);
-            tensors.push(TensorSummary { name: name.clone(), fidelity: f, blind: b });
+    let mut digests = Vec::new();
+    for t in model.tensors() {
+        let data = marking.mark(&t)?.unwrap_or_else(|| t.data.to_vec());
+        let mut h = crate::digest::tensor_hasher(t.name, t.dtype.name(), t.shape);
+        sha2::Digest::update(&mut h, &data);
+        digests.push((t.name.to_string(), sha2::Digest::finalize(h).into()));
+        options.progress.advance(t.data.len() as u64);
+        tensors.push((t.name.to_string(), data));
+    }
+    options.progress.finish();
+    let m = marking.finish(model, key, &digests);
+    Ok(MemoryEmbedding {
+        tensors,
+        summaries: m.tensors,
+        fidelity: m.fidelity,
+        blind: m.blind,
+        informed: m.informed,
+        record: m.predicate,
+    })
+}
+
+/// Signs the certificate of a model marked in memory and saved since: the
+/// saved files' SHA-256 become its subjects. The saved model must hold
+/// exactly the tensors of the record (same names and digests), and `key`
+/// must be the key that marked it; otherwise nothing is signed and the error
+/// names the first difference.
+pub fn certify(saved: &Model, record: &ReleasePredicate, key: &SecretKey) -> Result<Envelope> {
+    let refuse = |reason: String| Err(Error::Certificate { path: saved.path.clone(), reason });
+    if record.signer != key.public_key().key_id() {
+        return refuse(format!(
+            "the release record was made with key {}, not with this key {}",
+            record.signer,
+            key.public_key().key_id()
+        ));
+    }
+    let mark_key = key.mark_key(&record.label, record.recipient.as_deref());
+    if hex(&mark_key.commitment()) != record.mark_key_commitment {
+        return refuse("the release record's mark-key commitment is not this key's".into());
+    }
+    if saved.files.is_empty() {
+        return refuse("only a saved model (safetensors files) can be certified".into());
+    }
+    let digests = crate::digest::model_tensor_digests(saved);
+    for (name, digest) in &digests {
+        match record.tensor_digests.get(name) {
+            None => {
+                return refuse(format!(
+                    "tensor '{}' is not in the release record",
+                    name.escape_debug()
+                ))
+            }
+            Some(d) if *d != hex(digest) => {
+                return refuse(format!(
+                    "tensor '{}' differs from the marked tensor of the release record",
+                    name.escape_debug()
+                ))
+            }
+            Some(_) => {}
         }
     }
-
-    let certified = selected
-        .iter()
-        .filter_map(|n| model.tensor(n))
-        .map(|t| CertifiedTensor {
-            name: t.name.to_string(),
-            dtype: t.dtype.name().to_string(),
-            shape: t.shape.to_vec(),
-        })
-        .collect();
-    let mut subject: Vec<Subject> = written
-        .files
-        .iter()
-        .map(|f| Subject { name: f.name.clone(), digest: digest_set("sha256", &f.sha256) })
-        .collect();
-    subject.push(Subject {
-        name: TENSOR_ROOT_SUBJECT.to_string(),
-        digest: digest_set(TENSOR_ROOT_ALGORITHM, &tensor_root(&written.tensor_digests)),
-    });
-    let statement = Statement {
-        statement_type: STATEMENT_TYPE.to_string(),
-        subject,
-        predicate_type: RELEASE_PREDICATE_TYPE.to_string(),
-        predicate: ReleasePredicate {
-            scheme: crate::scheme::Scheme::Ss1.name().to_string(),
-            strength: options.strength,
-            label: options.label.clone(),
-            recipient: options.recipient.clone(),
-            mark_key_commitment: hex(&mark_key.commitment()),
-            tensors: certified,
-            marked_elements: blind.elements,
-            tensor_digests: written
-                .tensor_digests
-                .iter()
-                .map(|(n, d)| (n.clone(), hex(d)))
-                .collect(),
-            original_tensor_root: hex(&tensor_root(&originals)),
-            blind_z_at_release: blind.z(),
-            signer: key.public_key().key_id(),
-            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
-            created: options.created.clone(),
-        },
-    };
-    let certificate = sign_statement(&statement, key)?;
-    Ok(EmbedReport { written, tensors, fidelity, blind, informed, certificate })
+    if let Some(missing) =
+        record.tensor_digests.keys().find(|n| !digests.iter().any(|(d, _)| d == *n))
+    {
+        return refuse(format!(
+            "tensor '{}' of the release record is missing",
+            missing.escape_debug()
+        ));
+    }
+    let files = crate::digest::model_file_digests(saved);
+    sign_release(record.clone(), &files, &digests, key)
 }
 
 fn digest_set(algorithm: &str, digest: &Sha256Digest) -> BTreeMap<String, String> {

@@ -77,7 +77,10 @@ pub use detect::{
 };
 pub use digest::{hex, model_file_digests, model_tensor_digests, tensor_root, Sha256Digest};
 pub use dtype::{decode_f64, Dtype};
-pub use embed::{embed, EmbedOptions, EmbedReport, TensorSummary, MAX_STRENGTH};
+pub use embed::{
+    certify, embed, embed_in_memory, EmbedOptions, EmbedReport, MemoryEmbedding, TensorSummary,
+    MAX_STRENGTH,
+};
 pub use error::{Error, FormatError, Result};
 pub use identify::{
     identify, load_candidates, Candidate, Candidates, Identification, IdentifyOptions,
@@ -88,7 +91,9 @@ pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
 pub use llama::{HeadPermutation, LlamaConfig};
 pub use model::{resolve_output, Layout, Model, OutputFile, TensorRef, WriteReport};
 pub use progress::{NoProgress, Progress};
-pub use provenance::{load_certificate, load_certificate_unverified, Certificate};
+pub use provenance::{
+    load_certificate, load_certificate_unverified, Certificate, ReleasePredicate,
+};
 pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };

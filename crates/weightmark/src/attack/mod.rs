@@ -521,10 +521,7 @@ pub(crate) fn write_new_tensors(
         return Ok(out.to_path_buf());
     }
     if out.exists() {
-        return Err(Error::invalid(format!(
-            "{}: already exists; choose a new directory",
-            out.display()
-        )));
+        return Err(Error::OutputExists { path: out.to_path_buf() });
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;

@@ -296,6 +296,44 @@ impl Model {
         })
     }
 
+    /// A model held in memory, built from (name, dtype, shape, little-endian
+    /// bytes) of each tensor (a state dict from Python, say), reported under
+    /// `name`. Each tensor's byte count must match its shape and dtype.
+    pub fn from_tensors(
+        name: &str,
+        tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    ) -> Result<Model> {
+        let path = Path::new(name);
+        let mut owned = Vec::with_capacity(tensors.len());
+        for (tensor, dtype, shape, data) in tensors {
+            let expected =
+                shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d)).ok_or_else(|| {
+                    Error::format(
+                        path,
+                        FormatError::ShapeOverflow {
+                            name: tensor.clone(),
+                            shape: shape.iter().map(|&d| d as u64).collect(),
+                        },
+                    )
+                })?;
+            if expected != data.len() {
+                return Err(Error::format(
+                    path,
+                    FormatError::SizeMismatch {
+                        name: tensor,
+                        shape: shape.iter().map(|&d| d as u64).collect(),
+                        dtype: dtype.name(),
+                        expected: expected as u64,
+                        actual: data.len() as u64,
+                    },
+                ));
+            }
+            let info = TensorInfo { name: tensor, dtype, shape, begin: 0, end: data.len() };
+            owned.push(OwnedTensor { info, data });
+        }
+        Model::from_owned(path, owned)
+    }
+
     /// A model held entirely in memory (re-aligned suspects), reported under `path`.
     pub fn from_owned(path: &Path, tensors: Vec<OwnedTensor>) -> Result<Model> {
         let mut by_name = HashMap::new();
