@@ -364,3 +364,71 @@ fn a_tensor_listed_twice_is_tested_once_so_z_cannot_be_inflated() {
     assert_eq!(many.skipped.len(), 99);
     assert!(many.skipped.iter().all(|s| s.reason == "listed twice"));
 }
+
+#[test]
+fn marking_in_memory_gives_the_bytes_embed_writes_and_certify_binds_the_saved_files() {
+    let s = common::Scene::new();
+    let input = s.path("m.safetensors");
+    let tensors = mixed_tensors();
+    write_file(&input, &tensors, Some(&mixed_metadata())).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([21; 32]);
+    let opts = options("mem", Selection::Default);
+    let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+    let on_disk =
+        embed(&model, &s.path("disk.safetensors"), &key, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let disk = Model::open(s.path("disk.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+
+    let held = Model::from_tensors(
+        "state-dict",
+        tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), t.data.clone()))
+            .collect(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let memory = weightmark::embed_in_memory(&held, &key, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(memory.tensors.len(), tensors.len());
+    for (name, data) in &memory.tensors {
+        let written = disk.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(written.data == &data[..], "tensor {name} differs from embed's bytes");
+    }
+    assert_eq!(memory.blind.elements, on_disk.blind.elements);
+    let disk_digests: std::collections::BTreeMap<String, String> =
+        weightmark::model_tensor_digests(&disk)
+            .iter()
+            .map(|(n, d)| (n.clone(), weightmark::hex(d)))
+            .collect();
+    assert_eq!(memory.record.tensor_digests, disk_digests);
+
+    // Saved elsewhere, in another tensor order, the model is certified and
+    // the certificate verifies against it; an edited tensor is refused.
+    let mut saved: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            let data = memory.tensors.iter().find(|(n, _)| *n == t.name).map(|(_, d)| d.clone());
+            weightmark::synth::SynthTensor { data: data.unwrap_or_default(), ..t.clone() }
+        })
+        .collect();
+    saved.reverse();
+    write_file(&s.path("saved.safetensors"), &saved, None).unwrap_or_else(|e| panic!("{e}"));
+    let saved_model = Model::open(s.path("saved.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let envelope =
+        weightmark::certify(&saved_model, &memory.record, &key).unwrap_or_else(|e| panic!("{e}"));
+    let cert = s.path("saved.cert.json");
+    let text =
+        weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}"));
+    weightmark::write_atomic(&cert, &text).unwrap_or_else(|e| panic!("{e}"));
+    let verified =
+        weightmark::provenance::verify_file(&cert, &key.public_key(), Some(&saved_model))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let check = verified.model.unwrap_or_else(|| panic!("no model check"));
+    assert!(check.files_match() && check.tensor_root_matches && check.tensors_changed.is_empty());
+
+    saved[0].data[0] ^= 1;
+    write_file(&s.path("edited.safetensors"), &saved, None).unwrap_or_else(|e| panic!("{e}"));
+    let edited = Model::open(s.path("edited.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let err = weightmark::certify(&edited, &memory.record, &key).err().map(|e| e.to_string());
+    assert!(err.as_deref().is_some_and(|e| e.contains("differs")), "{err:?}");
+    let stranger = SecretKey::from_seed([22; 32]);
+    assert!(weightmark::certify(&saved_model, &memory.record, &stranger).is_err());
+}

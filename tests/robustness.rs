@@ -171,6 +171,27 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "rob",
     ]);
     assert!(text.contains("wrong key above the threshold: 0 of 4 points"), "{text}");
+    // A level the attack cannot take is refused before any work, naming it.
+    let bad = s.run(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked.safetensors",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--attacks",
+        "quantize-row",
+        "--levels",
+        "quantize-row=16",
+        "--out",
+        "rob16",
+    ]);
+    let err = common::stderr(&bad);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("quantize-row at level 16") && err.contains("2 to 8"), "{err}");
+    assert!(!s.path("rob16").exists(), "nothing was written for a refused plan");
     for f in [
         "results.json",
         "results.csv",

@@ -12,6 +12,10 @@ use weightmark::Dtype;
 pub const SHAPE_20M: LlamaShape =
     LlamaShape { vocab: 8192, hidden: 384, intermediate: 1152, layers: 8, heads: 6, kv_heads: 2 };
 
+/// A tiny Llama shape (2 layers) for tests of layout-aware edits.
+pub const TINY_LLAMA: LlamaShape =
+    LlamaShape { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2 };
+
 /// Where `scripts/fetch-models` put the real models.
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WEIGHTMARK_MODELS") {

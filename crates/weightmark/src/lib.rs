@@ -64,6 +64,7 @@ mod model;
 mod pattern;
 mod progress;
 pub mod provenance;
+mod release;
 mod rng;
 mod scheme;
 mod select;
@@ -94,6 +95,7 @@ pub use progress::{NoProgress, Progress};
 pub use provenance::{
     load_certificate, load_certificate_unverified, Certificate, ReleasePredicate,
 };
+pub use release::{check_release_paths, default_certificate_path};
 pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };

@@ -1,11 +1,9 @@
 //! `weightmark embed`.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 use weightmark::provenance::envelope_to_string;
-use weightmark::resolve_output;
 use weightmark::write_atomic;
+use weightmark::{check_release_paths, default_certificate_path, resolve_output};
 use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
 use weightmark::{p_value_bound, z_for_p};
 
@@ -19,8 +17,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let key = SecretKey::load(&args.key)?;
     let model = Model::open(&args.model)?;
     let destination = resolve_output(&model, &args.output)?;
-    let cert_path = args.cert.clone().unwrap_or_else(|| default_cert_path(&destination));
-    refuse_collisions(&model, &args.key, &destination, &cert_path)?;
+    let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
+    check_release_paths(&model, &args.key, &destination, &cert_path)?;
     let label = args.label.clone().unwrap_or_else(|| model.display_name());
     let selection = if args.tensors.is_empty() {
         Selection::Default
@@ -93,62 +91,4 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     }
     outln!("  certificate: {} (signed by key {})", cert_path.display(), key.public_key().key_id());
     Ok(Outcome::Success)
-}
-
-/// `OUT.cert.json` beside OUT (for a directory: beside it, never inside).
-pub fn default_cert_path(output: &Path) -> PathBuf {
-    let absolute;
-    let output = match output.file_name() {
-        Some(_) => output,
-        None => {
-            absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
-            &absolute
-        }
-    };
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    output.with_file_name(format!("{name}.cert.json"))
-}
-
-fn cert_is_inside_output(cert: &Path, output: &Path) -> bool {
-    let (Ok(cert), Ok(output)) = (std::path::absolute(cert), std::path::absolute(output)) else {
-        return false;
-    };
-    let output_is_dir = output.is_dir() || output.extension().is_none_or(|e| e != "safetensors");
-    output_is_dir && cert.starts_with(&output)
-}
-
-/// Refuses a certificate or output path that would replace the input, the
-/// key, or each other.
-fn refuse_collisions(
-    model: &Model,
-    key: &Path,
-    destination: &Path,
-    cert: &Path,
-) -> anyhow::Result<()> {
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
-    };
-    if same(destination, key) {
-        bail!("{}: the output would replace the secret key", destination.display());
-    }
-    if same(cert, key) || same(cert, destination) || model.files.iter().any(|f| same(cert, &f.path))
-    {
-        bail!(
-            "{}: the certificate would replace the key, the input or the output; choose another --cert",
-            cert.display()
-        );
-    }
-    let inside_input = model.path.is_dir()
-        && match (std::path::absolute(cert), model.path.canonicalize()) {
-            (Ok(c), Ok(input)) => c.canonicalize().unwrap_or(c).starts_with(input),
-            _ => false,
-        };
-    if inside_input {
-        bail!("{}: the certificate must not go inside the input model directory", cert.display());
-    }
-    if cert_is_inside_output(cert, destination) {
-        bail!("{}: the certificate must not go inside the output model directory", cert.display());
-    }
-    Ok(())
 }

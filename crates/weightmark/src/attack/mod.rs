@@ -836,6 +836,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validate_refuses_each_out_of_range_parameter_by_name() {
+        let refused = [
+            (Attack::Noise { relative: -0.1 }, "noise"),
+            (Attack::Drift { relative: f64::NAN }, "drift"),
+            (Attack::Quantize { bits: 1, group: None }, "1 bits"),
+            (Attack::Quantize { bits: 4, group: Some(0) }, "group"),
+            (Attack::Prune { fraction: 1.5, method: PruneMethod::Random }, "fraction 1.5"),
+            (Attack::LowRank { rank: 0, relative: 0.1 }, "rank"),
+            (Attack::Scale { factor: f64::INFINITY }, "factor"),
+            (Attack::Cast { via: Dtype::I64 }, "cannot pass through"),
+            (Attack::Truncate { keep: 0 }, "keep at least 1"),
+            (Attack::Overwrite { strength: 0.0 }, "strength 0"),
+            (Attack::Gguf { ty: GgmlType::Q4_1 }, "Q4_1"),
+        ];
+        for (attack, needle) in refused {
+            let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(needle), "{attack:?}: {err}");
+        }
+        assert!(Attack::Quantize { bits: 8, group: Some(32) }.validate().is_ok());
+        assert!(Attack::Gguf { ty: GgmlType::Q4K }.validate().is_ok());
+    }
+
+    #[test]
     fn quantize_groups_keep_their_absmax_and_levels() {
         let mut g = vec![0.1, -0.4, 0.25, 0.0];
         quantize_absmax(&mut g, 4);

@@ -1,0 +1,162 @@
+//! Where a release's files go: the certificate's default path beside the
+//! marked model, and the checks that keep the marked model, its certificate,
+//! the secret key and the input apart. The CLI's `embed` and the Python
+//! package's `embed` and `certify` share them, so both refuse the same paths.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// `OUT.cert.json` beside the marked model `output` (for a directory: beside
+/// it, never inside it; `out/` and `out` give the same path).
+pub fn default_certificate_path(output: &Path) -> PathBuf {
+    let absolute;
+    let output = match output.file_name() {
+        Some(_) => output,
+        None => {
+            absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+            &absolute
+        }
+    };
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!("{name}.cert.json"))
+}
+
+/// Refuses a release whose marked model (`output`, as resolved by
+/// [`crate::resolve_output`]) would replace the secret key at `key`, or whose
+/// `certificate` would replace the key, the output or a file of the input
+/// `model`, or land inside the input's or the output's directory. Every
+/// refusal is an [`Error::InvalidArgument`] naming the offending path.
+pub fn check_release_paths(
+    model: &Model,
+    key: &Path,
+    output: &Path,
+    certificate: &Path,
+) -> Result<()> {
+    if same_file(output, key) {
+        return Err(Error::invalid(format!(
+            "{}: the output would replace the secret key",
+            output.display()
+        )));
+    }
+    if same_file(certificate, key)
+        || same_file(certificate, output)
+        || model.files.iter().any(|f| same_file(certificate, &f.path))
+    {
+        return Err(Error::invalid(format!(
+            "{}: the certificate would replace the key, the input or the output; choose another \
+             certificate path",
+            certificate.display()
+        )));
+    }
+    let inside_input = model.path.is_dir()
+        && match (std::path::absolute(certificate), model.path.canonicalize()) {
+            (Ok(c), Ok(input)) => c.canonicalize().unwrap_or(c).starts_with(input),
+            _ => false,
+        };
+    if inside_input {
+        return Err(Error::invalid(format!(
+            "{}: the certificate must not go inside the input model directory",
+            certificate.display()
+        )));
+    }
+    if certificate_inside_output(certificate, output) {
+        return Err(Error::invalid(format!(
+            "{}: the certificate must not go inside the output model directory",
+            certificate.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (resolving links where they exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+    }
+}
+
+/// Whether `certificate` would land inside an output that is (or will be) a
+/// directory: one that exists as a directory, or any path not ending in
+/// `.safetensors`.
+fn certificate_inside_output(certificate: &Path, output: &Path) -> bool {
+    let (Ok(certificate), Ok(output)) =
+        (std::path::absolute(certificate), std::path::absolute(output))
+    else {
+        return false;
+    };
+    let output_is_dir = output.is_dir() || output.extension().is_none_or(|e| e != "safetensors");
+    output_is_dir && certificate.starts_with(&output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{gaussian_matrix, write_file};
+
+    fn err_text(r: Result<()>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn default_certificate_goes_beside_the_output_never_inside() {
+        assert_eq!(
+            default_certificate_path(Path::new("out/m.safetensors")),
+            PathBuf::from("out/m.safetensors.cert.json")
+        );
+        assert_eq!(
+            default_certificate_path(Path::new("dir/marked")),
+            PathBuf::from("dir/marked.cert.json")
+        );
+        let trailing = default_certificate_path(Path::new("marked/"));
+        assert_eq!(trailing.file_name().and_then(|n| n.to_str()), Some("marked.cert.json"));
+        assert!(!trailing.parent().is_some_and(|p| p.ends_with("marked")));
+    }
+
+    #[test]
+    fn collisions_are_refused_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let input = dir.path().join("m.safetensors");
+        write_file(&input, &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let key = dir.path().join("lab.key");
+        std::fs::write(&key, "k").unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join("marked.safetensors");
+        let cert = default_certificate_path(&out);
+        assert!(check_release_paths(&model, &key, &out, &cert).is_ok());
+
+        let e = err_text(check_release_paths(&model, &key, &key, &cert));
+        assert!(e.contains("replace the secret key") && e.contains("lab.key"), "{e}");
+        for bad in [&key, &out, &input] {
+            let e = err_text(check_release_paths(&model, &key, &out, bad));
+            assert!(e.contains("the certificate would replace"), "{e}");
+        }
+        let out_dir = dir.path().join("marked");
+        let e = err_text(check_release_paths(&model, &key, &out_dir, &out_dir.join("c.json")));
+        assert!(e.contains("inside the output model directory"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_inside_the_input_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let input = dir.path().join("model");
+        std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
+        write_file(
+            &input.join("model.safetensors"),
+            &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let e = err_text(check_release_paths(
+            &model,
+            &dir.path().join("k.key"),
+            &dir.path().join("out"),
+            &input.join("c.json"),
+        ));
+        assert!(e.contains("inside the input model directory"), "{e}");
+    }
+}
