@@ -28,6 +28,7 @@ fn throughput(c: &mut Criterion) {
     let bytes = model.data_bytes();
     let key = SecretKey::from_seed([1; 32]);
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: weightmark::DEFAULT_STRENGTH,
         label: "bench".into(),
         recipient: None,
@@ -45,7 +46,7 @@ fn throughput(c: &mut Criterion) {
     });
     let suspect = Model::open(&marked).unwrap_or_else(|e| panic!("{e}"));
     let mark_key = key.mark_key("bench", None);
-    let target = Target { mark_key: mark_key.clone(), tensors: None };
+    let target = Target::ss1(mark_key.clone(), None);
     let detect_options = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     group.bench_function("detect_blind", |b| {
         b.iter(|| {

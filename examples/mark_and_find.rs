@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &marked_path,
         &owner,
         &EmbedOptions {
+            scheme: weightmark::Scheme::Ss1,
             strength: weightmark::DEFAULT_STRENGTH,
             label: "example".into(),
             recipient: Some("licensee-1".into()),
@@ -48,12 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options =
         DetectOptions { threshold_p: weightmark::DEFAULT_THRESHOLD_P, progress: &NoProgress };
     let mark_key = owner.mark_key("example", Some("licensee-1"));
-    let target = Target { mark_key: mark_key.clone(), tensors: None };
+    let target = Target::ss1(mark_key.clone(), None);
     let blind = detect(&suspect, None, &target, &options)?;
     let informed = detect(&suspect, Some(&original), &target, &options)?;
     let stranger = SecretKey::generate()?.mark_key("example", Some("licensee-1"));
-    let wrong =
-        detect(&suspect, None, &Target { mark_key: stranger.clone(), tensors: None }, &options)?;
+    let wrong = detect(&suspect, None, &Target::ss1(stranger.clone(), None), &options)?;
     println!("blind z {:.1} (found: {})", blind.z, blind.detected);
     println!("informed z {:.0} (found: {})", informed.z, informed.detected);
     println!("another key: z {:.2} (found: {})", wrong.z, wrong.detected);

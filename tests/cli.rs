@@ -66,10 +66,13 @@ fn embed_then_detect_with_exit_codes_and_json_fields() {
     let key = s.keygen("owner");
     write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::BF16, 2), None)
         .unwrap_or_else(|e| panic!("{e}"));
+    // ss1: `detect --label` without a certificate is for ss1 only.
     let out = s.run(&[
         "embed",
         "-k",
         &key,
+        "--scheme",
+        "ss1",
         "--strength",
         "0.01",
         "--label",

@@ -257,6 +257,7 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
     let key = weightmark::SecretKey::from_seed([9; 32]);
     let marked_path = tmp.path().join("marked");
     let options = weightmark::EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: weightmark::DEFAULT_STRENGTH,
         label: "fidelity".into(),
         recipient: None,

@@ -18,6 +18,7 @@ const CREATED: &str = "2026-11-28T00:00:00Z";
 
 fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
     EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: DEFAULT_STRENGTH,
         label: label.to_string(),
         recipient: None,
@@ -37,7 +38,7 @@ fn find(suspect: &Path, original: Option<&Path>, key: &SecretKey) -> Detection {
     let suspect = Model::open(suspect).unwrap_or_else(|e| panic!("{e}"));
     let original = original.map(|o| Model::open(o).unwrap_or_else(|e| panic!("{e}")));
     let mark_key = key.mark_key("release", None);
-    let target = Target { mark_key: mark_key.clone(), tensors: None };
+    let target = Target::ss1(mark_key.clone(), None);
     detect(
         &suspect,
         original.as_ref(),
@@ -250,7 +251,7 @@ fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
     write_file(&suspect_path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
     let suspect = Model::open(&suspect_path).unwrap_or_else(|e| panic!("{e}"));
     let mark_key = key.mark_key("release", None);
-    let target = Target { mark_key: mark_key.clone(), tensors: Some(certified) };
+    let target = Target::ss1(mark_key.clone(), Some(certified));
     let d = detect(
         &suspect,
         None,
@@ -317,7 +318,7 @@ fn recipients_get_independent_marks() {
     let suspect = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     let z_for = |recipient: &str| {
         let mk = key.mark_key("release", Some(recipient));
-        let t = Target { mark_key: mk.clone(), tensors: None };
+        let t = Target::ss1(mk.clone(), None);
         detect(
             &suspect,
             Some(&model),
@@ -346,20 +347,11 @@ fn a_tensor_listed_twice_is_tested_once_so_z_cannot_be_inflated() {
     let Some(t) = t else { panic!("no matrix") };
     let mark_key = key.mark_key("release", None);
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
-    let once = detect(
-        &suspect,
-        None,
-        &Target { mark_key: mark_key.clone(), tensors: Some(vec![t.clone()]) },
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let many = detect(
-        &suspect,
-        None,
-        &Target { mark_key: mark_key.clone(), tensors: Some(vec![t.clone(); 100]) },
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let once = detect(&suspect, None, &Target::ss1(mark_key.clone(), Some(vec![t.clone()])), &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let many =
+        detect(&suspect, None, &Target::ss1(mark_key.clone(), Some(vec![t.clone(); 100])), &opts)
+            .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(once.z, many.z);
     assert_eq!(many.skipped.len(), 99);
     assert!(many.skipped.iter().all(|s| s.reason == "listed twice"));

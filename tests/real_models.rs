@@ -14,6 +14,7 @@ use common::real_model;
 
 fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: DEFAULT_STRENGTH,
         label: "real".into(),
         recipient: None,
@@ -26,7 +27,7 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
 
 fn find(suspect: &Model, original: Option<&Model>, key: &SecretKey) -> Detection {
     let mk = key.mark_key("real", None);
-    let target = Target { mark_key: mk.clone(), tensors: None };
+    let target = Target::ss1(mk.clone(), None);
     detect(suspect, original, &target, &DetectOptions { threshold_p: 1e-9, progress: &NoProgress })
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -112,6 +113,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let out = dir.path().join("int8.safetensors");
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: DEFAULT_STRENGTH,
         label: "real".into(),
         recipient: None,

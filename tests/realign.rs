@@ -176,6 +176,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
     let original = Model::open(&orig_dir).unwrap_or_else(|e| panic!("{e}"));
     let key = SecretKey::from_seed([33; 32]);
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: 0.01,
         label: "r".into(),
         recipient: None,
@@ -200,7 +201,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         .filter(|t| t.name.contains(".mlp.") || t.name.contains(".self_attn."))
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
+    let target = Target::ss1(mk.clone(), Some(tensors));
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&permuted, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -244,6 +245,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
     let original = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let key = SecretKey::from_seed([31; 32]);
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: 0.01,
         label: "r".into(),
         recipient: None,
@@ -264,7 +266,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         .filter(|t| t.name.contains(".mlp."))
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
+    let target = Target::ss1(mk.clone(), Some(tensors));
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&permuted, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -286,13 +288,8 @@ fn informed_detection_undoes_an_mlp_permutation() {
     assert!(reference.realigned.is_empty(), "nothing to undo in the unpermuted copy");
     // A wrong key stays silent after re-alignment.
     let wrong = SecretKey::from_seed([32; 32]).mark_key("r", None);
-    let w = detect(
-        &permuted,
-        Some(&original),
-        &Target { mark_key: wrong.clone(), tensors: None },
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let w = detect(&permuted, Some(&original), &Target::ss1(wrong.clone(), None), &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
 }
 
@@ -335,6 +332,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     let original = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
     let key = SecretKey::from_seed([34; 32]);
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: weightmark::DEFAULT_STRENGTH,
         label: "r".into(),
         recipient: None,
@@ -359,7 +357,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
         .filter(weightmark::is_default_selected)
         .map(|t| (t.name.to_string(), t.shape.to_vec()))
         .collect();
-    let target = Target { mark_key: mk.clone(), tensors: Some(tensors) };
+    let target = Target::ss1(mk.clone(), Some(tensors));
     let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
     let blind = detect(&attacked, None, &target, &opts).unwrap_or_else(|e| panic!("{e}"));
     let informed =
@@ -381,13 +379,8 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     );
     assert!(informed.log10_p_value <= -12.0, "informed z {}", informed.z);
     let wrong = SecretKey::from_seed([35; 32]).mark_key("r", None);
-    let w = detect(
-        &attacked,
-        Some(&original),
-        &Target { mark_key: wrong.clone(), tensors: None },
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let w = detect(&attacked, Some(&original), &Target::ss1(wrong.clone(), None), &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!w.detected, "wrong key z {}", w.z);
 }
 

@@ -20,6 +20,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
     let marked = dir.path().join("marked.safetensors");
     let owner = SecretKey::from_seed([42; 32]);
     let options = EmbedOptions {
+        scheme: weightmark::Scheme::Ss1,
         strength: 0.01,
         label: "release".into(),
         recipient: None,
@@ -33,9 +34,8 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
     let detect_options = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
 
     let right = owner.mark_key("release", None);
-    let found =
-        detect(&suspect, None, &Target { mark_key: right.clone(), tensors: None }, &detect_options)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let found = detect(&suspect, None, &Target::ss1(right.clone(), None), &detect_options)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(found.detected, "the right key must find the mark (z {})", found.z);
 
     let mut zs = Vec::with_capacity(1000);
@@ -44,13 +44,8 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         seed[..4].copy_from_slice(&i.to_le_bytes());
         seed[31] = 0xee;
         let wrong = SecretKey::from_seed(seed).mark_key("release", None);
-        let d = detect(
-            &suspect,
-            None,
-            &Target { mark_key: wrong.clone(), tensors: None },
-            &detect_options,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let d = detect(&suspect, None, &Target::ss1(wrong.clone(), None), &detect_options)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!d.detected, "wrong key {i} reached the threshold: z {}", d.z);
         zs.push(d.z);
     }

@@ -65,10 +65,17 @@ pub struct EmbedArgs {
     /// Name of the release [default: the model's file or directory name].
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
-    /// Mark strength: RMS of the mark relative to the RMS of each row.
+    /// Mark scheme: ss2 (a multiplicative mark in canonical coordinates:
+    /// survives free permutations of the residual stream, sign flips and
+    /// diagonal rescalings; release and recipient components, keys bound to
+    /// the original) or ss1 (the first scheme, in the weights as stored).
+    #[arg(long, value_name = "SCHEME", value_enum, default_value_t = SchemeArg::Ss2)]
+    pub scheme: SchemeArg,
+    /// Mark strength: RMS of the mark relative to the RMS of the weights.
     ///
     /// Blind z of an unattacked model is about strength x sqrt(marked
-    /// elements). The default 0.003 (a 0.3% relative change) gives blind z >=
+    /// elements) (ss2 without a recipient: about 1.3 times that; with one,
+    /// the strength is split between the release and recipient components). The default 0.003 (a 0.3% relative change) gives blind z >=
     /// 10 from 11M elements (13.4 at 20M, 35 at 135M). Smaller models need
     /// more strength for blind detection, or the original for informed
     /// detection. The cost to the model grows with the square of the
@@ -704,4 +711,22 @@ pub enum TextSplit {
     HeldOut,
     /// The windows `attack finetune` trains on.
     Train,
+}
+
+/// A mark scheme `embed` can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchemeArg {
+    /// The first scheme: keyed spread spectrum in the weights as stored.
+    Ss1,
+    /// Multiplicative, in canonical coordinates, release + recipient components.
+    Ss2,
+}
+
+impl From<SchemeArg> for weightmark::Scheme {
+    fn from(s: SchemeArg) -> Self {
+        match s {
+            SchemeArg::Ss1 => weightmark::Scheme::Ss1,
+            SchemeArg::Ss2 => weightmark::Scheme::Ss2,
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::canonical::Canonical;
 use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -17,6 +18,7 @@ use crate::provenance::Certificate;
 use crate::scheme::Scheme;
 use crate::scheme::{detect_tensor_multi, p_value_bound, Stats};
 use crate::select::is_default_selected;
+use crate::ss2::Aligned;
 
 /// Blind (suspect alone) or informed (suspect minus the original).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,43 +30,80 @@ pub enum Mode {
     Informed,
 }
 
-/// What to look for: one release's mark key and the tensors it marked.
+/// What to look for: one release's keys and the tensors it marked.
 pub struct Target {
-    /// The release mark key.
+    /// The scheme the release was marked with.
+    pub scheme: Scheme,
+    /// The `ss1` release mark key, or the `ss2` release component key.
     pub mark_key: MarkKey,
+    /// The `ss2` recipient component key, when the release has a recipient
+    /// and the tester holds it.
+    pub recipient_key: Option<MarkKey>,
     /// Tensors to test (from a certificate), with their certified shapes;
     /// `None` tests the suspect's default selection.
     pub tensors: Option<Vec<(String, Vec<usize>)>>,
 }
 
 impl Target {
-    /// Looks for `mark_key` in the suspect's default selection.
+    /// Looks for the `ss1` mark of `mark_key` in the suspect's default selection.
     pub fn new(mark_key: MarkKey) -> Target {
-        Target { mark_key, tensors: None }
+        Target::ss1(mark_key, None)
     }
 
-    /// The release of `certificate`, with the mark key derived from the
-    /// owner's `secret` key and checked against the certificate's commitment,
+    /// Looks for the `ss1` mark of `mark_key` in `tensors` (all default-selected
+    /// tensors of the suspect when `None`).
+    pub fn ss1(mark_key: MarkKey, tensors: Option<Vec<(String, Vec<usize>)>>) -> Target {
+        Target { scheme: Scheme::Ss1, mark_key, recipient_key: None, tensors }
+    }
+
+    /// The release of `certificate`, with its keys derived from the owner's
+    /// `secret` key and checked against the certificate's commitments,
     /// testing the tensors it certifies. Refuses a scheme this version does
     /// not know and a key that did not make the certificate; both errors
     /// name the certificate file.
     pub fn from_certificate(certificate: &Certificate, secret: &SecretKey) -> Result<Target> {
-        let mark_key = secret
-            .mark_key(&certificate.predicate().label, certificate.predicate().recipient.as_deref());
-        Target::from_revealed(certificate, mark_key)
-    }
-
-    /// The release of `certificate` tested with a mark key revealed in a
-    /// dispute (no secret key needed), checked against the commitment.
-    pub fn from_revealed(certificate: &Certificate, mark_key: MarkKey) -> Result<Target> {
         let named =
             |e: Error| Error::Certificate { path: certificate.path.clone(), reason: e.to_string() };
         let p = certificate.predicate();
         match p.scheme().map_err(named)? {
-            Scheme::Ss1 => {}
+            Scheme::Ss1 => {
+                let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
+                Target::from_revealed(certificate, mark_key)
+            }
+            Scheme::Ss2 => {
+                let root = p.original_root().map_err(named)?;
+                let (release, recipient) = secret.ss2_keys(&p.label, p.recipient.as_deref(), &root);
+                certificate.check_mark_key(&release).map_err(named)?;
+                if let Some(key) = &recipient {
+                    certificate.check_recipient_key(key).map_err(named)?;
+                }
+                Ok(Target {
+                    scheme: Scheme::Ss2,
+                    mark_key: release,
+                    recipient_key: recipient,
+                    tensors: Some(p.tensor_shapes()),
+                })
+            }
         }
-        certificate.check_mark_key(&mark_key).map_err(named)?;
-        Ok(Target { mark_key, tensors: Some(p.tensor_shapes()) })
+    }
+
+    /// The release of `certificate` tested with a key revealed in a dispute
+    /// (no secret key needed), checked against the certificate's commitments:
+    /// the `ss1` mark key; for `ss2`, the recipient's own component key (what
+    /// `reveal` discloses for a release with a recipient: it exposes that
+    /// copy's component only) or the release component key (shared by every
+    /// copy). Detection then decides on that component.
+    pub fn from_revealed(certificate: &Certificate, mark_key: MarkKey) -> Result<Target> {
+        let named =
+            |e: Error| Error::Certificate { path: certificate.path.clone(), reason: e.to_string() };
+        let p = certificate.predicate();
+        let scheme = p.scheme().map_err(named)?;
+        let is_recipient_component =
+            scheme == Scheme::Ss2 && certificate.check_recipient_key(&mark_key).is_ok();
+        if !is_recipient_component {
+            certificate.check_mark_key(&mark_key).map_err(named)?;
+        }
+        Ok(Target { scheme, mark_key, recipient_key: None, tensors: Some(p.tensor_shapes()) })
     }
 
     /// An `ss1` release named by label and recipient, without its
@@ -104,6 +143,24 @@ pub struct TensorResult {
     pub elements: u64,
 }
 
+/// The statistics of one component of an `ss2` mark over all tested tensors.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentResult {
+    /// Its z.
+    pub z: f64,
+    /// Hoeffding bound `exp(-z^2/2)`.
+    pub p_value: f64,
+    /// `log10` of the bound.
+    pub log10_p_value: f64,
+}
+
+impl ComponentResult {
+    fn of(stats: Stats) -> ComponentResult {
+        let z = stats.z();
+        ComponentResult { z, p_value: p_value_bound(z), log10_p_value: log10_p_bound(z) }
+    }
+}
+
 /// A tensor that could not be tested, and why.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Skipped {
@@ -120,10 +177,20 @@ pub struct Detection {
     pub detected: bool,
     /// Blind or informed.
     pub mode: Mode,
-    /// Global z.
+    /// The scheme tested (`ss1` or `ss2`).
+    pub scheme: String,
+    /// Global z (for `ss2`, of the release component).
     pub z: f64,
-    /// Hoeffding bound `exp(-z^2/2)` on the false-positive probability.
+    /// Hoeffding bound `exp(-z^2/2)` on the probability of a z this large
+    /// without the mark (one-sided: the decision).
     pub p_value: f64,
+    /// `min(1, 2 exp(-z^2/2))`: the bound on a |z| this large either way (a
+    /// strongly negative z is evidence too, e.g. of a subtracted mark).
+    pub p_value_two_sided: f64,
+    /// For an `ss2` release with a recipient: the z of the recipient's own
+    /// component (whose copy it is), with its one-sided bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_component: Option<ComponentResult>,
     /// `log10` of the bound, `-z^2 / (2 ln 10)`: exact where `p_value`
     /// underflows to 0 (z above about 38).
     pub log10_p_value: f64,
@@ -213,13 +280,47 @@ pub fn detect_many(
 
     let planned: u64 = plan.iter().map(|(t, _, _)| t.data.len() as u64).sum();
     options.progress.start("detecting", planned + suspect.data_bytes());
+    // Canonical coordinates (ss2) come from the weights alone, never the key.
+    let any_ss2 = targets.iter().any(|t| t.scheme == Scheme::Ss2);
+    let canonical_s = if any_ss2 { Canonical::of(suspect) } else { Canonical::default() };
+    let canonical_o = match (any_ss2, original) {
+        (true, Some(o)) => Canonical::of(o),
+        _ => Canonical::default(),
+    };
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
+    let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
-        let streams: Vec<TensorStreams> =
-            users.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
-        let refs: Vec<&TensorStreams> = streams.iter().collect();
-        let stats = detect_tensor_multi(t, o.as_ref(), &refs);
-        for (&ti, st) in users.iter().zip(stats) {
+        let (ss1, ss2): (Vec<usize>, Vec<usize>) =
+            users.iter().partition(|&&ti| targets[ti].scheme == Scheme::Ss1);
+        let mut per_user: Vec<(usize, Stats)> = Vec::new();
+        if !ss1.is_empty() {
+            let streams: Vec<TensorStreams> =
+                ss1.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
+            let refs: Vec<&TensorStreams> = streams.iter().collect();
+            per_user.extend(ss1.iter().copied().zip(detect_tensor_multi(t, o.as_ref(), &refs)));
+        }
+        if !ss2.is_empty() {
+            // Release keys first, then the recipient keys that are held.
+            let mut streams: Vec<TensorStreams> =
+                ss2.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
+            let mut recipient_of: Vec<(usize, usize)> = Vec::new();
+            for &ti in &ss2 {
+                if let Some(k) = &targets[ti].recipient_key {
+                    recipient_of.push((ti, streams.len()));
+                    streams.push(TensorStreams::new(k, t.name));
+                }
+            }
+            let refs: Vec<&TensorStreams> = streams.iter().collect();
+            let axes = canonical_s.axes(t);
+            let aligned = o.map(|tensor| Aligned { tensor, axes: canonical_o.axes(&tensor) });
+            let stats = crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs);
+            per_user.extend(ss2.iter().copied().zip(stats.iter().copied()));
+            for (ti, k) in recipient_of {
+                recipients[ti] = recipients[ti].merge(stats[k]);
+            }
+        }
+        per_user.sort_by_key(|(ti, _)| *ti);
+        for (ti, st) in per_user {
             results[ti].push(TensorResult {
                 name: t.name.to_string(),
                 z: st.z(),
@@ -238,17 +339,25 @@ pub fn detect_many(
     Ok(results
         .into_iter()
         .zip(skipped)
-        .map(|(tensors, skipped)| {
+        .enumerate()
+        .map(|(ti, (tensors, skipped))| {
             let total = tensors.iter().fold(Stats::default(), |acc, r| {
                 acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
             });
             let z = total.z();
             let p_value = p_value_bound(z);
+            let target = targets[ti];
             Detection {
                 detected: p_value <= options.threshold_p,
                 mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
+                scheme: target.scheme.name().to_string(),
                 z,
                 p_value,
+                p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
+                recipient_component: target
+                    .recipient_key
+                    .as_ref()
+                    .map(|_| ComponentResult::of(recipients[ti])),
                 log10_p_value: log10_p_bound(z),
                 threshold_p: options.threshold_p,
                 elements: total.elements,

@@ -30,6 +30,19 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Parses lower- or upper-case hex into exactly `N` bytes.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Starts a tensor digest over the tensor's identity (name, dtype, shape);
 /// feed the data bytes next, then finalize.
 pub fn tensor_hasher(name: &str, dtype: &str, shape: &[usize]) -> Sha256 {
@@ -96,8 +109,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_is_lowercase_two_digits_a_byte() {
-        assert_eq!(hex(&[0u8, 1, 0xab, 0xff]), "0001abff");
+    fn hex_round_trip() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(from_hex::<4>("0001ABff"), Some(b));
+        assert_eq!(from_hex::<4>("0001ab"), None);
+        assert_eq!(from_hex::<2>("zz00"), None);
     }
 
     #[test]

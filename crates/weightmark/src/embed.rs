@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::canonical::Canonical;
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -16,15 +17,20 @@ use crate::provenance::{
     sign_statement, CertifiedTensor, Envelope, ReleasePredicate, Statement, Subject, Tool,
     STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
-use crate::scheme::{embed_tensor, z_for_p, Fidelity, Stats, DEFAULT_THRESHOLD_P};
+use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
+use crate::ss2::Strengths;
 
 /// Largest strength accepted: beyond 10% the "mark" is a visible edit.
 pub const MAX_STRENGTH: f64 = 0.1;
 
 /// Options for [`embed`].
 pub struct EmbedOptions<'a> {
-    /// Mark RMS relative to each row's RMS.
+    /// The scheme: [`Scheme::Ss2`] by default.
+    pub scheme: Scheme,
+    /// Relative strength of the mark: its RMS relative to the weights' RMS
+    /// (`ss1`: of each row; `ss2`: of each element, split between the
+    /// release and recipient components).
     pub strength: f64,
     /// Release label.
     pub label: String,
@@ -88,6 +94,7 @@ impl EmbedOptions<'static> {
     /// selection, the current time, no progress reports.
     pub fn new(label: impl Into<String>) -> EmbedOptions<'static> {
         EmbedOptions {
+            scheme: Scheme::Ss2,
             strength: crate::DEFAULT_STRENGTH,
             label: label.into(),
             recipient: None,
@@ -106,6 +113,13 @@ impl<'a> EmbedOptions<'a> {
         self
     }
 
+    /// The same options with another scheme.
+    #[must_use]
+    pub fn scheme(mut self, scheme: Scheme) -> Self {
+        self.scheme = scheme;
+        self
+    }
+
     /// The same options at another strength.
     #[must_use]
     pub fn strength(mut self, strength: f64) -> Self {
@@ -116,6 +130,7 @@ impl<'a> EmbedOptions<'a> {
     /// The same options reporting progress to `progress`.
     pub fn progress<'b>(self, progress: &'b dyn Progress) -> EmbedOptions<'b> {
         EmbedOptions {
+            scheme: self.scheme,
             strength: self.strength,
             label: self.label,
             recipient: self.recipient,
@@ -152,20 +167,45 @@ struct Marking<'o> {
     options: &'o EmbedOptions<'o>,
     selected: Vec<String>,
     chosen: HashSet<String>,
+    /// `ss1`: the release mark key; `ss2`: the release component key.
     mark_key: MarkKey,
+    /// `ss2` only.
+    ss2: Option<Ss2Marking>,
     results: Mutex<BTreeMap<String, (Fidelity, Stats, Stats)>>,
     originals: Mutex<Vec<(String, Sha256Digest)>>,
+}
+
+/// What `ss2` needs beyond `ss1`: canonical coordinates, the recipient
+/// component key, the split of the strength, and the original's digests
+/// (the keys are bound to its tensor root, so they come first).
+struct Ss2Marking {
+    canonical: Canonical,
+    recipient: Option<MarkKey>,
+    strengths: Strengths,
+    original_digests: Vec<(String, Sha256Digest)>,
 }
 
 impl<'o> Marking<'o> {
     fn new(model: &Model, key: &SecretKey, options: &'o EmbedOptions<'o>) -> Result<Self> {
         check_options(options)?;
         let selected = select(model, &options.selection)?;
-        let mark_key = key.mark_key(&options.label, options.recipient.as_deref());
+        let (mark_key, ss2) = match options.scheme {
+            Scheme::Ss1 => (key.mark_key(&options.label, options.recipient.as_deref()), None),
+            Scheme::Ss2 => {
+                let original_digests = crate::digest::model_tensor_digests(model);
+                let root = tensor_root(&original_digests);
+                let (release, recipient) =
+                    key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
+                let strengths = Strengths::split(options.strength, recipient.is_some());
+                let canonical = Canonical::of(model);
+                (release, Some(Ss2Marking { canonical, recipient, strengths, original_digests }))
+            }
+        };
         Ok(Marking {
             options,
             chosen: selected.iter().cloned().collect(),
             selected,
+            ss2,
             mark_key,
             results: Mutex::new(BTreeMap::new()),
             originals: Mutex::new(Vec::new()),
@@ -175,6 +215,9 @@ impl<'o> Marking<'o> {
     /// The marked bytes of `t`, or `None` for a tensor left as it is; the
     /// original's digest is recorded either way.
     fn mark(&self, t: &TensorRef<'_>) -> Result<Option<Vec<u8>>> {
+        if let Some(ss2) = &self.ss2 {
+            return self.mark_ss2(t, ss2);
+        }
         if !self.chosen.contains(t.name) {
             lock(&self.originals)?.push((t.name.to_string(), tensor_digest(t)));
             return Ok(None);
@@ -185,6 +228,29 @@ impl<'o> Marking<'o> {
         lock(&self.results)?.insert(t.name.to_string(), (e.fidelity, e.blind, e.informed));
         lock(&self.originals)?.push((t.name.to_string(), digest));
         Ok(Some(e.data))
+    }
+
+    /// [`Marking::mark`] for `ss2`: the mark, then the blind and informed
+    /// statistics of the marked tensor measured as detection would.
+    fn mark_ss2(&self, t: &TensorRef<'_>, ss2: &Ss2Marking) -> Result<Option<Vec<u8>>> {
+        if !self.chosen.contains(t.name) {
+            return Ok(None);
+        }
+        let axes = ss2.canonical.axes(t);
+        let release = TensorStreams::new(&self.mark_key, t.name);
+        let recipient = ss2.recipient.as_ref().map(|k| TensorStreams::new(k, t.name));
+        let (data, fidelity) =
+            crate::ss2::embed_tensor(t, &axes, &release, recipient.as_ref(), ss2.strengths);
+        let marked = TensorRef { data: &data, ..*t };
+        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release]);
+        let aligned = crate::ss2::Aligned { tensor: *t, axes };
+        let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &[&release]);
+        let (b, i) = (
+            blind.first().copied().unwrap_or_default(),
+            informed.first().copied().unwrap_or_default(),
+        );
+        lock(&self.results)?.insert(t.name.to_string(), (fidelity, b, i));
+        Ok(Some(data))
     }
 
     /// The summaries and the release predicate, once every tensor went
@@ -198,8 +264,11 @@ impl<'o> Marking<'o> {
         // A poisoned lock means a worker panicked; rayon has already resumed
         // that panic on this thread, so the data is only reached when none did.
         let results = self.results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let originals =
+        let mut originals =
             self.originals.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ss2) = &self.ss2 {
+            originals.clone_from(&ss2.original_digests);
+        }
         let mut tensors = Vec::new();
         let (mut fidelity, mut blind, mut informed) =
             (Fidelity::default(), Stats::default(), Stats::default());
@@ -222,12 +291,23 @@ impl<'o> Marking<'o> {
             })
             .collect();
         let options = self.options;
+        let ss2 = self.ss2.as_ref();
         let predicate = ReleasePredicate {
-            scheme: crate::scheme::Scheme::Ss1.name().to_string(),
+            scheme: options.scheme.name().to_string(),
             strength: options.strength,
             label: options.label.clone(),
             recipient: options.recipient.clone(),
             mark_key_commitment: hex(&self.mark_key.commitment()),
+            recipient_key_commitment: ss2
+                .and_then(|s| s.recipient.as_ref())
+                .map(|k| hex(&k.commitment())),
+            release_strength: ss2.map(|s| s.strengths.release),
+            recipient_strength: ss2
+                .filter(|s| s.recipient.is_some())
+                .map(|s| s.strengths.recipient),
+            canonical: ss2.map(|s| {
+                if s.canonical.hidden() > 0 { "llama-residual" } else { "stored" }.to_string()
+            }),
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),

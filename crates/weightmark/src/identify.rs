@@ -82,8 +82,13 @@ pub struct RankedCandidate {
     pub label: String,
     /// Its recipient.
     pub recipient: Option<String>,
-    /// Global z.
+    /// The z that identifies this candidate: of the recipient's own
+    /// component for an `ss2` release with a recipient (every copy of a
+    /// release shares its release component), else of the mark.
     pub z: f64,
+    /// `ss2`: the z of the release component (shared by every copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_z: Option<f64>,
     /// Elements tested.
     pub elements: u64,
     /// Hoeffding bound `exp(-z^2/2)` for this candidate alone.
@@ -148,14 +153,16 @@ pub fn identify(
         .zip(candidates)
         .enumerate()
         .map(|(index, (d, c))| {
-            let log10_p = log10_p_bound(d.z);
+            let z = d.recipient_component.map_or(d.z, |r| r.z);
+            let log10_p = log10_p_bound(z);
             let log10_adjusted = (log10_p + (m as f64).log10()).min(0.0);
             let p = c.certificate.predicate();
             RankedCandidate {
                 certificate: c.certificate.path.display().to_string(),
                 label: p.label.clone(),
                 recipient: p.recipient.clone(),
-                z: d.z,
+                z,
+                release_z: d.recipient_component.map(|_| d.z),
                 elements: d.elements,
                 p_value: 10f64.powf(log10_p),
                 log10_p_value: log10_p,

@@ -50,6 +50,9 @@ const INFO_SIGNING: &[u8] = b"weightmark/v1 ed25519 signing key";
 const INFO_MARK_MASTER: &[u8] = b"weightmark/v1 mark master key";
 const SALT_RELEASE: &[u8] = b"weightmark/v1 release";
 const INFO_RELEASE: &[u8] = b"weightmark/v1 release mark key";
+const SALT_SS2: &[u8] = b"weightmark/v1 ss2";
+const INFO_SS2_RELEASE: &[u8] = b"weightmark/v1 ss2 release component key";
+const INFO_SS2_RECIPIENT: &[u8] = b"weightmark/v1 ss2 recipient component key";
 const COMMITMENT_DOMAIN: &[u8] = b"weightmark/v1 mark key commitment\0";
 const KEY_ID_DOMAIN: &[u8] = b"weightmark/v1 key id\0";
 
@@ -110,6 +113,43 @@ impl SecretKey {
             &[INFO_RELEASE, &label_len, label.as_bytes(), &recipient_len, recipient.as_bytes()],
         );
         MarkKey { key }
+    }
+
+    /// The two component keys of an `ss2` release, bound to the owner, the
+    /// label and the original model (its tensor root): the release component,
+    /// shared by every copy of the release, and, with a recipient, the
+    /// recipient's own component. Two models marked under one label get
+    /// unrelated patterns because their roots differ.
+    pub fn ss2_keys(
+        &self,
+        label: &str,
+        recipient: Option<&str>,
+        original_root: &[u8; 32],
+    ) -> (MarkKey, Option<MarkKey>) {
+        let master = hkdf32(SALT_MASTER, self.seed.as_ref(), &[INFO_MARK_MASTER]);
+        let label_len = (label.len() as u64).to_le_bytes();
+        let release = hkdf32(
+            SALT_SS2,
+            master.as_ref(),
+            &[INFO_SS2_RELEASE, &label_len, label.as_bytes(), original_root],
+        );
+        let recipient = recipient.map(|r| {
+            let r_len = (r.len() as u64).to_le_bytes();
+            let key = hkdf32(
+                SALT_SS2,
+                master.as_ref(),
+                &[
+                    INFO_SS2_RECIPIENT,
+                    &label_len,
+                    label.as_bytes(),
+                    original_root,
+                    &r_len,
+                    r.as_bytes(),
+                ],
+            );
+            MarkKey { key }
+        });
+        (MarkKey { key: release }, recipient)
     }
 
     /// The secret key file's text (zeroized when dropped).

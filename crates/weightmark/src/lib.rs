@@ -49,6 +49,7 @@ mod align;
 mod align_rotation;
 pub mod attack;
 pub mod bench;
+mod canonical;
 mod convert;
 mod detect;
 mod digest;
@@ -68,6 +69,7 @@ mod release;
 mod rng;
 mod scheme;
 mod select;
+mod ss2;
 pub mod synth;
 
 pub use attack::{apply as apply_attack, Attack, AttackDetail, AttackReport};

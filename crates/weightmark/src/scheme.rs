@@ -37,16 +37,20 @@ use crate::pattern::TensorStreams;
 pub enum Scheme {
     /// Keyed spread spectrum in the weights as stored (this module).
     Ss1,
+    /// A multiplicative mark in canonical coordinates with a release and a
+    /// recipient component ([`crate::ss2`]).
+    Ss2,
 }
 
 impl Scheme {
     /// Every scheme this version can embed and detect.
-    pub const ALL: [Scheme; 1] = [Scheme::Ss1];
+    pub const ALL: [Scheme; 2] = [Scheme::Ss1, Scheme::Ss2];
 
     /// The name written in certificates (`"ss1"`).
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Ss1 => "ss1",
+            Scheme::Ss2 => "ss2",
         }
     }
 
@@ -76,7 +80,7 @@ pub const DEFAULT_STRENGTH: f64 = 0.003;
 pub const DEFAULT_THRESHOLD_P: f64 = 1e-9;
 
 /// Elements per parallel work item (rounded to whole rows).
-const CHUNK_ELEMENTS: usize = 1 << 16;
+pub(crate) const CHUNK_ELEMENTS: usize = 1 << 16;
 
 /// The additive detection statistics of some set of elements.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -88,19 +88,41 @@ pub fn llama_layout(s: &LlamaShape) -> Vec<(String, Vec<usize>)> {
 }
 
 /// A Llama-shaped model with random weights: matrices are Gaussian with a
-/// per-row scale around 0.02 (log-normal spread, as in trained models), norm
-/// weights are near 1.
+/// per-row scale around 0.02 (log-normal spread, as in trained models), the
+/// embedding and head also with a per-column (residual channel) scale
+/// (log-normal, log-sd 0.5: trained models have channels of very different
+/// size), norm weights are near 1.
 pub fn llama(shape: &LlamaShape, dtype: Dtype, seed: u64) -> Vec<SynthTensor> {
     llama_layout(shape)
         .into_par_iter()
         .map(|(name, dims)| {
             if dims.len() == 1 {
                 norm_vector(&name, dims[0], dtype, seed)
+            } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                scaled_columns(gaussian_matrix(&name, dims[0], dims[1], dtype, seed), seed)
             } else {
                 gaussian_matrix(&name, dims[0], dims[1], dtype, seed)
             }
         })
         .collect()
+}
+
+/// Multiplies each column of a matrix by a seeded log-normal factor
+/// (log-sd 0.5), the same factors for every matrix of one seed.
+fn scaled_columns(mut t: SynthTensor, seed: u64) -> SynthTensor {
+    let cols = t.shape.get(1).copied().unwrap_or(1).max(1);
+    let mut factors = vec![0.0; cols];
+    fill_normal(&mut stream(seed, "column scales"), 0, &mut factors);
+    let size = t.dtype.size();
+    let dtype = t.dtype;
+    t.data.par_chunks_mut(cols * size).for_each(|row| {
+        let mut values = Vec::with_capacity(cols);
+        crate::dtype::decode_f64(dtype, row, &mut values);
+        for ((o, x), f) in row.chunks_exact_mut(size).zip(&values).zip(&factors) {
+            encode_nearest(dtype, x * (0.5 * f).exp(), o);
+        }
+    });
+    t
 }
 
 /// A `rows x cols` Gaussian matrix with a log-normal per-row scale near 0.02.
@@ -202,4 +224,13 @@ pub fn write_sharded(dir: &Path, tensors: &[SynthTensor], shards: usize) -> Resu
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     write_atomic_bytes(&dir.join(crate::model::INDEX_FILE_NAME), index.to_string().as_bytes())
+}
+
+/// The tensors as a model held in memory (tests, examples).
+pub fn to_model(tensors: &[SynthTensor]) -> Result<crate::model::Model> {
+    let list = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone(), t.data.clone()))
+        .collect();
+    crate::model::Model::from_tensors("synthetic", list)
 }

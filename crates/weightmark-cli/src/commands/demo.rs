@@ -57,6 +57,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         &marked_path,
         &key,
         &EmbedOptions {
+            scheme: weightmark::Scheme::Ss1,
             strength: weightmark::DEFAULT_STRENGTH,
             label: "demo-release".into(),
             recipient: Some("acme".into()),

@@ -177,7 +177,7 @@ fn print_table(
         "release:  label '{label}', recipient {}",
         recipient.map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into())
     );
-    outln!("mode:     {mode}");
+    outln!("mode:     {mode}, scheme {}", r.scheme);
     for r in &r.realigned {
         outln!("re-aligned: {r}");
     }
@@ -190,12 +190,16 @@ fn print_table(
         outln!("  {:<width$}  not tested: {}", s.name, s.reason);
     }
     outln!(
-        "global z = {:.2} over {} elements; {} (threshold p <= {:.0e})",
+        "global z = {:.2} over {} elements; {} (threshold p <= {:.0e}); two-sided {}",
         r.z,
         count(r.elements),
         p_bound(r.p_value),
-        r.threshold_p
+        r.threshold_p,
+        p_bound(r.p_value_two_sided)
     );
+    if let Some(c) = &r.recipient_component {
+        outln!("recipient component (whose copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
+    }
     if r.detected {
         outln!("MARK FOUND: this model carries the mark of this release.");
     } else {

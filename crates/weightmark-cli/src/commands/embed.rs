@@ -27,6 +27,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     };
     let bar = Bar::new();
     let options = EmbedOptions {
+        scheme: args.scheme.into(),
         strength: args.strength,
         label: label.clone(),
         recipient: args.recipient.clone(),

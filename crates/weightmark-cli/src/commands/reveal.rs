@@ -13,10 +13,14 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let secret = SecretKey::load(&args.key)?;
     let cert = load_certificate(&args.cert, &secret.public_key())?;
     let p = cert.predicate();
-    let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
-    cert.check_mark_key(&mark_key).with_context(|| {
+    // ss1: the release's mark key. ss2: the recipient's own component when
+    // the release has one (revealing the shared release component would let
+    // anyone strip it from every copy), else the release component. The
+    // library derives them and checks them against the certificate.
+    let target = weightmark::Target::from_certificate(&cert, &secret).with_context(|| {
         format!("{}: this secret key did not make this release", args.cert.display())
     })?;
+    let mark_key = target.recipient_key.unwrap_or(target.mark_key);
     let release = RevealedRelease {
         label: &p.label,
         recipient: p.recipient.as_deref(),

@@ -241,7 +241,9 @@ pub fn measure(
     started: Instant,
 ) -> Result<Row> {
     let wrong = Target {
+        scheme: inputs.target.scheme,
         mark_key: SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None),
+        recipient_key: None,
         tensors: inputs.target.tensors.clone(),
     };
     let attacked = Model::open(out)?;

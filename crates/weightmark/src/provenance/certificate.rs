@@ -36,8 +36,22 @@ pub struct ReleasePredicate {
     pub label: String,
     /// Recipient (licensee), if any.
     pub recipient: Option<String>,
-    /// Hex SHA-256 commitment to the release mark key.
+    /// Hex SHA-256 commitment to the release mark key (`ss2`: the release
+    /// component key).
     pub mark_key_commitment: String,
+    /// `ss2` with a recipient: commitment to the recipient component key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_key_commitment: Option<String>,
+    /// `ss2`: relative strength of the release component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_strength: Option<f64>,
+    /// `ss2`: relative strength of the recipient component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_strength: Option<f64>,
+    /// `ss2`: how canonical coordinates were taken (`"llama-residual"`: the
+    /// residual order of the embedding; `"stored"`: as stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical: Option<String>,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
     /// Elements counted by the blind statistic at release: finite elements
@@ -63,6 +77,12 @@ impl ReleasePredicate {
     pub fn scheme(&self) -> Result<Scheme> {
         Scheme::from_name(&self.scheme)
             .ok_or_else(|| Error::UnknownScheme { scheme: self.scheme.clone() })
+    }
+
+    /// The original's tensor root, to which `ss2` keys are bound.
+    pub fn original_root(&self) -> Result<[u8; 32]> {
+        crate::digest::from_hex(&self.original_tensor_root)
+            .ok_or_else(|| Error::invalid("original_tensor_root is not 64 hex digits".to_string()))
     }
 
     /// The certified tensors as (name, shape), what detection tests.
@@ -102,6 +122,26 @@ impl Certificate {
         let mark_key = secret.mark_key(&p.label, p.recipient.as_deref());
         self.check_mark_key(&mark_key)?;
         Ok(mark_key)
+    }
+
+    /// Checks that `key` is the recipient component key this (`ss2`)
+    /// certificate committed to.
+    pub fn check_recipient_key(&self, key: &MarkKey) -> Result<()> {
+        let p = self.predicate();
+        if p.recipient_key_commitment.as_deref() != Some(hex(&key.commitment()).as_str()) {
+            return Err(Error::WrongKey {
+                reason: format!(
+                    "this key is not the recipient component of the release of this certificate \
+                     (label '{}', recipient {})",
+                    p.label,
+                    p.recipient
+                        .as_deref()
+                        .map(|r| format!("'{r}'"))
+                        .unwrap_or_else(|| "none".into())
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Checks that `mark_key` is the one this certificate committed to.
