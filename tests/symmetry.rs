@@ -1,13 +1,15 @@
-//! The adversary's free transforms (`attack` residual, sign-flips, rescale,
-//! mix-vo, rope-rotate): each function-preserving edit leaves a Llama-layout
-//! model's logits unchanged (the forward pass of `common`) while moving its
-//! weights.
+//! The adversary's free transforms and collusion (`attack` residual,
+//! sign-flips, rescale, mix-vo, rope-rotate, collude): each function-
+//! preserving edit leaves a Llama-layout model's logits unchanged (the
+//! forward pass of `common`) while moving its weights, and each collusion
+//! method combines copies element by element as documented.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{logits, relative_difference, tensor_values};
+use weightmark::attack::CollusionMethod;
 use weightmark::bench::Sweep;
 use weightmark::synth::{llama, write_file, LlamaShape, SynthTensor};
 use weightmark::{apply_attack, Attack, Dtype, Model, NoProgress};
@@ -276,6 +278,10 @@ fn validate_refuses_bad_parameters_of_the_new_attacks() {
         (Attack::Rescale { log_sd: -0.5 }, "log_sd -0.5"),
         (Attack::Rescale { log_sd: f64::NAN }, "log_sd NaN"),
         (Attack::Rescale { log_sd: f64::INFINITY }, "log_sd inf"),
+        (
+            Attack::Collude { with: vec![], method: CollusionMethod::Mean },
+            "at least one other copy",
+        ),
     ];
     for (attack, needle) in refused {
         let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();
@@ -301,4 +307,133 @@ fn validate_refuses_bad_parameters_of_the_new_attacks() {
     let err = Sweep::Rescale.attack(-1.0).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("rescale at level -1"), "{err}");
     assert!(Sweep::FREE.iter().all(|s| !Sweep::ALL.contains(s)), "not in the default plan");
+}
+
+// ---- collusion ----
+
+/// Writes one copy: the f32 matrix `a.weight` (2 x 3) with `values`, and an
+/// I64 tensor `ids` holding `id` (not a float: copied from the first copy).
+fn write_copy(dir: &Path, name: &str, values: &[f32], id: i64) -> PathBuf {
+    let path = dir.join(name);
+    let tensors = vec![
+        SynthTensor {
+            name: "a.weight".into(),
+            dtype: Dtype::F32,
+            shape: vec![2, values.len() / 2],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+        SynthTensor {
+            name: "ids".into(),
+            dtype: Dtype::I64,
+            shape: vec![1],
+            data: id.to_le_bytes().to_vec(),
+        },
+    ];
+    write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Colludes the copies at `paths` (the first is the model attacked).
+fn collude(paths: &[PathBuf], method: CollusionMethod, out: &Path) -> (Vec<f64>, Vec<u8>) {
+    let first = Model::open(&paths[0]).unwrap_or_else(|e| panic!("{e}"));
+    let attack = Attack::Collude { with: paths[1..].to_vec(), method };
+    apply_attack(&first, out, &attack, 3, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let m = Model::open(out).unwrap_or_else(|e| panic!("{e}"));
+    let ids = m.tensor("ids").map(|t| t.data.to_vec()).unwrap_or_default();
+    let v = tensor_values(&m, "a.weight");
+    std::fs::remove_file(out).ok();
+    (v, ids)
+}
+
+#[test]
+fn collusion_median_takes_the_middle_value_of_three_copies() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let copies = [
+        [1.0f32, -2.0, 7.0, 0.5, 3.0, -1.0],
+        [3.0, -1.0, 5.0, 0.25, 3.0, -4.0],
+        [2.0, -3.0, 6.0, 0.75, 9.0, -2.0],
+    ];
+    let paths: Vec<PathBuf> = copies
+        .iter()
+        .enumerate()
+        .map(|(i, c)| write_copy(dir.path(), &format!("c{i}.safetensors"), c, i as i64 + 10))
+        .collect();
+    let out = dir.path().join("out.safetensors");
+    let (median, ids) = collude(&paths, CollusionMethod::Median, &out);
+    assert_eq!(median, [2.0, -2.0, 6.0, 0.5, 3.0, -2.0]);
+    assert_eq!(ids, 10i64.to_le_bytes(), "non-float tensors come from the first copy");
+    let (mean, _) = collude(&paths, CollusionMethod::Mean, &out);
+    assert_eq!(mean, [2.0, -2.0, 6.0, 0.5, 5.0, f64::from((-7.0f64 / 3.0) as f32)]);
+}
+
+#[test]
+fn collusion_midpoint_of_copies_marked_plus_minus_a_gives_back_the_original() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // w on a coarse grid and a = 1/4096, so every w +- a is exact in f32.
+    let w: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) / 8.0).collect();
+    let a = 1.0f32 / 4096.0;
+    let signs: [[f32; 6]; 3] = [
+        [1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
+        [-1.0, 1.0, 1.0, 1.0, -1.0, -1.0],
+        [1.0, 1.0, 1.0, -1.0, -1.0, 1.0],
+    ];
+    for k in [2usize, 3] {
+        let paths: Vec<PathBuf> = (0..k)
+            .map(|j| {
+                let marked: Vec<f32> = w.iter().zip(&signs[j]).map(|(w, s)| w + s * a).collect();
+                write_copy(dir.path(), &format!("k{k}-{j}.safetensors"), &marked, 0)
+            })
+            .collect();
+        let out = dir.path().join("mid.safetensors");
+        let (mid, _) = collude(&paths, CollusionMethod::Midpoint, &out);
+        for i in 0..w.len() {
+            let s: Vec<f32> = (0..k).map(|j| signs[j][i]).collect();
+            let expected = if s.iter().all(|&x| x == s[0]) { w[i] + s[0] * a } else { w[i] };
+            assert_eq!(mid[i], f64::from(expected), "k {k}, element {i}, signs {s:?}");
+        }
+    }
+}
+
+#[test]
+fn collusion_interleave_and_random_take_each_element_from_one_copy() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let copies: Vec<Vec<f32>> =
+        (0..3).map(|j| (0..6).map(|i| (10 * j + i) as f32).collect()).collect();
+    let paths: Vec<PathBuf> = copies
+        .iter()
+        .enumerate()
+        .map(|(j, c)| write_copy(dir.path(), &format!("c{j}.safetensors"), c, 0))
+        .collect();
+    let out = dir.path().join("out.safetensors");
+    let (inter, _) = collude(&paths, CollusionMethod::Interleave, &out);
+    for (i, v) in inter.iter().enumerate() {
+        assert_eq!(*v, f64::from(copies[i % 3][i]), "element {i} comes from copy {}", i % 3);
+    }
+    let (random, _) = collude(&paths, CollusionMethod::Random, &out);
+    for (i, v) in random.iter().enumerate() {
+        assert!(copies.iter().any(|c| f64::from(c[i]) == *v), "element {i}: {v}");
+    }
+    // Seeded: the same seed picks the same copies.
+    assert_eq!(collude(&paths, CollusionMethod::Random, &out).0, random);
+}
+
+#[test]
+fn collusion_refuses_copies_of_another_shape_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = write_copy(dir.path(), "a.safetensors", &[1.0; 6], 0);
+    let b = write_copy(dir.path(), "b.safetensors", &[2.0; 6], 0);
+    let odd = write_copy(dir.path(), "odd-shape.safetensors", &[3.0; 8], 0);
+    let first = Model::open(&a).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out.safetensors");
+    let attack = Attack::Collude { with: vec![b, odd], method: CollusionMethod::Median };
+    let err = apply_attack(&first, &out, &attack, 1, &NoProgress)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("odd-shape.safetensors") && err.contains("'a.weight'"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    // Nor may the output replace one of the copies.
+    let b = dir.path().join("b.safetensors");
+    let attack = Attack::Collude { with: vec![b.clone()], method: CollusionMethod::Mean };
+    assert!(apply_attack(&first, &b, &attack, 1, &NoProgress).is_err());
 }

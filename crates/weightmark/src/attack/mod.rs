@@ -5,6 +5,7 @@
 //! RMS change of the weights it touched). Attacks touch the default-selected
 //! tensors (float matrices); everything else is copied.
 
+pub mod collude;
 pub mod gguf;
 pub mod mix;
 pub mod permute;
@@ -14,6 +15,8 @@ pub mod rotate;
 pub mod signs;
 mod symmetry;
 pub mod truncate;
+
+pub use collude::CollusionMethod;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -173,6 +176,15 @@ pub enum Attack {
     /// `k_proj` rows, common to a key/value group ([`mix::rope_rotate`]).
     /// Exact up to rounding. Needs the model's `config.json`.
     RopeRotate,
+    /// Collusion: the model and other copies of the same release (same tensor
+    /// names and shapes) combined element by element ([`collude::collude`]);
+    /// the damage is measured against the model.
+    Collude {
+        /// The other copies (at least one).
+        with: Vec<PathBuf>,
+        /// How the copies are combined.
+        method: CollusionMethod,
+    },
 }
 
 /// What [`Attack::Permute`] permutes.
@@ -286,6 +298,13 @@ impl Attack {
             }
             Attack::SignFlips | Attack::MixVo | Attack::RopeRotate => Ok(()),
             Attack::Rescale { log_sd } => non_negative("rescale: log_sd", *log_sd),
+            Attack::Collude { with, .. } => {
+                if with.is_empty() {
+                    bad("collude: give at least one other copy of the release".into())
+                } else {
+                    Ok(())
+                }
+            }
             Attack::Gguf { ty } => {
                 if GGUF_TYPES.contains(ty) {
                     Ok(())
@@ -415,6 +434,12 @@ pub fn apply(
         Attack::Rescale { log_sd } => rescale::rescale(model, out, *log_sd, seed, progress),
         Attack::MixVo => mix::mix_vo(model, out, seed, progress),
         Attack::RopeRotate => mix::rope_rotate(model, out, seed, progress),
+        Attack::Collude { with, method } => {
+            let others = with.iter().map(Model::open).collect::<Result<Vec<Model>>>()?;
+            let mut copies = vec![model];
+            copies.extend(others.iter());
+            collude::collude(&copies, *method, seed, out, progress)
+        }
         _ => Err(Error::internal(format!("attack {attack:?} has no implementation"))),
     }
 }
@@ -919,6 +944,7 @@ mod tests {
             (Attack::Residual { permute: false, flip_signs: false }, "residual: nothing to do"),
             (Attack::Rescale { log_sd: -1.0 }, "log_sd -1"),
             (Attack::Rescale { log_sd: f64::NAN }, "log_sd NaN"),
+            (Attack::Collude { with: vec![], method: CollusionMethod::Median }, "other copy"),
         ];
         for (attack, needle) in refused {
             let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();
