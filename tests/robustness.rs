@@ -475,8 +475,8 @@ fn free_transforms_collusion_and_their_sweeps_from_the_command_line() {
     assert!(common::stderr(&o).contains("other.safetensors"), "{}", common::stderr(&o));
     assert!(!s.path("bad.safetensors").exists());
 
-    // The sweeps: blind detection of ss1 cannot see through the residual
-    // edit; every wrong-key z stays low.
+    // The sweeps run (what detection makes of them depends on the scheme);
+    // every wrong-key z stays low.
     s.ok(&["keygen", "-o", "k"]);
     s.ok(&[
         "embed",
@@ -511,5 +511,5 @@ fn free_transforms_collusion_and_their_sweeps_from_the_command_line() {
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = rows.iter().filter_map(|r| r["attack"].as_str()).collect();
     assert_eq!(names, ["residual", "sign-flips", "rescale"]);
-    assert!(rows[0]["blind_z"].as_f64().unwrap_or(99.0).abs() < 6.0, "{}", rows[0]);
+    assert!(rows.iter().all(|r| r["damage"].as_f64().unwrap_or(0.0) > 0.1), "{rows:?}");
 }
