@@ -1,11 +1,13 @@
 //! Function-preserving edits and informed re-alignment: permuting MLP neurons
-//! leaves a Llama-layout model's logits unchanged (checked with a small
-//! forward pass written here), and informed detection finds and undoes the
+//! leaves a Llama-layout model's logits unchanged (checked with the small
+//! forward pass of `common`), and informed detection finds and undoes the
 //! permutation.
 
 mod common;
 
-use ndarray::{s, Array1, Array2, Axis};
+use common::{logits, relative_difference};
+
+use ndarray::Array2;
 use weightmark::attack::permute::{permute_heads, permute_mlp, HeadPermutation};
 use weightmark::synth::{llama, write_file, LlamaShape};
 use weightmark::{
@@ -23,87 +25,6 @@ fn matrix(m: &Model, name: &str) -> Array2<f64> {
     Array2::from_shape_vec((t.shape[0], t.shape[1]), v).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn vector(m: &Model, name: &str) -> Array1<f64> {
-    let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
-    let mut v = Vec::new();
-    weightmark::decode_f64(t.dtype, t.data, &mut v);
-    Array1::from(v)
-}
-
-fn rms_norm(x: &Array2<f64>, w: &Array1<f64>) -> Array2<f64> {
-    let mut out = x.clone();
-    for mut row in out.rows_mut() {
-        let rms = (row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64 + 1e-5).sqrt();
-        row.iter_mut().zip(w).for_each(|(v, g)| *v = *v / rms * g);
-    }
-    out
-}
-
-fn rope(x: &mut Array2<f64>, heads: usize) {
-    let (n, width) = x.dim();
-    let d = width / heads;
-    for pos in 0..n {
-        for h in 0..heads {
-            for i in 0..d / 2 {
-                let theta = pos as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
-                let (a, b) = (x[[pos, h * d + i]], x[[pos, h * d + i + d / 2]]);
-                x[[pos, h * d + i]] = a * theta.cos() - b * theta.sin();
-                x[[pos, h * d + i + d / 2]] = a * theta.sin() + b * theta.cos();
-            }
-        }
-    }
-}
-
-/// Logits of a Llama-layout model (RMSNorm, RoPE, grouped-query causal
-/// attention, SwiGLU MLP, untied head) for a few tokens.
-fn logits(m: &Model, tokens: &[usize]) -> Array2<f64> {
-    let s_ = SHAPE;
-    let d = s_.hidden / s_.heads;
-    let embed = matrix(m, "model.embed_tokens.weight");
-    let mut h = Array2::from_shape_fn((tokens.len(), s_.hidden), |(i, j)| embed[[tokens[i], j]]);
-    for l in 0..s_.layers {
-        let p = |n: &str| format!("model.layers.{l}.{n}.weight");
-        let x = rms_norm(&h, &vector(m, &p("input_layernorm")));
-        let mut q = x.dot(&matrix(m, &p("self_attn.q_proj")).t());
-        let mut k = x.dot(&matrix(m, &p("self_attn.k_proj")).t());
-        let v = x.dot(&matrix(m, &p("self_attn.v_proj")).t());
-        rope(&mut q, s_.heads);
-        rope(&mut k, s_.kv_heads);
-        let mut attn = Array2::zeros((tokens.len(), s_.hidden));
-        for head in 0..s_.heads {
-            let kv = head / (s_.heads / s_.kv_heads);
-            let qh = q.slice(s![.., head * d..(head + 1) * d]);
-            let kh = k.slice(s![.., kv * d..(kv + 1) * d]);
-            let vh = v.slice(s![.., kv * d..(kv + 1) * d]);
-            let mut scores = qh.dot(&kh.t()) / (d as f64).sqrt();
-            for i in 0..tokens.len() {
-                for j in i + 1..tokens.len() {
-                    scores[[i, j]] = f64::NEG_INFINITY;
-                }
-                let max = scores.row(i).fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-                let mut row = scores.row_mut(i);
-                row.mapv_inplace(|s| (s - max).exp());
-                let sum = row.sum();
-                row.mapv_inplace(|s| s / sum);
-            }
-            attn.slice_mut(s![.., head * d..(head + 1) * d]).assign(&scores.dot(&vh));
-        }
-        h = &h + &attn.dot(&matrix(m, &p("self_attn.o_proj")).t());
-        let x = rms_norm(&h, &vector(m, &p("post_attention_layernorm")));
-        let gate = x.dot(&matrix(m, &p("mlp.gate_proj")).t()).mapv(|g| g / (1.0 + (-g).exp()));
-        let up = x.dot(&matrix(m, &p("mlp.up_proj")).t());
-        h = &h + &(&gate * &up).dot(&matrix(m, &p("mlp.down_proj")).t());
-    }
-    let h = rms_norm(&h, &vector(m, "model.norm.weight"));
-    // A tied head reuses the embeddings.
-    let head = if m.tensor("lm_head.weight").is_some() {
-        "lm_head.weight"
-    } else {
-        "model.embed_tokens.weight"
-    };
-    h.dot(&matrix(m, head).t())
-}
-
 #[test]
 fn permuting_mlp_neurons_leaves_the_logits_unchanged() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -119,11 +40,10 @@ fn permuting_mlp_neurons_leaves_the_logits_unchanged() {
         "the permutation must move weights"
     );
     let tokens = [3, 141, 59, 26, 5, 358];
-    let (a, b) = (logits(&model, &tokens), logits(&permuted, &tokens));
-    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
-    assert!(a.len_of(Axis(1)) == SHAPE.vocab);
+    let (a, b) = (logits(&model, &SHAPE, &tokens), logits(&permuted, &SHAPE, &tokens));
+    let moved = relative_difference(&a, &b);
+    assert!(moved <= 1e-4, "logits moved by {moved} (relative)");
+    assert!(a.len() == tokens.len() * SHAPE.vocab);
 }
 
 #[test]
@@ -147,10 +67,9 @@ fn permuting_attention_heads_leaves_the_logits_unchanged() {
         "the permutation must move weights"
     );
     let tokens = [7, 300, 12, 99, 400];
-    let (a, b) = (logits(&model, &tokens), logits(&permuted, &tokens));
-    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
+    let (a, b) = (logits(&model, &SHAPE, &tokens), logits(&permuted, &SHAPE, &tokens));
+    let moved = relative_difference(&a, &b);
+    assert!(moved <= 1e-4, "logits moved by {moved} (relative)");
 }
 
 #[test]
@@ -304,10 +223,9 @@ fn rotating_the_residual_stream_leaves_the_logits_unchanged() {
         .unwrap_or_else(|e| panic!("{e}"));
     let rotated = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     let tokens = [1, 2, 300, 45, 6];
-    let (a, b) = (logits(&model, &tokens), logits(&rotated, &tokens));
-    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
+    let (a, b) = (logits(&model, &SHAPE, &tokens), logits(&rotated, &SHAPE, &tokens));
+    let moved = relative_difference(&a, &b);
+    assert!(moved <= 1e-4, "logits moved by {moved} (relative)");
     let e0 = matrix(&model, "model.embed_tokens.weight");
     let e1 = matrix(&rotated, "model.embed_tokens.weight");
     assert!(
@@ -398,8 +316,7 @@ fn rotating_a_tied_model_unties_its_head_and_keeps_the_logits() {
     let rotated = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     assert!(rotated.tensor("lm_head.weight").is_some(), "the head must be untied");
     let tokens = [9, 8, 7, 100];
-    let (a, b) = (logits(&model, &tokens), logits(&rotated, &tokens));
-    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let worst = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(worst <= 1e-4 * scale, "logits moved by {worst} (scale {scale})");
+    let (a, b) = (logits(&model, &SHAPE, &tokens), logits(&rotated, &SHAPE, &tokens));
+    let moved = relative_difference(&a, &b);
+    assert!(moved <= 1e-4, "logits moved by {moved} (relative)");
 }

@@ -375,3 +375,141 @@ fn function_preserving_attacks_report_how_far_the_weights_moved() {
         std::fs::remove_file(s.path("out.safetensors")).ok();
     }
 }
+
+#[test]
+fn free_transforms_collusion_and_their_sweeps_from_the_command_line() {
+    let s = scene();
+    std::fs::write(
+        s.path("config.json"),
+        r#"{"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let before = values(&s, "m.safetensors");
+    let cases: [(&[&str], &str); 7] = [
+        (&["residual"], "residual channels permuted (seed"),
+        (&["residual", "--no-permute", "--flip-signs"], "residual channels sign-flipped"),
+        (&["residual", "--flip-signs"], "permuted and sign-flipped"),
+        (&["sign-flips"], "value dimensions sign-flipped"),
+        (&["rescale", "--log-sd", "1"], "log-sd 1 "),
+        (&["mix-vo"], "value dimensions of each key/value head mixed"),
+        (&["rope-rotate"], "RoPE pairs of q/k rotated"),
+    ];
+    for (args, says) in cases {
+        let mut full = vec!["attack"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        let text = s.ok(&full);
+        assert!(text.contains(says) && text.contains("the function is unchanged"), "{text}");
+        let moved: f64 = text
+            .split("changed by ")
+            .nth(1)
+            .and_then(|t| t.split('%').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
+        assert!(moved > 10.0, "{args:?}: {text}");
+        assert_ne!(values(&s, "out.safetensors"), before, "{args:?}");
+        std::fs::remove_file(s.path("out.safetensors")).ok();
+    }
+    // --no-permute alone would do nothing: refused by clap.
+    let o = s.run(&["attack", "residual", "--no-permute", "m.safetensors", "-o", "x.safetensors"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let o = s.run(&["attack", "rescale", "--log-sd", "-1", "m.safetensors", "-o", "x.safetensors"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("log_sd"), "{}", common::stderr(&o));
+
+    // Collusion of three noisy copies: the median lies between them.
+    for seed in ["1", "2"] {
+        let out = format!("n{seed}.safetensors");
+        s.ok(&[
+            "attack",
+            "noise",
+            "--relative",
+            "0.1",
+            "--seed",
+            seed,
+            "m.safetensors",
+            "-o",
+            &out,
+        ]);
+    }
+    let text = s.ok(&[
+        "attack",
+        "collude",
+        "--with",
+        "n1.safetensors",
+        "--with",
+        "n2.safetensors",
+        "--method",
+        "median",
+        "m.safetensors",
+        "-o",
+        "median.safetensors",
+    ]);
+    assert!(text.contains("median of 3 copies"), "{text}");
+    let (a, b) = (values(&s, "n1.safetensors"), values(&s, "n2.safetensors"));
+    let median = values(&s, "median.safetensors");
+    for (i, m) in median.iter().enumerate().step_by(97) {
+        let mut three = [before[i], a[i], b[i]];
+        three.sort_by(f64::total_cmp);
+        assert_eq!(*m, three[1], "element {i}");
+    }
+    // A copy of another model is refused, naming it.
+    write_file(
+        &s.path("other.safetensors"),
+        &llama(&LlamaShape { intermediate: 256, ..SHAPE }, Dtype::F32, 3),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = s.run(&[
+        "attack",
+        "collude",
+        "--with",
+        "other.safetensors",
+        "--method",
+        "mean",
+        "m.safetensors",
+        "-o",
+        "bad.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::stderr(&o).contains("other.safetensors"), "{}", common::stderr(&o));
+    assert!(!s.path("bad.safetensors").exists());
+
+    // The sweeps run (what detection makes of them depends on the scheme);
+    // every wrong-key z stays low.
+    s.ok(&["keygen", "-o", "k"]);
+    s.ok(&[
+        "embed",
+        "-k",
+        "k.key",
+        "--strength",
+        "0.02",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    let text = s.ok(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked.safetensors",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--attacks",
+        "residual,sign-flips,rescale",
+        "--levels",
+        "rescale=1",
+        "--out",
+        "rob",
+    ]);
+    assert!(text.contains("wrong key above the threshold: 0 of 3 points"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("rob/results.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["attack"].as_str()).collect();
+    assert_eq!(names, ["residual", "sign-flips", "rescale"]);
+    assert!(rows.iter().all(|r| r["damage"].as_f64().unwrap_or(0.0) > 0.1), "{rows:?}");
+}

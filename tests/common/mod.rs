@@ -289,3 +289,117 @@ pub fn has_license_text() -> bool {
     license_text().is_file()
         || fixture_missing("/usr/share/common-licenses/GPL-3", "Debian's base-files ships it")
 }
+
+/// A tensor of a model as f64 values, row-major.
+pub fn tensor_values(m: &weightmark::Model, name: &str) -> Vec<f64> {
+    let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+    let mut v = Vec::new();
+    weightmark::decode_f64(t.dtype, t.data, &mut v);
+    v
+}
+
+/// `x w^T`: `x` holds rows of `w`'s width (a weight in PyTorch's [out, in]
+/// layout), the result rows of its height.
+fn linear(x: &[f64], w: &[f64], width: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len() / width * (w.len() / width));
+    for row in x.chunks_exact(width) {
+        out.extend(
+            w.chunks_exact(width).map(|wr| wr.iter().zip(row).map(|(a, b)| a * b).sum::<f64>()),
+        );
+    }
+    out
+}
+
+/// RMSNorm (epsilon 1e-5) of each row of `x` (rows of `w`'s length), times `w`.
+pub fn rms_norm(x: &[f64], w: &[f64]) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for row in out.chunks_exact_mut(w.len()) {
+        let rms = (row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64 + 1e-5).sqrt();
+        row.iter_mut().zip(w).for_each(|(v, g)| *v = *v / rms * g);
+    }
+    out
+}
+
+/// RoPE (base 10000, Hugging Face's `rotate_half` pairing of `i` with
+/// `i + d/2`) on rows of `heads` heads, row `n` at position `n`.
+pub fn rope(x: &mut [f64], heads: usize, width: usize) {
+    let d = width / heads;
+    for (pos, row) in x.chunks_exact_mut(width).enumerate() {
+        for h in 0..heads {
+            for i in 0..d / 2 {
+                let theta = pos as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
+                let (a, b) = (row[h * d + i], row[h * d + i + d / 2]);
+                row[h * d + i] = a * theta.cos() - b * theta.sin();
+                row[h * d + i + d / 2] = a * theta.sin() + b * theta.cos();
+            }
+        }
+    }
+}
+
+/// Logits (tokens x vocab, row-major) of a Llama-layout model: RMSNorm,
+/// RoPE, grouped-query causal attention, SwiGLU MLP, and the head, or the
+/// embeddings when the head is tied (no `lm_head.weight`). Computed in f64
+/// from the stored values.
+pub fn logits(m: &weightmark::Model, shape: &LlamaShape, tokens: &[usize]) -> Vec<f64> {
+    let embed = tensor_values(m, "model.embed_tokens.weight");
+    let hidden = shape.hidden;
+    let n = tokens.len();
+    let mut h: Vec<f64> =
+        tokens.iter().flat_map(|&t| embed[t * hidden..(t + 1) * hidden].to_vec()).collect();
+    for l in 0..shape.layers {
+        let p = |name: &str| tensor_values(m, &format!("model.layers.{l}.{name}.weight"));
+        let x = rms_norm(&h, &p("input_layernorm"));
+        let mut q = linear(&x, &p("self_attn.q_proj"), hidden);
+        let mut k = linear(&x, &p("self_attn.k_proj"), hidden);
+        let v = linear(&x, &p("self_attn.v_proj"), hidden);
+        let (q_width, kv_width) = (q.len() / n, k.len() / n);
+        let d = q_width / shape.heads;
+        rope(&mut q, shape.heads, q_width);
+        rope(&mut k, shape.kv_heads, kv_width);
+        let mut attn = vec![0.0; n * q_width];
+        for head in 0..shape.heads {
+            let kv = head / (shape.heads / shape.kv_heads);
+            for i in 0..n {
+                let qi = &q[i * q_width + head * d..i * q_width + (head + 1) * d];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let kj = &k[j * kv_width + kv * d..j * kv_width + (kv + 1) * d];
+                        qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = weights.iter().sum();
+                for (j, w) in weights.iter().enumerate() {
+                    for c in 0..d {
+                        attn[i * q_width + head * d + c] += w / sum * v[j * kv_width + kv * d + c];
+                    }
+                }
+            }
+        }
+        let o = linear(&attn, &p("self_attn.o_proj"), q_width);
+        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let x = rms_norm(&h, &p("post_attention_layernorm"));
+        let gate = linear(&x, &p("mlp.gate_proj"), hidden);
+        let up = linear(&x, &p("mlp.up_proj"), hidden);
+        let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+        let down = linear(&act, &p("mlp.down_proj"), act.len() / n);
+        h.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+    }
+    let x = rms_norm(&h, &tensor_values(m, "model.norm.weight"));
+    let head = if m.tensor("lm_head.weight").is_some() {
+        tensor_values(m, "lm_head.weight")
+    } else {
+        embed
+    };
+    linear(&x, &head, hidden)
+}
+
+/// The largest difference between two logit arrays, relative to the largest
+/// magnitude of the first.
+pub fn relative_difference(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "logits of different sizes");
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    worst / scale
+}

@@ -366,6 +366,69 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// Permute and/or flip the signs of the residual-stream channels of a
+    /// Llama-layout model, consistently through every tensor (embedding and
+    /// head columns, q/k/v/gate/up columns, o/down rows, norm weights).
+    /// Function-preserving and bit-exact; a tied head stays tied.
+    Residual {
+        /// Keep the channel order (only flip signs; needs --flip-signs).
+        #[arg(long, requires = "flip_signs")]
+        no_permute: bool,
+        /// Also flip the signs of seeded random channels.
+        #[arg(long)]
+        flip_signs: bool,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Flip the signs of seeded MLP neurons (an up_proj row with its down_proj
+    /// column) and value dimensions (a v_proj row with the o_proj columns of
+    /// its query heads) of a Llama-layout model. Function-preserving and
+    /// bit-exact; needs the model's config.json.
+    SignFlips {
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Rescale a Llama-layout model by seeded log-normal factors that cancel:
+    /// norm weights against the columns reading them, up rows against down
+    /// columns, v rows against o columns, q rows against k rows (per RoPE
+    /// pair). Function-preserving up to rounding; a tied head is untied;
+    /// needs the model's config.json.
+    Rescale {
+        /// Standard deviation of the logarithm of the factors (1 = factors
+        /// typically between 1/e and e).
+        #[arg(long = "log-sd", value_name = "S", allow_negative_numbers = true)]
+        log_sd: f64,
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Mix the value dimensions of each key/value head of a Llama-layout
+    /// model by a seeded invertible matrix, undone in o_proj.
+    /// Function-preserving up to rounding; needs the model's config.json.
+    MixVo {
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Rotate each RoPE pair of the q_proj and k_proj rows of a Llama-layout
+    /// model by a seeded angle common to each key/value group (attention
+    /// scores are unchanged). Function-preserving up to rounding; needs the
+    /// model's config.json.
+    RopeRotate {
+        #[command(flatten)]
+        io: AttackIo,
+    },
+    /// Collusion: combine MODEL with other copies of the same release (same
+    /// tensor names and shapes), element by element; float tensors only, the
+    /// rest copied from MODEL. The damage is measured against MODEL.
+    Collude {
+        /// Another copy (repeatable; at least one).
+        #[arg(long = "with", value_name = "COPY", required = true)]
+        with: Vec<PathBuf>,
+        /// How the copies are combined.
+        #[arg(long, value_name = "METHOD", value_enum)]
+        method: Collusion,
+        #[command(flatten)]
+        io: AttackIo,
+    },
 }
 
 /// Input, output and seed of an attack.
@@ -429,6 +492,9 @@ pub struct RobustnessArgs {
     /// lowrank-r16, scale, cast-f16, merge-unrelated, overwrite; and real
     /// fine-tuning, finetune-full and finetune-lora (levels: training steps
     /// at which to measure; needs --text and a build with --features eval).
+    /// Not in the default, for Llama-layout models: the function-preserving
+    /// residual, sign-flips (config.json beside the model) and rescale
+    /// (level: log-sd of the factors; config.json beside the model).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub attacks: Vec<String>,
     /// Levels for one attack, replacing its defaults: ATTACK=L1,L2,... (repeatable).
@@ -698,6 +764,35 @@ impl From<Permuted> for weightmark::attack::PermuteWhat {
             Permuted::Mlp => weightmark::attack::PermuteWhat::Mlp,
             Permuted::Heads => weightmark::attack::PermuteWhat::Heads,
             Permuted::Both => weightmark::attack::PermuteWhat::Both,
+        }
+    }
+}
+
+/// How `attack collude` combines the copies, element by element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Collusion {
+    /// The mean.
+    Mean,
+    /// The median (mean of the middle two for an even number of copies).
+    Median,
+    /// (max + min) / 2 where the copies differ, else the mean: the unmarked
+    /// value for marks of one amplitude and opposite signs.
+    Midpoint,
+    /// Element i (row-major, within its tensor) from copy i mod k.
+    Interleave,
+    /// Each element from a seeded random copy.
+    Random,
+}
+
+impl From<Collusion> for weightmark::attack::CollusionMethod {
+    fn from(c: Collusion) -> Self {
+        use weightmark::attack::CollusionMethod;
+        match c {
+            Collusion::Mean => CollusionMethod::Mean,
+            Collusion::Median => CollusionMethod::Median,
+            Collusion::Midpoint => CollusionMethod::Midpoint,
+            Collusion::Interleave => CollusionMethod::Interleave,
+            Collusion::Random => CollusionMethod::Random,
         }
     }
 }

@@ -279,6 +279,156 @@ impl HeadPermutation {
     }
 }
 
+/// Where a Hugging Face Llama tensor sits: the finer view behind [`role`], for
+/// edits that treat the projections of a layer differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `model.embed_tokens.weight`, [vocab, hidden].
+    Embed,
+    /// `lm_head.weight`, [vocab, hidden] (absent when tied to the embeddings).
+    Head,
+    /// `model.norm.weight`, [hidden].
+    FinalNorm,
+    /// `input_layernorm.weight` of a layer, [hidden].
+    InputNorm(usize),
+    /// `post_attention_layernorm.weight` of a layer, [hidden].
+    PostAttentionNorm(usize),
+    /// `self_attn.q_proj.weight`, [heads x head_dim, hidden].
+    Q(usize),
+    /// `self_attn.k_proj.weight`, [kv_heads x head_dim, hidden].
+    K(usize),
+    /// `self_attn.v_proj.weight`, [kv_heads x head_dim, hidden].
+    V(usize),
+    /// `self_attn.o_proj.weight`, [hidden, heads x head_dim].
+    O(usize),
+    /// `mlp.gate_proj.weight`, [intermediate, hidden].
+    Gate(usize),
+    /// `mlp.up_proj.weight`, [intermediate, hidden].
+    Up(usize),
+    /// `mlp.down_proj.weight`, [hidden, intermediate].
+    Down(usize),
+}
+
+impl Part {
+    /// The part of a tensor name, if it is one of the Llama weights.
+    pub fn of(name: &str) -> Option<Part> {
+        match name {
+            "model.embed_tokens.weight" => return Some(Part::Embed),
+            "lm_head.weight" => return Some(Part::Head),
+            "model.norm.weight" => return Some(Part::FinalNorm),
+            _ => {}
+        }
+        let (layer, tail) = name.strip_prefix("model.layers.")?.split_once('.')?;
+        let l: usize = layer.parse().ok()?;
+        Some(match tail {
+            "input_layernorm.weight" => Part::InputNorm(l),
+            "post_attention_layernorm.weight" => Part::PostAttentionNorm(l),
+            "self_attn.q_proj.weight" => Part::Q(l),
+            "self_attn.k_proj.weight" => Part::K(l),
+            "self_attn.v_proj.weight" => Part::V(l),
+            "self_attn.o_proj.weight" => Part::O(l),
+            "mlp.gate_proj.weight" => Part::Gate(l),
+            "mlp.up_proj.weight" => Part::Up(l),
+            "mlp.down_proj.weight" => Part::Down(l),
+            _ => return None,
+        })
+    }
+}
+
+/// The residual width of a Llama-layout model: the columns of its embeddings.
+pub fn hidden_size(model: &Model) -> Result<usize> {
+    model.tensor("model.embed_tokens.weight").and_then(|t| t.shape.get(1).copied()).ok_or_else(
+        || {
+            Error::invalid(format!(
+                "{}: no 2-D model.embed_tokens.weight: this edit needs a Llama-layout model",
+                model.path.display()
+            ))
+        },
+    )
+}
+
+/// Grouped-query attention as every layer of a model has it: `heads` query
+/// heads of `head_dim` rows each in `q_proj` (columns of `o_proj`), sharing
+/// `kv_heads` key/value heads in groups of `heads / kv_heads` consecutive
+/// query heads. RoPE (Hugging Face's `rotate_half` layout) turns dimension
+/// `i` of a head together with dimension `i + head_dim / 2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionGeometry {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Rows of one head.
+    pub head_dim: usize,
+}
+
+impl AttentionGeometry {
+    /// The head counts from the model's `config.json`, the head width from
+    /// its `q_proj` rows; every q/k/v/o projection is checked against them.
+    pub fn for_model(model: &Model) -> Result<AttentionGeometry> {
+        let config = LlamaConfig::for_model(model)?;
+        let (heads, kv_heads) = (config.heads, config.kv_heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(Error::invalid(format!(
+                "{}: {heads} attention heads cannot be grouped over {kv_heads} key/value heads",
+                model.path.display()
+            )));
+        }
+        let mut head_dim = None;
+        for t in model.tensors() {
+            if let (Some(Part::Q(_)), [rows, _]) = (Part::of(t.name), t.shape) {
+                let d = rows / heads;
+                if rows % heads != 0 || d % 2 != 0 || head_dim.is_some_and(|h| h != d) {
+                    return Err(Error::invalid(format!(
+                        "tensor '{}': {rows} rows do not split into {heads} heads of one even \
+                         width (RoPE pairs the dimensions of a head)",
+                        t.name
+                    )));
+                }
+                head_dim = Some(d);
+            }
+        }
+        let Some(head_dim) = head_dim else {
+            return Err(Error::invalid(format!(
+                "{}: no model.layers.N.self_attn.q_proj.weight: this edit needs a Llama-layout \
+                 model",
+                model.path.display()
+            )));
+        };
+        let g = AttentionGeometry { heads, kv_heads, head_dim };
+        for t in model.tensors() {
+            let (expected, side) = match Part::of(t.name) {
+                Some(Part::K(_) | Part::V(_)) => (kv_heads * head_dim, 0),
+                Some(Part::O(_)) => (heads * head_dim, 1),
+                _ => continue,
+            };
+            if t.shape.len() != 2 || t.shape[side] != expected {
+                return Err(Error::invalid(format!(
+                    "tensor '{}' of shape {:?} does not fit {kv_heads} key/value heads and \
+                     {heads} query heads of width {head_dim}",
+                    t.name, t.shape
+                )));
+            }
+        }
+        Ok(g)
+    }
+
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+
+    /// The key/value head a query head reads.
+    pub fn kv_of(&self, head: usize) -> usize {
+        head / self.group().max(1)
+    }
+
+    /// Half a head: RoPE pairs dimension `i < half` with `i + half`.
+    pub fn rope_half(&self) -> usize {
+        self.head_dim / 2
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +448,28 @@ mod tests {
         let data: Vec<u8> = (0..6).collect(); // 2 x 3, one byte per element
         assert_eq!(reorder(&data, 2, 3, 1, &[2, 0, 1], true), [2, 0, 1, 5, 3, 4]);
         assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
+    }
+
+    #[test]
+    fn parts_agree_with_roles() {
+        let parts = [
+            ("model.embed_tokens.weight", Part::Embed),
+            ("lm_head.weight", Part::Head),
+            ("model.norm.weight", Part::FinalNorm),
+            ("model.layers.3.input_layernorm.weight", Part::InputNorm(3)),
+            ("model.layers.3.post_attention_layernorm.weight", Part::PostAttentionNorm(3)),
+            ("model.layers.0.self_attn.q_proj.weight", Part::Q(0)),
+            ("model.layers.1.self_attn.k_proj.weight", Part::K(1)),
+            ("model.layers.2.self_attn.v_proj.weight", Part::V(2)),
+            ("model.layers.3.self_attn.o_proj.weight", Part::O(3)),
+            ("model.layers.4.mlp.gate_proj.weight", Part::Gate(4)),
+            ("model.layers.5.mlp.up_proj.weight", Part::Up(5)),
+            ("model.layers.16.mlp.down_proj.weight", Part::Down(16)),
+        ];
+        for (name, p) in parts {
+            assert_eq!(Part::of(name), Some(p), "{name}");
+            assert!(role(name).is_some(), "{name}");
+        }
+        assert_eq!(Part::of("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
     }
 }

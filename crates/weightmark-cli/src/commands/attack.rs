@@ -64,6 +64,16 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
         AttackKind::Overwrite { strength, io } => {
             (Attack::Overwrite { strength: *strength }, io.clone())
         }
+        AttackKind::Residual { no_permute, flip_signs, io } => {
+            (Attack::Residual { permute: !no_permute, flip_signs: *flip_signs }, io.clone())
+        }
+        AttackKind::SignFlips { io } => (Attack::SignFlips, io.clone()),
+        AttackKind::Rescale { log_sd, io } => (Attack::Rescale { log_sd: *log_sd }, io.clone()),
+        AttackKind::MixVo { io } => (Attack::MixVo, io.clone()),
+        AttackKind::RopeRotate { io } => (Attack::RopeRotate, io.clone()),
+        AttackKind::Collude { with, method, io } => {
+            (Attack::Collude { with: with.clone(), method: (*method).into() }, io.clone())
+        }
         AttackKind::Finetune(_) => anyhow::bail!("fine-tuning is not a library attack"),
     })
 }
@@ -107,6 +117,45 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
                 Permuted::Both => "MLP neurons and attention heads",
             },
             io.seed
+        ),
+        (Attack::Residual { permute, flip_signs }, _) => outln!(
+            "residual channels {} (seed {}) -> {out}: the function is unchanged (bit-exact); \
+             element by element the weights changed by {change:.1}% RMS",
+            match (permute, flip_signs) {
+                (true, true) => "permuted and sign-flipped",
+                (true, false) => "permuted",
+                _ => "sign-flipped",
+            },
+            io.seed
+        ),
+        (Attack::SignFlips, _) => outln!(
+            "MLP neurons and value dimensions sign-flipped (seed {}) -> {out}: the function is \
+             unchanged (bit-exact); element by element the flipped weights changed by \
+             {change:.1}% RMS",
+            io.seed
+        ),
+        (Attack::Rescale { log_sd }, _) => outln!(
+            "rescaled with log-normal factors of log-sd {log_sd} (seed {}) -> {out}: the function \
+             is unchanged up to rounding; element by element the weights changed by \
+             {change:.1}% RMS",
+            io.seed
+        ),
+        (Attack::MixVo, _) => outln!(
+            "value dimensions of each key/value head mixed (seed {}) -> {out}: the function is \
+             unchanged up to rounding; element by element v/o changed by {change:.1}% RMS",
+            io.seed
+        ),
+        (Attack::RopeRotate, _) => outln!(
+            "RoPE pairs of q/k rotated per key/value group (seed {}) -> {out}: the function is \
+             unchanged up to rounding; element by element q/k changed by {change:.1}% RMS",
+            io.seed
+        ),
+        (Attack::Collude { with, method }, _) => outln!(
+            "{} of {} copies (seed {}) -> {out}: relative RMS change {change:.3}% against {}",
+            method.name(),
+            with.len() + 1,
+            io.seed,
+            io.model.display()
         ),
         (Attack::Overwrite { strength }, _) => outln!(
             "second mark at strength {strength} (attacker key from seed {}) -> {out}: relative \

@@ -66,7 +66,8 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
             .filter(|name| !is_finetune(name))
             .map(|name| {
                 Sweep::from_name(name.trim()).with_context(|| {
-                    let mut known: Vec<&str> = Sweep::ALL.iter().map(|s| s.name()).collect();
+                    let mut known: Vec<&str> =
+                        Sweep::ALL.iter().chain(&Sweep::FREE).map(|s| s.name()).collect();
                     known.extend(FINETUNE_ATTACKS);
                     format!("--attacks: unknown attack '{name}' (known: {})", known.join(", "))
                 })

@@ -5,10 +5,18 @@
 //! RMS change of the weights it touched). Attacks touch the default-selected
 //! tensors (float matrices); everything else is copied.
 
+pub mod collude;
 pub mod gguf;
+pub mod mix;
 pub mod permute;
+pub mod rescale;
+pub mod residual;
 pub mod rotate;
+pub mod signs;
+mod symmetry;
 pub mod truncate;
+
+pub use collude::CollusionMethod;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -130,6 +138,53 @@ pub enum Attack {
         /// The quantization type (Q8_0, Q4_0, Q4_K, Q6_K, F16 or F32).
         ty: GgmlType,
     },
+    /// Function-preserving, bit-exact edit of the residual stream of a
+    /// Llama-layout model ([`residual::residual`]): a seeded permutation
+    /// and/or seeded sign flips of its channels, applied to the columns of
+    /// every matrix that reads the stream (embeddings, `lm_head`,
+    /// q/k/v/gate/up), the rows of every matrix that writes it (o/down) and
+    /// the norm weights (permuted; signs pass through RMSNorm). A tied head
+    /// stays tied. At least one of the two must be asked for.
+    Residual {
+        /// Permute the channels.
+        permute: bool,
+        /// Flip the signs of the channels.
+        flip_signs: bool,
+    },
+    /// Function-preserving, bit-exact seeded sign flips inside the layers of a
+    /// Llama-layout model ([`signs::sign_flips`]): MLP neurons (an `up_proj`
+    /// row with its `down_proj` column) and value dimensions (a `v_proj` row
+    /// with the `o_proj` columns of every query head of its group). Needs the
+    /// model's `config.json`.
+    SignFlips,
+    /// Function-preserving diagonal rescalings of a Llama-layout model with
+    /// seeded log-normal factors ([`rescale::rescale`]): norm weights against
+    /// the columns that read them, up rows against down columns, v rows
+    /// against o columns, q rows against k rows (per RoPE pair and key/value
+    /// group). Exact up to rounding in each tensor's dtype; a tied head is
+    /// untied. Needs the model's `config.json`.
+    Rescale {
+        /// Standard deviation of the factors' logarithms (0 changes nothing).
+        log_sd: f64,
+    },
+    /// Function-preserving mixing of each key/value head's value dimensions
+    /// by a seeded, well-conditioned invertible matrix, undone in `o_proj`
+    /// ([`mix::mix_vo`]). Exact up to rounding. Needs the model's
+    /// `config.json`.
+    MixVo,
+    /// Function-preserving seeded rotation of each RoPE pair of `q_proj` and
+    /// `k_proj` rows, common to a key/value group ([`mix::rope_rotate`]).
+    /// Exact up to rounding. Needs the model's `config.json`.
+    RopeRotate,
+    /// Collusion: the model and other copies of the same release (same tensor
+    /// names and shapes) combined element by element ([`collude::collude`]);
+    /// the damage is measured against the model.
+    Collude {
+        /// The other copies (at least one).
+        with: Vec<PathBuf>,
+        /// How the copies are combined.
+        method: CollusionMethod,
+    },
 }
 
 /// What [`Attack::Permute`] permutes.
@@ -231,6 +286,23 @@ impl Attack {
                         "overwrite: strength {strength} is out of range; use a value in (0, {}]",
                         crate::embed::MAX_STRENGTH
                     ))
+                }
+            }
+            Attack::Residual { permute, flip_signs } => {
+                if *permute || *flip_signs {
+                    Ok(())
+                } else {
+                    bad("residual: nothing to do; permute the channels, flip their signs, or both"
+                        .into())
+                }
+            }
+            Attack::SignFlips | Attack::MixVo | Attack::RopeRotate => Ok(()),
+            Attack::Rescale { log_sd } => non_negative("rescale: log_sd", *log_sd),
+            Attack::Collude { with, .. } => {
+                if with.is_empty() {
+                    bad("collude: give at least one other copy of the release".into())
+                } else {
+                    Ok(())
                 }
             }
             Attack::Gguf { ty } => {
@@ -347,6 +419,26 @@ pub fn apply(
         Attack::Gguf { ty } => {
             let config = LlamaConfig::for_model(model)?;
             gguf::write_gguf(model, out, *ty, &config)
+        }
+        Attack::Residual { permute, flip_signs } => {
+            let mut map = residual::ResidualMap::identity(residual::hidden_size(model)?);
+            if *permute {
+                map = map.permuted(seed);
+            }
+            if *flip_signs {
+                map = map.sign_flipped(seed);
+            }
+            residual::residual(model, out, &map, progress)
+        }
+        Attack::SignFlips => signs::sign_flips(model, out, seed, progress),
+        Attack::Rescale { log_sd } => rescale::rescale(model, out, *log_sd, seed, progress),
+        Attack::MixVo => mix::mix_vo(model, out, seed, progress),
+        Attack::RopeRotate => mix::rope_rotate(model, out, seed, progress),
+        Attack::Collude { with, method } => {
+            let others = with.iter().map(Model::open).collect::<Result<Vec<Model>>>()?;
+            let mut copies = vec![model];
+            copies.extend(others.iter());
+            collude::collude(&copies, *method, seed, out, progress)
         }
         _ => Err(Error::internal(format!("attack {attack:?} has no implementation"))),
     }
@@ -849,6 +941,10 @@ mod tests {
             (Attack::Truncate { keep: 0 }, "keep at least 1"),
             (Attack::Overwrite { strength: 0.0 }, "strength 0"),
             (Attack::Gguf { ty: GgmlType::Q4_1 }, "Q4_1"),
+            (Attack::Residual { permute: false, flip_signs: false }, "residual: nothing to do"),
+            (Attack::Rescale { log_sd: -1.0 }, "log_sd -1"),
+            (Attack::Rescale { log_sd: f64::NAN }, "log_sd NaN"),
+            (Attack::Collude { with: vec![], method: CollusionMethod::Median }, "other copy"),
         ];
         for (attack, needle) in refused {
             let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();

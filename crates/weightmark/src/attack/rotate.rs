@@ -24,8 +24,14 @@ use crate::synth::SynthTensor;
 
 /// A seeded random orthogonal matrix (Gram-Schmidt on a Gaussian matrix).
 pub fn random_orthogonal(n: usize, seed: u64) -> Array2<f64> {
+    seeded_orthogonal(n, seed, "rotate")
+}
+
+/// A random orthogonal matrix drawn from the stream of `seed` and `name`
+/// (Gram-Schmidt on a Gaussian matrix).
+pub fn seeded_orthogonal(n: usize, seed: u64, name: &str) -> Array2<f64> {
     let mut g = vec![0.0; n * n];
-    fill_normal(&mut stream(seed, "rotate"), 0, &mut g);
+    fill_normal(&mut stream(seed, name), 0, &mut g);
     let mut q = Array2::from_shape_vec((n, n), g).unwrap_or_else(|_| Array2::eye(n));
     for i in 0..n {
         for j in 0..i {

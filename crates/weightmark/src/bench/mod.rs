@@ -45,6 +45,15 @@ pub enum Sweep {
     Merge,
     /// A second mark with another key; level = its strength.
     Overwrite,
+    /// Residual-channel permutation and sign flips (Llama layout,
+    /// function-preserving, bit-exact); level unused (1).
+    Residual,
+    /// MLP-neuron and value sign flips (Llama layout with `config.json`,
+    /// function-preserving, bit-exact); level unused (1).
+    SignFlips,
+    /// Diagonal rescalings (Llama layout with `config.json`,
+    /// function-preserving up to rounding); level = log-sd of the factors.
+    Rescale,
 }
 
 impl Sweep {
@@ -63,6 +72,10 @@ impl Sweep {
         Sweep::Overwrite,
     ];
 
+    /// The function-preserving sweeps, which need a Llama-layout model and are
+    /// not in [`Sweep::ALL`] (the default plan, which any model can take).
+    pub const FREE: [Sweep; 3] = [Sweep::Residual, Sweep::SignFlips, Sweep::Rescale];
+
     /// Short name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {
@@ -77,6 +90,9 @@ impl Sweep {
             Sweep::CastF16 => "cast-f16",
             Sweep::Merge => "merge-unrelated",
             Sweep::Overwrite => "overwrite",
+            Sweep::Residual => "residual",
+            Sweep::SignFlips => "sign-flips",
+            Sweep::Rescale => "rescale",
         }
     }
 
@@ -91,12 +107,14 @@ impl Sweep {
             Sweep::CastF16 => "(none)",
             Sweep::Merge => "weight kept (lambda)",
             Sweep::Overwrite => "strength of the second mark",
+            Sweep::Residual | Sweep::SignFlips => "(none)",
+            Sweep::Rescale => "log-sd of the factors",
         }
     }
 
-    /// Parses a short name.
+    /// Parses a short name ([`Sweep::ALL`] and [`Sweep::FREE`]).
     pub fn from_name(name: &str) -> Option<Sweep> {
-        Sweep::ALL.into_iter().find(|s| s.name() == name)
+        Sweep::ALL.into_iter().chain(Sweep::FREE).find(|s| s.name() == name)
     }
 
     /// Default levels, mildest first.
@@ -113,6 +131,8 @@ impl Sweep {
             Sweep::CastF16 => vec![1.0],
             Sweep::Merge => vec![0.75, 0.5, 0.25],
             Sweep::Overwrite => vec![0.003, 0.03, 0.1],
+            Sweep::Residual | Sweep::SignFlips => vec![1.0],
+            Sweep::Rescale => vec![0.5, 1.0, 2.0],
         }
     }
 
@@ -143,6 +163,9 @@ impl Sweep {
             Sweep::CastF16 => Attack::Cast { via: Dtype::F16 },
             Sweep::Merge => Attack::MergeUnrelated { lambda: level },
             Sweep::Overwrite => Attack::Overwrite { strength: level },
+            Sweep::Residual => Attack::Residual { permute: true, flip_signs: true },
+            Sweep::SignFlips => Attack::SignFlips,
+            Sweep::Rescale => Attack::Rescale { log_sd: level },
         };
         attack
             .validate()

@@ -1,0 +1,439 @@
+//! The adversary's free transforms and collusion (`attack` residual,
+//! sign-flips, rescale, mix-vo, rope-rotate, collude): each function-
+//! preserving edit leaves a Llama-layout model's logits unchanged (the
+//! forward pass of `common`) while moving its weights, and each collusion
+//! method combines copies element by element as documented.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{logits, relative_difference, tensor_values};
+use weightmark::attack::CollusionMethod;
+use weightmark::bench::Sweep;
+use weightmark::synth::{llama, write_file, LlamaShape, SynthTensor};
+use weightmark::{apply_attack, Attack, Dtype, Model, NoProgress};
+
+/// Grouped-query attention (2 query heads per key/value head), head width 32.
+const SHAPE: LlamaShape =
+    LlamaShape { vocab: 512, hidden: 128, intermediate: 344, layers: 2, heads: 4, kv_heads: 2 };
+
+const TOKENS: [usize; 6] = [3, 141, 59, 26, 5, 358];
+
+/// Bound on the relative logit change of an edit that only moves bytes and
+/// flips sign bits (f64 summation order is all that differs).
+const BIT_EXACT: f64 = 1e-12;
+
+/// Bound for edits rounded back to f32 (relative spacing 6e-8 per weight).
+const F32_ROUNDED: f64 = 1e-6;
+
+/// Bound for edits rounded back to bf16 (relative spacing 4e-3 per weight):
+/// each weight moves by up to half a bf16 step, so the logits move by about
+/// as much as a bf16 re-rounding of an f32 model would move them.
+const BF16_ROUNDED: f64 = 2e-2;
+
+/// Writes a synthetic Llama model (and its config.json) into `dir`.
+fn write_model(dir: &Path, dtype: Dtype, seed: u64, tied: bool) -> Model {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    let tensors: Vec<SynthTensor> = llama(&SHAPE, dtype, seed)
+        .into_iter()
+        .filter(|t| !(tied && t.name == "lm_head.weight"))
+        .collect();
+    let path = dir.join("m.safetensors");
+    write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    let config = serde_json::json!({
+        "num_attention_heads": SHAPE.heads,
+        "num_key_value_heads": SHAPE.kv_heads,
+        "num_hidden_layers": SHAPE.layers,
+        "hidden_size": SHAPE.hidden,
+        "intermediate_size": SHAPE.intermediate,
+        "tie_word_embeddings": tied,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    Model::open(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Applies `attack` to `model` (output `name` beside it); returns the edited
+/// model and the reported relative RMS change of the touched weights.
+fn attacked(model: &Model, attack: &Attack, name: &str) -> (Model, f64) {
+    let dir = model.path.parent().unwrap_or_else(|| Path::new("."));
+    let out = dir.join(name);
+    let report =
+        apply_attack(model, &out, attack, 7, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let edited = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    (edited, report.damage.relative_rms_change())
+}
+
+/// Relative logit change of `edited` against `model` on [`TOKENS`].
+fn logit_change(model: &Model, edited: &Model) -> f64 {
+    relative_difference(&logits(model, &SHAPE, &TOKENS), &logits(edited, &SHAPE, &TOKENS))
+}
+
+/// Whether tensor `name` holds other bytes in `b` than in `a`.
+fn changed(a: &Model, b: &Model, name: &str) -> bool {
+    a.tensor(name).map(|t| t.data.to_vec()) != b.tensor(name).map(|t| t.data.to_vec())
+}
+
+/// Sorted absolute values of a tensor (a permutation with sign flips keeps them).
+fn sorted_magnitudes(m: &Model, name: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = tensor_values(m, name).iter().map(|x| x.abs()).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+#[test]
+fn residual_permutation_and_sign_flips_keep_the_logits_bit_exact() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for dtype in [Dtype::F32, Dtype::BF16] {
+        let model = write_model(&dir.path().join(dtype.name()), dtype, 4, false);
+        for (permute, flip_signs) in [(true, false), (false, true), (true, true)] {
+            let attack = Attack::Residual { permute, flip_signs };
+            let (edited, damage) = attacked(&model, &attack, "r.safetensors");
+            let moved = logit_change(&model, &edited);
+            eprintln!(
+                "residual {dtype} permute={permute} flip_signs={flip_signs}: logits {moved:.1e} \
+                 relative, weights changed {:.1}% RMS",
+                100.0 * damage
+            );
+            assert!(moved <= BIT_EXACT, "{attack:?} {dtype}: logits moved by {moved}");
+            assert!(damage > 0.5, "{attack:?}: the weights must move ({damage})");
+            // Bit-exact: every value is still there, only moved and maybe negated.
+            for name in ["model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"] {
+                assert_eq!(sorted_magnitudes(&model, name), sorted_magnitudes(&edited, name));
+                assert!(changed(&model, &edited, name), "{name} unchanged");
+            }
+            // Norm weights are permuted, never negated.
+            let norm = tensor_values(&edited, "model.layers.0.input_layernorm.weight");
+            assert!(norm.iter().all(|&g| g > 0.0));
+            assert_eq!(changed(&model, &edited, "model.layers.0.input_layernorm.weight"), permute);
+            std::fs::remove_file(&edited.path).ok();
+        }
+    }
+}
+
+#[test]
+fn residual_edits_keep_a_tied_head_tied() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 5, true);
+    let attack = Attack::Residual { permute: true, flip_signs: true };
+    let (edited, damage) = attacked(&model, &attack, "r.safetensors");
+    assert!(edited.tensor("lm_head.weight").is_none(), "the head must stay tied");
+    let moved = logit_change(&model, &edited);
+    eprintln!("residual, tied head: logits {moved:.1e} relative, weights {:.1}%", 100.0 * damage);
+    assert!(moved <= BIT_EXACT, "logits moved by {moved}");
+}
+
+#[test]
+fn mlp_and_value_sign_flips_keep_the_logits_bit_exact() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 6, false);
+    let (edited, damage) = attacked(&model, &Attack::SignFlips, "s.safetensors");
+    let moved = logit_change(&model, &edited);
+    eprintln!(
+        "sign flips: logits {moved:.1e} relative, flipped weights changed {:.1}% RMS",
+        100.0 * damage
+    );
+    assert!(moved <= BIT_EXACT, "logits moved by {moved}");
+    assert!(damage > 0.5, "the weights must move ({damage})");
+    for l in 0..SHAPE.layers {
+        let p = |n: &str| format!("model.layers.{l}.{n}.weight");
+        for moved in ["mlp.up_proj", "mlp.down_proj", "self_attn.v_proj", "self_attn.o_proj"] {
+            assert!(changed(&model, &edited, &p(moved)), "{} unchanged", p(moved));
+            assert_eq!(sorted_magnitudes(&model, &p(moved)), sorted_magnitudes(&edited, &p(moved)));
+        }
+        for kept in ["mlp.gate_proj", "self_attn.q_proj", "self_attn.k_proj", "input_layernorm"] {
+            assert!(!changed(&model, &edited, &p(kept)), "{} changed", p(kept));
+        }
+    }
+}
+
+#[test]
+fn rescaling_keeps_the_logits_up_to_rounding() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (dtype, bound) in [(Dtype::F32, F32_ROUNDED), (Dtype::BF16, BF16_ROUNDED)] {
+        let model = write_model(&dir.path().join(dtype.name()), dtype, 7, false);
+        for log_sd in [0.5, 1.0, 2.0] {
+            let attack = Attack::Rescale { log_sd };
+            let (edited, damage) = attacked(&model, &attack, "s.safetensors");
+            let moved = logit_change(&model, &edited);
+            eprintln!(
+                "rescale {dtype} log_sd {log_sd}: logits {moved:.1e} relative (bound {bound:.0e}), \
+                 weights changed {:.1}% RMS",
+                100.0 * damage
+            );
+            assert!(moved <= bound, "{attack:?} {dtype}: logits moved by {moved}");
+            assert!(damage > 0.3 * log_sd.min(1.0), "{attack:?}: the weights must move ({damage})");
+            for name in [
+                "model.norm.weight",
+                "lm_head.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.1.self_attn.o_proj.weight",
+                "model.layers.1.mlp.gate_proj.weight",
+                "model.layers.1.mlp.down_proj.weight",
+            ] {
+                assert!(changed(&model, &edited, name), "{name} unchanged");
+            }
+            assert!(!changed(&model, &edited, "model.embed_tokens.weight"));
+            std::fs::remove_file(&edited.path).ok();
+        }
+    }
+}
+
+#[test]
+fn rescaling_a_tied_model_unties_its_head_and_keeps_the_logits() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 8, true);
+    let (edited, damage) = attacked(&model, &Attack::Rescale { log_sd: 1.0 }, "s.safetensors");
+    assert!(edited.tensor("lm_head.weight").is_some(), "the head must be untied");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("config.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config["tie_word_embeddings"], true, "the input's config is left alone");
+    let moved = logit_change(&model, &edited);
+    eprintln!(
+        "rescale, tied head untied: logits {moved:.1e} relative, weights {:.1}%",
+        100.0 * damage
+    );
+    assert!(moved <= F32_ROUNDED, "logits moved by {moved}");
+}
+
+#[test]
+fn mixing_values_and_rotating_rope_pairs_keep_the_logits_up_to_rounding() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (dtype, bound) in [(Dtype::F32, F32_ROUNDED), (Dtype::BF16, BF16_ROUNDED)] {
+        let model = write_model(&dir.path().join(dtype.name()), dtype, 9, false);
+        for (attack, touched, kept) in [
+            (
+                Attack::MixVo,
+                ["self_attn.v_proj", "self_attn.o_proj"],
+                ["self_attn.q_proj", "self_attn.k_proj"],
+            ),
+            (
+                Attack::RopeRotate,
+                ["self_attn.q_proj", "self_attn.k_proj"],
+                ["self_attn.v_proj", "self_attn.o_proj"],
+            ),
+        ] {
+            let (edited, damage) = attacked(&model, &attack, "x.safetensors");
+            let moved = logit_change(&model, &edited);
+            eprintln!(
+                "{attack:?} {dtype}: logits {moved:.1e} relative (bound {bound:.0e}), touched \
+                 weights changed {:.1}% RMS",
+                100.0 * damage
+            );
+            assert!(moved <= bound, "{attack:?} {dtype}: logits moved by {moved}");
+            assert!(damage > 0.5, "{attack:?}: the weights must move ({damage})");
+            for l in 0..SHAPE.layers {
+                for t in touched {
+                    let name = format!("model.layers.{l}.{t}.weight");
+                    assert!(changed(&model, &edited, &name), "{name} unchanged");
+                }
+                for t in kept {
+                    let name = format!("model.layers.{l}.{t}.weight");
+                    assert!(!changed(&model, &edited, &name), "{name} changed");
+                }
+            }
+            std::fs::remove_file(&edited.path).ok();
+        }
+    }
+}
+
+#[test]
+fn edits_without_a_config_or_a_llama_layout_are_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 10, false);
+    std::fs::remove_file(dir.path().join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out.safetensors");
+    for attack in
+        [Attack::SignFlips, Attack::Rescale { log_sd: 1.0 }, Attack::MixVo, Attack::RopeRotate]
+    {
+        // No parameter to refuse (or a valid one): validate accepts it ...
+        assert!(attack.validate().is_ok(), "{attack:?}");
+        // ... and apply refuses the model, naming the missing file.
+        let err = apply_attack(&model, &out, &attack, 1, &NoProgress)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("config.json"), "{attack:?}: {err}");
+        assert!(!out.exists());
+    }
+    // A model without the Llama layout is refused by the residual edit.
+    let other = dir.path().join("other.safetensors");
+    write_file(&other, &common::mixed_tensors(), None).unwrap_or_else(|e| panic!("{e}"));
+    let other = Model::open(&other).unwrap_or_else(|e| panic!("{e}"));
+    let attack = Attack::Residual { permute: true, flip_signs: false };
+    let err = apply_attack(&other, &out, &attack, 1, &NoProgress)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("model.embed_tokens.weight"), "{err}");
+}
+
+#[test]
+fn validate_refuses_bad_parameters_of_the_new_attacks() {
+    let refused = [
+        (Attack::Residual { permute: false, flip_signs: false }, "residual: nothing to do"),
+        (Attack::Rescale { log_sd: -0.5 }, "log_sd -0.5"),
+        (Attack::Rescale { log_sd: f64::NAN }, "log_sd NaN"),
+        (Attack::Rescale { log_sd: f64::INFINITY }, "log_sd inf"),
+        (
+            Attack::Collude { with: vec![], method: CollusionMethod::Mean },
+            "at least one other copy",
+        ),
+    ];
+    for (attack, needle) in refused {
+        let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(needle), "{attack:?}: {err}");
+    }
+    // apply validates first: nothing is written.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 11, false);
+    let out = dir.path().join("never.safetensors");
+    assert!(apply_attack(&model, &out, &Attack::Rescale { log_sd: -1.0 }, 1, &NoProgress).is_err());
+    assert!(!out.exists());
+    // The bench sweeps map to the same attacks and refuse the same levels.
+    assert_eq!(Sweep::from_name("rescale"), Some(Sweep::Rescale));
+    assert_eq!(Sweep::Rescale.attack(2.0).ok(), Some(Attack::Rescale { log_sd: 2.0 }));
+    assert_eq!(
+        Sweep::from_name("residual").and_then(|s| s.attack(1.0).ok()),
+        Some(Attack::Residual { permute: true, flip_signs: true })
+    );
+    assert_eq!(
+        Sweep::from_name("sign-flips").and_then(|s| s.attack(1.0).ok()),
+        Some(Attack::SignFlips)
+    );
+    let err = Sweep::Rescale.attack(-1.0).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("rescale at level -1"), "{err}");
+    assert!(Sweep::FREE.iter().all(|s| !Sweep::ALL.contains(s)), "not in the default plan");
+}
+
+// ---- collusion ----
+
+/// Writes one copy: the f32 matrix `a.weight` (2 x 3) with `values`, and an
+/// I64 tensor `ids` holding `id` (not a float: copied from the first copy).
+fn write_copy(dir: &Path, name: &str, values: &[f32], id: i64) -> PathBuf {
+    let path = dir.join(name);
+    let tensors = vec![
+        SynthTensor {
+            name: "a.weight".into(),
+            dtype: Dtype::F32,
+            shape: vec![2, values.len() / 2],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+        SynthTensor {
+            name: "ids".into(),
+            dtype: Dtype::I64,
+            shape: vec![1],
+            data: id.to_le_bytes().to_vec(),
+        },
+    ];
+    write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Colludes the copies at `paths` (the first is the model attacked).
+fn collude(paths: &[PathBuf], method: CollusionMethod, out: &Path) -> (Vec<f64>, Vec<u8>) {
+    let first = Model::open(&paths[0]).unwrap_or_else(|e| panic!("{e}"));
+    let attack = Attack::Collude { with: paths[1..].to_vec(), method };
+    apply_attack(&first, out, &attack, 3, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let m = Model::open(out).unwrap_or_else(|e| panic!("{e}"));
+    let ids = m.tensor("ids").map(|t| t.data.to_vec()).unwrap_or_default();
+    let v = tensor_values(&m, "a.weight");
+    std::fs::remove_file(out).ok();
+    (v, ids)
+}
+
+#[test]
+fn collusion_median_takes_the_middle_value_of_three_copies() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let copies = [
+        [1.0f32, -2.0, 7.0, 0.5, 3.0, -1.0],
+        [3.0, -1.0, 5.0, 0.25, 3.0, -4.0],
+        [2.0, -3.0, 6.0, 0.75, 9.0, -2.0],
+    ];
+    let paths: Vec<PathBuf> = copies
+        .iter()
+        .enumerate()
+        .map(|(i, c)| write_copy(dir.path(), &format!("c{i}.safetensors"), c, i as i64 + 10))
+        .collect();
+    let out = dir.path().join("out.safetensors");
+    let (median, ids) = collude(&paths, CollusionMethod::Median, &out);
+    assert_eq!(median, [2.0, -2.0, 6.0, 0.5, 3.0, -2.0]);
+    assert_eq!(ids, 10i64.to_le_bytes(), "non-float tensors come from the first copy");
+    let (mean, _) = collude(&paths, CollusionMethod::Mean, &out);
+    assert_eq!(mean, [2.0, -2.0, 6.0, 0.5, 5.0, f64::from((-7.0f64 / 3.0) as f32)]);
+}
+
+#[test]
+fn collusion_midpoint_of_copies_marked_plus_minus_a_gives_back_the_original() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // w on a coarse grid and a = 1/4096, so every w +- a is exact in f32.
+    let w: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) / 8.0).collect();
+    let a = 1.0f32 / 4096.0;
+    let signs: [[f32; 6]; 3] = [
+        [1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
+        [-1.0, 1.0, 1.0, 1.0, -1.0, -1.0],
+        [1.0, 1.0, 1.0, -1.0, -1.0, 1.0],
+    ];
+    for k in [2usize, 3] {
+        let paths: Vec<PathBuf> = (0..k)
+            .map(|j| {
+                let marked: Vec<f32> = w.iter().zip(&signs[j]).map(|(w, s)| w + s * a).collect();
+                write_copy(dir.path(), &format!("k{k}-{j}.safetensors"), &marked, 0)
+            })
+            .collect();
+        let out = dir.path().join("mid.safetensors");
+        let (mid, _) = collude(&paths, CollusionMethod::Midpoint, &out);
+        for i in 0..w.len() {
+            let s: Vec<f32> = (0..k).map(|j| signs[j][i]).collect();
+            let expected = if s.iter().all(|&x| x == s[0]) { w[i] + s[0] * a } else { w[i] };
+            assert_eq!(mid[i], f64::from(expected), "k {k}, element {i}, signs {s:?}");
+        }
+    }
+}
+
+#[test]
+fn collusion_interleave_and_random_take_each_element_from_one_copy() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let copies: Vec<Vec<f32>> =
+        (0..3).map(|j| (0..6).map(|i| (10 * j + i) as f32).collect()).collect();
+    let paths: Vec<PathBuf> = copies
+        .iter()
+        .enumerate()
+        .map(|(j, c)| write_copy(dir.path(), &format!("c{j}.safetensors"), c, 0))
+        .collect();
+    let out = dir.path().join("out.safetensors");
+    let (inter, _) = collude(&paths, CollusionMethod::Interleave, &out);
+    for (i, v) in inter.iter().enumerate() {
+        assert_eq!(*v, f64::from(copies[i % 3][i]), "element {i} comes from copy {}", i % 3);
+    }
+    let (random, _) = collude(&paths, CollusionMethod::Random, &out);
+    for (i, v) in random.iter().enumerate() {
+        assert!(copies.iter().any(|c| f64::from(c[i]) == *v), "element {i}: {v}");
+    }
+    // Seeded: the same seed picks the same copies.
+    assert_eq!(collude(&paths, CollusionMethod::Random, &out).0, random);
+}
+
+#[test]
+fn collusion_refuses_copies_of_another_shape_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let a = write_copy(dir.path(), "a.safetensors", &[1.0; 6], 0);
+    let b = write_copy(dir.path(), "b.safetensors", &[2.0; 6], 0);
+    let odd = write_copy(dir.path(), "odd-shape.safetensors", &[3.0; 8], 0);
+    let first = Model::open(&a).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out.safetensors");
+    let attack = Attack::Collude { with: vec![b, odd], method: CollusionMethod::Median };
+    let err = apply_attack(&first, &out, &attack, 1, &NoProgress)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("odd-shape.safetensors") && err.contains("'a.weight'"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    // Nor may the output replace one of the copies.
+    let b = dir.path().join("b.safetensors");
+    let attack = Attack::Collude { with: vec![b.clone()], method: CollusionMethod::Mean };
+    assert!(apply_attack(&first, &b, &attack, 1, &NoProgress).is_err());
+}
