@@ -60,3 +60,102 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
     assert!(mean.abs() <= 0.1, "mean z {mean}");
     assert!((0.9..=1.1).contains(&sd), "sd {sd}");
 }
+
+/// z of 1,000 wrong ss2 release keys (tested in one pass) against `suspect`.
+fn ss2_wrong_key_zs(suspect: &Model, tensors: Vec<(String, Vec<usize>)>) -> Vec<f64> {
+    let targets: Vec<Target> = (0u32..1000)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            seed[31] = 0xdd;
+            let (release, _) = SecretKey::from_seed(seed).ss2_keys("release", None, &[7; 32]);
+            Target {
+                scheme: weightmark::Scheme::Ss2,
+                mark_key: release,
+                recipient_key: None,
+                tensors: Some(tensors.clone()),
+            }
+        })
+        .collect();
+    let refs: Vec<&Target> = targets.iter().collect();
+    let options = DetectOptions::default();
+    weightmark::detect_many(suspect, None, &refs, &options)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|d| {
+            assert!(!d.detected, "a wrong key reached the threshold: z {}", d.z);
+            d.z
+        })
+        .collect()
+}
+
+fn mean_sd(zs: &[f64]) -> (f64, f64) {
+    let n = zs.len() as f64;
+    let mean = zs.iter().sum::<f64>() / n;
+    (mean, (zs.iter().map(|z| (z - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt())
+}
+
+#[test]
+fn ss2_a_thousand_wrong_keys_on_the_unmarked_and_on_a_stranger_s_model_look_like_noise() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shape =
+        LlamaShape { vocab: 512, hidden: 128, intermediate: 344, layers: 2, heads: 4, kv_heads: 2 };
+    let input = dir.path().join("in.safetensors");
+    write_file(&input, &llama(&shape, Dtype::BF16, 22), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+    let tensors: Vec<(String, Vec<usize>)> = model
+        .tensors()
+        .filter(weightmark::is_default_selected)
+        .map(|t| (t.name.to_string(), t.shape.to_vec()))
+        .collect();
+    // Someone else marked this model (ss2): our wrong keys must not see it.
+    let stranger = dir.path().join("stranger.safetensors");
+    let options = EmbedOptions::new("theirs").strength(0.01);
+    embed(&model, &stranger, &SecretKey::from_seed([9; 32]), &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stranger = Model::open(&stranger).unwrap_or_else(|e| panic!("{e}"));
+    for (what, suspect) in [("unmarked", &model), ("marked by someone else", &stranger)] {
+        let zs = ss2_wrong_key_zs(suspect, tensors.clone());
+        let (mean, sd) = mean_sd(&zs);
+        let max = zs.iter().cloned().fold(f64::MIN, f64::max);
+        eprintln!(
+            "ss2, 1000 wrong keys on the {what} model: mean z {mean:.4}, sd {sd:.4}, max {max:.2}"
+        );
+        assert!(mean.abs() <= 0.1, "{what}: mean z {mean}");
+        assert!((0.9..=1.1).contains(&sd), "{what}: sd {sd}");
+    }
+}
+
+#[test]
+fn ss2_the_same_label_on_two_models_gives_unrelated_marks() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shape =
+        LlamaShape { vocab: 512, hidden: 128, intermediate: 344, layers: 2, heads: 4, kv_heads: 2 };
+    let owner = SecretKey::from_seed([11; 32]);
+    let mut certs = Vec::new();
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let input = dir.path().join(format!("{name}.safetensors"));
+        write_file(&input, &llama(&shape, Dtype::F32, seed), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join(format!("{name}-marked.safetensors"));
+        let report = embed(&model, &out, &owner, &EmbedOptions::new("model").strength(0.01))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = dir.path().join(format!("{name}.cert.json"));
+        weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        certs.push(
+            weightmark::load_certificate(&cert, &owner.public_key())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let b_marked =
+        Model::open(dir.path().join("b-marked.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let as_b = Target::from_certificate(&certs[1], &owner).unwrap_or_else(|e| panic!("{e}"));
+    let as_a = Target::from_certificate(&certs[0], &owner).unwrap_or_else(|e| panic!("{e}"));
+    let options = DetectOptions::default();
+    let right = detect(&b_marked, None, &as_b, &options).unwrap_or_else(|e| panic!("{e}"));
+    let wrong = detect(&b_marked, None, &as_a, &options).unwrap_or_else(|e| panic!("{e}"));
+    assert!(right.detected, "B's own certificate finds B (z {})", right.z);
+    assert!(!wrong.detected && wrong.z.abs() < 5.0, "A's certificate on B: z {}", wrong.z);
+}

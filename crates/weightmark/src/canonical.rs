@@ -37,13 +37,6 @@ pub struct Axes<'c> {
     pub cols: Option<&'c [u32]>,
 }
 
-impl<'c> Axes<'c> {
-    /// The canonical index of stored row `i`.
-    pub fn row(&self, i: usize) -> usize {
-        self.rows.and_then(|r| r.get(i)).map_or(i, |&c| c as usize)
-    }
-}
-
 /// Names of the tensors that fix the residual order, in preference order.
 const ORDER_SOURCES: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
 
