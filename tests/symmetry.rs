@@ -437,3 +437,110 @@ fn collusion_refuses_copies_of_another_shape_naming_the_file() {
     let attack = Attack::Collude { with: vec![b.clone()], method: CollusionMethod::Mean };
     assert!(apply_attack(&first, &b, &attack, 1, &NoProgress).is_err());
 }
+
+// ---- ss1 falls to the free transforms; ss2 does not ------------------------
+
+/// A 20M-parameter bf16 Llama with its config.json, marked under `scheme`
+/// (strength 0.003, recipient "alice"); returns the marked model and its target.
+fn marked_20m(dir: &Path, scheme: weightmark::Scheme) -> (Model, weightmark::Target) {
+    let shape = common::SHAPE_20M;
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap_or_else(|e| panic!("{e}"));
+    write_file(&input.join("model.safetensors"), &llama(&shape, Dtype::BF16, 31), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = serde_json::json!({
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "num_hidden_layers": shape.layers,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+    });
+    std::fs::write(input.join("config.json"), config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+    let key = weightmark::SecretKey::from_seed([77; 32]);
+    let out = dir.join("marked");
+    let options = weightmark::EmbedOptions::new("v1").scheme(scheme).recipient("alice");
+    let report = weightmark::embed(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.join("marked.cert.json");
+    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert =
+        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
+    let target =
+        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    (Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target)
+}
+
+fn blind_z(model: &Model, target: &weightmark::Target) -> f64 {
+    weightmark::detect(model, None, target, &weightmark::DetectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .z
+}
+
+#[test]
+fn the_free_transforms_erase_ss1_blind_but_not_ss2() {
+    let chain = [
+        Attack::Residual { permute: true, flip_signs: true },
+        Attack::SignFlips,
+        Attack::Rescale { log_sd: 2.0 },
+    ];
+    for scheme in [weightmark::Scheme::Ss1, weightmark::Scheme::Ss2] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (marked, target) = marked_20m(dir.path(), scheme);
+        let before = blind_z(&marked, &target);
+        let mut current = marked;
+        for (k, attack) in chain.iter().enumerate() {
+            let out = dir.path().join(format!("step{k}"));
+            apply_attack(&current, &out, attack, 5, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+            current = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+            let z = blind_z(&current, &target);
+            eprintln!("{scheme}: blind z {before:.2} -> {z:.2} after {attack:?}");
+        }
+        let after = blind_z(&current, &target);
+        match scheme {
+            weightmark::Scheme::Ss1 => assert!(after < 6.44, "ss1 survived: {after}"),
+            _ => assert!(after >= 6.44 && after > 0.8 * before, "ss2 fell: {before} -> {after}"),
+        }
+    }
+}
+
+#[test]
+fn midpoint_collusion_of_four_copies_keeps_the_ss2_release_component() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shape = common::SHAPE_20M;
+    let input = dir.path().join("in.safetensors");
+    write_file(&input, &llama(&shape, Dtype::BF16, 32), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+    let key = weightmark::SecretKey::from_seed([78; 32]);
+    let mut copies = Vec::new();
+    let mut targets = Vec::new();
+    for r in ["a", "b", "c", "d"] {
+        let out = dir.path().join(format!("{r}.safetensors"));
+        let report = weightmark::embed(
+            &model,
+            &out,
+            &key,
+            &weightmark::EmbedOptions::new("v1").recipient(r),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cert = dir.path().join(format!("{r}.json"));
+        weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = weightmark::load_certificate(&cert, &key.public_key())
+            .unwrap_or_else(|e| panic!("{e}"));
+        targets.push(
+            weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}")),
+        );
+        copies.push(out);
+    }
+    let first = Model::open(&copies[0]).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("colluded.safetensors");
+    let attack = Attack::Collude { with: copies[1..].to_vec(), method: CollusionMethod::Midpoint };
+    apply_attack(&first, &out, &attack, 1, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+    let colluded = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    let d = weightmark::detect(&colluded, None, &targets[0], &weightmark::DetectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let recipient = d.recipient_component.map_or(0.0, |c| c.z);
+    eprintln!("4-copy midpoint: release component z {:.2}, recipient a z {recipient:.2}", d.z);
+    assert!(d.detected && d.z >= 6.44, "the release component must survive: z {}", d.z);
+}
