@@ -41,11 +41,21 @@ pub struct Realigned {
     pub recovered: Vec<String>,
 }
 
+/// Which residual-stream transforms [`realign`] undoes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Undo {
+    /// Every orthogonal transform, signed permutations included (`ss1`).
+    All,
+    /// Rotations only: signed permutations of the residual stream are left
+    /// to the scheme (`ss2`'s canonical coordinates are invariant to them).
+    RotationsOnly,
+}
+
 /// Finds and undoes a residual-stream rotation, then permutations of MLP
 /// neurons and attention heads, of `suspect` relative to `original`; `None`
 /// when there is nothing to undo.
-pub fn realign(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
-    let rotation = crate::align_rotation::unrotate(suspect, original)?;
+pub fn realign(suspect: &Model, original: &Model, undo: Undo) -> Result<Option<Realigned>> {
+    let rotation = crate::align_rotation::unrotate(suspect, original, undo)?;
     let (s, o) = match &rotation {
         Some(r) => (&r.suspect, &r.original),
         None => (suspect, original),

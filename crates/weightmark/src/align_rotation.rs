@@ -62,7 +62,11 @@ fn encode(t: &TensorRef<'_>, m: &Array2<f64>) -> OwnedTensor {
 
 /// Finds and undoes a rotation of the residual stream; `None` if the
 /// suspect's embeddings already line up with the original's.
-pub fn unrotate(suspect: &Model, original: &Model) -> Result<Option<Unrotated>> {
+pub fn unrotate(
+    suspect: &Model,
+    original: &Model,
+    undo: crate::align::Undo,
+) -> Result<Option<Unrotated>> {
     let (Some(se), Some(oe)) =
         (suspect.tensor("model.embed_tokens.weight"), original.tensor("model.embed_tokens.weight"))
     else {
@@ -97,6 +101,13 @@ pub fn unrotate(suspect: &Model, original: &Model) -> Result<Option<Unrotated>> 
     let q = polar(&m);
     // Confirm: the rotated-back embeddings must line up with the original's.
     if mean_row_cosine(&se_m.dot(&q.t()), &oe_m) < 0.9 {
+        return Ok(None);
+    }
+    // A signed permutation is a rotation too; ss2 detection is invariant to
+    // it (canonical order, magnitudes), and undoing it would re-round every
+    // weight for nothing.
+    let signed_permutation = q.rows().into_iter().all(|r| r.iter().any(|v| v.abs() > 0.98));
+    if signed_permutation && undo == crate::align::Undo::RotationsOnly {
         return Ok(None);
     }
     let mut s_owned = Vec::new();

@@ -81,6 +81,81 @@ impl Canonical {
     }
 }
 
+/// Rows of the embedding sampled to match channels (every k-th row).
+const MATCH_ROWS: usize = 4096;
+
+/// How far, in canonical rank, a suspect channel's match is looked for.
+const MATCH_WINDOW: usize = 16;
+
+/// Informed detection: for each stored residual channel of `suspect`, the
+/// stored channel of `original` holding the same content. Candidates are
+/// the original's channels within [`MATCH_WINDOW`] canonical ranks; the one
+/// whose embedding column (on a fixed sample of rows) correlates best in
+/// absolute value wins (a sign flip gives -1). Weights only, never the key.
+/// `None` without a Llama embedding in both, or when the widths differ.
+pub fn match_residual(
+    suspect: &Model,
+    original: &Model,
+    cs: &Canonical,
+    co: &Canonical,
+) -> Option<Vec<usize>> {
+    let hidden = cs.hidden();
+    if hidden == 0 || co.hidden() != hidden {
+        return None;
+    }
+    let name = ORDER_SOURCES
+        .iter()
+        .find(|n| suspect.tensor(n).is_some() && original.tensor(n).is_some())?;
+    let columns = |m: &Model| -> Option<Vec<Vec<f64>>> {
+        let t = m.tensor(name)?;
+        let [rows, cols] = *t.shape else { return None };
+        if cols != hidden || !t.dtype.is_readable() {
+            return None;
+        }
+        let step = (rows / MATCH_ROWS).max(1);
+        let size = t.dtype.size();
+        let mut out = vec![Vec::with_capacity(rows / step + 1); cols];
+        let mut row = Vec::new();
+        for r in (0..rows).step_by(step) {
+            decode_f64(t.dtype, t.data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
+            for (c, v) in out.iter_mut().zip(&row) {
+                c.push(if v.is_finite() { *v } else { 0.0 });
+            }
+        }
+        for c in &mut out {
+            let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
+            c.iter_mut().for_each(|v| *v -= mean);
+            let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                c.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+        Some(out)
+    };
+    let (sc, oc) = (columns(suspect)?, columns(original)?);
+    let mut by_rank = vec![0usize; hidden];
+    for (stored, &r) in co.rank.iter().enumerate() {
+        *by_rank.get_mut(r as usize)? = stored;
+    }
+    Some(
+        (0..hidden)
+            .into_par_iter()
+            .map(|j| {
+                let r = cs.rank[j] as usize;
+                let (lo, hi) = (r.saturating_sub(MATCH_WINDOW), (r + MATCH_WINDOW + 1).min(hidden));
+                let mut best = (by_rank[r], f64::MIN);
+                for &k in &by_rank[lo..hi] {
+                    let c: f64 = sc[j].iter().zip(&oc[k]).map(|(a, b)| a * b).sum::<f64>().abs();
+                    if c > best.1 {
+                        best = (k, c);
+                    }
+                }
+                best.0
+            })
+            .collect(),
+    )
+}
+
 /// Mean |w| of each column (finite elements), rows summed in a fixed order.
 fn column_mean_magnitudes(t: &TensorRef<'_>, rows: usize, cols: usize) -> Vec<f64> {
     let size = t.dtype.size();

@@ -240,7 +240,14 @@ pub fn detect_many(
     // With the original at hand, undo function-preserving edits first. The
     // digests below are still those of the suspect as given.
     let realigned = match original {
-        Some(o) => crate::align::realign(suspect, o)?,
+        Some(o) => {
+            let undo = if targets.iter().all(|t| t.scheme == Scheme::Ss2) {
+                crate::align::Undo::RotationsOnly
+            } else {
+                crate::align::Undo::All
+            };
+            crate::align::realign(suspect, o, undo)?
+        }
         None => None,
     };
     let given = suspect;
@@ -287,6 +294,14 @@ pub fn detect_many(
         (true, Some(o)) => Canonical::of(o),
         _ => Canonical::default(),
     };
+    // Informed: pair each suspect residual channel with the original's by
+    // content, not only by rank (the mark and edits swap near-equal ranks).
+    let residual_match = match original {
+        Some(o) if any_ss2 => {
+            crate::canonical::match_residual(suspect, o, &canonical_s, &canonical_o)
+        }
+        _ => None,
+    };
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
@@ -312,7 +327,11 @@ pub fn detect_many(
             }
             let refs: Vec<&TensorStreams> = streams.iter().collect();
             let axes = canonical_s.axes(t);
-            let aligned = o.map(|tensor| Aligned { tensor, axes: canonical_o.axes(&tensor) });
+            let aligned = o.map(|tensor| Aligned {
+                tensor,
+                axes: canonical_o.axes(&tensor),
+                residual: residual_match.as_deref(),
+            });
             let stats = crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs);
             per_user.extend(ss2.iter().copied().zip(stats.iter().copied()));
             for (ti, k) in recipient_of {

@@ -243,7 +243,7 @@ impl<'o> Marking<'o> {
             crate::ss2::embed_tensor(t, &axes, &release, recipient.as_ref(), ss2.strengths);
         let marked = TensorRef { data: &data, ..*t };
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release]);
-        let aligned = crate::ss2::Aligned { tensor: *t, axes };
+        let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &[&release]);
         let (b, i) = (
             blind.first().copied().unwrap_or_default(),

@@ -271,6 +271,10 @@ pub struct Aligned<'a> {
     pub tensor: TensorRef<'a>,
     /// Its canonical axes.
     pub axes: Axes<'a>,
+    /// For each stored residual channel of the suspect, the original's
+    /// stored channel it was matched to ([`crate::canonical::match_residual`]);
+    /// `None` pairs channels of equal canonical rank.
+    pub residual: Option<&'a [usize]>,
 }
 
 /// For each stored index of one axis of the suspect, the stored index of the
@@ -347,8 +351,14 @@ pub fn detect_tensor(
         decode_f64(o.tensor.dtype, o.tensor.data, &mut values);
         Reference {
             profile: Profile::of(&o.tensor),
-            rows: axis_map(axes.rows, o.axes.rows, rows),
-            cols: axis_map(axes.cols, o.axes.cols, cols),
+            rows: match (axes.rows, o.residual) {
+                (Some(_), Some(m)) if m.len() == rows => m.to_vec(),
+                _ => axis_map(axes.rows, o.axes.rows, rows),
+            },
+            cols: match (axes.cols, o.residual) {
+                (Some(_), Some(m)) if m.len() == cols => m.to_vec(),
+                _ => axis_map(axes.cols, o.axes.cols, cols),
+            },
             values,
         }
     });
@@ -492,6 +502,7 @@ mod tests {
         let aligned = original.map(|o| Aligned {
             tensor: o.tensor("w").unwrap_or_else(|| panic!("w")),
             axes: Axes::default(),
+            residual: None,
         });
         detect_tensor(&t, &Axes::default(), aligned.as_ref(), &[&streams])[0].z()
     }
