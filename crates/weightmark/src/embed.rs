@@ -448,8 +448,19 @@ pub fn certify(saved: &Model, record: &ReleasePredicate, key: &SecretKey) -> Res
             key.public_key().key_id()
         ));
     }
-    let mark_key = key.mark_key(&record.label, record.recipient.as_deref());
-    if hex(&mark_key.commitment()) != record.mark_key_commitment {
+    let scheme = record
+        .scheme()
+        .map_err(|e| Error::Certificate { path: saved.path.clone(), reason: e.to_string() })?;
+    let (mark_key, recipient_key) = match scheme {
+        Scheme::Ss1 => (key.mark_key(&record.label, record.recipient.as_deref()), None),
+        Scheme::Ss2 => {
+            let root = record.original_root()?;
+            key.ss2_keys(&record.label, record.recipient.as_deref(), &root)
+        }
+    };
+    if hex(&mark_key.commitment()) != record.mark_key_commitment
+        || recipient_key.map(|k| hex(&k.commitment())) != record.recipient_key_commitment
+    {
         return refuse("the release record's mark-key commitment is not this key's".into());
     }
     if saved.files.is_empty() {

@@ -1,0 +1,302 @@
+//! The commands that work on files, with the CLI's semantics: each runs
+//! without the GIL and returns the JSON text of its result, the same object
+//! the CLI prints with `--json` where the CLI has that option.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use weightmark::provenance::{verify_file, ModelCheck, Verified, VerifiedKind};
+use weightmark::{
+    check_release_paths, convert, default_certificate_path, embed, hex, identify,
+    is_default_selected, load_candidates, model_tensor_digests, parse_size, resolve_output,
+    tensor_root, write_atomic, ConvertOptions, Dtype, EmbedOptions, Error, IdentifyOptions, Model,
+    Progress, PublicKey, Scheme, SecretKey, Selection,
+};
+
+use crate::detection::check_threshold;
+use crate::errors::{json_text, Failure, Outcome};
+use crate::summary::{marking_summary, Marked};
+
+/// What `keygen` wrote: the secret key, the public key, the key id.
+pub fn keygen(name: &Path) -> Outcome<(String, String, String)> {
+    let secret_path = with_suffix(name, "key");
+    let public_path = with_suffix(name, "pub");
+    let key = SecretKey::generate()?;
+    key.save(&secret_path, &public_path, &weightmark::now_rfc3339())?;
+    Ok((
+        secret_path.display().to_string(),
+        public_path.display().to_string(),
+        key.public_key().key_id(),
+    ))
+}
+
+/// `NAME` + `.ext` (keeps any dots already in NAME).
+fn with_suffix(base: &Path, ext: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// The arguments of `embed`.
+pub struct EmbedRequest {
+    /// The model to mark.
+    pub model: PathBuf,
+    /// Where the marked model goes.
+    pub output: PathBuf,
+    /// The owner's secret key file.
+    pub key: PathBuf,
+    /// Release label (default: the model's name).
+    pub label: Option<String>,
+    /// Recipient (licensee).
+    pub recipient: Option<String>,
+    /// Mark strength.
+    pub strength: f64,
+    /// Mark scheme (the library's default when absent).
+    pub scheme: Option<Scheme>,
+    /// Tensor globs (default selection when absent or empty).
+    pub tensors: Option<Vec<String>>,
+    /// Certificate path (default `OUT.cert.json` beside the output).
+    pub cert: Option<PathBuf>,
+}
+
+/// Embedding options: the library's defaults (scheme, creation time) with
+/// these choices.
+pub fn options<'p>(
+    label: &str,
+    recipient: Option<String>,
+    strength: f64,
+    scheme: Option<Scheme>,
+    globs: Option<Vec<String>>,
+    progress: &'p dyn Progress,
+) -> EmbedOptions<'p> {
+    let mut options = EmbedOptions::new(label).strength(strength).progress(progress);
+    options.recipient = recipient;
+    options.selection = selection(globs);
+    if let Some(scheme) = scheme {
+        options.scheme = scheme;
+    }
+    options
+}
+
+/// The scheme called `name` (`"ss1"`, `"ss2"`), or an input error.
+pub fn parse_scheme(name: Option<&str>) -> Outcome<Option<Scheme>> {
+    name.map(|n| {
+        Scheme::from_name(&n.to_ascii_lowercase()).ok_or_else(|| {
+            let known: Vec<String> =
+                Scheme::ALL.iter().map(|s| format!("'{}'", s.name())).collect();
+            Failure::Input(format!(
+                "scheme '{}' is not one this version knows: use {}",
+                n.escape_debug(),
+                known.join(" or ")
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Tensor selection from optional globs: none (or an empty list) is the
+/// default selection, as with the CLI's `--tensors`.
+pub fn selection(globs: Option<Vec<String>>) -> Selection {
+    match globs {
+        Some(globs) if !globs.is_empty() => Selection::Globs(globs),
+        _ => Selection::Default,
+    }
+}
+
+/// Marks a model file, writes it and its certificate.
+pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> {
+    let key = SecretKey::load(&r.key)?;
+    let model = Model::open(&r.model)?;
+    let destination = resolve_output(&model, &r.output)?;
+    let cert_path = r.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
+    check_release_paths(&model, &r.key, &destination, &cert_path)?;
+    let label = r.label.clone().unwrap_or_else(|| model.display_name());
+    let options = options(&label, r.recipient.clone(), r.strength, r.scheme, r.tensors, progress);
+    let report = embed(&model, &r.output, &key, &options)?;
+    write_atomic(&cert_path, &report.certificate_text()?)?;
+    let mut out = marking_summary(&Marked {
+        scheme: options.scheme,
+        label: &label,
+        recipient: r.recipient.as_deref(),
+        strength: r.strength,
+        signer: &key.public_key().key_id(),
+        tensors: &report.tensors,
+        fidelity: &report.fidelity,
+        blind: &report.blind,
+        informed: &report.informed,
+    });
+    out.insert("model".into(), json!(r.model.display().to_string()));
+    out.insert("output".into(), json!(report.written.path.display().to_string()));
+    out.insert("certificate".into(), json!(cert_path.display().to_string()));
+    out.insert(
+        "files".into(),
+        json!(report
+            .written
+            .files
+            .iter()
+            .map(|f| json!({"name": f.name, "sha256": hex(&f.sha256), "size": f.size}))
+            .collect::<Vec<_>>()),
+    );
+    out.insert("copied".into(), json!(report.written.copied));
+    out.insert("skipped".into(), json!(report.written.skipped));
+    out.insert("warnings".into(), json!(model.warnings));
+    json_text(&serde_json::Value::Object(out))
+}
+
+/// Ranks every certificate of `certs` against the suspect: the CLI's
+/// `identify --json` object, and the files left out with the reason.
+pub fn identify_files(
+    suspect: &Path,
+    key: &Path,
+    certs: &Path,
+    original: Option<&Path>,
+    threshold: f64,
+    progress: &dyn Progress,
+) -> Outcome<(String, Vec<(String, String)>)> {
+    check_threshold(threshold)?;
+    let secret = SecretKey::load(key)?;
+    let loaded = load_candidates(certs, &secret)?;
+    let skipped =
+        loaded.skipped.iter().map(|(p, why)| (p.display().to_string(), why.clone())).collect();
+    let suspect = Model::open(suspect)?;
+    let original = original.map(Model::open).transpose()?;
+    let options = IdentifyOptions { threshold_p: threshold, progress };
+    let found = identify(&suspect, original.as_ref(), &loaded.candidates, &options)?;
+    let value = serde_json::to_value(&found)
+        .map_err(|e| Failure::Library(Error::internal(format!("cannot write JSON: {e}"))))?;
+    Ok((json_text(&value)?, skipped))
+}
+
+/// Checks a certificate's or report's signature (and a model against it):
+/// the CLI's `verify --json` object. A signature that does not verify, or
+/// another key's, is a result with `valid` false, not an error.
+pub fn verify_files(file: &Path, public: &Path, model: Option<&Path>) -> Outcome<String> {
+    let public = PublicKey::load(public)?;
+    let model = model.map(Model::open).transpose()?;
+    let verified = match verify_file(file, &public, model.as_ref()) {
+        Ok(v) => v,
+        Err(e @ (Error::BadSignature { .. } | Error::WrongKey { .. })) => {
+            return json_text(&json!({
+                "valid": false,
+                "file": file.display().to_string(),
+                "reason": e.to_string(),
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let model_ok = verified.model.as_ref().is_none_or(ModelCheck::tensors_match);
+    json_text(&verified_json(file, &verified, model_ok))
+}
+
+fn verified_json(file: &Path, v: &Verified, model_ok: bool) -> serde_json::Value {
+    let (kind, predicate) = match &v.kind {
+        VerifiedKind::Certificate(s) => ("certificate", json!(s.predicate)),
+        VerifiedKind::Report(s) => ("report", json!(s.predicate)),
+    };
+    json!({
+        "valid": model_ok,
+        "signature_valid": true,
+        "file": file.display().to_string(),
+        "kind": kind,
+        "signer": v.signer,
+        "sha256": v.digest,
+        "predicate": predicate,
+        "model": v.model.as_ref().map(|c| json!({
+            "files_match": c.files_match(),
+            "tensors_match": c.tensors_match(),
+            "files_not_found": c.files_not_found,
+            "files_unrecorded": c.files_unrecorded,
+            "tensors_changed": c.tensors_changed,
+            "tensors_missing": c.tensors_missing,
+            "tensors_extra": c.tensors_extra,
+        })),
+    })
+}
+
+/// A model's tensors, files and digests: the CLI's `inspect --json` object
+/// (`digests` false leaves the digests out, as `--no-digests` does).
+pub fn inspect_model(path: &Path, digests: bool) -> Outcome<(String, Vec<String>)> {
+    let model = Model::open(path)?;
+    let tensor_digests = digests.then(|| model_tensor_digests(&model));
+    let tensors: Vec<_> = model
+        .tensors()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({
+                "name": t.name,
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "elements": t.elements(),
+                "bytes": t.data.len(),
+                "marked_by_default": is_default_selected(&t),
+                "digest": tensor_digests.as_ref().and_then(|d| d.get(i)).map(|(_, d)| hex(d)),
+            })
+        })
+        .collect();
+    let mut files: Vec<_> = model
+        .files
+        .iter()
+        .map(|f| json!({"name": f.file_name, "bytes": f.bytes().len(), "tensors": f.header.tensors.len()}))
+        .collect();
+    if let Some(raw) = &model.raw {
+        files.push(json!({"name": raw.file_name, "bytes": raw.bytes().len(), "tensors": model.tensor_count(), "gguf_version": raw.gguf.version}));
+    }
+    let metadata: Vec<_> = model.files.iter().map(|f| json!(f.header.metadata)).collect();
+    let out = json!({
+        "path": path.display().to_string(),
+        "layout": format!("{:?}", model.layout),
+        "files": files,
+        "metadata": metadata,
+        "tensors": tensors,
+        "tensor_root": tensor_digests.as_ref().map(|d| hex(&tensor_root(d))),
+    });
+    Ok((json_text(&out)?, model.warnings.clone()))
+}
+
+/// The output dtype of `convert`, from `f32`, `f16` or `bf16` (any case;
+/// `float32`, `float16` and `bfloat16` too).
+fn float_dtype(name: &str) -> Outcome<Dtype> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(Dtype::F32),
+        "f16" | "float16" => Ok(Dtype::F16),
+        "bf16" | "bfloat16" => Ok(Dtype::BF16),
+        _ => Err(Failure::Input(format!(
+            "dtype '{}' is not one convert writes: use f32, f16 or bf16",
+            name.escape_debug()
+        ))),
+    }
+}
+
+/// Writes a GGUF (or any readable) model as Hugging Face-layout safetensors.
+pub fn convert_model(
+    model: &Path,
+    output: &Path,
+    dtype: &str,
+    max_shard_size: Option<&str>,
+) -> Outcome<String> {
+    let dtype = float_dtype(dtype)?;
+    let max_shard_bytes = match max_shard_size {
+        None => None,
+        Some(s) => Some(parse_size(s).ok_or_else(|| {
+            Failure::Input(format!(
+                "max_shard_size '{}' is not a size such as 500MB, 2GB, 1GiB or a number of bytes",
+                s.escape_debug()
+            ))
+        })?),
+    };
+    let opened = Model::open(model)?;
+    let report = convert(&opened, output, &ConvertOptions { dtype, max_shard_bytes })?;
+    let mut warnings = opened.warnings.clone();
+    warnings.extend(report.warnings.iter().cloned());
+    json_text(&json!({
+        "model": model.display().to_string(),
+        "output": output.display().to_string(),
+        "dtype": dtype.name(),
+        "files": report.files,
+        "tensors": report.tensors,
+        "config": report.config,
+        "tokenizer": report.tokenizer,
+        "warnings": warnings,
+    }))
+}
