@@ -85,7 +85,7 @@ impl Canonical {
 const MATCH_ROWS: usize = 4096;
 
 /// How far, in canonical rank, a suspect channel's match is looked for.
-const MATCH_WINDOW: usize = 16;
+const MATCH_WINDOW: usize = 64;
 
 /// Informed detection: for each stored residual channel of `suspect`, the
 /// stored channel of `original` holding the same content. Candidates are

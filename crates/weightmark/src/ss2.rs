@@ -252,6 +252,37 @@ impl Profile {
         Profile { rows: row_means, cols: col_means, total }
     }
 
+    /// The profiles of two tensors of the same shape (`cols` columns), both
+    /// over the elements that are finite and non-zero in **both**: an
+    /// informed comparison must not balance the suspect over the weights an
+    /// edit left (pruning keeps the large ones) and the original over all.
+    fn of_pair(a: &[f64], b: &[f64], cols: usize) -> (Profile, Profile) {
+        let rows = a.len() / cols.max(1);
+        let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
+        let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
+        for (k, (&x, &y)) in a.iter().zip(b).enumerate() {
+            if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
+                let (i, j) = (k / cols, k % cols);
+                acc[0].0[i] += x.abs();
+                acc[0].1[j] += x.abs();
+                acc[1].0[i] += y.abs();
+                acc[1].1[j] += y.abs();
+                row_n[i] += 1;
+                col_n[j] += 1;
+            }
+        }
+        let n: u64 = row_n.iter().sum();
+        let make = |(r, c): &(Vec<f64>, Vec<f64>)| {
+            let mean = |s: &f64, n: &u64| if *n > 0 { s / *n as f64 } else { 0.0 };
+            Profile {
+                rows: r.iter().zip(&row_n).map(|(s, n)| mean(s, n)).collect(),
+                cols: c.iter().zip(&col_n).map(|(s, n)| mean(s, n)).collect(),
+                total: if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 },
+            }
+        };
+        (make(&acc[0]), make(&acc[1]))
+    }
+
     /// `min(|x| / m, CLIP)` for element `(i, j)`, or `None` where it has no
     /// weight (zero, non-finite, or an all-zero row or column).
     fn ratio(&self, i: usize, j: usize, x: f64) -> Option<f64> {
@@ -345,23 +376,37 @@ pub fn detect_tensor(
 ) -> Vec<Stats> {
     let (rows, cols) = dims(suspect);
     let layout = Layout::of(axes);
-    let profile = Profile::of(suspect);
-    let reference = original.map(|o| {
-        let mut values = Vec::new();
-        decode_f64(o.tensor.dtype, o.tensor.data, &mut values);
-        Reference {
-            profile: Profile::of(&o.tensor),
-            rows: match (axes.rows, o.residual) {
-                (Some(_), Some(m)) if m.len() == rows => m.to_vec(),
-                _ => axis_map(axes.rows, o.axes.rows, rows),
-            },
-            cols: match (axes.cols, o.residual) {
-                (Some(_), Some(m)) if m.len() == cols => m.to_vec(),
-                _ => axis_map(axes.cols, o.axes.cols, cols),
-            },
-            values,
+    let (profile, reference) = match original {
+        None => (Profile::of(suspect), None),
+        Some(o) => {
+            // The original read at the suspect's positions, then both
+            // balanced over the elements present in both.
+            let (row_map, col_map) = (
+                match (axes.rows, o.residual) {
+                    (Some(_), Some(m)) if m.len() == rows => m.to_vec(),
+                    _ => axis_map(axes.rows, o.axes.rows, rows),
+                },
+                match (axes.cols, o.residual) {
+                    (Some(_), Some(m)) if m.len() == cols => m.to_vec(),
+                    _ => axis_map(axes.cols, o.axes.cols, cols),
+                },
+            );
+            let (mut xs, mut ov) = (Vec::new(), Vec::new());
+            decode_f64(suspect.dtype, suspect.data, &mut xs);
+            decode_f64(o.tensor.dtype, o.tensor.data, &mut ov);
+            let values: Vec<f64> = (0..rows * cols)
+                .map(|k| {
+                    let (i, j) = (row_map[k / cols], col_map[k % cols]);
+                    ov.get(i * cols + j).copied().unwrap_or(f64::NAN)
+                })
+                .collect();
+            drop(ov);
+            let (ps, po) = Profile::of_pair(&xs, &values, cols);
+            let identity_rows: Vec<usize> = (0..rows).collect();
+            let identity_cols: Vec<usize> = (0..cols).collect();
+            (ps, Some(Reference { profile: po, rows: identity_rows, cols: identity_cols, values }))
         }
-    });
+    };
     let reference = reference.as_ref();
     let size = suspect.dtype.size();
     let decode_row = |i: usize, out: &mut Vec<f64>| {
