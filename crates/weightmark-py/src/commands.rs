@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use weightmark::provenance::{verify_file, ModelCheck, Verified, VerifiedKind};
+use weightmark::provenance::verify_file;
 use weightmark::{
-    check_release_paths, convert, default_certificate_path, embed, hex, identify,
-    is_default_selected, load_candidates, model_tensor_digests, parse_size, resolve_output,
-    tensor_root, write_atomic, ConvertOptions, Dtype, EmbedOptions, Error, IdentifyOptions, Model,
-    Progress, PublicKey, Scheme, SecretKey, Selection,
+    check_release_paths, convert, default_certificate_path, embed, hex, identify, inspect_json,
+    load_candidates, parse_size, resolve_output, write_atomic, ConvertOptions, Digests, Dtype,
+    EmbedOptions, Error, IdentifyOptions, Model, Progress, PublicKey, Scheme, SecretKey, Selection,
 };
 
 use crate::detection::check_threshold;
@@ -185,72 +184,15 @@ pub fn verify_files(file: &Path, public: &Path, model: Option<&Path>) -> Outcome
         }
         Err(e) => return Err(e.into()),
     };
-    let model_ok = verified.model.as_ref().is_none_or(ModelCheck::tensors_match);
-    json_text(&verified_json(file, &verified, model_ok))
-}
-
-fn verified_json(file: &Path, v: &Verified, model_ok: bool) -> serde_json::Value {
-    let (kind, predicate) = match &v.kind {
-        VerifiedKind::Certificate(s) => ("certificate", json!(s.predicate)),
-        VerifiedKind::Report(s) => ("report", json!(s.predicate)),
-    };
-    json!({
-        "valid": model_ok,
-        "signature_valid": true,
-        "file": file.display().to_string(),
-        "kind": kind,
-        "signer": v.signer,
-        "sha256": v.digest,
-        "predicate": predicate,
-        "model": v.model.as_ref().map(|c| json!({
-            "files_match": c.files_match(),
-            "tensors_match": c.tensors_match(),
-            "files_not_found": c.files_not_found,
-            "files_unrecorded": c.files_unrecorded,
-            "tensors_changed": c.tensors_changed,
-            "tensors_missing": c.tensors_missing,
-            "tensors_extra": c.tensors_extra,
-        })),
-    })
+    json_text(&verified.to_json(file))
 }
 
 /// A model's tensors, files and digests: the CLI's `inspect --json` object
 /// (`digests` false leaves the digests out, as `--no-digests` does).
 pub fn inspect_model(path: &Path, digests: bool) -> Outcome<(String, Vec<String>)> {
     let model = Model::open(path)?;
-    let tensor_digests = digests.then(|| model_tensor_digests(&model));
-    let tensors: Vec<_> = model
-        .tensors()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({
-                "name": t.name,
-                "dtype": t.dtype.name(),
-                "shape": t.shape,
-                "elements": t.elements(),
-                "bytes": t.data.len(),
-                "marked_by_default": is_default_selected(&t),
-                "digest": tensor_digests.as_ref().and_then(|d| d.get(i)).map(|(_, d)| hex(d)),
-            })
-        })
-        .collect();
-    let mut files: Vec<_> = model
-        .files
-        .iter()
-        .map(|f| json!({"name": f.file_name, "bytes": f.bytes().len(), "tensors": f.header.tensors.len()}))
-        .collect();
-    if let Some(raw) = &model.raw {
-        files.push(json!({"name": raw.file_name, "bytes": raw.bytes().len(), "tensors": model.tensor_count(), "gguf_version": raw.gguf.version}));
-    }
-    let metadata: Vec<_> = model.files.iter().map(|f| json!(f.header.metadata)).collect();
-    let out = json!({
-        "path": path.display().to_string(),
-        "layout": format!("{:?}", model.layout),
-        "files": files,
-        "metadata": metadata,
-        "tensors": tensors,
-        "tensor_root": tensor_digests.as_ref().map(|d| hex(&tensor_root(d))),
-    });
+    let which = if digests { Digests::Compute } else { Digests::Skip };
+    let out = inspect_json(&model, &path.display().to_string(), which);
     Ok((json_text(&out)?, model.warnings.clone()))
 }
 

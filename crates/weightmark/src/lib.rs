@@ -58,6 +58,7 @@ mod embed;
 mod error;
 pub mod gguf;
 mod identify;
+mod inspect;
 mod io;
 mod key;
 mod llama;
@@ -89,6 +90,7 @@ pub use identify::{
     identify, load_candidates, Candidate, Candidates, Identification, IdentifyOptions,
     RankedCandidate,
 };
+pub use inspect::{inspect_json, Digests};
 pub use io::{write_atomic, write_atomic_bytes};
 pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
 pub use llama::{HeadPermutation, LlamaConfig};

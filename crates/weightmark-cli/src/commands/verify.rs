@@ -27,9 +27,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    let model_ok = verified.model.as_ref().is_none_or(ModelCheck::tensors_match);
+    let model_ok = verified.model_matches();
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&to_json(args, &verified, model_ok))?);
+        outln!("{}", serde_json::to_string_pretty(&verified.to_json(&args.file))?);
     } else {
         print(args, &verified)?;
     }
@@ -119,29 +119,4 @@ fn print_model_check(c: &ModelCheck, model: &str) -> anyhow::Result<()> {
         outln!("  tensor not recorded: {name}");
     }
     Ok(())
-}
-
-fn to_json(args: &VerifyArgs, v: &Verified, model_ok: bool) -> serde_json::Value {
-    let (kind, predicate) = match &v.kind {
-        VerifiedKind::Certificate(s) => ("certificate", json!(s.predicate)),
-        VerifiedKind::Report(s) => ("report", json!(s.predicate)),
-    };
-    json!({
-        "valid": model_ok,
-        "signature_valid": true,
-        "file": args.file.display().to_string(),
-        "kind": kind,
-        "signer": v.signer,
-        "sha256": v.digest,
-        "predicate": predicate,
-        "model": v.model.as_ref().map(|c| json!({
-            "files_match": c.files_match(),
-            "tensors_match": c.tensors_match(),
-            "files_not_found": c.files_not_found,
-            "files_unrecorded": c.files_unrecorded,
-            "tensors_changed": c.tensors_changed,
-            "tensors_missing": c.tensors_missing,
-            "tensors_extra": c.tensors_extra,
-        })),
-    })
 }

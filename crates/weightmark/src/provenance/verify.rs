@@ -76,6 +76,41 @@ impl ModelCheck {
     }
 }
 
+impl Verified {
+    /// Whether the model (when one was compared) matches at tensor level:
+    /// what `verify` answers with its exit code.
+    pub fn model_matches(&self) -> bool {
+        self.model.as_ref().is_none_or(ModelCheck::tensors_match)
+    }
+
+    /// The `verify --json` object for the statement read from `file`
+    /// (docs/formats.md §9), shared by the CLI and the Python package.
+    pub fn to_json(&self, file: &Path) -> serde_json::Value {
+        let (kind, predicate) = match &self.kind {
+            VerifiedKind::Certificate(s) => ("certificate", serde_json::json!(s.predicate)),
+            VerifiedKind::Report(s) => ("report", serde_json::json!(s.predicate)),
+        };
+        serde_json::json!({
+            "valid": self.model_matches(),
+            "signature_valid": true,
+            "file": file.display().to_string(),
+            "kind": kind,
+            "signer": self.signer,
+            "sha256": self.digest,
+            "predicate": predicate,
+            "model": self.model.as_ref().map(|c| serde_json::json!({
+                "files_match": c.files_match(),
+                "tensors_match": c.tensors_match(),
+                "files_not_found": c.files_not_found,
+                "files_unrecorded": c.files_unrecorded,
+                "tensors_changed": c.tensors_changed,
+                "tensors_missing": c.tensors_missing,
+                "tensors_extra": c.tensors_extra,
+            })),
+        })
+    }
+}
+
 /// Verifies the certificate or report at `path` against `public`, and
 /// compares `model` with it when given.
 pub fn verify_file(path: &Path, public: &PublicKey, model: Option<&Model>) -> Result<Verified> {
