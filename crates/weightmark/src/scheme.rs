@@ -154,6 +154,22 @@ impl Fidelity {
         }
     }
 
+    /// The change from `before` to `after` (two versions of the same
+    /// values), over the elements finite in both.
+    pub fn between(before: &[f64], after: &[f64]) -> Fidelity {
+        let mut fid = Fidelity::default();
+        for (&old, &new) in before.iter().zip(after) {
+            if old.is_finite() && new.is_finite() {
+                let d = new - old;
+                fid.sum_sq_original += old * old;
+                fid.sum_sq_change += d * d;
+                fid.max_abs_change = fid.max_abs_change.max(d.abs());
+                fid.elements += 1;
+            }
+        }
+        fid
+    }
+
     /// RMS of the change relative to the RMS of the weights.
     pub fn relative_rms_change(&self) -> f64 {
         if self.sum_sq_original > 0.0 {

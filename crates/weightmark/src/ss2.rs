@@ -181,17 +181,7 @@ pub fn embed_tensor(
             encode_stochastic(t.dtype, &target, &u, out);
             let mut marked = Vec::with_capacity(n);
             decode_f64(t.dtype, out, &mut marked);
-            let mut fid = Fidelity::default();
-            for (&wi, &mi) in w.iter().zip(&marked) {
-                if wi.is_finite() && mi.is_finite() {
-                    let d = mi - wi;
-                    fid.sum_sq_original += wi * wi;
-                    fid.sum_sq_change += d * d;
-                    fid.max_abs_change = fid.max_abs_change.max(d.abs());
-                    fid.elements += 1;
-                }
-            }
-            fid
+            Fidelity::between(&w, &marked)
         })
         .collect();
     let fidelity = parts.into_iter().fold(Fidelity::default(), Fidelity::merge);

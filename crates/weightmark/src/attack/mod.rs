@@ -785,17 +785,7 @@ pub(crate) fn damage_of_bytes(dtype: Dtype, before: &[u8], after: &[u8]) -> Fide
 
 /// Relative change between two versions of a tensor's values.
 fn damage_of(before: &[f64], after: &[f64]) -> Fidelity {
-    let mut fid = Fidelity::default();
-    for (&old, &b) in before.iter().zip(after) {
-        if old.is_finite() && b.is_finite() {
-            let d = b - old;
-            fid.sum_sq_original += old * old;
-            fid.sum_sq_change += d * d;
-            fid.max_abs_change = fid.max_abs_change.max(d.abs());
-            fid.elements += 1;
-        }
-    }
-    fid
+    Fidelity::between(before, after)
 }
 
 fn row_rms(row: &[f64]) -> f64 {
