@@ -62,7 +62,11 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
 }
 
 /// z of 1,000 wrong ss2 release keys (tested in one pass) against `suspect`.
-fn ss2_wrong_key_zs(suspect: &Model, tensors: Vec<(String, Vec<usize>)>) -> Vec<f64> {
+fn ss2_wrong_key_zs(
+    suspect: &Model,
+    tensors: Vec<(String, Vec<usize>)>,
+    sketch: Option<weightmark::ResidualSketch>,
+) -> Vec<f64> {
     let targets: Vec<Target> = (0u32..1000)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -74,6 +78,7 @@ fn ss2_wrong_key_zs(suspect: &Model, tensors: Vec<(String, Vec<usize>)>) -> Vec<
                 mark_key: release,
                 recipient_key: None,
                 tensors: Some(tensors.clone()),
+                residual_sketch: sketch.clone(),
             }
         })
         .collect();
@@ -115,7 +120,10 @@ fn ss2_a_thousand_wrong_keys_on_the_unmarked_and_on_a_stranger_s_model_look_like
         .unwrap_or_else(|e| panic!("{e}"));
     let stranger = Model::open(&stranger).unwrap_or_else(|e| panic!("{e}"));
     for (what, suspect) in [("unmarked", &model), ("marked by someone else", &stranger)] {
-        let zs = ss2_wrong_key_zs(suspect, tensors.clone());
+        // As a certificate of a release of `model` would carry it.
+        let sketch = weightmark::ResidualSketch::of_model(&model);
+        assert!(sketch.is_some(), "a Llama-layout model has a residual sketch");
+        let zs = ss2_wrong_key_zs(suspect, tensors.clone(), sketch);
         let (mean, sd) = mean_sd(&zs);
         let max = zs.iter().cloned().fold(f64::MIN, f64::max);
         eprintln!(

@@ -156,6 +156,197 @@ pub fn match_residual(
     )
 }
 
+/// Embedding rows a residual sketch samples (a multiple of 64).
+pub const SKETCH_ROWS: usize = 256;
+
+/// Largest sketch a certificate may carry: rows sampled, channels.
+const SKETCH_MAX_ROWS: usize = 4096;
+const SKETCH_MAX_CHANNELS: usize = 1 << 18;
+
+/// A public sketch of the original's residual channels, carried by an `ss2`
+/// certificate: for each channel, in canonical order, one bit per sampled
+/// embedding row, set where the entry lies above the channel's mean over the
+/// sample. Detection finds each suspect channel's canonical index by content
+/// (the channel whose bits agree best, in absolute value: a sign flip
+/// inverts them), so edits that reorder the channels' magnitudes (heavy
+/// drift, pruning, a merge with another model) no longer scramble the order.
+/// Computed from the original's weights, never the key: the matching cannot
+/// depend on the key, and the bound stays exact (docs/ss2.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResidualSketch {
+    /// The tensor the bits come from (the embedding, or the head).
+    pub tensor: String,
+    /// The sampled rows, ascending.
+    pub rows: Vec<usize>,
+    /// `rows.len() / 64` words per channel, channels in canonical order.
+    pub bits: Vec<u64>,
+}
+
+impl ResidualSketch {
+    /// The sketch of `model` (the original, before marking) in the canonical
+    /// order `canonical`; `None` without a Llama-layout embedding.
+    pub(crate) fn of(model: &Model, canonical: &Canonical) -> Option<ResidualSketch> {
+        let hidden = canonical.hidden();
+        let (name, t) = ORDER_SOURCES.iter().find_map(|n| Some((*n, model.tensor(n)?)))?;
+        let [vocab, cols] = *t.shape else { return None };
+        if hidden == 0 || cols != hidden || vocab < SKETCH_ROWS {
+            return None;
+        }
+        let rows: Vec<usize> =
+            (0..SKETCH_ROWS).map(|i| (2 * i + 1) * vocab / (2 * SKETCH_ROWS)).collect();
+        let stored = channel_bits(&t, &rows)?;
+        let words = SKETCH_ROWS / 64;
+        let mut bits = vec![0u64; hidden * words];
+        for (j, &r) in canonical.rank.iter().enumerate() {
+            let r = r as usize;
+            bits.get_mut(r * words..(r + 1) * words)?
+                .copy_from_slice(stored.get(j * words..(j + 1) * words)?);
+        }
+        Some(ResidualSketch { tensor: name.to_string(), rows, bits })
+    }
+
+    /// The sketch of `model` in its own canonical order (what `embed` puts
+    /// in the certificate when it marks `model`).
+    pub fn of_model(model: &Model) -> Option<ResidualSketch> {
+        ResidualSketch::of(model, &Canonical::of(model))
+    }
+
+    /// Checks a sketch read from a certificate: rows ascending, a multiple of
+    /// 64 of them, bits for a whole number of channels.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.rows.len();
+        if n == 0 || n % 64 != 0 || n > SKETCH_MAX_ROWS {
+            return Err(format!(
+                "{n} sampled rows; want a positive multiple of 64, at most {SKETCH_MAX_ROWS}"
+            ));
+        }
+        if self.rows.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("sampled rows are not strictly ascending".into());
+        }
+        let words = n / 64;
+        if self.bits.is_empty()
+            || self.bits.len() % words != 0
+            || self.bits.len() / words > SKETCH_MAX_CHANNELS
+        {
+            return Err(format!(
+                "{} words of bits do not make whole channels of {words} words",
+                self.bits.len()
+            ));
+        }
+        if !ORDER_SOURCES.contains(&self.tensor.as_str()) {
+            return Err(format!(
+                "sketch of {:?}, which does not fix the residual order",
+                self.tensor
+            ));
+        }
+        Ok(())
+    }
+
+    /// The residual width the sketch describes.
+    pub fn hidden(&self) -> usize {
+        self.bits.len() / (self.rows.len() / 64).max(1)
+    }
+
+    /// The canonical order of `suspect` found by content: each stored
+    /// residual channel gets the canonical index of the sketch channel its
+    /// bits agree with best, greedily from the strongest agreement down and
+    /// each index at most once; channels left without a clear match
+    /// (agreement within [`SKETCH_MIN_SCORE`] of chance) take the indices
+    /// left over in their magnitude order ([`Canonical::of`]). Always a
+    /// permutation, so distinct elements keep distinct canonical indices.
+    /// `None` when the suspect's embedding cannot be compared (width, rows).
+    pub(crate) fn order_of(&self, suspect: &Model) -> Option<Canonical> {
+        let hidden = self.hidden();
+        let t = suspect.tensor(&self.tensor)?;
+        let [vocab, cols] = *t.shape else { return None };
+        if cols != hidden || self.rows.last().is_none_or(|&r| r >= vocab) {
+            return None;
+        }
+        let words = self.rows.len() / 64;
+        let n = (words * 64) as i64;
+        let stored = channel_bits(&t, &self.rows)?;
+        let min_score = (SKETCH_MIN_SCORE * n as f64).ceil() as i64;
+        // For each suspect channel its best few sketch channels, by |agreement|.
+        const KEEP: usize = 4;
+        let mut pairs: Vec<(i64, usize, usize)> = (0..hidden)
+            .into_par_iter()
+            .flat_map_iter(|j| {
+                let s = &stored[j * words..(j + 1) * words];
+                let mut best: Vec<(i64, usize)> = Vec::with_capacity(KEEP + 1);
+                for r in 0..hidden {
+                    let o = &self.bits[r * words..(r + 1) * words];
+                    let differ: i64 =
+                        s.iter().zip(o).map(|(a, b)| (a ^ b).count_ones() as i64).sum();
+                    let score = (n - 2 * differ).abs();
+                    if score >= min_score
+                        && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
+                    {
+                        let at = best.partition_point(|b| b.0 >= score);
+                        best.insert(at, (score, r));
+                        best.truncate(KEEP);
+                    }
+                }
+                best.into_iter().map(move |(score, r)| (score, j, r))
+            })
+            .collect();
+        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut rank = vec![u32::MAX; hidden];
+        let mut taken = vec![false; hidden];
+        for (_, j, r) in pairs {
+            if rank[j] == u32::MAX && !taken[r] {
+                rank[j] = r as u32;
+                taken[r] = true;
+            }
+        }
+        let fallback = Canonical::of(suspect);
+        if fallback.hidden() != hidden {
+            return None;
+        }
+        let mut left: Vec<usize> = (0..hidden).filter(|&j| rank[j] == u32::MAX).collect();
+        left.sort_by_key(|&j| (fallback.rank[j], j));
+        let free = (0..hidden).filter(|&r| !taken[r]);
+        for (j, r) in left.into_iter().zip(free) {
+            rank[j] = r as u32;
+        }
+        Some(Canonical { rank })
+    }
+}
+
+/// Agreement with a sketch channel, as a fraction of the sampled rows beyond
+/// chance, below which a match is not trusted (4 standard deviations of the
+/// agreement of unrelated channels at 256 rows).
+pub const SKETCH_MIN_SCORE: f64 = 0.25;
+
+/// One bit per sampled row for each stored column of `t` (channel-major,
+/// `rows.len() / 64` words each): set where the entry exceeds the column's
+/// mean over the sampled rows (non-finite entries count as the mean: clear).
+fn channel_bits(t: &TensorRef<'_>, rows: &[usize]) -> Option<Vec<u64>> {
+    let [_, cols] = *t.shape else { return None };
+    let size = t.dtype.size();
+    let words = rows.len() / 64;
+    let mut values = vec![0.0f64; rows.len() * cols];
+    let mut row = Vec::new();
+    for (k, &r) in rows.iter().enumerate() {
+        decode_f64(t.dtype, t.data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
+        for (j, v) in row.iter().enumerate() {
+            values[j * rows.len() + k] = if v.is_finite() { *v } else { f64::NAN };
+        }
+    }
+    let mut bits = vec![0u64; cols * words];
+    for j in 0..cols {
+        let column = &values[j * rows.len()..(j + 1) * rows.len()];
+        let (sum, count) =
+            column.iter().filter(|v| v.is_finite()).fold((0.0, 0usize), |(s, c), v| (s + v, c + 1));
+        let mean = if count > 0 { sum / count as f64 } else { 0.0 };
+        for (k, v) in column.iter().enumerate() {
+            if *v > mean {
+                bits[j * words + k / 64] |= 1u64 << (k % 64);
+            }
+        }
+    }
+    Some(bits)
+}
+
 /// Mean |w| of each column (finite elements), rows summed in a fixed order.
 fn column_mean_magnitudes(t: &TensorRef<'_>, rows: usize, cols: usize) -> Vec<f64> {
     let size = t.dtype.size();
@@ -221,5 +412,118 @@ mod tests {
         for (k, &src) in perm.iter().enumerate() {
             assert_eq!(p.rank[k], c.rank[src]);
         }
+    }
+
+    fn embedding_values(model: &Model) -> (Vec<f64>, usize, usize) {
+        let t = model.tensor("model.embed_tokens.weight").unwrap_or_else(|| panic!("no embedding"));
+        let mut v = Vec::new();
+        decode_f64(t.dtype, t.data, &mut v);
+        (v, t.shape[0], t.shape[1])
+    }
+
+    fn with_embedding(
+        tensors: &[crate::synth::SynthTensor],
+        values: &[f64],
+    ) -> crate::synth::SynthTensor {
+        let t = tensors
+            .iter()
+            .find(|t| t.name == "model.embed_tokens.weight")
+            .unwrap_or_else(|| panic!("no embedding"));
+        let data = values.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+        crate::synth::SynthTensor { data, ..t.clone() }
+    }
+
+    fn only_embedding(t: crate::synth::SynthTensor) -> Model {
+        crate::synth::to_model(&[t]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn correct(found: &Canonical, expected: &[u32]) -> usize {
+        found.rank.iter().zip(expected).filter(|(a, b)| a == b).count()
+    }
+
+    const SHAPE: LlamaShape =
+        LlamaShape { vocab: 1024, hidden: 96, intermediate: 96, layers: 1, heads: 4, kv_heads: 2 };
+
+    #[test]
+    fn the_sketch_finds_each_channel_by_content_where_magnitudes_fail() {
+        let tensors = llama(&SHAPE, crate::Dtype::F32, 5);
+        let model = crate::synth::to_model(&tensors).unwrap_or_else(|e| panic!("{e}"));
+        let c = Canonical::of(&model);
+        let sketch = ResidualSketch::of_model(&model).unwrap_or_else(|| panic!("no sketch"));
+        assert_eq!(sketch.hidden(), 96);
+        let (e, rows, cols) = embedding_values(&model);
+        // Permute the channels, flip a third of them, rescale each by a
+        // factor in [1/2, 2] and add 30% noise: content stays, magnitudes go.
+        let perm: Vec<usize> = (0..cols).map(|j| (j * 37 + 11) % cols).collect();
+        let mut noise = vec![0.0; rows * cols];
+        crate::rng::fill_normal(&mut crate::rng::stream(9, "test noise"), 0, &mut noise);
+        let edited: Vec<f64> = (0..rows * cols)
+            .map(|k| {
+                let (i, j) = (k / cols, k % cols);
+                let src = perm[j];
+                let x = e[i * cols + src];
+                let sign = if src % 3 == 0 { -1.0 } else { 1.0 };
+                let factor = 2f64.powf(((src * 53) % 97) as f64 / 48.0 - 1.0);
+                sign * factor * (x + 0.3 * x.abs().max(1e-3) * noise[k])
+            })
+            .collect();
+        let suspect = only_embedding(with_embedding(&tensors, &edited));
+        let expected: Vec<u32> = perm.iter().map(|&src| c.rank[src]).collect();
+        let by_sketch =
+            sketch.order_of(&suspect).unwrap_or_else(|| panic!("the sketch must apply"));
+        let by_magnitude = Canonical::of(&suspect);
+        let (good, bad) = (correct(&by_sketch, &expected), correct(&by_magnitude, &expected));
+        assert!(good >= 94, "the sketch placed {good} of 96 channels");
+        assert!(bad <= 30, "magnitudes placed {bad} of 96 (the edit should defeat them)");
+        // Exact under a pure permutation with sign flips.
+        let exact: Vec<f64> = (0..rows * cols)
+            .map(|k| {
+                let src = perm[k % cols];
+                e[(k / cols) * cols + src] * if src % 2 == 0 { -1.0 } else { 1.0 }
+            })
+            .collect();
+        let exact = only_embedding(with_embedding(&tensors, &exact));
+        let found = sketch.order_of(&exact).unwrap_or_else(|| panic!("the sketch must apply"));
+        assert_eq!(found.rank, expected);
+    }
+
+    #[test]
+    fn the_sketch_order_is_a_permutation_even_for_an_unrelated_model() {
+        let model = crate::synth::to_model(&llama(&SHAPE, crate::Dtype::F32, 5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let other = crate::synth::to_model(&llama(&SHAPE, crate::Dtype::F32, 6))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sketch = ResidualSketch::of_model(&model).unwrap_or_else(|| panic!("no sketch"));
+        let found = sketch.order_of(&other).unwrap_or_else(|| panic!("the sketch must apply"));
+        let mut ranks = found.rank.clone();
+        ranks.sort_unstable();
+        assert_eq!(ranks, (0..96).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn a_sketch_survives_its_certificate_record_and_bad_records_are_refused() {
+        let model = crate::synth::to_model(&llama(&SHAPE, crate::Dtype::F32, 5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sketch = ResidualSketch::of_model(&model).unwrap_or_else(|| panic!("no sketch"));
+        let record = crate::provenance::SketchRecord::of(&sketch);
+        assert_eq!(record.to_sketch().ok(), Some(sketch.clone()));
+        let mut short = record.clone();
+        short.rows.pop();
+        assert!(short.to_sketch().is_err_and(|e| e.to_string().contains("multiple of 64")));
+        let mut unsorted = record.clone();
+        unsorted.rows.swap(0, 1);
+        assert!(unsorted.to_sketch().is_err_and(|e| e.to_string().contains("ascending")));
+        let mut odd = record.clone();
+        odd.bits = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0u8; 40]);
+        assert!(odd.to_sketch().is_err_and(|e| e.to_string().contains("whole channels")));
+        let mut other = record;
+        other.tensor = "model.norm.weight".into();
+        assert!(other.to_sketch().is_err());
+        // A suspect too narrow or too short for the sketch: not applicable.
+        let small = LlamaShape { vocab: 200, ..SHAPE };
+        let small = crate::synth::to_model(&llama(&small, crate::Dtype::F32, 5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(sketch.order_of(&small).is_none());
+        assert!(ResidualSketch::of_model(&small).is_none());
     }
 }

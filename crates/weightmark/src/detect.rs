@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::Canonical;
+use crate::canonical::{Canonical, ResidualSketch};
 use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -31,6 +31,7 @@ pub enum Mode {
 }
 
 /// What to look for: one release's keys and the tensors it marked.
+#[derive(Clone)]
 pub struct Target {
     /// The scheme the release was marked with.
     pub scheme: Scheme,
@@ -42,6 +43,9 @@ pub struct Target {
     /// Tensors to test (from a certificate), with their certified shapes;
     /// `None` tests the suspect's default selection.
     pub tensors: Option<Vec<(String, Vec<usize>)>>,
+    /// `ss2`: the certificate's public sketch of the original's residual
+    /// channels, to find the suspect's canonical order by content.
+    pub residual_sketch: Option<ResidualSketch>,
 }
 
 impl Target {
@@ -53,7 +57,13 @@ impl Target {
     /// Looks for the `ss1` mark of `mark_key` in `tensors` (all default-selected
     /// tensors of the suspect when `None`).
     pub fn ss1(mark_key: MarkKey, tensors: Option<Vec<(String, Vec<usize>)>>) -> Target {
-        Target { scheme: Scheme::Ss1, mark_key, recipient_key: None, tensors }
+        Target {
+            scheme: Scheme::Ss1,
+            mark_key,
+            recipient_key: None,
+            tensors,
+            residual_sketch: None,
+        }
     }
 
     /// The release of `certificate`, with its keys derived from the owner's
@@ -82,6 +92,7 @@ impl Target {
                     mark_key: release,
                     recipient_key: recipient,
                     tensors: Some(p.tensor_shapes()),
+                    residual_sketch: p.residual_sketch().map_err(named)?,
                 })
             }
         }
@@ -103,7 +114,13 @@ impl Target {
         if !is_recipient_component {
             certificate.check_mark_key(&mark_key).map_err(named)?;
         }
-        Ok(Target { scheme, mark_key, recipient_key: None, tensors: Some(p.tensor_shapes()) })
+        Ok(Target {
+            scheme,
+            mark_key,
+            recipient_key: None,
+            tensors: Some(p.tensor_shapes()),
+            residual_sketch: p.residual_sketch().map_err(named)?,
+        })
     }
 
     /// An `ss1` release named by label and recipient, without its
@@ -287,21 +304,15 @@ pub fn detect_many(
 
     let planned: u64 = plan.iter().map(|(t, _, _)| t.data.len() as u64).sum();
     options.progress.start("detecting", planned + suspect.data_bytes());
-    // Canonical coordinates (ss2) come from the weights alone, never the key.
+    // Canonical coordinates (ss2) come from the weights and the
+    // certificate's public sketch of the original, never the key.
     let any_ss2 = targets.iter().any(|t| t.scheme == Scheme::Ss2);
-    let canonical_s = if any_ss2 { Canonical::of(suspect) } else { Canonical::default() };
     let canonical_o = match (any_ss2, original) {
         (true, Some(o)) => Canonical::of(o),
         _ => Canonical::default(),
     };
-    // Informed: pair each suspect residual channel with the original's by
-    // content, not only by rank (the mark and edits swap near-equal ranks).
-    let residual_match = match original {
-        Some(o) if any_ss2 => {
-            crate::canonical::match_residual(suspect, o, &canonical_s, &canonical_o)
-        }
-        _ => None,
-    };
+    let sketch_o = original.and_then(|o| ResidualSketch::of(o, &canonical_o));
+    let orders = SuspectOrders::new(suspect, original, targets, sketch_o.as_ref(), &canonical_o);
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
@@ -314,26 +325,27 @@ pub fn detect_many(
             let refs: Vec<&TensorStreams> = streams.iter().collect();
             per_user.extend(ss1.iter().copied().zip(detect_tensor_multi(t, o.as_ref(), &refs)));
         }
-        if !ss2.is_empty() {
+        // ss2 users that share a suspect order are tested in one pass.
+        for (order, group) in orders.groups(&ss2) {
             // Release keys first, then the recipient keys that are held.
             let mut streams: Vec<TensorStreams> =
-                ss2.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
+                group.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
             let mut recipient_of: Vec<(usize, usize)> = Vec::new();
-            for &ti in &ss2 {
+            for &ti in &group {
                 if let Some(k) = &targets[ti].recipient_key {
                     recipient_of.push((ti, streams.len()));
                     streams.push(TensorStreams::new(k, t.name));
                 }
             }
             let refs: Vec<&TensorStreams> = streams.iter().collect();
-            let axes = canonical_s.axes(t);
+            let axes = order.canonical.axes(t);
             let aligned = o.map(|tensor| Aligned {
                 tensor,
                 axes: canonical_o.axes(&tensor),
-                residual: residual_match.as_deref(),
+                residual: order.residual.as_deref(),
             });
             let stats = crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs);
-            per_user.extend(ss2.iter().copied().zip(stats.iter().copied()));
+            per_user.extend(group.iter().copied().zip(stats.iter().copied()));
             for (ti, k) in recipient_of {
                 recipients[ti] = recipients[ti].merge(stats[k]);
             }
@@ -390,6 +402,74 @@ pub fn detect_many(
             }
         })
         .collect())
+}
+
+/// The suspect's canonical residual order for each `ss2` target: matched by
+/// content to the target's sketch (blind) or to the original's (informed),
+/// by magnitude alone without one. Targets with equal sketches share one.
+struct SuspectOrders {
+    orders: Vec<SuspectOrder>,
+    /// Index into `orders` for each target (0 for `ss1` targets, unused).
+    of_target: Vec<usize>,
+}
+
+/// One canonical order of the suspect, and for informed detection each
+/// suspect residual channel's counterpart in the original.
+struct SuspectOrder {
+    canonical: Canonical,
+    residual: Option<Vec<usize>>,
+}
+
+impl SuspectOrders {
+    fn new(
+        suspect: &Model,
+        original: Option<&Model>,
+        targets: &[&Target],
+        sketch_o: Option<&ResidualSketch>,
+        canonical_o: &Canonical,
+    ) -> SuspectOrders {
+        let mut sketches: Vec<Option<&ResidualSketch>> = Vec::new();
+        let mut orders = Vec::new();
+        let mut of_target = vec![0; targets.len()];
+        for (ti, target) in targets.iter().enumerate() {
+            if target.scheme != Scheme::Ss2 {
+                continue;
+            }
+            // Informed: the original's own sketch, in the same order as
+            // `canonical_o` (a certificate's describes that same original).
+            let sketch =
+                if original.is_some() { sketch_o } else { target.residual_sketch.as_ref() };
+            of_target[ti] = match sketches.iter().position(|s| *s == sketch) {
+                Some(i) => i,
+                None => {
+                    let canonical = sketch
+                        .and_then(|k| k.order_of(suspect))
+                        .unwrap_or_else(|| Canonical::of(suspect));
+                    // Pair each channel with the original's by content, near
+                    // its matched rank (the sketch settles the rough order).
+                    let residual = original.and_then(|o| {
+                        crate::canonical::match_residual(suspect, o, &canonical, canonical_o)
+                    });
+                    sketches.push(sketch);
+                    orders.push(SuspectOrder { canonical, residual });
+                    orders.len() - 1
+                }
+            };
+        }
+        SuspectOrders { orders, of_target }
+    }
+
+    /// The `ss2` targets `users` grouped by the order they share.
+    fn groups(&self, users: &[usize]) -> Vec<(&SuspectOrder, Vec<usize>)> {
+        self.orders
+            .iter()
+            .enumerate()
+            .map(|(k, order)| {
+                (order, users.iter().copied().filter(|&ti| self.of_target[ti] == k).collect())
+            })
+            .filter(|(_, g): &(&SuspectOrder, Vec<usize>)| !g.is_empty())
+            .collect()
+    }
 }
 
 /// `log10` of the bound `exp(-z^2/2)`: `-z^2 / (2 ln 10)` for positive `z`.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::canonical::Canonical;
+use crate::canonical::{Canonical, ResidualSketch};
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -14,8 +14,8 @@ use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
-    sign_statement, CertifiedTensor, Envelope, ReleasePredicate, Statement, Subject, Tool,
-    STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+    sign_statement, CertifiedTensor, Envelope, ReleasePredicate, SketchRecord, Statement, Subject,
+    Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
@@ -180,6 +180,7 @@ struct Marking<'o> {
 /// (the keys are bound to its tensor root, so they come first).
 struct Ss2Marking {
     canonical: Canonical,
+    sketch: Option<ResidualSketch>,
     recipient: Option<MarkKey>,
     strengths: Strengths,
     original_digests: Vec<(String, Sha256Digest)>,
@@ -198,7 +199,10 @@ impl<'o> Marking<'o> {
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
                 let strengths = Strengths::split(options.strength, recipient.is_some());
                 let canonical = Canonical::of(model);
-                (release, Some(Ss2Marking { canonical, recipient, strengths, original_digests }))
+                let sketch = ResidualSketch::of(model, &canonical);
+                let marking =
+                    Ss2Marking { canonical, sketch, recipient, strengths, original_digests };
+                (release, Some(marking))
             }
         };
         Ok(Marking {
@@ -308,6 +312,7 @@ impl<'o> Marking<'o> {
             canonical: ss2.map(|s| {
                 if s.canonical.hidden() > 0 { "llama-residual" } else { "stored" }.to_string()
             }),
+            residual_sketch: ss2.and_then(|s| s.sketch.as_ref()).map(SketchRecord::of),
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),

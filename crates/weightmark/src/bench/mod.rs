@@ -268,6 +268,7 @@ pub fn measure(
         mark_key: SecretKey::from_seed([0xa5; 32]).mark_key("wrong key", None),
         recipient_key: None,
         tensors: inputs.target.tensors.clone(),
+        residual_sketch: inputs.target.residual_sketch.clone(),
     };
     let attacked = Model::open(out)?;
     let opts = DetectOptions::default();

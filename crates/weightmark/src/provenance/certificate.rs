@@ -6,6 +6,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::{open_statement, Envelope, Statement, Tool};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::canonical::ResidualSketch;
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, PublicKey};
@@ -23,6 +27,47 @@ pub struct CertifiedTensor {
     pub dtype: String,
     /// Shape.
     pub shape: Vec<usize>,
+}
+
+/// A [`ResidualSketch`] as a certificate records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SketchRecord {
+    /// The tensor the bits come from.
+    pub tensor: String,
+    /// The sampled rows, ascending.
+    pub rows: Vec<usize>,
+    /// The bits: little-endian 64-bit words, channel-major in canonical
+    /// order, standard base64.
+    pub bits: String,
+}
+
+impl SketchRecord {
+    /// The record of `sketch`.
+    pub fn of(sketch: &ResidualSketch) -> SketchRecord {
+        let bytes: Vec<u8> = sketch.bits.iter().flat_map(|w| w.to_le_bytes()).collect();
+        SketchRecord {
+            tensor: sketch.tensor.clone(),
+            rows: sketch.rows.clone(),
+            bits: BASE64.encode(bytes),
+        }
+    }
+
+    /// The sketch, checked (a whole number of words, rows ascending, a
+    /// whole number of channels).
+    pub fn to_sketch(&self) -> Result<ResidualSketch> {
+        let bad = |reason: String| Error::invalid(format!("residual_sketch: {reason}"));
+        let bytes = BASE64.decode(&self.bits).map_err(|_| bad("bits are not base64".into()))?;
+        if bytes.len() % 8 != 0 {
+            return Err(bad(format!("{} bytes of bits, not whole 64-bit words", bytes.len())));
+        }
+        let bits = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let sketch = ResidualSketch { tensor: self.tensor.clone(), rows: self.rows.clone(), bits };
+        sketch.validate().map_err(bad)?;
+        Ok(sketch)
+    }
 }
 
 /// The predicate of a release certificate.
@@ -52,6 +97,12 @@ pub struct ReleasePredicate {
     /// residual order of the embedding; `"stored"`: as stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canonical: Option<String>,
+    /// `ss2` with a Llama layout: the public sketch of the original's
+    /// residual channels that detection matches the suspect's against
+    /// (docs/formats.md). Absent from certificates written before it existed;
+    /// detection then orders the suspect's channels by magnitude alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_sketch: Option<SketchRecord>,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
     /// Elements counted by the blind statistic at release: finite elements
@@ -83,6 +134,11 @@ impl ReleasePredicate {
     pub fn original_root(&self) -> Result<[u8; 32]> {
         crate::digest::from_hex(&self.original_tensor_root)
             .ok_or_else(|| Error::invalid("original_tensor_root is not 64 hex digits".to_string()))
+    }
+
+    /// The residual sketch, checked; `None` when the certificate has none.
+    pub fn residual_sketch(&self) -> Result<Option<ResidualSketch>> {
+        self.residual_sketch.as_ref().map(SketchRecord::to_sketch).transpose()
     }
 
     /// The certified tensors as (name, shape), what detection tests.
