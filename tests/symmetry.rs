@@ -574,3 +574,33 @@ fn ss2_blind_finds_the_mark_after_merges_and_drift_through_the_certificate_s_ske
         );
     }
 }
+
+#[test]
+fn ss2_blind_undoes_a_neuron_permutation_through_the_certificate_s_neuron_sketch() {
+    // Permuting the MLP neurons (gate/up rows with down columns) is free; it
+    // erased the signs of two thirds of the marked weights.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (marked, target) = marked_20m(dir.path(), weightmark::Scheme::Ss2);
+    assert!(
+        target.neuron_sketch.is_some(),
+        "an ss2 certificate of a Llama carries a neuron sketch"
+    );
+    let without = weightmark::Target { neuron_sketch: None, ..target.clone() };
+    let before = blind_z(&marked, &target);
+    let mut current = marked;
+    let chain = [
+        Attack::Permute { what: weightmark::attack::PermuteWhat::Mlp },
+        Attack::Residual { permute: true, flip_signs: true },
+        Attack::SignFlips,
+        Attack::Rescale { log_sd: 1.0 },
+    ];
+    for (k, attack) in chain.iter().enumerate() {
+        let out = dir.path().join(format!("step{k}"));
+        apply_attack(&current, &out, attack, 4, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+        current = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (z, z_stored) = (blind_z(&current, &target), blind_z(&current, &without));
+    eprintln!("neurons permuted, then the free transforms: blind z {before:.2} -> {z:.2}, {z_stored:.2} in stored order");
+    assert!(z >= 0.9 * before, "blind z {before} -> {z}");
+    assert!(z_stored <= 0.6 * before, "the permutation should defeat stored order: {z_stored}");
+}

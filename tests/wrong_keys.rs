@@ -66,6 +66,7 @@ fn ss2_wrong_key_zs(
     suspect: &Model,
     tensors: Vec<(String, Vec<usize>)>,
     sketch: Option<weightmark::ResidualSketch>,
+    neurons: Option<weightmark::NeuronSketch>,
 ) -> Vec<f64> {
     let targets: Vec<Target> = (0u32..1000)
         .map(|i| {
@@ -79,6 +80,7 @@ fn ss2_wrong_key_zs(
                 recipient_key: None,
                 tensors: Some(tensors.clone()),
                 residual_sketch: sketch.clone(),
+                neuron_sketch: neurons.clone(),
             }
         })
         .collect();
@@ -123,7 +125,9 @@ fn ss2_a_thousand_wrong_keys_on_the_unmarked_and_on_a_stranger_s_model_look_like
         // As a certificate of a release of `model` would carry it.
         let sketch = weightmark::ResidualSketch::of_model(&model);
         assert!(sketch.is_some(), "a Llama-layout model has a residual sketch");
-        let zs = ss2_wrong_key_zs(suspect, tensors.clone(), sketch);
+        let neurons = weightmark::NeuronSketch::of_model(&model);
+        assert!(neurons.is_some(), "a Llama-layout model has a neuron sketch");
+        let zs = ss2_wrong_key_zs(suspect, tensors.clone(), sketch, neurons);
         let (mean, sd) = mean_sd(&zs);
         let max = zs.iter().cloned().fold(f64::MIN, f64::max);
         eprintln!(

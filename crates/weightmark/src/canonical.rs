@@ -35,6 +35,10 @@ pub struct Axes<'c> {
     pub rows: Option<&'c [u32]>,
     /// Canonical index of each stored column, when columns are residual channels.
     pub cols: Option<&'c [u32]>,
+    /// Canonical index of each stored MLP neuron (the rows of `gate_proj` and
+    /// `up_proj`, the columns of `down_proj`), when a neuron sketch matched
+    /// them; `None` keeps the stored order (the original's, at embedding).
+    pub neurons: Option<&'c [u32]>,
 }
 
 /// Names of the tensors that fix the residual order, in preference order.
@@ -74,8 +78,10 @@ impl Canonical {
         }
         let rank = Some(self.rank.as_slice());
         match role(t.name) {
-            Some(Role::Reads(_)) if cols == hidden => Axes { rows: None, cols: rank },
-            Some(Role::Writes) if rows == hidden => Axes { rows: rank, cols: None },
+            Some(Role::Reads(_)) if cols == hidden => {
+                Axes { rows: None, cols: rank, neurons: None }
+            }
+            Some(Role::Writes) if rows == hidden => Axes { rows: rank, cols: None, neurons: None },
             _ => Axes::default(),
         }
     }
@@ -247,7 +253,8 @@ impl ResidualSketch {
         self.bits.len() / (self.rows.len() / 64).max(1)
     }
 
-    /// The canonical order of `suspect` found by content: each stored
+    /// The canonical order of `suspect` found by content (and, for each
+    /// stored channel, whether its sign was found flipped): each stored
     /// residual channel gets the canonical index of the sketch channel its
     /// bits agree with best, greedily from the strongest agreement down and
     /// each index at most once; channels left without a clear match
@@ -255,7 +262,7 @@ impl ResidualSketch {
     /// left over in their magnitude order ([`Canonical::of`]). Always a
     /// permutation, so distinct elements keep distinct canonical indices.
     /// `None` when the suspect's embedding cannot be compared (width, rows).
-    pub(crate) fn order_of(&self, suspect: &Model) -> Option<Canonical> {
+    pub(crate) fn order_of(&self, suspect: &Model) -> Option<(Canonical, Vec<bool>)> {
         let hidden = self.hidden();
         let t = suspect.tensor(&self.tensor)?;
         let [vocab, cols] = *t.shape else { return None };
@@ -268,33 +275,36 @@ impl ResidualSketch {
         let min_score = (SKETCH_MIN_SCORE * n as f64).ceil() as i64;
         // For each suspect channel its best few sketch channels, by |agreement|.
         const KEEP: usize = 4;
-        let mut pairs: Vec<(i64, usize, usize)> = (0..hidden)
+        let mut pairs: Vec<(i64, usize, usize, bool)> = (0..hidden)
             .into_par_iter()
             .flat_map_iter(|j| {
                 let s = &stored[j * words..(j + 1) * words];
-                let mut best: Vec<(i64, usize)> = Vec::with_capacity(KEEP + 1);
+                let mut best: Vec<(i64, usize, bool)> = Vec::with_capacity(KEEP + 1);
                 for r in 0..hidden {
                     let o = &self.bits[r * words..(r + 1) * words];
                     let differ: i64 =
                         s.iter().zip(o).map(|(a, b)| (a ^ b).count_ones() as i64).sum();
-                    let score = (n - 2 * differ).abs();
+                    let signed = n - 2 * differ;
+                    let score = signed.abs();
                     if score >= min_score
                         && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
                     {
                         let at = best.partition_point(|b| b.0 >= score);
-                        best.insert(at, (score, r));
+                        best.insert(at, (score, r, signed < 0));
                         best.truncate(KEEP);
                     }
                 }
-                best.into_iter().map(move |(score, r)| (score, j, r))
+                best.into_iter().map(move |(score, r, flip)| (score, j, r, flip))
             })
             .collect();
         pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut rank = vec![u32::MAX; hidden];
+        let mut flipped = vec![false; hidden];
         let mut taken = vec![false; hidden];
-        for (_, j, r) in pairs {
+        for (_, j, r, flip) in pairs {
             if rank[j] == u32::MAX && !taken[r] {
                 rank[j] = r as u32;
+                flipped[j] = flip;
                 taken[r] = true;
             }
         }
@@ -308,8 +318,216 @@ impl ResidualSketch {
         for (j, r) in left.into_iter().zip(free) {
             rank[j] = r as u32;
         }
-        Some(Canonical { rank })
+        Some((Canonical { rank }, flipped))
     }
+}
+
+/// Residual channels a neuron sketch samples: one bit (one 64-bit word) per neuron.
+const NEURON_COLUMNS: usize = 64;
+
+/// Least agreement (of [`NEURON_COLUMNS`] bits, beyond chance: agreements
+/// minus disagreements) for a neuron match: 5 standard deviations of
+/// unrelated neurons, so a layer of 1,536 neurons sees about one chance pair
+/// above it.
+const NEURON_MIN_SCORE: i64 = 40;
+
+/// The gate of layer `l`, which fixes its neurons' identities: no free
+/// transform flips or rescales a gate row (SiLU is neither odd nor linear).
+fn gate_name(l: usize) -> String {
+    format!("model.layers.{l}.mlp.gate_proj.weight")
+}
+
+/// A public sketch of the original's MLP neurons, carried by an `ss2`
+/// certificate: for each layer and neuron, the signs of its gate row (with
+/// the norm before it folded in) at [`NEURON_COLUMNS`] residual channels
+/// fixed by canonical position. Blind detection matches each suspect
+/// neuron to the original neuron whose signs agree best, so a permutation of
+/// the neurons (free for the model) no longer hides the rows of
+/// `gate`/`up` and the columns of `down` from their signs. The canonical
+/// index of a neuron is its stored index in the original; embedding does not
+/// change. Computed from the weights, never the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeuronSketch {
+    /// The sampled residual channels, as canonical positions.
+    pub columns: Vec<usize>,
+    /// Neurons per layer.
+    pub neurons: usize,
+    /// One word per neuron, layer by layer.
+    pub bits: Vec<u64>,
+}
+
+impl NeuronSketch {
+    /// The sketch of `model` (the original) in its canonical residual order;
+    /// `None` without a residual order or gates of one shape.
+    pub(crate) fn of(model: &Model, canonical: &Canonical) -> Option<NeuronSketch> {
+        let hidden = canonical.hidden();
+        if hidden < NEURON_COLUMNS {
+            return None;
+        }
+        let columns: Vec<usize> =
+            (0..NEURON_COLUMNS).map(|k| (2 * k + 1) * hidden / (2 * NEURON_COLUMNS)).collect();
+        let flips = vec![false; hidden];
+        let (mut bits, mut neurons) = (Vec::new(), 0);
+        for l in 0.. {
+            let Some(layer) = gate_bits(model, l, canonical, &flips, &columns) else { break };
+            if l > 0 && layer.len() != neurons {
+                return None;
+            }
+            neurons = layer.len();
+            bits.extend(layer);
+        }
+        (neurons > 0).then_some(NeuronSketch { columns, neurons, bits })
+    }
+
+    /// The sketch of `model` in its own canonical order (what `embed` puts
+    /// in the certificate when it marks `model`).
+    pub fn of_model(model: &Model) -> Option<NeuronSketch> {
+        NeuronSketch::of(model, &Canonical::of(model))
+    }
+
+    /// The number of layers sketched.
+    pub fn layers(&self) -> usize {
+        self.bits.len() / self.neurons.max(1)
+    }
+
+    /// Checks a sketch read from a certificate.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.columns.len() != NEURON_COLUMNS {
+            return Err(format!("{} sampled channels; want {NEURON_COLUMNS}", self.columns.len()));
+        }
+        if self.neurons == 0 || self.bits.is_empty() || self.bits.len() % self.neurons != 0 {
+            return Err(format!(
+                "{} words do not make whole layers of {} neurons",
+                self.bits.len(),
+                self.neurons
+            ));
+        }
+        Ok(())
+    }
+
+    /// For each layer, the canonical index (the original's stored index) of
+    /// each stored neuron of `suspect`, matched greedily from the strongest
+    /// agreement down, each index at most once; neurons without a match
+    /// keep their own index where it is free, then take the free ones in
+    /// order. `canonical` and `flipped` are the suspect's residual order and
+    /// channel signs ([`ResidualSketch::order_of`]). `None` for a layer whose
+    /// gate is missing or of another shape.
+    pub(crate) fn neuron_maps(
+        &self,
+        suspect: &Model,
+        canonical: &Canonical,
+        flipped: &[bool],
+    ) -> Vec<Option<Vec<u32>>> {
+        (0..self.layers())
+            .map(|l| {
+                let theirs = gate_bits(suspect, l, canonical, flipped, &self.columns)?;
+                let ours = self.bits.get(l * self.neurons..(l + 1) * self.neurons)?;
+                (theirs.len() == ours.len()).then(|| match_neurons(&theirs, ours))
+            })
+            .collect()
+    }
+}
+
+/// One word per neuron of layer `l`'s gate: bit `k` set where the gate
+/// entry at residual channel `columns[k]` (a canonical position), times the
+/// sign of the norm weight before it and of the channel's flip, is positive.
+fn gate_bits(
+    model: &Model,
+    l: usize,
+    canonical: &Canonical,
+    flipped: &[bool],
+    columns: &[usize],
+) -> Option<Vec<u64>> {
+    let hidden = canonical.hidden();
+    let t = model.tensor(&gate_name(l))?;
+    let [neurons, cols] = *t.shape else { return None };
+    if cols != hidden || !t.dtype.is_readable() || columns.len() > 64 {
+        return None;
+    }
+    let mut stored = vec![0usize; hidden];
+    for (j, &r) in canonical.rank.iter().enumerate() {
+        *stored.get_mut(r as usize)? = j;
+    }
+    let channels: Vec<usize> =
+        columns.iter().map(|&c| stored.get(c).copied()).collect::<Option<_>>()?;
+    let norm = model.tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"));
+    let norm_sign = |j: usize| -> bool {
+        norm.as_ref()
+            .filter(|n| n.shape == [hidden] && n.dtype.is_readable())
+            .and_then(|n| {
+                let size = n.dtype.size();
+                let mut v = Vec::new();
+                decode_f64(n.dtype, n.data.get(j * size..(j + 1) * size)?, &mut v);
+                v.first().map(|x| *x < 0.0)
+            })
+            .unwrap_or(false)
+    };
+    let negate: Vec<bool> =
+        channels.iter().map(|&j| norm_sign(j) ^ flipped.get(j).copied().unwrap_or(false)).collect();
+    let size = t.dtype.size();
+    Some(
+        (0..neurons)
+            .into_par_iter()
+            .map(|n| {
+                let mut word = 0u64;
+                let mut v = Vec::with_capacity(1);
+                for (k, (&j, &neg)) in channels.iter().zip(&negate).enumerate() {
+                    let at = (n * cols + j) * size;
+                    decode_f64(t.dtype, t.data.get(at..at + size).unwrap_or_default(), &mut v);
+                    let x = v.first().copied().unwrap_or(0.0);
+                    if (x > 0.0 && !neg) || (x < 0.0 && neg) {
+                        word |= 1u64 << k;
+                    }
+                }
+                word
+            })
+            .collect(),
+    )
+}
+
+/// A permutation: for each suspect neuron (word in `theirs`) the index of
+/// the sketch neuron (in `ours`) it matches (see [`NeuronSketch::neuron_maps`]).
+fn match_neurons(theirs: &[u64], ours: &[u64]) -> Vec<u32> {
+    const KEEP: usize = 4;
+    let n = theirs.len();
+    let mut pairs: Vec<(i64, usize, usize)> = theirs
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(j, &s)| {
+            let mut best: Vec<(i64, usize)> = Vec::with_capacity(KEEP + 1);
+            for (r, &o) in ours.iter().enumerate() {
+                let score = 64 - 2 * (s ^ o).count_ones() as i64;
+                if score >= NEURON_MIN_SCORE
+                    && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
+                {
+                    let at = best.partition_point(|b| b.0 >= score);
+                    best.insert(at, (score, r));
+                    best.truncate(KEEP);
+                }
+            }
+            best.into_iter().map(move |(score, r)| (score, j, r))
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut map = vec![u32::MAX; n];
+    let mut taken = vec![false; n];
+    for (_, j, r) in pairs {
+        if map[j] == u32::MAX && !taken[r] {
+            map[j] = r as u32;
+            taken[r] = true;
+        }
+    }
+    for j in 0..n {
+        if map[j] == u32::MAX && !taken[j] {
+            map[j] = j as u32;
+            taken[j] = true;
+        }
+    }
+    let mut free = (0..n).filter(|&r| !taken[r]);
+    for m in map.iter_mut().filter(|m| **m == u32::MAX) {
+        *m = free.next().unwrap_or(0) as u32;
+    }
+    map
 }
 
 /// Agreement with a sketch channel, as a fraction of the sampled rows beyond
@@ -469,7 +687,7 @@ mod tests {
             .collect();
         let suspect = only_embedding(with_embedding(&tensors, &edited));
         let expected: Vec<u32> = perm.iter().map(|&src| c.rank[src]).collect();
-        let by_sketch =
+        let (by_sketch, _) =
             sketch.order_of(&suspect).unwrap_or_else(|| panic!("the sketch must apply"));
         let by_magnitude = Canonical::of(&suspect);
         let (good, bad) = (correct(&by_sketch, &expected), correct(&by_magnitude, &expected));
@@ -483,8 +701,12 @@ mod tests {
             })
             .collect();
         let exact = only_embedding(with_embedding(&tensors, &exact));
-        let found = sketch.order_of(&exact).unwrap_or_else(|| panic!("the sketch must apply"));
+        let (found, flipped) =
+            sketch.order_of(&exact).unwrap_or_else(|| panic!("the sketch must apply"));
         assert_eq!(found.rank, expected);
+        // The flips are found too (the neuron sketch reads gates through them).
+        let expected_flips: Vec<bool> = perm.iter().map(|&src| src % 2 == 0).collect();
+        assert_eq!(flipped, expected_flips);
     }
 
     #[test]
@@ -494,7 +716,7 @@ mod tests {
         let other = crate::synth::to_model(&llama(&SHAPE, crate::Dtype::F32, 6))
             .unwrap_or_else(|e| panic!("{e}"));
         let sketch = ResidualSketch::of_model(&model).unwrap_or_else(|| panic!("no sketch"));
-        let found = sketch.order_of(&other).unwrap_or_else(|| panic!("the sketch must apply"));
+        let (found, _) = sketch.order_of(&other).unwrap_or_else(|| panic!("the sketch must apply"));
         let mut ranks = found.rank.clone();
         ranks.sort_unstable();
         assert_eq!(ranks, (0..96).collect::<Vec<u32>>());
@@ -525,5 +747,27 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(sketch.order_of(&small).is_none());
         assert!(ResidualSketch::of_model(&small).is_none());
+    }
+
+    #[test]
+    fn neuron_matching_is_a_permutation_that_keeps_unmatched_neurons_in_place() {
+        // Neuron words: 0..4 match 3,0,1,2 exactly; 4 and 5 match nothing.
+        let ours = [
+            0x0f0f_0f0f_0f0f_0f0f_u64,
+            0x00ff_00ff_00ff_00ff,
+            0x3333_3333_3333_3333,
+            0x5555_5555_5555_5555,
+            0x0123_4567_89ab_cdef,
+            0x6996_9669_9669_6996,
+        ];
+        let theirs = [ours[3], ours[0], ours[1], ours[2], !ours[4], !ours[5]];
+        assert_eq!(match_neurons(&theirs, &ours), vec![3, 0, 1, 2, 4, 5]);
+        // A neuron whose own index was taken gets a free one.
+        let theirs = [ours[1], ours[1] ^ 0b111, !ours[2], ours[3], ours[4], ours[5]];
+        let map = match_neurons(&theirs, &ours);
+        let mut sorted = map.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(&map[3..], &[3, 4, 5]);
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::{Canonical, ResidualSketch};
+use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -46,6 +46,9 @@ pub struct Target {
     /// `ss2`: the certificate's public sketch of the original's residual
     /// channels, to find the suspect's canonical order by content.
     pub residual_sketch: Option<ResidualSketch>,
+    /// `ss2`: the certificate's public sketch of the original's MLP neurons,
+    /// to undo a permutation of the suspect's neurons in blind detection.
+    pub neuron_sketch: Option<NeuronSketch>,
 }
 
 impl Target {
@@ -63,6 +66,7 @@ impl Target {
             recipient_key: None,
             tensors,
             residual_sketch: None,
+            neuron_sketch: None,
         }
     }
 
@@ -93,6 +97,7 @@ impl Target {
                     recipient_key: recipient,
                     tensors: Some(p.tensor_shapes()),
                     residual_sketch: p.residual_sketch().map_err(named)?,
+                    neuron_sketch: p.neuron_sketch().map_err(named)?,
                 })
             }
         }
@@ -120,6 +125,7 @@ impl Target {
             recipient_key: None,
             tensors: Some(p.tensor_shapes()),
             residual_sketch: p.residual_sketch().map_err(named)?,
+            neuron_sketch: p.neuron_sketch().map_err(named)?,
         })
     }
 
@@ -338,7 +344,7 @@ pub fn detect_many(
                 }
             }
             let refs: Vec<&TensorStreams> = streams.iter().collect();
-            let axes = order.canonical.axes(t);
+            let axes = order.axes(t);
             let aligned = o.map(|tensor| Aligned {
                 tensor,
                 axes: canonical_o.axes(&tensor),
@@ -418,6 +424,19 @@ struct SuspectOrders {
 struct SuspectOrder {
     canonical: Canonical,
     residual: Option<Vec<usize>>,
+    /// Blind: for each layer, the canonical index of each suspect neuron.
+    neurons: Vec<Option<Vec<u32>>>,
+}
+
+impl SuspectOrder {
+    /// The canonical axes of `t` in this order.
+    fn axes<'a>(&'a self, t: &TensorRef<'_>) -> crate::canonical::Axes<'a> {
+        let mut axes = self.canonical.axes(t);
+        if let Some((l, _)) = crate::llama::mlp_tensor(t.name) {
+            axes.neurons = self.neurons.get(l).and_then(|m| m.as_deref());
+        }
+        axes
+    }
 }
 
 impl SuspectOrders {
@@ -428,7 +447,7 @@ impl SuspectOrders {
         sketch_o: Option<&ResidualSketch>,
         canonical_o: &Canonical,
     ) -> SuspectOrders {
-        let mut sketches: Vec<Option<&ResidualSketch>> = Vec::new();
+        let mut keys: Vec<(Option<&ResidualSketch>, Option<&NeuronSketch>)> = Vec::new();
         let mut orders = Vec::new();
         let mut of_target = vec![0; targets.len()];
         for (ti, target) in targets.iter().enumerate() {
@@ -436,22 +455,30 @@ impl SuspectOrders {
                 continue;
             }
             // Informed: the original's own sketch, in the same order as
-            // `canonical_o` (a certificate's describes that same original).
-            let sketch =
-                if original.is_some() { sketch_o } else { target.residual_sketch.as_ref() };
-            of_target[ti] = match sketches.iter().position(|s| *s == sketch) {
+            // `canonical_o` (a certificate's describes that same original),
+            // and no neuron sketch (informed detection re-aligns neurons
+            // with the original itself).
+            let (sketch, neuron_sketch) = match original {
+                Some(_) => (sketch_o, None),
+                None => (target.residual_sketch.as_ref(), target.neuron_sketch.as_ref()),
+            };
+            let key = (sketch, neuron_sketch);
+            of_target[ti] = match keys.iter().position(|k| *k == key) {
                 Some(i) => i,
                 None => {
-                    let canonical = sketch
+                    let (canonical, flipped) = sketch
                         .and_then(|k| k.order_of(suspect))
-                        .unwrap_or_else(|| Canonical::of(suspect));
+                        .unwrap_or_else(|| (Canonical::of(suspect), Vec::new()));
                     // Pair each channel with the original's by content, near
                     // its matched rank (the sketch settles the rough order).
                     let residual = original.and_then(|o| {
                         crate::canonical::match_residual(suspect, o, &canonical, canonical_o)
                     });
-                    sketches.push(sketch);
-                    orders.push(SuspectOrder { canonical, residual });
+                    let neurons = neuron_sketch
+                        .map(|k| k.neuron_maps(suspect, &canonical, &flipped))
+                        .unwrap_or_default();
+                    keys.push(key);
+                    orders.push(SuspectOrder { canonical, residual, neurons });
                     orders.len() - 1
                 }
             };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::canonical::{Canonical, ResidualSketch};
+use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, SecretKey};
@@ -14,8 +14,8 @@ use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
-    sign_statement, CertifiedTensor, Envelope, ReleasePredicate, SketchRecord, Statement, Subject,
-    Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+    sign_statement, CertifiedTensor, Envelope, NeuronSketchRecord, ReleasePredicate, SketchRecord,
+    Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
@@ -181,6 +181,7 @@ struct Marking<'o> {
 struct Ss2Marking {
     canonical: Canonical,
     sketch: Option<ResidualSketch>,
+    neurons: Option<NeuronSketch>,
     recipient: Option<MarkKey>,
     strengths: Strengths,
     original_digests: Vec<(String, Sha256Digest)>,
@@ -200,8 +201,15 @@ impl<'o> Marking<'o> {
                 let strengths = Strengths::split(options.strength, recipient.is_some());
                 let canonical = Canonical::of(model);
                 let sketch = ResidualSketch::of(model, &canonical);
-                let marking =
-                    Ss2Marking { canonical, sketch, recipient, strengths, original_digests };
+                let neurons = NeuronSketch::of(model, &canonical);
+                let marking = Ss2Marking {
+                    canonical,
+                    sketch,
+                    neurons,
+                    recipient,
+                    strengths,
+                    original_digests,
+                };
                 (release, Some(marking))
             }
         };
@@ -313,6 +321,7 @@ impl<'o> Marking<'o> {
                 if s.canonical.hidden() > 0 { "llama-residual" } else { "stored" }.to_string()
             }),
             residual_sketch: ss2.and_then(|s| s.sketch.as_ref()).map(SketchRecord::of),
+            neuron_sketch: ss2.and_then(|s| s.neurons.as_ref()).map(NeuronSketchRecord::of),
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),

@@ -74,7 +74,7 @@ mod ss2;
 pub mod synth;
 
 pub use attack::{apply as apply_attack, Attack, AttackDetail, AttackReport};
-pub use canonical::ResidualSketch;
+pub use canonical::{NeuronSketch, ResidualSketch};
 pub use convert::{convert, parse_size, ConvertOptions, ConvertReport};
 pub use detect::{
     detect, detect_many, log10_p_bound, DetectOptions, Detection, Mode, Skipped, Target,

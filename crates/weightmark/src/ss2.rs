@@ -433,8 +433,13 @@ pub fn detect_tensor(
                         for (k, streams) in keys.iter().enumerate() {
                             let s = match layout {
                                 Layout::Cols(_) => {
+                                    // A matched neuron takes its original's signs.
+                                    let at = axes
+                                        .neurons
+                                        .and_then(|m| m.get(i))
+                                        .map_or(i, |&c| c as usize);
                                     buf.resize(sums.len(), 0.0);
-                                    streams.signs((i * sums.len()) as u64, &mut buf);
+                                    streams.signs((at * sums.len()) as u64, &mut buf);
                                     sums.iter().zip(&buf).map(|(a, b)| a * b).sum()
                                 }
                                 _ => {
@@ -482,7 +487,15 @@ pub fn detect_tensor(
                     let v: f64 = sums.iter().map(|s| s * s).sum();
                     for (k, streams) in keys.iter().enumerate() {
                         streams.signs((g * cols) as u64, &mut p);
-                        let s: f64 = sums.iter().zip(&p).map(|(a, b)| a * b).sum();
+                        let s: f64 = match axes.neurons.filter(|m| m.len() == cols) {
+                            // Columns are matched neurons: each takes its original's sign.
+                            Some(m) => sums
+                                .iter()
+                                .zip(m)
+                                .map(|(a, &c)| a * p.get(c as usize).copied().unwrap_or(0.0))
+                                .sum(),
+                            None => sums.iter().zip(&p).map(|(a, b)| a * b).sum(),
+                        };
                         stats[k] = Stats { s, v, elements: n };
                     }
                     stats

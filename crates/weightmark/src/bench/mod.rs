@@ -269,6 +269,7 @@ pub fn measure(
         recipient_key: None,
         tensors: inputs.target.tensors.clone(),
         residual_sketch: inputs.target.residual_sketch.clone(),
+        neuron_sketch: inputs.target.neuron_sketch.clone(),
     };
     let attacked = Model::open(out)?;
     let opts = DetectOptions::default();

@@ -9,7 +9,7 @@ use super::envelope::{open_statement, Envelope, Statement, Tool};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::canonical::ResidualSketch;
+use crate::canonical::{NeuronSketch, ResidualSketch};
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, PublicKey};
@@ -44,11 +44,10 @@ pub struct SketchRecord {
 impl SketchRecord {
     /// The record of `sketch`.
     pub fn of(sketch: &ResidualSketch) -> SketchRecord {
-        let bytes: Vec<u8> = sketch.bits.iter().flat_map(|w| w.to_le_bytes()).collect();
         SketchRecord {
             tensor: sketch.tensor.clone(),
             rows: sketch.rows.clone(),
-            bits: BASE64.encode(bytes),
+            bits: BASE64.encode(words_to_bytes(&sketch.bits)),
         }
     }
 
@@ -56,18 +55,58 @@ impl SketchRecord {
     /// whole number of channels).
     pub fn to_sketch(&self) -> Result<ResidualSketch> {
         let bad = |reason: String| Error::invalid(format!("residual_sketch: {reason}"));
-        let bytes = BASE64.decode(&self.bits).map_err(|_| bad("bits are not base64".into()))?;
-        if bytes.len() % 8 != 0 {
-            return Err(bad(format!("{} bytes of bits, not whole 64-bit words", bytes.len())));
-        }
-        let bits = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
+        let bits = bytes_to_words(&self.bits).map_err(bad)?;
         let sketch = ResidualSketch { tensor: self.tensor.clone(), rows: self.rows.clone(), bits };
         sketch.validate().map_err(bad)?;
         Ok(sketch)
     }
+}
+
+/// A [`NeuronSketch`] as a certificate records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeuronSketchRecord {
+    /// The sampled residual channels, as canonical positions.
+    pub columns: Vec<usize>,
+    /// Neurons per layer.
+    pub neurons: usize,
+    /// One little-endian 64-bit word per neuron, layer by layer, standard base64.
+    pub bits: String,
+}
+
+impl NeuronSketchRecord {
+    /// The record of `sketch`.
+    pub fn of(sketch: &NeuronSketch) -> NeuronSketchRecord {
+        NeuronSketchRecord {
+            columns: sketch.columns.clone(),
+            neurons: sketch.neurons,
+            bits: BASE64.encode(words_to_bytes(&sketch.bits)),
+        }
+    }
+
+    /// The sketch, checked.
+    pub fn to_sketch(&self) -> Result<NeuronSketch> {
+        let bad = |reason: String| Error::invalid(format!("neuron_sketch: {reason}"));
+        let bits = bytes_to_words(&self.bits).map_err(bad)?;
+        let sketch = NeuronSketch { columns: self.columns.clone(), neurons: self.neurons, bits };
+        sketch.validate().map_err(bad)?;
+        Ok(sketch)
+    }
+}
+
+fn words_to_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Little-endian 64-bit words from standard base64.
+fn bytes_to_words(text: &str) -> std::result::Result<Vec<u64>, String> {
+    let bytes = BASE64.decode(text).map_err(|_| "bits are not base64".to_string())?;
+    if bytes.len() % 8 != 0 {
+        return Err(format!("{} bytes of bits, not whole 64-bit words", bytes.len()));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect())
 }
 
 /// The predicate of a release certificate.
@@ -103,6 +142,11 @@ pub struct ReleasePredicate {
     /// detection then orders the suspect's channels by magnitude alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_sketch: Option<SketchRecord>,
+    /// `ss2` with a Llama layout: the public sketch of the original's MLP
+    /// neurons that blind detection matches the suspect's against
+    /// (docs/formats.md). Absent: neurons are tested in stored order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neuron_sketch: Option<NeuronSketchRecord>,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
     /// Elements counted by the blind statistic at release: finite elements
@@ -139,6 +183,11 @@ impl ReleasePredicate {
     /// The residual sketch, checked; `None` when the certificate has none.
     pub fn residual_sketch(&self) -> Result<Option<ResidualSketch>> {
         self.residual_sketch.as_ref().map(SketchRecord::to_sketch).transpose()
+    }
+
+    /// The neuron sketch, checked; `None` when the certificate has none.
+    pub fn neuron_sketch(&self) -> Result<Option<NeuronSketch>> {
+        self.neuron_sketch.as_ref().map(NeuronSketchRecord::to_sketch).transpose()
     }
 
     /// The certified tensors as (name, shape), what detection tests.

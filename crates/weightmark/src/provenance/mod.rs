@@ -16,8 +16,8 @@ pub mod report;
 pub mod verify;
 
 pub use certificate::{
-    load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, ReleasePredicate,
-    SketchRecord,
+    load_certificate, load_certificate_unverified, Certificate, CertifiedTensor,
+    NeuronSketchRecord, ReleasePredicate, SketchRecord,
 };
 pub use envelope::{
     envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, Envelope,
