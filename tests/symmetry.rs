@@ -482,6 +482,7 @@ fn the_free_transforms_erase_ss1_blind_but_not_ss2() {
     let chain = [
         Attack::Residual { permute: true, flip_signs: true },
         Attack::SignFlips,
+        Attack::Permute { what: weightmark::attack::PermuteWhat::Mlp },
         Attack::Rescale { log_sd: 2.0 },
     ];
     for scheme in [weightmark::Scheme::Ss1, weightmark::Scheme::Ss2] {
@@ -603,4 +604,29 @@ fn ss2_blind_undoes_a_neuron_permutation_through_the_certificate_s_neuron_sketch
     eprintln!("neurons permuted, then the free transforms: blind z {before:.2} -> {z:.2}, {z_stored:.2} in stored order");
     assert!(z >= 0.9 * before, "blind z {before} -> {z}");
     assert!(z_stored <= 0.6 * before, "the permutation should defeat stored order: {z_stored}");
+}
+
+#[test]
+fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss2_at_most_15() {
+    let transforms = [
+        Attack::Residual { permute: true, flip_signs: false },
+        Attack::Residual { permute: false, flip_signs: true },
+        Attack::Permute { what: weightmark::attack::PermuteWhat::Mlp },
+        Attack::Rescale { log_sd: 2.0 },
+    ];
+    for scheme in [weightmark::Scheme::Ss1, weightmark::Scheme::Ss2] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (marked, target) = marked_20m(dir.path(), scheme);
+        let before = blind_z(&marked, &target);
+        for (k, attack) in transforms.iter().enumerate() {
+            let out = dir.path().join(format!("t{k}"));
+            apply_attack(&marked, &out, attack, 6, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+            let z = blind_z(&Model::open(&out).unwrap_or_else(|e| panic!("{e}")), &target);
+            eprintln!("{scheme}: blind z {before:.2} -> {z:.2} after {attack:?}");
+            match scheme {
+                weightmark::Scheme::Ss1 => assert!(z < 0.55 * before, "ss1 kept {z} of {before}"),
+                _ => assert!(z > 0.85 * before, "ss2 fell from {before} to {z} after {attack:?}"),
+            }
+        }
+    }
 }
