@@ -5,9 +5,8 @@ use serde_json::json;
 use weightmark::provenance::report::{build_report, ReportInputs};
 use weightmark::provenance::{envelope_to_string, load_cited_report, load_reveal, Dispute, Reveal};
 use weightmark::{
-    detect, hex, load_certificate, load_certificate_unverified, model_file_digests,
-    model_tensor_digests, tensor_root, write_atomic, Certificate, DetectOptions, Detection, Model,
-    PublicKey, SecretKey, Target,
+    detect, hex, load_certificate, model_file_digests, model_tensor_digests, tensor_root,
+    write_atomic, Certificate, DetectOptions, Detection, Model, PublicKey, SecretKey, Target,
 };
 
 use crate::cli::DetectArgs;
@@ -27,15 +26,16 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         refuse_report_collision(report, args)?;
     }
     let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
-    // Whose signature the certificate must carry.
-    let owner: Option<PublicKey> = match (&args.public, &args.mark_key, &secret) {
-        (Some(path), _, _) => Some(PublicKey::load(path)?),
-        (None, None, Some(secret)) => Some(secret.public_key()),
+    // Whose signature the certificate (and a reveal) must carry: --pub, else
+    // the owner's own key. With --mark-key, clap requires --pub.
+    let owner: Option<PublicKey> = match (&args.public, &secret) {
+        (Some(path), _) => Some(PublicKey::load(path)?),
+        (None, Some(secret)) if args.mark_key.is_none() => Some(secret.public_key()),
         _ => None,
     };
     let cert = match (&args.cert, &owner) {
         (Some(path), Some(owner)) => Some(load_certificate(path, owner)?),
-        (Some(path), None) => Some(load_certificate_unverified(path)?),
+        (Some(_), None) => bail!("the certificate needs the owner's public key (--pub)"),
         (None, _) => None,
     };
     // A revealed key is read with the owner's public key (clap requires --pub).
@@ -46,24 +46,18 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     };
     let (label, recipient, target) =
         release(args, secret.as_ref(), cert.as_ref(), reveal.as_ref())?;
-    if cert.as_ref().is_some_and(|c| !c.signature_checked) {
-        eprintln!(
-            "weightmark: note: the certificate's signature was not checked (give the owner's \
-             public key with --pub); its commitment does match the mark key"
-        );
-    }
+    // The cited report is checked with whichever key we hold signed it.
+    let mut keys: Vec<PublicKey> = Vec::new();
+    keys.extend(secret.as_ref().map(SecretKey::public_key));
+    keys.extend(owner);
+    keys.extend(args.builds_on_public.as_deref().map(PublicKey::load).transpose()?);
+    let builds_on = args.builds_on.as_deref().map(|p| load_cited_report(p, &keys)).transpose()?;
 
     let suspect = Model::open(&args.suspect)?;
     for warning in &suspect.warnings {
         eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
-    // The cited report is checked with whichever key we hold signed it.
-    let mut keys: Vec<PublicKey> = Vec::new();
-    keys.extend(secret.as_ref().map(SecretKey::public_key));
-    keys.extend(args.public.as_deref().map(PublicKey::load).transpose()?);
-    keys.extend(args.builds_on_public.as_deref().map(PublicKey::load).transpose()?);
-    let builds_on = args.builds_on.as_deref().map(|p| load_cited_report(p, &keys)).transpose()?;
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
@@ -123,6 +117,10 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
             obj.insert("suspect".into(), json!(args.suspect.display().to_string()));
             obj.insert("dispute".into(), json!(dispute));
             obj.insert(
+                "builds_on_signature_checked".into(),
+                json!(builds_on.as_ref().map(|r| r.signature_checked)),
+            );
+            obj.insert(
                 "report".into(),
                 json!(args.report.as_ref().map(|p| p.display().to_string())),
             );
@@ -130,6 +128,17 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(args, &label, recipient.as_deref(), &result, dispute.as_ref())?;
+        if let (Some(path), Some(r)) = (&args.builds_on, &builds_on) {
+            outln!(
+                "builds on: {} ({})",
+                path.display(),
+                if r.signature_checked {
+                    format!("signature checked against key {}", r.signer)
+                } else {
+                    format!("signature NOT checked: no public key of its signer {}", r.signer)
+                }
+            );
+        }
     }
     Ok(if result.detected { Outcome::Success } else { Outcome::Negative })
 }
