@@ -447,3 +447,37 @@ fn eval_commands_need_the_eval_feature() {
         assert!(!s.path("out").exists());
     }
 }
+
+/// Informed detection of a suspect identical to the original: every tested
+/// element is unchanged, so there is no mark (exit 1, like `identify`), not
+/// "nothing could be tested" (exit 2).
+#[test]
+fn informed_detection_of_the_unmarked_original_is_no_mark_not_an_error() {
+    let s = Scene::new();
+    s.keygen("lab");
+    weightmark::synth::write_file(
+        &s.path("m.safetensors"),
+        &[weightmark::synth::gaussian_matrix("a.weight", 64, 128, Dtype::F32, 1)],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // ss1 counts no element whose difference is zero: the case that exited 2.
+    let embed = ["embed", "-k", "lab.key", "--scheme", "ss1", "m.safetensors"];
+    s.ok(&[&embed[..], &["-o", "marked.safetensors"]].concat());
+    let args = [
+        "detect",
+        "-k",
+        "lab.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--original",
+        "m.safetensors",
+        "m.safetensors",
+    ];
+    let o = s.run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("no mark found"), "{}", stdout(&o));
+    let o = s.run(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(json(&o)["detected"], false);
+}

@@ -424,3 +424,28 @@ fn marking_in_memory_gives_the_bytes_embed_writes_and_certify_binds_the_saved_fi
     let stranger = SecretKey::from_seed([22; 32]);
     assert!(weightmark::certify(&saved_model, &memory.record, &stranger).is_err());
 }
+
+/// Informed detection of the original itself tests every tensor and finds
+/// no mark (every difference is zero); only a suspect whose every tensor is
+/// skipped has nothing tested.
+#[test]
+fn the_original_tested_against_itself_is_tested_and_unmarked() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([12; 32]);
+    let tensors = vec![weightmark::synth::gaussian_matrix("a.weight", 64, 128, Dtype::F32, 1)];
+    let original = dir.path().join("m.safetensors");
+    write_file(&original, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+    let itself = find(&original, Some(&original), &key);
+    assert!(!itself.nothing_tested(), "{:?}", itself.skipped);
+    assert!(!itself.detected && itself.elements == 0 && itself.tensors.len() == 1);
+
+    let other = vec![weightmark::synth::gaussian_matrix("b.weight", 64, 128, Dtype::F32, 2)];
+    let unrelated = dir.path().join("other.safetensors");
+    write_file(&unrelated, &other, None).unwrap_or_else(|e| panic!("{e}"));
+    let suspect = Model::open(&unrelated).unwrap_or_else(|e| panic!("{e}"));
+    let target =
+        Target::ss1(key.mark_key("release", None), Some(vec![("a.weight".into(), vec![64, 128])]));
+    let none = detect(&suspect, None, &target, &DetectOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(none.nothing_tested());
+}

@@ -185,7 +185,17 @@ fn reports_are_signed_by_whoever_ran_detection_and_chain_back() {
         "first.json",
     ]);
     // An auditor holding only a revealed mark key and the owner's public key.
-    s.ok(&["reveal", "-k", "lab.key", "--cert", cert, "-o", "acme.markkey"]);
+    s.ok(&[
+        "reveal",
+        "-k",
+        "lab.key",
+        "--cert",
+        cert,
+        "--report",
+        "first.json",
+        "-o",
+        "acme.markkey",
+    ]);
     s.ok(&[
         "detect",
         "--mark-key",
@@ -215,6 +225,8 @@ fn reports_are_signed_by_whoever_ran_detection_and_chain_back() {
     let first_sha =
         json(&s.run(&["verify", "first.json", "--pub", "lab.pub", "--json"]))["sha256"].clone();
     assert_eq!(p["builds_on"]["sha256"], first_sha);
+    assert_eq!(p["builds_on"]["signature_checked"], true, "checked with --pub");
+    assert_eq!(p["dispute"]["committed"], true);
     let cert_sha = json(&s.run(&["verify", cert, "--pub", "lab.pub", "--json"]))["sha256"].clone();
     assert_eq!(p["certificate"]["sha256"], cert_sha);
     // The report is the auditor's, not the lab's.
@@ -240,20 +252,17 @@ fn a_revealed_mark_key_finds_its_release_and_is_refused_for_another() {
             "-o",
             &format!("{r}.safetensors"),
         ]);
-        s.ok(&[
-            "reveal",
-            "-k",
-            "lab.key",
-            "--cert",
-            &format!("{r}.safetensors.cert.json"),
-            "-o",
-            &format!("{r}.markkey"),
-        ]);
+        let cert = format!("{r}.safetensors.cert.json");
+        let commit = format!("{r}.commit.json");
+        let suspect = format!("{r}.safetensors");
+        s.ok(&["detect", "-k", "lab.key", "--cert", &cert, &suspect, "--report", &commit]);
+        let key = format!("{r}.markkey");
+        s.ok(&["reveal", "-k", "lab.key", "--cert", &cert, "--report", &commit, "-o", &key]);
     }
     let key_text = std::fs::read_to_string(s.path("alice.markkey")).unwrap_or_default();
     let secret_text = std::fs::read_to_string(s.path("lab.key")).unwrap_or_default();
     let seed_line = secret_text.lines().last().unwrap_or_default();
-    assert!(key_text.starts_with("weightmark mark key v1") && !key_text.contains(seed_line));
+    assert!(key_text.contains("\"payloadType\"") && !key_text.contains(seed_line));
 
     let found = s.run(&[
         "detect",
@@ -275,6 +284,8 @@ fn a_revealed_mark_key_finds_its_release_and_is_refused_for_another() {
         "bob.markkey",
         "--cert",
         "alice.safetensors.cert.json",
+        "--pub",
+        "lab.pub",
         "alice.safetensors",
     ]);
     assert_eq!(refused.status.code(), Some(2));
@@ -342,4 +353,232 @@ fn identify_ranks_the_leaking_recipient_first_with_adjusted_p_values() {
     assert_eq!(json(&informed)["candidates"][0]["recipient"], "r3");
     let unmarked = s.run(&["identify", "-k", "lab.key", "--certs", "certs", "m.safetensors"]);
     assert_eq!(unmarked.status.code(), Some(1), "{}", stdout(&unmarked));
+}
+
+/// The auditor's point 7, first bullet: a report cited with `--builds-on` is
+/// checked when its signer's public key is at hand (the detecting key's own,
+/// `--pub`, or `--builds-on-pub`); a forged one is refused, and one that could
+/// not be checked is recorded and shown as unchecked, not as "signed by".
+#[test]
+fn a_cited_report_is_checked_or_recorded_as_unchecked() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    s.ok(&["keygen", "-o", "other"]);
+    two_tensor_model(&s.path("m.safetensors"));
+    s.ok(&["embed", "-k", "lab.key", "m.safetensors", "-o", "marked.safetensors"]);
+    let cert = "marked.safetensors.cert.json";
+    let detect = |key: &str, report: &str, extra: &[&str]| {
+        let mut args = vec!["detect", "-k", key, "marked.safetensors", "--report", report];
+        if key == "lab.key" {
+            args.extend(["--cert", cert]);
+        } else {
+            args.extend(["--label", "someone else's"]);
+        }
+        args.extend(extra);
+        s.run(&args)
+    };
+    for (key, report) in [("lab.key", "first.json"), ("other.key", "other.json")] {
+        let o = detect(key, report, &[]);
+        assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+    // The lab's report with another key's signature: its keyid still says lab.
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(s.path(f)).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+    };
+    let mut forged = read("first.json");
+    forged["signatures"][0]["sig"] = read("other.json")["signatures"][0]["sig"].clone();
+    std::fs::write(s.path("forged.json"), forged.to_string()).unwrap_or_else(|e| panic!("{e}"));
+
+    let refused = detect("lab.key", "second.json", &["--builds-on", "forged.json"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    let err = stderr(&refused);
+    assert!(err.contains("forged.json") && err.contains("signature"), "{err}");
+    assert!(!s.path("second.json").exists());
+
+    let builds_on = |report: &str| {
+        let v = json(&s.run(&["verify", report, "--pub", "lab.pub", "--json"]));
+        v["predicate"]["builds_on"].clone()
+    };
+    // Signed by someone whose public key was not given: recorded as unchecked.
+    let o = detect("lab.key", "third.json", &["--builds-on", "other.json"]);
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(builds_on("third.json")["signature_checked"], false);
+    let text = s.ok(&["verify", "third.json", "--pub", "lab.pub"]);
+    assert!(text.contains("signature NOT checked"), "{text}");
+    // The same report with its signer's public key: checked.
+    let o = detect(
+        "lab.key",
+        "fourth.json",
+        &["--builds-on", "other.json", "--builds-on-pub", "other.pub"],
+    );
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(builds_on("fourth.json")["signature_checked"], true);
+    let text = s.ok(&["verify", "fourth.json", "--pub", "lab.pub"]);
+    assert!(text.contains("signature checked against key"), "{text}");
+    // The detecting key's own earlier report is checked with that key.
+    let o = detect("lab.key", "fifth.json", &["--builds-on", "first.json"]);
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(builds_on("fifth.json")["signature_checked"], true);
+}
+
+/// A marked copy for recipient `alice` of a small Llama model, its
+/// certificate, and the lab's signed report committing to it as the suspect.
+fn committed_suspect(s: &Scene) {
+    s.ok(&["keygen", "-o", "lab"]);
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::BF16, 7), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.ok(&[
+        "embed",
+        "-k",
+        "lab.key",
+        "-r",
+        "alice",
+        "--strength",
+        "0.01",
+        "m.safetensors",
+        "-o",
+        "alice.safetensors",
+    ]);
+    s.ok(&[
+        "detect",
+        "-k",
+        "lab.key",
+        "--cert",
+        "alice.safetensors.cert.json",
+        "alice.safetensors",
+        "--report",
+        "commit.json",
+    ]);
+}
+
+/// Writes the mark key `reveal` discloses for the release of `cert` as a
+/// bare mark key file (the format before reveal statements).
+fn bare_mark_key(s: &Scene, cert: &str, path: &str) {
+    let secret = weightmark::SecretKey::load(&s.path("lab.key")).unwrap_or_else(|e| panic!("{e}"));
+    let c = weightmark::load_certificate(&s.path(cert), &secret.public_key())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let target =
+        weightmark::Target::from_certificate(&c, &secret).unwrap_or_else(|e| panic!("{e}"));
+    let release = weightmark::RevealedRelease {
+        label: &c.predicate().label,
+        recipient: c.predicate().recipient.as_deref(),
+        certificate_sha256: &c.digest,
+    };
+    target
+        .recipient_key
+        .unwrap_or(target.mark_key)
+        .save(&s.path(path), &release)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Point 7, second bullet: a revealed key is used with the owner's public
+/// key, so an unsigned or edited certificate cannot pass.
+#[test]
+fn detect_with_a_revealed_key_needs_the_owners_public_key() {
+    let s = Scene::new();
+    committed_suspect(&s);
+    let cert = "alice.safetensors.cert.json";
+    bare_mark_key(&s, cert, "bare.markkey");
+    let o = s.run(&["detect", "--mark-key", "bare.markkey", "--cert", cert, "alice.safetensors"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("--pub"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+}
+
+/// Point 7, third bullet: the framing attack. A revealed key can plant its
+/// mark in any model, so it settles only the suspect that a report signed by
+/// the owner fixed before the reveal; any other model is refused, and a bare
+/// mark key (the old format, no commitment) is run with a warning on stdout.
+#[test]
+fn a_revealed_key_settles_only_the_suspect_committed_before_the_reveal() {
+    let s = Scene::new();
+    committed_suspect(&s);
+    let cert = "alice.safetensors.cert.json";
+    s.ok(&[
+        "reveal",
+        "-k",
+        "lab.key",
+        "--cert",
+        cert,
+        "--report",
+        "commit.json",
+        "-o",
+        "reveal.json",
+    ]);
+    let text = s.ok(&["verify", "reveal.json", "--pub", "lab.pub"]);
+    assert!(text.contains("VALID reveal"), "{text}");
+    let commit_sha =
+        json(&s.run(&["verify", "commit.json", "--pub", "lab.pub", "--json"]))["sha256"].clone();
+    let reveal = |suspect: &str| {
+        s.run(&[
+            "detect",
+            "--mark-key",
+            "reveal.json",
+            "--cert",
+            cert,
+            "--pub",
+            "lab.pub",
+            suspect,
+            "--json",
+        ])
+    };
+    let found = reveal("alice.safetensors");
+    assert_eq!(found.status.code(), Some(0), "{}", stderr(&found));
+    let v = json(&found);
+    assert_eq!(v["dispute"]["committed"], true, "{v}");
+    assert_eq!(v["dispute"]["report_sha256"], commit_sha, "{v}");
+
+    // Someone holding the revealed key makes a model that carries the mark but
+    // was never committed to (here: alice's copy, lightly edited).
+    s.ok(&[
+        "attack",
+        "noise",
+        "--relative",
+        "0.001",
+        "alice.safetensors",
+        "-o",
+        "planted.safetensors",
+    ]);
+    let framed = reveal("planted.safetensors");
+    assert_eq!(framed.status.code(), Some(2), "{}", stdout(&framed));
+    let err = stderr(&framed);
+    assert!(err.contains("reveal.json") && err.contains("committed"), "{err}");
+    assert!(stdout(&framed).is_empty(), "{}", stdout(&framed));
+
+    // A reveal must cite a report signed by the owner about this release.
+    s.ok(&["keygen", "-o", "other"]);
+    let o = s.run(&[
+        "detect",
+        "-k",
+        "other.key",
+        "--label",
+        "x",
+        "alice.safetensors",
+        "--report",
+        "foreign.json",
+    ]);
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = s.run(&[
+        "reveal",
+        "-k",
+        "lab.key",
+        "--cert",
+        cert,
+        "--report",
+        "foreign.json",
+        "-o",
+        "bad.json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(!s.path("bad.json").exists());
+
+    // The old bare mark key file: no commitment to check, so a warning.
+    bare_mark_key(&s, cert, "bare.markkey");
+    let args = ["detect", "--mark-key", "bare.markkey", "--cert", cert, "--pub", "lab.pub"];
+    let o = s.run(&[&args[..], &["planted.safetensors"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("NOT committed"), "{}", stdout(&o));
+    let o = s.run(&[&args[..], &["planted.safetensors", "--json"]].concat());
+    assert_eq!(json(&o)["dispute"]["committed"], false);
 }

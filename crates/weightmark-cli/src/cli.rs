@@ -23,11 +23,11 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Look for a mark in a suspect model (blind, or informed with --original).
     Detect(DetectArgs),
-    /// Check the signature of a certificate or detection report, and a model against it.
+    /// Check the signature of a certificate, detection report or reveal, and a model against it.
     Verify(VerifyArgs),
     /// Find which licensee's copy a suspect is: test every certificate in one pass.
     Identify(IdentifyArgs),
-    /// Write one release's mark key for a dispute (never the master secret).
+    /// Reveal one release's mark key for a dispute about a suspect your signed report fixed.
     Reveal(RevealArgs),
     /// Convert a GGUF file (or any readable model) to Hugging Face-layout safetensors.
     Convert(ConvertArgs),
@@ -109,13 +109,17 @@ pub struct DetectArgs {
     /// --mark-key, the key that signs the --report.
     #[arg(short = 'k', long = "key", value_name = "KEY", required_unless_present = "mark_key")]
     pub key: Option<PathBuf>,
-    /// A revealed mark key (from `weightmark reveal`) instead of the owner's
-    /// secret key: for a third party settling a dispute. Needs --cert; refused
-    /// unless it matches the certificate's commitment.
-    #[arg(long = "mark-key", value_name = "FILE", requires = "cert")]
+    /// A revealed mark key (the reveal statement from `weightmark reveal`)
+    /// instead of the owner's secret key: for a third party settling a
+    /// dispute. Needs --cert and the owner's --pub; refused unless it matches
+    /// the certificate's commitment, and for any suspect other than the one
+    /// the owner's signed report fixed before the reveal (a revealed key can
+    /// plant its mark in any model). A bare mark key file of earlier versions
+    /// is run with a warning that no suspect was committed to.
+    #[arg(long = "mark-key", value_name = "FILE", requires_all = ["cert", "public"])]
     pub mark_key: Option<PathBuf>,
-    /// The owner's public key, to check the certificate's signature when the
-    /// secret key given is not the owner's (with --mark-key).
+    /// The owner's public key: checks the certificate's signature (and, with
+    /// --mark-key, the reveal's) when the secret key given is not the owner's.
     #[arg(long = "pub", value_name = "PUB")]
     pub public: Option<PathBuf>,
     /// Certificate of the release to look for (gives label, recipient and tensors).
@@ -142,8 +146,15 @@ pub struct DetectArgs {
     pub report: Option<PathBuf>,
     /// An earlier report this one builds on (the suspect derives from that
     /// report's suspect), so a chain of reports can be followed back.
+    /// Its signature is checked with -k's public key, --pub or
+    /// --builds-on-pub, whichever signed it; with none of them it is recorded
+    /// (and shown by `verify`) as not checked.
     #[arg(long = "builds-on", value_name = "REPORT", requires = "report")]
     pub builds_on: Option<PathBuf>,
+    /// Public key of whoever signed the --builds-on report, when not yours
+    /// nor the owner's.
+    #[arg(long = "builds-on-pub", value_name = "PUB", requires = "builds_on")]
+    pub builds_on_public: Option<PathBuf>,
     /// The suspect model: a .safetensors file or a model directory.
     #[arg(value_name = "SUSPECT")]
     pub suspect: PathBuf,
@@ -201,7 +212,13 @@ pub struct RevealArgs {
     /// The certificate of the release whose mark key to reveal.
     #[arg(long, value_name = "CERT")]
     pub cert: PathBuf,
-    /// Where to write the mark key (mode 0600, never overwritten).
+    /// Your signed detection report about the suspect in dispute (from
+    /// `detect --report`), published before the reveal: the reveal settles
+    /// that suspect only, since the key can plant its mark in any model.
+    #[arg(long, value_name = "REPORT")]
+    pub report: PathBuf,
+    /// Where to write the reveal statement: the mark key and the report,
+    /// signed and dated (mode 0600, never overwritten).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
 }

@@ -78,7 +78,7 @@ pub fn run(
 ) -> Outcome<String> {
     let options = DetectOptions { threshold_p: threshold, progress };
     let result = detect(suspect, original, &release.target, &options)?;
-    if result.elements == 0 {
+    if result.nothing_tested() {
         let why: Vec<String> =
             result.skipped.iter().take(3).map(|s| format!("'{}' {}", s.name, s.reason)).collect();
         return Err(Failure::Input(format!(

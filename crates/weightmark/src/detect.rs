@@ -240,6 +240,16 @@ pub struct Detection {
     pub suspect_tensor_digests: Vec<(String, Sha256Digest)>,
 }
 
+impl Detection {
+    /// Whether no tensor could be tested at all (every one skipped: missing,
+    /// another shape, unreadable): the suspect cannot be judged. A tested
+    /// tensor whose elements all equal the original's (informed detection of
+    /// the original itself) is tested: it carries no mark.
+    pub fn nothing_tested(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
 /// Runs detection of `target` in `suspect`, informed when `original` is given.
 pub fn detect(
     suspect: &Model,

@@ -350,6 +350,18 @@ impl MarkKey {
         Ok(MarkKey::from_bytes(key))
     }
 
+    /// The key as base64 (for a reveal statement, which discloses it).
+    pub(crate) fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(BASE64.encode(self.key.as_ref()))
+    }
+
+    /// A key from its base64 (a reveal statement's), if it is 32 bytes.
+    pub(crate) fn from_base64(text: &str) -> Option<MarkKey> {
+        let bytes = Zeroizing::new(BASE64.decode(text).ok()?);
+        let key: [u8; 32] = bytes.as_slice().try_into().ok()?;
+        Some(MarkKey::from_bytes(key))
+    }
+
     /// Reads a mark key file.
     pub fn load(path: &Path) -> Result<MarkKey> {
         let text = Zeroizing::new(read_small(path)?);
@@ -379,7 +391,7 @@ pub struct RevealedRelease<'a> {
 }
 
 /// Creates `path` with mode 0600 (refusing to overwrite) and writes `bytes`.
-fn write_private_new(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -2,12 +2,11 @@
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use weightmark::provenance::envelope_to_string;
-use weightmark::provenance::report::{build_report, load_report, ReportInputs};
+use weightmark::provenance::report::{build_report, ReportInputs};
+use weightmark::provenance::{envelope_to_string, load_cited_report, load_reveal, Dispute, Reveal};
 use weightmark::{
-    detect, hex, load_certificate, load_certificate_unverified, model_file_digests,
-    model_tensor_digests, tensor_root, write_atomic, Certificate, DetectOptions, Detection,
-    MarkKey, Model, PublicKey, SecretKey, Target,
+    detect, hex, load_certificate, model_file_digests, model_tensor_digests, tensor_root,
+    write_atomic, Certificate, DetectOptions, Detection, Model, PublicKey, SecretKey, Target,
 };
 
 use crate::cli::DetectArgs;
@@ -27,36 +26,43 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         refuse_report_collision(report, args)?;
     }
     let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
-    // Whose signature the certificate must carry.
-    let owner: Option<PublicKey> = match (&args.public, &args.mark_key, &secret) {
-        (Some(path), _, _) => Some(PublicKey::load(path)?),
-        (None, None, Some(secret)) => Some(secret.public_key()),
+    // Whose signature the certificate (and a reveal) must carry: --pub, else
+    // the owner's own key. With --mark-key, clap requires --pub.
+    let owner: Option<PublicKey> = match (&args.public, &secret) {
+        (Some(path), _) => Some(PublicKey::load(path)?),
+        (None, Some(secret)) if args.mark_key.is_none() => Some(secret.public_key()),
         _ => None,
     };
     let cert = match (&args.cert, &owner) {
         (Some(path), Some(owner)) => Some(load_certificate(path, owner)?),
-        (Some(path), None) => Some(load_certificate_unverified(path)?),
+        (Some(_), None) => bail!("the certificate needs the owner's public key (--pub)"),
         (None, _) => None,
     };
-    let (label, recipient, target) = release(args, secret.as_ref(), cert.as_ref())?;
-    if cert.as_ref().is_some_and(|c| !c.signature_checked) {
-        eprintln!(
-            "weightmark: note: the certificate's signature was not checked (give the owner's \
-             public key with --pub); its commitment does match the mark key"
-        );
-    }
+    // A revealed key is read with the owner's public key (clap requires --pub).
+    let reveal = match (&args.mark_key, &owner) {
+        (Some(path), Some(owner)) => Some(load_reveal(path, owner)?),
+        (Some(_), None) => bail!("--mark-key needs the owner's public key (--pub)"),
+        (None, _) => None,
+    };
+    let (label, recipient, target) =
+        release(args, secret.as_ref(), cert.as_ref(), reveal.as_ref())?;
+    // The cited report is checked with whichever key we hold signed it.
+    let mut keys: Vec<PublicKey> = Vec::new();
+    keys.extend(secret.as_ref().map(SecretKey::public_key));
+    keys.extend(owner);
+    keys.extend(args.builds_on_public.as_deref().map(PublicKey::load).transpose()?);
+    let builds_on = args.builds_on.as_deref().map(|p| load_cited_report(p, &keys)).transpose()?;
 
     let suspect = Model::open(&args.suspect)?;
     for warning in &suspect.warnings {
         eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
-    let builds_on = args.builds_on.as_deref().map(|p| load_report(p, None)).transpose()?;
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
         .with_context(|| format!("could not test {}", args.suspect.display()))?;
-    if result.elements == 0 {
+    if result.nothing_tested() {
         let why: Vec<String> =
             result.skipped.iter().take(3).map(|s| format!("'{}' {}", s.name, s.reason)).collect();
         bail!(
@@ -66,6 +72,14 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
             why.join("; "),
             if result.skipped.len() > 3 { "; ..." } else { "" }
         );
+    }
+    // A revealed key settles only the suspect committed to before the reveal.
+    let dispute = match (&reveal, &cert) {
+        (Some(r), Some(c)) => Some(r.dispute_for(&result.suspect_digest, c)?),
+        _ => None,
+    };
+    if dispute.as_ref().is_some_and(|d| !d.committed) {
+        eprintln!("weightmark: warning: {}", UNCOMMITTED);
     }
 
     if let (Some(path), Some(signer)) = (&args.report, &secret) {
@@ -81,6 +95,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
                 suspect_files: &suspect_files,
                 original_tensor_root,
                 builds_on: builds_on.as_ref(),
+                dispute: dispute.as_ref(),
                 created: weightmark::now_rfc3339(),
             },
             signer,
@@ -100,6 +115,11 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
                 json!(cert.as_ref().map(|c| c.signature_checked)),
             );
             obj.insert("suspect".into(), json!(args.suspect.display().to_string()));
+            obj.insert("dispute".into(), json!(dispute));
+            obj.insert(
+                "builds_on_signature_checked".into(),
+                json!(builds_on.as_ref().map(|r| r.signature_checked)),
+            );
             obj.insert(
                 "report".into(),
                 json!(args.report.as_ref().map(|p| p.display().to_string())),
@@ -107,7 +127,18 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         }
         outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_table(args, &label, recipient.as_deref(), &result)?;
+        print_table(args, &label, recipient.as_deref(), &result, dispute.as_ref())?;
+        if let (Some(path), Some(r)) = (&args.builds_on, &builds_on) {
+            outln!(
+                "builds on: {} ({})",
+                path.display(),
+                if r.signature_checked {
+                    format!("signature checked against key {}", r.signer)
+                } else {
+                    format!("signature NOT checked: no public key of its signer {}", r.signer)
+                }
+            );
+        }
     }
     Ok(if result.detected { Outcome::Success } else { Outcome::Negative })
 }
@@ -119,12 +150,12 @@ fn release(
     args: &DetectArgs,
     secret: Option<&SecretKey>,
     cert: Option<&Certificate>,
+    reveal: Option<&Reveal>,
 ) -> anyhow::Result<(String, Option<String>, Target)> {
-    if let Some(path) = &args.mark_key {
+    if let Some(reveal) = reveal {
         let cert = cert.context("--mark-key needs --cert")?;
-        let mark_key = MarkKey::load(path)?;
-        let target = Target::from_revealed(cert, mark_key)
-            .with_context(|| format!("{} does not open the certificate", path.display()))?;
+        let target = Target::from_revealed(cert, reveal.mark_key.clone())
+            .with_context(|| format!("{} does not open the certificate", reveal.path.display()))?;
         let p = cert.predicate();
         return Ok((p.label.clone(), p.recipient.clone(), target));
     }
@@ -139,6 +170,11 @@ fn release(
     Ok((p.label.clone(), p.recipient.clone(), target))
 }
 
+/// Said on stdout and stderr for a bare mark key file.
+const UNCOMMITTED: &str = "the mark key is NOT committed to this suspect (a bare mark key file, \
+     not a reveal statement citing a report made before the reveal): anyone holding a revealed \
+     key can plant its mark, so this result does not show who marked the model";
+
 /// Refuses a report path that would replace one of the inputs.
 fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyhow::Result<()> {
     let target = std::path::absolute(report)?;
@@ -150,6 +186,7 @@ fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyho
     inputs.extend(args.cert.as_deref());
     inputs.extend(args.original.as_deref());
     inputs.extend(args.builds_on.as_deref());
+    inputs.extend(args.builds_on_public.as_deref());
     for input in inputs {
         let Ok(input) = input.canonicalize() else { continue };
         if target == input || (input.is_dir() && target.starts_with(&input)) {
@@ -167,6 +204,7 @@ fn print_table(
     label: &str,
     recipient: Option<&str>,
     r: &Detection,
+    dispute: Option<&Dispute>,
 ) -> anyhow::Result<()> {
     let mode = match r.mode {
         weightmark::Mode::Blind => "blind (no original)",
@@ -200,10 +238,26 @@ fn print_table(
     if let Some(c) = &r.recipient_component {
         outln!("recipient component (whose copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
     }
+    if r.elements == 0 && r.mode == weightmark::Mode::Informed {
+        outln!(
+            "every tested element equals the original's: the suspect carries no change, so no mark"
+        );
+    }
     if r.detected {
         outln!("MARK FOUND: this model carries the mark of this release.");
     } else {
         outln!("no mark found at this threshold.");
+    }
+    match dispute {
+        Some(d) if d.committed => outln!(
+            "dispute:  this suspect was committed to by the owner's report {} (dated {}) before \
+             the reveal (dated {}); check that the report was published before the reveal",
+            d.report_sha256.as_deref().unwrap_or_default(),
+            d.report_created.as_deref().unwrap_or_default(),
+            d.revealed.as_deref().unwrap_or_default()
+        ),
+        Some(_) => outln!("WARNING: {UNCOMMITTED}"),
+        None => {}
     }
     if let Some(report) = &args.report {
         outln!("signed report: {}", report.display());

@@ -1,41 +1,40 @@
-//! `weightmark reveal`: one release's mark key, for a dispute.
+//! `weightmark reveal`: one release's mark key, for a dispute about one
+//! suspect that a signed report fixed first.
 
-use anyhow::Context;
-use weightmark::provenance::load_certificate;
-use weightmark::RevealedRelease;
+use weightmark::provenance::{build_reveal, load_certificate, save_reveal, RevealInputs};
 use weightmark::SecretKey;
 
 use crate::cli::RevealArgs;
 use crate::{outln, Outcome};
 
-/// Writes the mark key of the release a certificate describes.
+/// Writes the reveal statement of the release a certificate describes.
 pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let secret = SecretKey::load(&args.key)?;
     let cert = load_certificate(&args.cert, &secret.public_key())?;
-    let p = cert.predicate();
     // ss1: the release's mark key. ss2: the recipient's own component when
     // the release has one (revealing the shared release component would let
     // anyone strip it from every copy), else the release component. The
-    // library derives them and checks them against the certificate.
-    let target = weightmark::Target::from_certificate(&cert, &secret).with_context(|| {
-        format!("{}: this secret key did not make this release", args.cert.display())
-    })?;
-    let mark_key = target.recipient_key.unwrap_or(target.mark_key);
-    let release = RevealedRelease {
-        label: &p.label,
-        recipient: p.recipient.as_deref(),
-        certificate_sha256: &cert.digest,
+    // library derives them, checks them against the certificate and checks
+    // that the report is the owner's, about this release, and earlier.
+    let inputs = RevealInputs {
+        certificate: &cert,
+        report: &args.report,
+        created: weightmark::now_rfc3339(),
     };
-    mark_key.save(&args.output, &release)?;
+    let envelope = build_reveal(&inputs, &secret)?;
+    save_reveal(&args.output, &envelope)?;
+    let p = cert.predicate();
     outln!(
-        "wrote the mark key of release '{}' (recipient {}) to {}",
+        "wrote the mark key of release '{}' (recipient {}) to {}, signed, citing report {}",
         p.label,
         p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
-        args.output.display()
+        args.output.display(),
+        args.report.display()
     );
     outln!(
-        "it opens this release's mark only; anyone can check it against the certificate and run \
-         `weightmark detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT`",
+        "it settles the suspect of that report only; anyone can check it with `weightmark \
+         detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT` (and should check that the \
+         report was published before this reveal)",
         args.output.display(),
         args.cert.display()
     );

@@ -80,8 +80,47 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 );
             }
             if let Some(b) = &p.builds_on {
-                outln!("  builds on report sha256 {} (signed by key {})", b.sha256, b.signer);
+                outln!(
+                    "  builds on report sha256 {} ({} key {})",
+                    b.sha256,
+                    if b.signature_checked {
+                        "signature checked against"
+                    } else {
+                        "signature NOT checked; claims"
+                    },
+                    b.signer
+                );
             }
+            match &p.dispute {
+                Some(d) if d.committed => outln!(
+                    "  with a revealed key (reveal sha256 {}): the suspect was committed to by the \
+                     owner's report {} before the reveal",
+                    d.reveal_sha256,
+                    d.report_sha256.as_deref().unwrap_or_default()
+                ),
+                Some(d) => outln!(
+                    "  with a bare revealed key (sha256 {}) NOT committed to this suspect: the \
+                     result does not show who marked it",
+                    d.reveal_sha256
+                ),
+                None => {}
+            }
+        }
+        VerifiedKind::Reveal(s) => {
+            let p = &s.predicate;
+            outln!("VALID reveal {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "  {} key of release '{}' (recipient {}), revealed {}, for the suspect with \
+                 tensor root {} committed to by report sha256 {} (dated {}); check that this \
+                 report was published before the reveal",
+                p.component,
+                p.label,
+                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+                p.created,
+                p.report.suspect_tensor_root,
+                p.report.sha256,
+                p.report.created
+            );
         }
     }
     if let (Some(check), Some(path)) = (&v.model, &args.model) {

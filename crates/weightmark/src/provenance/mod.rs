@@ -6,6 +6,8 @@
 //!   signing and signature checks.
 //! * [`certificate`]: the release certificate written by `embed`.
 //! * [`report`]: the detection report written by `detect --report`.
+//! * [`reveal`]: the reveal statement written by `reveal`: a mark key
+//!   disclosed for one suspect that a report fixed first.
 //! * [`verify`]: checking a certificate or report, and a model against it.
 //!
 //! `docs/formats.md` specifies every byte.
@@ -13,6 +15,7 @@
 pub mod certificate;
 pub mod envelope;
 pub mod report;
+pub mod reveal;
 pub mod verify;
 
 pub use certificate::{
@@ -24,5 +27,8 @@ pub use envelope::{
     EnvelopeSignature, Statement, Subject, Tool, PAYLOAD_TYPE, STATEMENT_TYPE,
     TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
-pub use report::{DetectionPredicate, Report};
+pub use report::{load_cited_report, DetectionPredicate, Report};
+pub use reveal::{
+    build_reveal, load_reveal, save_reveal, Dispute, Reveal, RevealInputs, RevealPredicate,
+};
 pub use verify::{verify_file, ModelCheck, Verified, VerifiedKind};

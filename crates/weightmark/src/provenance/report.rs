@@ -15,6 +15,7 @@ use super::envelope::{
     digest_set, open_statement, sign_statement, Envelope, Statement, Subject, Tool, STATEMENT_TYPE,
     TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
+use super::reveal::Dispute;
 use crate::detect::{Detection, Mode, Skipped, TensorResult};
 use crate::digest::{hex, Sha256Digest};
 use crate::error::{Error, Result};
@@ -44,11 +45,16 @@ pub struct CertificateRef {
 pub struct ReportRef {
     /// SHA-256 (hex) of the earlier report file.
     pub sha256: String,
-    /// Key id in the earlier report's envelope, as written there: check the
-    /// chain by verifying that report with its signer's public key.
+    /// Key id in the earlier report's envelope: the key that verified its
+    /// signature when `signature_checked`, else only what the envelope claims
+    /// (check the chain by verifying that report with its signer's public key).
     pub signer: String,
     /// The tensor root of the suspect it was about.
     pub suspect_tensor_root: String,
+    /// Whether the earlier report's signature was checked when this report
+    /// was made (false in reports written before this field existed).
+    #[serde(default)]
+    pub signature_checked: bool,
 }
 
 /// The predicate of a detection report.
@@ -95,6 +101,10 @@ pub struct DetectionPredicate {
     pub realigned: Vec<String>,
     /// The report this one builds on.
     pub builds_on: Option<ReportRef>,
+    /// For detection with a revealed mark key: whether the owner's report
+    /// committed to this suspect before the reveal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispute: Option<Dispute>,
     /// Key id of whoever ran the detection and signed the report.
     pub signer: String,
     /// The tool.
@@ -112,6 +122,8 @@ pub struct Report {
     pub digest: String,
     /// Key id of the envelope's first signature.
     pub signer: String,
+    /// Whether the signature was checked (with the key of id `signer`).
+    pub signature_checked: bool,
 }
 
 /// What a report is built from.
@@ -130,6 +142,8 @@ pub struct ReportInputs<'a> {
     pub original_tensor_root: Option<String>,
     /// The report this one builds on.
     pub builds_on: Option<&'a Report>,
+    /// What a revealed key settles about the suspect, for detection with one.
+    pub dispute: Option<&'a Dispute>,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
 }
@@ -156,6 +170,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
         sha256: r.digest.clone(),
         signer: r.signer.clone(),
         suspect_tensor_root: r.statement.predicate.suspect_tensor_root.clone(),
+        signature_checked: r.signature_checked,
     });
     let statement = Statement {
         statement_type: STATEMENT_TYPE.to_string(),
@@ -186,6 +201,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
             skipped: d.skipped.clone(),
             realigned: d.realigned.clone(),
             builds_on,
+            dispute: inputs.dispute.cloned(),
             signer: signer.public_key().key_id(),
             tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
             created: inputs.created.clone(),
@@ -199,8 +215,23 @@ pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
     let opened = open_statement(path, public)?;
     let statement = parse_detection_statement(&opened.payload)
         .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
-    let signer = opened.envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default();
-    Ok(Report { statement, digest: opened.sha256, signer })
+    let signer = match public {
+        Some(public) => public.key_id(),
+        None => opened.envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default(),
+    };
+    Ok(Report { statement, digest: opened.sha256, signer, signature_checked: public.is_some() })
+}
+
+/// Reads a report cited by a new one (`builds on`): its signature is checked
+/// with whichever of `keys` its envelope names, and a signature that does not
+/// verify is an error naming the file. When none of `keys` is the signer's,
+/// the report is read unchecked ([`Report::signature_checked`] false), which
+/// the citing report records.
+pub fn load_cited_report(path: &Path, keys: &[PublicKey]) -> Result<Report> {
+    let opened = open_statement(path, None)?;
+    let signer =
+        keys.iter().find(|k| opened.envelope.signatures.iter().any(|s| s.keyid == k.key_id()));
+    load_report(path, signer)
 }
 
 /// Parses a payload as a detection statement.

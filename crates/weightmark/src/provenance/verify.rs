@@ -1,4 +1,4 @@
-//! Checking a certificate or a detection report: its signature, and
+//! Checking a certificate, a detection report or a reveal statement: its signature, and
 //! optionally that a model on disk is the one it is about.
 //!
 //! Signature problems are errors of kind [`Error::BadSignature`] or
@@ -12,15 +12,19 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::certificate::{parse_release_statement, ReleasePredicate, RELEASE_PREDICATE_TYPE};
+use super::envelope::payload_bytes;
 use super::envelope::{
     parse_envelope, predicate_type, read_statement_file, verify_envelope, Statement,
     TENSOR_ROOT_SUBJECT,
 };
 use super::report::{parse_detection_statement, DetectionPredicate, DETECTION_PREDICATE_TYPE};
+use super::reveal::{load_reveal, RevealPredicate, REVEAL_PREDICATE_TYPE};
 use crate::digest::{hex, model_file_digests, model_tensor_digests, tensor_root};
 use crate::error::{Error, Result};
 use crate::key::PublicKey;
 use crate::model::Model;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 
 /// What kind of statement was verified.
 #[derive(Clone, Debug)]
@@ -29,6 +33,9 @@ pub enum VerifiedKind {
     Certificate(Box<Statement<ReleasePredicate>>),
     /// A detection report.
     Report(Box<Statement<DetectionPredicate>>),
+    /// A reveal statement (a mark key disclosed for a dispute), checked
+    /// together with the committing report inside it.
+    Reveal(Box<Statement<RevealPredicate>>),
 }
 
 /// A statement whose signature verified.
@@ -89,6 +96,7 @@ impl Verified {
         let (kind, predicate) = match &self.kind {
             VerifiedKind::Certificate(s) => ("certificate", serde_json::json!(s.predicate)),
             VerifiedKind::Report(s) => ("report", serde_json::json!(s.predicate)),
+            VerifiedKind::Reveal(s) => ("reveal", serde_json::json!(s.predicate)),
         };
         serde_json::json!({
             "valid": self.model_matches(),
@@ -125,6 +133,14 @@ pub fn verify_file(path: &Path, public: &PublicKey, model: Option<&Model>) -> Re
         Some(DETECTION_PREDICATE_TYPE) => {
             VerifiedKind::Report(Box::new(parse_detection_statement(&payload).map_err(not_ours)?))
         }
+        Some(REVEAL_PREDICATE_TYPE) => {
+            // Checks the report inside and the key against its commitment.
+            let reveal = load_reveal(path, public)?;
+            match reveal.statement {
+                Some(s) => VerifiedKind::Reveal(Box::new(s)),
+                None => return Err(not_ours("not a signed reveal statement".into())),
+            }
+        }
         other => {
             return Err(not_ours(format!(
                 "signed, but predicateType {} is neither a weightmark certificate nor a report",
@@ -137,9 +153,23 @@ pub fn verify_file(path: &Path, public: &PublicKey, model: Option<&Model>) -> Re
 }
 
 fn compare_model(kind: &VerifiedKind, model: &Model) -> ModelCheck {
+    let committed;
     let (subjects, recorded_tensors) = match kind {
         VerifiedKind::Certificate(s) => (&s.subject, &s.predicate.tensor_digests),
         VerifiedKind::Report(s) => (&s.subject, &s.predicate.suspect_tensor_digests),
+        VerifiedKind::Reveal(s) => {
+            // The suspect is the committing report's (checked on loading).
+            committed = BASE64
+                .decode(&s.predicate.report.file)
+                .ok()
+                .and_then(|b| parse_envelope(&b, Path::new("<report>")).ok())
+                .and_then(|e| payload_bytes(&e).ok())
+                .and_then(|p| parse_detection_statement(&p).ok());
+            match &committed {
+                Some(r) => (&r.subject, &r.predicate.suspect_tensor_digests),
+                None => return ModelCheck::default(),
+            }
+        }
     };
     let mut check = ModelCheck::default();
 
