@@ -18,7 +18,7 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     // anyone strip it from every copy), else the release component. The
     // library derives them and checks them against the certificate.
     let target = weightmark::Target::from_certificate(&cert, &secret).with_context(|| {
-        format!("{}: this secret key did not make this release", args.cert.display())
+        format!("{}: this secret key did not make this release", crate::format::path(&args.cert))
     })?;
     let mark_key = target.recipient_key.unwrap_or(target.mark_key);
     let release = RevealedRelease {
@@ -29,15 +29,18 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     mark_key.save(&args.output, &release)?;
     outln!(
         "wrote the mark key of release '{}' (recipient {}) to {}",
-        p.label,
-        p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
-        args.output.display()
+        crate::format::safe(&p.label),
+        p.recipient
+            .as_deref()
+            .map(|r| format!("'{}'", crate::format::safe(r)))
+            .unwrap_or_else(|| "none".into()),
+        crate::format::path(&args.output)
     );
     outln!(
         "it opens this release's mark only; anyone can check it against the certificate and run \
          `weightmark detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT`",
-        args.output.display(),
-        args.cert.display()
+        crate::format::path(&args.output),
+        crate::format::path(&args.cert)
     );
     Ok(Outcome::Success)
 }
