@@ -2,6 +2,8 @@
 //! numbers of a suspect's `config.json` are checked against its tensors, and
 //! a shard index is checked in time linear in its size.
 
+mod common;
+
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -120,4 +122,15 @@ fn a_config_json_that_is_a_fifo_or_a_device_is_refused_unread() {
     std::os::unix::fs::symlink("/dev/zero", &config).unwrap_or_else(|e| panic!("{e}"));
     let err = LlamaConfig::for_model(&model).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("is a device"), "{err}");
+}
+
+#[test]
+fn the_real_smollm2_configs_pass_the_checks() {
+    // SmolLM2: 9 query heads over 3 key/value heads of width 64, tied embeddings.
+    for dir in ["smollm2-f16", "smollm2-bf16-sharded"] {
+        let Some(path) = common::fixture(dir) else { continue };
+        let model = ok(Model::open(&path));
+        let config = ok(LlamaConfig::for_model(&model));
+        assert_eq!((config.heads, config.kv_heads, config.layers), (9, 3, 30), "{dir}");
+    }
 }
