@@ -191,3 +191,27 @@ fn internal_errors_say_so_and_a_panicking_worker_is_resumed() {
     assert!(caught.is_err(), "the worker's panic was turned into a result");
     assert!(!out.exists(), "nothing is left under the output's name");
 }
+
+#[test]
+fn format_offsets_reversed_says_so_instead_of_a_zero_byte_mismatch() {
+    let dir = common::Scene::new();
+    let path = dir.path("r.safetensors");
+    let json = r#"{"w":{"dtype":"F32","shape":[0],"data_offsets":[10,5]}}"#;
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&[0u8; 10]);
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let err = Model::open(&path).err();
+    let text = err.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        matches!(
+            err,
+            Some(Error::Format { source: weightmark::FormatError::OffsetsReversed { .. }, .. })
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("r.safetensors") && text.contains("[10, 5] end before they begin"),
+        "{text}"
+    );
+}

@@ -1,4 +1,6 @@
-//! Number formatting for people.
+//! Formatting for people: numbers, and text from inputs made safe to print.
+
+use std::path::Path;
 
 /// `22.7M`, `85.1k`, `512`.
 pub fn count(n: u64) -> String {
@@ -40,6 +42,46 @@ pub fn p_bound(p: f64) -> String {
     }
 }
 
+/// Text that came from an input (a tensor name, a label, a path, a library
+/// message quoting them), safe to print on a terminal: control characters
+/// (C0, DEL, C1), which could move the cursor, rewrite the screen or run
+/// terminal escape sequences, and the Unicode controls that reorder a line,
+/// are written as escapes (`\n`, `\t`, `\u{1b}`); everything else is kept.
+/// Applying it twice changes nothing more.
+pub fn safe(text: &str) -> String {
+    escape(text, false)
+}
+
+/// A path as [`safe`] text.
+pub fn path(p: &Path) -> String {
+    safe(&p.display().to_string())
+}
+
+/// [`safe`], but keeping line breaks: for whole outputs whose lines the
+/// command itself made (pretty JSON, where input text is already escaped).
+pub fn safe_lines(text: &str) -> String {
+    escape(text, true)
+}
+
+fn escape(text: &str, keep_newlines: bool) -> String {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +92,16 @@ mod tests {
         assert_eq!(bytes(340), "340 B");
         assert_eq!(p_bound(0.0), "p < 1e-300");
         assert_eq!(p_bound(3.2e-44), "p <= 3.2e-44");
+    }
+
+    #[test]
+    fn input_text_is_escaped_once() {
+        let evil = "w\x1b]0;owned\x07\n\u{202e}x\u{9b}";
+        let shown = safe(evil);
+        assert_eq!(shown, "w\\u{1b}]0;owned\\u{7}\\n\\u{202e}x\\u{9b}");
+        assert_eq!(safe(&shown), shown);
+        assert_eq!(safe_lines("a\nb\x1b"), "a\nb\\u{1b}");
+        assert_eq!(safe("model.layers.0.mlp.weight é"), "model.layers.0.mlp.weight é");
+        assert_eq!(path(Path::new("a\rb")), "a\\rb");
     }
 }

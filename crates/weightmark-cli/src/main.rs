@@ -39,7 +39,8 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "weightmark: error: {}", one_line(&err));
+            let line = format::safe(&one_line(&err));
+            let _ = writeln!(std::io::stderr(), "weightmark: error: {line}");
             ExitCode::from(2)
         }
     }
@@ -73,7 +74,7 @@ fn one_line(err: &anyhow::Error) -> String {
         }
         parts.push(text);
     }
-    parts.join(": ").replace('\n', " ")
+    parts.join(": ")
 }
 
 /// A closed stdout (`weightmark inspect m | head`) is not an error.

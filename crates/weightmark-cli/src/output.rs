@@ -20,10 +20,13 @@ impl fmt::Display for StdoutClosed {
 
 impl std::error::Error for StdoutClosed {}
 
-/// Writes one line to stdout.
+/// Writes one line to stdout. Commands escape the input text they print
+/// ([`crate::format::safe`]); as a second guard, no control character other
+/// than a line break ever reaches the terminal from here.
 pub fn line(args: fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let text = crate::format::safe_lines(&fmt::format(args));
     let mut out = std::io::stdout().lock();
-    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+    match out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n")) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
         Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),

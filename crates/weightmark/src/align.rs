@@ -172,12 +172,16 @@ fn attention_layers(model: &Model) -> Vec<usize> {
 
 /// Blocks of `block` rows of the named tensors, concatenated per block.
 fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f64>>> {
+    // Every tensor must split into `blocks` non-empty blocks before anything
+    // is sized by `blocks` (a number from the suspect's config.json).
+    let tensors = names.iter().map(|n| m.tensor(n)).collect::<Option<Vec<_>>>()?;
+    let splits = |t: &TensorRef<'_>| matches!(t.shape, [rows, _] if blocks > 0 && *rows >= blocks && rows % blocks == 0);
+    if !tensors.iter().all(splits) {
+        return None;
+    }
     let mut features = vec![Vec::new(); blocks];
-    for name in names {
-        let (rows, cols, v) = rows_of(&m.tensor(name)?)?;
-        if rows % blocks != 0 {
-            return None;
-        }
+    for t in &tensors {
+        let (rows, cols, v) = rows_of(t)?;
         let per = rows / blocks * cols;
         for (b, f) in features.iter_mut().enumerate() {
             f.extend_from_slice(&v[b * per..(b + 1) * per]);

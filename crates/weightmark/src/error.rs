@@ -76,6 +76,16 @@ pub enum FormatError {
         /// Bytes between the data offsets.
         actual: u64,
     },
+    /// Data offsets that end before they begin.
+    #[error("tensor '{}': data_offsets [{begin}, {end}] end before they begin", .name.escape_debug())]
+    OffsetsReversed {
+        /// Tensor name.
+        name: String,
+        /// Declared begin.
+        begin: u64,
+        /// Declared end.
+        end: u64,
+    },
     /// Shape arithmetic overflowed.
     #[error("tensor '{}': shape {shape:?} overflows", .name.escape_debug())]
     ShapeOverflow {

@@ -10,10 +10,63 @@ use crate::error::{Error, Result};
 /// Prefix of every temporary file or directory the library creates.
 pub(crate) const TEMP_PREFIX: &str = ".weightmark-";
 
-/// Reads at most `cap` bytes of `path`; a longer input (even a pipe or a
-/// device that reports no length) is an error rather than an unbounded read.
+/// Opens `path` for reading, refusing anything but a regular file (after
+/// following symbolic links): a directory, a FIFO, a socket or a device where
+/// a file is expected is an error, never something to wait on or read
+/// forever. On Unix the file is opened non-blocking, so even a FIFO swapped
+/// in after a check cannot block the open; the type is then checked on the
+/// open descriptor itself.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_a_regular_file(path, &meta.file_type()));
+    }
+    Ok(file)
+}
+
+/// The error for a path that is not a regular file, naming what it is.
+pub(crate) fn not_a_regular_file(path: &Path, kind: &std::fs::FileType) -> Error {
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        special_kind(kind)
+    };
+    Error::NotAModel { path: path.to_path_buf(), reason: format!("is {what}, not a regular file") }
+}
+
+/// What a special file is: a FIFO, a socket or a device.
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "something other than a file"
+    }
+}
+
+/// What a special file is.
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "something other than a file"
+}
+
+/// Reads at most `cap` bytes of the regular file `path`; a longer input is
+/// an error rather than an unbounded read, and anything but a regular file
+/// (a FIFO, a device such as `/dev/zero`, a directory) is refused unread.
 pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > cap {
@@ -134,5 +187,28 @@ mod tests {
         assert!(read_capped(&p, 100).is_ok());
         let err = read_capped(&p, 99).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("99-byte limit") && err.contains('x'), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn capped_read_refuses_a_fifo_a_device_and_a_directory_without_waiting() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let fifo = dir.path().join("config.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        // Nobody writes to the FIFO: a blocking open would wait forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo2 = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_capped(&fifo2, 100).err().map(|e| e.to_string()));
+        });
+        let err = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!("reading a FIFO blocked");
+        });
+        assert!(err.as_deref().is_some_and(|e| e.contains("FIFO")), "{err:?}");
+        let err = read_capped(Path::new("/dev/zero"), 100).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("is a device")), "{err:?}");
+        let err = read_capped(dir.path(), 100).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("is a directory")), "{err:?}");
     }
 }

@@ -37,8 +37,13 @@ pub struct LlamaConfig {
     pub vocab: usize,
 }
 
+/// Largest `config.json` read (real ones are a few kilobytes).
+pub(crate) const MAX_CONFIG_LEN: u64 = 1 << 20;
+
 impl LlamaConfig {
-    /// Reads the `config.json` beside (or inside, for a directory) the model.
+    /// Reads the `config.json` beside (or inside, for a directory) the model,
+    /// with a size cap, and checks every number against the tensors it
+    /// describes: the file is the suspect's and as untrusted as its weights.
     pub fn for_model(model: &Model) -> Result<LlamaConfig> {
         let dir = if model.path.is_dir() {
             model.path.clone()
@@ -46,25 +51,124 @@ impl LlamaConfig {
             model.path.parent().map(Path::to_path_buf).unwrap_or_default()
         };
         let path = dir.join("config.json");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::io::read_capped(&path, MAX_CONFIG_LEN)?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             Error::NotAModel { path: path.clone(), reason: format!("not JSON: {e}") }
         })?;
-        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|x| x as usize);
-        let missing =
-            |k: &str| Error::NotAModel { path: path.clone(), reason: format!("no '{k}'") };
-        let heads = get("num_attention_heads").ok_or_else(|| missing("num_attention_heads"))?;
-        Ok(LlamaConfig {
+        let invalid = |reason: String| Error::NotAModel { path: path.clone(), reason };
+        let get = |k: &str| -> Result<Option<usize>> {
+            match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .map(Some)
+                    .ok_or_else(|| invalid(format!("'{k}' is not a whole number: {x}"))),
+            }
+        };
+        let float = |k: &str, default: f64| -> Result<f64> {
+            match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(x) => x
+                    .as_f64()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| invalid(format!("'{k}' is not a positive number: {x}"))),
+            }
+        };
+        let required = |k: &str| get(k)?.ok_or_else(|| invalid(format!("no '{k}'")));
+        let heads = required("num_attention_heads")?;
+        let config = LlamaConfig {
             heads,
-            kv_heads: get("num_key_value_heads").unwrap_or(heads),
-            layers: get("num_hidden_layers").ok_or_else(|| missing("num_hidden_layers"))?,
-            hidden: get("hidden_size").ok_or_else(|| missing("hidden_size"))?,
-            intermediate: get("intermediate_size").ok_or_else(|| missing("intermediate_size"))?,
-            context: get("max_position_embeddings").unwrap_or(2048),
-            rms_eps: v.get("rms_norm_eps").and_then(serde_json::Value::as_f64).unwrap_or(1e-5),
-            rope_theta: v.get("rope_theta").and_then(serde_json::Value::as_f64).unwrap_or(10000.0),
-            vocab: get("vocab_size").unwrap_or(0),
-        })
+            kv_heads: get("num_key_value_heads")?.unwrap_or(heads),
+            layers: required("num_hidden_layers")?,
+            hidden: required("hidden_size")?,
+            intermediate: required("intermediate_size")?,
+            context: get("max_position_embeddings")?.unwrap_or(2048),
+            rms_eps: float("rms_norm_eps", 1e-5)?,
+            rope_theta: float("rope_theta", 10000.0)?,
+            vocab: get("vocab_size")?.unwrap_or(0),
+        };
+        config.check(model).map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Checks the numbers against each other and against the shapes of the
+    /// model's Llama tensors, so that nothing sized or divided by them can
+    /// go wrong later: the reason for the first disagreement.
+    pub fn check(&self, model: &Model) -> std::result::Result<(), String> {
+        let LlamaConfig { heads, kv_heads, layers, hidden, intermediate, context, vocab, .. } =
+            *self;
+        // Counts are written to GGUF as 32-bit numbers.
+        let limit = u32::MAX as usize;
+        for (key, n) in [
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+            ("num_hidden_layers", layers),
+            ("hidden_size", hidden),
+            ("intermediate_size", intermediate),
+            ("max_position_embeddings", context),
+        ] {
+            if n == 0 || n > limit {
+                return Err(format!("'{key}' is {n}; it must be from 1 to {limit}"));
+            }
+        }
+        if vocab > limit {
+            return Err(format!("'vocab_size' is {vocab}; it must be at most {limit}"));
+        }
+        if heads % kv_heads != 0 {
+            return Err(format!(
+                "{heads} attention heads cannot be grouped over {kv_heads} key/value heads"
+            ));
+        }
+        let mut head_dim = None;
+        for t in model.tensors() {
+            let Some(part) = Part::of(t.name) else { continue };
+            let layer = layer_of(t.name);
+            if let Some(l) = layer.filter(|&l| l >= layers) {
+                return Err(format!(
+                    "tensor '{}' is in layer {l}, but 'num_hidden_layers' is {layers}",
+                    t.name.escape_debug()
+                ));
+            }
+            let shape = t.shape;
+            let fits = match (part, shape) {
+                (Part::Embed | Part::Head, [rows, cols]) => {
+                    *cols == hidden && (vocab == 0 || *rows == vocab)
+                }
+                (Part::FinalNorm | Part::InputNorm(_) | Part::PostAttentionNorm(_), [n]) => {
+                    *n == hidden
+                }
+                (Part::Q(_), [rows, cols]) | (Part::O(_), [cols, rows]) => {
+                    let d = rows / heads;
+                    let ok = *cols == hidden && rows % heads == 0 && d > 0;
+                    let same = head_dim.is_none_or(|h| h == d);
+                    head_dim = Some(d);
+                    ok && same
+                }
+                (Part::K(_) | Part::V(_), [rows, cols]) => {
+                    let d = rows / kv_heads;
+                    let ok = *cols == hidden && rows % kv_heads == 0 && d > 0;
+                    let same = head_dim.is_none_or(|h| h == d);
+                    head_dim = Some(d);
+                    ok && same
+                }
+                (Part::Gate(_) | Part::Up(_), [rows, cols]) => {
+                    *rows == intermediate && *cols == hidden
+                }
+                (Part::Down(_), [rows, cols]) => *rows == hidden && *cols == intermediate,
+                _ => false,
+            };
+            if !fits {
+                return Err(format!(
+                    "tensor '{}' of shape {shape:?} does not fit {heads} attention heads over \
+                     {kv_heads} key/value heads, hidden size {hidden}, intermediate size \
+                     {intermediate}{}",
+                    t.name.escape_debug(),
+                    if vocab > 0 { format!(" and vocabulary {vocab}") } else { String::new() }
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -23,11 +23,14 @@
 //!
 //! Chunks of whole rows (about 64 Ki elements) are processed in parallel and
 //! their partial sums are added in chunk order, so results are identical
-//! whatever the thread count.
+//! whatever the thread count. A row longer than a chunk (a `[1, N]` tensor, a
+//! long 1-D one) is read in pieces of a chunk, in a few passes that carry the
+//! row's sums from piece to piece in element order: the same numbers as one
+//! pass over the whole row, with working memory bounded by the piece.
 
 use rayon::prelude::*;
 
-use crate::dtype::{decode_f64, encode_stochastic};
+use crate::dtype::{decode_f64, encode_stochastic, Dtype};
 use crate::model::TensorRef;
 use crate::pattern::TensorStreams;
 
@@ -231,17 +234,226 @@ fn row_stats(x: &[f64], p: &[f64]) -> Stats {
 /// elements beyond about 1e154) the row is rescaled by its largest magnitude
 /// first, so one huge element cannot turn the statistics into NaN.
 pub(crate) fn finite_rms(row: &[f64]) -> (f64, u64) {
-    let (sum, n) =
-        row.iter().filter(|v| v.is_finite()).fold((0.0, 0u64), |(s, n), v| (s + v * v, n + 1));
+    finite_rms_pieces(&|visit| visit(row))
+}
+
+/// A row given piece by piece: calls its argument on each piece, in order.
+pub(crate) type Pieces<'a> = dyn Fn(&mut dyn FnMut(&[f64])) + 'a;
+
+/// [`finite_rms`] of a row given piece by piece: `pieces` calls its argument
+/// on each piece of the row, in order (it may be asked more than once). The
+/// sums run in element order across pieces, so the result is exactly that
+/// of [`finite_rms`] on the whole row.
+pub(crate) fn finite_rms_pieces(pieces: &Pieces<'_>) -> (f64, u64) {
+    let (mut sum, mut n) = (0.0, 0u64);
+    pieces(&mut |row| {
+        for v in row.iter().filter(|v| v.is_finite()) {
+            sum += v * v;
+            n += 1;
+        }
+    });
     if n == 0 {
         return (0.0, 0);
     }
     if sum.is_finite() {
         return ((sum / n as f64).sqrt(), n);
     }
-    let max = row.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
-    let scaled: f64 = row.iter().filter(|v| v.is_finite()).map(|v| (v / max) * (v / max)).sum();
+    let mut max = 0.0f64;
+    pieces(&mut |row| max = row.iter().filter(|v| v.is_finite()).fold(max, |m, v| m.max(v.abs())));
+    let mut scaled = 0.0;
+    pieces(&mut |row| {
+        for v in row.iter().filter(|v| v.is_finite()) {
+            scaled += (v / max) * (v / max);
+        }
+    });
     (max * (scaled / n as f64).sqrt(), n)
+}
+
+/// Element ranges of the pieces a long row is read in.
+fn pieces(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..len).step_by(CHUNK_ELEMENTS).map(move |a| a..(a + CHUNK_ELEMENTS).min(len))
+}
+
+/// [`row_stats`] of a row longer than a chunk: `fill` writes the values of
+/// a piece (element range of the row), `signs` its keyed signs.
+fn row_stats_pieces(
+    len: usize,
+    fill: &dyn Fn(std::ops::Range<usize>, &mut Vec<f64>),
+    signs: &dyn Fn(std::ops::Range<usize>, &mut [f64]),
+) -> Stats {
+    let (rms, n) = finite_rms_pieces(&|visit| {
+        let mut x = Vec::new();
+        for k in pieces(len) {
+            fill(k, &mut x);
+            visit(&x);
+        }
+    });
+    if rms == 0.0 {
+        return Stats::default();
+    }
+    let c = 1.0 / rms;
+    let (mut s, mut v) = (0.0, 0.0);
+    let (mut x, mut p) = (Vec::new(), vec![0.0; CHUNK_ELEMENTS]);
+    for k in pieces(len) {
+        let p = &mut p[..k.len()];
+        fill(k.clone(), &mut x);
+        signs(k, p);
+        for (&xi, &pi) in x.iter().zip(p.iter()) {
+            if xi.is_finite() {
+                let cx = c * xi;
+                s += cx * pi;
+                v += cx * cx;
+            }
+        }
+    }
+    Stats { s, v, elements: n }
+}
+
+/// Marks one row longer than a chunk (`input` and `out` are its bytes; its
+/// first element is element `start` of the tensor), in pieces: the row's
+/// RMS, then the marked values piece by piece, then the blind and informed
+/// statistics. Every sum runs in element order, as in [`embed_tensor`].
+fn embed_long_row(
+    dtype: Dtype,
+    input: &[u8],
+    out: &mut [u8],
+    start: usize,
+    streams: &TensorStreams,
+    strength: f64,
+) -> (Fidelity, Stats, Stats) {
+    let size = dtype.size();
+    let len = input.len() / size;
+    let bytes = |b: &[u8], k: &std::ops::Range<usize>| -> Vec<u8> {
+        b.get(k.start * size..k.end * size).unwrap_or_default().to_vec()
+    };
+    let decode = |b: &[u8], k: std::ops::Range<usize>, x: &mut Vec<f64>| {
+        decode_f64(dtype, b.get(k.start * size..k.end * size).unwrap_or_default(), x);
+    };
+    let (rms, _) = finite_rms_pieces(&|visit| {
+        let mut w = Vec::new();
+        for k in pieces(len) {
+            decode(input, k, &mut w);
+            visit(&w);
+        }
+    });
+    let a = strength * rms;
+    let mut fid = Fidelity::default();
+    let (mut w, mut marked, mut target) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut p, mut u) = (vec![0.0; CHUNK_ELEMENTS], vec![0u32; CHUNK_ELEMENTS]);
+    for k in pieces(len) {
+        let (p, u) = (&mut p[..k.len()], &mut u[..k.len()]);
+        decode(input, k.clone(), &mut w);
+        streams.signs((start + k.start) as u64, p);
+        streams.dither((start + k.start) as u64, u);
+        target.clear();
+        target.extend(w.iter().zip(p.iter()).map(|(&wi, &pi)| wi + a * pi));
+        let piece_out = out.get_mut(k.start * size..k.end * size).unwrap_or_default();
+        encode_stochastic(dtype, &target, u, piece_out);
+        decode_f64(dtype, piece_out, &mut marked);
+        for (&wi, &mi) in w.iter().zip(&marked) {
+            let d = if wi.is_finite() && mi.is_finite() { mi - wi } else { 0.0 };
+            if wi.is_finite() {
+                fid.sum_sq_original += wi * wi;
+                fid.sum_sq_change += d * d;
+                fid.max_abs_change = fid.max_abs_change.max(d.abs());
+                fid.elements += 1;
+            }
+        }
+    }
+    let out: &[u8] = out;
+    let signs =
+        |k: std::ops::Range<usize>, p: &mut [f64]| streams.signs((start + k.start) as u64, p);
+    let blind = row_stats_pieces(len, &|k, x| decode(out, k, x), &signs);
+    let informed = row_stats_pieces(
+        len,
+        &|k, x| {
+            let (mut w, mut m) = (Vec::new(), Vec::new());
+            decode_f64(dtype, &bytes(input, &k), &mut w);
+            decode_f64(dtype, &bytes(out, &k), &mut m);
+            x.clear();
+            x.extend(w.iter().zip(&m).map(|(&wi, &mi)| {
+                if wi.is_finite() && mi.is_finite() {
+                    mi - wi
+                } else {
+                    0.0
+                }
+            }));
+        },
+        &signs,
+    );
+    (fid, blind, informed)
+}
+
+/// Detection statistics of one row longer than a chunk under several keys,
+/// in pieces; the same numbers as [`detect_tensor_multi`]'s one pass.
+fn detect_long_row(
+    suspect: (Dtype, &[u8]),
+    original: Option<(Dtype, &[u8])>,
+    start: usize,
+    streams: &[&TensorStreams],
+) -> Vec<Stats> {
+    let decode = |(dtype, b): (Dtype, &[u8]), k: &std::ops::Range<usize>, x: &mut Vec<f64>| {
+        let size = dtype.size();
+        decode_f64(dtype, b.get(k.start * size..k.end * size).unwrap_or_default(), x);
+    };
+    let len = suspect.1.len() / suspect.0.size();
+    // The informed residual's gain, summed over the whole row first.
+    let gain = original.map(|o| {
+        let (mut so, mut oo) = (0.0, 0.0);
+        let (mut x, mut w) = (Vec::new(), Vec::new());
+        for k in pieces(len) {
+            decode(suspect, &k, &mut x);
+            decode(o, &k, &mut w);
+            for (&s, &o) in x.iter().zip(&w) {
+                if s != 0.0 && s.is_finite() && o.is_finite() {
+                    so += s * o;
+                    oo += o * o;
+                }
+            }
+        }
+        if oo > 0.0 && (so / oo).is_finite() {
+            so / oo
+        } else {
+            1.0
+        }
+    });
+    let fill = |k: std::ops::Range<usize>, x: &mut Vec<f64>| {
+        decode(suspect, &k, x);
+        if let (Some(o), Some(gain)) = (original, gain) {
+            let mut w = Vec::new();
+            decode(o, &k, &mut w);
+            for (s, &o) in x.iter_mut().zip(&w) {
+                *s = if *s == 0.0 { f64::NAN } else { *s - gain * o };
+            }
+        }
+    };
+    let (rms, n) = finite_rms_pieces(&|visit| {
+        let mut x = Vec::new();
+        for k in pieces(len) {
+            fill(k, &mut x);
+            visit(&x);
+        }
+    });
+    if rms == 0.0 {
+        return vec![Stats::default(); streams.len()];
+    }
+    let c = 1.0 / rms;
+    let mut shared = Stats { elements: n, ..Stats::default() };
+    let mut s = vec![0.0; streams.len()];
+    let (mut x, mut p) = (Vec::new(), vec![0.0; CHUNK_ELEMENTS]);
+    for k in pieces(len) {
+        fill(k.clone(), &mut x);
+        for v in x.iter_mut() {
+            *v = if v.is_finite() { c * *v } else { 0.0 };
+            shared.v += *v * *v;
+        }
+        let p = &mut p[..k.len()];
+        for (st, s) in streams.iter().zip(s.iter_mut()) {
+            st.signs((start + k.start) as u64, p);
+            *s = x.iter().zip(p.iter()).fold(*s, |acc, (cx, pi)| acc + cx * pi);
+        }
+    }
+    s.into_iter().map(|s| Stats { s, ..shared }).collect()
 }
 
 /// Turns one row of suspect values into the informed residual, in place:
@@ -282,6 +494,11 @@ pub fn embed_tensor(t: &TensorRef<'_>, streams: &TensorStreams, strength: f64) -
         .enumerate()
         .map(|(ci, out)| {
             let start = ci * chunk;
+            if row_len > CHUNK_ELEMENTS {
+                // One long row: read it in pieces.
+                let input = t.data.get(start * size..start * size + out.len()).unwrap_or_default();
+                return embed_long_row(t.dtype, input, out, start, streams, strength);
+            }
             let n = out.len() / size;
             let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
             let mut w = Vec::with_capacity(n);
@@ -363,8 +580,16 @@ pub fn detect_tensor_multi(
         .map(|ci| {
             let start = ci * chunk;
             let end = (start + chunk).min(elements);
-            let mut x = Vec::with_capacity(end - start);
             let bytes = suspect.data.get(start * s_size..end * s_size).unwrap_or_default();
+            if row_len > CHUNK_ELEMENTS {
+                // One long row: read it in pieces.
+                let original = original.map(|o| {
+                    let o_size = o.dtype.size();
+                    (o.dtype, o.data.get(start * o_size..end * o_size).unwrap_or_default())
+                });
+                return detect_long_row((suspect.dtype, bytes), original, start, streams);
+            }
+            let mut x = Vec::with_capacity(end - start);
             decode_f64(suspect.dtype, bytes, &mut x);
             if let Some(o) = original {
                 let o_size = o.dtype.size();
@@ -417,6 +642,45 @@ pub fn detect_tensor_multi(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_row_read_in_pieces_gives_exactly_what_one_pass_over_it_gives() {
+        use crate::key::MarkKey;
+        use crate::synth::{gaussian_matrix, to_model, SynthTensor};
+        let ok = |r: crate::Result<crate::model::Model>| r.unwrap_or_else(|e| panic!("{e}"));
+        // Longer than two pieces, and not a whole number of them.
+        let n = 2 * CHUNK_ELEMENTS + 1234;
+        for dtype in [Dtype::F32, Dtype::BF16] {
+            let original = ok(to_model(&[gaussian_matrix("w", 1, n, dtype, 7)]));
+            let t = original.tensor("w").unwrap_or_else(|| panic!("w"));
+            let streams = TensorStreams::new(&MarkKey::from_bytes([1; 32]), "w");
+            let got = embed_tensor(&t, &streams, 0.01);
+            // One pass over the whole row, as before rows were split.
+            let (mut w, mut marked) = (Vec::new(), Vec::new());
+            decode_f64(dtype, t.data, &mut w);
+            let (mut p, mut u) = (vec![0.0; n], vec![0u32; n]);
+            streams.signs(0, &mut p);
+            streams.dither(0, &mut u);
+            let a = 0.01 * row_rms(&w);
+            let target: Vec<f64> = w.iter().zip(&p).map(|(wi, pi)| wi + a * pi).collect();
+            let mut data = t.data.to_vec();
+            encode_stochastic(dtype, &target, &u, &mut data);
+            assert_eq!(got.data, data, "{dtype:?}");
+            decode_f64(dtype, &data, &mut marked);
+            let diff: Vec<f64> = w.iter().zip(&marked).map(|(w, m)| m - w).collect();
+            assert_eq!(got.blind, row_stats(&marked, &p), "{dtype:?}");
+            assert_eq!(got.informed, row_stats(&diff, &p), "{dtype:?}");
+            assert_eq!(got.fidelity, Fidelity::between(&w, &marked), "{dtype:?}");
+            // Detection, blind and informed.
+            let shape = vec![1, n];
+            let m = ok(to_model(&[SynthTensor { name: "w".into(), dtype, shape, data }]));
+            let mt = m.tensor("w").unwrap_or_else(|| panic!("w"));
+            assert_eq!(detect_tensor(&mt, None, &streams), row_stats(&marked, &p), "{dtype:?}");
+            let mut x = marked.clone();
+            informed_residual(&mut x, &w);
+            assert_eq!(detect_tensor(&mt, Some(&t), &streams), row_stats(&x, &p), "{dtype:?}");
+        }
+    }
 
     #[test]
     fn p_value_bound_matches_threshold() {

@@ -160,6 +160,11 @@ pub fn embed_tensor(
             let n = out.len() / size;
             let start = first_row * cols;
             let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
+            if cols > CHUNK_ELEMENTS {
+                // One long row (block is 1): read it in pieces.
+                let row = LongRow { dtype: t.dtype, i: first_row, cols, layout };
+                return row.embed(input, out, release, recipient, strengths);
+            }
             let mut w = Vec::with_capacity(n);
             decode_f64(t.dtype, input, &mut w);
             let mut u = vec![0u32; n];
@@ -188,6 +193,102 @@ pub fn embed_tensor(
     (data, fidelity)
 }
 
+/// One row longer than a chunk, worked on in pieces of [`CHUNK_ELEMENTS`]
+/// so that working memory stays bounded whatever the row's length; every
+/// value is the one a whole-row pass gives (signs and dither are addressed
+/// by element index).
+#[derive(Clone, Copy)]
+struct LongRow<'a> {
+    dtype: crate::Dtype,
+    /// Stored row index.
+    i: usize,
+    cols: usize,
+    layout: Layout<'a>,
+}
+
+impl LongRow<'_> {
+    /// Column ranges of the pieces.
+    fn pieces(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let cols = self.cols;
+        (0..cols).step_by(CHUNK_ELEMENTS).map(move |a| a..(a + CHUNK_ELEMENTS).min(cols))
+    }
+
+    /// The group signs of the row where columns are residual channels (an
+    /// eighth of the row), else nothing.
+    fn group_signs(&self, streams: &TensorStreams) -> Vec<f64> {
+        match self.layout {
+            Layout::Cols(_) => {
+                let mut g = vec![0.0; groups(self.cols)];
+                streams.signs((self.i * g.len()) as u64, &mut g);
+                g
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The signs of columns `k` of the row: what [`row_signs`] gives there.
+    fn signs(
+        &self,
+        streams: &TensorStreams,
+        group: &[f64],
+        k: &std::ops::Range<usize>,
+        out: &mut [f64],
+    ) {
+        let (i, cols) = (self.i, self.cols);
+        match self.layout {
+            Layout::Plain => streams.signs((i * cols + k.start) as u64, out),
+            Layout::Cols(rank) => {
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (o, &c) in out.iter_mut().zip(rank.get(k.clone()).unwrap_or_default()) {
+                    *o = group.get(c as usize / GROUP).copied().unwrap_or(0.0);
+                }
+            }
+            Layout::Rows(rank) => {
+                let g = rank.get(i).map_or(i, |&c| c as usize) / GROUP;
+                streams.signs((g * cols + k.start) as u64, out);
+            }
+        }
+    }
+
+    /// Marks the row (`input`, `out`: its bytes).
+    fn embed(
+        &self,
+        input: &[u8],
+        out: &mut [u8],
+        release: &TensorStreams,
+        recipient: Option<&TensorStreams>,
+        strengths: Strengths,
+    ) -> Fidelity {
+        let size = self.dtype.size();
+        let start = self.i * self.cols;
+        let (gp, gq) = (self.group_signs(release), recipient.map(|r| self.group_signs(r)));
+        let (mut w, mut marked, mut target) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut p, mut q) = (vec![0.0; CHUNK_ELEMENTS], vec![0.0; CHUNK_ELEMENTS]);
+        let mut u = vec![0u32; CHUNK_ELEMENTS];
+        let mut fidelity = Fidelity::default();
+        for k in self.pieces() {
+            let (p, q, u) = (&mut p[..k.len()], &mut q[..k.len()], &mut u[..k.len()]);
+            let bytes = k.start * size..k.end * size;
+            decode_f64(self.dtype, input.get(bytes.clone()).unwrap_or_default(), &mut w);
+            release.dither((start + k.start) as u64, u);
+            self.signs(release, &gp, &k, p);
+            match (recipient, &gq) {
+                (Some(rs), Some(g)) => self.signs(rs, g, &k, q),
+                _ => q.iter_mut().for_each(|v| *v = 0.0),
+            }
+            target.clear();
+            target.extend(w.iter().zip(p.iter().zip(q.iter())).map(|(&wi, (&pk, &qk))| {
+                wi * (1.0 + strengths.release * pk + strengths.recipient * qk)
+            }));
+            let piece = out.get_mut(bytes).unwrap_or_default();
+            encode_stochastic(self.dtype, &target, u, piece);
+            decode_f64(self.dtype, piece, &mut marked);
+            fidelity = fidelity.merge(Fidelity::between(&w, &marked));
+        }
+        fidelity
+    }
+}
+
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
 /// finite non-zero elements: each element's expected magnitude is
 /// `rows[i] * cols[j] / total`.
@@ -207,17 +308,22 @@ impl Profile {
             .par_chunks(block * cols * size)
             .map(|bytes| {
                 let mut v = Vec::new();
-                decode_f64(t.dtype, bytes, &mut v);
                 let mut row_means = Vec::with_capacity(block);
                 let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
-                for row in v.chunks(cols) {
+                // A row is read in pieces of at most a chunk (one piece
+                // unless the row is longer).
+                for row in bytes.chunks(cols * size) {
                     let (mut s, mut n) = (0.0, 0u64);
-                    for (j, x) in row.iter().enumerate() {
-                        if x.is_finite() && *x != 0.0 {
-                            s += x.abs();
-                            n += 1;
-                            col_sum[j] += x.abs();
-                            col_n[j] += 1;
+                    for (p, piece) in row.chunks(CHUNK_ELEMENTS * size).enumerate() {
+                        decode_f64(t.dtype, piece, &mut v);
+                        for (jp, x) in v.iter().enumerate() {
+                            let j = p * CHUNK_ELEMENTS + jp;
+                            if x.is_finite() && *x != 0.0 {
+                                s += x.abs();
+                                n += 1;
+                                col_sum[j] += x.abs();
+                                col_n[j] += 1;
+                            }
                         }
                     }
                     row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
@@ -226,19 +332,23 @@ impl Profile {
             })
             .collect();
         let mut row_means = Vec::with_capacity(rows);
-        let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+        let (mut col_sum, mut col_n) = (Vec::new(), Vec::new());
         for (r, s, n) in parts {
             row_means.extend(r);
+            if col_sum.is_empty() {
+                (col_sum, col_n) = (s, n);
+                continue;
+            }
             col_sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
             col_n.iter_mut().zip(&n).for_each(|(a, b)| *a += b);
         }
         let (sum, n) = (col_sum.iter().sum::<f64>(), col_n.iter().sum::<u64>());
         let total = if n > 0 { sum / n as f64 } else { 0.0 };
-        let col_means = col_sum
-            .iter()
-            .zip(&col_n)
-            .map(|(s, &n)| if n > 0 { s / n as f64 } else { 0.0 })
-            .collect();
+        // The means replace the sums in place: one column-sized vector less.
+        let mut col_means = col_sum;
+        for (s, &n) in col_means.iter_mut().zip(&col_n) {
+            *s = if n > 0 { *s / n as f64 } else { 0.0 };
+        }
         Profile { rows: row_means, cols: col_means, total }
     }
 
@@ -246,31 +356,39 @@ impl Profile {
     /// over the elements that are finite and non-zero in **both**: an
     /// informed comparison must not balance the suspect over the weights an
     /// edit left (pruning keeps the large ones) and the original over all.
-    fn of_pair(a: &[f64], b: &[f64], cols: usize) -> (Profile, Profile) {
-        let rows = a.len() / cols.max(1);
+    fn of_pair(a: &TensorRef<'_>, b: &[f64], cols: usize) -> (Profile, Profile) {
+        let rows = b.len() / cols.max(1);
         let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
         let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
-        for (k, (&x, &y)) in a.iter().zip(b).enumerate() {
-            if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
-                let (i, j) = (k / cols, k % cols);
-                acc[0].0[i] += x.abs();
-                acc[0].1[j] += x.abs();
-                acc[1].0[i] += y.abs();
-                acc[1].1[j] += y.abs();
-                row_n[i] += 1;
-                col_n[j] += 1;
+        // The suspect is decoded in pieces of a chunk, in element order.
+        let (size, mut xs) = (a.dtype.size(), Vec::new());
+        for (p, piece) in a.data.chunks(CHUNK_ELEMENTS * size).enumerate() {
+            decode_f64(a.dtype, piece, &mut xs);
+            let first = p * CHUNK_ELEMENTS;
+            for (k, (&x, &y)) in xs.iter().zip(b.get(first..).unwrap_or_default()).enumerate() {
+                let k = first + k;
+                if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
+                    let (i, j) = (k / cols, k % cols);
+                    acc[0].0[i] += x.abs();
+                    acc[0].1[j] += x.abs();
+                    acc[1].0[i] += y.abs();
+                    acc[1].1[j] += y.abs();
+                    row_n[i] += 1;
+                    col_n[j] += 1;
+                }
             }
         }
         let n: u64 = row_n.iter().sum();
-        let make = |(r, c): &(Vec<f64>, Vec<f64>)| {
-            let mean = |s: &f64, n: &u64| if *n > 0 { s / *n as f64 } else { 0.0 };
-            Profile {
-                rows: r.iter().zip(&row_n).map(|(s, n)| mean(s, n)).collect(),
-                cols: c.iter().zip(&col_n).map(|(s, n)| mean(s, n)).collect(),
-                total: if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 },
-            }
+        // The means replace the sums in place.
+        let make = |(mut r, mut c): (Vec<f64>, Vec<f64>)| {
+            let mean = |s: &mut f64, n: &u64| *s = if *n > 0 { *s / *n as f64 } else { 0.0 };
+            let total = if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 };
+            r.iter_mut().zip(&row_n).for_each(|(s, n)| mean(s, n));
+            c.iter_mut().zip(&col_n).for_each(|(s, n)| mean(s, n));
+            Profile { rows: r, cols: c, total }
         };
-        (make(&acc[0]), make(&acc[1]))
+        let [x, y] = acc;
+        (make(x), make(y))
     }
 
     /// `min(|x| / m, CLIP)` for element `(i, j)`, or `None` where it has no
@@ -315,35 +433,39 @@ fn axis_map(suspect: Option<&[u32]>, original: Option<&[u32]>, len: usize) -> Ve
     }
 }
 
-/// The original, decoded and balanced, and where each suspect row and column
-/// finds its counterpart.
+/// The original, decoded at the suspect's positions (element `(i, j)` of
+/// `values` is the original's counterpart of suspect element `(i, j)`), and
+/// balanced.
 struct Reference {
     profile: Profile,
-    rows: Vec<usize>,
-    cols: Vec<usize>,
     values: Vec<f64>,
 }
 
-/// `y` of every element of stored suspect row `i` (NaN where it has no
-/// weight); returns the number of weighted elements and their `sum y^2`.
+/// `y` of every element of a piece of stored suspect row `i` (NaN where it
+/// has no weight): `row` holds the row's columns from `j0` on, of `cols` in
+/// all. Adds the number of weighted elements and their `y^2` to `acc`, in
+/// element order, and returns it.
+#[allow(clippy::too_many_arguments)]
 fn row_y(
     i: usize,
+    j0: usize,
+    cols: usize,
     row: &[f64],
     profile: &Profile,
     reference: Option<&Reference>,
     y: &mut [f64],
+    acc: (u64, f64),
 ) -> (u64, f64) {
-    let cols = row.len();
-    let (mut n, mut v) = (0u64, 0.0);
-    for (j, (&xi, yj)) in row.iter().zip(y.iter_mut()).enumerate() {
+    let (mut n, mut v) = acc;
+    for (jp, (&xi, yj)) in row.iter().zip(y.iter_mut()).enumerate() {
+        let j = j0 + jp;
         let blind = profile.ratio(i, j, xi);
         *yj = match (reference, blind) {
             (_, None) => f64::NAN,
             (None, Some(b)) => b - 1.0,
             (Some(r), Some(b)) => {
-                let (oi, oj) = (r.rows[i], r.cols[j]);
-                let o = r.values.get(oi * cols + oj).copied().unwrap_or(f64::NAN);
-                r.profile.ratio(oi, oj, o).map_or(f64::NAN, |a| b - a)
+                let o = r.values.get(i * cols + j).copied().unwrap_or(f64::NAN);
+                r.profile.ratio(i, j, o).map_or(f64::NAN, |a| b - a)
             }
         };
         if yj.is_finite() {
@@ -381,20 +503,19 @@ pub fn detect_tensor(
                     _ => axis_map(axes.cols, o.axes.cols, cols),
                 },
             );
-            let (mut xs, mut ov) = (Vec::new(), Vec::new());
-            decode_f64(suspect.dtype, suspect.data, &mut xs);
-            decode_f64(o.tensor.dtype, o.tensor.data, &mut ov);
+            // Element by element, so that neither tensor is decoded whole.
+            let (o_size, mut one) = (o.tensor.dtype.size(), Vec::with_capacity(1));
             let values: Vec<f64> = (0..rows * cols)
                 .map(|k| {
-                    let (i, j) = (row_map[k / cols], col_map[k % cols]);
-                    ov.get(i * cols + j).copied().unwrap_or(f64::NAN)
+                    let at = row_map[k / cols] * cols + col_map[k % cols];
+                    let bytes = o.tensor.data.get(at * o_size..(at + 1) * o_size);
+                    decode_f64(o.tensor.dtype, bytes.unwrap_or_default(), &mut one);
+                    one.first().copied().unwrap_or(f64::NAN)
                 })
                 .collect();
-            drop(ov);
-            let (ps, po) = Profile::of_pair(&xs, &values, cols);
-            let identity_rows: Vec<usize> = (0..rows).collect();
-            let identity_cols: Vec<usize> = (0..cols).collect();
-            (ps, Some(Reference { profile: po, rows: identity_rows, cols: identity_cols, values }))
+            drop((row_map, col_map));
+            let (ps, po) = Profile::of_pair(suspect, &values, cols);
+            (ps, Some(Reference { profile: po, values }))
         }
     };
     let reference = reference.as_ref();
@@ -403,6 +524,14 @@ pub fn detect_tensor(
         let bytes = suspect.data.get(i * cols * size..(i + 1) * cols * size).unwrap_or_default();
         decode_f64(suspect.dtype, bytes, out);
     };
+    // Columns `k` of row `i`.
+    let decode_piece = |i: usize, k: &std::ops::Range<usize>, out: &mut Vec<f64>| {
+        let (a, b) = ((i * cols + k.start) * size, (i * cols + k.end) * size);
+        decode_f64(suspect.dtype, suspect.data.get(a..b).unwrap_or_default(), out);
+    };
+    // A row is read in pieces of at most a chunk (one piece unless it is longer).
+    let pieces = || (0..cols).step_by(CHUNK_ELEMENTS).map(|a| a..(a + CHUNK_ELEMENTS).min(cols));
+    let width = cols.min(CHUNK_ELEMENTS);
     let parts: Vec<Vec<Stats>> = match layout {
         Layout::Plain | Layout::Cols(_) => {
             let block = rows_per_chunk(cols);
@@ -411,23 +540,44 @@ pub fn detect_tensor(
                 .map(|ci| {
                     let mut stats = vec![Stats::default(); keys.len()];
                     let (mut x, mut y, mut p, mut buf) =
-                        (Vec::new(), vec![0.0; cols], vec![0.0; cols], Vec::new());
+                        (Vec::new(), vec![0.0; width], vec![0.0; width], Vec::new());
                     let mut sums = vec![0.0; groups(cols)];
+                    let mut s_plain = vec![0.0; keys.len()];
                     for i in ci * block..((ci + 1) * block).min(rows) {
-                        decode_row(i, &mut x);
-                        let (n, v_elements) = row_y(i, &x, &profile, reference, &mut y);
-                        let v = match layout {
-                            Layout::Cols(rank) => {
-                                sums.iter_mut().for_each(|s| *s = 0.0);
-                                for (&yj, &c) in y.iter().zip(rank) {
-                                    if yj.is_finite() {
-                                        if let Some(s) = sums.get_mut(c as usize / GROUP) {
-                                            *s += yj;
+                        let mut acc = (0u64, 0.0);
+                        sums.iter_mut().for_each(|s| *s = 0.0);
+                        s_plain.iter_mut().for_each(|s| *s = 0.0);
+                        for k in pieces() {
+                            let y = &mut y[..k.len()];
+                            decode_piece(i, &k, &mut x);
+                            acc = row_y(i, k.start, cols, &x, &profile, reference, y, acc);
+                            match layout {
+                                Layout::Cols(rank) => {
+                                    let rank = rank.get(k.clone()).unwrap_or_default();
+                                    for (&yj, &c) in y.iter().zip(rank) {
+                                        if yj.is_finite() {
+                                            if let Some(s) = sums.get_mut(c as usize / GROUP) {
+                                                *s += yj;
+                                            }
                                         }
                                     }
                                 }
-                                sums.iter().map(|s| s * s).sum()
+                                _ => {
+                                    let p = &mut p[..k.len()];
+                                    for (streams, s) in keys.iter().zip(s_plain.iter_mut()) {
+                                        streams.signs((i * cols + k.start) as u64, p);
+                                        *s = y
+                                            .iter()
+                                            .zip(p.iter())
+                                            .filter(|(yj, _)| yj.is_finite())
+                                            .fold(*s, |a, (yj, pj)| a + yj * pj);
+                                    }
+                                }
                             }
+                        }
+                        let (n, v_elements) = acc;
+                        let v = match layout {
+                            Layout::Cols(_) => sums.iter().map(|s| s * s).sum(),
                             _ => v_elements,
                         };
                         for (k, streams) in keys.iter().enumerate() {
@@ -442,14 +592,7 @@ pub fn detect_tensor(
                                     streams.signs((at * sums.len()) as u64, &mut buf);
                                     sums.iter().zip(&buf).map(|(a, b)| a * b).sum()
                                 }
-                                _ => {
-                                    row_signs(streams, layout, i, &mut p, &mut buf);
-                                    y.iter()
-                                        .zip(&p)
-                                        .filter(|(yj, _)| yj.is_finite())
-                                        .map(|(yj, pj)| yj * pj)
-                                        .sum()
-                                }
+                                _ => s_plain[k],
                             };
                             stats[k] = stats[k].merge(Stats { s, v, elements: n });
                         }
@@ -477,7 +620,7 @@ pub fn detect_tensor(
                     let mut n = 0u64;
                     for &i in group_rows {
                         decode_row(i, &mut x);
-                        n += row_y(i, &x, &profile, reference, &mut y).0;
+                        n += row_y(i, 0, cols, &x, &profile, reference, &mut y, (0, 0.0)).0;
                         for (s, &yj) in sums.iter_mut().zip(&y) {
                             if yj.is_finite() {
                                 *s += yj;
@@ -520,6 +663,78 @@ mod tests {
     use crate::model::Model;
     use crate::synth::{gaussian_matrix, to_model};
     use crate::Dtype;
+
+    #[test]
+    fn a_long_row_read_in_pieces_gives_exactly_what_one_pass_over_it_gives() {
+        let n = 2 * CHUNK_ELEMENTS + 1234;
+        let m = to_model(&[gaussian_matrix("w", 1, n, Dtype::BF16, 7)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+        let release = TensorStreams::new(&MarkKey::from_bytes([1; 32]), "w");
+        let recipient = TensorStreams::new(&MarkKey::from_bytes([2; 32]), "w");
+        // Columns as residual channels in a scrambled canonical order, and plain.
+        let rank: Vec<u32> = (0..n as u32).map(|j| (j * 7919) % n as u32).collect();
+        for axes in [Axes::default(), Axes { rows: None, cols: Some(&rank) }] {
+            let layout = Layout::of(&axes);
+            let strengths = Strengths::split(0.05, true);
+            let (got, _) = embed_tensor(&t, &axes, &release, Some(&recipient), strengths);
+            // One pass over the whole row.
+            let mut w = Vec::new();
+            decode_f64(t.dtype, t.data, &mut w);
+            let (mut p, mut q, mut buf) = (vec![0.0; n], vec![0.0; n], Vec::new());
+            row_signs(&release, layout, 0, &mut p, &mut buf);
+            row_signs(&recipient, layout, 0, &mut q, &mut buf);
+            let mut u = vec![0u32; n];
+            release.dither(0, &mut u);
+            let target: Vec<f64> = (0..n)
+                .map(|k| w[k] * (1.0 + strengths.release * p[k] + strengths.recipient * q[k]))
+                .collect();
+            let mut want = t.data.to_vec();
+            encode_stochastic(t.dtype, &target, &u, &mut want);
+            assert!(got == want, "marked bytes differ");
+            // Blind detection of the marked row against one pass over it.
+            let marked = to_model(&[crate::synth::SynthTensor {
+                name: "w".into(),
+                dtype: t.dtype,
+                shape: vec![1, n],
+                data: got,
+            }])
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mt = marked.tensor("w").unwrap_or_else(|| panic!("w"));
+            let stats = detect_tensor(&mt, &axes, None, &[&release, &recipient]);
+            let profile = Profile::of(&mt);
+            let mut x = Vec::new();
+            decode_f64(mt.dtype, mt.data, &mut x);
+            let mut y = vec![0.0; n];
+            let (count, v_elements) = row_y(0, 0, n, &x, &profile, None, &mut y, (0, 0.0));
+            for (st, streams) in stats.iter().zip([&release, &recipient]) {
+                let want = match layout {
+                    Layout::Cols(rank) => {
+                        let mut sums = vec![0.0; groups(n)];
+                        for (&yj, &c) in y.iter().zip(rank) {
+                            if yj.is_finite() {
+                                sums[c as usize / GROUP] += yj;
+                            }
+                        }
+                        let mut g = vec![0.0; sums.len()];
+                        streams.signs(0, &mut g);
+                        let s = sums.iter().zip(&g).map(|(a, b)| a * b).sum();
+                        Stats { s, v: sums.iter().map(|s| s * s).sum(), elements: count }
+                    }
+                    _ => {
+                        streams.signs(0, &mut p);
+                        let s = y
+                            .iter()
+                            .zip(&p)
+                            .filter(|(yj, _)| yj.is_finite())
+                            .fold(0.0, |a, (yj, pj)| a + yj * pj);
+                        Stats { s, v: v_elements, elements: count }
+                    }
+                };
+                assert_eq!(*st, want);
+            }
+        }
+    }
 
     fn one(dtype: Dtype) -> Model {
         to_model(&[gaussian_matrix("w", 512, 768, dtype, 4)]).unwrap_or_else(|e| panic!("{e}"))

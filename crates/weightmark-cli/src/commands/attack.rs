@@ -21,7 +21,7 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
     attack.validate()?;
     let model = Model::open(&io.model)?;
     let report = apply_attack(&model, &io.output, &attack, io.seed, &Bar::new())
-        .with_context(|| format!("could not edit {}", io.model.display()))?;
+        .with_context(|| format!("could not edit {}", crate::format::path(&io.model)))?;
     say(&attack, &io, &report)?;
     Ok(Outcome::Success)
 }
@@ -80,7 +80,7 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
 
 /// One line (two for GGUF) about the edit.
 fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<()> {
-    let out = report.path.display();
+    let out = crate::format::path(&report.path);
     let change = 100.0 * report.damage.relative_rms_change();
     match (attack, &report.detail) {
         (_, AttackDetail::Truncated { layers, kept, removed }) => outln!(
@@ -100,7 +100,7 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
                 summary.join(", ")
             );
             for s in skipped {
-                outln!("  left out (no llama.cpp name): {s}");
+                outln!("  left out (no llama.cpp name): {}", crate::format::safe(s));
             }
         }
         (Attack::Rotate, _) => outln!(
@@ -155,7 +155,7 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
             method.name(),
             with.len() + 1,
             io.seed,
-            io.model.display()
+            crate::format::path(&io.model)
         ),
         (Attack::Overwrite { strength }, _) => outln!(
             "second mark at strength {strength} (attacker key from seed {}) -> {out}: relative \
@@ -165,12 +165,12 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
         (Attack::Merge { with, lambda }, _) => outln!(
             "linear merge, lambda {lambda}, with {} -> {out}: relative RMS change {change:.3}% of \
              the touched weights",
-            with.display()
+            crate::format::path(with)
         ),
         (Attack::Ties { with, density, lambda, .. }, _) => outln!(
             "TIES merge (density {density}, lambda {lambda}) with {} -> {out}: relative RMS \
              change {change:.3}% of the touched weights",
-            with.display()
+            crate::format::path(with)
         ),
         _ => outln!(
             "{attack:?} (seed {}) -> {out}: relative RMS change {change:.3}% of the touched weights",

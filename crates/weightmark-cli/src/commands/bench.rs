@@ -115,11 +115,11 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let marked = Model::open(&args.model)?;
     let original = args.original.as_ref().map(Model::open).transpose()?;
     std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".weightmark-bench-")
-        .tempdir_in(&args.out)
-        .with_context(|| format!("{}: cannot create a scratch directory", args.out.display()))?;
+        .with_context(|| format!("{}: cannot create", crate::format::path(&args.out)))?;
+    let scratch =
+        tempfile::Builder::new().prefix(".weightmark-bench-").tempdir_in(&args.out).with_context(
+            || format!("{}: cannot create a scratch directory", crate::format::path(&args.out)),
+        )?;
 
     let points: u64 = plan.iter().map(|(_, l)| l.len() as u64).sum::<u64>()
         + finetune.iter().map(|(_, l)| 2 * l.len() as u64).sum::<u64>();
@@ -209,7 +209,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         rows.len(),
         attacks.len(),
         rows.iter().map(|r| r.seconds).sum::<f64>(),
-        out.display()
+        crate::format::path(out)
     );
     outln!("wrong key above the threshold: {false_positives} of {} points", rows.len());
     Ok(Outcome::Success)

@@ -17,18 +17,26 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<Outcome> {
     };
     let model = Model::open(&args.model)?;
     for warning in &model.warnings {
-        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+        eprintln!(
+            "weightmark: warning: {}: {}",
+            crate::format::path(&args.model),
+            crate::format::safe(warning)
+        );
     }
     let report = convert(&model, &args.output, &ConvertOptions { dtype, max_shard_bytes })
-        .with_context(|| format!("could not convert {}", args.model.display()))?;
+        .with_context(|| format!("could not convert {}", crate::format::path(&args.model)))?;
     for warning in &report.warnings {
-        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+        eprintln!(
+            "weightmark: warning: {}: {}",
+            crate::format::path(&args.model),
+            crate::format::safe(warning)
+        );
     }
     outln!(
         "converted {} tensors of {} to {} ({} file(s) in {}{}{})",
         report.tensors,
-        args.model.display(),
-        args.output.display(),
+        crate::format::path(&args.model),
+        crate::format::path(&args.output),
         report.files.len(),
         dtype,
         if report.config { ", with config.json" } else { "" },

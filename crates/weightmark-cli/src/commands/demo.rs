@@ -24,7 +24,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     let dir: &Path = match &args.keep {
         Some(d) => {
             std::fs::create_dir_all(d)
-                .with_context(|| format!("{}: cannot create", d.display()))?;
+                .with_context(|| format!("{}: cannot create", crate::format::path(d)))?;
             d
         }
         None => {
@@ -77,7 +77,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     );
     outln!(
         "   A certificate signed with the owner's key records the release: {}",
-        cert_path.display()
+        crate::format::path(&cert_path)
     );
 
     step(3, "Someone fine-tunes the leaked copy (5% relative change), then quantizes it to int8.")?;

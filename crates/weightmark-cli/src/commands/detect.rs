@@ -10,7 +10,7 @@ use weightmark::{
 };
 
 use crate::cli::DetectArgs;
-use crate::format::{count, p_bound};
+use crate::format::{count, p_bound, safe};
 use crate::progress::Bar;
 use crate::{outln, Outcome};
 
@@ -55,19 +55,23 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
 
     let suspect = Model::open(&args.suspect)?;
     for warning in &suspect.warnings {
-        eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
+        eprintln!(
+            "weightmark: warning: {}: {}",
+            crate::format::path(&args.suspect),
+            crate::format::safe(warning)
+        );
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
-        .with_context(|| format!("could not test {}", args.suspect.display()))?;
+        .with_context(|| format!("could not test {}", crate::format::path(&args.suspect)))?;
     if result.nothing_tested() {
         let why: Vec<String> =
             result.skipped.iter().take(3).map(|s| format!("'{}' {}", s.name, s.reason)).collect();
         bail!(
             "{}: nothing could be tested ({} tensor(s) skipped: {}{})",
-            args.suspect.display(),
+            crate::format::path(&args.suspect),
             result.skipped.len(),
             why.join("; "),
             if result.skipped.len() > 3 { "; ..." } else { "" }
@@ -101,7 +105,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
             signer,
         )?;
         write_atomic(path, &envelope_to_string(&envelope)?)
-            .with_context(|| format!("could not write the report {}", path.display()))?;
+            .with_context(|| format!("could not write the report {}", crate::format::path(path)))?;
     }
 
     if args.json {
@@ -131,11 +135,14 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         if let (Some(path), Some(r)) = (&args.builds_on, &builds_on) {
             outln!(
                 "builds on: {} ({})",
-                path.display(),
+                crate::format::path(path),
                 if r.signature_checked {
-                    format!("signature checked against key {}", r.signer)
+                    format!("signature checked against key {}", crate::format::safe(&r.signer))
                 } else {
-                    format!("signature NOT checked: no public key of its signer {}", r.signer)
+                    format!(
+                        "signature NOT checked: no public key of its signer {}",
+                        crate::format::safe(&r.signer)
+                    )
                 }
             );
         }
@@ -154,8 +161,9 @@ fn release(
 ) -> anyhow::Result<(String, Option<String>, Target)> {
     if let Some(reveal) = reveal {
         let cert = cert.context("--mark-key needs --cert")?;
-        let target = Target::from_revealed(cert, reveal.mark_key.clone())
-            .with_context(|| format!("{} does not open the certificate", reveal.path.display()))?;
+        let target = Target::from_revealed(cert, reveal.mark_key.clone()).with_context(|| {
+            format!("{} does not open the certificate", crate::format::path(&reveal.path))
+        })?;
         let p = cert.predicate();
         return Ok((p.label.clone(), p.recipient.clone(), target));
     }
@@ -192,7 +200,7 @@ fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyho
         if target == input || (input.is_dir() && target.starts_with(&input)) {
             bail!(
                 "{}: the report would replace or land inside an input; choose another --report",
-                report.display()
+                crate::format::path(report)
             );
         }
     }
@@ -210,22 +218,27 @@ fn print_table(
         weightmark::Mode::Blind => "blind (no original)",
         weightmark::Mode::Informed => "informed (suspect minus original)",
     };
-    outln!("suspect:  {} (tensor root {})", args.suspect.display(), &r.suspect_digest[..16]);
     outln!(
-        "release:  label '{label}', recipient {}",
-        recipient.map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into())
+        "suspect:  {} (tensor root {})",
+        crate::format::path(&args.suspect),
+        &r.suspect_digest[..16]
+    );
+    outln!(
+        "release:  label '{}', recipient {}",
+        safe(label),
+        recipient.map(|r| format!("'{}'", safe(r))).unwrap_or_else(|| "none".into())
     );
     outln!("mode:     {mode}, scheme {}", r.scheme);
     for r in &r.realigned {
-        outln!("re-aligned: {r}");
+        outln!("re-aligned: {}", safe(r));
     }
-    let width = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
+    let width = r.tensors.iter().map(|t| safe(&t.name).len()).max().unwrap_or(6).max(6);
     outln!("  {:<width$}  {:>9}  {:>10}", "tensor", "z", "elements");
     for t in &r.tensors {
-        outln!("  {:<width$}  {:>9.2}  {:>10}", t.name, t.z, count(t.elements));
+        outln!("  {:<width$}  {:>9.2}  {:>10}", safe(&t.name), t.z, count(t.elements));
     }
     for s in &r.skipped {
-        outln!("  {:<width$}  not tested: {}", s.name, s.reason);
+        outln!("  {:<width$}  not tested: {}", safe(&s.name), safe(&s.reason));
     }
     outln!(
         "global z = {:.2} over {} elements; {} (threshold p <= {:.0e}); two-sided {}",
@@ -260,7 +273,7 @@ fn print_table(
         None => {}
     }
     if let Some(report) = &args.report {
-        outln!("signed report: {}", report.display());
+        outln!("signed report: {}", crate::format::path(report));
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         progress: &bar,
     };
     let report = embed(&model, &args.output, &key, &options)
-        .with_context(|| format!("could not mark {}", args.model.display()))?;
+        .with_context(|| format!("could not mark {}", crate::format::path(&args.model)))?;
     write_atomic(&cert_path, &envelope_to_string(&report.certificate)?)
         .context("the marked model was written, but its certificate could not be")?;
 
@@ -51,12 +51,16 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         "marked {} tensors ({} elements) of {} -> {}",
         report.tensors.len(),
         count(report.blind.elements),
-        args.model.display(),
-        report.written.path.display()
+        crate::format::path(&args.model),
+        crate::format::path(&report.written.path)
     );
     outln!(
-        "  release: label '{label}', recipient {}, strength {}",
-        args.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+        "  release: label '{}', recipient {}, strength {}",
+        crate::format::safe(&label),
+        args.recipient
+            .as_deref()
+            .map(|r| format!("'{}'", crate::format::safe(r)))
+            .unwrap_or_else(|| "none".into()),
         args.strength
     );
     outln!(
@@ -90,6 +94,10 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
             "  not copied (weights in another format would carry the unmarked model): {skipped}"
         );
     }
-    outln!("  certificate: {} (signed by key {})", cert_path.display(), key.public_key().key_id());
+    outln!(
+        "  certificate: {} (signed by key {})",
+        crate::format::path(&cert_path),
+        key.public_key().key_id()
+    );
     Ok(Outcome::Success)
 }

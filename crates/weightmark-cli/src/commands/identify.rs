@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use weightmark::{identify, load_candidates, IdentifyOptions, Mode, Model, SecretKey};
 
 use crate::cli::IdentifyArgs;
-use crate::format::p_bound;
+use crate::format::{p_bound, safe};
 use crate::progress::Bar;
 use crate::{outln, Outcome};
 
@@ -18,17 +18,25 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
     let secret = SecretKey::load(&args.key)?;
     let loaded = load_candidates(&args.certs, &secret)?;
     for (path, why) in &loaded.skipped {
-        eprintln!("weightmark: note: skipping {}: {why}", path.display());
+        eprintln!(
+            "weightmark: note: skipping {}: {}",
+            crate::format::path(path),
+            crate::format::safe(&why.to_string())
+        );
     }
     let suspect = Model::open(&args.suspect)?;
     for warning in &suspect.warnings {
-        eprintln!("weightmark: warning: {}: {warning}", args.suspect.display());
+        eprintln!(
+            "weightmark: warning: {}: {}",
+            crate::format::path(&args.suspect),
+            crate::format::safe(warning)
+        );
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let bar = Bar::new();
     let options = IdentifyOptions { threshold_p: args.threshold, progress: &bar };
     let found = identify(&suspect, original.as_ref(), &loaded.candidates, &options)
-        .with_context(|| format!("could not test {}", args.suspect.display()))?;
+        .with_context(|| format!("could not test {}", crate::format::path(&args.suspect)))?;
 
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&found)?);
@@ -40,7 +48,7 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
         outln!(
             "suspect: {} ({mode}); {} certificates tested in one pass; p-values Bonferroni-adjusted \
              for {} tests",
-            args.suspect.display(),
+            crate::format::path(&args.suspect),
             found.certificates,
             found.certificates
         );
@@ -57,8 +65,8 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
             outln!(
                 "  {:>4}  {:<20} {:<16} {:>9.2}  {:<16} {:<16} {}",
                 rank + 1,
-                c.recipient.as_deref().unwrap_or("(none)"),
-                c.label,
+                safe(c.recipient.as_deref().unwrap_or("(none)")),
+                safe(&c.label),
                 c.z,
                 p_bound(c.p_value),
                 p_bound(c.adjusted_p_value),

@@ -5,14 +5,18 @@ use weightmark::{hex, model_tensor_digests, tensor_root};
 use weightmark::{inspect_json, Digests, Model};
 
 use crate::cli::InspectArgs;
-use crate::format::{bytes, count};
+use crate::format::{bytes, count, safe};
 use crate::{outln, Outcome};
 
 /// Prints a model's tensors.
 pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
     let model = Model::open(&args.model)?;
     for warning in &model.warnings {
-        eprintln!("weightmark: warning: {}: {warning}", args.model.display());
+        eprintln!(
+            "weightmark: warning: {}: {}",
+            crate::format::path(&args.model),
+            crate::format::safe(warning)
+        );
     }
     if args.json {
         let digests = if args.no_digests { Digests::Skip } else { Digests::Compute };
@@ -26,7 +30,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
         model.tensors().filter(is_default_selected).map(|t| t.elements() as u64).sum();
     outln!(
         "{}: {:?}, {} file(s), {} tensors, {} elements ({} marked by default), {}",
-        args.model.display(),
+        crate::format::path(&args.model),
         model.layout,
         model.files.len(),
         model.tensor_count(),
@@ -34,7 +38,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
         count(marked),
         bytes(model.data_bytes())
     );
-    let width = model.tensors().map(|t| t.name.len()).max().unwrap_or(4);
+    let width = model.tensors().map(|t| safe(t.name).len()).max().unwrap_or(4);
     for (i, t) in model.tensors().enumerate() {
         let digest = tensor_digests
             .as_ref()
@@ -44,7 +48,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
         outln!(
             "  {}{:<width$}  {:<7} {:<16} {:>10}  {}",
             if is_default_selected(&t) { "*" } else { " " },
-            t.name,
+            safe(t.name),
             t.dtype.name(),
             format!("{:?}", t.shape),
             bytes(t.data.len() as u64),

@@ -18,11 +18,11 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<Outcome> {
     let public = key.public_key();
     outln!(
         "secret key: {} (keep it private: it marks and signs your releases)",
-        secret_path.display()
+        crate::format::path(&secret_path)
     );
     outln!(
         "public key: {} (share it: anyone can check your certificates with it)",
-        public_path.display()
+        crate::format::path(&public_path)
     );
     outln!("key id:     {}", public.key_id());
     Ok(Outcome::Success)

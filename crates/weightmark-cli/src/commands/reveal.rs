@@ -26,17 +26,20 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let p = cert.predicate();
     outln!(
         "wrote the mark key of release '{}' (recipient {}) to {}, signed, citing report {}",
-        p.label,
-        p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
-        args.output.display(),
-        args.report.display()
+        crate::format::safe(&p.label),
+        p.recipient
+            .as_deref()
+            .map(|r| format!("'{}'", crate::format::safe(r)))
+            .unwrap_or_else(|| "none".into()),
+        crate::format::path(&args.output),
+        crate::format::path(&args.report)
     );
     outln!(
         "it settles the suspect of that report only; anyone can check it with `weightmark \
          detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT` (and should check that the \
          report was published before this reveal)",
-        args.output.display(),
-        args.cert.display()
+        crate::format::path(&args.output),
+        crate::format::path(&args.cert)
     );
     Ok(Outcome::Success)
 }

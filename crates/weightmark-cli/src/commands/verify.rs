@@ -6,6 +6,7 @@ use weightmark::provenance::{verify_file, ModelCheck, Verified, VerifiedKind};
 use weightmark::{Error, Model, PublicKey};
 
 use crate::cli::VerifyArgs;
+use crate::format::safe;
 use crate::{outln, Outcome};
 
 /// Exit 0 valid (and the model matches), 1 invalid or mismatch, 2 unusable input.
@@ -21,7 +22,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
                     json!({"valid": false, "file": args.file.display().to_string(), "reason": e.to_string()})
                 );
             } else {
-                outln!("INVALID: {}: {e}", args.file.display());
+                outln!("INVALID: {}: {e}", crate::format::path(&args.file));
             }
             return Ok(Outcome::Negative);
         }
@@ -40,91 +41,109 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
     match &v.kind {
         VerifiedKind::Certificate(s) => {
             let p = &s.predicate;
-            outln!("VALID certificate {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "VALID certificate {}, signed by key {}",
+                crate::format::path(&args.file),
+                safe(&v.signer)
+            );
             outln!(
                 "  release '{}', recipient {}, created {}; scheme {} at strength {}, {} marked tensors",
-                p.label,
-                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
-                p.created,
-                p.scheme,
+                crate::format::safe(&p.label),
+                p.recipient.as_deref().map(|r| format!("'{}'", crate::format::safe(r))).unwrap_or_else(|| "none".into()),
+                safe(&p.created),
+                safe(&p.scheme.to_string()),
                 p.strength,
                 p.tensors.len()
             );
         }
         VerifiedKind::Report(s) => {
             let p = &s.predicate;
-            outln!("VALID detection report {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "VALID detection report {}, signed by key {}",
+                crate::format::path(&args.file),
+                safe(&v.signer)
+            );
             outln!(
                 "  {} detection of release '{}' (recipient {}): z = {:.2}, {}, {}; created {}",
                 match p.mode {
                     weightmark::Mode::Blind => "blind",
                     weightmark::Mode::Informed => "informed",
                 },
-                p.label,
-                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
+                crate::format::safe(&p.label),
+                p.recipient
+                    .as_deref()
+                    .map(|r| format!("'{}'", crate::format::safe(r)))
+                    .unwrap_or_else(|| "none".into()),
                 p.z,
                 crate::format::p_bound(p.p_value),
                 if p.detected { "mark found" } else { "no mark found" },
-                p.created
+                safe(&p.created)
             );
             if let Some(c) = &p.certificate {
                 outln!(
                     "  tested certificate sha256 {} ({} key {})",
-                    c.sha256,
+                    safe(&c.sha256),
                     if c.signature_checked {
                         "signature checked against"
                     } else {
                         "signature NOT checked; claims"
                     },
-                    c.signer
+                    safe(&c.signer)
                 );
             }
             if let Some(b) = &p.builds_on {
                 outln!(
                     "  builds on report sha256 {} ({} key {})",
-                    b.sha256,
+                    safe(&b.sha256),
                     if b.signature_checked {
                         "signature checked against"
                     } else {
                         "signature NOT checked; claims"
                     },
-                    b.signer
+                    safe(&b.signer)
                 );
             }
             match &p.dispute {
                 Some(d) if d.committed => outln!(
                     "  with a revealed key (reveal sha256 {}): the suspect was committed to by the \
                      owner's report {} before the reveal",
-                    d.reveal_sha256,
-                    d.report_sha256.as_deref().unwrap_or_default()
+                    safe(&d.reveal_sha256),
+                    safe(d.report_sha256.as_deref().unwrap_or_default())
                 ),
                 Some(d) => outln!(
                     "  with a bare revealed key (sha256 {}) NOT committed to this suspect: the \
                      result does not show who marked it",
-                    d.reveal_sha256
+                    safe(&d.reveal_sha256)
                 ),
                 None => {}
             }
         }
         VerifiedKind::Reveal(s) => {
             let p = &s.predicate;
-            outln!("VALID reveal {}, signed by key {}", args.file.display(), v.signer);
+            outln!(
+                "VALID reveal {}, signed by key {}",
+                crate::format::path(&args.file),
+                safe(&v.signer)
+            );
             outln!(
                 "  {} key of release '{}' (recipient {}), revealed {}, for the suspect with \
                  tensor root {} committed to by report sha256 {} (dated {}); check that this \
                  report was published before the reveal",
-                p.component,
-                p.label,
-                p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into()),
-                p.created,
-                p.report.suspect_tensor_root,
-                p.report.sha256,
-                p.report.created
+                safe(&p.component),
+                safe(&p.label),
+                p.recipient
+                    .as_deref()
+                    .map(|r| format!("'{}'", safe(r)))
+                    .unwrap_or_else(|| "none".into()),
+                safe(&p.created),
+                safe(&p.report.suspect_tensor_root),
+                safe(&p.report.sha256),
+                safe(&p.report.created)
             );
         }
     }
     if let (Some(check), Some(path)) = (&v.model, &args.model) {
-        print_model_check(check, &path.display().to_string())?;
+        print_model_check(check, &crate::format::path(path))?;
     }
     Ok(())
 }
@@ -143,19 +162,19 @@ fn print_model_check(c: &ModelCheck, model: &str) -> anyhow::Result<()> {
         outln!("MODEL DIFFERS: {model} is not the model this file is about");
     }
     for name in &c.files_not_found {
-        outln!("  file not found in the model (no file with its SHA-256): {name}");
+        outln!("  file not found in the model (no file with its SHA-256): {}", safe(name));
     }
     for name in &c.files_unrecorded {
-        outln!("  file of the model not recorded: {name}");
+        outln!("  file of the model not recorded: {}", safe(name));
     }
     for name in &c.tensors_changed {
-        outln!("  tensor changed: {name}");
+        outln!("  tensor changed: {}", safe(name));
     }
     for name in &c.tensors_missing {
-        outln!("  tensor missing from the model: {name}");
+        outln!("  tensor missing from the model: {}", safe(name));
     }
     for name in &c.tensors_extra {
-        outln!("  tensor not recorded: {name}");
+        outln!("  tensor not recorded: {}", safe(name));
     }
     Ok(())
 }

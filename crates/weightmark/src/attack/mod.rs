@@ -618,7 +618,8 @@ pub(crate) fn write_new_tensors(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic_bytes(&out.join("model.safetensors"), &bytes)?;
     let config = model.path.join("config.json");
-    if let Ok(text) = std::fs::read(&config) {
+    if config.exists() {
+        let text = crate::io::read_capped(&config, crate::llama::MAX_CONFIG_LEN)?;
         let mut v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
             Error::NotAModel { path: config.clone(), reason: format!("not JSON: {e}") }
         })?;

@@ -16,7 +16,7 @@ pub mod tokenizer;
 use rayon::prelude::*;
 
 pub use quant::GgmlType;
-pub use reader::{GgufFile, GgufTensorInfo, Value};
+pub use reader::{Array, GgufFile, GgufTensorInfo, Value};
 
 use crate::error::FormatError;
 

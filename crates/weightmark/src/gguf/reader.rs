@@ -34,7 +34,68 @@ pub enum Value {
     /// A string.
     Str(String),
     /// An array.
-    Array(Vec<Value>),
+    Array(Array),
+}
+
+/// A metadata array. Arrays read from a file keep the file's own bytes and
+/// decode their elements on demand, so an array costs what it takes on disk
+/// (a vocabulary of 30 M one-byte values is 30 MB, not 30 M [`Value`]s).
+#[derive(Clone)]
+pub struct Array(ArrayItems);
+
+#[derive(Clone)]
+enum ArrayItems {
+    /// Validated GGUF bytes of `count` elements of type `ty`.
+    Encoded { ty: u32, count: usize, bytes: Vec<u8> },
+    /// Values built in memory.
+    Values(Vec<Value>),
+}
+
+impl Array {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            ArrayItems::Encoded { count, .. } => *count,
+            ArrayItems::Values(v) => v.len(),
+        }
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements, decoded one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        let (encoded, values) = match &self.0 {
+            ArrayItems::Encoded { ty, count, bytes } => {
+                let mut c = Cursor { bytes, pos: 0 };
+                // The bytes were read by the same decoder when the file was
+                // parsed, so decoding them again cannot fail.
+                (Some((0..*count).map_while(move |_| c.value(*ty, 1).ok())), None)
+            }
+            ArrayItems::Values(v) => (None, Some(v.iter().cloned())),
+        };
+        encoded.into_iter().flatten().chain(values.into_iter().flatten())
+    }
+}
+
+impl From<Vec<Value>> for Array {
+    fn from(values: Vec<Value>) -> Array {
+        Array(ArrayItems::Values(values))
+    }
+}
+
+impl PartialEq for Array {
+    fn eq(&self, other: &Array) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Array({} elements)", self.len())
+    }
 }
 
 impl Value {
@@ -299,18 +360,60 @@ impl<'a> Cursor<'a> {
                         "an array of {count} values runs past the end of the file"
                     )));
                 }
-                // Capacity is capped: a count is only a claim until the values are read.
-                let mut items = Vec::with_capacity((count as usize).min(4096));
+                // Validate every element now, keep only their bytes.
+                let start = self.pos;
                 for _ in 0..count {
-                    items.push(self.value(inner, depth + 1)?);
+                    self.skip_value(inner, depth + 1)?;
                 }
-                Value::Array(items)
+                let bytes = self.bytes.get(start..self.pos).unwrap_or_default().to_vec();
+                Value::Array(Array(ArrayItems::Encoded { ty: inner, count: count as usize, bytes }))
             }
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
             other => return Err(bad(&format!("metadata value type {other} does not exist"))),
         })
+    }
+
+    /// Checks one value of type `ty` and moves past it, allocating nothing
+    /// (strings are checked for UTF-8 in place).
+    fn skip_value(&mut self, ty: u32, depth: u32) -> Result<(), FormatError> {
+        let fixed = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                let len = self.u64()?;
+                if len > MAX_STRING {
+                    return Err(bad(&format!(
+                        "a string of {len} bytes at offset {} is too long",
+                        self.pos
+                    )));
+                }
+                let raw = self.take(len as usize)?;
+                std::str::from_utf8(raw).map_err(|_| bad("a string is not valid UTF-8"))?;
+                return Ok(());
+            }
+            9 => {
+                if depth > 2 {
+                    return Err(bad("metadata arrays nested too deep"));
+                }
+                let inner = self.u32()?;
+                let count = self.u64()?;
+                if count > (self.bytes.len() - self.pos) as u64 {
+                    return Err(bad(&format!(
+                        "an array of {count} values runs past the end of the file"
+                    )));
+                }
+                for _ in 0..count {
+                    self.skip_value(inner, depth + 1)?;
+                }
+                return Ok(());
+            }
+            other => return Err(bad(&format!("metadata value type {other} does not exist"))),
+        };
+        self.take(fixed).map(|_| ())
     }
 }
 

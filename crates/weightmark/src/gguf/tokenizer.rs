@@ -297,7 +297,7 @@ fn token_types(gguf: &GgufFile, count: usize) -> Result<Vec<i64>, FormatError> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let ty = match *v {
+            let ty = match v {
                 Value::I64(t) => Some(t),
                 Value::U64(t) => i64::try_from(t).ok(),
                 _ => None,
@@ -354,7 +354,7 @@ mod tests {
     use super::*;
 
     fn strings(items: &[&str]) -> Value {
-        Value::Array(items.iter().map(|s| Value::Str(s.to_string())).collect())
+        Value::Array(items.iter().map(|s| Value::Str(s.to_string())).collect::<Vec<_>>().into())
     }
 
     /// A tiny byte-level BPE vocabulary: one control token, then `h`, `e`, `he`, `Ġ`, `Ġhe`.
@@ -371,7 +371,9 @@ mod tests {
         );
         put(
             "tokenizer.ggml.token_type",
-            Value::Array([3, 1, 1, 1, 1, 1, 4].into_iter().map(Value::I64).collect()),
+            Value::Array(
+                [3, 1, 1, 1, 1, 1, 4].into_iter().map(Value::I64).collect::<Vec<_>>().into(),
+            ),
         );
         put("tokenizer.ggml.merges", strings(&["h e", "Ġ he"]));
         put("tokenizer.ggml.bos_token_id", Value::U64(0));
@@ -475,17 +477,25 @@ mod tests {
     fn malformed_metadata_is_an_error_naming_the_key() {
         let cases: Vec<(&str, Value, &str)> = vec![
             ("tokenizer.ggml.tokens", Value::Str("x".into()), "is not an array"),
-            ("tokenizer.ggml.tokens", Value::Array(vec![Value::U64(1)]), "entry 0 is not a string"),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(vec![Value::U64(1)].into()),
+                "entry 0 is not a string",
+            ),
             (
                 "tokenizer.ggml.tokens",
                 strings(&["<|endoftext|>", "h", "e", "he", "Ġ", "Ġhe", "h"]),
                 "token 'h' appears at ids 1 and 6",
             ),
-            ("tokenizer.ggml.merges", Value::Array(vec![Value::Bool(true)]), "not a string"),
+            ("tokenizer.ggml.merges", Value::Array(vec![Value::Bool(true)].into()), "not a string"),
             ("tokenizer.ggml.merges", strings(&["h e x"]), "two tokens"),
             ("tokenizer.ggml.merges", strings(&["h z"]), "outside the vocabulary"),
             ("tokenizer.ggml.merges", strings(&["e h"]), "makes a token outside"),
-            ("tokenizer.ggml.token_type", Value::Array(vec![Value::I64(1)]), "has 1 entries for 7"),
+            (
+                "tokenizer.ggml.token_type",
+                Value::Array(vec![Value::I64(1)].into()),
+                "has 1 entries for 7",
+            ),
             ("tokenizer.ggml.token_type", Value::Str("x".into()), "is not an array"),
             ("tokenizer.ggml.bos_token_id", Value::U64(7), "below the vocabulary size 7"),
             ("tokenizer.ggml.add_bos_token", Value::U64(1), "is not a boolean"),

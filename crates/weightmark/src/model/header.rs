@@ -176,13 +176,16 @@ fn validate(raw: RawHeader, header_len: usize, data_len: u64) -> Result<Header, 
         let Some(bytes) = bytes.filter(|&b| usize::try_from(b).is_ok()) else {
             return Err(FormatError::ShapeOverflow { name, shape: t.shape });
         };
-        if end < begin || end - begin != bytes {
+        if end < begin {
+            return Err(FormatError::OffsetsReversed { name, begin, end });
+        }
+        if end - begin != bytes {
             return Err(FormatError::SizeMismatch {
                 name,
                 shape: t.shape,
                 dtype: dtype.name(),
                 expected: bytes,
-                actual: end.saturating_sub(begin),
+                actual: end - begin,
             });
         }
         if end > data_len {

@@ -3,13 +3,19 @@
 //! The envelope is `{"payloadType", "payload" (base64), "signatures": [{"keyid",
 //! "sig" (base64)}]}`; the signature covers DSSE's pre-authentication encoding
 //! `"DSSEv1" SP len(type) SP type SP len(body) SP body`.
+//!
+//! Envelopes are written in the standard form (standard base64 with padding,
+//! a `keyid` on every signature); reading accepts everything the DSSE
+//! specification allows: standard or URL-safe base64, with or without
+//! padding, and signatures without a `keyid` (an unauthenticated hint there).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::key::{PublicKey, SecretKey};
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as BASE64};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -42,7 +48,9 @@ pub struct Envelope {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeSignature {
-    /// Signer's key id (see [`PublicKey::key_id`]).
+    /// Signer's key id (see [`PublicKey::key_id`]); optional in DSSE, so an
+    /// envelope without one reads as an empty id.
+    #[serde(default)]
     pub keyid: String,
     /// Base64 of the 64-byte ed25519 signature.
     pub sig: String,
@@ -131,8 +139,9 @@ pub fn verify_envelope(envelope: &Envelope, public: &PublicKey) -> Result<Vec<u8
     }
     let payload = payload_bytes(envelope)?;
     let want = public.key_id();
+    // A signature without a keyid may be by anyone: try it too.
     let matching: Vec<&EnvelopeSignature> =
-        envelope.signatures.iter().filter(|s| s.keyid == want).collect();
+        envelope.signatures.iter().filter(|s| s.keyid == want || s.keyid.is_empty()).collect();
     if matching.is_empty() {
         let ids: Vec<&str> = envelope.signatures.iter().map(|s| s.keyid.as_str()).collect();
         return Err(Error::WrongKey {
@@ -142,9 +151,9 @@ pub fn verify_envelope(envelope: &Envelope, public: &PublicKey) -> Result<Vec<u8
     let message = pae(&envelope.payload_type, &payload);
     let mut last = None;
     for sig in matching {
-        match BASE64.decode(&sig.sig) {
-            Err(_) => last = Some(Error::BadSignature { reason: "signature is not base64".into() }),
-            Ok(bytes) => match public.verify(&message, &bytes) {
+        match decode_base64(&sig.sig) {
+            None => last = Some(Error::BadSignature { reason: "signature is not base64".into() }),
+            Some(bytes) => match public.verify(&message, &bytes) {
                 Ok(()) => return Ok(payload),
                 Err(e) => last = Some(e),
             },
@@ -218,9 +227,18 @@ pub fn open_statement(path: &Path, public: Option<&PublicKey>) -> Result<OpenedS
 
 /// Decodes an envelope's payload (base64).
 pub fn payload_bytes(envelope: &Envelope) -> Result<Vec<u8>> {
-    BASE64
-        .decode(&envelope.payload)
-        .map_err(|_| Error::BadSignature { reason: "payload is not base64".into() })
+    decode_base64(&envelope.payload)
+        .ok_or_else(|| Error::BadSignature { reason: "payload is not base64".into() })
+}
+
+/// Decodes base64 as DSSE allows it: the standard or the URL-safe alphabet
+/// (not both in one string), with or without padding.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let url_safe = text.contains(['-', '_']);
+    let alphabet = if url_safe { &base64::alphabet::URL_SAFE } else { &base64::alphabet::STANDARD };
+    GeneralPurpose::new(alphabet, config).decode(text).ok()
 }
 
 #[cfg(test)]
@@ -252,5 +270,47 @@ mod tests {
         assert!(verify_envelope(&bad, &key.public_key()).is_err());
         let other = SecretKey::from_seed([6u8; 32]).public_key();
         assert!(matches!(verify_envelope(&env, &other), Err(Error::WrongKey { .. })));
+    }
+
+    #[test]
+    fn envelopes_in_every_form_dsse_allows_verify() {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        let key = SecretKey::from_seed([5u8; 32]);
+        // A payload whose base64 has '+' or '/' and padding in the standard form.
+        let st = Statement {
+            statement_type: STATEMENT_TYPE.into(),
+            subject: vec![],
+            predicate_type: "x".into(),
+            predicate: serde_json::json!({"a": "\u{fb}\u{ff}?>~"}),
+        };
+        let env = sign_statement(&st, &key).unwrap_or_else(|e| panic!("{e}"));
+        let payload = BASE64.decode(&env.payload).unwrap_or_else(|e| panic!("{e}"));
+        let sig = BASE64.decode(&env.signatures[0].sig).unwrap_or_else(|e| panic!("{e}"));
+        assert!(env.payload.contains(['+', '/']) || env.signatures[0].sig.contains(['+', '/']));
+        let engines: [&GeneralPurpose; 3] = [&STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD];
+        for engine in engines {
+            let mut other = env.clone();
+            other.payload = engine.encode(&payload);
+            other.signatures[0].sig = engine.encode(&sig);
+            let got = verify_envelope(&other, &key.public_key());
+            assert_eq!(got.ok().as_deref(), Some(payload.as_slice()), "{other:?}");
+        }
+        // No keyid at all: the signature is still checked, and the envelope
+        // written back out has the standard form.
+        let mut json: serde_json::Value =
+            serde_json::to_value(&env).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(s) = json["signatures"][0].as_object_mut() {
+            s.remove("keyid");
+        }
+        let text = json.to_string();
+        let parsed = parse_envelope(text.as_bytes(), Path::new("c.json"));
+        let parsed = parsed.unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify_envelope(&parsed, &key.public_key()).is_ok());
+        let other = SecretKey::from_seed([6u8; 32]).public_key();
+        assert!(verify_envelope(&parsed, &other).is_err());
+        // Mixed alphabets are not base64 of either kind.
+        let mut mixed = env.clone();
+        mixed.payload = format!("{}-_+/", env.payload.trim_end_matches('='));
+        assert!(verify_envelope(&mixed, &key.public_key()).is_err());
     }
 }

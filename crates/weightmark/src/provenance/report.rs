@@ -215,9 +215,16 @@ pub fn load_report(path: &Path, public: Option<&PublicKey>) -> Result<Report> {
     let opened = open_statement(path, public)?;
     let statement = parse_detection_statement(&opened.payload)
         .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
+    // DSSE makes keyid optional: without one, the signer the predicate names.
     let signer = match public {
         Some(public) => public.key_id(),
-        None => opened.envelope.signatures.first().map(|s| s.keyid.clone()).unwrap_or_default(),
+        None => opened
+            .envelope
+            .signatures
+            .first()
+            .map(|s| s.keyid.clone())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| statement.predicate.signer.clone()),
     };
     Ok(Report { statement, digest: opened.sha256, signer, signature_checked: public.is_some() })
 }

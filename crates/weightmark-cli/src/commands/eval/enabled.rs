@@ -36,7 +36,7 @@ pub fn decoder(m: &EvalModel) -> anyhow::Result<Llama> {
         bail!(
             "{}: a BERT-layout encoder has no next-token perplexity; use `eval compare` for \
              embedding similarity",
-            m.model.path.display()
+            crate::format::path(&m.model.path)
         )
     };
     Ok(Llama::from_tensors(config.clone(), &tensors_f32(&m.model)?, &m.model.path)?)
@@ -56,7 +56,7 @@ fn read_windows(m: &EvalModel, text: &TextArgs) -> anyhow::Result<(Corpus, Split
     for p in &split.too_short {
         eprintln!(
             "weightmark: note: {} is shorter than one window of {} tokens",
-            p.display(),
+            crate::format::path(p),
             text.seq
         );
     }
@@ -74,7 +74,7 @@ fn ppl(model: &Path, split_arg: TextSplit, text: &TextArgs, json: bool) -> anyho
     };
     let windows = limit(windows, text.max_windows);
     let value = perplexity(&llama, &windows)
-        .with_context(|| format!("{}: perplexity failed", model.display()))?;
+        .with_context(|| format!("{}: perplexity failed", crate::format::path(model)))?;
     let tokens = windows.len() * text.seq;
     if json {
         outln!(
@@ -146,7 +146,11 @@ fn compare_models(a: &Path, b: &Path, text: &TextArgs, json: bool) -> anyhow::Re
                 );
             }
         }
-        _ => bail!("{} and {} are different architectures", a.display(), b.display()),
+        _ => bail!(
+            "{} and {} are different architectures",
+            crate::format::path(a),
+            crate::format::path(b)
+        ),
     }
     Ok(Outcome::Success)
 }
@@ -191,14 +195,14 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<Outcome> {
         (!held_out.is_empty()).then(|| perplexity(trainer.model(), &held_out)).transpose()?;
     let report = trainer
         .write(&m.model, &io.output)
-        .with_context(|| format!("could not write {}", io.output.display()))?;
+        .with_context(|| format!("could not write {}", crate::format::path(&io.output)))?;
     outln!(
         "{method} fine-tuning: {} steps of {} x {} tokens (lr {lr:e}, seed {}) on {train_windows} training windows -> {}",
         args.steps,
         args.batch,
         args.text.seq,
         io.seed,
-        report.path.display()
+        crate::format::path(&report.path)
     );
     match (before, after) {
         (Some(b), Some(a)) => outln!(
