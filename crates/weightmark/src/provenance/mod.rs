@@ -16,7 +16,8 @@ pub mod report;
 pub mod verify;
 
 pub use certificate::{
-    load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, ReleasePredicate,
+    load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, ReleaseFile,
+    ReleasePredicate,
 };
 pub use envelope::{
     envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, Envelope,
