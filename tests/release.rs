@@ -376,3 +376,43 @@ fn an_interrupted_embed_leaves_no_temporary_and_a_later_run_clears_only_dead_one
     assert_eq!(temporaries(s.dir.path()), vec![live]);
     assert!(s.path("tiny-out.safetensors").exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_model_truncated_while_read_gives_one_line_and_exit_2() {
+    let s = Scene::new();
+    s.keygen("lab");
+    write_file(&s.path("slow.safetensors"), &llama(&SLOW, Dtype::F32, 7), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = {
+        let binary = env!("CARGO_BIN_EXE_weightmark");
+        let child = std::process::Command::new(binary)
+            .args(["embed", "-k", "lab.key", "slow.safetensors", "-o", "out.safetensors"])
+            .current_dir(s.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let start = std::time::Instant::now();
+        while temporaries(s.dir.path()).iter().all(|n| n.ends_with(".probe")) {
+            assert!(start.elapsed().as_secs() < 60, "no temporary appeared");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.path("slow.safetensors"))
+        .and_then(|f| f.set_len(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let mut err = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(2), "{status:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("truncated") && err.contains("SIGBUS"), "{err}");
+    assert!(!s.path("out.safetensors").exists());
+}

@@ -12,6 +12,7 @@ mod commands;
 mod format;
 mod output;
 mod progress;
+mod sigbus;
 
 use cli::{Cli, Command};
 
@@ -25,6 +26,7 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     remove_temporaries_on_signals();
+    sigbus::report_truncated_models();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
