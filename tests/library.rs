@@ -287,6 +287,8 @@ fn globs_choose_tensors_and_bad_globs_are_refused() {
     let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a.small.weight", "m.second.weight"]);
 
+    // A fresh output each time: an existing one is refused before the selection is looked at.
+    let out = dir.path().join("out2.safetensors");
     let err = embed(&model, &out, &key, &options("r", globs(&["nothing.*"])))
         .err()
         .map(|e| e.to_string())
