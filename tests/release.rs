@@ -416,3 +416,38 @@ fn a_model_truncated_while_read_gives_one_line_and_exit_2() {
     assert!(err.contains("truncated") && err.contains("SIGBUS"), "{err}");
     assert!(!s.path("out.safetensors").exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_hugging_face_cache_snapshot_is_released_with_its_linked_side_files() {
+    let s = Scene::new();
+    s.keygen("lab");
+    // hub/models--org--tiny/{blobs/, snapshots/REV/} as huggingface_hub lays it out.
+    let repo = s.path("hub/models--org--tiny");
+    let blobs = repo.join("blobs");
+    let snapshot = repo.join("snapshots/0123abcd");
+    common::write_llama_dir(&blobs, &TINY_LLAMA, Dtype::F32, 8);
+    std::fs::create_dir_all(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        symlink(&format!("../../blobs/{name}"), &snapshot.join(name));
+    }
+    symlink("../../../../elsewhere.txt", &snapshot.join("stray.txt"));
+    std::fs::write(s.path("elsewhere.txt"), "not the model's").unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        s.ok(&["embed", "-k", "lab.key", "hub/models--org--tiny/snapshots/0123abcd", "-o", "rel"]);
+    assert_eq!(
+        tree(&s.path("rel")),
+        ["config.json", "model.safetensors", "tokenizer.json"],
+        "{out}"
+    );
+    let config = s.path("rel/config.json");
+    assert!(!std::fs::symlink_metadata(&config)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(true));
+    assert!(
+        out.contains("not copied: stray.txt (a link to") && out.contains("outside the model"),
+        "{out}"
+    );
+    let o = s.run(&["verify", "rel.cert.json", "--pub", "lab.pub", "--model", "rel"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
