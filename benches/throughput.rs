@@ -35,6 +35,7 @@ fn throughput(c: &mut Criterion) {
         selection: Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     let marked = dir.path().join("marked.safetensors");
 

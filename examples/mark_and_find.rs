@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             selection: Selection::Default,
             created: weightmark::now_rfc3339(),
             progress: &NoProgress,
+            overwrite: weightmark::Overwrite::Refuse,
         },
     )?;
     println!(

@@ -264,6 +264,7 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
         selection: weightmark::Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &weightmark::NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     weightmark::embed(&original.model, &marked_path, &key, &options)
         .unwrap_or_else(|e| panic!("{e}"));

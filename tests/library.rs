@@ -25,6 +25,7 @@ fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
         selection,
         created: CREATED.to_string(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     }
 }
 
@@ -189,7 +190,8 @@ fn sharded_input_gives_sharded_output_with_a_valid_index() {
             "model.safetensors.index.json"
         ]
     );
-    assert_eq!(report.written.skipped, ["pytorch_model.bin"]);
+    let skipped: Vec<&str> = report.written.skipped.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(skipped, ["pytorch_model.bin"]);
     let index_in = std::fs::read(input.join("model.safetensors.index.json")).unwrap_or_default();
     let index_out = std::fs::read(output.join("model.safetensors.index.json")).unwrap_or_default();
     assert_eq!(index_in, index_out);
@@ -285,6 +287,8 @@ fn globs_choose_tensors_and_bad_globs_are_refused() {
     let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a.small.weight", "m.second.weight"]);
 
+    // A fresh output each time: an existing one is refused before the selection is looked at.
+    let out = dir.path().join("out2.safetensors");
     let err = embed(&model, &out, &key, &options("r", globs(&["nothing.*"])))
         .err()
         .map(|e| e.to_string())

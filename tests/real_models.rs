@@ -21,6 +21,7 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
         selection: Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     embed(model, out, key, &options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -120,6 +121,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
         selection: Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     match embed(&model, &out, &SecretKey::from_seed([25; 32]), &options) {
         Ok(report) => {

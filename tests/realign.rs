@@ -102,6 +102,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         selection: Selection::Globs(vec!["*.mlp.*".into(), "*.self_attn.*".into()]),
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -171,6 +172,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         selection: Selection::Globs(vec!["*.mlp.*".into()]),
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -257,6 +259,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
         selection: Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));

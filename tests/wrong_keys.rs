@@ -27,6 +27,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         selection: Selection::Default,
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
+        overwrite: weightmark::Overwrite::Refuse,
     };
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     embed(&model, &marked, &owner, &options).unwrap_or_else(|e| panic!("{e}"));

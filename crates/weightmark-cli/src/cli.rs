@@ -100,6 +100,11 @@ pub struct EmbedArgs {
     /// Where to write the signed certificate [default: OUT.cert.json beside OUT].
     #[arg(long, value_name = "CERT")]
     pub cert: Option<PathBuf>,
+    /// Replace an existing output file and certificate (never a non-empty
+    /// output directory). Without it, existing outputs are refused before
+    /// any work starts.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `weightmark detect`.
@@ -155,6 +160,10 @@ pub struct DetectArgs {
     /// nor the owner's.
     #[arg(long = "builds-on-pub", value_name = "PUB", requires = "builds_on")]
     pub builds_on_public: Option<PathBuf>,
+    /// Replace an existing --report file. Without it, an existing report is
+    /// refused before detection starts.
+    #[arg(long, requires = "report")]
+    pub force: bool,
     /// The suspect model: a .safetensors file or a model directory.
     #[arg(value_name = "SUSPECT")]
     pub suspect: PathBuf,

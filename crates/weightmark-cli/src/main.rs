@@ -12,6 +12,7 @@ mod commands;
 mod format;
 mod output;
 mod progress;
+mod sigbus;
 
 use cli::{Cli, Command};
 
@@ -24,6 +25,8 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    remove_temporaries_on_signals();
+    sigbus::report_truncated_models();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -81,3 +84,36 @@ fn one_line(err: &anyhow::Error) -> String {
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<output::StdoutClosed>())
 }
+
+/// The hint the CLI adds to a refusal to overwrite (the library names no flags).
+pub fn force_hint(e: weightmark::Error) -> anyhow::Error {
+    match e {
+        weightmark::Error::OutputExists { .. } => {
+            anyhow::anyhow!("{e} (pass --force to replace it)")
+        }
+        e => e.into(),
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporaries of outputs not yet
+/// in place, then dies of the signal as it would have (exit status 128+N).
+#[cfg(unix)]
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            weightmark::remove_temporaries();
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+/// Elsewhere an interrupted run may leave temporaries, which a later run on
+/// the same host does not remove either (it cannot tell whether their writer
+/// still runs).
+#[cfg(not(unix))]
+fn remove_temporaries_on_signals() {}

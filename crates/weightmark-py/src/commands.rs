@@ -8,8 +8,9 @@ use serde_json::json;
 use weightmark::provenance::verify_file;
 use weightmark::{
     check_release_paths, convert, default_certificate_path, embed, hex, identify, inspect_json,
-    load_candidates, parse_size, resolve_output, write_atomic, ConvertOptions, Digests, Dtype,
-    EmbedOptions, Error, IdentifyOptions, Model, Progress, PublicKey, Scheme, SecretKey, Selection,
+    load_candidates, parse_size, prepare_outputs, resolve_output, write_new, ConvertOptions,
+    Digests, Dtype, EmbedOptions, Error, IdentifyOptions, Model, Overwrite, Progress, PublicKey,
+    Scheme, SecretKey, Selection,
 };
 
 use crate::detection::check_threshold;
@@ -57,6 +58,8 @@ pub struct EmbedRequest {
     pub tensors: Option<Vec<String>>,
     /// Certificate path (default `OUT.cert.json` beside the output).
     pub cert: Option<PathBuf>,
+    /// Whether an existing output file and certificate may be replaced.
+    pub overwrite: Overwrite,
 }
 
 /// Embedding options: the library's defaults (scheme, creation time) with
@@ -110,10 +113,12 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
     let destination = resolve_output(&model, &r.output)?;
     let cert_path = r.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
     check_release_paths(&model, &r.key, &destination, &cert_path)?;
+    prepare_outputs(&[&destination, &cert_path], r.overwrite)?;
     let label = r.label.clone().unwrap_or_else(|| model.display_name());
-    let options = options(&label, r.recipient.clone(), r.strength, r.scheme, r.tensors, progress);
+    let options = options(&label, r.recipient.clone(), r.strength, r.scheme, r.tensors, progress)
+        .overwrite(r.overwrite);
     let report = embed(&model, &r.output, &key, &options)?;
-    write_atomic(&cert_path, &report.certificate_text()?)?;
+    write_new(&cert_path, &report.certificate_text()?, r.overwrite)?;
     let mut out = marking_summary(&Marked {
         scheme: options.scheme,
         label: &label,
@@ -137,8 +142,10 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
             .map(|f| json!({"name": f.name, "sha256": hex(&f.sha256), "size": f.size}))
             .collect::<Vec<_>>()),
     );
-    out.insert("copied".into(), json!(report.written.copied));
-    out.insert("skipped".into(), json!(report.written.skipped));
+    let copied: Vec<&str> = report.written.copied.iter().map(|f| f.name.as_str()).collect();
+    let skipped: Vec<String> = report.written.skipped.iter().map(ToString::to_string).collect();
+    out.insert("copied".into(), json!(copied));
+    out.insert("skipped".into(), json!(skipped));
     out.insert("warnings".into(), json!(model.warnings));
     json_text(&serde_json::Value::Object(out))
 }

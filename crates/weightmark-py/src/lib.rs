@@ -73,7 +73,8 @@ fn keygen(py: Python<'_>, name: PathBuf) -> PyResult<(String, String, String)> {
 /// beside it; returns the summary as JSON text.
 #[pyfunction]
 #[pyo3(signature = (model, output, key, *, label=None, recipient=None,
-    strength=weightmark::DEFAULT_STRENGTH, scheme=None, tensors=None, cert=None, progress=None))]
+    strength=weightmark::DEFAULT_STRENGTH, scheme=None, tensors=None, cert=None, force=false,
+    progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn embed(
     py: Python<'_>,
@@ -86,9 +87,12 @@ fn embed(
     scheme: Option<&str>,
     tensors: Option<Vec<String>>,
     cert: Option<PathBuf>,
+    force: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let scheme = commands::parse_scheme(scheme).map_err(|f| f.into_py(py))?;
+    let overwrite =
+        if force { weightmark::Overwrite::Replace } else { weightmark::Overwrite::Refuse };
     let request = commands::EmbedRequest {
         model,
         output,
@@ -99,6 +103,7 @@ fn embed(
         scheme,
         tensors,
         cert,
+        overwrite,
     };
     detached(py, progress, |p| commands::embed_files(request, p))
 }

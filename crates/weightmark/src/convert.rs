@@ -54,7 +54,7 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
             out.display()
         )));
     }
-    let staging = crate::io::staging_dir(out)?;
+    let staging = crate::io::StagingDir::create(out)?;
 
     // Checked before any tensor is written: malformed metadata fails fast.
     let tokenizer = match &model.raw {
@@ -123,14 +123,7 @@ pub fn convert(model: &Model, out: &Path, options: &ConvertOptions) -> Result<Co
         TokenizerExport::Absent => false,
     };
     crate::io::set_public_mode(staging.path(), 0o755)?;
-    if out.is_dir() {
-        fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-    }
-    let staged = staging.keep();
-    fs::rename(&staged, out).map_err(|e| {
-        let _ = fs::remove_dir_all(&staged);
-        Error::io(out, e)
-    })?;
+    staging.commit(out)?;
     Ok(ConvertReport {
         files: names,
         tensors: tensors.len(),

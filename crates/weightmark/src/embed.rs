@@ -8,14 +8,16 @@ use std::sync::Mutex;
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::io::Overwrite;
 use crate::key::{MarkKey, SecretKey};
-use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
+use crate::model::{write_model, Model, OutputFile, TensorRef, WriteOptions, WriteReport};
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
-    sign_statement, CertifiedTensor, Envelope, NeuronSketchRecord, ReleasePredicate, SketchRecord,
-    Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+    sign_statement, CertifiedTensor, Envelope, NeuronSketchRecord, ReleaseFile, ReleasePredicate,
+    SketchRecord, Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM,
+    TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
@@ -42,6 +44,9 @@ pub struct EmbedOptions<'a> {
     pub created: String,
     /// Progress receiver.
     pub progress: &'a dyn Progress,
+    /// Whether an existing output file may be replaced ([`Overwrite::Refuse`]
+    /// by default; a non-empty output directory is never replaced).
+    pub overwrite: Overwrite,
 }
 
 /// Per-tensor outcome of marking.
@@ -101,6 +106,7 @@ impl EmbedOptions<'static> {
             selection: Selection::Default,
             created: crate::now_rfc3339(),
             progress: &crate::progress::NoProgress,
+            overwrite: Overwrite::Refuse,
         }
     }
 }
@@ -137,7 +143,15 @@ impl<'a> EmbedOptions<'a> {
             selection: self.selection,
             created: self.created,
             progress,
+            overwrite: self.overwrite,
         }
+    }
+
+    /// The same options, replacing an existing output file or not.
+    #[must_use]
+    pub fn overwrite(mut self, overwrite: Overwrite) -> Self {
+        self.overwrite = overwrite;
+        self
     }
 }
 
@@ -325,6 +339,7 @@ impl<'o> Marking<'o> {
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),
+            files: None,
             original_tensor_root: hex(&tensor_root(&originals)),
             blind_z_at_release: blind.z(),
             signer: key.public_key().key_id(),
@@ -376,11 +391,15 @@ pub fn embed(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<EmbedReport> {
+    // Before any work: an output that may not be replaced, or a directory
+    // that cannot take it, is refused now rather than after the marking.
+    crate::io::check_output(&crate::model::resolve_output(model, out)?, options.overwrite)?;
     let marking = Marking::new(model, key, options)?;
     let transform = |t: &TensorRef<'_>| marking.mark(t);
-    let written =
-        write_model(model, out, &transform, &WriteOptions { progress: options.progress })?;
-    let m = marking.finish(model, key, &written.tensor_digests);
+    let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
+    let written = write_model(model, out, &transform, &write_options)?;
+    let mut m = marking.finish(model, key, &written.tensor_digests);
+    m.predicate.files = Some(release_files(&written.all_files()));
     let files: Vec<(String, Sha256Digest)> =
         written.files.iter().map(|f| (f.name.clone(), f.sha256)).collect();
     let certificate = sign_release(m.predicate, &files, &written.tensor_digests, key)?;
@@ -507,7 +526,19 @@ pub fn certify(saved: &Model, record: &ReleasePredicate, key: &SecretKey) -> Res
         ));
     }
     let files = crate::digest::model_file_digests(saved);
-    sign_release(record.clone(), &files, &digests, key)
+    let mut record = record.clone();
+    record.files = Some(release_files(&crate::provenance::verify::release_inventory(saved)?));
+    sign_release(record, &files, &digests, key)
+}
+
+/// The certificate's list of release files.
+fn release_files(files: &[OutputFile]) -> Vec<ReleaseFile> {
+    let mut list: Vec<ReleaseFile> = files
+        .iter()
+        .map(|f| ReleaseFile { name: f.name.clone(), sha256: hex(&f.sha256), size: f.size })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
 }
 
 fn digest_set(algorithm: &str, digest: &Sha256Digest) -> BTreeMap<String, String> {

@@ -92,10 +92,16 @@ pub use identify::{
     RankedCandidate,
 };
 pub use inspect::{inspect_json, Digests};
-pub use io::{write_atomic, write_atomic_bytes};
+pub use io::{
+    prepare_outputs, remove_stale_temporaries, remove_temporaries, write_atomic,
+    write_atomic_bytes, write_new, Overwrite,
+};
 pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
 pub use llama::{HeadPermutation, LlamaConfig};
-pub use model::{resolve_output, Layout, Model, OutputFile, TensorRef, WriteReport};
+pub use model::{
+    resolve_output, Layout, Model, OutputFile, SkippedFile, TensorRef, WriteReport, DENY_PREFIXES,
+    DENY_SUFFIXES,
+};
 pub use progress::{NoProgress, Progress};
 pub use provenance::{
     load_certificate, load_certificate_unverified, Certificate, ReleasePredicate,

@@ -674,7 +674,7 @@ mod tests {
         let recipient = TensorStreams::new(&MarkKey::from_bytes([2; 32]), "w");
         // Columns as residual channels in a scrambled canonical order, and plain.
         let rank: Vec<u32> = (0..n as u32).map(|j| (j * 7919) % n as u32).collect();
-        for axes in [Axes::default(), Axes { rows: None, cols: Some(&rank) }] {
+        for axes in [Axes::default(), Axes { rows: None, cols: Some(&rank), neurons: None }] {
             let layout = Layout::of(&axes);
             let strengths = Strengths::split(0.05, true);
             let (got, _) = embed_tensor(&t, &axes, &release, Some(&recipient), strengths);

@@ -64,6 +64,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
             selection: Selection::Default,
             created: weightmark::now_rfc3339(),
             progress: &NoProgress,
+            overwrite: weightmark::Overwrite::Replace,
         },
     )?;
     let cert_path = dir.join("marked.safetensors.cert.json");

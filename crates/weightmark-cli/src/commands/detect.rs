@@ -5,8 +5,9 @@ use serde_json::json;
 use weightmark::provenance::report::{build_report, ReportInputs};
 use weightmark::provenance::{envelope_to_string, load_cited_report, load_reveal, Dispute, Reveal};
 use weightmark::{
-    detect, hex, load_certificate, model_file_digests, model_tensor_digests, tensor_root,
-    write_atomic, Certificate, DetectOptions, Detection, Model, PublicKey, SecretKey, Target,
+    detect, hex, load_certificate, model_file_digests, model_tensor_digests, prepare_outputs,
+    tensor_root, write_new, Certificate, DetectOptions, Detection, Model, Overwrite, PublicKey,
+    SecretKey, Target,
 };
 
 use crate::cli::DetectArgs;
@@ -22,8 +23,10 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     if args.recipient.as_deref() == Some("") {
         bail!("the recipient is empty: leave -r out to test a release without one");
     }
+    let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     if let Some(report) = &args.report {
         refuse_report_collision(report, args)?;
+        prepare_outputs(&[report.as_path()], overwrite).map_err(crate::force_hint)?;
     }
     let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
     // Whose signature the certificate (and a reveal) must carry: --pub, else
@@ -104,7 +107,8 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
             },
             signer,
         )?;
-        write_atomic(path, &envelope_to_string(&envelope)?)
+        write_new(path, &envelope_to_string(&envelope)?, overwrite)
+            .map_err(crate::force_hint)
             .with_context(|| format!("could not write the report {}", crate::format::path(path)))?;
     }
 

@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 use weightmark::provenance::envelope_to_string;
-use weightmark::write_atomic;
 use weightmark::{check_release_paths, default_certificate_path, resolve_output};
 use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
 use weightmark::{p_value_bound, z_for_p};
+use weightmark::{prepare_outputs, write_new, Overwrite};
 
 use crate::cli::EmbedArgs;
 use crate::format::{count, p_bound};
@@ -19,6 +19,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let destination = resolve_output(&model, &args.output)?;
     let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
     check_release_paths(&model, &args.key, &destination, &cert_path)?;
+    let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
+    prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;
     let label = args.label.clone().unwrap_or_else(|| model.display_name());
     let selection = if args.tensors.is_empty() {
         Selection::Default
@@ -34,10 +36,13 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         selection,
         created: weightmark::now_rfc3339(),
         progress: &bar,
+        overwrite,
     };
     let report = embed(&model, &args.output, &key, &options)
+        .map_err(crate::force_hint)
         .with_context(|| format!("could not mark {}", crate::format::path(&args.model)))?;
-    write_atomic(&cert_path, &envelope_to_string(&report.certificate)?)
+    write_new(&cert_path, &envelope_to_string(&report.certificate)?, overwrite)
+        .map_err(crate::force_hint)
         .context("the marked model was written, but its certificate could not be")?;
 
     let f = &report.fidelity;
@@ -89,10 +94,20 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
             report.informed.z()
         );
     }
-    for skipped in &report.written.skipped {
+    let w = &report.written;
+    if w.entries_visited > 0 {
+        let names: Vec<&str> = w.copied.iter().map(|f| f.name.as_str()).collect();
         outln!(
-            "  not copied (weights in another format would carry the unmarked model): {skipped}"
+            "  side files: {} copied ({} entries of {} looked at){}{}",
+            names.len(),
+            w.entries_visited,
+            crate::format::path(&args.model),
+            if names.is_empty() { "" } else { ": " },
+            crate::format::safe(&names.join(", "))
         );
+    }
+    for skipped in &w.skipped {
+        outln!("  not copied: {}", crate::format::safe(&skipped.to_string()));
     }
     outln!(
         "  certificate: {} (signed by key {})",

@@ -143,29 +143,45 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
         }
     }
     if let (Some(check), Some(path)) = (&v.model, &args.model) {
-        print_model_check(check, &crate::format::path(path))?;
+        let certificate = matches!(v.kind, VerifiedKind::Certificate(_));
+        print_model_check(check, &crate::format::path(path), certificate)?;
     }
     Ok(())
 }
 
-fn print_model_check(c: &ModelCheck, model: &str) -> anyhow::Result<()> {
-    if c.tensors_match() && c.files_match() {
-        outln!("MODEL MATCHES: {model} is byte for byte the model this file is about");
-        return Ok(());
-    }
-    if c.tensors_match() {
+fn print_model_check(c: &ModelCheck, model: &str, certificate: bool) -> anyhow::Result<()> {
+    let side = c.side_files_compared;
+    if c.tensors_match() && c.files_match() && c.side_files_match() {
+        if side {
+            outln!(
+                "MODEL MATCHES: every file of {model} (weight files and side files) is byte for \
+                 byte the release this certificate describes"
+            );
+        } else {
+            outln!(
+                "MODEL MATCHES: the tensors and weight files of {model} are byte for byte those \
+                 this file records"
+            );
+        }
+    } else if c.tensors_match() && c.side_files_match() {
         outln!(
-            "MODEL MATCHES AT TENSOR LEVEL: every tensor of {model} is identical, but the files \
-             differ (re-saved or re-sharded)"
+            "MODEL MATCHES AT TENSOR LEVEL: every tensor of {model} is identical, but the weight \
+             files differ (re-saved or re-sharded){}",
+            if side { "; the side files match" } else { "" }
+        );
+    } else if c.tensors_match() {
+        outln!(
+            "MODEL DIFFERS: every tensor is identical, but the side files of {model} are not \
+             those of the release"
         );
     } else {
         outln!("MODEL DIFFERS: {model} is not the model this file is about");
     }
     for name in &c.files_not_found {
-        outln!("  file not found in the model (no file with its SHA-256): {}", safe(name));
+        outln!("  weight file not found in the model (no file with its SHA-256): {}", safe(name));
     }
     for name in &c.files_unrecorded {
-        outln!("  file of the model not recorded: {}", safe(name));
+        outln!("  weight file of the model not recorded: {}", safe(name));
     }
     for name in &c.tensors_changed {
         outln!("  tensor changed: {}", safe(name));
@@ -175,6 +191,31 @@ fn print_model_check(c: &ModelCheck, model: &str) -> anyhow::Result<()> {
     }
     for name in &c.tensors_extra {
         outln!("  tensor not recorded: {}", safe(name));
+    }
+    for name in &c.side_files_added {
+        outln!("  side file added: {}", safe(name));
+    }
+    for name in &c.side_files_removed {
+        outln!("  side file removed: {}", safe(name));
+    }
+    for name in &c.side_files_changed {
+        outln!("  side file changed: {}", safe(name));
+    }
+    for entry in &c.side_files_refused {
+        outln!("  not part of a release: {}", safe(entry));
+    }
+    if !c.not_compared.is_empty() {
+        outln!("  not compared (hidden): {}", safe(&c.not_compared.join(", ")));
+    }
+    if !side && certificate {
+        outln!(
+            "  note: side files (config, tokenizer, chat template, code) were not compared: {}",
+            if c.certificate_lists_files {
+                "the model given is a single file"
+            } else {
+                "this certificate predates side-file coverage and does not list them"
+            }
+        );
     }
     Ok(())
 }

@@ -77,6 +77,7 @@ def embed(
     scheme: Optional[str] = None,
     tensors: Union[str, Sequence[str], None] = None,
     cert: Optional[PathLike] = None,
+    force: bool = False,
     progress: Optional[Progress] = None,
 ) -> EmbedResult:
     """Mark a model and write it with its signed certificate, like ``weightmark embed``.
@@ -95,6 +96,9 @@ def embed(
         cert: certificate path (default ``OUT.cert.json`` beside the output,
             never inside it). A path that would replace the key, the input or
             the output is refused.
+        force: replace an existing output file and certificate (never a
+            non-empty output directory); without it they are refused before
+            any work starts, as ``weightmark embed`` without ``--force``.
         progress: called as ``progress(stage, done, total)``; silent by default.
 
     Returns:
@@ -110,6 +114,7 @@ def embed(
         scheme=scheme,
         tensors=_globs(tensors),
         cert=cert,
+        force=force,
         progress=progress,
     )
     return EmbedResult._from(json.loads(text))

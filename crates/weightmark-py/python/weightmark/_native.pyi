@@ -51,6 +51,7 @@ def embed(
     scheme: Optional[str] = None,
     tensors: Optional[List[str]] = None,
     cert: Optional[_Path] = None,
+    force: bool = False,
     progress: _Progress = None,
 ) -> str:
     """Marks a model file and writes its certificate; returns the summary (JSON)."""

@@ -500,6 +500,18 @@ class ModelCheck:
         tensors_changed: tensors whose digests differ.
         tensors_missing: recorded tensors absent from the model.
         tensors_extra: model tensors the statement does not record.
+        certificate_lists_files: whether the certificate lists the release's
+            files (certificates made since side files were recorded).
+        side_files_compared: whether side files (config, tokenizer, code) were
+            compared: only for a certificate that lists them and a model
+            directory.
+        side_files_match: no side file added, removed, changed or refused.
+        side_files_added: side files of the model the certificate does not list.
+        side_files_removed: side files the certificate lists that the model lacks.
+        side_files_changed: side files whose SHA-256 differs.
+        side_files_refused: entries that cannot be part of a release (a link
+            out of the directory, ...), as ``name (reason)``.
+        not_compared: hidden entries (``.git/``, ``.cache/``), never compared.
     """
 
     files_match: bool
@@ -509,6 +521,14 @@ class ModelCheck:
     tensors_changed: List[str]
     tensors_missing: List[str]
     tensors_extra: List[str]
+    certificate_lists_files: bool = False
+    side_files_compared: bool = False
+    side_files_match: bool = True
+    side_files_added: List[str] = field(default_factory=list)
+    side_files_removed: List[str] = field(default_factory=list)
+    side_files_changed: List[str] = field(default_factory=list)
+    side_files_refused: List[str] = field(default_factory=list)
+    not_compared: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -520,7 +540,8 @@ class Verified(_FromDict):
     exit 1), not an exception. Truthiness is ``valid``.
 
     Attributes:
-        valid: the signature verifies and, with a model, every tensor matches.
+        valid: the signature verifies and, with a model, every tensor and
+            every compared side file matches.
         signature_valid: the signature verifies with the public key.
         file: the file checked.
         kind: ``"certificate"`` or ``"report"`` (``None`` if the signature failed).

@@ -155,7 +155,7 @@ pub fn write_gguf(
     }
     let mut tmp = crate::io::AtomicFile::create(out)?;
     let io = |e| Error::io(out, e);
-    let mut w = std::io::BufWriter::new(tmp.file());
+    let mut w = std::io::BufWriter::new(tmp.file()?);
     w.write_all(&header).map_err(io)?;
     for blob in &blobs {
         w.write_all(blob).map_err(io)?;
@@ -164,7 +164,7 @@ pub fn write_gguf(
     }
     w.flush().map_err(io)?;
     drop(w);
-    tmp.commit()?;
+    tmp.commit(crate::io::Overwrite::Replace)?;
     Ok(AttackReport {
         path: out.to_path_buf(),
         damage,

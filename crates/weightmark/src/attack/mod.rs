@@ -461,7 +461,12 @@ fn apply_per_tensor(
         add_damage(&damage, f)?;
         Ok(Some(data))
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        model,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 
@@ -502,7 +507,12 @@ pub fn write_replaced(
         }
         Ok(Some(data))
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        model,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 
@@ -554,7 +564,12 @@ pub fn merge_linear(
         add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(first, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        first,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 
@@ -691,7 +706,12 @@ pub fn merge_ties(
         add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(first, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        first,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 

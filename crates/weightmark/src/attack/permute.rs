@@ -56,7 +56,12 @@ pub fn permute_mlp(
         add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        model,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     // The function is unchanged, but element by element the weights moved a lot.
     Ok(AttackReport::written(written, take(damage)?))
 }
@@ -93,7 +98,12 @@ pub fn permute_heads(
         }
         Ok(data)
     };
-    let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+    let written = write_model(
+        model,
+        out,
+        &transform,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 
@@ -116,7 +126,7 @@ pub fn permute(
         }
         PermuteWhat::Both => {
             let (h, kv) = heads()?;
-            let staging = crate::io::staging_dir(out)?;
+            let staging = crate::io::StagingDir::create(out)?;
             let name = out.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
             let step = staging.path().join(name);
             let mlp = permute_mlp(model, &step, seed, progress)?;

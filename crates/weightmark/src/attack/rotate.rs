@@ -99,7 +99,12 @@ pub fn rotate(
         Ok(Some(data))
     };
     if model.tensor("lm_head.weight").is_some() {
-        let written = write_model(model, out, &transform, &WriteOptions { progress })?;
+        let written = write_model(
+            model,
+            out,
+            &transform,
+            &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+        )?;
         return Ok(AttackReport::written(written, super::take(damage)?));
     }
     // A head tied to the embeddings cannot take the final norm: untie it, writing
@@ -140,6 +145,7 @@ pub fn rotate(
         tensor_digests: Vec::new(),
         copied: Vec::new(),
         skipped: Vec::new(),
+        entries_visited: 0,
     };
     Ok(AttackReport::written(written, super::take(damage)?))
 }

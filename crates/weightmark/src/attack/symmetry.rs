@@ -159,7 +159,12 @@ pub(crate) fn write_edited(
         }
         Ok(data)
     };
-    let written = write_model(model, out, &measured, &WriteOptions { progress })?;
+    let written = write_model(
+        model,
+        out,
+        &measured,
+        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
+    )?;
     Ok(AttackReport::written(written, take(damage)?))
 }
 
@@ -216,6 +221,7 @@ pub(crate) fn write_untied(
         tensor_digests: Vec::new(),
         copied: Vec::new(),
         skipped: Vec::new(),
+        entries_visited: 0,
     };
     Ok(AttackReport::written(written, damage))
 }

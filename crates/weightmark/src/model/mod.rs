@@ -9,6 +9,7 @@
 mod header;
 mod index;
 mod mmap;
+pub(crate) mod side;
 mod write;
 
 pub(crate) use write::refuse_same_path;
@@ -21,6 +22,7 @@ use memmap2::Mmap;
 
 pub use header::{Header, TensorInfo};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
+pub use side::{SkippedFile, DENY_PREFIXES, DENY_SUFFIXES};
 pub use write::{resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
 
 use crate::dtype::Dtype;

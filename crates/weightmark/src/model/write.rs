@@ -7,6 +7,8 @@
 //! hashed and written, so memory holds about two tensors whatever the model's
 //! size. Everything is written under temporary names beside the destination
 //! and renamed into place at the end; on error nothing is left behind.
+//! A directory model's side files (config, tokenizer, ...) are copied by the
+//! rules of [`super::side`].
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -15,20 +17,14 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
+use super::side::{copy_checked, walk, Content, Purpose, SkippedFile};
 use super::{Layout, Model, ModelFile, TensorInfo, TensorRef};
 use crate::digest::{tensor_hasher, Sha256Digest};
 use crate::error::{Error, Result};
-use crate::io::{set_public_mode, staging_dir, AtomicFile};
+use crate::io::{
+    check_output, refuse_non_empty_dir, set_public_mode, AtomicFile, Overwrite, StagingDir,
+};
 use crate::progress::Progress;
-
-/// Files in a model directory that hold weights in some other format. They
-/// are never copied into an output directory: they would carry the unmarked
-/// weights along with the marked ones.
-const WEIGHT_EXTENSIONS: &[&str] =
-    &["bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "npz", "tflite", "ot"];
-
-/// How deep [`copy_auxiliary`] follows sub-directories (and links to them).
-const MAX_COPY_DEPTH: usize = 8;
 
 /// What the writer thread returns: the file's SHA-256 and size, and each
 /// tensor's digest.
@@ -38,6 +34,8 @@ type WrittenFile = (Sha256Digest, u64, Vec<(String, Sha256Digest)>);
 pub struct WriteOptions<'a> {
     /// Progress receiver.
     pub progress: &'a dyn Progress,
+    /// Whether an existing output file may be replaced.
+    pub overwrite: Overwrite,
 }
 
 /// One file written.
@@ -60,10 +58,25 @@ pub struct WriteReport {
     pub files: Vec<OutputFile>,
     /// Every tensor's digest (see [`crate::digest`]).
     pub tensor_digests: Vec<(String, Sha256Digest)>,
-    /// Other files copied from the input directory (config, tokenizer, ...).
-    pub copied: Vec<String>,
-    /// Files of the input directory deliberately not copied (other weight formats).
-    pub skipped: Vec<String>,
+    /// Side files copied from the input directory (config, tokenizer, ...),
+    /// in name order, with their digests.
+    pub copied: Vec<OutputFile>,
+    /// Entries of the input directory deliberately not copied, with the
+    /// reason (weights in another format, keys, links out of the directory,
+    /// hidden entries, ...).
+    pub skipped: Vec<SkippedFile>,
+    /// Entries of the input directory visited while looking for side files
+    /// (each at most once).
+    pub entries_visited: u64,
+}
+
+impl WriteReport {
+    /// Every file of the release, weights and side files, in name order.
+    pub fn all_files(&self) -> Vec<OutputFile> {
+        let mut all: Vec<OutputFile> = self.files.iter().chain(&self.copied).cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
 }
 
 /// Computes a tensor's replacement bytes, or `None` to copy it unchanged.
@@ -119,11 +132,13 @@ fn write_single(
 ) -> Result<WriteReport> {
     let file = model.files.first().ok_or_else(|| Error::invalid("model has no file"))?;
     let dest = resolve_output(model, out)?;
+    check_output(&dest, options.overwrite)?;
     let mut tmp = AtomicFile::create(&dest)?;
     let mut digests = Vec::new();
-    let tmp_path = tmp.temp_path().to_path_buf();
-    let (sha256, size) = write_file(file, tmp.file(), &tmp_path, transform, options, &mut digests)?;
-    tmp.commit()?;
+    let tmp_path = tmp.temp_path()?.to_path_buf();
+    let (sha256, size) =
+        write_file(file, tmp.file()?, &tmp_path, transform, options, &mut digests)?;
+    tmp.commit(options.overwrite)?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(WriteReport {
         path: dest,
@@ -131,6 +146,7 @@ fn write_single(
         tensor_digests: digests,
         copied: Vec::new(),
         skipped: Vec::new(),
+        entries_visited: 0,
     })
 }
 
@@ -147,15 +163,9 @@ fn write_directory(
             out.display()
         )));
     }
-    let not_empty = fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if not_empty {
-        return Err(Error::invalid(format!(
-            "{}: exists and is not empty; write to a new directory so no stale file (an unmarked \
-             copy, another licensee's) ends up beside the marked model",
-            out.display()
-        )));
-    }
-    let staging = staging_dir(out)?;
+    refuse_non_empty_dir(out)?;
+    check_output(out, options.overwrite)?;
+    let staging = StagingDir::create(out)?;
     let mut files = Vec::new();
     let mut digests = Vec::new();
     for f in &model.files {
@@ -178,10 +188,17 @@ fn write_directory(
         });
     }
     let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    let (copied, skipped) = copy_auxiliary(&model.path, staging.path(), &written)?;
+    let side = copy_side_files(&model.path, staging.path(), &written)?;
     set_public_mode(staging.path(), 0o755)?;
-    move_into_place(staging.path(), out)?;
-    Ok(WriteReport { path: out.to_path_buf(), files, tensor_digests: digests, copied, skipped })
+    staging.commit(out)?;
+    Ok(WriteReport {
+        path: out.to_path_buf(),
+        files,
+        tensor_digests: digests,
+        copied: side.copied,
+        skipped: side.skipped,
+        entries_visited: side.entries_visited,
+    })
 }
 
 /// Writes one safetensors file: its header verbatim, then each tensor's
@@ -259,66 +276,40 @@ fn write_file(
     })
 }
 
-/// Copies the input directory's other files (config, tokenizer, ...) into the
-/// staging directory, recursively, skipping weight files of other formats.
-fn copy_auxiliary(
-    input: &Path,
-    staging: &Path,
-    written: &[&str],
-) -> Result<(Vec<String>, Vec<String>)> {
-    let mut copied = Vec::new();
-    let mut skipped = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        if rel.components().count() > MAX_COPY_DEPTH {
-            skipped
-                .push(format!("{}/ (nested deeper than {MAX_COPY_DEPTH} levels)", rel.display()));
-            continue;
-        }
-        let dir = input.join(&rel);
-        let mut entries: Vec<_> = fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io(&dir, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let rel_path = rel.join(entry.file_name());
-            let name = rel_path.to_string_lossy().into_owned();
-            // Follow symbolic links: Hugging Face cache snapshots are made of them.
-            let kind =
-                fs::metadata(entry.path()).map_err(|e| Error::io(entry.path(), e))?.file_type();
-            if name.starts_with('.') || written.contains(&name.as_str()) {
-                continue;
-            }
-            if kind.is_dir() {
-                fs::create_dir_all(staging.join(&rel_path))
-                    .map_err(|e| Error::io(staging.join(&rel_path), e))?;
-                stack.push(rel_path);
-            } else if kind.is_file() {
-                let ext = rel_path.extension().map(|e| e.to_string_lossy().to_lowercase());
-                let is_weights = ext
-                    .as_deref()
-                    .is_some_and(|e| e == "safetensors" || WEIGHT_EXTENSIONS.contains(&e));
-                if is_weights || name.ends_with(".safetensors.index.json") {
-                    skipped.push(name);
-                } else {
-                    let dest = staging.join(&rel_path);
-                    fs::copy(entry.path(), &dest).map_err(|e| Error::io(entry.path(), e))?;
-                    copied.push(name);
-                }
-            }
-        }
-    }
-    Ok((copied, skipped))
+/// The side files of a directory model as copied into a release.
+struct SideFiles {
+    copied: Vec<OutputFile>,
+    skipped: Vec<SkippedFile>,
+    entries_visited: u64,
 }
 
-/// Moves the staged output into `out`, which does not exist or is an empty
-/// directory (checked before any work).
-fn move_into_place(staging: &Path, out: &Path) -> Result<()> {
-    if out.is_dir() {
-        fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
+/// Copies the input directory's side files (config, tokenizer, ...) into
+/// the staging directory by the rules of [`super::side`]: no keys, no links
+/// out of the directory, no weights in other formats, each entry visited once.
+fn copy_side_files(input: &Path, staging: &Path, written: &[&str]) -> Result<SideFiles> {
+    let found = walk(input, written, Purpose::Release)?;
+    let mut side = SideFiles {
+        copied: Vec::new(),
+        skipped: found.skipped,
+        entries_visited: found.entries_visited,
+    };
+    for file in found.files {
+        let dest = staging.join(&file.name);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        match copy_checked(&file.source, Some(&dest))? {
+            Content::Plain(sha256, size) => {
+                side.copied.push(OutputFile { name: file.name, sha256, size });
+            }
+            Content::Key(why) => {
+                side.skipped.push(SkippedFile { name: file.name, reason: why.to_string() });
+            }
+        }
     }
-    fs::rename(staging, out).map_err(|e| Error::io(out, e))
+    side.copied.sort_by(|a, b| a.name.cmp(&b.name));
+    side.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(side)
 }
 
 /// Refuses to write over the input.

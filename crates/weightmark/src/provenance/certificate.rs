@@ -109,6 +109,18 @@ fn bytes_to_words(text: &str) -> std::result::Result<Vec<u64>, String> {
         .collect())
 }
 
+/// One file of a release as recorded in a certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseFile {
+    /// Path relative to the release (`/`-separated); for a single-file
+    /// release, the file's name.
+    pub name: String,
+    /// SHA-256 of its bytes (hex).
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
 /// The predicate of a release certificate.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReleasePredicate {
@@ -155,6 +167,12 @@ pub struct ReleasePredicate {
     /// Tensor digest (hex) of every tensor of the output, by name.
     #[serde(default)]
     pub tensor_digests: BTreeMap<String, String>,
+    /// Every file of the release (weight files, index, side files such as
+    /// config and tokenizer), sorted by name. `None` in certificates made
+    /// before side files were covered, and in an in-memory release record
+    /// until [`crate::certify`] fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<ReleaseFile>>,
     /// Tensor root of the unmarked original (hex).
     pub original_tensor_root: String,
     /// Blind z measured on the output right after marking.
@@ -313,6 +331,14 @@ pub fn parse_release_statement(payload: &[u8]) -> Result<Statement<ReleasePredic
     let mut seen = std::collections::HashSet::new();
     if let Some(t) = statement.predicate.tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
         return Err(format!("tensor '{}' is listed twice", t.name.escape_debug()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let files = statement.predicate.files.iter().flatten();
+    if let Some(f) = files.clone().find(|f| !seen.insert(f.name.as_str())) {
+        return Err(format!("file '{}' is listed twice", f.name.escape_debug()));
+    }
+    if let Some(f) = files.clone().find(|f| crate::digest::from_hex::<32>(&f.sha256).is_none()) {
+        return Err(format!("file '{}': sha256 is not 64 hex digits", f.name.escape_debug()));
     }
     if statement.predicate_type != RELEASE_PREDICATE_TYPE {
         return Err(format!(

@@ -20,7 +20,7 @@ pub mod verify;
 
 pub use certificate::{
     load_certificate, load_certificate_unverified, Certificate, CertifiedTensor,
-    NeuronSketchRecord, ReleasePredicate, SketchRecord,
+    NeuronSketchRecord, ReleaseFile, ReleasePredicate, SketchRecord,
 };
 pub use envelope::{
     envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, Envelope,
