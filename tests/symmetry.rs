@@ -588,6 +588,7 @@ fn ss2_blind_undoes_a_neuron_permutation_through_the_certificate_s_neuron_sketch
     );
     let without = weightmark::Target { neuron_sketch: None, ..target.clone() };
     let before = blind_z(&marked, &target);
+    let marked_copy = Model::open(&marked.path).unwrap_or_else(|e| panic!("{e}"));
     let mut current = marked;
     let chain = [
         Attack::Permute { what: weightmark::attack::PermuteWhat::Mlp },
@@ -601,6 +602,25 @@ fn ss2_blind_undoes_a_neuron_permutation_through_the_certificate_s_neuron_sketch
         current = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     }
     let (z, z_stored) = (blind_z(&current, &target), blind_z(&current, &without));
+    // Informed too: the re-alignment cannot see the neuron permutation
+    // through a permuted residual stream; the neuron match by content can.
+    let original = Model::open(dir.path().join("in")).unwrap_or_else(|e| panic!("{e}"));
+    let informed = |m: &Model| {
+        weightmark::detect(m, Some(&original), &target, &weightmark::DetectOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .z
+    };
+    // The same chain without the neuron permutation: what informed
+    // detection keeps once the rescaling is re-rounded to bf16.
+    let mut unpermuted = marked_copy;
+    for (k, attack) in chain.iter().skip(1).enumerate() {
+        let out = dir.path().join(format!("plain{k}"));
+        apply_attack(&unpermuted, &out, attack, 4, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+        unpermuted = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (reference, after) = (informed(&unpermuted), informed(&current));
+    eprintln!("informed z {after:.1} after the chain, {reference:.1} without the permutation");
+    assert!(after >= 0.8 * reference, "informed z {after} against {reference} unpermuted");
     eprintln!("neurons permuted, then the free transforms: blind z {before:.2} -> {z:.2}, {z_stored:.2} in stored order");
     assert!(z >= 0.9 * before, "blind z {before} -> {z}");
     assert!(z_stored <= 0.6 * before, "the permutation should defeat stored order: {z_stored}");

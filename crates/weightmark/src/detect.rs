@@ -328,7 +328,9 @@ pub fn detect_many(
         _ => Canonical::default(),
     };
     let sketch_o = original.and_then(|o| ResidualSketch::of(o, &canonical_o));
-    let orders = SuspectOrders::new(suspect, original, targets, sketch_o.as_ref(), &canonical_o);
+    let neurons_o = original.and_then(|o| NeuronSketch::of(o, &canonical_o));
+    let originals = OriginalSketches { residual: sketch_o.as_ref(), neurons: neurons_o.as_ref() };
+    let orders = SuspectOrders::new(suspect, original, targets, originals, &canonical_o);
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
@@ -429,12 +431,20 @@ struct SuspectOrders {
     of_target: Vec<usize>,
 }
 
+/// Sketches of the original at hand (informed detection).
+#[derive(Clone, Copy)]
+struct OriginalSketches<'a> {
+    residual: Option<&'a ResidualSketch>,
+    neurons: Option<&'a NeuronSketch>,
+}
+
 /// One canonical order of the suspect, and for informed detection each
 /// suspect residual channel's counterpart in the original.
 struct SuspectOrder {
     canonical: Canonical,
     residual: Option<Vec<usize>>,
-    /// Blind: for each layer, the canonical index of each suspect neuron.
+    /// For each layer, the canonical index (the original's stored index) of
+    /// each suspect neuron.
     neurons: Vec<Option<Vec<u32>>>,
 }
 
@@ -454,7 +464,7 @@ impl SuspectOrders {
         suspect: &Model,
         original: Option<&Model>,
         targets: &[&Target],
-        sketch_o: Option<&ResidualSketch>,
+        originals: OriginalSketches<'_>,
         canonical_o: &Canonical,
     ) -> SuspectOrders {
         let mut keys: Vec<(Option<&ResidualSketch>, Option<&NeuronSketch>)> = Vec::new();
@@ -464,12 +474,12 @@ impl SuspectOrders {
             if target.scheme != Scheme::Ss2 {
                 continue;
             }
-            // Informed: the original's own sketch, in the same order as
-            // `canonical_o` (a certificate's describes that same original),
-            // and no neuron sketch (informed detection re-aligns neurons
-            // with the original itself).
+            // Informed: the original's own sketches, in the same order as
+            // `canonical_o` (a certificate's describe that same original);
+            // matching neurons by content also covers a permutation the
+            // re-alignment could not see through a permuted residual stream.
             let (sketch, neuron_sketch) = match original {
-                Some(_) => (sketch_o, None),
+                Some(_) => (originals.residual, originals.neurons),
                 None => (target.residual_sketch.as_ref(), target.neuron_sketch.as_ref()),
             };
             let key = (sketch, neuron_sketch);

@@ -493,13 +493,26 @@ pub fn detect_tensor(
         Some(o) => {
             // The original read at the suspect's positions, then both
             // balanced over the elements present in both.
+            // A matched neuron is read against the original neuron it
+            // matched (its canonical index is the original's stored index).
+            let neurons = |len: usize| {
+                axes.neurons
+                    .filter(|m| m.len() == len)
+                    .map(|m| m.iter().map(|&c| c as usize).collect::<Vec<usize>>())
+            };
             let (row_map, col_map) = (
                 match (axes.rows, o.residual) {
                     (Some(_), Some(m)) if m.len() == rows => m.to_vec(),
+                    (None, _) if axes.cols.is_some() => {
+                        neurons(rows).unwrap_or_else(|| axis_map(None, None, rows))
+                    }
                     _ => axis_map(axes.rows, o.axes.rows, rows),
                 },
                 match (axes.cols, o.residual) {
                     (Some(_), Some(m)) if m.len() == cols => m.to_vec(),
+                    (None, _) if axes.rows.is_some() => {
+                        neurons(cols).unwrap_or_else(|| axis_map(None, None, cols))
+                    }
                     _ => axis_map(axes.cols, o.axes.cols, cols),
                 },
             );
