@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use weightmark::fuzzing;
 
 /// Mutations tried per corpus file.
-const MUTATIONS: usize = 40;
+const MUTATIONS: usize = 200;
 
 fn corpus(folder: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/malformed").join(folder);

@@ -8,8 +8,8 @@
 //! whatever the bytes: that is what the fuzzers check. Not part of the
 //! supported API.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::dtype::decode_f64;
 use crate::gguf::{canonical_tensors, GgufFile};
@@ -87,36 +87,23 @@ pub fn envelope(bytes: &[u8]) -> bool {
 /// commands read it (head counts for `attack`, head geometry, and informed
 /// re-alignment, which takes the head counts from the original's config).
 pub fn llama_config(bytes: &[u8]) -> bool {
-    static SCENE: OnceLock<Option<(tempfile::TempDir, Model)>> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let Some((dir, model)) = SCENE.get_or_init(|| {
-        let dir = tempfile::tempdir().ok()?;
-        let shape = LlamaShape {
-            vocab: 32,
-            hidden: 16,
-            intermediate: 24,
-            layers: 1,
-            heads: 4,
-            kv_heads: 2,
-        };
-        let tensors = llama(&shape, crate::dtype::Dtype::F32, 7)
-            .into_iter()
-            .map(|t| (t.name, t.dtype, t.shape, t.data))
-            .collect();
-        let path: PathBuf = dir.path().join("model.safetensors");
-        let model = Model::from_tensors(&path.to_string_lossy(), tensors).ok()?;
-        Some((dir, model))
-    }) else {
-        return false;
-    };
-    // One config file per scene: callers on several threads take turns.
-    let _turn = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // A fresh directory per input (removed on return), so that nothing is
+    // left behind and callers on several threads never share a config.
+    let Ok(dir) = tempfile::tempdir() else { return false };
     if std::fs::write(dir.path().join("config.json"), bytes).is_err() {
         return false;
     }
-    let accepted = LlamaConfig::for_model(model).is_ok();
-    let _ = AttentionGeometry::for_model(model);
-    let _ = crate::align::realign(model, model, crate::align::Undo::All);
+    let shape =
+        LlamaShape { vocab: 32, hidden: 16, intermediate: 24, layers: 1, heads: 4, kv_heads: 2 };
+    let tensors = llama(&shape, crate::dtype::Dtype::F32, 7)
+        .into_iter()
+        .map(|t| (t.name, t.dtype, t.shape, t.data))
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    let Ok(model) = Model::from_tensors(&path.to_string_lossy(), tensors) else { return false };
+    let accepted = LlamaConfig::for_model(&model).is_ok();
+    let _ = AttentionGeometry::for_model(&model);
+    let _ = crate::align::realign(&model, &model, crate::align::Undo::All);
     accepted
 }
 
