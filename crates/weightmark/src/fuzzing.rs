@@ -39,6 +39,9 @@ pub fn safetensors(bytes: &[u8]) -> bool {
             let mut values = Vec::new();
             for t in &header.tensors {
                 let _ = (t.elements(), t.row_len());
+                // What readers rely on: any product of the dimensions fits
+                // (an overflow panics in the fuzz builds, which check it).
+                let _: usize = t.shape.iter().map(|&d| d.max(1)).product();
                 let data = bytes.get(start + t.begin..start + t.end).unwrap_or_default();
                 decode_f64(t.dtype, data, &mut values);
             }
@@ -54,7 +57,13 @@ pub fn safetensors(bytes: &[u8]) -> bool {
 /// to f32 with its Hugging Face name, as a GGUF suspect is read.
 pub fn gguf(bytes: &[u8]) -> bool {
     match GgufFile::parse(bytes) {
-        Ok(file) => canonical_tensors(&file, bytes).is_ok(),
+        Ok(file) => {
+            // What readers rely on: any product of the dimensions fits.
+            for t in &file.tensors {
+                let _: u64 = t.dims.iter().map(|&d| d.max(1)).product();
+            }
+            canonical_tensors(&file, bytes).is_ok()
+        }
         Err(_) => false,
     }
 }
