@@ -56,6 +56,8 @@ mod digest;
 mod dtype;
 mod embed;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 mod identify;
 mod inspect;

@@ -247,7 +247,11 @@ impl GgufFile {
             if !seen.insert(name.clone()) {
                 return Err(FormatError::DuplicateName { name });
             }
-            let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            // Every product of dimensions must fit, not only the whole: a zero
+            // dimension early on would hide an overflow of the others, which
+            // readers multiply (rows x columns).
+            let fits = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d.max(1))).is_some();
+            let elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|_| fits);
             // Rows (the first, fastest dimension) must be whole blocks, as llama.cpp requires.
             let whole_rows = dims.first().is_some_and(|&d| d % ggml_type.block().0 as u64 == 0);
             let len = elements.filter(|_| whole_rows).and_then(|e| ggml_type.byte_len(e));
@@ -455,6 +459,30 @@ mod tests {
         assert_eq!(f.architecture(), Some("llama"));
         assert_eq!(f.tensors[0].dims, [32, 2]);
         assert_eq!(f.tensors[0].len, 68);
+    }
+
+    #[test]
+    fn a_zero_dimension_cannot_hide_an_overflow() {
+        // One tensor, dims [0, 2^40, 2^40, 1]: zero elements, but the other
+        // dimensions multiply past u64 (found by the gguf_reader fuzz target).
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b'w');
+        b.extend_from_slice(&4u32.to_le_bytes());
+        for d in [0u64, 1 << 40, 1 << 40, 1] {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        let r = GgufFile::parse(&b);
+        assert!(
+            matches!(&r, Err(FormatError::Gguf { reason }) if reason.contains("overflow")),
+            "{r:?}"
+        );
     }
 
     proptest! {

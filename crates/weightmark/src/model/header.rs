@@ -170,7 +170,11 @@ fn validate(raw: RawHeader, header_len: usize, data_len: u64) -> Result<Header, 
         let Some(dtype) = Dtype::from_name(&t.dtype) else {
             return Err(FormatError::UnknownDtype { name, dtype: t.dtype });
         };
-        let elements = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        // Every product of dimensions must fit, not only the whole: a zero
+        // dimension early on would hide an overflow of the others, which
+        // readers multiply (rows x columns).
+        let fits = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d.max(1))).is_some();
+        let elements = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|_| fits);
         let bytes = elements.and_then(|e| e.checked_mul(dtype.size() as u64));
         let (begin, end) = t.data_offsets;
         let Some(bytes) = bytes.filter(|&b| usize::try_from(b).is_ok()) else {
@@ -269,6 +273,9 @@ mod tests {
                 matches!(e, FormatError::TrailingBytes { .. })
             }),
             (format!("{{{}}}", t("F32", "[4294967296,4294967296,16]", 0, 8)), 8, |e| {
+                matches!(e, FormatError::ShapeOverflow { .. })
+            }),
+            (format!("{{{}}}", t("F32", "[0,4294967296,4294967296]", 0, 0)), 0, |e| {
                 matches!(e, FormatError::ShapeOverflow { .. })
             }),
             (
