@@ -120,8 +120,6 @@ fn envelopes_and_statements_never_panic() {
 }
 
 #[test]
-#[ignore = "aborts on num_key_value_heads 0 or 2^40 (informed re-alignment) until h14-inputs \
-            (issue #14 point 3, untrusted config.json numbers) is merged; then remove this mark"]
 fn config_files_never_panic() {
     assert!(smoke(&["config"], fuzzing::llama_config) > 1000);
 }

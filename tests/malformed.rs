@@ -28,38 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// Cases that fail on this branch because their fix belongs to another part
 /// of issue #14; the test fails when one of them passes, so that the mark is
 /// removed once the fix is merged. (case, command, why)
-const KNOWN_FAILURES: &[(&str, &str, &str)] = &[
-    (
-        "config/heads-zero.json",
-        "detect",
-        "num_attention_heads 0 reaches informed re-alignment, which divides by it (panic): \
-         fixed by h14-inputs (issue #14 point 3, untrusted config.json numbers)",
-    ),
-    (
-        "config/heads-2e40.json",
-        "detect",
-        "num_attention_heads 2^40 reaches informed re-alignment, which allocates per head \
-         (abort): fixed by h14-inputs (issue #14 point 3, untrusted config.json numbers)",
-    ),
-    (
-        "config/heads-u64-max.json",
-        "detect",
-        "num_attention_heads u64::MAX reaches informed re-alignment, which allocates per head \
-         (capacity overflow panic): fixed by h14-inputs (issue #14 point 3)",
-    ),
-    (
-        "config/kv-zero.json",
-        "detect",
-        "num_key_value_heads 0 reaches informed re-alignment, which divides by it (panic): \
-         fixed by h14-inputs (issue #14 point 3, untrusted config.json numbers)",
-    ),
-    (
-        "config/kv-2e40.json",
-        "detect",
-        "num_key_value_heads 2^40 reaches informed re-alignment, which allocates per head \
-         (abort): fixed by h14-inputs (issue #14 point 3, untrusted config.json numbers)",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
 
 /// One line of the manifest.
 struct Case {
