@@ -325,11 +325,11 @@ impl ResidualSketch {
 /// Residual channels a neuron sketch samples: one bit (one 64-bit word) per neuron.
 const NEURON_COLUMNS: usize = 64;
 
-/// Least agreement (of [`NEURON_COLUMNS`] bits, beyond chance: agreements
-/// minus disagreements) for a neuron match: 5 standard deviations of
-/// unrelated neurons, so a layer of 1,536 neurons sees about one chance pair
-/// above it.
-const NEURON_MIN_SCORE: i64 = 40;
+/// Least agreement for a neuron match, in standard deviations of chance
+/// (agreements minus disagreements over the known entries, divided by the
+/// square root of their number): 5, so a layer of 1,536 neurons sees about
+/// one chance pair above it.
+const NEURON_MIN_SIGMAS: i64 = 5;
 
 /// The gate of layer `l`, which fixes its neurons' identities: no free
 /// transform flips or rescales a gate row (SiLU is neither odd nor linear).
@@ -370,6 +370,7 @@ impl NeuronSketch {
         let (mut bits, mut neurons) = (Vec::new(), 0);
         for l in 0.. {
             let Some(layer) = gate_bits(model, l, canonical, &flips, &columns) else { break };
+            let layer: Vec<u64> = layer.into_iter().map(|(word, _)| word).collect();
             if l > 0 && layer.len() != neurons {
                 return None;
             }
@@ -430,14 +431,15 @@ impl NeuronSketch {
 
 /// One word per neuron of layer `l`'s gate: bit `k` set where the gate
 /// entry at residual channel `columns[k]` (a canonical position), times the
-/// sign of the norm weight before it and of the channel's flip, is positive.
+/// sign of the norm weight before it and of the channel's flip, is positive;
+/// with it, the mask of entries that have a sign (not zero: pruned).
 fn gate_bits(
     model: &Model,
     l: usize,
     canonical: &Canonical,
     flipped: &[bool],
     columns: &[usize],
-) -> Option<Vec<u64>> {
+) -> Option<Vec<(u64, u64)>> {
     let hidden = canonical.hidden();
     let t = model.tensor(&gate_name(l))?;
     let [neurons, cols] = *t.shape else { return None };
@@ -469,7 +471,7 @@ fn gate_bits(
         (0..neurons)
             .into_par_iter()
             .map(|n| {
-                let mut word = 0u64;
+                let (mut word, mut known) = (0u64, 0u64);
                 let mut v = Vec::with_capacity(1);
                 for (k, (&j, &neg)) in channels.iter().zip(&negate).enumerate() {
                     let at = (n * cols + j) * size;
@@ -478,31 +480,47 @@ fn gate_bits(
                     if (x > 0.0 && !neg) || (x < 0.0 && neg) {
                         word |= 1u64 << k;
                     }
+                    if x != 0.0 && x.is_finite() {
+                        known |= 1u64 << k;
+                    }
                 }
-                word
+                (word, known)
             })
             .collect(),
     )
 }
 
-/// A permutation: for each suspect neuron (word in `theirs`) the index of
-/// the sketch neuron (in `ours`) it matches (see [`NeuronSketch::neuron_maps`]).
-fn match_neurons(theirs: &[u64], ours: &[u64]) -> Vec<u32> {
+/// A permutation: for each suspect neuron (word and mask in `theirs`) the
+/// index of the sketch neuron (in `ours`) it matches (see
+/// [`NeuronSketch::neuron_maps`]); the identity when fewer than a quarter
+/// of the confident matches moved. Agreement counts only the suspect's
+/// entries that have a sign: a pruned (zero) entry says nothing, and
+/// counting it as a sign made every pruned neuron look like the sketch
+/// neurons with many negative entries. A pair is scored by its agreement in
+/// standard deviations of chance, `(agree - disagree) / sqrt(known)`, and
+/// kept from 5 up, with at least 16 known entries.
+fn match_neurons(theirs: &[(u64, u64)], ours: &[u64]) -> Vec<u32> {
     const KEEP: usize = 4;
     let n = theirs.len();
     let mut pairs: Vec<(i64, usize, usize)> = theirs
         .par_iter()
         .enumerate()
-        .flat_map_iter(|(j, &s)| {
+        .flat_map_iter(|(j, &(s, known))| {
+            let count = known.count_ones() as i64;
             let mut best: Vec<(i64, usize)> = Vec::with_capacity(KEEP + 1);
-            for (r, &o) in ours.iter().enumerate() {
-                let score = 64 - 2 * (s ^ o).count_ones() as i64;
-                if score >= NEURON_MIN_SCORE
-                    && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
-                {
-                    let at = best.partition_point(|b| b.0 >= score);
-                    best.insert(at, (score, r));
-                    best.truncate(KEEP);
+            if count >= 16 {
+                let scale = 1000.0 / (count as f64).sqrt();
+                for (r, &o) in ours.iter().enumerate() {
+                    let signed = count - 2 * ((s ^ o) & known).count_ones() as i64;
+                    // In thousandths of a standard deviation.
+                    let score = (signed as f64 * scale).round() as i64;
+                    if score >= NEURON_MIN_SIGMAS * 1000
+                        && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
+                    {
+                        let at = best.partition_point(|b| b.0 >= score);
+                        best.insert(at, (score, r));
+                        best.truncate(KEEP);
+                    }
                 }
             }
             best.into_iter().map(move |(score, r)| (score, j, r))
@@ -516,6 +534,14 @@ fn match_neurons(theirs: &[u64], ours: &[u64]) -> Vec<u32> {
             map[j] = r as u32;
             taken[r] = true;
         }
+    }
+    // A layer whose confident matches mostly stay in place was not
+    // permuted: keep it as stored rather than trust the few that moved (on a
+    // heavily pruned layer those are near ties between similar neurons).
+    let matched = map.iter().filter(|&&m| m != u32::MAX).count();
+    let moved = map.iter().enumerate().filter(|&(j, &m)| m != u32::MAX && m as usize != j).count();
+    if moved * 4 < matched {
+        return (0..n as u32).collect();
     }
     for j in 0..n {
         if map[j] == u32::MAX && !taken[j] {
@@ -761,10 +787,17 @@ mod tests {
             0x6996_9669_9669_6996,
         ];
         let theirs = [ours[3], ours[0], ours[1], ours[2], !ours[4], !ours[5]];
-        assert_eq!(match_neurons(&theirs, &ours), vec![3, 0, 1, 2, 4, 5]);
+        let all = |w: &[u64]| w.iter().map(|&x| (x, u64::MAX)).collect::<Vec<_>>();
+        assert_eq!(match_neurons(&all(&theirs), &ours), vec![3, 0, 1, 2, 4, 5]);
+        // Pruned neurons (half their entries zero, all clear) still match on
+        // the entries they kept: counted as signs, the zeros kept them below
+        // the threshold and the swap went unseen.
+        let kept = 0x0000_0000_ffff_ffff_u64;
+        let pruned = [(ours[3] & kept, kept), (ours[2] & kept, kept)];
+        assert_eq!(match_neurons(&pruned, &ours[2..4]), vec![1, 0]);
         // A neuron whose own index was taken gets a free one.
         let theirs = [ours[1], ours[1] ^ 0b111, !ours[2], ours[3], ours[4], ours[5]];
-        let map = match_neurons(&theirs, &ours);
+        let map = match_neurons(&all(&theirs), &ours);
         let mut sorted = map.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![0, 1, 2, 3, 4, 5]);
