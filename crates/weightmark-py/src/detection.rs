@@ -100,6 +100,10 @@ pub fn run(
             json!(cert.map(|c| c.signature_checked)),
         );
         obj.insert("suspect".into(), json!(suspect_name));
+        // The CLI's dispute and builds-on fields: never set from Python (no
+        // revealed key, no chained report), present so the objects match.
+        obj.insert("dispute".into(), serde_json::Value::Null);
+        obj.insert("builds_on_signature_checked".into(), serde_json::Value::Null);
         obj.insert("report".into(), serde_json::Value::Null);
     }
     json_text(&value)

@@ -345,6 +345,8 @@ class Detection(_FromDict):
         certificate_digest: SHA-256 of the certificate tested, or ``None``.
         certificate_signature_checked: whether its signature was checked.
         suspect: the suspect's path (``"<arrays>"`` for arrays).
+        dispute: the CLI's revealed-key dispute record (always ``None`` here).
+        builds_on_signature_checked: the CLI's chained-report check (always ``None`` here).
         report: path of a signed report (always ``None`` here).
         warnings: things the model reader wants you to know (not in ``to_dict``).
     """
@@ -370,6 +372,8 @@ class Detection(_FromDict):
     certificate_digest: Optional[str]
     certificate_signature_checked: Optional[bool]
     suspect: str
+    dispute: Optional[Dict[str, Any]]
+    builds_on_signature_checked: Optional[bool]
     report: Optional[str]
     warnings: List[str]
     _raw: Dict[str, Any] = field(repr=False, compare=False)
@@ -398,6 +402,8 @@ class Detection(_FromDict):
             certificate_digest=d["certificate_digest"],
             certificate_signature_checked=d["certificate_signature_checked"],
             suspect=d["suspect"],
+            dispute=copy.deepcopy(d.get("dispute")),
+            builds_on_signature_checked=d.get("builds_on_signature_checked"),
             report=d["report"],
             warnings=list(warnings),
             _raw=d,
