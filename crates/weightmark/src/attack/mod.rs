@@ -461,13 +461,23 @@ fn apply_per_tensor(
         add_damage(&damage, f)?;
         Ok(Some(data))
     };
-    let written = write_model(
-        model,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    write_attacked(model, out, &transform, progress, &damage)
+}
+
+/// Writes `model` through `transform` to `out` and reports the damage the
+/// transform gathered. An attack's output is scratch: an existing one is
+/// replaced.
+pub(crate) fn write_attacked(
+    model: &Model,
+    out: &Path,
+    transform: &(dyn Fn(&TensorRef<'_>) -> Result<Option<Vec<u8>>> + Sync),
+    progress: &dyn Progress,
+    damage: &Mutex<Fidelity>,
+) -> Result<AttackReport> {
+    let options = WriteOptions { progress, overwrite: crate::io::Overwrite::Replace };
+    let written = write_model(model, out, transform, &options)?;
+    let damage = *damage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(AttackReport::written(written, damage))
 }
 
 /// Writes `model` with some tensors replaced by new values (an edit made
@@ -507,13 +517,7 @@ pub fn write_replaced(
         }
         Ok(Some(data))
     };
-    let written = write_model(
-        model,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    write_attacked(model, out, &transform, progress, &damage)
 }
 
 /// The collusion attack: the element-wise average of several copies of one
@@ -564,13 +568,7 @@ pub fn merge_linear(
         add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(
-        first,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    write_attacked(first, out, &transform, progress, &damage)
 }
 
 /// Refuses models that lack one of `first`'s tensors or hold it in another shape.
@@ -706,13 +704,7 @@ pub fn merge_ties(
         add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(
-        first,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    write_attacked(first, out, &transform, progress, &damage)
 }
 
 /// Keeps the largest `density` fraction of `v` by magnitude, zeroing the rest.

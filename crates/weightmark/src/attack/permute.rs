@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{add_damage, take, AttackReport, PermuteWhat};
+use super::{add_damage, AttackReport, PermuteWhat};
 use crate::error::{Error, Result};
 pub use crate::llama::HeadPermutation;
 use crate::llama::{attention_part, mlp_tensor, permutation, reorder, LlamaConfig};
-use crate::model::{write_model, Model, TensorRef, WriteOptions};
+use crate::model::{Model, TensorRef};
 use crate::progress::Progress;
 use crate::scheme::Fidelity;
 
@@ -56,14 +56,8 @@ pub fn permute_mlp(
         add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
         Ok(Some(data))
     };
-    let written = write_model(
-        model,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
     // The function is unchanged, but element by element the weights moved a lot.
-    Ok(AttackReport::written(written, take(damage)?))
+    super::write_attacked(model, out, &transform, progress, &damage)
 }
 
 /// Permutes the attention heads of every layer (grouped-query aware), a
@@ -98,13 +92,7 @@ pub fn permute_heads(
         }
         Ok(data)
     };
-    let written = write_model(
-        model,
-        out,
-        &transform,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    super::write_attacked(model, out, &transform, progress, &damage)
 }
 
 /// Permutes what `what` says: MLP neurons, attention heads (counts from the

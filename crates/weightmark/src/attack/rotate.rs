@@ -16,7 +16,7 @@ use super::AttackReport;
 use crate::dtype::encode_nearest;
 use crate::error::{Error, Result};
 use crate::llama::{as_matrix, folded, norm_weights, role, Role};
-use crate::model::{write_model, Model, TensorRef, WriteOptions};
+use crate::model::{Model, TensorRef};
 use crate::progress::Progress;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
@@ -99,13 +99,7 @@ pub fn rotate(
         Ok(Some(data))
     };
     if model.tensor("lm_head.weight").is_some() {
-        let written = write_model(
-            model,
-            out,
-            &transform,
-            &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-        )?;
-        return Ok(AttackReport::written(written, super::take(damage)?));
+        return super::write_attacked(model, out, &transform, progress, &damage);
     }
     // A head tied to the embeddings cannot take the final norm: untie it, writing
     // `lm_head.weight` = (embeddings with the final norm folded in) Q.

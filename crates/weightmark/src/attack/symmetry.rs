@@ -9,10 +9,10 @@ use std::sync::Mutex;
 
 use rand_core::RngCore;
 
-use super::{add_damage, damage_of_bytes, take, AttackReport};
+use super::{add_damage, damage_of_bytes, AttackReport};
 use crate::dtype::{decode_f64, encode_nearest, Dtype};
 use crate::error::{Error, Result};
-use crate::model::{write_model, Model, TensorRef, WriteOptions, WriteReport};
+use crate::model::{Model, TensorRef, WriteReport};
 use crate::progress::Progress;
 use crate::rng::{fill_normal, stream};
 use crate::scheme::Fidelity;
@@ -159,13 +159,7 @@ pub(crate) fn write_edited(
         }
         Ok(data)
     };
-    let written = write_model(
-        model,
-        out,
-        &measured,
-        &WriteOptions { progress, overwrite: crate::io::Overwrite::Replace },
-    )?;
-    Ok(AttackReport::written(written, take(damage)?))
+    super::write_attacked(model, out, &measured, progress, &damage)
 }
 
 /// Like [`write_edited`] for a model whose head is tied to its embeddings
