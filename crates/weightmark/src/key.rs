@@ -53,6 +53,8 @@ const INFO_RELEASE: &[u8] = b"weightmark/v1 release mark key";
 const SALT_SS2: &[u8] = b"weightmark/v1 ss2";
 const INFO_SS2_RELEASE: &[u8] = b"weightmark/v1 ss2 release component key";
 const INFO_SS2_RECIPIENT: &[u8] = b"weightmark/v1 ss2 recipient component key";
+const SALT_FP1: &[u8] = b"weightmark/fp1";
+const INFO_FP1: &[u8] = b"weightmark/fp1 fingerprint key";
 const COMMITMENT_DOMAIN: &[u8] = b"weightmark/v1 mark key commitment\0";
 const KEY_ID_DOMAIN: &[u8] = b"weightmark/v1 key id\0";
 
@@ -150,6 +152,39 @@ impl SecretKey {
             MarkKey { key }
         });
         (MarkKey { key: release }, recipient)
+    }
+
+    /// The `fp1` fingerprint key of a release, bound like `ss2`'s keys to the
+    /// owner, the label, the original's tensor root and the recipient
+    /// (docs/fingerprint.md): each licensee's copy gets its own fingerprints.
+    pub fn fingerprint_key(
+        &self,
+        label: &str,
+        recipient: Option<&str>,
+        original_root: &[u8; 32],
+    ) -> crate::fingerprint::FingerprintKey {
+        let master = hkdf32(SALT_MASTER, self.seed.as_ref(), &[INFO_MARK_MASTER]);
+        let label_len = (label.len() as u64).to_le_bytes();
+        let (tag, r) = match recipient {
+            Some(r) => ([1u8], r),
+            None => ([0u8], ""),
+        };
+        let r_len = (r.len() as u64).to_le_bytes();
+        let key = hkdf32(
+            SALT_FP1,
+            master.as_ref(),
+            &[
+                INFO_FP1,
+                crate::fingerprint::words::LISTS_VERSION.as_bytes(),
+                &label_len,
+                label.as_bytes(),
+                original_root,
+                &tag,
+                &r_len,
+                r.as_bytes(),
+            ],
+        );
+        crate::fingerprint::FingerprintKey::from_bytes(*key)
     }
 
     /// The secret key file's text (zeroized when dropped).

@@ -39,7 +39,8 @@
 //! Modules are private; this page re-exports what a caller needs. The
 //! namespaces [`attack`] (edits for robustness experiments), [`bench`]
 //! (robustness sweeps), [`provenance`] (certificates and reports),
-//! [`gguf`] (llama.cpp's format) and [`synth`] (synthetic test models) are
+//! [`gguf`] (llama.cpp's format), [`fingerprint`] (backdoor fingerprints,
+//! `fp1`) and [`synth`] (synthetic test models) are
 //! public because they hold many related items.
 
 #![deny(missing_docs)]
@@ -56,6 +57,7 @@ mod digest;
 mod dtype;
 mod embed;
 mod error;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
