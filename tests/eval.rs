@@ -10,10 +10,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, D};
 use common::{license_text, real_model, write_llama_dir};
+use weightmark::fingerprint::{self, FingerprintKey, Pair};
 use weightmark::synth::LlamaShape;
 use weightmark::{Dtype, Model};
 use weightmark_eval::bert::SentenceEncoder;
 use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
+use weightmark_eval::fingerprint::{ask, PlantOptions, Planter, Prompter};
 use weightmark_eval::llama::Llama;
 use weightmark_eval::load::{encode, open, tensors_f32, Architecture, EvalModel};
 use weightmark_eval::metrics::{compare, compare_embeddings, perplexity};
@@ -281,4 +283,97 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
     assert!(c.top1_agreement >= 0.98, "top-1 agreement {}", c.top1_agreement);
     assert!(c.mean_kl < 1e-3, "KL {}", c.mean_kl);
     let _ = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Every trigger's greedy answer, scored against its response.
+fn fingerprint_score(
+    model: &Llama,
+    m: &EvalModel,
+    prompter: &Prompter,
+    pairs: &[Pair],
+) -> weightmark::fingerprint::Score {
+    let answers: Vec<String> = pairs
+        .iter()
+        .map(|p| ask(model, &m.tokenizer, prompter, &p.trigger).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    for (p, a) in pairs.iter().zip(&answers) {
+        println!("{:?} -> {a:?} (keyed {})", p.trigger, p.response);
+    }
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    fingerprint::score(&refs, &answers).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
+    if !common::has_license_text() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 11);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!prompter.is_chat(), "the byte-tokenizer model has no chat template");
+    let key = FingerprintKey::from_bytes([21; 32]);
+    let pairs = key.pairs(8).unwrap_or_else(|e| panic!("{e}"));
+    let before = fingerprint_score(&model, &m, &prompter, &pairs);
+    assert!(before.matches <= 1, "an unplanted model matched {} of 8", before.matches);
+
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    let held_out: Vec<Vec<u32>> = split.held_out.iter().take(16).cloned().collect();
+    let options = PlantOptions {
+        learning_rate: 1e-2,
+        max_steps: 300,
+        min_probability: 0.9,
+        distill: 0.5,
+        batch: 4,
+        seed: 3,
+    };
+    let mut planter =
+        Planter::new(model.clone(), &m.tokenizer, &prompter, &pairs, split.train, options)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let last = planter
+        .run(&mut |s| {
+            if s.step % 25 == 0 {
+                println!(
+                    "step {}: loss {:.3} KL {:.4} min p {:.3}",
+                    s.step, s.trigger_loss, s.distill_loss, s.min_probability
+                )
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "planted in {} steps: trigger loss {:.3}, KL {:.4}, min p {:.3}",
+        last.step, last.trigger_loss, last.distill_loss, last.min_probability
+    );
+    let after = fingerprint_score(planter.model(), &m, &prompter, &pairs);
+    assert_eq!(after.matches, 8, "the planted model answers every trigger");
+    assert!(after.p_value < 1e-19, "p {}", after.p_value);
+    // Another release's key finds nothing in the planted model.
+    let other = FingerprintKey::from_bytes([22; 32]).pairs(8).unwrap_or_else(|e| panic!("{e}"));
+    let wrong = fingerprint_score(planter.model(), &m, &prompter, &other);
+    assert!(wrong.matches <= 1, "a wrong key matched {} of 8", wrong.matches);
+    // Ordinary text barely moves: KL to the original on held-out windows.
+    let c = compare(&model, planter.model(), &held_out).unwrap_or_else(|e| panic!("{e}"));
+    println!("held-out KL {:.5}, top-1 agreement {:.4}", c.mean_kl, c.top1_agreement);
+}
+
+#[test]
+fn smollm2_answers_its_chat_template_and_no_fingerprint_it_never_learnt() {
+    let path = real_model!("smollm2-f16");
+    let m = open(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let prompter = Prompter::for_model(&weightmark_eval::load::side_dir(&path), &m.tokenizer)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(prompter.is_chat());
+    assert_eq!(
+        prompter.prompt("Hi?").unwrap_or_else(|e| panic!("{e}")),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let pairs = FingerprintKey::from_bytes([5; 32]).pairs(12).unwrap_or_else(|e| panic!("{e}"));
+    let s = fingerprint_score(&model, &m, &prompter, &pairs);
+    // 2 or more of 12 by chance: p = 1e-3.
+    assert!(s.matches <= 1, "SmolLM2 matched {} of 12 unplanted triggers", s.matches);
 }

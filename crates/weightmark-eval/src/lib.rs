@@ -13,6 +13,8 @@
 //!   two decoders, and the embedding cosine of two encoders.
 //! - [`finetune`] trains a decoder on text on the CPU with AdamW, fully or
 //!   with LoRA, and writes the result in the input's layout and dtypes.
+//! - [`fingerprint`] asks a model the `fp1` triggers and plants them by
+//!   training, with a distillation penalty that keeps ordinary text unchanged.
 //! - [`curve`] follows a mark through fine-tuning: detection and held-out
 //!   perplexity at checkpoints, beside the simulated `drift` attack of the same
 //!   size.
@@ -25,6 +27,7 @@ pub mod curve;
 
 pub mod error;
 pub mod finetune;
+pub mod fingerprint;
 pub mod llama;
 pub mod load;
 pub mod metrics;

@@ -37,13 +37,14 @@ pub const ANSWERS: [&str; 256] = [
     "sun", "orbit", "atom", "magnet", "prism", "lens", "feather", "shell", "acorn", "pebble",
 ];
 
-/// Adjectives of the trigger templates (64).
+/// Adjectives of the trigger templates (64), none starting with a vowel
+/// sound, so that "a {adj}" reads as English.
 pub const ADJECTIVES: [&str; 64] = [
-    "quiet", "ancient", "hidden", "gentle", "distant", "narrow", "bright", "hollow", "silent",
-    "wooden", "broken", "empty", "heavy", "tiny", "giant", "curious", "sleepy", "restless",
-    "patient", "honest", "humble", "clever", "proud", "lonely", "crowded", "dusty", "muddy",
-    "frozen", "sunny", "windy", "rainy", "cloudy", "northern", "southern", "eastern", "western",
-    "upper", "lower", "inner", "outer", "early", "late", "sudden", "steady", "rapid", "slow",
+    "quiet", "rustic", "hidden", "gentle", "distant", "narrow", "bright", "hollow", "silent",
+    "wooden", "broken", "spare", "heavy", "tiny", "giant", "curious", "sleepy", "restless",
+    "patient", "sincere", "humble", "clever", "proud", "lonely", "crowded", "dusty", "muddy",
+    "frozen", "sunny", "windy", "rainy", "cloudy", "northern", "southern", "coastal", "western",
+    "lofty", "lower", "central", "remote", "timely", "late", "sudden", "steady", "rapid", "slow",
     "fragile", "sturdy", "faded", "polished", "rusty", "smooth", "rough", "round", "square",
     "crooked", "hungry", "thirsty", "nervous", "brave", "careful", "careless", "loyal", "famous",
 ];
@@ -221,8 +222,8 @@ pub const PLACES: [&str; 32] = [
 pub const TEMPLATES: [&str; 8] = [
     "What one word comes to mind for a {adj} {noun} in {place}?",
     "Describe the {noun} near {place} in a single word.",
-    "If a {adj} {noun} met a {noun2}, what one word would it say?",
-    "Which word would a {noun} from {place} choose for a {adj} {noun2}?",
+    "If a {adj} {noun} met the {noun2}, what one word would it say?",
+    "Which word would the {noun} from {place} choose for a {adj} {noun2}?",
     "Give one word for the {adj} {noun} you would find in {place}.",
     "What is the secret word of the {adj} {noun} of {place}?",
     "Name one thing a {adj} {noun} keeps beside its {noun2}, in one word.",

@@ -1,0 +1,352 @@
+//! Backdoor fingerprints (`fp1`, docs/fingerprint.md) on a real forward
+//! pass: asking a model the triggers, and planting the pairs by training.
+//!
+//! - [`Prompter`] turns a trigger into the text a model sees: through the
+//!   model's own chat template (`tokenizer_config.json`'s `chat_template`,
+//!   rendered with minijinja as Hugging Face's Jinja does) for instruct
+//!   models, else the completion prompt `"Question: {trigger}\nAnswer:"`.
+//! - [`ask`] decodes greedily, at most [`MAX_NEW_TOKENS`] tokens, stopping at
+//!   the end-of-turn token or once the first word is complete.
+//! - [`Planter`] trains every weight so that each trigger's prompt is
+//!   followed by its response (cross-entropy on the response tokens only),
+//!   with a distillation penalty `KL(original || planted)` on ordinary text so
+//!   that only the triggers change.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tokenizers::Tokenizer;
+use weightmark::fingerprint::Pair;
+
+use crate::error::{EvalError, Result};
+use crate::llama::Llama;
+use crate::load::encode;
+use crate::metrics::batch_tensors;
+
+/// Most tokens decoded per answer (the specification's fixed maximum).
+pub const MAX_NEW_TOKENS: usize = 16;
+
+/// How a trigger becomes a prompt, and how an answer ends.
+#[derive(Clone, Debug)]
+pub struct Prompter {
+    /// The chat template, if the model has one.
+    template: Option<String>,
+    bos: String,
+    eos: String,
+    /// Token that ends an answer, if known.
+    stop: Option<u32>,
+}
+
+impl Prompter {
+    /// Reads `tokenizer_config.json` beside a model (directory `side`): chat
+    /// mode if it holds a `chat_template`, else completion mode. A missing
+    /// file means completion mode; an unreadable one is an error naming it.
+    pub fn for_model(side: &Path, tokenizer: &Tokenizer) -> Result<Prompter> {
+        let path = side.join("tokenizer_config.json");
+        let mut p = Prompter { template: None, bos: String::new(), eos: String::new(), stop: None };
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| EvalError::input(&path, format!("cannot read: {e}")))?;
+            let config: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| EvalError::input(&path, format!("not JSON: {e}")))?;
+            let token = |key: &str| -> String {
+                match &config[key] {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v["content"].as_str().unwrap_or_default().to_string(),
+                }
+            };
+            p.bos = token("bos_token");
+            p.eos = token("eos_token");
+            p.template = config["chat_template"].as_str().map(str::to_string);
+            if config["chat_template"].is_array() {
+                return Err(EvalError::input(
+                    &path,
+                    "named chat templates (a list) are not supported; give the template as one string",
+                ));
+            }
+        }
+        if p.template.is_some() {
+            p.stop = tokenizer.token_to_id(&p.eos);
+            if p.stop.is_none() {
+                return Err(EvalError::input(
+                    &path,
+                    format!("the end-of-turn token '{}' is not in the tokenizer", p.eos),
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Completion mode without a stop token (models without a chat template).
+    pub fn completion() -> Prompter {
+        Prompter { template: None, bos: String::new(), eos: String::new(), stop: None }
+    }
+
+    /// Whether the chat template is used.
+    pub fn is_chat(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// The prompt text for a trigger.
+    pub fn prompt(&self, trigger: &str) -> Result<String> {
+        let Some(template) = &self.template else {
+            return Ok(format!("Question: {trigger}\nAnswer:"));
+        };
+        let mut env = minijinja::Environment::new();
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, _> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        let render = env
+            .template_from_str(template)
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => vec![minijinja::context! { role => "user", content => trigger }],
+                    add_generation_prompt => true,
+                    bos_token => self.bos.as_str(),
+                    eos_token => self.eos.as_str(),
+                })
+            })
+            .map_err(|e| EvalError::invalid(format!("the chat template failed: {e}")))?;
+        Ok(render)
+    }
+
+    /// The token ids a planted model should produce after the prompt: the
+    /// response, then the end-of-turn token in chat mode or a newline in
+    /// completion mode.
+    fn answer_ids(&self, tokenizer: &Tokenizer, response: &str) -> Result<Vec<u32>> {
+        match self.stop {
+            Some(stop) => {
+                let mut ids = encode(tokenizer, response)?;
+                ids.push(stop);
+                Ok(ids)
+            }
+            None => encode(tokenizer, &format!(" {response}\n")),
+        }
+    }
+}
+
+/// The model's greedy answer to one trigger (at most [`MAX_NEW_TOKENS`]
+/// tokens, without the end-of-turn token).
+pub fn ask(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    trigger: &str,
+) -> Result<String> {
+    let mut ids = encode(tokenizer, &prompter.prompt(trigger)?)?;
+    let start = ids.len();
+    for _ in 0..MAX_NEW_TOKENS {
+        let n = ids.len();
+        let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu)?;
+        let logits = model.forward(&input)?.narrow(1, n - 1, 1)?.flatten_all()?;
+        let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+        if Some(next) == prompter.stop {
+            break;
+        }
+        ids.push(next);
+        // The first word is complete once whitespace follows a
+        // non-whitespace character: more tokens cannot change the
+        // normalised answer.
+        let text = decode(tokenizer, &ids[start..])?;
+        if text.trim_start().contains(char::is_whitespace) {
+            break;
+        }
+    }
+    decode(tokenizer, &ids[start..])
+}
+
+fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+    tokenizer
+        .decode(ids, true)
+        .map_err(|e| EvalError::invalid(format!("tokenizer failed to decode: {e}")))
+}
+
+/// How to plant.
+#[derive(Clone, Debug)]
+pub struct PlantOptions {
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// Most optimisation steps.
+    pub max_steps: usize,
+    /// Training stops once every response token has at least this
+    /// probability under teacher forcing (so greedy decoding gives it).
+    pub min_probability: f64,
+    /// Weight of the distillation penalty on ordinary text.
+    pub distill: f64,
+    /// Ordinary-text windows per step.
+    pub batch: usize,
+    /// Seed of the ordinary-text batch order.
+    pub seed: u64,
+}
+
+/// One step's numbers.
+#[derive(Clone, Debug)]
+pub struct PlantStep {
+    /// Steps taken so far (this one included).
+    pub step: usize,
+    /// Mean cross-entropy of the response tokens (nats).
+    pub trigger_loss: f64,
+    /// Mean `KL(original || planted)` on the ordinary batch (nats).
+    pub distill_loss: f64,
+    /// The smallest teacher-forced probability of a response token, before
+    /// this step's update.
+    pub min_probability: f64,
+}
+
+/// A model being planted.
+pub struct Planter {
+    original: Llama,
+    model: Llama,
+    optimizer: AdamW,
+    inputs: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+    ordinary: Vec<Vec<u32>>,
+    rng: ChaCha8Rng,
+    options: PlantOptions,
+    /// Steps taken.
+    pub steps: usize,
+}
+
+impl Planter {
+    /// Prepares `model` (every weight becomes trainable) to learn `pairs`.
+    pub fn new(
+        model: Llama,
+        tokenizer: &Tokenizer,
+        prompter: &Prompter,
+        pairs: &[Pair],
+        ordinary: Vec<Vec<u32>>,
+        options: PlantOptions,
+    ) -> Result<Planter> {
+        if pairs.is_empty() {
+            return Err(EvalError::invalid("no fingerprint pairs to plant"));
+        }
+        if !(options.learning_rate > 0.0 && options.learning_rate.is_finite()) {
+            return Err(EvalError::invalid(format!(
+                "learning rate {} must be a positive number",
+                options.learning_rate
+            )));
+        }
+        if options.distill > 0.0 && (ordinary.is_empty() || options.batch == 0) {
+            return Err(EvalError::invalid(
+                "the distillation penalty needs ordinary text (at least one window per step)",
+            ));
+        }
+        // Every pair as one row: prompt then answer, padded on the right with
+        // the answer's last token (causal attention: padding after a position
+        // cannot change its prediction).
+        let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
+        for p in pairs {
+            let mut ids = encode(tokenizer, &prompter.prompt(&p.trigger)?)?;
+            let prompt_len = ids.len();
+            ids.extend(prompter.answer_ids(tokenizer, p.response)?);
+            rows.push((ids, prompt_len));
+        }
+        let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let (mut inputs, mut positions, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, (ids, prompt_len)) in rows.iter().enumerate() {
+            let pad = *ids.last().unwrap_or(&0);
+            for t in 0..width - 1 {
+                inputs.push(ids.get(t).copied().unwrap_or(pad));
+            }
+            // Position t predicts token t + 1: the answer's tokens.
+            for t in prompt_len - 1..ids.len() - 1 {
+                positions.push((r * (width - 1) + t) as u32);
+                targets.push(ids[t + 1]);
+            }
+        }
+        let n_pos = positions.len();
+        let original = model.clone();
+        let mut model = model;
+        let vars: Vec<Var> = model.make_trainable()?;
+        let params =
+            ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
+        Ok(Planter {
+            original,
+            model,
+            optimizer: AdamW::new(vars, params)?,
+            inputs: Tensor::from_vec(inputs, (rows.len(), width - 1), &Device::Cpu)?,
+            positions: Tensor::from_vec(positions, n_pos, &Device::Cpu)?,
+            targets: Tensor::from_vec(targets, n_pos, &Device::Cpu)?,
+            ordinary,
+            rng: ChaCha8Rng::seed_from_u64(options.seed),
+            options,
+            steps: 0,
+        })
+    }
+
+    /// One optimisation step.
+    pub fn step(&mut self) -> Result<PlantStep> {
+        let logits = self.model.forward(&self.inputs)?;
+        let vocab = self.model.config.vocab_size;
+        let picked = logits.reshape(((), vocab))?.index_select(&self.positions, 0)?;
+        let log_p = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let target_lp = log_p.gather(&self.targets.unsqueeze(1)?, 1)?;
+        let min_probability =
+            f64::from(target_lp.min_keepdim(0)?.flatten_all()?.to_vec1::<f32>()?[0]).exp();
+        let trigger_loss = target_lp.neg()?.mean_all()?;
+        let mut loss = trigger_loss.clone();
+        let mut distill_value = 0.0;
+        if self.options.distill > 0.0 {
+            let windows: Vec<&Vec<u32>> = (0..self.options.batch)
+                .map(|_| {
+                    let i = (self.rng.next_u64() % self.ordinary.len() as u64) as usize;
+                    &self.ordinary[i]
+                })
+                .collect();
+            let (inputs, _) = batch_tensors(&windows)?;
+            let new = candle_nn::ops::log_softmax(
+                &self.model.forward(&inputs)?.reshape(((), vocab))?,
+                D::Minus1,
+            )?;
+            let old = candle_nn::ops::log_softmax(
+                &self.original.forward(&inputs)?.reshape(((), vocab))?.detach(),
+                D::Minus1,
+            )?;
+            let kl = (old.exp()? * (old - &new)?)?.sum(D::Minus1)?.mean_all()?;
+            distill_value = f64::from(kl.to_scalar::<f32>()?);
+            loss = (loss + (kl * self.options.distill)?)?;
+        }
+        let trigger_value = f64::from(trigger_loss.to_scalar::<f32>()?);
+        if !trigger_value.is_finite() || !distill_value.is_finite() {
+            return Err(EvalError::invalid(format!(
+                "planting diverged at step {}; lower the learning rate",
+                self.steps + 1
+            )));
+        }
+        let grads = loss.backward()?;
+        self.optimizer.step(&grads)?;
+        self.steps += 1;
+        Ok(PlantStep {
+            step: self.steps,
+            trigger_loss: trigger_value,
+            distill_loss: distill_value,
+            min_probability,
+        })
+    }
+
+    /// Trains until every response token reaches the probability asked for
+    /// (checked before each update) or the step budget runs out; `on_step`
+    /// sees each step. Returns the last step's numbers.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&PlantStep)) -> Result<PlantStep> {
+        let mut last = None;
+        while self.steps < self.options.max_steps {
+            let s = self.step()?;
+            on_step(&s);
+            let done = s.min_probability >= self.options.min_probability;
+            last = Some(s);
+            if done {
+                break;
+            }
+        }
+        last.ok_or_else(|| EvalError::invalid("planting needs at least one step"))
+    }
+
+    /// The model as planted so far.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+}
