@@ -516,16 +516,26 @@ pub fn detect_tensor(
                     _ => axis_map(axes.cols, o.axes.cols, cols),
                 },
             );
-            // Element by element, so that neither tensor is decoded whole.
-            let (o_size, mut one) = (o.tensor.dtype.size(), Vec::with_capacity(1));
-            let values: Vec<f64> = (0..rows * cols)
-                .map(|k| {
-                    let at = row_map[k / cols] * cols + col_map[k % cols];
-                    let bytes = o.tensor.data.get(at * o_size..(at + 1) * o_size);
-                    decode_f64(o.tensor.dtype, bytes.unwrap_or_default(), &mut one);
-                    one.first().copied().unwrap_or(f64::NAN)
-                })
-                .collect();
+            // Row by row (in parallel: each element is set on its own): the
+            // original's row that suspect row `i` maps to is decoded once,
+            // then gathered by the column map; a position outside the
+            // original reads as NaN (no weight).
+            let o_row = cols * o.tensor.dtype.size();
+            let mut values = vec![f64::NAN; rows * cols];
+            values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+                Vec::new,
+                |row, (i, out)| {
+                    let at = row_map.get(i).map_or(usize::MAX, |&r| r);
+                    let bytes = at
+                        .checked_mul(o_row)
+                        .and_then(|a| o.tensor.data.get(a..a.checked_add(o_row)?));
+                    let Some(bytes) = bytes else { return };
+                    decode_f64(o.tensor.dtype, bytes, row);
+                    for (v, &j) in out.iter_mut().zip(&col_map) {
+                        *v = row.get(j).copied().unwrap_or(f64::NAN);
+                    }
+                },
+            );
             drop((row_map, col_map));
             let (ps, po) = Profile::of_pair(suspect, &values, cols);
             (ps, Some(Reference { profile: po, values }))
