@@ -166,6 +166,11 @@ const F16_BLOCK: usize = 1024;
 fn decode_f16(bytes: &[u8], out: &mut Vec<f64>) {
     use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
     let n = bytes.len() / 2;
+    if n < 16 {
+        // A few elements (a scattered read): one at a time.
+        out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()));
+        return;
+    }
     out.resize(n, 0.0);
     let mut bits = [0u16; F16_BLOCK];
     for (src, dst) in bytes.chunks(2 * F16_BLOCK).zip(out.chunks_mut(F16_BLOCK)) {
