@@ -866,6 +866,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_profile_sums_every_row_and_column_in_element_order() {
+        // 203 rows (not a multiple of the four read side by side) of 1000
+        // columns (65 rows to a chunk), with zeros, NaN and infinities.
+        let (rows, cols) = (203, 1000);
+        let mut t = gaussian_matrix("w", rows, cols, Dtype::F16, 11);
+        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for k in (0..rows * cols).step_by(97) {
+            let x = half::f16::from_f32(specials[k % specials.len()]);
+            t.data[2 * k..2 * k + 2].copy_from_slice(&x.to_le_bytes());
+        }
+        let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+        let got = Profile::of(&t);
+        // Element by element: rows in column order, columns in row order
+        // within each chunk of rows, chunks added in order.
+        let mut x = Vec::new();
+        decode_f64(t.dtype, t.data, &mut x);
+        let block = rows_per_chunk(cols);
+        let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+        let mut row_means = Vec::new();
+        for chunk in x.chunks(block * cols) {
+            let (mut cs, mut cn) = (vec![0.0; cols], vec![0u64; cols]);
+            for row in chunk.chunks(cols) {
+                let (mut s, mut n) = (0.0, 0u64);
+                for (j, v) in row.iter().enumerate() {
+                    if v.is_finite() && *v != 0.0 {
+                        s += v.abs();
+                        n += 1;
+                        cs[j] += v.abs();
+                        cn[j] += 1;
+                    }
+                }
+                row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
+            }
+            col_sum.iter_mut().zip(&cs).for_each(|(a, b)| *a += b);
+            col_n.iter_mut().zip(&cn).for_each(|(a, b)| *a += b);
+        }
+        let total = col_sum.iter().sum::<f64>() / col_n.iter().sum::<u64>() as f64;
+        let col_means: Vec<f64> = col_sum.iter().zip(&col_n).map(|(s, &n)| s / n as f64).collect();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+        assert_eq!(bits(&got.rows), bits(&row_means));
+        assert_eq!(bits(&got.cols), bits(&col_means));
+        assert_eq!(got.total.to_bits(), total.to_bits());
+    }
+
     fn one(dtype: Dtype) -> Model {
         to_model(&[gaussian_matrix("w", 512, 768, dtype, 4)]).unwrap_or_else(|e| panic!("{e}"))
     }
