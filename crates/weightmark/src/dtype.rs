@@ -160,7 +160,7 @@ const F16_BLOCK: usize = 1024;
 
 /// The F16 case of [`decode_f64`]: the bits are gathered into a small buffer
 /// and converted a slice at a time (`half` uses the CPU's F16C instructions
-/// four elements at a time where it has them, instead of one call per
+/// eight elements at a time where it has them, instead of one call per
 /// element). Every finite value, infinity and zero converts exactly, so the
 /// result equals [`f16::to_f64`] element by element (NaN stays NaN).
 fn decode_f16(bytes: &[u8], out: &mut Vec<f64>) {
