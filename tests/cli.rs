@@ -321,6 +321,57 @@ fn same_input_gives_byte_identical_output_with_1_and_4_threads() {
     );
 }
 
+/// An `ss2` release with a recipient on an F16 model (vectorised F16
+/// decoding and rounding, the parallel informed reference, the statistic's
+/// profiles): the marked bytes, every certificate field but the time, and
+/// blind and informed detection are the same with 1 and 2 threads.
+#[test]
+fn ss2_embed_certificate_and_detection_are_the_same_with_1_and_2_threads() {
+    let s = Scene::new();
+    let key = s.keygen("owner");
+    write_file(&s.path("m.safetensors"), &llama(&SMALL, Dtype::F16, 6), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut runs = Vec::new();
+    for threads in ["1", "2"] {
+        let env = [("RAYON_NUM_THREADS", threads)];
+        // The same file name in its own directory: the certificate names it.
+        std::fs::create_dir(s.path(threads)).unwrap_or_else(|e| panic!("{e}"));
+        let out = format!("{threads}/out.safetensors");
+        let cert = format!("{threads}.cert.json");
+        let args = ["embed", "-k", &key, "--label", "same", "-r", "bob", "--strength", "0.01"];
+        let args = [&args[..], &["m.safetensors", "-o"]].concat();
+        let o = s.run_env(&[&args[..], &[out.as_str(), "--cert", &cert]].concat(), &env);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let model = std::fs::read(s.path(&out)).unwrap_or_default();
+        let loaded =
+            weightmark::provenance::certificate::load_certificate_unverified(&s.path(&cert))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let mut predicate =
+            serde_json::to_value(loaded.predicate()).unwrap_or_else(|e| panic!("{e}"));
+        predicate.as_object_mut().map(|p| p.remove("created"));
+        let mut detections = Vec::new();
+        for original in [None, Some("m.safetensors")] {
+            let mut args = vec!["detect", "-k", &key, "--cert", &cert, &out, "--json"];
+            args.extend(original.map(|o| ["--original", o]).into_iter().flatten());
+            let d = s.run_env(&args, &env);
+            assert_eq!(d.status.code(), Some(0), "{}", stderr(&d));
+            // All but the paths and the certificate's digest (its time differs).
+            let mut v = json(&d);
+            v.as_object_mut().map(|o| (o.remove("suspect"), o.remove("certificate_digest")));
+            detections.push(v);
+        }
+        runs.push((model, predicate, detections));
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    assert!(!a.0.is_empty() && a.0 == b.0, "marked bytes differ between 1 and 2 threads");
+    assert_eq!(a.1["scheme"], "ss2");
+    assert!(a.1["neuron_sketch"].is_object() && a.1["residual_sketch"].is_object());
+    // Compared as a whole (the sketches make the values long to print).
+    assert!(a.1 == b.1, "certificates differ between 1 and 2 threads");
+    assert!(a.2[0]["z"].as_f64() > Some(6.44) && a.2[1]["mode"] == "informed");
+    assert_eq!(a.2, b.2, "detection differs between 1 and 2 threads");
+}
+
 #[test]
 fn sharded_model_directory_keeps_its_layout_and_the_certificate_stays_outside() {
     let s = Scene::new();

@@ -47,13 +47,7 @@ const ORDER_SOURCES: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"]
 impl Canonical {
     /// The canonical residual order of `model` (one pass over its embedding).
     pub fn of(model: &Model) -> Canonical {
-        let Some(t) = ORDER_SOURCES.iter().find_map(|n| model.tensor(n)) else {
-            return Canonical::default();
-        };
-        let [rows, cols] = *t.shape else { return Canonical::default() };
-        if !t.dtype.is_readable() || rows == 0 || cols == 0 {
-            return Canonical::default();
-        }
+        let Some((t, rows, cols)) = order_source(model) else { return Canonical::default() };
         let key = column_mean_magnitudes(&t, rows, cols);
         let mut order: Vec<usize> = (0..cols).collect();
         order.sort_by(|&a, &b| key[b].total_cmp(&key[a]).then(a.cmp(&b)));
@@ -85,6 +79,15 @@ impl Canonical {
             _ => Axes::default(),
         }
     }
+}
+
+/// The tensor that fixes `model`'s residual order, with its rows and
+/// columns; `None` (no canonical order) without one that is a readable,
+/// non-empty matrix. [`Canonical::of`] is as wide as its columns.
+fn order_source(model: &Model) -> Option<(TensorRef<'_>, usize, usize)> {
+    let t = ORDER_SOURCES.iter().find_map(|n| model.tensor(n))?;
+    let [rows, cols] = *t.shape else { return None };
+    (t.dtype.is_readable() && rows > 0 && cols > 0).then_some((t, rows, cols))
 }
 
 /// Rows of the embedding sampled to match channels (every k-th row).
@@ -308,12 +311,16 @@ impl ResidualSketch {
                 taken[r] = true;
             }
         }
-        let fallback = Canonical::of(suspect);
-        if fallback.hidden() != hidden {
+        // The magnitude order (a pass over the embedding) is only needed
+        // for channels the sketch left over; its width is checked either way.
+        if order_source(suspect).map(|(_, _, cols)| cols) != Some(hidden) {
             return None;
         }
         let mut left: Vec<usize> = (0..hidden).filter(|&j| rank[j] == u32::MAX).collect();
-        left.sort_by_key(|&j| (fallback.rank[j], j));
+        if !left.is_empty() {
+            let fallback = Canonical::of(suspect);
+            left.sort_by_key(|&j| (fallback.rank.get(j).copied().unwrap_or(u32::MAX), j));
+        }
         let free = (0..hidden).filter(|&r| !taken[r]);
         for (j, r) in left.into_iter().zip(free) {
             rank[j] = r as u32;
@@ -510,13 +517,24 @@ fn match_neurons(theirs: &[(u64, u64)], ours: &[u64]) -> Vec<u32> {
             let mut best: Vec<(i64, usize)> = Vec::with_capacity(KEEP + 1);
             if count >= 16 {
                 let scale = 1000.0 / (count as f64).sqrt();
+                // In thousandths of a standard deviation, for each possible
+                // agreement `signed` in -count..=count (index signed + 64).
+                let scores: Vec<i64> =
+                    (-64..=64i64).map(|signed| (signed as f64 * scale).round() as i64).collect();
+                // The score grows with `signed`: most pairs are rejected on
+                // the count of disagreements alone.
+                let score_of = |disagree: i64| scores[(count - 2 * disagree + 64) as usize];
+                let most_disagree = (0..=count)
+                    .take_while(|&d| score_of(d) >= NEURON_MIN_SIGMAS * 1000)
+                    .last()
+                    .unwrap_or(-1);
                 for (r, &o) in ours.iter().enumerate() {
-                    let signed = count - 2 * ((s ^ o) & known).count_ones() as i64;
-                    // In thousandths of a standard deviation.
-                    let score = (signed as f64 * scale).round() as i64;
-                    if score >= NEURON_MIN_SIGMAS * 1000
-                        && (best.len() < KEEP || best.last().is_some_and(|b| score > b.0))
-                    {
+                    let disagree = i64::from(((s ^ o) & known).count_ones());
+                    if disagree > most_disagree {
+                        continue;
+                    }
+                    let score = score_of(disagree);
+                    if best.len() < KEEP || best.last().is_some_and(|b| score > b.0) {
                         let at = best.partition_point(|b| b.0 >= score);
                         best.insert(at, (score, r));
                         best.truncate(KEEP);

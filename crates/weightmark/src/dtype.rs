@@ -144,9 +144,7 @@ pub fn decode_f64(dtype: Dtype, bytes: &[u8], out: &mut Vec<f64>) -> bool {
         Dtype::F32 => out.extend(
             bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         ),
-        Dtype::F16 => {
-            out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()))
-        }
+        Dtype::F16 => decode_f16(bytes, out),
         Dtype::BF16 => {
             out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()))
         }
@@ -155,6 +153,33 @@ pub fn decode_f64(dtype: Dtype, bytes: &[u8], out: &mut Vec<f64>) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Elements converted per slice call in [`decode_f16`].
+const F16_BLOCK: usize = 1024;
+
+/// The F16 case of [`decode_f64`]: the bits are gathered into a small buffer
+/// and converted a slice at a time (`half` uses the CPU's F16C instructions
+/// eight elements at a time where it has them, instead of one call per
+/// element). Every finite value, infinity and zero converts exactly, so the
+/// result equals [`f16::to_f64`] element by element (NaN stays NaN).
+fn decode_f16(bytes: &[u8], out: &mut Vec<f64>) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let n = bytes.len() / 2;
+    if n < 16 {
+        // A few elements (a scattered read): one at a time.
+        out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()));
+        return;
+    }
+    out.resize(n, 0.0);
+    let mut bits = [0u16; F16_BLOCK];
+    for (src, dst) in bytes.chunks(2 * F16_BLOCK).zip(out.chunks_mut(F16_BLOCK)) {
+        let bits = &mut bits[..dst.len()];
+        for (b, c) in bits.iter_mut().zip(src.chunks_exact(2)) {
+            *b = u16::from_le_bytes([c[0], c[1]]);
+        }
+        bits.reinterpret_cast::<f16>().convert_to_f64_slice(dst);
+    }
 }
 
 /// Decodes an OCP FP8 E4M3 ("fn": no infinities, one NaN pattern) byte.
@@ -206,7 +231,10 @@ pub fn encode_stochastic(dtype: Dtype, values: &[f64], uniforms: &[u32], out: &m
                 .map(f32::to_le_bytes)
         }),
         Dtype::F16 => encode_with::<2>(values, uniforms, out, |v, u| {
-            round_stochastic::<f16>(v, u).map(f16::to_le_bytes)
+            round_stochastic_f16_bits(v, u)
+                .map(f16::from_bits)
+                .or_else(|| round_stochastic::<f16>(v, u))
+                .map(f16::to_le_bytes)
         }),
         Dtype::BF16 => encode_with::<2>(values, uniforms, out, |v, u| {
             round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
@@ -261,6 +289,34 @@ fn round_stochastic_bits(
     let up = (u128::from(uniform) << shift) < (u128::from(frac) << 32);
     let sign = if v.is_sign_negative() { 1u64 << (8 * byte_width(mantissa) - 1) } else { 0 };
     Some((lower + u64::from(up)) | sign)
+}
+
+/// The fast path of keyed stochastic rounding for f16 (10 stored mantissa
+/// bits, exponents -14 to 15), as [`round_stochastic_bits`] is for f32 and
+/// bf16: for a magnitude in f16's normal range below its largest finite
+/// value, truncating the f64 mantissa to 10 bits gives the lower neighbour,
+/// whose f16 bits are the rebased exponent and the kept mantissa bits; the
+/// 42 discarded bits give `P(up)` exactly and "up" is the next magnitude
+/// (bits + 1, at most the largest finite f16). Returns the bits, or `None`
+/// for subnormal, zero, huge or non-finite values (the caller falls back to
+/// [`round_stochastic`], which makes the same choice for every `uniform`).
+#[inline]
+fn round_stochastic_f16_bits(v: f64, uniform: u32) -> Option<u16> {
+    const MIN_NORMAL: f64 = 6.103515625e-5; // 2^-14
+    const MAX_FINITE: f64 = 65504.0;
+    let magnitude = v.abs();
+    if !(MIN_NORMAL..MAX_FINITE).contains(&magnitude) {
+        return None;
+    }
+    const SHIFT: u32 = 52 - 10;
+    let bits = magnitude.to_bits();
+    let frac = bits & ((1u64 << SHIFT) - 1);
+    // f64 exponent e + 1023 becomes f16 exponent e + 15: subtract 1008.
+    let exponent = (bits >> 52) - 1008;
+    let lower = (exponent << 10) | ((bits >> SHIFT) & 0x3ff);
+    let up = (u128::from(uniform) << SHIFT) < (u128::from(frac) << 32);
+    let sign = if v.is_sign_negative() { 0x8000 } else { 0 };
+    u16::try_from(lower + u64::from(up)).ok().map(|b| b | sign)
 }
 
 /// Width in bytes of the type with `mantissa` stored bits (f32 or bf16).
@@ -461,6 +517,62 @@ mod tests {
             let slow16 = round_stochastic::<bf16>(v, u);
             assert_eq!(fast16.map(bf16::to_bits), slow16.map(bf16::to_bits), "bf16 v={v} u={u}");
         }
+    }
+
+    #[test]
+    fn the_f16_fast_path_makes_the_same_choice_as_the_generic_rounding() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Random magnitudes from below f16's subnormals to past its largest
+        // value, and every f16 value itself with its neighbours' midpoints.
+        let mut cases: Vec<f64> = (0..400_000)
+            .map(|_| {
+                let r = next();
+                let m = (r >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                m * 2f64.powi((r % 40) as i32 - 24)
+            })
+            .collect();
+        for b in 0..0x7c00u16 {
+            let x = f16::from_bits(b).to_f64();
+            let y = f16::from_bits(b + 1).to_f64();
+            cases.extend([x, -x, (x + y) / 2.0, -(x + y) / 2.0, x + (y - x) / 3.0]);
+        }
+        cases.extend([65504.0, 65505.0, 65519.0, 6.103515625e-5, 6.1035e-5, 0.0, -0.0]);
+        for (k, &v) in cases.iter().enumerate() {
+            for u in [next() as u32, 0, u32::MAX, 1 << 31] {
+                let fast = round_stochastic_f16_bits(v, u);
+                let slow = round_stochastic::<f16>(v, u).map(f16::to_bits);
+                if fast.is_some() {
+                    assert_eq!(fast, slow, "case {k}: v={v} u={u}");
+                }
+            }
+        }
+        // The fast path covers the normal range, not only a corner of it.
+        assert!(round_stochastic_f16_bits(1.0 + 1e-4, 7).is_some());
+        assert!(round_stochastic_f16_bits(-65000.0, 7).is_some());
+    }
+
+    #[test]
+    fn f16_decodes_as_the_element_conversion_for_every_bit_pattern() {
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let mut out = Vec::new();
+        assert!(decode_f64(Dtype::F16, &bytes, &mut out));
+        assert_eq!(out.len(), 65536);
+        for (b, x) in (0..=u16::MAX).zip(&out) {
+            let want = f16::from_bits(b).to_f64();
+            assert!(
+                x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
+                "{b:#06x}: {x} vs {want}"
+            );
+        }
+        // A trailing partial element is ignored; the output is cleared first.
+        assert!(decode_f64(Dtype::F16, &[0, 0x3c, 7], &mut out));
+        assert_eq!(out, vec![1.0]);
     }
 
     #[test]

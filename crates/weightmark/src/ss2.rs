@@ -289,6 +289,34 @@ impl LongRow<'_> {
     }
 }
 
+/// Adds the magnitudes of the finite non-zero elements of `K` rows (of equal
+/// length) to their row sums (returned with their counts) and to the column
+/// sums, row after row for each column, so every sum is in element order.
+/// Elements without weight add `0.0` and count 0: a sum of magnitudes is
+/// never `-0.0`, so adding `+0.0` changes nothing and no branch is needed.
+fn add_rows<const K: usize>(
+    rows: [&[f64]; K],
+    col_sum: &mut [f64],
+    col_n: &mut [u64],
+) -> [(f64, u64); K] {
+    let len = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(col_sum.len()).min(col_n.len());
+    let rows = rows.map(|r| &r[..len]);
+    let (col_sum, col_n) = (&mut col_sum[..len], &mut col_n[..len]);
+    let mut sums = [(0.0, 0u64); K];
+    for j in 0..len {
+        for (row, (s, n)) in rows.iter().zip(sums.iter_mut()) {
+            let x = row[j];
+            let weighted = x.is_finite() && x != 0.0;
+            let a = if weighted { x.abs() } else { 0.0 };
+            *s += a;
+            *n += u64::from(weighted);
+            col_sum[j] += a;
+            col_n[j] += u64::from(weighted);
+        }
+    }
+    sums
+}
+
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
 /// finite non-zero elements: each element's expected magnitude is
 /// `rows[i] * cols[j] / total`.
@@ -310,8 +338,26 @@ impl Profile {
                 let mut v = Vec::new();
                 let mut row_means = Vec::with_capacity(block);
                 let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
-                // A row is read in pieces of at most a chunk (one piece
-                // unless the row is longer).
+                if cols <= CHUNK_ELEMENTS {
+                    decode_f64(t.dtype, bytes, &mut v);
+                    let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
+                    // Four rows side by side (each row's and each column's
+                    // sum still adds in element order), then one at a time.
+                    let mut four = v.chunks_exact(4 * cols);
+                    for group in four.by_ref() {
+                        let (a, b) = group.split_at(2 * cols);
+                        let (r0, r1) = a.split_at(cols);
+                        let (r2, r3) = b.split_at(cols);
+                        let sums = add_rows([r0, r1, r2, r3], &mut col_sum, &mut col_n);
+                        row_means.extend(sums.map(mean));
+                    }
+                    for row in four.remainder().chunks(cols) {
+                        let [sum] = add_rows([row], &mut col_sum, &mut col_n);
+                        row_means.push(mean(sum));
+                    }
+                    return (row_means, col_sum, col_n);
+                }
+                // A row longer than a chunk is read in pieces of a chunk.
                 for row in bytes.chunks(cols * size) {
                     let (mut s, mut n) = (0.0, 0u64);
                     for (p, piece) in row.chunks(CHUNK_ELEMENTS * size).enumerate() {
@@ -443,9 +489,12 @@ struct Reference {
 
 /// `y` of every element of a piece of stored suspect row `i` (NaN where it
 /// has no weight): `row` holds the row's columns from `j0` on, of `cols` in
-/// all. Adds the number of weighted elements and their `y^2` to `acc`, in
-/// element order, and returns it.
-#[allow(clippy::too_many_arguments)]
+/// all. Returns the number of weighted elements.
+///
+/// The common case (the row's profile and reference at hand) runs as plain
+/// element-wise arithmetic without branches, which the compiler vectorises;
+/// every element gets exactly the operations of [`Profile::ratio`], so the
+/// values are the same as element by element.
 fn row_y(
     i: usize,
     j0: usize,
@@ -454,9 +503,56 @@ fn row_y(
     profile: &Profile,
     reference: Option<&Reference>,
     y: &mut [f64],
-    acc: (u64, f64),
-) -> (u64, f64) {
-    let (mut n, mut v) = acc;
+) -> u64 {
+    let len = row.len().min(y.len());
+    let (row, y) = (&row[..len], &mut y[..len]);
+    fn whole(p: &Profile, i: usize, j: std::ops::Range<usize>) -> Option<(f64, &[f64], f64)> {
+        Some((*p.rows.get(i)?, p.cols.get(j)?, p.total))
+    }
+    match (whole(profile, i, j0..j0 + len), reference) {
+        (Some((r, c, t)), None) => {
+            for ((yj, &x), &c) in y.iter_mut().zip(row).zip(c) {
+                let m = r * c / t;
+                let ratio = (x.abs() / m).min(CLIP);
+                let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
+                *yj = if valid { ratio - 1.0 } else { f64::NAN };
+            }
+        }
+        (Some((r, c, t)), Some(reference)) => {
+            let at = i * cols + j0;
+            match (whole(&reference.profile, i, j0..j0 + len), reference.values.get(at..at + len)) {
+                (Some((ro, co, to)), Some(o)) => {
+                    for ((yj, (&x, &o)), (&c, &co)) in
+                        y.iter_mut().zip(row.iter().zip(o)).zip(c.iter().zip(co))
+                    {
+                        let m = r * c / t;
+                        let ratio = (x.abs() / m).min(CLIP);
+                        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
+                        let mo = ro * co / to;
+                        let ratio_o = (o.abs() / mo).min(CLIP);
+                        let valid_o = o.is_finite() && o != 0.0 && to > 0.0 && mo > 0.0;
+                        *yj = if valid && valid_o { ratio - ratio_o } else { f64::NAN };
+                    }
+                }
+                _ => row_y_each(i, j0, cols, row, profile, Some(reference), y),
+            }
+        }
+        (None, _) => row_y_each(i, j0, cols, row, profile, reference, y),
+    }
+    y.iter().filter(|v| v.is_finite()).count() as u64
+}
+
+/// [`row_y`] element by element, for a row whose profile or reference is
+/// not whole (an index out of range gives NaN).
+fn row_y_each(
+    i: usize,
+    j0: usize,
+    cols: usize,
+    row: &[f64],
+    profile: &Profile,
+    reference: Option<&Reference>,
+    y: &mut [f64],
+) {
     for (jp, (&xi, yj)) in row.iter().zip(y.iter_mut()).enumerate() {
         let j = j0 + jp;
         let blind = profile.ratio(i, j, xi);
@@ -468,12 +564,12 @@ fn row_y(
                 r.profile.ratio(i, j, o).map_or(f64::NAN, |a| b - a)
             }
         };
-        if yj.is_finite() {
-            n += 1;
-            v += *yj * *yj;
-        }
     }
-    (n, v)
+}
+
+/// `acc` plus the sum of `y^2` over the weighted elements, in element order.
+fn sum_squares(y: &[f64], acc: f64) -> f64 {
+    y.iter().filter(|v| v.is_finite()).fold(acc, |a, v| a + v * v)
 }
 
 /// Detection statistics of one tensor under several keys at once, reading it
@@ -516,16 +612,26 @@ pub fn detect_tensor(
                     _ => axis_map(axes.cols, o.axes.cols, cols),
                 },
             );
-            // Element by element, so that neither tensor is decoded whole.
-            let (o_size, mut one) = (o.tensor.dtype.size(), Vec::with_capacity(1));
-            let values: Vec<f64> = (0..rows * cols)
-                .map(|k| {
-                    let at = row_map[k / cols] * cols + col_map[k % cols];
-                    let bytes = o.tensor.data.get(at * o_size..(at + 1) * o_size);
-                    decode_f64(o.tensor.dtype, bytes.unwrap_or_default(), &mut one);
-                    one.first().copied().unwrap_or(f64::NAN)
-                })
-                .collect();
+            // Row by row (in parallel: each element is set on its own): the
+            // original's row that suspect row `i` maps to is decoded once,
+            // then gathered by the column map; a position outside the
+            // original reads as NaN (no weight).
+            let o_row = cols * o.tensor.dtype.size();
+            let mut values = vec![f64::NAN; rows * cols];
+            values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+                Vec::new,
+                |row, (i, out)| {
+                    let at = row_map.get(i).map_or(usize::MAX, |&r| r);
+                    let bytes = at
+                        .checked_mul(o_row)
+                        .and_then(|a| o.tensor.data.get(a..a.checked_add(o_row)?));
+                    let Some(bytes) = bytes else { return };
+                    decode_f64(o.tensor.dtype, bytes, row);
+                    for (v, &j) in out.iter_mut().zip(&col_map) {
+                        *v = row.get(j).copied().unwrap_or(f64::NAN);
+                    }
+                },
+            );
             drop((row_map, col_map));
             let (ps, po) = Profile::of_pair(suspect, &values, cols);
             (ps, Some(Reference { profile: po, values }))
@@ -557,13 +663,15 @@ pub fn detect_tensor(
                     let mut sums = vec![0.0; groups(cols)];
                     let mut s_plain = vec![0.0; keys.len()];
                     for i in ci * block..((ci + 1) * block).min(rows) {
+                        // Weighted elements and, without a residual axis,
+                        // the sum of their y^2 (V), in element order.
                         let mut acc = (0u64, 0.0);
                         sums.iter_mut().for_each(|s| *s = 0.0);
                         s_plain.iter_mut().for_each(|s| *s = 0.0);
                         for k in pieces() {
                             let y = &mut y[..k.len()];
                             decode_piece(i, &k, &mut x);
-                            acc = row_y(i, k.start, cols, &x, &profile, reference, y, acc);
+                            acc.0 += row_y(i, k.start, cols, &x, &profile, reference, y);
                             match layout {
                                 Layout::Cols(rank) => {
                                     let rank = rank.get(k.clone()).unwrap_or_default();
@@ -576,6 +684,7 @@ pub fn detect_tensor(
                                     }
                                 }
                                 _ => {
+                                    acc.1 = sum_squares(y, acc.1);
                                     let p = &mut p[..k.len()];
                                     for (streams, s) in keys.iter().zip(s_plain.iter_mut()) {
                                         streams.signs((i * cols + k.start) as u64, p);
@@ -633,7 +742,7 @@ pub fn detect_tensor(
                     let mut n = 0u64;
                     for &i in group_rows {
                         decode_row(i, &mut x);
-                        n += row_y(i, 0, cols, &x, &profile, reference, &mut y, (0, 0.0)).0;
+                        n += row_y(i, 0, cols, &x, &profile, reference, &mut y);
                         for (s, &yj) in sums.iter_mut().zip(&y) {
                             if yj.is_finite() {
                                 *s += yj;
@@ -719,7 +828,15 @@ mod tests {
             let mut x = Vec::new();
             decode_f64(mt.dtype, mt.data, &mut x);
             let mut y = vec![0.0; n];
-            let (count, v_elements) = row_y(0, 0, n, &x, &profile, None, &mut y, (0, 0.0));
+            let count = row_y(0, 0, n, &x, &profile, None, &mut y);
+            let v_elements = sum_squares(&y, 0.0);
+            // The vectorised y are those of the element-by-element rule.
+            let mut each = vec![0.0; n];
+            row_y_each(0, 0, n, &x, &profile, None, &mut each);
+            assert!(y
+                .iter()
+                .zip(&each)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())));
             for (st, streams) in stats.iter().zip([&release, &recipient]) {
                 let want = match layout {
                     Layout::Cols(rank) => {
@@ -747,6 +864,52 @@ mod tests {
                 assert_eq!(*st, want);
             }
         }
+    }
+
+    #[test]
+    fn the_profile_sums_every_row_and_column_in_element_order() {
+        // 203 rows (not a multiple of the four read side by side) of 1000
+        // columns (65 rows to a chunk), with zeros, NaN and infinities.
+        let (rows, cols) = (203, 1000);
+        let mut t = gaussian_matrix("w", rows, cols, Dtype::F16, 11);
+        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for k in (0..rows * cols).step_by(97) {
+            let x = half::f16::from_f32(specials[k % specials.len()]);
+            t.data[2 * k..2 * k + 2].copy_from_slice(&x.to_le_bytes());
+        }
+        let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+        let got = Profile::of(&t);
+        // Element by element: rows in column order, columns in row order
+        // within each chunk of rows, chunks added in order.
+        let mut x = Vec::new();
+        decode_f64(t.dtype, t.data, &mut x);
+        let block = rows_per_chunk(cols);
+        let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+        let mut row_means = Vec::new();
+        for chunk in x.chunks(block * cols) {
+            let (mut cs, mut cn) = (vec![0.0; cols], vec![0u64; cols]);
+            for row in chunk.chunks(cols) {
+                let (mut s, mut n) = (0.0, 0u64);
+                for (j, v) in row.iter().enumerate() {
+                    if v.is_finite() && *v != 0.0 {
+                        s += v.abs();
+                        n += 1;
+                        cs[j] += v.abs();
+                        cn[j] += 1;
+                    }
+                }
+                row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
+            }
+            col_sum.iter_mut().zip(&cs).for_each(|(a, b)| *a += b);
+            col_n.iter_mut().zip(&cn).for_each(|(a, b)| *a += b);
+        }
+        let total = col_sum.iter().sum::<f64>() / col_n.iter().sum::<u64>() as f64;
+        let col_means: Vec<f64> = col_sum.iter().zip(&col_n).map(|(s, &n)| s / n as f64).collect();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+        assert_eq!(bits(&got.rows), bits(&row_means));
+        assert_eq!(bits(&got.cols), bits(&col_means));
+        assert_eq!(got.total.to_bits(), total.to_bits());
     }
 
     fn one(dtype: Dtype) -> Model {
