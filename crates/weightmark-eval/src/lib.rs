@@ -13,6 +13,8 @@
 //!   two decoders, and the embedding cosine of two encoders.
 //! - [`finetune`] trains a decoder on text on the CPU with AdamW, fully or
 //!   with LoRA, and writes the result in the input's layout and dtypes.
+//! - [`calibrate`] measures the activation statistics that AWQ/SmoothQuant-
+//!   style smoothing (`weightmark attack smooth`) takes its factors from.
 //! - [`curve`] follows a mark through fine-tuning: detection and held-out
 //!   perplexity at checkpoints, beside the simulated `drift` attack of the same
 //!   size.
@@ -21,6 +23,7 @@
 //! `eval` commands and `attack finetune` with `--features eval`.
 
 pub mod bert;
+pub mod calibrate;
 pub mod curve;
 
 pub mod error;
