@@ -259,8 +259,8 @@ pub fn finetune_rows(
     Ok(rows)
 }
 
-/// The activation statistics of the model `m` over the first `tokens`
-/// tokens of `text` in windows of `seq`.
+/// The activation statistics of the model `m` over `tokens` tokens of
+/// `text` in windows of `seq` (taken from the files in turn).
 fn calibrate(
     m: &EvalModel,
     text: &[PathBuf],
@@ -270,8 +270,8 @@ fn calibrate(
     let llama = decoder(m)?;
     let corpus = Corpus::read(text)?;
     let windows = calibration_windows(&corpus, &m.tokenizer, tokens, seq)?;
-    Ok(activation_stats(&llama, &windows)
-        .with_context(|| format!("{}: calibration failed", crate::format::path(&m.model.path)))?)
+    activation_stats(&llama, &windows)
+        .with_context(|| format!("{}: calibration failed", crate::format::path(&m.model.path)))
 }
 
 /// The smoothing `attack smooth` asks for: its activation statistics
