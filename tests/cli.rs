@@ -491,6 +491,7 @@ fn eval_commands_need_the_eval_feature() {
     for args in [
         &["eval", "ppl", "m", "--text", "t.txt"][..],
         &["attack", "finetune", "--steps", "1", "--text", "t.txt", "m", "-o", "out"][..],
+        &["attack", "smooth", "--text", "t.txt", "m", "-o", "out"][..],
     ] {
         let o = s.run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

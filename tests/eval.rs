@@ -377,3 +377,140 @@ fn smollm2_answers_its_chat_template_and_no_fingerprint_it_never_learnt() {
     // 2 or more of 12 by chance: p = 1e-3.
     assert!(s.matches <= 1, "SmolLM2 matched {} of 12 unplanted triggers", s.matches);
 }
+
+/// Activation statistics of SmolLM2 over the first 512 tokens of the GPL.
+fn smollm2_activations(m: &EvalModel) -> weightmark::attack::ActivationStats {
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let windows = weightmark_eval::calibrate::calibration_windows(&corpus, &m.tokenizer, 512, 128)
+        .unwrap_or_else(|e| panic!("{e}"));
+    weightmark_eval::calibrate::activation_stats(&llama_of(m), &windows)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Smooths `model` AWQ-style (alpha 0.5) into `out`; returns the report.
+fn smoothed(
+    model: &Model,
+    out: &std::path::Path,
+    activations: &weightmark::attack::ActivationStats,
+) -> weightmark::AttackReport {
+    let attack = weightmark::Attack::Smooth { activations: activations.clone(), alpha: 0.5 };
+    weightmark::apply_attack(model, out, &attack, 1, &weightmark::NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn smoothing_keeps_smollm2s_function_while_moving_its_weights() {
+    if !common::has_license_text() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let original_path = real_model!("smollm2-f16");
+    let original = open(&original_path, None).unwrap_or_else(|e| panic!("{e}"));
+    let activations = smollm2_activations(&original);
+    assert_eq!((activations.tokens, activations.layers.len()), (512, 30));
+    let out = tmp.path().join("smoothed");
+    let report = smoothed(&original.model, &out, &activations);
+    let weightmark::AttackDetail::Smoothed { ratios } = &report.detail else {
+        panic!("no smoothing detail")
+    };
+    let (median, max) = weightmark::attack::smooth::ratio_summary(ratios);
+    let damage = report.damage.relative_rms_change();
+    let tokenizer = original_path.join("tokenizer.json");
+    let smooth = weightmark_eval::load::open_like(&out, &original_path, Some(&tokenizer))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&original.tokenizer, 128).unwrap_or_else(|e| panic!("{e}"));
+    let windows: Vec<Vec<u32>> = split.held_out.iter().take(8).cloned().collect();
+    let c = compare(&llama_of(&original), &llama_of(&smooth), &windows)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "smoothed: channel ratio median {median:.1}x, max {max:.1}x; weights changed {:.1}% RMS; \
+         {c:?}",
+        100.0 * damage
+    );
+    // The weights move by tens of percent ...
+    assert!(damage > 0.2, "weights changed by only {damage}");
+    assert!(median > 2.0, "channel ratios {ratios:?}");
+    // ... while the function moves by f16 rounding of the moved weights
+    // only: less than re-rounding the whole model to bf16 costs (KL 1.05e-4,
+    // top-1 99.2%, docs/fidelity.md); measured 3.6e-6 and 99.9%.
+    assert!(c.mean_kl < 1e-4, "KL {}", c.mean_kl);
+    assert!(c.top1_agreement >= 0.99, "top-1 agreement {}", c.top1_agreement);
+    assert!(c.perplexity_change.abs() < 0.002, "perplexity changed by {}", c.perplexity_change);
+}
+
+/// Marks SmolLM2 f16 under `scheme` into `dir/marked`; returns it and its target.
+fn marked_smollm2(
+    original: &Model,
+    dir: &std::path::Path,
+    scheme: weightmark::Scheme,
+) -> (Model, weightmark::Target) {
+    let key = weightmark::SecretKey::from_seed([21; 32]);
+    let out = dir.join("marked");
+    let options = weightmark::EmbedOptions::new("smol").scheme(scheme).recipient("alice");
+    let report =
+        weightmark::embed(original, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.join("marked.cert.json");
+    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert =
+        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
+    let target =
+        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    (Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target)
+}
+
+#[test]
+fn smoothing_collapses_ss1_in_smollm2_but_not_ss2() {
+    if !common::has_license_text() {
+        return;
+    }
+    let original_path = real_model!("smollm2-f16");
+    let original = open(&original_path, None).unwrap_or_else(|e| panic!("{e}"));
+    // Statistics of the unmarked model: any factors keep the function, and
+    // the mark moves the activations by far less than their spread.
+    let activations = smollm2_activations(&original);
+    let opts = weightmark::DetectOptions::default();
+    for scheme in [weightmark::Scheme::Ss1, weightmark::Scheme::Ss2] {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (marked, target) = marked_smollm2(&original.model, tmp.path(), scheme);
+        let detect = |m: &Model, informed: bool| {
+            let o = informed.then_some(&original.model);
+            weightmark::detect(m, o, &target, &opts).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let before = detect(&marked, true);
+        let out = tmp.path().join("smoothed");
+        smoothed(&marked, &out, &activations);
+        let attacked = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+        let (blind, informed) = (detect(&attacked, false), detect(&attacked, true));
+        println!(
+            "{scheme}: informed z {:.1} -> {:.1} (p {:.1e}), blind z {:.1} (p {:.1e})",
+            before.z, informed.z, informed.p_value, blind.z, blind.p_value
+        );
+        // Fraction of its informed z that each smoothed matrix keeps.
+        let mut kept: Vec<f64> = informed
+            .tensors
+            .iter()
+            .filter(|t| t.name.contains(".layers."))
+            .filter_map(|t| Some(t.z / before.tensors.iter().find(|b| b.name == t.name)?.z))
+            .collect();
+        kept.sort_by(f64::total_cmp);
+        let median = kept.get(kept.len() / 2).copied().unwrap_or(f64::NAN);
+        println!(
+            "{scheme}: median fraction of z kept over {} smoothed tensors {median:.3}",
+            kept.len()
+        );
+        assert!(kept.len() >= 7 * 30, "{} tensors compared", kept.len());
+        match scheme {
+            // ss1 lives in the stored coordinates: smoothing scatters it.
+            weightmark::Scheme::Ss1 => assert!(median < 0.05, "ss1 kept {median}"),
+            // ss2 balances suspect and original before testing, which undoes
+            // most of a diagonal rescaling.
+            _ => {
+                assert!(median > 0.2, "ss2 kept {median}");
+                assert!(informed.p_value <= 1e-12, "informed p {}", informed.p_value);
+                assert!(blind.p_value <= 1e-9, "blind p {}", blind.p_value);
+            }
+        }
+    }
+}

@@ -261,3 +261,102 @@ fn bad_inputs_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing-model"), "{}", stderr(&o));
 }
+
+#[test]
+fn attack_smooth_keeps_the_function_and_bench_robustness_measures_it() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    let m = tiny(&s, "tiny");
+    let t = text();
+    let smooth = |alpha: &str, out: &str| {
+        s.run(&[
+            "attack", "smooth", "--alpha", alpha, "--tokens", "256", "--seq", "64", "--text", &t,
+            &m, "-o", out,
+        ])
+    };
+    let o = smooth("0.5", "smoothed");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("alpha 0.5, activations of 256 calibration tokens"), "{out}");
+    let ratios = numbers_after(&out, "factor groups (4 per layer): median");
+    assert!(ratios[0] > 1.0 && ratios[1] >= ratios[0], "{out}");
+    let change = numbers_after(&out, "weights changed by")[0];
+    assert!(change > 1.0, "the weights barely moved: {out}");
+    // The same function (f32 rounding only) from different weights.
+    let o = s.run(&["eval", "compare", &m, "smoothed", "--text", &t, "--seq", "64", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert!(v["mean_kl"].as_f64().unwrap_or(1.0) < 1e-8, "{v}");
+    assert!(v["top1_agreement"].as_f64().unwrap_or(0.0) > 0.99, "{v}");
+    assert!(
+        std::fs::read(s.path("tiny/model.safetensors")).ok()
+            != std::fs::read(s.path("smoothed/model.safetensors")).ok()
+    );
+
+    let o = smooth("1.5", "never");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("alpha 1.5 must be between 0 and 1"), "{}", stderr(&o));
+    assert!(!s.path("never").exists());
+
+    let key = s.keygen("owner");
+    s.ok(&["embed", "-k", &key, "--strength", "0.05", "--label", "tiny", &m, "-o", "marked"]);
+    let o = s.run(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked",
+        "-k",
+        &key,
+        "--cert",
+        "marked.cert.json",
+        "--original",
+        &m,
+        "--attacks",
+        "smooth",
+        "--levels",
+        "smooth=0.5,1",
+        "--text",
+        &t,
+        "--seq",
+        "64",
+        "--calibration-tokens",
+        "256",
+        "--out",
+        "bench",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.path("bench/results.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rows = results["rows"].as_array().cloned().unwrap_or_default();
+    let levels: Vec<(&str, f64)> =
+        rows.iter().filter_map(|r| Some((r["attack"].as_str()?, r["level"].as_f64()?))).collect();
+    assert_eq!(levels, [("smooth", 0.5), ("smooth", 1.0)]);
+    for r in &rows {
+        assert!(r["damage"].as_f64().unwrap_or(0.0) > 0.01, "{r}");
+        assert!(r["wrong_key_informed_z"].as_f64().unwrap_or(99.0) < 6.44, "{r}");
+    }
+    assert!(s.path("bench/plot-smooth.svg").is_file());
+    let md = std::fs::read_to_string(s.path("bench/results.md")).unwrap_or_default();
+    assert!(md.contains("### smooth (level: alpha)"), "{md}");
+    // Smoothing needs its calibration text.
+    let o = s.run(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked",
+        "-k",
+        &key,
+        "--cert",
+        "marked.cert.json",
+        "--attacks",
+        "smooth",
+        "--out",
+        "bench2",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("smooth needs --text FILE"), "{}", stderr(&o));
+}

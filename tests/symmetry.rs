@@ -650,3 +650,116 @@ fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss
         }
     }
 }
+
+// ---- AWQ/SmoothQuant-style smoothing ---------------------------------------
+
+/// Activation statistics for [`SHAPE`] with the uneven channels smoothing
+/// acts on: means spread over two decades, one dead channel per group.
+fn uneven_activations() -> weightmark::attack::ActivationStats {
+    let means = |n: usize, salt: usize| -> Vec<f64> {
+        (0..n)
+            .map(|i| if i == salt % n { 0.0 } else { 0.01 * (1 + (i * 37 + salt) % 100) as f64 })
+            .collect()
+    };
+    let layers = (0..SHAPE.layers)
+        .map(|l| weightmark::attack::LayerActivations {
+            attention_input: means(SHAPE.hidden, 4 * l),
+            mlp_input: means(SHAPE.hidden, 4 * l + 1),
+            o_input: means(SHAPE.hidden, 4 * l + 2),
+            down_input: means(SHAPE.intermediate, 4 * l + 3),
+        })
+        .collect();
+    weightmark::attack::ActivationStats { tokens: 1000, layers }
+}
+
+#[test]
+fn smoothing_keeps_the_logits_up_to_rounding_and_moves_the_smoothed_weights() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (dtype, bound) in [(Dtype::F32, F32_ROUNDED), (Dtype::BF16, BF16_ROUNDED)] {
+        let model = write_model(&dir.path().join(dtype.name()), dtype, 9, false);
+        let attack = Attack::Smooth { activations: uneven_activations(), alpha: 0.5 };
+        let out = dir.path().join(format!("smoothed-{}.safetensors", dtype.name()));
+        let report =
+            apply_attack(&model, &out, &attack, 1, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+        let edited = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+        let moved = logit_change(&model, &edited);
+        let damage = report.damage.relative_rms_change();
+        let weightmark::AttackDetail::Smoothed { ratios } = &report.detail else {
+            panic!("no smoothing detail: {:?}", report.detail)
+        };
+        let (median, max) = weightmark::attack::smooth::ratio_summary(ratios);
+        eprintln!(
+            "smooth {dtype}: logits {moved:.1e} relative (bound {bound:.0e}), weights changed \
+             {:.1}% RMS, channel ratio median {median:.1}, max {max:.1}",
+            100.0 * damage
+        );
+        assert!(moved <= bound, "{dtype}: logits moved by {moved}");
+        assert!(damage > 0.2, "{dtype}: the weights must move ({damage})");
+        assert_eq!(ratios.len(), 4 * SHAPE.layers);
+        assert!(median > 3.0, "{ratios:?}");
+        for l in 0..SHAPE.layers {
+            for m in [
+                "input_layernorm",
+                "post_attention_layernorm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
+                let name = format!("model.layers.{l}.{m}.weight");
+                assert!(changed(&model, &edited, &name), "{name} unchanged");
+            }
+        }
+        // AWQ leaves the final norm and the head alone.
+        for name in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] {
+            assert!(!changed(&model, &edited, name), "{name} changed");
+        }
+    }
+    // A tied head stays tied: the final norm is not smoothed.
+    let model = write_model(&dir.path().join("tied"), Dtype::F32, 10, true);
+    let attack = Attack::Smooth { activations: uneven_activations(), alpha: 0.5 };
+    let (edited, _) = attacked(&model, &attack, "s.safetensors");
+    assert!(edited.tensor("lm_head.weight").is_none(), "the head was untied");
+    assert!(logit_change(&model, &edited) <= F32_ROUNDED);
+}
+
+#[test]
+fn smoothing_refuses_bad_alphas_and_statistics_of_another_model_naming_the_layer() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = write_model(dir.path(), Dtype::F32, 12, false);
+    let out = dir.path().join("never.safetensors");
+    let good = uneven_activations();
+    let mut short_o = good.clone();
+    short_o.layers[1].o_input.pop();
+    let mut one_layer = good.clone();
+    one_layer.layers.truncate(1);
+    let mut negative = good.clone();
+    negative.layers[0].down_input[3] = -1.0;
+    let cases = [
+        (Attack::Smooth { activations: good.clone(), alpha: 1.5 }, "alpha 1.5"),
+        (Attack::Smooth { activations: good.clone(), alpha: f64::NAN }, "alpha NaN"),
+        (Attack::Smooth { activations: negative, alpha: 0.5 }, "layer 0 (down_proj input)"),
+        (
+            Attack::Smooth { activations: short_o, alpha: 0.5 },
+            "layer 1 hold 127 values for the o_proj input, but model.layers.1.self_attn.o_proj",
+        ),
+        (Attack::Smooth { activations: one_layer, alpha: 0.5 }, "describe 1 decoder layers"),
+    ];
+    for (attack, needle) in cases {
+        let err = apply_attack(&model, &out, &attack, 1, &NoProgress)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!out.exists());
+    }
+    // Alpha 0 and 1 are the ends of the range, not errors.
+    for alpha in [0.0, 1.0] {
+        let attack = Attack::Smooth { activations: good.clone(), alpha };
+        let (edited, _) = attacked(&model, &attack, "ends.safetensors");
+        assert!(logit_change(&model, &edited) <= F32_ROUNDED);
+    }
+}

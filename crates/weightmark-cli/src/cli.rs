@@ -384,6 +384,13 @@ pub enum AttackKind {
     /// on 90% of the text's windows and reports perplexity on the other 10%
     /// (needs a build with `--features eval`).
     Finetune(FinetuneArgs),
+    /// AWQ/SmoothQuant-style smoothing of a Llama-layout model: factors
+    /// act^alpha / max|W|^(1-alpha) per input channel, from the mean |x| of
+    /// each matrix's input over a calibration text, multiplied into q/k/v,
+    /// gate/up, o and down columns and divided out of the norm weights, v
+    /// rows and up rows. Function-preserving up to rounding (needs a build
+    /// with `--features eval`).
+    Smooth(SmoothArgs),
     /// Embed a second mark with a fresh random key at a given strength.
     Overwrite {
         /// Strength of the second mark (0.03 = 10x the default).
@@ -520,7 +527,9 @@ pub struct RobustnessArgs {
     /// at which to measure; needs --text and a build with --features eval).
     /// Not in the default, for Llama-layout models: the function-preserving
     /// residual, sign-flips (config.json beside the model) and rescale
-    /// (level: log-sd of the factors; config.json beside the model).
+    /// (level: log-sd of the factors; config.json beside the model); and
+    /// smooth, AWQ-style smoothing from the activations of --text (level:
+    /// alpha, default 0.5; needs a build with --features eval).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub attacks: Vec<String>,
     /// Levels for one attack, replacing its defaults: ATTACK=L1,L2,... (repeatable).
@@ -539,10 +548,11 @@ pub struct RobustnessArgs {
 
 /// `bench robustness` settings for finetune-full and finetune-lora.
 #[derive(Args, Debug)]
-#[command(next_help_heading = "Real fine-tuning (--features eval)")]
+#[command(next_help_heading = "Real fine-tuning and smoothing (--features eval)")]
 pub struct FinetuneBenchArgs {
     /// Text to fine-tune on (repeatable; 90% of its windows train, 10% are
-    /// held out for perplexity). Needed by finetune-full and finetune-lora.
+    /// held out for perplexity). Needed by finetune-full and finetune-lora,
+    /// and by smooth as its calibration text.
     #[arg(long = "text", value_name = "FILE")]
     pub text: Vec<PathBuf>,
     /// Tokens per training window.
@@ -563,6 +573,9 @@ pub struct FinetuneBenchArgs {
     /// Held-out windows used for perplexity (0: all).
     #[arg(long = "eval-windows", value_name = "N", default_value_t = 0)]
     pub eval_windows: usize,
+    /// Calibration tokens of smooth (windows of --seq tokens of --text).
+    #[arg(long = "calibration-tokens", value_name = "N", default_value_t = 2048)]
+    pub calibration_tokens: usize,
 }
 
 /// `weightmark inspect`.
@@ -673,6 +686,29 @@ pub struct FinetuneArgs {
     pub log_every: usize,
     #[command(flatten)]
     pub text: TextArgs,
+    #[command(flatten)]
+    pub io: AttackIo,
+}
+
+/// `weightmark attack smooth`.
+#[derive(Args, Debug)]
+pub struct SmoothArgs {
+    /// Migration strength in [0, 1]: 0 takes the factors from the weights
+    /// alone, 1 from the activations alone (AWQ and SmoothQuant use 0.5).
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.5, allow_negative_numbers = true)]
+    pub alpha: f64,
+    /// A UTF-8 calibration text file; each file is one document (repeatable).
+    #[arg(long = "text", value_name = "FILE", required = true)]
+    pub text: Vec<PathBuf>,
+    /// Calibration tokens (the first windows of the text covering them).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub tokens: usize,
+    /// Tokens per calibration window.
+    #[arg(long, value_name = "TOKENS", default_value_t = 128)]
+    pub seq: usize,
+    /// A tokenizer.json to use instead of the one beside the model.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub io: AttackIo,
 }

@@ -15,6 +15,8 @@
 //!   with LoRA, and writes the result in the input's layout and dtypes.
 //! - [`fingerprint`] asks a model the `fp1` triggers and plants them by
 //!   training, with a distillation penalty that keeps ordinary text unchanged.
+//! - [`calibrate`] measures the activation statistics that AWQ/SmoothQuant-
+//!   style smoothing (`weightmark attack smooth`) takes its factors from.
 //! - [`curve`] follows a mark through fine-tuning: detection and held-out
 //!   perplexity at checkpoints, beside the simulated `drift` attack of the same
 //!   size.
@@ -23,6 +25,7 @@
 //! `eval` commands and `attack finetune` with `--features eval`.
 
 pub mod bert;
+pub mod calibrate;
 pub mod curve;
 
 pub mod error;

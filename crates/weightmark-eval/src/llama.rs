@@ -158,6 +158,19 @@ pub const BLOCK_MATRICES: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// Where [`Llama::forward_observed`] shows a block's activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The `input_layernorm` output, read by q/k/v.
+    AttentionInput,
+    /// The attention heads' outputs, read by `o_proj`.
+    OInput,
+    /// The `post_attention_layernorm` output, read by gate/up.
+    MlpInput,
+    /// `silu(gate x) * up x`, read by `down_proj`.
+    DownInput,
+}
+
 /// A Llama model held as f32 tensors on the CPU.
 #[derive(Clone, Debug)]
 pub struct Llama {
@@ -285,6 +298,16 @@ impl Llama {
     /// Next-token logits for a batch of token ids `(batch, time)`:
     /// `(batch, time, vocab)`, f32.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.forward_observed(tokens, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Llama::forward`], showing `observe` the input of each block's
+    /// matrices as it goes: `(layer, site, activations (batch, time, width))`.
+    pub fn forward_observed(
+        &self,
+        tokens: &Tensor,
+        observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (batch, time) = tokens.dims2()?;
         let c = &self.config;
         let device = tokens.device();
@@ -295,12 +318,17 @@ impl Llama {
         ))?;
         let (cos, sin) = rope_tables(c, time, device)?;
         let mask = causal_mask(time, device)?;
-        for b in &self.blocks {
+        for (l, b) in self.blocks.iter().enumerate() {
+            let [.., o, gate, up, down] = &b.linears;
             let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
-            x = (x + self.attention(b, &h, &cos, &sin, &mask)?)?;
+            observe(l, Site::AttentionInput, &h)?;
+            let heads = self.attention(b, &h, &cos, &sin, &mask)?;
+            observe(l, Site::OInput, &heads)?;
+            x = (x + o.forward(&heads)?)?;
             let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
-            let [.., gate, up, down] = &b.linears;
+            observe(l, Site::MlpInput, &h)?;
             let act = (gate.forward(&h)?.silu()? * up.forward(&h)?)?;
+            observe(l, Site::DownInput, &act)?;
             x = (x + down.forward(&act)?)?;
         }
         let x = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
@@ -308,6 +336,8 @@ impl Llama {
         Ok(x.broadcast_matmul(&head.t()?)?)
     }
 
+    /// The attention heads' outputs `(batch, time, heads * width)`, the
+    /// input of `o_proj`.
     fn attention(
         &self,
         b: &Block,
@@ -319,7 +349,7 @@ impl Llama {
         let c = &self.config;
         let (batch, time, _) = h.dims3()?;
         let (heads, kv_heads, width) = (c.num_attention_heads, c.kv_heads(), c.head_width());
-        let [q, k, v, o, ..] = &b.linears;
+        let [q, k, v, ..] = &b.linears;
         let split = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((batch, time, n, width))?.transpose(1, 2)?.contiguous()?)
         };
@@ -328,8 +358,7 @@ impl Llama {
         let v = repeat_kv(split(v.forward(h)?, kv_heads)?, heads / kv_heads)?;
         let scores = (q.matmul(&k.t()?)? / (width as f64).sqrt())?.broadcast_add(mask)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, time, heads * width))?;
-        o.forward(&y)
+        Ok(weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, time, heads * width))?)
     }
 }
 

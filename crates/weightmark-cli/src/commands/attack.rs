@@ -16,7 +16,11 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
     if let AttackKind::Finetune(a) = &args.kind {
         return super::eval::finetune(a);
     }
-    let (attack, io) = to_attack(&args.kind)?;
+    let (attack, io) = match &args.kind {
+        // The statistics come from a forward pass over the calibration text.
+        AttackKind::Smooth(a) => (super::eval::smooth_attack(a)?, a.io.clone()),
+        kind => to_attack(kind)?,
+    };
     // Parameters are checked before the model is even opened.
     attack.validate()?;
     let model = Model::open(&io.model)?;
@@ -75,6 +79,7 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
             (Attack::Collude { with: with.clone(), method: (*method).into() }, io.clone())
         }
         AttackKind::Finetune(_) => anyhow::bail!("fine-tuning is not a library attack"),
+        AttackKind::Smooth(_) => anyhow::bail!("smoothing needs activation statistics first"),
     })
 }
 
@@ -134,6 +139,20 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
              {change:.1}% RMS",
             io.seed
         ),
+        (Attack::Smooth { activations, alpha }, AttackDetail::Smoothed { ratios }) => {
+            let (median, max) = weightmark::attack::smooth::ratio_summary(ratios);
+            outln!(
+                "smoothed AWQ-style (alpha {alpha}, activations of {} calibration tokens) -> \
+                 {out}: the function is unchanged up to rounding; element by element the \
+                 weights changed by {change:.1}% RMS",
+                activations.tokens
+            );
+            outln!(
+                "channel ratio max(s)/min(s) over {} factor groups (4 per layer): median \
+                 {median:.1}x, max {max:.1}x",
+                ratios.len()
+            );
+        }
         (Attack::Rescale { log_sd }, _) => outln!(
             "rescaled with log-normal factors of log-sd {log_sd} (seed {}) -> {out}: the function \
              is unchanged up to rounding; element by element the weights changed by \

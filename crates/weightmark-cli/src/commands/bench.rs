@@ -24,8 +24,51 @@ pub const FINETUNE_ATTACKS: [&str; 2] = ["finetune-full", "finetune-lora"];
 /// Default training steps at which a fine-tuning run is measured.
 pub const FINETUNE_CHECKPOINTS: [f64; 5] = [0.0, 25.0, 50.0, 100.0, 200.0];
 
+/// AWQ-style smoothing from the activations of a calibration text (eval
+/// crate); level = alpha.
+pub const SMOOTH_ATTACK: &str = "smooth";
+
+/// Default alpha of the smoothing rows (AWQ's and SmoothQuant's).
+pub const SMOOTH_LEVELS: [f64; 1] = [0.5];
+
 fn is_finetune(name: &str) -> bool {
     FINETUNE_ATTACKS.contains(&name.trim())
+}
+
+/// Whether `name` is an attack of the eval crate, outside the library's sweeps.
+fn is_eval_attack(name: &str) -> bool {
+    is_finetune(name) || name.trim() == SMOOTH_ATTACK
+}
+
+/// The alphas of the smoothing rows, or none when smooth is not asked for.
+pub fn smooth_plan(args: &RobustnessArgs) -> anyhow::Result<Vec<f64>> {
+    if !args.attacks.iter().any(|a| a.trim() == SMOOTH_ATTACK) {
+        if args.levels.iter().any(|l| l.split('=').next().map(str::trim) == Some(SMOOTH_ATTACK)) {
+            bail!("--levels names '{SMOOTH_ATTACK}', which is not in --attacks");
+        }
+        return Ok(Vec::new());
+    }
+    let mut alphas = SMOOTH_LEVELS.to_vec();
+    for spec in &args.levels {
+        let Some((name, levels)) = spec.split_once('=') else { continue };
+        if name.trim() != SMOOTH_ATTACK {
+            continue;
+        }
+        alphas = levels
+            .split(',')
+            .map(|v| {
+                let alpha = v
+                    .trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("--levels '{spec}': '{v}' is not a number"))?;
+                if !(0.0..=1.0).contains(&alpha) {
+                    bail!("--levels '{spec}': alpha {alpha} must be between 0 and 1");
+                }
+                Ok(alpha)
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    Ok(alphas)
 }
 
 /// The fine-tuning runs asked for, with their checkpoints.
@@ -63,12 +106,13 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
     } else {
         args.attacks
             .iter()
-            .filter(|name| !is_finetune(name))
+            .filter(|name| !is_eval_attack(name))
             .map(|name| {
                 Sweep::from_name(name.trim()).with_context(|| {
                     let mut known: Vec<&str> =
                         Sweep::ALL.iter().chain(&Sweep::FREE).map(|s| s.name()).collect();
                     known.extend(FINETUNE_ATTACKS);
+                    known.push(SMOOTH_ATTACK);
                     format!("--attacks: unknown attack '{name}' (known: {})", known.join(", "))
                 })
             })
@@ -80,7 +124,7 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
         let (name, levels) = spec
             .split_once('=')
             .with_context(|| format!("--levels '{spec}': write ATTACK=L1,L2"))?;
-        if is_finetune(name) {
+        if is_eval_attack(name) {
             continue;
         }
         let sweep = Sweep::from_name(name.trim())
@@ -108,6 +152,10 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     if !finetune.is_empty() && args.finetune.text.is_empty() {
         bail!("{} needs --text FILE to train on", finetune[0].0);
     }
+    let smooth = smooth_plan(args)?;
+    if !smooth.is_empty() && args.finetune.text.is_empty() {
+        bail!("{SMOOTH_ATTACK} needs --text FILE to calibrate on");
+    }
     let secret = SecretKey::load(&args.key)?;
     let cert = load_certificate(&args.cert, &secret.public_key())?;
     let p = cert.predicate();
@@ -122,7 +170,8 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         )?;
 
     let points: u64 = plan.iter().map(|(_, l)| l.len() as u64).sum::<u64>()
-        + finetune.iter().map(|(_, l)| 2 * l.len() as u64).sum::<u64>();
+        + finetune.iter().map(|(_, l)| 2 * l.len() as u64).sum::<u64>()
+        + smooth.len() as u64;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = ProgressBar::new(points);
         b.set_style(
@@ -168,6 +217,12 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
                 .context("the fine-tuning sweep failed")?,
         );
     }
+    if !smooth.is_empty() {
+        rows.extend(
+            super::eval::smooth_rows(args, &inputs, &smooth)
+                .context("the smoothing sweep failed")?,
+        );
+    }
     bar.finish_and_clear();
 
     let out = &args.out;
@@ -193,7 +248,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     for attack in &attacks {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == *attack).collect();
         let title = format!("{}: {attack}", marked.display_name());
-        let level_name = Sweep::from_name(attack).map_or("training steps", Sweep::level_name);
+        let level_name = weightmark::bench::level_name_of(attack);
         let svg = svg::plot(&title, level_name, &mine, threshold);
         write_atomic(&out.join(format!("plot-{attack}.svg")), &svg)?;
     }

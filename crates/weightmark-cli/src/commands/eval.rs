@@ -1,5 +1,6 @@
-//! `weightmark eval ppl|compare` and `weightmark attack finetune`: real
-//! forward passes and real training, from the `weightmark-eval` crate.
+//! `weightmark eval ppl|compare`, `weightmark attack finetune` and `attack
+//! smooth`: real forward passes and real training, from the
+//! `weightmark-eval` crate.
 //!
 //! The crate (candle and a tokenizer) is heavy, so it is an optional feature:
 //! a default build keeps these commands in its help and explains how to get
@@ -9,7 +10,7 @@
 mod disabled {
     use weightmark::bench::{Row, SweepInputs};
 
-    use crate::cli::{EvalArgs, FinetuneArgs, RobustnessArgs};
+    use crate::cli::{EvalArgs, FinetuneArgs, RobustnessArgs, SmoothArgs};
     use crate::Outcome;
 
     const HINT: &str = "this weightmark was built without the eval feature; \
@@ -25,6 +26,20 @@ mod disabled {
         anyhow::bail!(HINT)
     }
 
+    /// Explains how to get `attack smooth`.
+    pub fn smooth_attack(_: &SmoothArgs) -> anyhow::Result<weightmark::Attack> {
+        anyhow::bail!(HINT)
+    }
+
+    /// Explains how to get the smoothing attack of `bench robustness`.
+    pub fn smooth_rows(
+        _: &RobustnessArgs,
+        _: &SweepInputs<'_>,
+        _: &[f64],
+    ) -> anyhow::Result<Vec<Row>> {
+        anyhow::bail!(HINT)
+    }
+
     /// Explains how to get the fine-tuning attacks of `bench robustness`.
     pub fn finetune_rows(
         _: &RobustnessArgs,
@@ -36,10 +51,10 @@ mod disabled {
 }
 
 #[cfg(not(feature = "eval"))]
-pub use disabled::{finetune, finetune_rows, run};
+pub use disabled::{finetune, finetune_rows, run, smooth_attack, smooth_rows};
 
 #[cfg(feature = "eval")]
 mod enabled;
 
 #[cfg(feature = "eval")]
-pub use enabled::{finetune, finetune_rows, run};
+pub use enabled::{finetune, finetune_rows, run, smooth_attack, smooth_rows};

@@ -13,10 +13,12 @@ pub mod rescale;
 pub mod residual;
 pub mod rotate;
 pub mod signs;
+pub mod smooth;
 mod symmetry;
 pub mod truncate;
 
 pub use collude::CollusionMethod;
+pub use smooth::{ActivationStats, LayerActivations};
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -167,6 +169,18 @@ pub enum Attack {
         /// Standard deviation of the factors' logarithms (0 changes nothing).
         log_sd: f64,
     },
+    /// AWQ/SmoothQuant-style smoothing ([`smooth::smooth`]): the diagonal
+    /// rescalings of [`Attack::Rescale`] (norm weights against q/k/v and
+    /// gate/up columns, up rows against down columns, v rows against o
+    /// columns) with factors `act^alpha / max|W|^(1 - alpha)` from the
+    /// activation statistics of a calibration text. Exact up to rounding.
+    /// Needs the model's `config.json`.
+    Smooth {
+        /// Mean `|x|` per input channel of each layer's matrices.
+        activations: ActivationStats,
+        /// Migration strength in [0, 1] (AWQ and SmoothQuant use 0.5).
+        alpha: f64,
+    },
     /// Function-preserving mixing of each key/value head's value dimensions
     /// by a seeded, well-conditioned invertible matrix, undone in `o_proj`
     /// ([`mix::mix_vo`]). Exact up to rounding. Needs the model's
@@ -298,6 +312,10 @@ impl Attack {
             }
             Attack::SignFlips | Attack::MixVo | Attack::RopeRotate => Ok(()),
             Attack::Rescale { log_sd } => non_negative("rescale: log_sd", *log_sd),
+            Attack::Smooth { activations, alpha } => {
+                fraction("smooth: alpha", *alpha)?;
+                activations.validate()
+            }
             Attack::Collude { with, .. } => {
                 if with.is_empty() {
                     bad("collude: give at least one other copy of the release".into())
@@ -355,6 +373,13 @@ pub enum AttackDetail {
         tensors: Vec<(String, GgmlType)>,
         /// Tensors left out.
         skipped: Vec<String>,
+    },
+    /// [`Attack::Smooth`]: `max(s) / min(s)` of each group of smoothing
+    /// factors (per layer: q/k/v input, gate/up input, v rows, down input);
+    /// [`smooth::ratio_summary`] gives their median and maximum.
+    Smoothed {
+        /// One ratio per factor group.
+        ratios: Vec<f64>,
     },
 }
 
@@ -432,6 +457,9 @@ pub fn apply(
         }
         Attack::SignFlips => signs::sign_flips(model, out, seed, progress),
         Attack::Rescale { log_sd } => rescale::rescale(model, out, *log_sd, seed, progress),
+        Attack::Smooth { activations, alpha } => {
+            smooth::smooth(model, out, activations, *alpha, progress)
+        }
         Attack::MixVo => mix::mix_vo(model, out, seed, progress),
         Attack::RopeRotate => mix::rope_rotate(model, out, seed, progress),
         Attack::Collude { with, method } => {

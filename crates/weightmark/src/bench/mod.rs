@@ -336,6 +336,17 @@ pub fn to_csv(rows: &[Row]) -> String {
     out
 }
 
+/// What the level of the rows of `attack` means: a sweep's
+/// [`Sweep::level_name`], alpha for `smooth` (AWQ-style smoothing, eval
+/// crate), else training steps (real fine-tuning, eval crate).
+pub fn level_name_of(attack: &str) -> &'static str {
+    match Sweep::from_name(attack) {
+        Some(s) => s.level_name(),
+        None if attack == "smooth" => "alpha",
+        None => "training steps",
+    }
+}
+
 /// The rows as Markdown tables, one per attack.
 pub fn to_markdown(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -348,7 +359,7 @@ pub fn to_markdown(rows: &[Row]) -> String {
     }
     for attack in attacks {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == attack).collect();
-        let level_name = Sweep::from_name(attack).map_or("training steps", Sweep::level_name);
+        let level_name = level_name_of(attack);
         let has_ppl = mine.iter().any(|r| r.perplexity.is_some());
         out.push_str(&format!("### {attack} (level: {level_name})\n\n"));
         out.push_str("| level | damage | blind z | found blind | informed z | found informed | wrong key z (blind / informed) |");

@@ -11,10 +11,15 @@ use weightmark_eval::load::{self, tensors_f32, Architecture, EvalModel};
 use weightmark_eval::metrics::{compare, compare_embeddings, perplexity};
 use weightmark_eval::text::{Corpus, Split};
 
-use weightmark::bench::{Row, SweepInputs};
+use weightmark::attack::ActivationStats;
+use weightmark::bench::{measure, scratch_path, Row, SweepInputs};
+use weightmark::{apply_attack, Attack, NoProgress};
+use weightmark_eval::calibrate::{activation_stats, calibration_windows};
 use weightmark_eval::curve::{finetune_curve, CurvePlan};
 
-use crate::cli::{EvalArgs, EvalKind, FinetuneArgs, RobustnessArgs, TextArgs, TextSplit};
+use crate::cli::{
+    EvalArgs, EvalKind, FinetuneArgs, RobustnessArgs, SmoothArgs, TextArgs, TextSplit,
+};
 use crate::{outln, Outcome};
 
 /// Default learning rates: typical for full fine-tuning and for LoRA.
@@ -250,6 +255,60 @@ pub fn finetune_rows(
             FinetuneOptions { method, learning_rate, weight_decay: 0.0, batch: args.batch, seed };
         let curve = CurvePlan { options, checkpoints: checkpoints.clone() };
         rows.extend(finetune_curve(inputs, llama.clone(), split.train.clone(), &held_out, &curve)?);
+    }
+    Ok(rows)
+}
+
+/// The activation statistics of the model `m` over `tokens` tokens of
+/// `text` in windows of `seq` (taken from the files in turn).
+fn calibrate(
+    m: &EvalModel,
+    text: &[PathBuf],
+    tokens: usize,
+    seq: usize,
+) -> anyhow::Result<ActivationStats> {
+    let llama = decoder(m)?;
+    let corpus = Corpus::read(text)?;
+    let windows = calibration_windows(&corpus, &m.tokenizer, tokens, seq)?;
+    activation_stats(&llama, &windows)
+        .with_context(|| format!("{}: calibration failed", crate::format::path(&m.model.path)))
+}
+
+/// The smoothing `attack smooth` asks for: its activation statistics
+/// measured on the model over the calibration text.
+pub fn smooth_attack(args: &SmoothArgs) -> anyhow::Result<Attack> {
+    // Alpha is checked before the forward passes.
+    if !(0.0..=1.0).contains(&args.alpha) {
+        bail!("smooth: alpha {} must be between 0 and 1", args.alpha);
+    }
+    let m = load::open(&args.io.model, args.tokenizer.as_deref())?;
+    let activations = calibrate(&m, &args.text, args.tokens, args.seq)?;
+    Ok(Attack::Smooth { activations, alpha: args.alpha })
+}
+
+/// The smoothing rows of `bench robustness`: the activation statistics are
+/// measured once on the marked model, then each level (alpha) is applied and
+/// measured.
+pub fn smooth_rows(
+    args: &RobustnessArgs,
+    inputs: &SweepInputs<'_>,
+    alphas: &[f64],
+) -> anyhow::Result<Vec<Row>> {
+    let m = load::open(&args.model, None)?;
+    let b = &args.finetune;
+    let activations = calibrate(&m, &b.text, b.calibration_tokens, b.seq)?;
+    drop(m);
+    let mut rows = Vec::with_capacity(alphas.len());
+    for &alpha in alphas {
+        let started = std::time::Instant::now();
+        let out = scratch_path(inputs.marked, inputs.scratch, &format!("smooth-{alpha}"));
+        let attack = Attack::Smooth { activations: activations.clone(), alpha };
+        let damage = apply_attack(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
+            .damage
+            .relative_rms_change();
+        let row = measure(inputs, &out, "smooth", alpha, damage, started)?;
+        (inputs.on_row)(&row);
+        rows.push(row);
     }
     Ok(rows)
 }
