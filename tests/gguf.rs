@@ -199,6 +199,62 @@ fn attack_gguf_then_convert_gives_back_every_tensor_bit_for_bit() {
     }
 }
 
+/// A metadata value as text, arrays element by element, with its kind, so
+/// that two files' values compare exactly.
+fn canonical(v: &weightmark::gguf::Value) -> String {
+    use weightmark::gguf::Value;
+    match v {
+        Value::U64(x) => format!("u{x}"),
+        Value::I64(x) => format!("i{x}"),
+        Value::F64(x) => format!("f{x}"),
+        Value::Bool(x) => format!("b{x}"),
+        Value::Str(x) => format!("s{x:?}"),
+        Value::Array(a) => a.iter().map(|x| canonical(&x)).collect::<Vec<_>>().join(","),
+    }
+}
+
+#[test]
+fn attack_gguf_writes_the_tokenizer_llama_cpp_wrote_and_convert_reads_it_back() {
+    // smollm2-f16 came from llama.cpp's own GGUF by `convert`, which wrote
+    // tokenizer.json and tokenizer_config.json from its metadata: writing
+    // GGUF again must give llama.cpp's tokenizer keys back, value for value,
+    // and converting that file must give the same tokenizer files.
+    let source = common::real_model!("smollm2-f16");
+    let theirs = common::real_model!("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let s = Scene::new();
+    let o = s.ok(&["attack", "gguf", "--type", "Q8_0", &source.to_string_lossy(), "-o", "s.gguf"]);
+    assert!(o.contains("tokenizer: written"), "{}", o);
+    let read = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{e}"));
+        weightmark::gguf::GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (ours, theirs) = (read(&s.path("s.gguf")), read(&theirs));
+    let keys: Vec<&String> =
+        theirs.metadata.keys().filter(|k| k.starts_with("tokenizer.")).collect();
+    assert!(keys.len() >= 10, "llama.cpp's file has {} tokenizer keys", keys.len());
+    for k in keys {
+        let mine = ours.metadata.get(k).unwrap_or_else(|| panic!("{k} not written"));
+        assert!(canonical(mine) == canonical(&theirs.metadata[k]), "{k} differs from llama.cpp's");
+    }
+    s.ok(&["convert", "s.gguf", "-o", "back"]);
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let a = std::fs::read(source.join(f)).unwrap_or_else(|e| panic!("{e}"));
+        let b = std::fs::read(s.path("back").join(f)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(a == b, "{f} differs after attack gguf + convert");
+    }
+    // Without tokenizer files the GGUF is still written, and says why it has
+    // no tokenizer.
+    let bare = s.path("bare");
+    std::fs::create_dir_all(&bare).unwrap_or_else(|e| panic!("{e}"));
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(source.join(f), bare.join(f)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let o = s.ok(&["attack", "gguf", "--type", "Q8_0", "bare", "-o", "bare.gguf"]);
+    assert!(o.contains("tokenizer: not written"), "{}", o);
+    assert!(o.contains("no tokenizer.json"), "{}", o);
+    assert!(!read(&s.path("bare.gguf")).metadata.contains_key("tokenizer.ggml.tokens"));
+}
+
 #[test]
 fn marked_smollm2_converted_to_gguf_by_someone_else_is_still_found() {
     if !common::python_has(&["gguf", "numpy"]) {

@@ -92,7 +92,7 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
             "kept {kept} of {layers} layers ({removed} tensors removed) -> {out}: relative RMS \
              change {change:.1}% (removed weights count as zeroed)"
         ),
-        (_, AttackDetail::Gguf { tensors, skipped }) => {
+        (_, AttackDetail::Gguf { tensors, skipped, no_tokenizer }) => {
             let mut counts = std::collections::BTreeMap::new();
             for (_, t) in tensors {
                 *counts.entry(t.name()).or_insert(0) += 1;
@@ -106,6 +106,13 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
             );
             for s in skipped {
                 outln!("  left out (no llama.cpp name): {}", crate::format::safe(s));
+            }
+            match no_tokenizer {
+                None => outln!("  tokenizer: written (the tokenizer.ggml.* keys llama.cpp reads)"),
+                Some(why) => outln!(
+                    "  tokenizer: not written, so llama.cpp cannot run the file ({})",
+                    crate::format::safe(why)
+                ),
             }
         }
         (Attack::Rotate, _) => outln!(

@@ -10,8 +10,10 @@ use std::path::Path;
 use super::{AttackDetail, AttackReport};
 use crate::dtype::decode_f64;
 use crate::error::{Error, Result};
+use crate::gguf::meta::{put_str, Kv};
 use crate::gguf::names::{gguf_name, permute_rows};
 use crate::gguf::quantize::quantize;
+use crate::gguf::tokenizer::GgufTokenizer;
 use crate::gguf::GgmlType;
 use crate::llama::LlamaConfig;
 use crate::model::Model;
@@ -118,22 +120,37 @@ pub fn write_gguf(
     header.extend_from_slice(crate::gguf::reader::MAGIC);
     header.extend_from_slice(&3u32.to_le_bytes());
     header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
-    let kvs: Vec<(&str, Kv)> = vec![
-        ("general.architecture", Kv::Str("llama".into())),
-        ("general.name", Kv::Str(model.display_name())),
-        ("general.file_type", Kv::U32(file_type)),
-        ("general.quantization_version", Kv::U32(2)),
-        ("llama.context_length", Kv::U32(config.context as u32)),
-        ("llama.embedding_length", Kv::U32(config.hidden as u32)),
-        ("llama.block_count", Kv::U32(config.layers as u32)),
-        ("llama.feed_forward_length", Kv::U32(config.intermediate as u32)),
-        ("llama.rope.dimension_count", Kv::U32((config.hidden / config.heads.max(1)) as u32)),
-        ("llama.attention.head_count", Kv::U32(config.heads as u32)),
-        ("llama.attention.head_count_kv", Kv::U32(config.kv_heads as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", Kv::F32(config.rms_eps as f32)),
-        ("llama.rope.freq_base", Kv::F32(config.rope_theta as f32)),
-        ("llama.vocab_size", Kv::U32(config.vocab as u32)),
+    let mut kvs: Vec<(String, Kv)> = vec![
+        ("general.architecture".into(), Kv::Str("llama".into())),
+        ("general.name".into(), Kv::Str(model.display_name())),
+        ("general.file_type".into(), Kv::U32(file_type)),
+        ("general.quantization_version".into(), Kv::U32(2)),
+        ("llama.context_length".into(), Kv::U32(config.context as u32)),
+        ("llama.embedding_length".into(), Kv::U32(config.hidden as u32)),
+        ("llama.block_count".into(), Kv::U32(config.layers as u32)),
+        ("llama.feed_forward_length".into(), Kv::U32(config.intermediate as u32)),
+        (
+            "llama.rope.dimension_count".into(),
+            Kv::U32((config.hidden / config.heads.max(1)) as u32),
+        ),
+        ("llama.attention.head_count".into(), Kv::U32(config.heads as u32)),
+        ("llama.attention.head_count_kv".into(), Kv::U32(config.kv_heads as u32)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Kv::F32(config.rms_eps as f32)),
+        ("llama.rope.freq_base".into(), Kv::F32(config.rope_theta as f32)),
+        ("llama.vocab_size".into(), Kv::U32(config.vocab as u32)),
     ];
+    let dir = if model.path.is_dir() {
+        model.path.clone()
+    } else {
+        model.path.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let no_tokenizer = match crate::gguf::tokenizer::to_gguf_tokenizer(&dir, config.vocab)? {
+        GgufTokenizer::Keys(keys) => {
+            kvs.extend(keys);
+            None
+        }
+        GgufTokenizer::None(why) => Some(why),
+    };
     header.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
     for (key, value) in &kvs {
         put_str(&mut header, key);
@@ -171,39 +188,9 @@ pub fn write_gguf(
         detail: AttackDetail::Gguf {
             tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(),
             skipped,
+            no_tokenizer,
         },
     })
-}
-
-/// A metadata value to write.
-enum Kv {
-    U32(u32),
-    F32(f32),
-    Str(String),
-}
-
-impl Kv {
-    fn put(&self, out: &mut Vec<u8>) {
-        match self {
-            Kv::U32(v) => {
-                out.extend_from_slice(&4u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Kv::F32(v) => {
-                out.extend_from_slice(&6u32.to_le_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Kv::Str(s) => {
-                out.extend_from_slice(&8u32.to_le_bytes());
-                put_str(out, s);
-            }
-        }
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
 }
 
 #[cfg(test)]

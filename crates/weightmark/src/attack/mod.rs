@@ -373,6 +373,9 @@ pub enum AttackDetail {
         tensors: Vec<(String, GgmlType)>,
         /// Tensors left out.
         skipped: Vec<String>,
+        /// Why no tokenizer metadata was written (`None` when it was: the
+        /// `tokenizer.ggml.*` keys llama.cpp needs to run the file).
+        no_tokenizer: Option<String>,
     },
     /// [`Attack::Smooth`]: `max(s) / min(s)` of each group of smoothing
     /// factors (per layer: q/k/v input, gate/up input, v rows, down input);

@@ -7,6 +7,7 @@
 //! like any other, so `detect`, `identify` and `convert` work on it directly.
 //! Memory: 4 bytes per parameter (a 7B model needs 28 GB).
 
+pub mod meta;
 pub mod names;
 pub mod quant;
 pub mod quantize;

@@ -516,3 +516,142 @@ mod tests {
         assert!(error(&g).contains("bos_token_id is missing"));
     }
 }
+
+/// The GGUF tokenizer metadata llama.cpp's converter writes, built from the
+/// Hugging Face files beside a model, or why none is written.
+#[derive(Clone, Debug)]
+pub enum GgufTokenizer {
+    /// `tokenizer.ggml.*` and `tokenizer.chat_template` keys, in the order
+    /// llama.cpp's converter writes them.
+    Keys(Vec<(String, super::meta::Kv)>),
+    /// No tokenizer is written; the text says why (llama.cpp then cannot run
+    /// the file, but every weightmark command can read it).
+    None(String),
+}
+
+/// Largest `tokenizer.json` / `tokenizer_config.json` read.
+const MAX_TOKENIZER_LEN: u64 = 64 << 20;
+
+/// The inverse of [`to_hf_tokenizer`] for byte-level BPE: reads
+/// `tokenizer.json` and `tokenizer_config.json` in `dir` and returns the
+/// GGUF keys llama.cpp's `convert_hf_to_gguf.py` writes for them
+/// (`tokenizer.ggml.model = "gpt2"`, the vocabulary by id, token types, merges
+/// as `"a b"`, the special token ids, `add_bos_token`, the chat template).
+/// Only the pre-tokenizers [`to_hf_tokenizer`] knows are mapped back (`gpt2`,
+/// `smollm`); any other tokenizer gives [`GgufTokenizer::None`] with the
+/// reason. `vocab` is the model's vocabulary size: the token list must fill it.
+pub fn to_gguf_tokenizer(dir: &std::path::Path, vocab: usize) -> crate::Result<GgufTokenizer> {
+    use super::meta::Kv;
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        return Ok(GgufTokenizer::None(format!("no tokenizer.json in {}", dir.display())));
+    }
+    let read = |p: &std::path::Path| -> crate::Result<Json> {
+        let bytes = crate::io::read_capped(p, MAX_TOKENIZER_LEN)?;
+        serde_json::from_slice(&bytes).map_err(|e| crate::Error::NotAModel {
+            path: p.to_path_buf(),
+            reason: format!("not JSON: {e}"),
+        })
+    };
+    let tok = read(&path)?;
+    let config_path = dir.join("tokenizer_config.json");
+    let config = if config_path.is_file() { read(&config_path)? } else { json!({}) };
+    let none = |why: &str| Ok(GgufTokenizer::None(format!("{}: {why}", path.display())));
+    let model = &tok["model"];
+    if model["type"] != "BPE" {
+        return none("not a BPE tokenizer");
+    }
+    let pre = match &tok["pre_tokenizer"] {
+        p if *p == pre_tokenizer("gpt2").unwrap_or_default() => "gpt2",
+        p if *p == pre_tokenizer("smollm").unwrap_or_default() => "smollm",
+        _ => return none("its pre-tokenizer has no llama.cpp name known here (gpt2, smollm)"),
+    };
+    let Some(vocab_map) = model["vocab"].as_object() else { return none("no model.vocab") };
+    let mut tokens: Vec<Option<String>> = vec![None; vocab];
+    let mut types = vec![1i32; vocab];
+    let mut place = |id: Option<u64>, text: &str| -> Result<usize, String> {
+        let id =
+            id.and_then(|i| usize::try_from(i).ok()).filter(|&i| i < vocab).ok_or_else(|| {
+                format!(
+                    "token '{}' has an id outside the vocabulary of {vocab}",
+                    text.escape_debug()
+                )
+            })?;
+        tokens[id] = Some(text.to_string());
+        Ok(id)
+    };
+    for (text, id) in vocab_map {
+        if let Err(why) = place(id.as_u64(), text) {
+            return none(&why);
+        }
+    }
+    for added in tok["added_tokens"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(text) = added["content"].as_str() else {
+            return none("an added token has no content");
+        };
+        match place(added["id"].as_u64(), text) {
+            Ok(id) => {
+                types[id] = if added["special"] == true {
+                    TYPE_CONTROL as i32
+                } else {
+                    TYPE_USER_DEFINED as i32
+                }
+            }
+            Err(why) => return none(&why),
+        }
+    }
+    let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
+        return none(&format!("the vocabulary does not cover every id below {vocab}"));
+    };
+    let mut merges = Vec::new();
+    for m in model["merges"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        match (m.as_str(), m.as_array()) {
+            (Some(s), _) => merges.push(s.to_string()),
+            (_, Some(pair)) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => merges.push(format!("{a} {b}")),
+                _ => return none("a merge is not two strings"),
+            },
+            _ => return none("a merge is neither \"a b\" nor [a, b]"),
+        }
+    }
+    let ids: HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let special_id = |key: &str| -> Option<u32> {
+        let text = match &config[key] {
+            Json::String(s) => Some(s.as_str()),
+            v => v["content"].as_str(),
+        }?;
+        ids.get(text).and_then(|&i| u32::try_from(i).ok())
+    };
+    let mut specials: Vec<(String, Kv)> = Vec::new();
+    for (name, key) in [
+        ("bos", "bos_token"),
+        ("eos", "eos_token"),
+        ("unknown", "unk_token"),
+        ("padding", "pad_token"),
+    ] {
+        if let Some(id) = special_id(key) {
+            specials.push((format!("tokenizer.ggml.{name}_token_id"), Kv::U32(id)));
+        }
+    }
+    drop(ids);
+    let add_prefix_space = tok["pre_tokenizer"]["add_prefix_space"].as_bool().unwrap_or(false)
+        || tok["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"].as_bool().unwrap_or(false);
+    let mut keys: Vec<(String, Kv)> = vec![
+        ("tokenizer.ggml.add_space_prefix".into(), Kv::Bool(add_prefix_space)),
+        ("tokenizer.ggml.add_bos_token".into(), Kv::Bool(config["add_bos_token"] == true)),
+        ("tokenizer.ggml.model".into(), Kv::Str("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Kv::Str(pre.into())),
+        ("tokenizer.ggml.tokens".into(), Kv::Strings(tokens)),
+        ("tokenizer.ggml.token_type".into(), Kv::I32s(types)),
+        ("tokenizer.ggml.merges".into(), Kv::Strings(merges)),
+    ];
+    keys.extend(specials);
+    if let Some(add_eos) = config["add_eos_token"].as_bool() {
+        keys.push(("tokenizer.ggml.add_eos_token".into(), Kv::Bool(add_eos)));
+    }
+    if let Some(template) = config["chat_template"].as_str() {
+        keys.push(("tokenizer.chat_template".into(), Kv::Str(template.into())));
+    }
+    Ok(GgufTokenizer::Keys(keys))
+}
