@@ -445,19 +445,7 @@ fn marked_smollm2(
     dir: &std::path::Path,
     scheme: weightmark::Scheme,
 ) -> (Model, weightmark::Target) {
-    let key = weightmark::SecretKey::from_seed([21; 32]);
-    let out = dir.join("marked");
-    let options = weightmark::EmbedOptions::new("smol").scheme(scheme).recipient("alice");
-    let report =
-        weightmark::embed(original, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
-    let cert = dir.join("marked.cert.json");
-    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cert =
-        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
-    let target =
-        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
-    (Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target)
+    common::mark_for_alice(original, dir, scheme, "smol", 21)
 }
 
 #[test]

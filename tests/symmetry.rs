@@ -457,18 +457,7 @@ fn marked_20m(dir: &Path, scheme: weightmark::Scheme) -> (Model, weightmark::Tar
     });
     std::fs::write(input.join("config.json"), config.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
-    let key = weightmark::SecretKey::from_seed([77; 32]);
-    let out = dir.join("marked");
-    let options = weightmark::EmbedOptions::new("v1").scheme(scheme).recipient("alice");
-    let report = weightmark::embed(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
-    let cert = dir.join("marked.cert.json");
-    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cert =
-        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
-    let target =
-        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
-    (Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target)
+    common::mark_for_alice(&model, dir, scheme, "v1", 77)
 }
 
 fn blind_z(model: &Model, target: &weightmark::Target) -> f64 {

@@ -403,3 +403,27 @@ pub fn relative_difference(a: &[f64], b: &[f64]) -> f64 {
     let worst = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
     worst / scale
 }
+
+/// Marks `model` for recipient "alice" under `scheme` into `dir/marked`
+/// with the owner key of `seed`, writes and reloads its certificate, and
+/// returns the marked model and the release's detection target.
+pub fn mark_for_alice(
+    model: &weightmark::Model,
+    dir: &Path,
+    scheme: weightmark::Scheme,
+    label: &str,
+    seed: u8,
+) -> (weightmark::Model, weightmark::Target) {
+    let key = weightmark::SecretKey::from_seed([seed; 32]);
+    let out = dir.join("marked");
+    let options = weightmark::EmbedOptions::new(label).scheme(scheme).recipient("alice");
+    let report = weightmark::embed(model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.join("marked.cert.json");
+    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert =
+        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
+    let target =
+        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    (weightmark::Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target)
+}
