@@ -103,6 +103,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -173,6 +174,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -260,6 +262,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));

@@ -616,6 +616,81 @@ fn ss2_blind_undoes_a_neuron_permutation_through_the_certificate_s_neuron_sketch
 }
 
 #[test]
+fn ss2_blind_undoes_a_head_permutation_through_the_certificate_s_head_sketch() {
+    // Permuting attention heads (query heads within their group, key/value
+    // groups among themselves) is free; behind a permuted, sign-flipped and
+    // rescaled residual stream only the heads' content can find them.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (marked, target) = marked_20m(dir.path(), weightmark::Scheme::Ss2);
+    let sketch = target.head_sketch.clone();
+    assert!(
+        sketch.as_ref().is_some_and(|s| s.heads == 6 && s.kv_heads == 2 && s.layers() == 8),
+        "an ss2 certificate of a Llama with a config.json carries a head sketch"
+    );
+    let without = weightmark::Target { head_sketch: None, ..target.clone() };
+    let attention = |m: &Model, t: &weightmark::Target| -> f64 {
+        let d = weightmark::detect(m, None, t, &weightmark::DetectOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (s, v) = d
+            .tensors
+            .iter()
+            .filter(|r| r.name.contains("self_attn"))
+            .fold((0.0, 0.0), |(s, v), r| (s + r.s, v + r.v));
+        s / v.sqrt()
+    };
+    let (before, att_before) = (blind_z(&marked, &target), attention(&marked, &target));
+    let mut current = marked;
+    let chain = [
+        Attack::Permute { what: weightmark::attack::PermuteWhat::Both },
+        Attack::Residual { permute: true, flip_signs: true },
+        Attack::SignFlips,
+        Attack::Rescale { log_sd: 1.0 },
+    ];
+    for (k, attack) in chain.iter().enumerate() {
+        let out = dir.path().join(format!("step{k}"));
+        apply_attack(&current, &out, attack, 6, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+        current = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (z, z_stored) = (blind_z(&current, &target), blind_z(&current, &without));
+    let (att, att_stored) = (attention(&current, &target), attention(&current, &without));
+    // Measured directly: the mark moves no head, the permutation moves most
+    // (every head it moved is found moved, through the permuted residual
+    // stream and the rest of the chain too).
+    let original = Model::open(dir.path().join("in")).unwrap_or_else(|e| panic!("{e}"));
+    let marked = Model::open(dir.path().join("marked")).unwrap_or_else(|e| panic!("{e}"));
+    let step0 = Model::open(dir.path().join("step0")).unwrap_or_else(|e| panic!("{e}"));
+    let by_mark = weightmark::canonical_moves(&original, &marked);
+    assert_eq!((by_mark.heads, by_mark.heads_moved, by_mark.neurons_moved), (48, 0, 0));
+    let names = |m: &Model| -> Vec<Vec<u8>> {
+        (0..8)
+            .flat_map(|l| {
+                let t = m
+                    .tensor(&format!("model.layers.{l}.self_attn.q_proj.weight"))
+                    .unwrap_or_else(|| panic!("q_proj {l}"));
+                t.data.chunks(64 * 384 * 2).map(<[u8]>::to_vec).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let truly_moved = names(&marked).iter().zip(names(&step0)).filter(|(a, b)| **a != *b).count();
+    for chained in [&step0, &current] {
+        let found = weightmark::canonical_moves(&marked, chained);
+        assert_eq!(found.heads_moved, truly_moved, "{found:?}");
+    }
+    assert!(truly_moved >= 24, "the permutation moved only {truly_moved} of 48 heads");
+    eprintln!(
+        "heads and neurons permuted, then the free transforms: blind z {before:.2} -> {z:.2}, \
+         {z_stored:.2} with heads in stored order; attention alone {att_before:.2} -> {att:.2}, \
+         {att_stored:.2} stored"
+    );
+    assert!(z >= 0.95 * before, "blind z {before} -> {z}");
+    assert!(att >= 0.9 * att_before, "attention z {att_before} -> {att}");
+    assert!(
+        att_stored <= 0.5 * att_before,
+        "the permutation should defeat stored order: {att_stored}"
+    );
+}
+
+#[test]
 fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss2_at_most_15() {
     let transforms = [
         Attack::Residual { permute: true, flip_signs: false },
@@ -750,5 +825,67 @@ fn smoothing_refuses_bad_alphas_and_statistics_of_another_model_naming_the_layer
         let attack = Attack::Smooth { activations: good.clone(), alpha };
         let (edited, _) = attacked(&model, &attack, "ends.safetensors");
         assert!(logit_change(&model, &edited) <= F32_ROUNDED);
+    }
+}
+
+// ---- ss2's allocation (ss2-alloc1) under the free transforms ---------------
+
+/// Marks an f32 copy of [`SHAPE`] at strength 0.03 under `allocation`;
+/// returns the marked model, its target and the certificate's field.
+fn marked_with(
+    dir: &Path,
+    allocation: weightmark::Allocation,
+) -> (Model, weightmark::Target, Option<String>) {
+    write_model(&dir.join("in"), Dtype::F32, 41, true);
+    // The directory, so that every edit's output keeps config.json.
+    let model = Model::open(dir.join("in")).unwrap_or_else(|e| panic!("{e}"));
+    let key = weightmark::SecretKey::from_seed([43; 32]);
+    let out = dir.join("marked");
+    let options = weightmark::EmbedOptions::new("v1").strength(0.03).allocation(allocation);
+    let report = weightmark::embed(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    let cert = dir.join("marked.cert.json");
+    weightmark::write_atomic(&cert, &report.certificate_text().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert =
+        weightmark::load_certificate(&cert, &key.public_key()).unwrap_or_else(|e| panic!("{e}"));
+    let field = cert.predicate().allocation.clone();
+    let target =
+        weightmark::Target::from_certificate(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+    (Model::open(&out).unwrap_or_else(|e| panic!("{e}")), target, field)
+}
+
+#[test]
+fn the_allocation_s_detection_weights_survive_the_free_transforms() {
+    // The weights are recomputed from the suspect: if a free transform moved
+    // them, the matched filter would lose its match and the blind z would
+    // fall by more than what rounding to f32 costs.
+    let chain = [
+        Attack::Residual { permute: true, flip_signs: true },
+        Attack::SignFlips,
+        Attack::Permute { what: weightmark::attack::PermuteWhat::Mlp },
+        Attack::Rescale { log_sd: 1.0 },
+    ];
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (marked, target, field) = marked_with(dir.path(), weightmark::Allocation::ALLOC1);
+    assert_eq!(field.as_deref(), Some("ss2-alloc1"));
+    assert_eq!(target.allocation, weightmark::Allocation::ALLOC1);
+    // The same marked model read without the weights (as uniform): the
+    // free transforms move its z only by what the magnitude profile itself
+    // loses (rescaling: a few percent); the weighted z must not lose more.
+    let uniform =
+        weightmark::Target { allocation: weightmark::Allocation::Uniform, ..target.clone() };
+    let (before, plain_before) = (blind_z(&marked, &target), blind_z(&marked, &uniform));
+    assert!(plain_before < 0.97 * before, "weights do not matter: {plain_before} against {before}");
+    let mut current = marked;
+    for (k, attack) in chain.iter().enumerate() {
+        let out = dir.path().join(format!("step{k}"));
+        apply_attack(&current, &out, attack, 5, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
+        current = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+        let (z, plain) = (blind_z(&current, &target), blind_z(&current, &uniform));
+        eprintln!("ss2-alloc1: blind z {before:.2} -> {z:.2} after {attack:?} (unweighted {plain_before:.2} -> {plain:.2})");
+        assert!(
+            z / before > plain / plain_before - 0.01,
+            "{attack:?}: weighted {before} -> {z}, unweighted {plain_before} -> {plain}"
+        );
     }
 }

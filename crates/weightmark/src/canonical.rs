@@ -35,9 +35,11 @@ pub struct Axes<'c> {
     pub rows: Option<&'c [u32]>,
     /// Canonical index of each stored column, when columns are residual channels.
     pub cols: Option<&'c [u32]>,
-    /// Canonical index of each stored MLP neuron (the rows of `gate_proj` and
-    /// `up_proj`, the columns of `down_proj`), when a neuron sketch matched
-    /// them; `None` keeps the stored order (the original's, at embedding).
+    /// Canonical index of each stored index of the axis that is not
+    /// residual, when a sketch matched them: MLP neurons (the rows of
+    /// `gate_proj` and `up_proj`, the columns of `down_proj`) or attention
+    /// head channels (the rows of `q/k/v_proj`, the columns of `o_proj`).
+    /// `None` keeps the stored order (the original's, at embedding).
     pub neurons: Option<&'c [u32]>,
 }
 

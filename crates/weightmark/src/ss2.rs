@@ -33,6 +33,7 @@
 
 use rayon::prelude::*;
 
+use crate::allocation::TensorWeights;
 use crate::canonical::Axes;
 use crate::dtype::{decode_f64, encode_stochastic};
 use crate::model::TensorRef;
@@ -146,6 +147,7 @@ pub fn embed_tensor(
     release: &TensorStreams,
     recipient: Option<&TensorStreams>,
     strengths: Strengths,
+    weights: Option<&TensorWeights>,
 ) -> (Vec<u8>, Fidelity) {
     let size = t.dtype.size();
     let (_, cols) = dims(t);
@@ -162,7 +164,7 @@ pub fn embed_tensor(
             let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
             if cols > CHUNK_ELEMENTS {
                 // One long row (block is 1): read it in pieces.
-                let row = LongRow { dtype: t.dtype, i: first_row, cols, layout };
+                let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
                 return row.embed(input, out, release, recipient, strengths);
             }
             let mut w = Vec::with_capacity(n);
@@ -179,8 +181,18 @@ pub fn embed_tensor(
                     Some(rs) => row_signs(rs, layout, i, &mut q[..len], &mut buf),
                     None => q[..len].iter_mut().for_each(|v| *v = 0.0),
                 }
-                for (k, (t, &wi)) in row_t.iter_mut().zip(row_w).enumerate() {
-                    *t = wi * (1.0 + strengths.release * p[k] + strengths.recipient * q[k]);
+                match weights {
+                    None => {
+                        for (k, (t, &wi)) in row_t.iter_mut().zip(row_w).enumerate() {
+                            *t = wi * (1.0 + strengths.release * p[k] + strengths.recipient * q[k]);
+                        }
+                    }
+                    Some(a) => {
+                        for (k, (t, &wi)) in row_t.iter_mut().zip(row_w).enumerate() {
+                            let (er, ec) = scaled(strengths, a.at(i, k));
+                            *t = wi * (1.0 + er * p[k] + ec * q[k]);
+                        }
+                    }
                 }
             }
             encode_stochastic(t.dtype, &target, &u, out);
@@ -204,6 +216,7 @@ struct LongRow<'a> {
     i: usize,
     cols: usize,
     layout: Layout<'a>,
+    weights: Option<&'a TensorWeights>,
 }
 
 impl LongRow<'_> {
@@ -277,9 +290,15 @@ impl LongRow<'_> {
                 _ => q.iter_mut().for_each(|v| *v = 0.0),
             }
             target.clear();
-            target.extend(w.iter().zip(p.iter().zip(q.iter())).map(|(&wi, (&pk, &qk))| {
-                wi * (1.0 + strengths.release * pk + strengths.recipient * qk)
-            }));
+            target.extend(w.iter().zip(p.iter().zip(q.iter())).enumerate().map(
+                |(j, (&wi, (&pk, &qk)))| {
+                    let (er, ec) = match self.weights {
+                        None => (strengths.release, strengths.recipient),
+                        Some(a) => scaled(strengths, a.at(self.i, k.start + j)),
+                    };
+                    wi * (1.0 + er * pk + ec * qk)
+                },
+            ));
             let piece = out.get_mut(bytes).unwrap_or_default();
             encode_stochastic(self.dtype, &target, u, piece);
             decode_f64(self.dtype, piece, &mut marked);
@@ -287,6 +306,11 @@ impl LongRow<'_> {
         }
         fidelity
     }
+}
+
+/// Both components' strengths times an element's allocation multiplier.
+fn scaled(strengths: Strengths, a: f64) -> (f64, f64) {
+    (strengths.release * a, strengths.recipient * a)
 }
 
 /// Adds the magnitudes of the finite non-zero elements of `K` rows (of equal
@@ -581,6 +605,7 @@ pub fn detect_tensor(
     axes: &Axes<'_>,
     original: Option<&Aligned<'_>>,
     keys: &[&TensorStreams],
+    weights: Option<&TensorWeights>,
 ) -> Vec<Stats> {
     let (rows, cols) = dims(suspect);
     let layout = Layout::of(axes);
@@ -672,6 +697,9 @@ pub fn detect_tensor(
                             let y = &mut y[..k.len()];
                             decode_piece(i, &k, &mut x);
                             acc.0 += row_y(i, k.start, cols, &x, &profile, reference, y);
+                            if let Some(a) = weights {
+                                a.weigh(i, k.start, y);
+                            }
                             match layout {
                                 Layout::Cols(rank) => {
                                     let rank = rank.get(k.clone()).unwrap_or_default();
@@ -743,6 +771,9 @@ pub fn detect_tensor(
                     for &i in group_rows {
                         decode_row(i, &mut x);
                         n += row_y(i, 0, cols, &x, &profile, reference, &mut y);
+                        if let Some(a) = weights {
+                            a.weigh(i, 0, &mut y);
+                        }
                         for (s, &yj) in sums.iter_mut().zip(&y) {
                             if yj.is_finite() {
                                 *s += yj;
@@ -799,7 +830,7 @@ mod tests {
         for axes in [Axes::default(), Axes { rows: None, cols: Some(&rank), neurons: None }] {
             let layout = Layout::of(&axes);
             let strengths = Strengths::split(0.05, true);
-            let (got, _) = embed_tensor(&t, &axes, &release, Some(&recipient), strengths);
+            let (got, _) = embed_tensor(&t, &axes, &release, Some(&recipient), strengths, None);
             // One pass over the whole row.
             let mut w = Vec::new();
             decode_f64(t.dtype, t.data, &mut w);
@@ -823,7 +854,7 @@ mod tests {
             }])
             .unwrap_or_else(|e| panic!("{e}"));
             let mt = marked.tensor("w").unwrap_or_else(|| panic!("w"));
-            let stats = detect_tensor(&mt, &axes, None, &[&release, &recipient]);
+            let stats = detect_tensor(&mt, &axes, None, &[&release, &recipient], None);
             let profile = Profile::of(&mt);
             let mut x = Vec::new();
             decode_f64(mt.dtype, mt.data, &mut x);
@@ -920,7 +951,7 @@ mod tests {
         let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
         let streams = TensorStreams::new(&MarkKey::from_bytes([1; 32]), "w");
         let (data, fid) =
-            embed_tensor(&t, &Axes::default(), &streams, None, Strengths::split(eps, false));
+            embed_tensor(&t, &Axes::default(), &streams, None, Strengths::split(eps, false), None);
         assert!(
             (fid.relative_rms_change() - eps).abs() < 0.2 * eps,
             "{}",
@@ -943,7 +974,7 @@ mod tests {
             axes: Axes::default(),
             residual: None,
         });
-        detect_tensor(&t, &Axes::default(), aligned.as_ref(), &[&streams])[0].z()
+        detect_tensor(&t, &Axes::default(), aligned.as_ref(), &[&streams], None)[0].z()
     }
 
     #[test]
