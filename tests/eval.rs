@@ -267,6 +267,7 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &weightmark::NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     weightmark::embed(&original.model, &marked_path, &key, &options)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -283,6 +284,69 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
     assert!(c.top1_agreement >= 0.98, "top-1 agreement {}", c.top1_agreement);
     assert!(c.mean_kl < 1e-3, "KL {}", c.mean_kl);
     let _ = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// SmolLM2 f16 marked by ss2 at `strength` under `allocation` (beside its
+/// tokenizer); returns the marked model and the blind z measured at release.
+fn smollm2_marked_with(
+    original: &EvalModel,
+    original_path: &std::path::Path,
+    dir: &std::path::Path,
+    allocation: weightmark::Allocation,
+    strength: f64,
+) -> (EvalModel, f64) {
+    let key = weightmark::SecretKey::from_seed([9; 32]);
+    let out = dir.join(allocation.to_string().replace([':', '+'], "-"));
+    let options =
+        weightmark::EmbedOptions::new("fidelity").strength(strength).allocation(allocation);
+    let report =
+        weightmark::embed(&original.model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+    if !out.join("tokenizer.json").exists() {
+        std::fs::copy(original_path.join("tokenizer.json"), out.join("tokenizer.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    (open(&out, None).unwrap_or_else(|e| panic!("{e}")), report.blind.z())
+}
+
+/// The allocation must cut KL at equal blind z to below this fraction of
+/// uniform's on 8 windows (measured: 0.55 there, 0.63 on 96 windows; see
+/// docs/fidelity.md).
+const ALLOCATION_GAIN: f64 = 0.8;
+
+#[test]
+fn the_allocation_costs_smollm2_less_kl_than_uniform_at_equal_blind_z() {
+    if !common::has_license_text() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let original_path = real_model!("smollm2-f16");
+    let original = open(&original_path, None).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&original.tokenizer, 128).unwrap_or_else(|e| panic!("{e}"));
+    let windows: Vec<Vec<u32>> = split.held_out.iter().take(8).cloned().collect();
+    let reference = llama_of(&original);
+    // At the same strength the allocation keeps the blind z (its total
+    // energy is the same and detection weighs by it): compare KL there, and
+    // KL / z² (KL grows with strength squared, blind z with strength).
+    let mut measured = Vec::new();
+    for allocation in [weightmark::Allocation::Uniform, weightmark::Allocation::ALLOC1] {
+        let (marked, z) =
+            smollm2_marked_with(&original, &original_path, tmp.path(), allocation, 0.003);
+        let c = compare(&reference, &llama_of(&marked), &windows).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!(
+            "{allocation}: blind z {z:.2}, KL {:.3e}, top-1 {:.4}",
+            c.mean_kl, c.top1_agreement
+        );
+        measured.push((z, c.mean_kl));
+    }
+    let [(z_u, kl_u), (z_a, kl_a)] = measured[..] else { panic!("two variants") };
+    assert!((z_a / z_u - 1.0).abs() < 0.05, "blind z: allocation {z_a}, uniform {z_u}");
+    assert!(kl_a < ALLOCATION_GAIN * kl_u, "KL: allocation {kl_a:.3e}, uniform {kl_u:.3e}");
+    let (cost_a, cost_u) = (kl_a / (z_a * z_a), kl_u / (z_u * z_u));
+    assert!(
+        cost_a < ALLOCATION_GAIN * cost_u,
+        "KL/z²: allocation {cost_a:.3e}, uniform {cost_u:.3e}"
+    );
 }
 
 /// Every trigger's greedy answer, scored against its response.
