@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::detect::{detect_many, log10_p_bound, DetectOptions, Mode, Skipped, Target};
+use crate::detect::{
+    adjusted_log10, detect_many, log10_p_bound, DetectOptions, Mode, Skipped, Target,
+};
+use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::key::SecretKey;
 use crate::model::Model;
@@ -123,6 +126,9 @@ pub struct Identification {
     pub suspect_digest: String,
     /// Every candidate, highest z first.
     pub candidates: Vec<RankedCandidate>,
+    /// Digest of every tensor of the suspect (for signed reports).
+    #[serde(skip)]
+    pub suspect_tensor_digests: Vec<(String, Sha256Digest)>,
 }
 
 /// Tests every candidate in one read pass over `suspect` (informed with
@@ -155,7 +161,7 @@ pub fn identify(
         .map(|(index, (d, c))| {
             let z = d.recipient_component.map_or(d.z, |r| r.z);
             let log10_p = log10_p_bound(z);
-            let log10_adjusted = (log10_p + (m as f64).log10()).min(0.0);
+            let log10_adjusted = adjusted_log10(log10_p, m as u64);
             let p = c.certificate.predicate();
             RankedCandidate {
                 certificate: c.certificate.path.display().to_string(),
@@ -182,6 +188,10 @@ pub fn identify(
         identified: ranked.iter().filter(|r| r.identified).count(),
         suspect_digest: detections.first().map(|d| d.suspect_digest.clone()).unwrap_or_default(),
         candidates: ranked,
+        suspect_tensor_digests: detections
+            .first()
+            .map(|d| d.suspect_tensor_digests.clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -240,6 +250,59 @@ mod tests {
         let log_m = 3f64.log10();
         assert!((top.log10_adjusted_p_value - (top.log10_p_value + log_m)).abs() < 1e-9);
         assert!(found.candidates[1..].iter().all(|c| !c.identified && c.z < 6.0));
+    }
+
+    /// Counts the detection passes and the bytes each reports as read.
+    #[derive(Default)]
+    struct Passes(std::sync::Mutex<(u32, u64)>);
+
+    impl Progress for Passes {
+        fn start(&self, _phase: &str, _total: u64) {
+            if let Ok(mut p) = self.0.lock() {
+                p.0 += 1;
+            }
+        }
+        fn advance(&self, bytes: u64) {
+            if let Ok(mut p) = self.0.lock() {
+                p.1 += bytes;
+            }
+        }
+    }
+
+    #[test]
+    fn identify_reads_the_suspect_once_whatever_the_number_of_certificates() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let model_path = dir.path().join("m.safetensors");
+        let tensors = [
+            gaussian_matrix("a", 256, 256, crate::Dtype::BF16, 1),
+            gaussian_matrix("b", 128, 512, crate::Dtype::F32, 2),
+        ];
+        write_file(&model_path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&model_path).unwrap_or_else(|e| panic!("{e}"));
+        let key = SecretKey::from_seed([4; 32]);
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap_or_else(|e| panic!("{e}"));
+        for r in 0..12 {
+            let options = EmbedOptions::new("m").recipient(format!("r{r}"));
+            let out = dir.path().join("copy.safetensors");
+            let report =
+                crate::embed::issue(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
+            write_cert(&certs, &format!("r{r:02}.json"), &report);
+        }
+        let loaded = load_candidates(&certs, &key).unwrap_or_else(|e| panic!("{e}"));
+        let passes = |n: usize| {
+            let counter = Passes::default();
+            let options = IdentifyOptions { threshold_p: 1e-9, progress: &counter };
+            let found = identify(&model, None, &loaded.candidates[..n], &options)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(found.certificates, n);
+            counter.0.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let one = passes(1);
+        assert_eq!(one.0, 1, "one detection pass");
+        // Each tested tensor once, then the suspect's digests: twice its data.
+        assert_eq!(one.1, 2 * model.data_bytes());
+        assert_eq!(passes(12), one, "12 certificates read the suspect as often as one");
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! prints them.
 
 use anyhow::{bail, Context};
-use weightmark::{identify, load_candidates, IdentifyOptions, Mode, Model, SecretKey};
+use weightmark::provenance::{
+    build_identification_report, envelope_to_string, IdentificationInputs,
+};
+use weightmark::{
+    hex, identify, load_candidates, model_file_digests, model_tensor_digests, prepare_outputs,
+    tensor_root, write_new, IdentifyOptions, Mode, Model, Overwrite, SecretKey,
+};
 
 use crate::cli::IdentifyArgs;
 use crate::format::{p_bound, safe};
@@ -14,6 +20,11 @@ use crate::{outln, Outcome};
 pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
     if !(args.threshold > 0.0 && args.threshold < 1.0) {
         bail!("--threshold {} must be a probability between 0 and 1", args.threshold);
+    }
+    let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
+    if let Some(report) = &args.report {
+        refuse_report_collision(report, args)?;
+        prepare_outputs(&[report.as_path()], overwrite).map_err(crate::force_hint)?;
     }
     let secret = SecretKey::load(&args.key)?;
     let loaded = load_candidates(&args.certs, &secret)?;
@@ -37,6 +48,23 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
     let options = IdentifyOptions { threshold_p: args.threshold, progress: &bar };
     let found = identify(&suspect, original.as_ref(), &loaded.candidates, &options)
         .with_context(|| format!("could not test {}", crate::format::path(&args.suspect)))?;
+    if let Some(path) = &args.report {
+        let envelope = build_identification_report(
+            &IdentificationInputs {
+                identification: &found,
+                candidates: &loaded.candidates,
+                suspect_files: &model_file_digests(&suspect),
+                original_tensor_root: original
+                    .as_ref()
+                    .map(|o| hex(&tensor_root(&model_tensor_digests(o)))),
+                created: weightmark::now_rfc3339(),
+            },
+            &secret,
+        )?;
+        write_new(path, &envelope_to_string(&envelope)?, overwrite)
+            .map_err(crate::force_hint)
+            .with_context(|| format!("could not write the report {}", crate::format::path(path)))?;
+    }
 
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&found)?);
@@ -83,5 +111,28 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
+    if let (Some(path), false) = (&args.report, args.json) {
+        outln!("signed report: {}", crate::format::path(path));
+    }
     Ok(if found.identified > 0 { Outcome::Success } else { Outcome::Negative })
+}
+
+/// Refuses a report path that would replace an input or land inside the
+/// certificate directory (where the next `identify` would read it).
+fn refuse_report_collision(report: &std::path::Path, args: &IdentifyArgs) -> anyhow::Result<()> {
+    let target = std::path::absolute(report)?;
+    let target = target.canonicalize().unwrap_or(target);
+    let mut inputs: Vec<&std::path::Path> = vec![&args.suspect, &args.key, &args.certs];
+    inputs.extend(args.original.as_deref());
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else { continue };
+        if target == input || (input.is_dir() && target.starts_with(&input)) {
+            bail!(
+                "{}: the report would replace or land inside an input (the suspect, the key, \
+                 the original or the certificate directory); choose another --report",
+                crate::format::path(report)
+            );
+        }
+    }
+    Ok(())
 }

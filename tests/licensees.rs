@@ -1,0 +1,432 @@
+//! Many licensees of one release (issue #12, items 2 and 3): a licensee's
+//! certificate issued without writing the copy (`issue`), and the honest
+//! accounting of tests in signed reports (`identify --report`,
+//! `detect --tested N`). Synthetic models only: seconds in CI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{json, stderr, stdout, Scene, TINY_LLAMA};
+use weightmark::synth::{llama, write_sharded};
+use weightmark::Dtype;
+
+const CREATED: &str = "2026-12-02T09:00:00Z";
+
+/// A 3-shard bf16 Llama-shaped model with side files (config, tokenizer,
+/// a nested chat template) in `scene/model`.
+fn sharded_model(scene: &Scene) -> PathBuf {
+    let dir = scene.path("model");
+    write_sharded(&dir, &llama(&TINY_LLAMA, Dtype::BF16, 12), 3).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("tokenizer.json"), r#"{"version": "1.0"}"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(dir.join("templates")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("templates/chat.jinja"), "{{ messages }}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+/// Every path under `dir` with its size and modification time, sorted.
+fn tree(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{e}")) {
+            let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+            let meta = entry.metadata().unwrap_or_else(|e| panic!("{e}"));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            let modified = meta.modified().unwrap_or_else(|e| panic!("{e}"));
+            out.push((entry.path(), meta.len(), modified));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn issue_signs_the_certificate_embed_signs_and_writes_nothing_else() {
+    let scene = Scene::new();
+    let key = scene.keygen("lab");
+    let model = sharded_model(&scene);
+    let model_arg = model.to_string_lossy().into_owned();
+    let before = tree(scene.dir.path());
+
+    let out = scene.ok(&[
+        "issue",
+        "-k",
+        &key,
+        "--label",
+        "v1",
+        "-r",
+        "acme",
+        "--strength",
+        "0.01",
+        "--created",
+        CREATED,
+        &model_arg,
+        "--cert",
+        "acme.cert.json",
+    ]);
+    assert!(out.contains("nothing else written"), "{out}");
+    // The listing differs by the certificate alone; the model is untouched.
+    let mut after = tree(scene.dir.path());
+    after.retain(|(p, _, _)| p != &scene.path("acme.cert.json"));
+    assert_eq!(before, after, "issue wrote something besides the certificate");
+    assert!(scene.path("acme.cert.json").is_file());
+
+    // A real embed with the same parameters signs the same bytes.
+    scene.ok(&[
+        "embed",
+        "-k",
+        &key,
+        "--label",
+        "v1",
+        "-r",
+        "acme",
+        "--strength",
+        "0.01",
+        "--created",
+        CREATED,
+        &model_arg,
+        "-o",
+        "copy-acme",
+        "--cert",
+        "embedded.cert.json",
+    ]);
+    let issued = read(&scene.path("acme.cert.json"));
+    assert_eq!(
+        issued,
+        read(&scene.path("embedded.cert.json")),
+        "the issued certificate differs from the one embed signed"
+    );
+    // The certificate lists the side files the copy carries.
+    let text = String::from_utf8_lossy(&issued).into_owned();
+    let cert = json_of(&text);
+    let files: Vec<String> = cert["predicate"]["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no files in {cert}"))
+        .iter()
+        .filter_map(|f| f["name"].as_str().map(str::to_string))
+        .collect();
+    for side in ["config.json", "tokenizer.json", "templates/chat.jinja"] {
+        assert!(files.iter().any(|f| f == side), "{side} missing from {files:?}");
+    }
+
+    // The copy written later verifies against the certificate issued first.
+    let verified =
+        scene.ok(&["verify", "acme.cert.json", "--pub", "lab.pub", "--model", "copy-acme"]);
+    assert!(verified.contains("MODEL MATCHES: every file"), "{verified}");
+
+    // Another recipient: another certificate, which the acme copy does not match.
+    scene.ok(&[
+        "issue",
+        "-k",
+        &key,
+        "--label",
+        "v1",
+        "-r",
+        "bolt",
+        "--strength",
+        "0.01",
+        "--created",
+        CREATED,
+        &model_arg,
+        "--cert",
+        "bolt.cert.json",
+    ]);
+    let bolt = read(&scene.path("bolt.cert.json"));
+    assert_ne!(issued, bolt);
+    let bolt_cert = json_of(&String::from_utf8_lossy(&bolt));
+    assert_ne!(cert["predicate"]["tensor_digests"], bolt_cert["predicate"]["tensor_digests"]);
+    let o = scene.run(&["verify", "bolt.cert.json", "--pub", "lab.pub", "--model", "copy-acme"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn issue_and_embed_refuse_a_creation_time_that_is_not_rfc3339_utc() {
+    let scene = Scene::new();
+    let key = scene.keygen("lab");
+    let model = sharded_model(&scene);
+    let model_arg = model.to_string_lossy().into_owned();
+    for bad in ["2026-12-02 09:00:00", "2026-12-02T10:00:00+01:00", "yesterday"] {
+        let o = scene.run(&["issue", "-k", &key, "--created", bad, &model_arg, "--cert", "c.json"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(err.contains("--created") && err.contains("RFC 3339"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let o = scene.run(&["embed", "-k", &key, "--created", bad, &model_arg, "-o", "copy"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+    }
+    assert!(!scene.path("c.json").exists() && !scene.path("copy").exists());
+    // +00:00 is UTC: accepted and recorded with a Z.
+    scene.ok(&[
+        "issue",
+        "-k",
+        &key,
+        "--created",
+        "2026-12-02T09:00:00+00:00",
+        &model_arg,
+        "--cert",
+        "c.json",
+    ]);
+    let cert = json_of(&String::from_utf8_lossy(&read(&scene.path("c.json"))));
+    assert_eq!(cert["predicate"]["created"], CREATED);
+}
+
+/// The statement inside a certificate or report file (its payload decoded).
+fn json_of(text: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let envelope: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let payload = envelope["payload"].as_str().unwrap_or_else(|| panic!("no payload: {text}"));
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(payload).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A single-file bf16 Llama-shaped model, the owner key from a fixed seed
+/// (results are reproducible), certificates for four recipients issued into
+/// `certs/`, and the copy of `r2` written by embed.
+fn licensees(scene: &Scene) -> (String, String) {
+    let key = weightmark::SecretKey::from_seed([5; 32]);
+    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let model =
+        common::write_llama(scene.dir.path(), "model.safetensors", &TINY_LLAMA, Dtype::BF16, 3);
+    let model = model.to_string_lossy().into_owned();
+    std::fs::create_dir(scene.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    for r in ["r0", "r1", "r2", "r3"] {
+        let cert = format!("certs/{r}.json");
+        scene.ok(&[
+            "issue",
+            "-k",
+            "lab.key",
+            "--label",
+            "v1",
+            "-r",
+            r,
+            "--strength",
+            "0.01",
+            "--created",
+            CREATED,
+            "-o",
+            "copy.safetensors",
+            &model,
+            "--cert",
+            &cert,
+        ]);
+    }
+    scene.ok(&[
+        "embed",
+        "-k",
+        "lab.key",
+        "--label",
+        "v1",
+        "-r",
+        "r2",
+        "--strength",
+        "0.01",
+        &model,
+        "-o",
+        "copy.safetensors",
+        "--cert",
+        "r2-embed.json",
+        "--created",
+        CREATED,
+    ]);
+    // Single file: `issue -o` names the file as `embed -o` will.
+    assert_eq!(read(&scene.path("certs/r2.json")), read(&scene.path("r2-embed.json")));
+    // Issued with the copy's name: the later copy matches file for file.
+    let v =
+        scene.ok(&["verify", "certs/r2.json", "--pub", "lab.pub", "--model", "copy.safetensors"]);
+    assert!(v.contains("MODEL MATCHES: the tensors and weight files"), "{v}");
+    ("lab.key".into(), model)
+}
+
+/// Rewrites the payload of the statement in `file` with `edit`, keeping the
+/// signature (a tampered file).
+fn tamper(scene: &Scene, file: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = String::from_utf8_lossy(&read(&scene.path(file))).into_owned();
+    let mut envelope: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut statement = json_of(&text);
+    edit(&mut statement);
+    let payload = serde_json::to_vec(&statement).unwrap_or_else(|e| panic!("{e}"));
+    envelope["payload"] = b64.encode(payload).into();
+    let name = format!("tampered-{file}");
+    std::fs::write(scene.path(&name), envelope.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    name
+}
+
+#[test]
+fn identify_signs_a_report_that_records_every_certificate_tested() {
+    let scene = Scene::new();
+    let (key, model) = licensees(&scene);
+    let out = scene.ok(&[
+        "identify",
+        "-k",
+        &key,
+        "--certs",
+        "certs",
+        "--original",
+        &model,
+        "copy.safetensors",
+        "--report",
+        "id.json",
+    ]);
+    assert!(out.contains("signed report: id.json"), "{out}");
+
+    let o = scene.run(&[
+        "verify",
+        "id.json",
+        "--pub",
+        "lab.pub",
+        "--json",
+        "--model",
+        "copy.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["kind"], "identification");
+    assert_eq!(v["model"]["tensors_match"], true);
+    let p = &v["predicate"];
+    assert_eq!(p["certificates_tested"], 4);
+    assert_eq!(p["correction"], "bonferroni");
+    assert_eq!(p["identified"], 1);
+    assert_eq!(p["releases"].as_array().map(Vec::len), Some(1));
+    assert_eq!(p["releases"][0]["label"], "v1");
+    assert_eq!(p["releases"][0]["certificates"], 4);
+    let candidates = p["candidates"].as_array().unwrap_or_else(|| panic!("{p}"));
+    assert_eq!(candidates.len(), 4);
+    assert_eq!(candidates[0]["recipient"], "r2");
+    assert_eq!(candidates[0]["identified"], true);
+    for c in candidates {
+        let (lp, la) = (c["log10_p_value"].as_f64(), c["log10_adjusted_p_value"].as_f64());
+        let (lp, la) = (lp.unwrap_or(f64::NAN), la.unwrap_or(f64::NAN));
+        assert!((la - (lp + 4f64.log10()).min(0.0)).abs() < 1e-9, "{c}");
+        assert!(c["certificate"]["sha256"].as_str().is_some_and(|s| s.len() == 64), "{c}");
+    }
+    assert!(candidates[1..].iter().all(|c| c["identified"] == false));
+    // The suspect digest binds the report to the copy, not to the original.
+    let o = scene.run(&["verify", "id.json", "--pub", "lab.pub", "--model", &model]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("MODEL DIFFERS"), "{}", stdout(&o));
+    let text = scene.ok(&["verify", "id.json", "--pub", "lab.pub"]);
+    assert!(text.contains("4 certificates tested") && text.contains("recipient 'r2'"), "{text}");
+
+    // Edited count or z, signature kept: invalid, and the file is named.
+    for (what, edit) in [
+        (
+            "count",
+            Box::new(|s: &mut serde_json::Value| {
+                s["predicate"]["certificates_tested"] = 1.into();
+            }) as Box<dyn Fn(&mut serde_json::Value)>,
+        ),
+        (
+            "z",
+            Box::new(|s: &mut serde_json::Value| {
+                s["predicate"]["candidates"][1]["z"] = 40.0.into();
+            }),
+        ),
+    ] {
+        let name = tamper(&scene, "id.json", edit);
+        let o = scene.run(&["verify", &name, "--pub", "lab.pub"]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains(&format!("INVALID: {name}")), "{what}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn a_signed_identification_report_whose_numbers_disagree_is_refused() {
+    let scene = Scene::new();
+    let (key, model) = licensees(&scene);
+    scene.ok(&[
+        "identify",
+        "-k",
+        &key,
+        "--certs",
+        "certs",
+        "--original",
+        &model,
+        "copy.safetensors",
+        "--report",
+        "id.json",
+    ]);
+    // Re-signed by the owner after dropping the innocent candidates: the
+    // signature holds, the accounting does not.
+    let secret =
+        weightmark::SecretKey::load(&scene.path("lab.key")).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&read(&scene.path("id.json"))).into_owned();
+    let mut statement: weightmark::provenance::Statement<
+        weightmark::provenance::IdentificationPredicate,
+    > = serde_json::from_value(json_of(&text)).unwrap_or_else(|e| panic!("{e}"));
+    statement.predicate.candidates.truncate(1);
+    let envelope = weightmark::provenance::sign_statement(&statement, &secret)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resigned =
+        weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(scene.path("resigned.json"), resigned).unwrap_or_else(|e| panic!("{e}"));
+    let o = scene.run(&["verify", "resigned.json", "--pub", "lab.pub"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("resigned.json") && err.contains("4 certificates were tested but lists 1"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn detect_tested_n_adjusts_the_bound_the_decision_and_the_report() {
+    let scene = Scene::new();
+    let (key, _) = licensees(&scene);
+    // Blind, with one certificate: a moderate z, so the correction matters.
+    let args =
+        ["detect", "-k", key.as_str(), "--cert", "certs/r2.json", "copy.safetensors", "--json"];
+    let one = json(&scene.run(&args));
+    assert_eq!(one["certificates_tested"], 1);
+    assert_eq!(one["adjusted_p_value"], one["p_value"]);
+    let log10_p = one["log10_p_value"].as_f64().unwrap_or(f64::NAN);
+    assert!(log10_p < -1.0 && log10_p > -200.0, "this model's blind z moved: {one}");
+    // A threshold the bound meets once but not after 100 tests.
+    let threshold = format!("{:e}", 10f64.powf(log10_p + 1.0));
+    let mut with = args.to_vec();
+    with.extend(["--threshold", &threshold]);
+    let o = scene.run(&with);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    with.extend(["--tested", "100", "--report", "d.json"]);
+    let o = scene.run(&with);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let hundred = json(&o);
+    assert_eq!(hundred["detected"], false);
+    assert_eq!(hundred["certificates_tested"], 100);
+    let adjusted = hundred["log10_adjusted_p_value"].as_f64().unwrap_or(f64::NAN);
+    assert!((adjusted - (log10_p + 2.0).min(0.0)).abs() < 1e-9, "{hundred}");
+
+    let o = scene.run(&["verify", "d.json", "--pub", "lab.pub", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let p = &json(&o)["predicate"];
+    assert_eq!(p["certificates_tested"], 100);
+    assert_eq!(p["detected"], false);
+    assert!((p["log10_adjusted_p_value"].as_f64().unwrap_or(f64::NAN) - adjusted).abs() < 1e-12);
+    let text = scene.ok(&["verify", "d.json", "--pub", "lab.pub"]);
+    assert!(text.contains("100 certificates tested: adjusted bound min(1, 100 x p)"), "{text}");
+    let name = tamper(&scene, "d.json", |s| s["predicate"]["certificates_tested"] = 1.into());
+    let o = scene.run(&["verify", &name, "--pub", "lab.pub"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&format!("INVALID: {name}")), "{}", stdout(&o));
+    // --tested 0 is a usage error.
+    let mut zero = args.to_vec();
+    zero.extend(["--tested", "0"]);
+    assert_eq!(scene.run(&zero).status.code(), Some(2));
+}
