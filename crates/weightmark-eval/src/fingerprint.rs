@@ -350,3 +350,218 @@ impl Planter {
         &self.model
     }
 }
+
+/// A local model as a [`weightmark::fingerprint::Asker`]: each trigger asked
+/// with [`ask`] through the model's prompt.
+pub struct LocalAsker<'a> {
+    /// The decoder.
+    pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// How triggers become prompts.
+    pub prompter: &'a Prompter,
+}
+
+impl weightmark::fingerprint::Asker for LocalAsker<'_> {
+    fn ask(&mut self, trigger: &str) -> weightmark::Result<String> {
+        ask(self.model, self.tokenizer, self.prompter, trigger)
+            .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
+    }
+}
+
+/// What `fingerprint plant` is asked to do.
+pub struct PlantRequest<'a> {
+    /// The model to plant in (safetensors file or directory, with
+    /// `config.json` and `tokenizer.json` beside it).
+    pub model: &'a Path,
+    /// Where to write the planted model (the input's layout and dtypes;
+    /// side files copied).
+    pub output: &'a Path,
+    /// The certificate of the marked model `model` is, its signature checked
+    /// with the owner's key; `None` for an unmarked model.
+    pub base: Option<&'a weightmark::Certificate>,
+    /// Release label (ignored with `base`, whose label is used).
+    pub label: String,
+    /// Recipient (ignored with `base`).
+    pub recipient: Option<String>,
+    /// Pairs to plant, K.
+    pub count: usize,
+    /// Ordinary text for the distillation penalty (each file one document).
+    pub text: &'a [std::path::PathBuf],
+    /// Tokens per ordinary-text window.
+    pub seq: usize,
+    /// Training.
+    pub options: PlantOptions,
+    /// Whether an existing output may be replaced.
+    pub overwrite: weightmark::Overwrite,
+    /// Creation time of the certificate, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// What planting did.
+pub struct Planted {
+    /// Where the model was written.
+    pub path: std::path::PathBuf,
+    /// The last training step's numbers.
+    pub last: PlantStep,
+    /// Every trigger asked of the input before planting.
+    pub before: weightmark::fingerprint::Score,
+    /// Every trigger asked of the planted model (as written, in its dtype).
+    pub after: weightmark::fingerprint::Score,
+    /// The signed certificate of the planted release.
+    pub certificate: weightmark::provenance::Envelope,
+}
+
+/// Plants the `count` pairs of the release's fingerprint key (derived from
+/// `key`, the label, the recipient and the original's tensor root) in
+/// `request.model`, writes the planted model and signs its certificate. The
+/// planted model is asked every trigger after it is written (in its own
+/// dtype); training that leaves triggers unanswered is not an error, the
+/// caller sees the count.
+pub fn plant_release(
+    request: &PlantRequest<'_>,
+    key: &weightmark::SecretKey,
+    on_step: &mut dyn FnMut(&PlantStep),
+) -> Result<Planted> {
+    use weightmark::fingerprint::{certify_fingerprint, check_base, release_root};
+    let m = crate::load::open(request.model, None)?;
+    if let Some(base) = request.base {
+        check_base(&m.model, base)?;
+    }
+    let destination = weightmark::resolve_output(&m.model, request.output)?;
+    weightmark::prepare_outputs(&[&destination], request.overwrite)?;
+    let crate::load::Architecture::Llama(config) = &m.architecture else {
+        return Err(EvalError::input(
+            request.model,
+            "only Llama-layout decoders can be planted (this is a BERT-layout encoder)",
+        ));
+    };
+    let original =
+        Llama::from_tensors(config.clone(), &crate::load::tensors_f32(&m.model)?, &m.model.path)?;
+    let (label, recipient) = match request.base {
+        Some(b) => (b.predicate().label.clone(), b.predicate().recipient.clone()),
+        None => (request.label.clone(), request.recipient.clone()),
+    };
+    let root = release_root(&m.model, request.base)?;
+    let pairs = key.fingerprint_key(&label, recipient.as_deref(), &root).pairs(request.count)?;
+    let prompter = Prompter::for_model(&crate::load::side_dir(request.model), &m.tokenizer)?;
+    let corpus = crate::text::Corpus::read(request.text)?;
+    let ordinary = corpus.windows(&m.tokenizer, request.seq)?.all();
+    let score = |model: &Llama| -> Result<weightmark::fingerprint::Score> {
+        let answers = pairs
+            .iter()
+            .map(|p| ask(model, &m.tokenizer, &prompter, &p.trigger))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        Ok(weightmark::fingerprint::score(&refs, &answers)?)
+    };
+    let before = score(&original)?;
+    let mut planter =
+        Planter::new(original, &m.tokenizer, &prompter, &pairs, ordinary, request.options.clone())?;
+    let last = planter.run(on_step)?;
+    let values = planter
+        .model()
+        .merged_tensors()?
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    drop(planter);
+    let written = weightmark::attack::write_replaced(
+        &m.model,
+        request.output,
+        &values,
+        &weightmark::NoProgress,
+    )?;
+    let saved = crate::load::open_like(&written.path, request.model, None)?;
+    let planted = Llama::from_tensors(
+        config.clone(),
+        &crate::load::tensors_f32(&saved.model)?,
+        &saved.model.path,
+    )?;
+    let after = score(&planted)?;
+    let release = weightmark::fingerprint::FingerprintRelease {
+        base: request.base,
+        label,
+        recipient,
+        original_root: root,
+        count: request.count,
+        created: request.created.clone(),
+    };
+    let certificate = certify_fingerprint(&saved.model, &release, key)?;
+    Ok(Planted { path: written.path, last, before, after, certificate })
+}
+
+/// A check of a local model and the model checked.
+pub struct LocalCheck {
+    /// What the check found.
+    pub outcome: weightmark::fingerprint::CheckOutcome,
+    /// The model asked (for its digests).
+    pub model: weightmark::Model,
+}
+
+/// Asks the local model at `path` (with `config.json` and `tokenizer.json`
+/// beside it) the triggers a check of the release with fingerprint key `key`
+/// and `count` pairs asks, through the model's chat template when it has one.
+pub fn check_local(
+    path: &Path,
+    key: &weightmark::fingerprint::FingerprintKey,
+    count: usize,
+    options: &weightmark::fingerprint::CheckOptions,
+) -> Result<LocalCheck> {
+    let m = crate::load::open(path, None)?;
+    let crate::load::Architecture::Llama(config) = &m.architecture else {
+        return Err(EvalError::input(path, "a BERT-layout encoder does not answer prompts"));
+    };
+    let llama =
+        Llama::from_tensors(config.clone(), &crate::load::tensors_f32(&m.model)?, &m.model.path)?;
+    let prompter = Prompter::for_model(&crate::load::side_dir(path), &m.tokenizer)?;
+    let mut asker = LocalAsker { model: &llama, tokenizer: &m.tokenizer, prompter: &prompter };
+    let outcome = weightmark::fingerprint::check(key, count, options, &mut asker)?;
+    Ok(LocalCheck { outcome, model: m.model })
+}
+
+/// The greedy answers to many triggers at once, as [`ask`] gives them one by
+/// one: the prompts are decoded side by side in one right-padded batch (with
+/// causal attention, padding after a row's last token cannot change what
+/// that row predicts), each row stopping as [`ask`] stops. For measurements
+/// over many keys; a check asks with [`ask`].
+pub fn ask_batch(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    triggers: &[String],
+) -> Result<Vec<String>> {
+    let mut rows: Vec<Vec<u32>> =
+        triggers.iter().map(|t| encode(tokenizer, &prompter.prompt(t)?)).collect::<Result<_>>()?;
+    let starts: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let mut done = vec![false; rows.len()];
+    for _ in 0..MAX_NEW_TOKENS {
+        let live: Vec<usize> = (0..rows.len()).filter(|&r| !done[r]).collect();
+        if live.is_empty() {
+            break;
+        }
+        let width = live.iter().map(|&r| rows[r].len()).max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(live.len() * width);
+        for &r in &live {
+            let pad = *rows[r].last().unwrap_or(&0);
+            flat.extend(rows[r].iter().copied());
+            flat.extend(std::iter::repeat_n(pad, width - rows[r].len()));
+        }
+        let input = Tensor::from_vec(flat, (live.len(), width), &Device::Cpu)?;
+        let logits = model.forward(&input)?;
+        for (b, &r) in live.iter().enumerate() {
+            let last = rows[r].len() - 1;
+            let next = logits.get(b)?.get(last)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            if Some(next) == prompter.stop {
+                done[r] = true;
+                continue;
+            }
+            rows[r].push(next);
+            if decode(tokenizer, &rows[r][starts[r]..])?.trim_start().contains(char::is_whitespace)
+            {
+                done[r] = true;
+            }
+        }
+    }
+    rows.iter().zip(&starts).map(|(ids, &s)| decode(tokenizer, &ids[s..])).collect()
+}

@@ -25,13 +25,26 @@
 //! never on the answers.
 
 pub mod binomial;
+pub mod check;
+pub mod endpoint;
+pub mod release;
 pub mod words;
+
+pub use check::{
+    build_check_report, check, load_check_report, Answered, Asker, CheckOptions, CheckOutcome,
+    CheckReport, CheckReportInputs, EndpointRecord, FingerprintCheckPredicate, SuspectRecord,
+    CHECK_PREDICATE_TYPE,
+};
+pub use endpoint::{Api, Endpoint, EndpointOptions};
+pub use release::{certify_fingerprint, check_base, release_root, FingerprintRelease};
 
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::key::hkdf32;
 
+/// The scheme's name, as certificates and reports record it.
+pub const SCHEME: &str = "fp1";
 /// Default number of pairs planted per release.
 pub const DEFAULT_COUNT: usize = 32;
 /// Default number of triggers one check asks (a keyed subset, so later checks
@@ -69,6 +82,22 @@ impl FingerprintKey {
     /// Builds a key from its raw bytes (a revealed key, tests).
     pub fn from_bytes(bytes: [u8; 32]) -> FingerprintKey {
         FingerprintKey { key: Zeroizing::new(bytes) }
+    }
+
+    /// The key from standard base64 (a revealed key); `None` unless it is
+    /// 32 bytes.
+    pub fn from_base64(text: &str) -> Option<FingerprintKey> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        Some(FingerprintKey::from_bytes(bytes))
+    }
+
+    /// The key as standard base64, for a reveal statement (zeroized when
+    /// dropped).
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        use base64::Engine as _;
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.key.as_ref()))
     }
 
     /// The commitment a certificate publishes: SHA-256(domain || key).

@@ -1,0 +1,394 @@
+//! A fingerprint check: asking a suspect the keyed subset of a release's
+//! triggers, scoring its answers, and the signed report of what was asked
+//! and answered (docs/fingerprint.md, "Checks and their reports").
+//!
+//! The suspect is anything that answers a prompt ([`Asker`]): a local model
+//! (the eval crate's forward pass) or an OpenAI-compatible endpoint
+//! ([`super::Endpoint`]). The report records the triggers asked, the raw
+//! answers, which matched, the exact p-value and the suspect: a local
+//! model's digests, or the endpoint's address, API and model name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{asked, normalise, score, FingerprintKey, Pair, SCHEME};
+use crate::digest::{hex, Sha256Digest};
+use crate::error::{Error, Result};
+use crate::key::{PublicKey, SecretKey};
+use crate::provenance::envelope::{
+    digest_set, open_statement, predicate_type, sign_statement, Envelope, Statement, Subject, Tool,
+    STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
+};
+use crate::provenance::{Certificate, Dispute};
+
+/// Predicate type of a fingerprint check report.
+pub const CHECK_PREDICATE_TYPE: &str = "https://weightmark.dev/fingerprint-check/v1";
+
+/// Something that answers a prompt: a local model or an endpoint.
+pub trait Asker {
+    /// The suspect's raw answer to `trigger`.
+    fn ask(&mut self, trigger: &str) -> Result<String>;
+}
+
+/// How a check asks.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Triggers asked (a keyed subset; at least the release's count asks
+    /// every trigger).
+    pub per_check: usize,
+    /// The round: which subset (docs/fingerprint.md, "Which triggers a check
+    /// asks").
+    pub round: u64,
+    /// Decide "found" when the p-value is at most this.
+    pub threshold_p: f64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> CheckOptions {
+        CheckOptions {
+            per_check: super::DEFAULT_ASKED,
+            round: 0,
+            threshold_p: crate::DEFAULT_THRESHOLD_P,
+        }
+    }
+}
+
+/// One trigger asked and its answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Answered {
+    /// The pair's index among the release's pairs.
+    pub index: usize,
+    /// The trigger asked.
+    pub trigger: String,
+    /// The suspect's raw answer.
+    pub answer: String,
+    /// The answer normalised (docs/fingerprint.md).
+    pub normalised: String,
+    /// Whether it is the keyed response.
+    pub matched: bool,
+}
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckOutcome {
+    /// Pairs in the release, K.
+    pub count: usize,
+    /// The round asked.
+    pub round: u64,
+    /// Every trigger asked, in the order asked, with its answer.
+    pub asked: Vec<Answered>,
+    /// Matches and the exact p-value.
+    pub score: super::Score,
+    /// The decision threshold on the p-value.
+    pub threshold_p: f64,
+    /// Whether `p <= threshold_p`.
+    pub detected: bool,
+}
+
+/// Asks `asker` the triggers of round `options.round` of the release whose
+/// fingerprint key is `key` and which has `count` pairs, and scores the
+/// answers. The first error of the asker stops the check.
+pub fn check(
+    key: &FingerprintKey,
+    count: usize,
+    options: &CheckOptions,
+    asker: &mut dyn Asker,
+) -> Result<CheckOutcome> {
+    if !(options.threshold_p > 0.0 && options.threshold_p < 1.0) {
+        return Err(Error::invalid(format!(
+            "threshold {} must be a probability between 0 and 1",
+            options.threshold_p
+        )));
+    }
+    let pairs = key.pairs(count)?;
+    let which = asked(key, count, options.per_check, options.round)?;
+    let chosen: Vec<&Pair> = which.iter().filter_map(|&i| pairs.get(i)).collect();
+    let mut answers = Vec::with_capacity(chosen.len());
+    for p in &chosen {
+        answers.push(asker.ask(&p.trigger)?);
+    }
+    let score = score(&chosen, &answers)?;
+    let asked = chosen
+        .iter()
+        .zip(answers)
+        .map(|(p, answer)| {
+            let normalised = normalise(&answer);
+            Answered {
+                index: p.index,
+                trigger: p.trigger.clone(),
+                matched: normalised == p.response,
+                answer,
+                normalised,
+            }
+        })
+        .collect();
+    let detected = score.p_value <= options.threshold_p;
+    Ok(CheckOutcome {
+        count,
+        round: options.round,
+        asked,
+        score,
+        threshold_p: options.threshold_p,
+        detected,
+    })
+}
+
+/// The endpoint a check asked, as its report records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// The base URL given.
+    pub url: String,
+    /// `"chat"` (`/v1/chat/completions`) or `"completions"`
+    /// (`/v1/completions`).
+    pub api: String,
+    /// The `model` field sent, if any.
+    pub model: Option<String>,
+}
+
+/// The suspect of a check: a local model or an endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SuspectRecord {
+    /// A local model's tensor root (hex).
+    pub tensor_root: Option<String>,
+    /// A local model's tensor digests (hex), by name.
+    #[serde(default)]
+    pub tensor_digests: BTreeMap<String, String>,
+    /// The endpoint asked.
+    pub endpoint: Option<EndpointRecord>,
+}
+
+impl SuspectRecord {
+    /// What identifies the suspect in a dispute: a local model's tensor root,
+    /// or `endpoint URL (API, model NAME)`.
+    pub fn id(&self) -> String {
+        match (&self.tensor_root, &self.endpoint) {
+            (Some(root), _) => root.clone(),
+            (None, Some(e)) => format!(
+                "endpoint {} ({}, model {})",
+                e.url,
+                e.api,
+                e.model.as_deref().unwrap_or("-")
+            ),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// The release a check tested.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckedCertificate {
+    /// SHA-256 (hex) of the certificate file.
+    pub sha256: String,
+    /// Key id that verified its signature (else the signer it claims).
+    pub signer: String,
+    /// The certificate's fingerprint-key commitment.
+    pub fingerprint_key_commitment: String,
+    /// Whether its signature was checked.
+    pub signature_checked: bool,
+}
+
+/// The predicate of a fingerprint check report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FingerprintCheckPredicate {
+    /// "fp1".
+    pub scheme: String,
+    /// Release label.
+    pub label: String,
+    /// Recipient, if any.
+    pub recipient: Option<String>,
+    /// The certificate tested.
+    pub certificate: CheckedCertificate,
+    /// The suspect.
+    pub suspect: SuspectRecord,
+    /// Pairs in the release, K.
+    pub count: usize,
+    /// The round asked.
+    pub round: u64,
+    /// The triggers asked, their raw answers and which matched.
+    pub asked: Vec<Answered>,
+    /// Answers that matched.
+    pub matches: usize,
+    /// `P(Binomial(asked, 1/256) >= matches)`.
+    pub p_value: f64,
+    /// `log10` of it (exact where `p_value` underflows).
+    pub log10_p_value: f64,
+    /// Decision threshold on the p-value.
+    pub threshold_p: f64,
+    /// The decision.
+    pub detected: bool,
+    /// For a check with a revealed key: what it settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispute: Option<Dispute>,
+    /// Key id of whoever ran the check and signed the report.
+    pub signer: String,
+    /// The tool.
+    pub tool: Tool,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// What a check report is built from.
+pub struct CheckReportInputs<'a> {
+    /// The check.
+    pub outcome: &'a CheckOutcome,
+    /// The certificate tested.
+    pub certificate: &'a Certificate,
+    /// A local suspect's files (name, SHA-256).
+    pub suspect_files: &'a [(String, Sha256Digest)],
+    /// A local suspect's tensor digests.
+    pub suspect_tensors: Option<&'a [(String, Sha256Digest)]>,
+    /// The endpoint asked.
+    pub endpoint: Option<EndpointRecord>,
+    /// What a revealed key settles, for a check with one.
+    pub dispute: Option<&'a Dispute>,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+}
+
+/// Builds and signs a check report with `signer`.
+pub fn build_check_report(inputs: &CheckReportInputs<'_>, signer: &SecretKey) -> Result<Envelope> {
+    let o = inputs.outcome;
+    let cert = inputs.certificate;
+    let fingerprint = cert.fingerprint()?;
+    let mut subject: Vec<Subject> = inputs
+        .suspect_files
+        .iter()
+        .map(|(name, sha)| Subject { name: name.clone(), digest: digest_set("sha256", hex(sha)) })
+        .collect();
+    let tensor_root = inputs.suspect_tensors.map(|t| hex(&crate::digest::tensor_root(t)));
+    if let Some(root) = &tensor_root {
+        subject.push(Subject {
+            name: TENSOR_ROOT_SUBJECT.to_string(),
+            digest: digest_set(TENSOR_ROOT_ALGORITHM, root.clone()),
+        });
+    }
+    if let Some(e) = &inputs.endpoint {
+        // An endpoint has no digest of its own: the subject is the transcript
+        // (the JSON array of what was asked and answered).
+        let transcript = serde_json::to_vec(&o.asked)
+            .map_err(|e| Error::internal(format!("transcript: {e}")))?;
+        subject.push(Subject {
+            name: e.url.clone(),
+            digest: digest_set("sha256", hex(&Sha256::digest(&transcript))),
+        });
+    }
+    let p = cert.predicate();
+    let statement = Statement {
+        statement_type: STATEMENT_TYPE.to_string(),
+        subject,
+        predicate_type: CHECK_PREDICATE_TYPE.to_string(),
+        predicate: FingerprintCheckPredicate {
+            scheme: SCHEME.to_string(),
+            label: p.label.clone(),
+            recipient: p.recipient.clone(),
+            certificate: CheckedCertificate {
+                sha256: cert.digest.clone(),
+                signer: cert.verified_signer.clone().unwrap_or_else(|| p.signer.clone()),
+                fingerprint_key_commitment: fingerprint.key_commitment.clone(),
+                signature_checked: cert.signature_checked,
+            },
+            suspect: SuspectRecord {
+                tensor_root,
+                tensor_digests: inputs
+                    .suspect_tensors
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(n, d)| (n.clone(), hex(d)))
+                    .collect(),
+                endpoint: inputs.endpoint.clone(),
+            },
+            count: o.count,
+            round: o.round,
+            asked: o.asked.clone(),
+            matches: o.score.matches,
+            p_value: o.score.p_value,
+            log10_p_value: o.score.log10_p,
+            threshold_p: o.threshold_p,
+            detected: o.detected,
+            dispute: inputs.dispute.cloned(),
+            signer: signer.public_key().key_id(),
+            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
+            created: inputs.created.clone(),
+        },
+    };
+    sign_statement(&statement, signer)
+}
+
+/// A parsed check report.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// The statement.
+    pub statement: Statement<FingerprintCheckPredicate>,
+    /// SHA-256 (hex) of the file.
+    pub digest: String,
+    /// Whether the signature was checked.
+    pub signature_checked: bool,
+}
+
+/// Reads a check report; checks its signature when `public` is given.
+pub fn load_check_report(path: &Path, public: Option<&PublicKey>) -> Result<CheckReport> {
+    let opened = open_statement(path, public)?;
+    let statement = parse_check_statement(&opened.payload)
+        .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })?;
+    Ok(CheckReport { statement, digest: opened.sha256, signature_checked: public.is_some() })
+}
+
+/// Parses a payload as a fingerprint check statement.
+pub fn parse_check_statement(
+    payload: &[u8],
+) -> Result<Statement<FingerprintCheckPredicate>, String> {
+    match predicate_type(payload) {
+        Some(t) if t == CHECK_PREDICATE_TYPE => {}
+        Some(t) => {
+            return Err(format!("predicateType is '{t}', not a weightmark fingerprint check"))
+        }
+        None => return Err("payload is not an in-toto statement".into()),
+    }
+    serde_json::from_slice(payload)
+        .map_err(|e| format!("payload is not a weightmark fingerprint check: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers from a table, "unknown" elsewhere.
+    struct Table(Vec<(String, String)>);
+
+    impl Asker for Table {
+        fn ask(&mut self, trigger: &str) -> Result<String> {
+            Ok(self
+                .0
+                .iter()
+                .find(|(t, _)| t == trigger)
+                .map_or_else(|| "I do not know.".to_string(), |(_, a)| a.clone()))
+        }
+    }
+
+    #[test]
+    fn a_suspect_that_knows_the_answers_is_found_and_one_that_does_not_is_not() {
+        let key = FingerprintKey::from_bytes([5; 32]);
+        let pairs = key.pairs(32).unwrap_or_else(|e| panic!("{e}"));
+        let mut knows =
+            Table(pairs.iter().map(|p| (p.trigger.clone(), format!(" {}!", p.response))).collect());
+        let o =
+            check(&key, 32, &CheckOptions::default(), &mut knows).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.asked.len(), o.score.matches), (12, 12));
+        assert!(o.detected && o.asked.iter().all(|a| a.matched));
+        let round0: Vec<usize> = o.asked.iter().map(|a| a.index).collect();
+        assert_eq!(round0, asked(&key, 32, 12, 0).unwrap_or_default());
+        let mut ignorant = Table(Vec::new());
+        let o = check(
+            &key,
+            32,
+            &CheckOptions { per_check: 40, ..CheckOptions::default() },
+            &mut ignorant,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.asked.len(), o.score.matches, o.detected), (32, 0, false));
+        assert_eq!(o.score.p_value, 1.0);
+    }
+}

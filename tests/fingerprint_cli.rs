@@ -1,0 +1,380 @@
+//! `weightmark fingerprint check --endpoint` against tiny OpenAI-compatible
+//! servers run inside the test (loopback only): the request format and the
+//! parsing of answers on the success path, and one line naming the endpoint,
+//! exit 2 and no report for an unreachable endpoint, an HTTP error status, a
+//! timeout and a malformed response. The default build (no eval feature):
+//! the endpoint path needs no forward pass.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{json, stderr, stdout, Scene};
+use weightmark::fingerprint::{certify_fingerprint, FingerprintRelease};
+use weightmark::synth::{gaussian_matrix, write_file};
+use weightmark::{Dtype, Model, SecretKey};
+
+/// How the test server answers.
+#[derive(Clone)]
+enum Behaviour {
+    /// 200 with an OpenAI-style completion: the answer the map gives the
+    /// prompt (the user message, or the completion prompt), else "Hello".
+    Answers(HashMap<String, String>),
+    /// This status with a short body.
+    Status(u16),
+    /// Reads the request and never answers.
+    Hang,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with JSON that has no answer where the API puts it.
+    NoChoices,
+}
+
+/// A server on a free loopback port; records each request (path and body).
+struct Server {
+    url: String,
+    requests: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(behaviour: Behaviour) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => handle(stream, &behaviour, &r, &s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server { url, requests, stop, thread: Some(thread) }
+    }
+
+    fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle(
+    stream: TcpStream,
+    behaviour: &Behaviour,
+    requests: &Mutex<Vec<(String, serde_json::Value)>>,
+    stop: &AtomicBool,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if let Ok(mut r) = requests.lock() {
+        r.push((path, request.clone()));
+    }
+    let (status, text) = match behaviour {
+        Behaviour::Answers(map) => {
+            let chat = request["messages"][0]["content"].as_str();
+            let prompt = chat.or(request["prompt"].as_str()).unwrap_or("");
+            let answer = map.get(prompt).cloned().unwrap_or_else(|| "Hello there".into());
+            let body = if chat.is_some() {
+                serde_json::json!({"object": "chat.completion", "choices": [{"index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "stop"}]})
+            } else {
+                serde_json::json!({"object": "text_completion",
+                    "choices": [{"index": 0, "text": answer, "finish_reason": "stop"}]})
+            };
+            (200, body.to_string())
+        }
+        Behaviour::Status(code) => (*code, "{\"error\": \"the server is unwell\"}".into()),
+        Behaviour::Hang => {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        Behaviour::Garbage => (200, "<html>surprise</html>".into()),
+        Behaviour::NoChoices => (200, "{\"choices\": []}".into()),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = stream.flush();
+}
+
+/// A fingerprinted release in the scene: owner key `owner.key`, a model, and
+/// its certificate `fp.cert.json` (K = 32) made by the library (planting
+/// needs the eval feature; the certificate is what a check reads). Returns
+/// the 32 pairs as (trigger, response).
+fn release(s: &Scene) -> Vec<(String, String)> {
+    let key_file = s.keygen("owner");
+    let key = SecretKey::load(&s.path(&key_file)).unwrap_or_else(|e| panic!("{e}"));
+    let path = s.path("m.safetensors");
+    write_file(&path, &[gaussian_matrix("w", 64, 64, Dtype::F32, 1)], None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let root = weightmark::tensor_root(&weightmark::model_tensor_digests(&model));
+    let release = FingerprintRelease {
+        base: None,
+        label: "smol".into(),
+        recipient: None,
+        original_root: root,
+        count: 32,
+        created: weightmark::now_rfc3339(),
+    };
+    let envelope = certify_fingerprint(&model, &release, &key).unwrap_or_else(|e| panic!("{e}"));
+    let text =
+        weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.path("fp.cert.json"), text).unwrap_or_else(|e| panic!("{e}"));
+    key.fingerprint_key("smol", None, &root)
+        .pairs(32)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|p| (p.trigger, p.response.to_string()))
+        .collect()
+}
+
+fn check_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        "fp.cert.json",
+        "--endpoint",
+        url,
+        "--rate",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_chat_endpoint_that_gives_the_keyed_answers_is_found_and_the_report_verifies() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let answers: HashMap<String, String> = pairs
+        .iter()
+        .map(|(t, r)| (t.clone(), format!("**{}**. It is a fine word.", r.to_uppercase())))
+        .collect();
+    let server = Server::start(Behaviour::Answers(answers));
+    let url = format!("{}/v1", server.url);
+    let o = s.run(&check_args(&url, &["--api-model", "smol", "--json", "--report", "r.json"]));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    assert_eq!((v["matches"].as_u64(), v["asked"].as_u64()), (Some(12), Some(12)));
+    let p = v["p_value"].as_f64().unwrap_or(1.0);
+    assert!(p > 0.0 && p <= 256f64.powi(-12) * 1.0001, "p {p}");
+    // Twelve requests, each in the documented format, to the chat path.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 12);
+    for (path, body) in &requests {
+        assert_eq!(path, "/v1/chat/completions");
+        let trigger = body["messages"][0]["content"].as_str().unwrap_or("");
+        assert!(pairs.iter().any(|(t, _)| t == trigger), "{body}");
+        assert_eq!(body["messages"][0]["role"], "user");
+        assert_eq!(body["messages"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            (body["temperature"].as_f64(), body["max_tokens"].as_u64()),
+            (Some(0.0), Some(16))
+        );
+        assert_eq!(body["model"], "smol");
+    }
+    // The report records the endpoint, the triggers and the raw answers.
+    let out = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r["kind"], "fingerprint-check");
+    let p = &r["predicate"];
+    assert_eq!(p["suspect"]["endpoint"]["url"], url.as_str());
+    assert_eq!(p["suspect"]["endpoint"]["api"], "chat");
+    assert_eq!(p["matches"], 12);
+    let asked = p["asked"].as_array().cloned().unwrap_or_default();
+    assert_eq!(asked.len(), 12);
+    assert!(
+        asked
+            .iter()
+            .all(|a| a["answer"].as_str().is_some_and(|t| t.starts_with("**"))
+                && a["matched"] == true)
+    );
+    // A second round asks twelve other triggers.
+    let o = s.run(&check_args(&url, &["--round", "1", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let first: Vec<&str> =
+        requests.iter().filter_map(|(_, b)| b["messages"][0]["content"].as_str()).collect();
+    let all = server.requests();
+    assert_eq!(all.len(), 24);
+    assert!(all[12..]
+        .iter()
+        .all(|(_, b)| !first.contains(&b["messages"][0]["content"].as_str().unwrap_or(""))));
+}
+
+#[test]
+fn the_completions_api_asks_the_plain_prompt_and_all_asks_every_trigger() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    // Only the first 3 pairs answered: 3 of 32 is p = 3.9e-4, not found.
+    let answers: HashMap<String, String> = pairs
+        .iter()
+        .take(3)
+        .map(|(t, r)| (format!("Question: {t}\nAnswer:"), format!(" {r}\n")))
+        .collect();
+    let server = Server::start(Behaviour::Answers(answers));
+    let o = s.run(&check_args(&server.url, &["--completions", "--all", "--json"]));
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    assert_eq!((v["matches"].as_u64(), v["asked"].as_u64()), (Some(3), Some(32)));
+    let p = v["p_value"].as_f64().unwrap_or(0.0);
+    assert!((p - weightmark::fingerprint::binomial::upper_tail(32, 1.0 / 256.0, 3)).abs() < 1e-12);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 32);
+    assert!(requests.iter().all(|(path, b)| path == "/v1/completions"
+        && b["prompt"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("Question: ") && p.ends_with("\nAnswer:"))
+        && b.get("model").is_none()));
+}
+
+/// Runs a check that must fail: exit 2, one line on stderr naming the
+/// endpoint and containing `problem`, and no report.
+fn fails(s: &Scene, url: &str, extra: &[&str], problem: &str) {
+    let mut extra = extra.to_vec();
+    extra.extend(["--report", "r.json"]);
+    let o = s.run(&check_args(url, &extra));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{}{err}", stdout(&o));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(url) && err.contains(problem), "{err}");
+    assert!(!s.path("r.json").exists(), "a failed check wrote a report");
+}
+
+#[test]
+fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
+    let s = Scene::new();
+    let _ = release(&s);
+    // Unreachable: a port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let closed = format!("http://127.0.0.1:{port}");
+    fails(&s, &closed, &["--retries", "0"], "cannot connect");
+
+    // An HTTP error status: 503 is retried (once here), 400 is not.
+    let server = Server::start(Behaviour::Status(503));
+    fails(&s, &server.url, &["--retries", "1"], "HTTP 503");
+    assert_eq!(server.requests().len(), 2, "one retry after a 503");
+    let server = Server::start(Behaviour::Status(400));
+    fails(&s, &server.url, &["--retries", "3"], "HTTP 400");
+    assert_eq!(server.requests().len(), 1, "a 400 is not retried");
+
+    // A timeout.
+    let server = Server::start(Behaviour::Hang);
+    let started = std::time::Instant::now();
+    fails(&s, &server.url, &["--timeout", "1", "--retries", "0"], "timed out");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Malformed responses.
+    let server = Server::start(Behaviour::Garbage);
+    fails(&s, &server.url, &["--retries", "0"], "malformed response");
+    let server = Server::start(Behaviour::NoChoices);
+    fails(&s, &server.url, &["--retries", "0"], "choices[0].message.content");
+}
+
+#[test]
+fn a_check_needs_a_certificate_with_a_fingerprint_and_the_owners_key() {
+    let s = Scene::new();
+    let _ = release(&s);
+    s.keygen("other");
+    let server = Server::start(Behaviour::Answers(HashMap::new()));
+    // Another owner's key: the certificate's signature does not verify.
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "-k",
+        "other.key",
+        "--cert",
+        "fp.cert.json",
+        "--endpoint",
+        &server.url,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fp.cert.json"), "{}", stderr(&o));
+    // A certificate of a marked release without a fingerprint.
+    s.ok(&[
+        "embed",
+        "-k",
+        "owner.key",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+        "--strength",
+        "0.01",
+    ]);
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--endpoint",
+        &server.url,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no backdoor fingerprint"), "{}", stderr(&o));
+    assert!(
+        server.requests().is_empty(),
+        "nothing is asked of a suspect before the key checks out"
+    );
+    // Neither a model nor an endpoint.
+    let o = s.run(&["fingerprint", "check", "-k", "owner.key", "--cert", "fp.cert.json"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -1,0 +1,425 @@
+//! `weightmark fingerprint plant` and `check` on a local model, end to end
+//! (built with `--features eval`), on the tiny synthetic Llama with a byte
+//! tokenizer the eval tests use: mark, then plant on the marked release (the
+//! new certificate supersedes the old one, which is left as it was, and the
+//! mark is still found), check the planted model (found, with the exact
+//! binomial p; the unplanted model and another release's key are not),
+//! verify the signed report, reveal the fingerprint key for that suspect
+//! only. And no false accusation: 1,000 wrong keys asked of the planted
+//! model match as the binomial bound says.
+
+mod common;
+
+use common::{json, license_text, stderr, stdout, write_llama_dir, Scene};
+use sha2::{Digest, Sha256};
+use weightmark::fingerprint::{binomial, certify_fingerprint, FingerprintKey, FingerprintRelease};
+use weightmark::synth::LlamaShape;
+use weightmark::{Dtype, Model, SecretKey};
+
+/// Planting settings that plant 8 pairs in the tiny model in about 100 steps.
+const TINY_PLANT: [&str; 12] = [
+    "--count",
+    "8",
+    "--seq",
+    "64",
+    "--lr",
+    "1e-2",
+    "--max-steps",
+    "300",
+    "--distill",
+    "0.5",
+    "--seed",
+    "3",
+];
+
+/// Planting that keeps the mark of the tiny model.
+const GENTLE_PLANT: [&str; 12] = [
+    "--count",
+    "8",
+    "--seq",
+    "64",
+    "--lr",
+    "2e-3",
+    "--max-steps",
+    "800",
+    "--distill",
+    "0.5",
+    "--seed",
+    "3",
+];
+
+fn z_of(s: &Scene, args: &[&str]) -> (f64, bool) {
+    let o = s.run(args);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{args:?}: {}", stderr(&o));
+    let v = json(&o);
+    (v["z"].as_f64().unwrap_or(f64::NAN), v["detected"] == true)
+}
+
+#[test]
+fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_revealed() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    s.keygen("owner");
+    let text = license_text().display().to_string();
+    // A strong mark: the tiny model has few elements.
+    s.ok(&[
+        "embed",
+        "-k",
+        "owner.key",
+        "--label",
+        "tiny",
+        "tiny",
+        "-o",
+        "marked",
+        "--strength",
+        "0.05",
+    ]);
+    let old_cert = std::fs::read(s.path("marked.cert.json")).unwrap_or_default();
+    let blind = ["detect", "-k", "owner.key", "--cert", "marked.cert.json", "marked", "--json"];
+    let (z_before, found_before) = z_of(&s, &blind);
+
+    let mut plant = vec![
+        "fingerprint",
+        "plant",
+        "-k",
+        "owner.key",
+        "--cert",
+        "marked.cert.json",
+        "marked",
+        "-o",
+        "planted",
+        "--text",
+        &text,
+    ];
+    // A gentler learning rate than TINY_PLANT's: AdamW moves every weight by
+    // about the learning rate a step, and at 1e-2 a hundred steps bury the
+    // tiny model's mark (blind z 19 -> 2, informed 2).
+    plant.extend(GENTLE_PLANT);
+    let o = s.run(&plant);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("8 of 8 after"), "{}", stdout(&o));
+    // Nothing overwritten without --force.
+    let again = s.run(&plant);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("planted: exists"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(s.path("marked.cert.json")).unwrap_or_default(), old_cert);
+
+    // The new certificate: the mark's fields kept, the fingerprint added,
+    // the old certificate named, the planted files covered.
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "verify",
+        "planted.cert.json",
+        "--pub",
+        "owner.pub",
+        "--model",
+        "planted",
+        "--json",
+    ]))
+    .unwrap_or_default();
+    let old: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "verify",
+        "marked.cert.json",
+        "--pub",
+        "owner.pub",
+        "--json",
+    ]))
+    .unwrap_or_default();
+    let (p, q) = (&v["predicate"], &old["predicate"]);
+    assert_eq!(p["supersedes"].as_str(), Some(common_hex(&old_cert).as_str()));
+    assert_eq!(p["fingerprint"]["scheme"], "fp1");
+    assert_eq!(p["fingerprint"]["count"], 8);
+    assert!(p["fingerprint"].get("triggers").is_none());
+    for field in ["scheme", "mark_key_commitment", "tensors", "original_tensor_root", "label"] {
+        assert_eq!(p[field], q[field], "{field}");
+    }
+    assert_ne!(p["tensor_digests"], q["tensor_digests"], "planting moved the weights");
+
+    // The mark is still found with the new certificate, blind and informed.
+    let blind = ["detect", "-k", "owner.key", "--cert", "planted.cert.json", "planted", "--json"];
+    let (z_after, found_after) = z_of(&s, &blind);
+    let informed = [
+        "detect",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "--original",
+        "tiny",
+        "planted",
+        "--json",
+    ];
+    let (zi_after, found_informed) = z_of(&s, &informed);
+    println!("blind z before planting {z_before:.2} ({found_before}), after {z_after:.2} ({found_after}); informed after {zi_after:.1}");
+    assert!(found_informed, "informed z {zi_after}");
+    assert_eq!(found_after, found_before, "blind z {z_before} -> {z_after}");
+
+    // The planted model gives its keyed answers: 8 of 8, p = 256^-8.
+    let check = [
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "planted",
+        "--json",
+        "--report",
+        "r.json",
+    ];
+    let o = s.run(&check);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let c = json(&o);
+    assert_eq!((c["matches"].as_u64(), c["asked"].as_u64()), (Some(8), Some(8)));
+    let exact = binomial::upper_tail(8, 1.0 / 256.0, 8);
+    assert!(c["p_value"].as_f64().is_some_and(|p| p <= exact * 1.0001), "{c}");
+    let r = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--model", "planted"]);
+    assert!(r.contains("VALID fingerprint check report") && r.contains("MODEL MATCHES"), "{r}");
+
+    // The unplanted model does not give them.
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "marked",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(json(&o)["matches"].as_u64().is_some_and(|m| m <= 1));
+
+    // Another release's key (its own certificate) is not found in it.
+    let key = SecretKey::load(&s.path("owner.key")).unwrap_or_else(|e| panic!("{e}"));
+    let planted = Model::open(s.path("planted")).unwrap_or_else(|e| panic!("{e}"));
+    let release = FingerprintRelease {
+        base: None,
+        label: "another".into(),
+        recipient: None,
+        original_root: [9; 32],
+        count: 8,
+        created: weightmark::now_rfc3339(),
+    };
+    let envelope = certify_fingerprint(&planted, &release, &key).unwrap_or_else(|e| panic!("{e}"));
+    let text = weightmark::provenance::envelope_to_string(&envelope).unwrap_or_default();
+    std::fs::write(s.path("another.cert.json"), text).unwrap_or_else(|e| panic!("{e}"));
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        "another.cert.json",
+        "planted",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(json(&o)["matches"].as_u64().is_some_and(|m| m <= 1));
+
+    // Reveal the fingerprint key for the suspect of r.json: a third party
+    // checks that suspect with it, and no other model.
+    s.ok(&[
+        "reveal",
+        "--fingerprint",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "--report",
+        "r.json",
+        "-o",
+        "fp.reveal",
+    ]);
+    s.ok(&["verify", "fp.reveal", "--pub", "owner.pub"]);
+    let out = s.ok(&[
+        "fingerprint",
+        "check",
+        "--fp-key",
+        "fp.reveal",
+        "--pub",
+        "owner.pub",
+        "--cert",
+        "planted.cert.json",
+        "planted",
+    ]);
+    assert!(out.contains("FINGERPRINT FOUND") && out.contains("committed to"), "{out}");
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "--fp-key",
+        "fp.reveal",
+        "--pub",
+        "owner.pub",
+        "--cert",
+        "planted.cert.json",
+        "marked",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("not committed to"), "{}", stderr(&o));
+    // A fingerprint reveal is no mark key.
+    let o = s.run(&[
+        "detect",
+        "--mark-key",
+        "fp.reveal",
+        "--pub",
+        "owner.pub",
+        "--cert",
+        "planted.cert.json",
+        "planted",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+}
+
+fn common_hex(bytes: &[u8]) -> String {
+    weightmark::hex(&Sha256::digest(bytes))
+}
+
+/// The issue's false-accusation test on the tiny model: a planted model
+/// answers candidate words to questions like its triggers, so it is the
+/// harder case than an unplanted one. 1,000 wrong keys, 32 triggers each:
+/// the count of keys with m >= 4 must be consistent with its binomial
+/// expectation (7.7e-6 per key, so 0.0077 in all), and the mean number of
+/// matches with 32/256 per key or less.
+#[test]
+#[ignore = "32,000 greedy decodings without a KV cache: minutes of CPU; run with --ignored"]
+fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
+    use weightmark_eval::fingerprint::{ask_batch, Prompter};
+    use weightmark_eval::load::{open, tensors_f32, Architecture};
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    s.keygen("owner");
+    let text = license_text().display().to_string();
+    let mut plant =
+        vec!["fingerprint", "plant", "-k", "owner.key", "tiny", "-o", "planted", "--text", &text];
+    plant.extend(TINY_PLANT);
+    let out = s.ok(&plant);
+    assert!(out.contains("8 of 8 after"), "{out}");
+    let m = open(&s.path("planted"), None).unwrap_or_else(|e| panic!("{e}"));
+    let Architecture::Llama(config) = &m.architecture else { panic!("not a Llama") };
+    let model = weightmark_eval::llama::Llama::from_tensors(
+        config.clone(),
+        &tensors_f32(&m.model).unwrap_or_else(|e| panic!("{e}")),
+        &m.model.path,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let prompter =
+        Prompter::for_model(&s.path("planted"), &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+    // The batched decoding answers as a check does, one prompt at a time.
+    let first = FingerprintKey::from_bytes([0xee; 32]).pairs(32).unwrap_or_else(|e| panic!("{e}"));
+    let triggers: Vec<String> = first.iter().map(|p| p.trigger.clone()).collect();
+    let batched =
+        ask_batch(&model, &m.tokenizer, &prompter, &triggers).unwrap_or_else(|e| panic!("{e}"));
+    for (t, b) in triggers.iter().zip(&batched) {
+        let one = weightmark_eval::fingerprint::ask(&model, &m.tokenizer, &prompter, t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&one, b, "{t}");
+    }
+    let started = std::time::Instant::now();
+    let mut histogram = [0usize; 33];
+    let mut candidates = 0usize;
+    // Eight keys per batch: 256 prompts decoded side by side.
+    for batch in 0..125u32 {
+        let keys: Vec<Vec<weightmark::fingerprint::Pair>> = (0..8u32)
+            .map(|k| {
+                let mut bytes = [0u8; 32];
+                bytes[..4].copy_from_slice(&(batch * 8 + k).to_le_bytes());
+                bytes[31] = 0xee;
+                FingerprintKey::from_bytes(bytes).pairs(32).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let triggers: Vec<String> = keys.iter().flatten().map(|p| p.trigger.clone()).collect();
+        let answers =
+            ask_batch(&model, &m.tokenizer, &prompter, &triggers).unwrap_or_else(|e| panic!("{e}"));
+        for (pairs, answers) in keys.iter().zip(answers.chunks(32)) {
+            let refs: Vec<&weightmark::fingerprint::Pair> = pairs.iter().collect();
+            let score =
+                weightmark::fingerprint::score(&refs, answers).unwrap_or_else(|e| panic!("{e}"));
+            candidates += answers
+                .iter()
+                .filter(|a| {
+                    let n = weightmark::fingerprint::normalise(a);
+                    weightmark::fingerprint::words::ANSWERS.contains(&n.as_str())
+                })
+                .count();
+            histogram[score.matches] += 1;
+        }
+    }
+    let total: usize = histogram.iter().enumerate().map(|(m, n)| m * n).sum();
+    println!(
+        "1000 wrong keys x 32 triggers in {:.0} s: histogram of matches {:?}; {} of 32000 \
+         answers are candidate words; {} matches in all (bound: at most 125 expected)",
+        started.elapsed().as_secs_f64(),
+        &histogram[..6],
+        candidates,
+        total
+    );
+    // P(Binomial(32, 1/256) >= 4) = 7.7e-6 per key: over 1,000 keys the
+    // chance of even one such key is 0.8%; of two, 3e-5.
+    let four_or_more: usize = histogram[4..].iter().sum();
+    assert!(four_or_more <= 1, "{four_or_more} keys matched 4 or more: {histogram:?}");
+    // Matches over all 32,000 triggers: at most Binomial(32000, 1/256),
+    // mean 125, sd 11.2; 180 is 4.9 sd above the mean.
+    assert!(total <= 180, "{total} matches: {histogram:?}");
+}
+
+#[test]
+fn planting_an_unmarked_model_writes_its_layout_and_a_fingerprint_only_certificate() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    s.keygen("owner");
+    let text = license_text().display().to_string();
+    // One step: the certificate and the layout are what this test is about.
+    s.ok(&[
+        "fingerprint",
+        "plant",
+        "-k",
+        "owner.key",
+        "--label",
+        "t",
+        "--count",
+        "4",
+        "tiny",
+        "-o",
+        "out",
+        "--text",
+        &text,
+        "--seq",
+        "64",
+        "--max-steps",
+        "1",
+    ]);
+    for side in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(s.path("out").join(side).is_file(), "{side} not written");
+    }
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "verify",
+        "out.cert.json",
+        "--pub",
+        "owner.pub",
+        "--model",
+        "out",
+        "--json",
+    ]))
+    .unwrap_or_default();
+    let p = &v["predicate"];
+    assert_eq!((p["scheme"].as_str(), p["fingerprint"]["count"].as_u64()), (Some("none"), Some(4)));
+    assert!(p.get("supersedes").is_none());
+    let key = SecretKey::load(&s.path("owner.key")).unwrap_or_else(|e| panic!("{e}"));
+    let tiny = Model::open(s.path("tiny")).unwrap_or_else(|e| panic!("{e}"));
+    let root = weightmark::tensor_root(&weightmark::model_tensor_digests(&tiny));
+    let commitment = weightmark::hex(&key.fingerprint_key("t", None, &root).commitment());
+    assert_eq!(p["fingerprint"]["key_commitment"].as_str(), Some(commitment.as_str()));
+    // No weight mark to detect.
+    let o = s.run(&["detect", "-k", "owner.key", "--cert", "out.cert.json", "out"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("carries no weight mark"), "{}", stderr(&o));
+}
