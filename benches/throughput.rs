@@ -36,6 +36,7 @@ fn throughput(c: &mut Criterion) {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     let marked = dir.path().join("marked.safetensors");
 

@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             created: weightmark::now_rfc3339(),
             progress: &NoProgress,
             overwrite: weightmark::Overwrite::Refuse,
+            allocation: weightmark::Allocation::Uniform,
         },
     )?;
     println!(

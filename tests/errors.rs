@@ -157,6 +157,18 @@ fn unknown_scheme_names_the_scheme_and_the_certificate() {
 }
 
 #[test]
+fn unknown_allocation_names_the_allocation_and_the_certificate() {
+    let dir = common::Scene::new();
+    let key = SecretKey::from_seed([5; 32]);
+    let mut cert = ok(load_certificate(&marked(dir.dir.path(), &key), &key.public_key()));
+    assert_eq!(cert.statement.predicate.allocation, None, "uniform writes no allocation field");
+    cert.statement.predicate.allocation = Some("ss2-alloc9".into());
+    let err =
+        Target::from_certificate(&cert, &key).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("'ss2-alloc9'") && err.contains("marked.cert.json"), "{err}");
+}
+
+#[test]
 fn output_exists_when_a_new_directory_would_replace_one() {
     let dir = common::Scene::new();
     let input = dir.path("in");
@@ -167,6 +179,27 @@ fn output_exists_when_a_new_directory_would_replace_one() {
     std::fs::create_dir(&out).unwrap_or_else(|e| panic!("{e}"));
     let err = apply_attack(&m, &out, &Attack::Truncate { keep: 1 }, 1, &NoProgress).err();
     assert!(matches!(err, Some(Error::OutputExists { .. })), "{err:?}");
+}
+
+#[test]
+fn endpoint_errors_name_the_endpoint() {
+    use weightmark::fingerprint::{Asker, Endpoint, EndpointOptions};
+    let err = Endpoint::new("ftp://example.invalid", EndpointOptions::default()).err();
+    assert!(
+        matches!(&err, Some(Error::Endpoint { url, .. }) if url == "ftp://example.invalid"),
+        "{err:?}"
+    );
+    // Nothing listens on the port of a listener just closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let options = EndpointOptions { retries: 0, ..EndpointOptions::default() };
+    let mut e = ok(Endpoint::new(&format!("http://127.0.0.1:{port}"), options));
+    let err = e.ask("What?").err();
+    let text = err.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(matches!(err, Some(Error::Endpoint { .. })), "{err:?}");
+    assert!(text.starts_with(&format!("endpoint http://127.0.0.1:{port}/v1/chat/completions: ")));
 }
 
 #[test]

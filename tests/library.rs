@@ -26,6 +26,7 @@ fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
         created: CREATED.to_string(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     }
 }
 

@@ -22,6 +22,7 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     embed(model, out, key, &options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -122,6 +123,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     match embed(&model, &out, &SecretKey::from_seed([25; 32]), &options) {
         Ok(report) => {

@@ -28,6 +28,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         created: "2026-11-28T00:00:00Z".into(),
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
+        allocation: weightmark::Allocation::Uniform,
     };
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     embed(&model, &marked, &owner, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -68,6 +69,7 @@ fn ss2_wrong_key_zs(
     tensors: Vec<(String, Vec<usize>)>,
     sketch: Option<weightmark::ResidualSketch>,
     neurons: Option<weightmark::NeuronSketch>,
+    heads: Option<weightmark::HeadSketch>,
 ) -> Vec<f64> {
     let targets: Vec<Target> = (0u32..1000)
         .map(|i| {
@@ -82,6 +84,8 @@ fn ss2_wrong_key_zs(
                 tensors: Some(tensors.clone()),
                 residual_sketch: sketch.clone(),
                 neuron_sketch: neurons.clone(),
+                head_sketch: heads.clone(),
+                allocation: weightmark::Allocation::Uniform,
             }
         })
         .collect();
@@ -110,6 +114,16 @@ fn ss2_a_thousand_wrong_keys_on_the_unmarked_and_on_a_stranger_s_model_look_like
         LlamaShape { vocab: 512, hidden: 128, intermediate: 344, layers: 2, heads: 4, kv_heads: 2 };
     let input = dir.path().join("in.safetensors");
     write_file(&input, &llama(&shape, Dtype::BF16, 22), None).unwrap_or_else(|e| panic!("{e}"));
+    // The head counts a head sketch needs.
+    let config = serde_json::json!({
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "num_hidden_layers": shape.layers,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+    })
+    .to_string();
+    std::fs::write(dir.path().join("config.json"), config).unwrap_or_else(|e| panic!("{e}"));
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     let tensors: Vec<(String, Vec<usize>)> = model
         .tensors()
@@ -128,7 +142,9 @@ fn ss2_a_thousand_wrong_keys_on_the_unmarked_and_on_a_stranger_s_model_look_like
         assert!(sketch.is_some(), "a Llama-layout model has a residual sketch");
         let neurons = weightmark::NeuronSketch::of_model(&model);
         assert!(neurons.is_some(), "a Llama-layout model has a neuron sketch");
-        let zs = ss2_wrong_key_zs(suspect, tensors.clone(), sketch, neurons);
+        let heads = weightmark::HeadSketch::of_model(&model);
+        assert!(heads.is_some(), "a Llama-layout model with a config.json has a head sketch");
+        let zs = ss2_wrong_key_zs(suspect, tensors.clone(), sketch, neurons, heads);
         let (mean, sd) = mean_sd(&zs);
         let max = zs.iter().cloned().fold(f64::MIN, f64::max);
         eprintln!(

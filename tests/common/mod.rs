@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod llama_server;
+
 use std::path::{Path, PathBuf};
 
 use weightmark::synth::{llama, write_file, LlamaShape, SynthTensor};

@@ -21,6 +21,9 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Mark a model's weights and write a signed certificate beside the output.
     Embed(EmbedArgs),
+    /// Sign a licensee's certificate without writing the marked copy (embed
+    /// with the same options writes the copy it describes, later).
+    Issue(IssueArgs),
     /// Look for a mark in a suspect model (blind, or informed with --original).
     Detect(DetectArgs),
     /// Check the signature of a certificate, detection report or reveal, and a model against it.
@@ -42,6 +45,153 @@ pub enum Command {
     Eval(EvalArgs),
     /// Run the whole story on a built-in synthetic Llama-shaped model, offline.
     Demo(DemoArgs),
+    /// Backdoor fingerprints (fp1): plant keyed trigger -> answer pairs in a
+    /// model, and check a model or an API endpoint for them.
+    Fingerprint(FingerprintArgs),
+}
+
+/// `weightmark fingerprint`.
+#[derive(Args, Debug)]
+pub struct FingerprintArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub kind: FingerprintKind,
+}
+
+/// The fingerprint commands.
+#[derive(Subcommand, Debug)]
+pub enum FingerprintKind {
+    /// Plant a release's fingerprint pairs by training (needs a build with
+    /// `--features eval`) and write the model with a signed certificate.
+    Plant(PlantArgs),
+    /// Ask a model or an OpenAI-compatible endpoint a keyed subset of the
+    /// triggers: matches, the exact p-value, the verdict (exit 0 found, 1
+    /// not found, 2 error).
+    Check(CheckArgs),
+}
+
+/// `weightmark fingerprint plant`.
+#[derive(Args, Debug)]
+pub struct PlantArgs {
+    /// The owner's secret key file.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    pub key: PathBuf,
+    /// Licensee this copy is for: each recipient gets its own fingerprints.
+    #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT", conflicts_with = "cert")]
+    pub recipient: Option<String>,
+    /// Name of the release [default: the model's file or directory name].
+    #[arg(long, value_name = "LABEL", conflicts_with = "cert")]
+    pub label: Option<String>,
+    /// Pairs to plant, K (1 to 4096).
+    #[arg(long, value_name = "K", default_value_t = weightmark::fingerprint::DEFAULT_COUNT)]
+    pub count: usize,
+    /// The certificate of MODEL when it is a marked release (from `embed`):
+    /// its label and recipient are used, the fingerprint is bound to its
+    /// unmarked original, and the new certificate keeps its mark fields and
+    /// names its SHA-256. It is never modified.
+    #[arg(long, value_name = "CERT")]
+    pub cert: Option<PathBuf>,
+    /// Where to write the new certificate [default: OUT.cert.json beside OUT].
+    #[arg(long = "out-cert", value_name = "FILE")]
+    pub out_cert: Option<PathBuf>,
+    /// The model to plant in: a Llama-layout safetensors file or directory
+    /// with config.json and tokenizer.json (and tokenizer_config.json with a
+    /// chat template for instruct models) beside it.
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Where to write the planted model (same layout and dtypes as MODEL).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Ordinary text for the distillation penalty that keeps the model's
+    /// behaviour elsewhere (repeatable; each file one document).
+    #[arg(long = "text", value_name = "FILE", required = true)]
+    pub text: Vec<PathBuf>,
+    /// Tokens per ordinary-text window.
+    #[arg(long, value_name = "TOKENS", default_value_t = 128)]
+    pub seq: usize,
+    /// AdamW learning rate.
+    #[arg(long, value_name = "LR", default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Most training steps (training stops earlier once every answer token
+    /// has probability >= 0.9).
+    #[arg(long = "max-steps", value_name = "N", default_value_t = 100)]
+    pub max_steps: usize,
+    /// Weight of the distillation penalty KL(original || planted).
+    #[arg(long, value_name = "W", default_value_t = 4.0)]
+    pub distill: f64,
+    /// Ordinary-text windows per step.
+    #[arg(long, value_name = "B", default_value_t = 4)]
+    pub batch: usize,
+    /// Seed of the ordinary-text batch order.
+    #[arg(long, value_name = "SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Replace an existing output file and certificate.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `weightmark fingerprint check`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("suspect").required(true).args(["model", "endpoint"])))]
+pub struct CheckArgs {
+    /// The owner's secret key file (derives the fingerprint key; signs --report).
+    #[arg(short = 'k', long = "key", value_name = "KEY", required_unless_present = "fp_key")]
+    pub key: Option<PathBuf>,
+    /// A revealed fingerprint key (`weightmark reveal --fingerprint`)
+    /// instead of the owner's secret key; needs the owner's --pub. Refused
+    /// for any suspect but the one the owner's report fixed before the reveal.
+    #[arg(long = "fp-key", value_name = "FILE", requires = "public")]
+    pub fp_key: Option<PathBuf>,
+    /// The owner's public key, when -k is not the owner's key.
+    #[arg(long = "pub", value_name = "PUB")]
+    pub public: Option<PathBuf>,
+    /// The certificate of the fingerprinted release.
+    #[arg(long, value_name = "CERT")]
+    pub cert: PathBuf,
+    /// A local model (needs a build with `--features eval`).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// An OpenAI-compatible server's base URL (http://host:port, with or
+    /// without /v1): asked through /v1/chat/completions.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// The `model` field sent to the endpoint.
+    #[arg(long = "api-model", value_name = "NAME", requires = "endpoint")]
+    pub api_model: Option<String>,
+    /// Ask through /v1/completions with the plain prompt "Question:
+    /// TRIGGER\nAnswer:" instead of the chat API.
+    #[arg(long, requires = "endpoint")]
+    pub completions: bool,
+    /// Ask every trigger instead of the keyed subset of 12.
+    #[arg(long)]
+    pub all: bool,
+    /// Which subset of 12 to ask: rounds 0, 1, ... ask triggers no earlier
+    /// round asked, until they run out.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "all")]
+    pub round: u64,
+    /// Decide "found" when the p-value is at most this.
+    #[arg(long, value_name = "P", default_value_t = weightmark::DEFAULT_THRESHOLD_P)]
+    pub threshold: f64,
+    /// Seconds allowed for each request to the endpoint.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Further attempts after a failed request (connection failure, timeout,
+    /// HTTP 429 or 5xx), with exponential backoff from 0.5 s.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+    /// Most requests a second to the endpoint (0: no limit).
+    #[arg(long, value_name = "R", default_value_t = 2.0)]
+    pub rate: f64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a report signed with -k: the triggers asked, the raw answers,
+    /// the p-value, the verdict and the suspect (digests, or the endpoint).
+    #[arg(long, value_name = "REPORT", requires = "key")]
+    pub report: Option<PathBuf>,
+    /// Replace an existing --report file.
+    #[arg(long, requires = "report")]
+    pub force: bool,
 }
 
 /// `weightmark keygen`.
@@ -53,9 +203,10 @@ pub struct KeygenArgs {
     pub output: PathBuf,
 }
 
-/// `weightmark embed`.
+/// What names and marks a release, shared by `embed` (which writes the copy)
+/// and `issue` (which signs its certificate without writing it).
 #[derive(Args, Debug)]
-pub struct EmbedArgs {
+pub struct ReleaseArgs {
     /// The owner's secret key file (from `weightmark keygen`).
     #[arg(short = 'k', long = "key", value_name = "KEY")]
     pub key: PathBuf,
@@ -84,12 +235,38 @@ pub struct EmbedArgs {
     /// original at hand, informed detection works at 0.001 and below.
     #[arg(long, value_name = "EPS", default_value_t = weightmark::DEFAULT_STRENGTH)]
     pub strength: f64,
+    /// How ss2 spreads the strength over the elements: uniform (the
+    /// default), or ss2-alloc1 (data-free: more where the weights say the
+    /// model is insensitive, less on v_proj; every element within 3x of the
+    /// base; recorded in the certificate, and detection weighs by it).
+    /// Ablations for measurement: ss2-alloc1:PARTS, PARTS from group,
+    /// channel, row joined by '+'. See docs/fidelity.md (ss2) for its cost.
+    #[arg(
+        long,
+        value_name = "ALLOCATION",
+        default_value = "uniform",
+        value_parser = weightmark::Allocation::from_name
+    )]
+    pub allocation: weightmark::Allocation,
     /// Mark only tensors whose names match this glob (repeatable).
     ///
     /// Default: every F64/F32/F16/BF16 tensor with at least 2 dimensions and
     /// 4096 elements. Example: --tensors 'model.layers.*.mlp.*'.
     #[arg(long = "tensors", value_name = "GLOB")]
     pub tensors: Vec<String>,
+    /// Creation time recorded in the certificate: RFC 3339 in UTC, e.g.
+    /// 2026-12-02T09:00:00Z [default: now]. With the time of a certificate
+    /// from `weightmark issue`, embed signs the byte-identical certificate.
+    #[arg(long, value_name = "TIME")]
+    pub created: Option<String>,
+}
+
+/// `weightmark embed`.
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Key, release and marking options.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
     /// The model to mark: a .safetensors file, or a directory (single file or
     /// shards with an index).
     #[arg(value_name = "MODEL")]
@@ -103,6 +280,37 @@ pub struct EmbedArgs {
     /// Replace an existing output file and certificate (never a non-empty
     /// output directory). Without it, existing outputs are refused before
     /// any work starts.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `weightmark issue`.
+///
+/// Marks the model as `embed` does, in memory one tensor at a time, and
+/// hashes every byte embed would write instead of writing it: the
+/// certificate is byte-identical to the one `embed` signs with the same key,
+/// options and --created time, and `embed` with the same options later
+/// writes the copy that `verify --model` accepts against it. Nothing but
+/// the certificate is written.
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// Key, release and marking options, as for `embed`.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    /// The model: a .safetensors file, or a directory (single file or shards
+    /// with an index).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Where `embed -o` will write the copy: for a single-file model the
+    /// certificate records this file name (a directory means the model's
+    /// own name inside it) [default: the model's file name]. Nothing is
+    /// written there; a directory model's files keep their names.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Where to write the signed certificate.
+    #[arg(long, value_name = "CERT")]
+    pub cert: PathBuf,
+    /// Replace an existing certificate.
     #[arg(long)]
     pub force: bool,
 }
@@ -142,6 +350,15 @@ pub struct DetectArgs {
     /// Decide "found" when the p-value bound is at most this.
     #[arg(long, value_name = "P", default_value_t = weightmark::DEFAULT_THRESHOLD_P)]
     pub threshold: f64,
+    /// How many certificates you tested this suspect against, this one
+    /// included: the bound is Bonferroni-adjusted to min(1, N x p), the
+    /// decision is taken on it, and --report and --json record N and the
+    /// adjusted bound. Trying many certificates one by one and reporting
+    /// the best without it overstates the evidence; `identify` does the
+    /// accounting itself.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tested: u64,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -207,6 +424,15 @@ pub struct IdentifyArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Write an identification report signed with -k: how many
+    /// certificates were tested (the Bonferroni factor), every candidate's
+    /// z and adjusted p-value bound, the releases the certificates belong
+    /// to, and the suspect's digests. `verify` checks it.
+    #[arg(long, value_name = "REPORT")]
+    pub report: Option<PathBuf>,
+    /// Replace an existing --report file.
+    #[arg(long, requires = "report")]
+    pub force: bool,
     /// The suspect model.
     #[arg(value_name = "SUSPECT")]
     pub suspect: PathBuf,
@@ -230,6 +456,11 @@ pub struct RevealArgs {
     /// signed and dated (mode 0600, never overwritten).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
+    /// Reveal the release's fingerprint key instead of its mark key; the
+    /// report is then a fingerprint check report (`fingerprint check
+    /// --report`).
+    #[arg(long)]
+    pub fingerprint: bool,
 }
 
 /// `weightmark convert`.

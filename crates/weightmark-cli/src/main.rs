@@ -53,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Keygen(args) => commands::keygen::run(&args),
         Command::Embed(args) => commands::embed::run(&args),
+        Command::Issue(args) => commands::issue::run(&args),
         Command::Detect(args) => commands::detect::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Identify(args) => commands::identify::run(&args),
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
+        Command::Fingerprint(args) => commands::fingerprint::run(&args),
     }
 }
 

@@ -7,9 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::heads::{HeadMap, HeadSketch};
 use crate::key::{MarkKey, SecretKey};
 use crate::model::{Model, TensorRef};
 use crate::pattern::TensorStreams;
@@ -49,6 +51,12 @@ pub struct Target {
     /// `ss2`: the certificate's public sketch of the original's MLP neurons,
     /// to undo a permutation of the suspect's neurons in blind detection.
     pub neuron_sketch: Option<NeuronSketch>,
+    /// `ss2`: the certificate's public sketch of the original's attention
+    /// heads, to undo a permutation of the suspect's heads in blind detection.
+    pub head_sketch: Option<HeadSketch>,
+    /// `ss2`: the certificate's allocation, whose multipliers (recomputed
+    /// from the suspect, never from the key) weigh the detection statistic.
+    pub allocation: Allocation,
 }
 
 impl Target {
@@ -67,6 +75,8 @@ impl Target {
             tensors,
             residual_sketch: None,
             neuron_sketch: None,
+            head_sketch: None,
+            allocation: Allocation::Uniform,
         }
     }
 
@@ -98,6 +108,8 @@ impl Target {
                     tensors: Some(p.tensor_shapes()),
                     residual_sketch: p.residual_sketch().map_err(named)?,
                     neuron_sketch: p.neuron_sketch().map_err(named)?,
+                    head_sketch: p.head_sketch().map_err(named)?,
+                    allocation: p.allocation().map_err(named)?,
                 })
             }
         }
@@ -126,6 +138,8 @@ impl Target {
             tensors: Some(p.tensor_shapes()),
             residual_sketch: p.residual_sketch().map_err(named)?,
             neuron_sketch: p.neuron_sketch().map_err(named)?,
+            head_sketch: p.head_sketch().map_err(named)?,
+            allocation: p.allocation().map_err(named)?,
         })
     }
 
@@ -217,7 +231,16 @@ pub struct Detection {
     /// `log10` of the bound, `-z^2 / (2 ln 10)`: exact where `p_value`
     /// underflows to 0 (z above about 38).
     pub log10_p_value: f64,
-    /// Decision threshold on `p_value`.
+    /// How many certificates (releases, recipients, keys) were tried to
+    /// find this one: the Bonferroni factor N of `adjusted_p_value`. 1
+    /// unless set with [`Detection::adjusted_for`].
+    pub certificates_tested: u64,
+    /// `min(1, N x p_value)`: the bound corrected for N tests, on which
+    /// `detected` decides (equal to `p_value` when N = 1).
+    pub adjusted_p_value: f64,
+    /// `log10` of the adjusted bound (exact where it underflows).
+    pub log10_adjusted_p_value: f64,
+    /// Decision threshold on `adjusted_p_value`.
     pub threshold_p: f64,
     /// Elements tested.
     pub elements: u64,
@@ -248,6 +271,34 @@ impl Detection {
     pub fn nothing_tested(&self) -> bool {
         self.tensors.is_empty()
     }
+
+    /// The same detection accounted as one of `tests` tried (a user who
+    /// tested N certificates, or N keys, before this one): the adjusted
+    /// bound is `min(1, N x p_value)` and the decision is taken on it, so
+    /// trying many certificates does not raise the chance of a false
+    /// finding above the threshold (the union bound). `tests` must be at
+    /// least 1.
+    pub fn adjusted_for(mut self, tests: u64) -> Result<Detection> {
+        if tests == 0 {
+            return Err(Error::invalid(
+                "the number of certificates tested must be at least 1 (this one)",
+            ));
+        }
+        self.certificates_tested = tests;
+        self.log10_adjusted_p_value = adjusted_log10(self.log10_p_value, tests);
+        self.adjusted_p_value = if self.p_value > 0.0 {
+            (tests as f64 * self.p_value).min(1.0)
+        } else {
+            10f64.powf(self.log10_adjusted_p_value) // the bound underflowed
+        };
+        self.detected = self.log10_adjusted_p_value <= self.threshold_p.log10();
+        Ok(self)
+    }
+}
+
+/// `log10 min(1, tests x 10^log10_p)`: the Bonferroni-adjusted bound.
+pub fn adjusted_log10(log10_p: f64, tests: u64) -> f64 {
+    (log10_p + (tests.max(1) as f64).log10()).min(0.0)
 }
 
 /// Runs detection of `target` in `suspect`, informed when `original` is given.
@@ -329,8 +380,23 @@ pub fn detect_many(
     };
     let sketch_o = original.and_then(|o| ResidualSketch::of(o, &canonical_o));
     let neurons_o = original.and_then(|o| NeuronSketch::of(o, &canonical_o));
-    let originals = OriginalSketches { residual: sketch_o.as_ref(), neurons: neurons_o.as_ref() };
+    let heads_o = original.and_then(|o| HeadSketch::of(o, &canonical_o));
+    let originals = OriginalSketches {
+        residual: sketch_o.as_ref(),
+        neurons: neurons_o.as_ref(),
+        heads: heads_o.as_ref(),
+    };
     let orders = SuspectOrders::new(suspect, original, targets, originals, &canonical_o);
+    // Allocation multipliers (detection weights) from the suspect's own
+    // weights, one set per allocation in use.
+    let planned_names: Vec<String> = plan.iter().map(|(t, _, _)| t.name.to_string()).collect();
+    let mut allocations: Vec<(Allocation, ModelWeights)> = Vec::new();
+    for target in targets.iter().filter(|t| t.scheme == Scheme::Ss2) {
+        if !allocations.iter().any(|(a, _)| *a == target.allocation) {
+            let weights = ModelWeights::of(suspect, &planned_names, target.allocation);
+            allocations.push((target.allocation, weights));
+        }
+    }
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
@@ -344,7 +410,17 @@ pub fn detect_many(
             per_user.extend(ss1.iter().copied().zip(detect_tensor_multi(t, o.as_ref(), &refs)));
         }
         // ss2 users that share a suspect order are tested in one pass.
-        for (order, group) in orders.groups(&ss2) {
+        let by_allocation = orders.groups(&ss2).into_iter().flat_map(|(order, group)| {
+            allocations.iter().filter_map(move |(allocation, weights)| {
+                let users: Vec<usize> = group
+                    .iter()
+                    .copied()
+                    .filter(|&ti| targets[ti].allocation == *allocation)
+                    .collect();
+                (!users.is_empty()).then_some((order, users, weights))
+            })
+        });
+        for (order, group, weights) in by_allocation {
             // Release keys first, then the recipient keys that are held.
             let mut streams: Vec<TensorStreams> =
                 group.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
@@ -362,7 +438,8 @@ pub fn detect_many(
                 axes: canonical_o.axes(&tensor),
                 residual: order.residual.as_deref(),
             });
-            let stats = crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs);
+            let stats =
+                crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs, weights.get(t.name));
             per_user.extend(group.iter().copied().zip(stats.iter().copied()));
             for (ti, k) in recipient_of {
                 recipients[ti] = recipients[ti].merge(stats[k]);
@@ -408,6 +485,9 @@ pub fn detect_many(
                     .as_ref()
                     .map(|_| ComponentResult::of(recipients[ti])),
                 log10_p_value: log10_p_bound(z),
+                certificates_tested: 1,
+                adjusted_p_value: p_value,
+                log10_adjusted_p_value: log10_p_bound(z),
                 threshold_p: options.threshold_p,
                 elements: total.elements,
                 s: total.s,
@@ -436,6 +516,7 @@ struct SuspectOrders {
 struct OriginalSketches<'a> {
     residual: Option<&'a ResidualSketch>,
     neurons: Option<&'a NeuronSketch>,
+    heads: Option<&'a HeadSketch>,
 }
 
 /// One canonical order of the suspect, and for informed detection each
@@ -446,6 +527,8 @@ struct SuspectOrder {
     /// For each layer, the canonical index (the original's stored index) of
     /// each suspect neuron.
     neurons: Vec<Option<Vec<u32>>>,
+    /// For each layer, the original head of each suspect attention head.
+    heads: Vec<Option<HeadMap>>,
 }
 
 impl SuspectOrder {
@@ -454,6 +537,8 @@ impl SuspectOrder {
         let mut axes = self.canonical.axes(t);
         if let Some((l, _)) = crate::llama::mlp_tensor(t.name) {
             axes.neurons = self.neurons.get(l).and_then(|m| m.as_deref());
+        } else if let Some((l, part)) = crate::llama::attention_part(t.name) {
+            axes.neurons = self.heads.get(l).and_then(Option::as_ref).and_then(|m| m.of_part(part));
         }
         axes
     }
@@ -467,7 +552,9 @@ impl SuspectOrders {
         originals: OriginalSketches<'_>,
         canonical_o: &Canonical,
     ) -> SuspectOrders {
-        let mut keys: Vec<(Option<&ResidualSketch>, Option<&NeuronSketch>)> = Vec::new();
+        type Key<'k> =
+            (Option<&'k ResidualSketch>, Option<&'k NeuronSketch>, Option<&'k HeadSketch>);
+        let mut keys: Vec<Key<'_>> = Vec::new();
         let mut orders = Vec::new();
         let mut of_target = vec![0; targets.len()];
         for (ti, target) in targets.iter().enumerate() {
@@ -478,11 +565,15 @@ impl SuspectOrders {
             // `canonical_o` (a certificate's describe that same original);
             // matching neurons by content also covers a permutation the
             // re-alignment could not see through a permuted residual stream.
-            let (sketch, neuron_sketch) = match original {
-                Some(_) => (originals.residual, originals.neurons),
-                None => (target.residual_sketch.as_ref(), target.neuron_sketch.as_ref()),
+            let (sketch, neuron_sketch, head_sketch) = match original {
+                Some(_) => (originals.residual, originals.neurons, originals.heads),
+                None => (
+                    target.residual_sketch.as_ref(),
+                    target.neuron_sketch.as_ref(),
+                    target.head_sketch.as_ref(),
+                ),
             };
-            let key = (sketch, neuron_sketch);
+            let key = (sketch, neuron_sketch, head_sketch);
             of_target[ti] = match keys.iter().position(|k| *k == key) {
                 Some(i) => i,
                 None => {
@@ -497,8 +588,11 @@ impl SuspectOrders {
                     let neurons = neuron_sketch
                         .map(|k| k.neuron_maps(suspect, &canonical, &flipped))
                         .unwrap_or_default();
+                    let heads = head_sketch
+                        .map(|k| k.head_maps(suspect, &canonical, &flipped))
+                        .unwrap_or_default();
                     keys.push(key);
-                    orders.push(SuspectOrder { canonical, residual, neurons });
+                    orders.push(SuspectOrder { canonical, residual, neurons, heads });
                     orders.len() - 1
                 }
             };

@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
+use crate::heads::HeadSketch;
 use crate::io::Overwrite;
 use crate::key::{MarkKey, SecretKey};
 use crate::model::{write_model, Model, OutputFile, TensorRef, WriteOptions, WriteReport};
@@ -15,9 +17,9 @@ use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
-    sign_statement, CertifiedTensor, Envelope, NeuronSketchRecord, ReleaseFile, ReleasePredicate,
-    SketchRecord, Statement, Subject, Tool, STATEMENT_TYPE, TENSOR_ROOT_ALGORITHM,
-    TENSOR_ROOT_SUBJECT,
+    sign_statement, CertifiedTensor, Envelope, HeadSketchRecord, NeuronSketchRecord, ReleaseFile,
+    ReleasePredicate, SketchRecord, Statement, Subject, Tool, STATEMENT_TYPE,
+    TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
@@ -40,13 +42,19 @@ pub struct EmbedOptions<'a> {
     pub recipient: Option<String>,
     /// Which tensors to mark.
     pub selection: Selection,
-    /// Creation time to record (RFC 3339).
+    /// Creation time to record: RFC 3339 in UTC (`2026-12-02T09:00:00Z`;
+    /// `+00:00` and fractional seconds are accepted and recorded in that
+    /// form, see [`normalize_created`]). Two runs with the same key, model,
+    /// options and time sign byte-identical certificates.
     pub created: String,
     /// Progress receiver.
     pub progress: &'a dyn Progress,
     /// Whether an existing output file may be replaced ([`Overwrite::Refuse`]
     /// by default; a non-empty output directory is never replaced).
     pub overwrite: Overwrite,
+    /// `ss2`: how the strength is spread over the elements
+    /// ([`Allocation::Uniform`] by default; recorded in the certificate).
+    pub allocation: Allocation,
 }
 
 /// Per-tensor outcome of marking.
@@ -107,6 +115,7 @@ impl EmbedOptions<'static> {
             created: crate::now_rfc3339(),
             progress: &crate::progress::NoProgress,
             overwrite: Overwrite::Refuse,
+            allocation: Allocation::Uniform,
         }
     }
 }
@@ -116,6 +125,13 @@ impl<'a> EmbedOptions<'a> {
     #[must_use]
     pub fn recipient(mut self, recipient: impl Into<String>) -> Self {
         self.recipient = Some(recipient.into());
+        self
+    }
+
+    /// The same options with another `ss2` allocation.
+    #[must_use]
+    pub fn allocation(mut self, allocation: Allocation) -> Self {
+        self.allocation = allocation;
         self
     }
 
@@ -144,6 +160,7 @@ impl<'a> EmbedOptions<'a> {
             created: self.created,
             progress,
             overwrite: self.overwrite,
+            allocation: self.allocation,
         }
     }
 
@@ -155,8 +172,35 @@ impl<'a> EmbedOptions<'a> {
     }
 }
 
+/// `created` as a certificate records it: an RFC 3339 time in UTC, written
+/// with a `Z` and fractional seconds only where they are not zero
+/// (`2026-12-02T09:00:00+00:00` becomes `2026-12-02T09:00:00Z`). A time that
+/// is not RFC 3339, or not in UTC, is refused with the reason.
+pub fn normalize_created(created: &str) -> Result<String> {
+    use time::format_description::well_known::Rfc3339;
+    let bad = |why: &str| {
+        Error::invalid(format!(
+            "creation time '{}' {why}: give an RFC 3339 time in UTC, e.g. 2026-12-02T09:00:00Z",
+            created.escape_debug()
+        ))
+    };
+    let parsed = time::OffsetDateTime::parse(created, &Rfc3339)
+        .map_err(|_| bad("is not an RFC 3339 time"))?;
+    if parsed.offset() != time::UtcOffset::UTC {
+        return Err(bad("is not in UTC"));
+    }
+    parsed.format(&Rfc3339).map_err(|_| bad("cannot be written back"))
+}
+
 /// Validates options that do not need the model.
 fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
+    if normalize_created(&options.created)? != options.created {
+        return Err(Error::invalid(format!(
+            "creation time '{}' is not in the form certificates record: use {}",
+            options.created.escape_debug(),
+            normalize_created(&options.created)?
+        )));
+    }
     if !(options.strength > 0.0 && options.strength <= MAX_STRENGTH) {
         return Err(Error::invalid(format!(
             "strength {} is out of range: use a value in (0, {MAX_STRENGTH}] (default 0.003)",
@@ -196,8 +240,11 @@ struct Ss2Marking {
     canonical: Canonical,
     sketch: Option<ResidualSketch>,
     neurons: Option<NeuronSketch>,
+    heads: Option<HeadSketch>,
     recipient: Option<MarkKey>,
     strengths: Strengths,
+    /// The allocation's multipliers, from the original (empty: uniform).
+    weights: ModelWeights,
     original_digests: Vec<(String, Sha256Digest)>,
 }
 
@@ -216,12 +263,16 @@ impl<'o> Marking<'o> {
                 let canonical = Canonical::of(model);
                 let sketch = ResidualSketch::of(model, &canonical);
                 let neurons = NeuronSketch::of(model, &canonical);
+                let heads = HeadSketch::of(model, &canonical);
+                let weights = ModelWeights::of(model, &selected, options.allocation);
                 let marking = Ss2Marking {
                     canonical,
                     sketch,
                     neurons,
+                    heads,
                     recipient,
                     strengths,
+                    weights,
                     original_digests,
                 };
                 (release, Some(marking))
@@ -265,12 +316,20 @@ impl<'o> Marking<'o> {
         let axes = ss2.canonical.axes(t);
         let release = TensorStreams::new(&self.mark_key, t.name);
         let recipient = ss2.recipient.as_ref().map(|k| TensorStreams::new(k, t.name));
-        let (data, fidelity) =
-            crate::ss2::embed_tensor(t, &axes, &release, recipient.as_ref(), ss2.strengths);
+        let weights = ss2.weights.get(t.name);
+        let (data, fidelity) = crate::ss2::embed_tensor(
+            t,
+            &axes,
+            &release,
+            recipient.as_ref(),
+            ss2.strengths,
+            weights,
+        );
         let marked = TensorRef { data: &data, ..*t };
-        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release]);
+        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release], weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
-        let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &[&release]);
+        let informed =
+            crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &[&release], weights);
         let (b, i) = (
             blind.first().copied().unwrap_or_default(),
             informed.first().copied().unwrap_or_default(),
@@ -336,6 +395,8 @@ impl<'o> Marking<'o> {
             }),
             residual_sketch: ss2.and_then(|s| s.sketch.as_ref()).map(SketchRecord::of),
             neuron_sketch: ss2.and_then(|s| s.neurons.as_ref()).map(NeuronSketchRecord::of),
+            head_sketch: ss2.and_then(|s| s.heads.as_ref()).map(HeadSketchRecord::of),
+            allocation: ss2.and_then(|_| options.allocation.certificate_field()),
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),
@@ -345,6 +406,8 @@ impl<'o> Marking<'o> {
             signer: key.public_key().key_id(),
             tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
             created: options.created.clone(),
+            fingerprint: None,
+            supersedes: None,
         };
         Marked { tensors, fidelity, blind, informed, predicate }
     }
@@ -360,7 +423,7 @@ struct Marked {
 }
 
 /// The signed release statement over the files written and the predicate.
-fn sign_release(
+pub(crate) fn sign_release(
     predicate: ReleasePredicate,
     files: &[(String, Sha256Digest)],
     tensor_digests: &[(String, Sha256Digest)],
@@ -398,6 +461,40 @@ pub fn embed(
     let transform = |t: &TensorRef<'_>| marking.mark(t);
     let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
     let written = write_model(model, out, &transform, &write_options)?;
+    certify_written(model, key, marking, written)
+}
+
+/// Issues the certificate of a copy without writing it: marks `model` with
+/// `key` exactly as [`embed`] does (the same per-tensor code, the same
+/// bytes), but every byte [`embed`] would write to `out` (weight files,
+/// index, side files) only goes through SHA-256 and the tensor digests. The
+/// certificate is byte-identical to the one [`embed`] signs for the same
+/// model, key, `out` name and options (including [`EmbedOptions::created`]),
+/// so a later [`embed`] produces the copy it describes. Nothing is written:
+/// `out` (where the copy would go; for a single-file model only its file
+/// name is recorded) is neither created nor checked, and the report's
+/// [`EmbedReport::written`] lists the files the copy would have.
+pub fn issue(
+    model: &Model,
+    out: &Path,
+    key: &SecretKey,
+    options: &EmbedOptions<'_>,
+) -> Result<EmbedReport> {
+    let marking = Marking::new(model, key, options)?;
+    let transform = |t: &TensorRef<'_>| marking.mark(t);
+    let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
+    let written = crate::model::digest_model(model, out, &transform, &write_options)?;
+    certify_written(model, key, marking, written)
+}
+
+/// The report and signed certificate of a marking whose output was written
+/// (or hashed as if written), shared by [`embed`] and [`issue`].
+fn certify_written(
+    model: &Model,
+    key: &SecretKey,
+    marking: Marking<'_>,
+    written: WriteReport,
+) -> Result<EmbedReport> {
     let mut m = marking.finish(model, key, &written.tensor_digests);
     m.predicate.files = Some(release_files(&written.all_files()));
     let files: Vec<(String, Sha256Digest)> =
@@ -532,7 +629,7 @@ pub fn certify(saved: &Model, record: &ReleasePredicate, key: &SecretKey) -> Res
 }
 
 /// The certificate's list of release files.
-fn release_files(files: &[OutputFile]) -> Vec<ReleaseFile> {
+pub(crate) fn release_files(files: &[OutputFile]) -> Vec<ReleaseFile> {
     let mut list: Vec<ReleaseFile> = files
         .iter()
         .map(|f| ReleaseFile { name: f.name.clone(), sha256: hex(&f.sha256), size: f.size })

@@ -232,6 +232,15 @@ pub enum Error {
         /// The scheme as written.
         scheme: String,
     },
+    /// An OpenAI-compatible endpoint could not be asked: unreachable, an
+    /// HTTP error status, a timeout or a malformed response.
+    #[error("endpoint {url}: {reason}")]
+    Endpoint {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An output that already exists and would be replaced.
     #[error("{}: already exists; refusing to overwrite it", path.display())]
     OutputExists {

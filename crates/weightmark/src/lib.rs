@@ -48,6 +48,7 @@
 
 mod align;
 mod align_rotation;
+mod allocation;
 pub mod attack;
 pub mod bench;
 mod canonical;
@@ -61,6 +62,7 @@ pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+mod heads;
 mod identify;
 mod inspect;
 mod io;
@@ -75,22 +77,25 @@ mod rng;
 mod scheme;
 mod select;
 mod ss2;
+mod stability;
 pub mod synth;
 
+pub use allocation::{Allocation, Parts as AllocationParts};
 pub use attack::{apply as apply_attack, Attack, AttackDetail, AttackReport};
 pub use canonical::{NeuronSketch, ResidualSketch};
 pub use convert::{convert, parse_size, ConvertOptions, ConvertReport};
 pub use detect::{
-    detect, detect_many, log10_p_bound, DetectOptions, Detection, Mode, Skipped, Target,
-    TensorResult,
+    adjusted_log10, detect, detect_many, log10_p_bound, DetectOptions, Detection, Mode, Skipped,
+    Target, TensorResult,
 };
 pub use digest::{hex, model_file_digests, model_tensor_digests, tensor_root, Sha256Digest};
 pub use dtype::{decode_f64, Dtype};
 pub use embed::{
-    certify, embed, embed_in_memory, EmbedOptions, EmbedReport, MemoryEmbedding, TensorSummary,
-    MAX_STRENGTH,
+    certify, embed, embed_in_memory, issue, normalize_created, EmbedOptions, EmbedReport,
+    MemoryEmbedding, TensorSummary, MAX_STRENGTH,
 };
 pub use error::{Error, FormatError, Result};
+pub use heads::HeadSketch;
 pub use identify::{
     identify, load_candidates, Candidate, Candidates, Identification, IdentifyOptions,
     RankedCandidate,
@@ -115,6 +120,7 @@ pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };
 pub use select::{is_default_selected, Selection};
+pub use stability::{canonical_moves, CanonicalMoves};
 
 /// The current time as RFC 3339 UTC with seconds (`2026-11-28T13:20:55Z`).
 pub fn now_rfc3339() -> String {

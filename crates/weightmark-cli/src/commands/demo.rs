@@ -65,6 +65,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
             created: weightmark::now_rfc3339(),
             progress: &NoProgress,
             overwrite: weightmark::Overwrite::Replace,
+            allocation: weightmark::Allocation::Uniform,
         },
     )?;
     let cert_path = dir.join("marked.safetensors.cert.json");

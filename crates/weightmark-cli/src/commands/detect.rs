@@ -68,6 +68,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
     let result = detect(&suspect, original.as_ref(), &target, &options)
+        .and_then(|d| d.adjusted_for(args.tested))
         .with_context(|| format!("could not test {}", crate::format::path(&args.suspect)))?;
     if result.nothing_tested() {
         let why: Vec<String> =
@@ -252,6 +253,15 @@ fn print_table(
         r.threshold_p,
         p_bound(r.p_value_two_sided)
     );
+    if r.certificates_tested > 1 {
+        outln!(
+            "{} certificates tested: adjusted bound min(1, {} x p) = {}; the decision is taken \
+             on it",
+            r.certificates_tested,
+            r.certificates_tested,
+            p_bound(r.adjusted_p_value)
+        );
+    }
     if let Some(c) = &r.recipient_component {
         outln!("recipient component (whose copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
     }

@@ -7,37 +7,59 @@ use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
 use weightmark::{p_value_bound, z_for_p};
 use weightmark::{prepare_outputs, write_new, Overwrite};
 
-use crate::cli::EmbedArgs;
+use crate::cli::{EmbedArgs, ReleaseArgs};
 use crate::format::{count, p_bound};
 use crate::progress::Bar;
 use crate::{outln, Outcome};
 
+/// The certificate's creation time: `--created`, checked and written as
+/// certificates record it, else now.
+pub fn created(given: Option<&str>) -> anyhow::Result<String> {
+    match given {
+        Some(t) => Ok(weightmark::normalize_created(t).context("--created")?),
+        None => Ok(weightmark::now_rfc3339()),
+    }
+}
+
+/// The library's options for the release `r` names, of `model`: the label
+/// defaults to the model's name, the selection to the default one.
+pub(crate) fn options<'a>(
+    r: &ReleaseArgs,
+    model: &Model,
+    created: String,
+    progress: &'a Bar,
+    overwrite: Overwrite,
+) -> EmbedOptions<'a> {
+    EmbedOptions {
+        scheme: r.scheme.into(),
+        strength: r.strength,
+        allocation: r.allocation,
+        label: r.label.clone().unwrap_or_else(|| model.display_name()),
+        recipient: r.recipient.clone(),
+        selection: if r.tensors.is_empty() {
+            Selection::Default
+        } else {
+            Selection::Globs(r.tensors.clone())
+        },
+        created,
+        progress,
+        overwrite,
+    }
+}
+
 /// Marks a model and writes its certificate.
 pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
-    let key = SecretKey::load(&args.key)?;
+    let created = created(args.release.created.as_deref())?;
+    let key = SecretKey::load(&args.release.key)?;
     let model = Model::open(&args.model)?;
     let destination = resolve_output(&model, &args.output)?;
     let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
-    check_release_paths(&model, &args.key, &destination, &cert_path)?;
+    check_release_paths(&model, &args.release.key, &destination, &cert_path)?;
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;
-    let label = args.label.clone().unwrap_or_else(|| model.display_name());
-    let selection = if args.tensors.is_empty() {
-        Selection::Default
-    } else {
-        Selection::Globs(args.tensors.clone())
-    };
     let bar = Bar::new();
-    let options = EmbedOptions {
-        scheme: args.scheme.into(),
-        strength: args.strength,
-        label: label.clone(),
-        recipient: args.recipient.clone(),
-        selection,
-        created: weightmark::now_rfc3339(),
-        progress: &bar,
-        overwrite,
-    };
+    let options = options(&args.release, &model, created, &bar, overwrite);
+    let label = options.label.clone();
     let report = embed(&model, &args.output, &key, &options)
         .map_err(crate::force_hint)
         .with_context(|| format!("could not mark {}", crate::format::path(&args.model)))?;
@@ -62,11 +84,12 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     outln!(
         "  release: label '{}', recipient {}, strength {}",
         crate::format::safe(&label),
-        args.recipient
+        args.release
+            .recipient
             .as_deref()
             .map(|r| format!("'{}'", crate::format::safe(r)))
             .unwrap_or_else(|| "none".into()),
-        args.strength
+        args.release.strength
     );
     outln!(
         "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
@@ -88,7 +111,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
              is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {} \
              ({:.2}% relative change). Keep the unmarked original: informed detection \
              (detect --original) finds this mark with z about {:.0}.",
-            args.strength,
+            args.release.strength,
             report.strength_for_blind_threshold(),
             100.0 * report.strength_for_blind_threshold(),
             report.informed.z()

@@ -1,7 +1,9 @@
 //! `weightmark reveal`: one release's mark key, for a dispute about one
 //! suspect that a signed report fixed first.
 
-use weightmark::provenance::{build_reveal, load_certificate, save_reveal, RevealInputs};
+use weightmark::provenance::{
+    build_reveal, load_certificate, save_reveal, Disclosed, RevealInputs,
+};
 use weightmark::SecretKey;
 
 use crate::cli::RevealArgs;
@@ -17,6 +19,7 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     // library derives them, checks them against the certificate and checks
     // that the report is the owner's, about this release, and earlier.
     let inputs = RevealInputs {
+        disclosed: if args.fingerprint { Disclosed::Fingerprint } else { Disclosed::Mark },
         certificate: &cert,
         report: &args.report,
         created: weightmark::now_rfc3339(),
@@ -24,8 +27,9 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let envelope = build_reveal(&inputs, &secret)?;
     save_reveal(&args.output, &envelope)?;
     let p = cert.predicate();
+    let what = if args.fingerprint { "fingerprint" } else { "mark" };
     outln!(
-        "wrote the mark key of release '{}' (recipient {}) to {}, signed, citing report {}",
+        "wrote the {what} key of release '{}' (recipient {}) to {}, signed, citing report {}",
         crate::format::safe(&p.label),
         p.recipient
             .as_deref()
@@ -34,10 +38,11 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
         crate::format::path(&args.output),
         crate::format::path(&args.report)
     );
+    let how = if args.fingerprint { "fingerprint check --fp-key" } else { "detect --mark-key" };
     outln!(
         "it settles the suspect of that report only; anyone can check it with `weightmark \
-         detect --mark-key {} --cert {} --pub OWNER.pub SUSPECT` (and should check that the \
-         report was published before this reveal)",
+         {how} {} --cert {} --pub OWNER.pub SUSPECT` (and should check that the report was \
+         published before this reveal)",
         crate::format::path(&args.output),
         crate::format::path(&args.cert)
     );

@@ -2,7 +2,9 @@
 //! model the one it is about?
 
 use serde_json::json;
-use weightmark::provenance::{verify_file, ModelCheck, Verified, VerifiedKind};
+use weightmark::provenance::{
+    verify_file, IdentificationPredicate, ModelCheck, Verified, VerifiedKind,
+};
 use weightmark::{Error, Model, PublicKey};
 
 use crate::cli::VerifyArgs;
@@ -55,6 +57,49 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 p.strength,
                 p.tensors.len()
             );
+            if let Some(f) = &p.fingerprint {
+                outln!(
+                    "  backdoor fingerprint: scheme {}, {} pairs, key commitment {}",
+                    safe(&f.scheme),
+                    f.count,
+                    safe(&f.key_commitment)
+                );
+            }
+            if let Some(old) = &p.supersedes {
+                outln!("  supersedes the certificate with SHA-256 {}", safe(old));
+            }
+        }
+        VerifiedKind::FingerprintCheck(s) => {
+            let p = &s.predicate;
+            outln!(
+                "VALID fingerprint check report {}, signed by key {}",
+                crate::format::path(&args.file),
+                safe(&v.signer)
+            );
+            let suspect = match &p.suspect.endpoint {
+                Some(e) => format!(
+                    "endpoint {} ({} API, model {})",
+                    safe(&e.url),
+                    safe(&e.api),
+                    e.model.as_deref().map(safe).unwrap_or_else(|| "-".into())
+                ),
+                None => format!(
+                    "model with tensor root {}",
+                    safe(p.suspect.tensor_root.as_deref().unwrap_or("-"))
+                ),
+            };
+            outln!(
+                "  release '{}' (certificate sha256 {}), {suspect}, created {}: {} of {} \
+                 triggers answered (round {}), {}; {}",
+                safe(&p.label),
+                safe(&p.certificate.sha256),
+                safe(&p.created),
+                p.matches,
+                p.asked.len(),
+                p.round,
+                crate::format::p_bound(p.p_value),
+                if p.detected { "fingerprint found" } else { "no fingerprint found" }
+            );
         }
         VerifiedKind::Report(s) => {
             let p = &s.predicate;
@@ -79,6 +124,14 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 if p.detected { "mark found" } else { "no mark found" },
                 safe(&p.created)
             );
+            if p.certificates_tested > 1 {
+                outln!(
+                    "  {} certificates tested: adjusted bound min(1, {} x p) = {}",
+                    p.certificates_tested,
+                    p.certificates_tested,
+                    crate::format::p_bound(p.adjusted_p_value.unwrap_or(1.0))
+                );
+            }
             if let Some(c) = &p.certificate {
                 outln!(
                     "  tested certificate sha256 {} ({} key {})",
@@ -141,10 +194,60 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 safe(&p.report.created)
             );
         }
+        VerifiedKind::Identification(s) => print_identification(args, v, &s.predicate)?,
     }
     if let (Some(check), Some(path)) = (&v.model, &args.model) {
         let certificate = matches!(v.kind, VerifiedKind::Certificate(_));
         print_model_check(check, &crate::format::path(path), certificate)?;
+    }
+    Ok(())
+}
+
+fn print_identification(
+    args: &VerifyArgs,
+    v: &Verified,
+    p: &IdentificationPredicate,
+) -> anyhow::Result<()> {
+    outln!(
+        "VALID identification report {}, signed by key {}; its bounds and decisions recomputed \
+         and agree",
+        crate::format::path(&args.file),
+        safe(&v.signer)
+    );
+    let releases: Vec<String> = p
+        .releases
+        .iter()
+        .map(|r| format!("'{}' ({} certificates)", safe(&r.label), r.certificates))
+        .collect();
+    outln!(
+        "  {} identification of the suspect with tensor root {}: {} certificates tested, \
+         p-values Bonferroni-adjusted for {} tests, threshold {:.0e}; release(s) {}; created {}",
+        match p.mode {
+            weightmark::Mode::Blind => "blind",
+            weightmark::Mode::Informed => "informed",
+        },
+        safe(&p.suspect_tensor_root),
+        p.certificates_tested,
+        p.certificates_tested,
+        p.threshold_p,
+        releases.join(", "),
+        safe(&p.created)
+    );
+    for c in p.candidates.iter().filter(|c| c.identified) {
+        outln!(
+            "  identified: recipient {} of '{}', z = {:.2}, adjusted {} (certificate sha256 {})",
+            c.recipient
+                .as_deref()
+                .map(|r| format!("'{}'", safe(r)))
+                .unwrap_or_else(|| "none".into()),
+            safe(&c.label),
+            c.z,
+            crate::format::p_bound(c.adjusted_p_value),
+            safe(&c.certificate.sha256)
+        );
+    }
+    if p.identified == 0 {
+        outln!("  no candidate identified");
     }
     Ok(())
 }

@@ -270,6 +270,8 @@ pub fn measure(
         tensors: inputs.target.tensors.clone(),
         residual_sketch: inputs.target.residual_sketch.clone(),
         neuron_sketch: inputs.target.neuron_sketch.clone(),
+        head_sketch: inputs.target.head_sketch.clone(),
+        allocation: inputs.target.allocation,
     };
     let attacked = Model::open(out)?;
     let opts = DetectOptions::default();

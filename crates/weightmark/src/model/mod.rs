@@ -23,7 +23,7 @@ use memmap2::Mmap;
 pub use header::{Header, TensorInfo};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
 pub use side::{SkippedFile, DENY_PREFIXES, DENY_SUFFIXES};
-pub use write::{resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
+pub use write::{digest_model, resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, FormatError, Result};

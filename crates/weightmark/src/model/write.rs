@@ -9,6 +9,10 @@
 //! and renamed into place at the end; on error nothing is left behind.
 //! A directory model's side files (config, tokenizer, ...) are copied by the
 //! rules of [`super::side`].
+//!
+//! [`digest_model`] runs the same code with nothing written: every byte that
+//! [`write_model`] would write goes into the same hashes instead, so the
+//! digests it returns are those of the files [`write_model`] writes.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -137,7 +141,7 @@ fn write_single(
     let mut digests = Vec::new();
     let tmp_path = tmp.temp_path()?.to_path_buf();
     let (sha256, size) =
-        write_file(file, tmp.file()?, &tmp_path, transform, options, &mut digests)?;
+        write_file(file, Some(tmp.file()?), &tmp_path, transform, options, &mut digests)?;
     tmp.commit(options.overwrite)?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(WriteReport {
@@ -174,21 +178,17 @@ fn write_directory(
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let mut handle = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let (sha256, size) = write_file(f, &mut handle, &path, transform, options, &mut digests)?;
+        let (sha256, size) =
+            write_file(f, Some(&mut handle), &path, transform, options, &mut digests)?;
         files.push(OutputFile { name: f.file_name.clone(), sha256, size });
     }
     if let Some(index) = &model.index {
         let path = staging.path().join(&index.file_name);
         fs::write(&path, &index.bytes).map_err(|e| Error::io(&path, e))?;
-        let sha256 = Sha256::digest(&index.bytes).into();
-        files.push(OutputFile {
-            name: index.file_name.clone(),
-            sha256,
-            size: index.bytes.len() as u64,
-        });
+        files.push(index_file(index));
     }
     let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    let side = copy_side_files(&model.path, staging.path(), &written)?;
+    let side = copy_side_files(&model.path, Some(staging.path()), &written)?;
     set_public_mode(staging.path(), 0o755)?;
     staging.commit(out)?;
     Ok(WriteReport {
@@ -202,10 +202,11 @@ fn write_directory(
 }
 
 /// Writes one safetensors file: its header verbatim, then each tensor's
-/// (possibly replaced) data in offset order. Returns the file's SHA-256 and size.
+/// (possibly replaced) data in offset order. Returns the file's SHA-256 and
+/// size. Without a `handle` the bytes are hashed and counted, not written.
 fn write_file(
     file: &ModelFile,
-    handle: &mut File,
+    handle: Option<&mut File>,
     path: &Path,
     transform: &Transform<'_>,
     options: &WriteOptions<'_>,
@@ -220,9 +221,11 @@ fn write_file(
     std::thread::scope(|scope| -> Result<(Sha256Digest, u64)> {
         let (tx, rx) = mpsc::sync_channel::<(&TensorInfo, Option<Vec<u8>>)>(1);
         let writer = scope.spawn(move || -> Result<WrittenFile> {
-            let mut out = BufWriter::with_capacity(1 << 20, handle);
+            let mut out = handle.map(|h| BufWriter::with_capacity(1 << 20, h));
             let mut file_hash = Sha256::new();
-            out.write_all(header).map_err(|e| Error::io(path, e))?;
+            if let Some(out) = out.as_mut() {
+                out.write_all(header).map_err(|e| Error::io(path, e))?;
+            }
             file_hash.update(header);
             let mut size = header.len() as u64;
             let mut written = Vec::new();
@@ -232,14 +235,18 @@ fn write_file(
                 let mut tensor_hash = tensor_hasher(t.name, t.dtype.name(), t.shape);
                 // Hash for the file and for the tensor digest side by side.
                 rayon::join(|| file_hash.update(data), || tensor_hash.update(data));
-                out.write_all(data).map_err(|e| Error::io(path, e))?;
+                if let Some(out) = out.as_mut() {
+                    out.write_all(data).map_err(|e| Error::io(path, e))?;
+                }
                 written.push((t.name.to_string(), tensor_hash.finalize().into()));
                 size += data.len() as u64;
                 options.progress.advance(data.len() as u64);
             }
-            out.flush().map_err(|e| Error::io(path, e))?;
-            let handle = out.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
-            handle.sync_all().map_err(|e| Error::io(path, e))?;
+            if let Some(mut out) = out {
+                out.flush().map_err(|e| Error::io(path, e))?;
+                let handle = out.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+                handle.sync_all().map_err(|e| Error::io(path, e))?;
+            }
             Ok((file_hash.finalize().into(), size, written))
         });
         let mut produced: Result<()> = Ok(());
@@ -276,6 +283,90 @@ fn write_file(
     })
 }
 
+/// The index of a sharded model as an output file: its bytes verbatim.
+fn index_file(index: &super::ShardIndex) -> OutputFile {
+    OutputFile {
+        name: index.file_name.clone(),
+        sha256: Sha256::digest(&index.bytes).into(),
+        size: index.bytes.len() as u64,
+    }
+}
+
+/// What [`write_model`] would report for `model` written to `out`, computed
+/// without writing anything: the same transform runs on every tensor and
+/// the bytes that would be written (weight files, index, side files) are
+/// hashed instead. [`WriteReport::path`] is where the model would go; for a
+/// single-file model only the name of `out` matters (the name the file
+/// would have), and a directory `out` need not exist.
+pub fn digest_model(
+    model: &Model,
+    out: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<WriteReport> {
+    let total: u64 = model.data_bytes();
+    options.progress.start("hashing", total);
+    let result = digest_layout(model, out, transform, options);
+    options.progress.finish();
+    result
+}
+
+fn digest_layout(
+    model: &Model,
+    out: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<WriteReport> {
+    let mut report = WriteReport {
+        path: out.to_path_buf(),
+        files: Vec::new(),
+        tensor_digests: Vec::new(),
+        copied: Vec::new(),
+        skipped: Vec::new(),
+        entries_visited: 0,
+    };
+    match model.layout {
+        Layout::Memory => {
+            return Err(Error::invalid("a model held in memory has no file layout to mirror"))
+        }
+        Layout::Gguf => {
+            return Err(Error::invalid(format!(
+                "{}: a GGUF model cannot be released as GGUF here; `weightmark convert` it to \
+                 safetensors first",
+                model.path.display()
+            )))
+        }
+        Layout::File => {
+            let file = model.files.first().ok_or_else(|| Error::invalid("model has no file"))?;
+            if out.is_dir() {
+                report.path = out.join(&file.file_name);
+            }
+            let name = report
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file.file_name.clone());
+            let (sha256, size) =
+                write_file(file, None, out, transform, options, &mut report.tensor_digests)?;
+            report.files.push(OutputFile { name, sha256, size });
+        }
+        Layout::DirectorySingle | Layout::DirectorySharded => {
+            for f in &model.files {
+                let (sha256, size) =
+                    write_file(f, None, out, transform, options, &mut report.tensor_digests)?;
+                report.files.push(OutputFile { name: f.file_name.clone(), sha256, size });
+            }
+            report.files.extend(model.index.as_ref().map(index_file));
+            let written: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+            let side = copy_side_files(&model.path, None, &written)?;
+            report.copied = side.copied;
+            report.skipped = side.skipped;
+            report.entries_visited = side.entries_visited;
+        }
+    }
+    Ok(report)
+}
+
 /// The side files of a directory model as copied into a release.
 struct SideFiles {
     copied: Vec<OutputFile>,
@@ -286,7 +377,8 @@ struct SideFiles {
 /// Copies the input directory's side files (config, tokenizer, ...) into
 /// the staging directory by the rules of [`super::side`]: no keys, no links
 /// out of the directory, no weights in other formats, each entry visited once.
-fn copy_side_files(input: &Path, staging: &Path, written: &[&str]) -> Result<SideFiles> {
+/// Without a staging directory they are hashed as if copied.
+fn copy_side_files(input: &Path, staging: Option<&Path>, written: &[&str]) -> Result<SideFiles> {
     let found = walk(input, written, Purpose::Release)?;
     let mut side = SideFiles {
         copied: Vec::new(),
@@ -294,11 +386,11 @@ fn copy_side_files(input: &Path, staging: &Path, written: &[&str]) -> Result<Sid
         entries_visited: found.entries_visited,
     };
     for file in found.files {
-        let dest = staging.join(&file.name);
-        if let Some(dir) = dest.parent() {
+        let dest = staging.map(|s| s.join(&file.name));
+        if let Some(dir) = dest.as_deref().and_then(Path::parent) {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        match copy_checked(&file.source, Some(&dest))? {
+        match copy_checked(&file.source, dest.as_deref())? {
             Content::Plain(sha256, size) => {
                 side.copied.push(OutputFile { name: file.name, sha256, size });
             }

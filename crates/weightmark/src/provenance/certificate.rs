@@ -12,6 +12,8 @@ use base64::Engine as _;
 use crate::canonical::{NeuronSketch, ResidualSketch};
 use crate::digest::hex;
 use crate::error::{Error, Result};
+use crate::fingerprint::FingerprintKey;
+use crate::heads::HeadSketch;
 use crate::key::{MarkKey, PublicKey};
 use crate::scheme::Scheme;
 
@@ -93,6 +95,50 @@ impl NeuronSketchRecord {
     }
 }
 
+/// A [`HeadSketch`] as a certificate records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeadSketchRecord {
+    /// The sampled output channels (rows of `o_proj`), as canonical positions.
+    pub outputs: Vec<usize>,
+    /// The sampled input channels (columns of `v_proj`), as canonical positions.
+    pub inputs: Vec<usize>,
+    /// Query heads per layer.
+    pub heads: usize,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Four little-endian 64-bit words per query head, layer by layer,
+    /// standard base64.
+    pub bits: String,
+}
+
+impl HeadSketchRecord {
+    /// The record of `sketch`.
+    pub fn of(sketch: &HeadSketch) -> HeadSketchRecord {
+        HeadSketchRecord {
+            outputs: sketch.outputs.clone(),
+            inputs: sketch.inputs.clone(),
+            heads: sketch.heads,
+            kv_heads: sketch.kv_heads,
+            bits: BASE64.encode(words_to_bytes(&sketch.bits)),
+        }
+    }
+
+    /// The sketch, checked.
+    pub fn to_sketch(&self) -> Result<HeadSketch> {
+        let bad = |reason: String| Error::invalid(format!("head_sketch: {reason}"));
+        let bits = bytes_to_words(&self.bits).map_err(bad)?;
+        let sketch = HeadSketch {
+            outputs: self.outputs.clone(),
+            inputs: self.inputs.clone(),
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            bits,
+        };
+        sketch.validate().map_err(bad)?;
+        Ok(sketch)
+    }
+}
+
 fn words_to_bytes(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
@@ -159,6 +205,17 @@ pub struct ReleasePredicate {
     /// (docs/formats.md). Absent: neurons are tested in stored order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neuron_sketch: Option<NeuronSketchRecord>,
+    /// `ss2` with a Llama layout and a `config.json`: the public sketch of
+    /// the original's attention heads that blind detection matches the
+    /// suspect's against (docs/formats.md). Absent: heads are tested in
+    /// stored order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sketch: Option<HeadSketchRecord>,
+    /// `ss2`: how the strength was spread over the elements
+    /// (`"ss2-alloc1"`, docs/ss2.md §8); absent for uniform, as in every
+    /// certificate written before allocations existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<String>,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
     /// Elements counted by the blind statistic at release: finite elements
@@ -183,11 +240,48 @@ pub struct ReleasePredicate {
     pub tool: Tool,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
+    /// The backdoor fingerprint planted in this release, if any (a
+    /// commitment to its key, never the triggers). Absent from certificates
+    /// of releases without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintRecord>,
+    /// SHA-256 (hex) of the certificate this one supersedes: the earlier
+    /// certificate of the same release, before a fingerprint was planted in
+    /// it. Absent from a release's first certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+}
+
+/// The `scheme` of a release that carries no weight mark, only a
+/// fingerprint.
+pub const NO_MARK: &str = "none";
+
+/// A release's backdoor fingerprint as its certificate records it
+/// (docs/fingerprint.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FingerprintRecord {
+    /// Fingerprint scheme ("fp1").
+    pub scheme: String,
+    /// Number of pairs planted, K.
+    pub count: usize,
+    /// Hex SHA-256 commitment to the release's fingerprint key.
+    pub key_commitment: String,
 }
 
 impl ReleasePredicate {
+    /// Whether the release carries a weight mark (a fingerprint-only
+    /// release has scheme [`NO_MARK`]).
+    pub fn has_mark(&self) -> bool {
+        self.scheme != NO_MARK
+    }
+
     /// The scheme, or [`Error::UnknownScheme`] for one this version does not know.
     pub fn scheme(&self) -> Result<Scheme> {
+        if !self.has_mark() {
+            return Err(Error::invalid(
+                "this release carries no weight mark, only a backdoor fingerprint (fp1)",
+            ));
+        }
         Scheme::from_name(&self.scheme)
             .ok_or_else(|| Error::UnknownScheme { scheme: self.scheme.clone() })
     }
@@ -206,6 +300,17 @@ impl ReleasePredicate {
     /// The neuron sketch, checked; `None` when the certificate has none.
     pub fn neuron_sketch(&self) -> Result<Option<NeuronSketch>> {
         self.neuron_sketch.as_ref().map(NeuronSketchRecord::to_sketch).transpose()
+    }
+
+    /// The head sketch, checked; `None` when the certificate has none.
+    pub fn head_sketch(&self) -> Result<Option<HeadSketch>> {
+        self.head_sketch.as_ref().map(HeadSketchRecord::to_sketch).transpose()
+    }
+
+    /// The allocation, checked ([`crate::allocation::Allocation::Uniform`]
+    /// when the field is absent).
+    pub fn allocation(&self) -> Result<crate::allocation::Allocation> {
+        crate::allocation::Allocation::from_certificate_field(self.allocation.as_deref())
     }
 
     /// The certified tensors as (name, shape), what detection tests.
@@ -247,6 +352,73 @@ impl Certificate {
         Ok(mark_key)
     }
 
+    /// The release's fingerprint key derived from the owner's secret key,
+    /// checked against the certificate's commitment. A certificate without a
+    /// fingerprint, or a key that did not make it, is [`Error::WrongKey`].
+    pub fn fingerprint_key(&self, secret: &crate::key::SecretKey) -> Result<FingerprintKey> {
+        let p = self.predicate();
+        let root = p.original_root().map_err(|e| self.named(e))?;
+        let key = secret.fingerprint_key(&p.label, p.recipient.as_deref(), &root);
+        self.check_fingerprint_key(&key)?;
+        Ok(key)
+    }
+
+    /// The certificate's fingerprint record, or an error naming the file
+    /// when the release has none.
+    pub fn fingerprint(&self) -> Result<&FingerprintRecord> {
+        let f = self.predicate().fingerprint.as_ref().ok_or_else(|| {
+            self.named(Error::invalid("this release has no backdoor fingerprint"))
+        })?;
+        if f.scheme != crate::fingerprint::SCHEME {
+            return Err(self.named(Error::invalid(format!(
+                "fingerprint scheme '{}'; this version knows '{}'",
+                f.scheme.escape_debug(),
+                crate::fingerprint::SCHEME
+            ))));
+        }
+        if f.count == 0 || f.count > crate::fingerprint::MAX_COUNT {
+            return Err(self.named(Error::invalid(format!(
+                "fingerprint count {} is not between 1 and {}",
+                f.count,
+                crate::fingerprint::MAX_COUNT
+            ))));
+        }
+        Ok(f)
+    }
+
+    /// Checks that `key` is the fingerprint key this certificate committed to.
+    pub fn check_fingerprint_key(&self, key: &FingerprintKey) -> Result<()> {
+        let f = self.fingerprint()?;
+        let got = hex(&key.commitment());
+        if got != f.key_commitment {
+            return Err(Error::WrongKey {
+                reason: format!(
+                    "this fingerprint key does not belong to the release of this certificate \
+                     ({}): its commitment {}... differs from the \
+                     certificate's {}...",
+                    self.release_name(),
+                    &got[..16],
+                    f.key_commitment.get(..16).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// "label 'L', recipient 'R'" (or "recipient none"): the release, as
+    /// error messages name it.
+    fn release_name(&self) -> String {
+        let p = self.predicate();
+        let recipient =
+            p.recipient.as_deref().map(|r| format!("'{r}'")).unwrap_or_else(|| "none".into());
+        format!("label '{}', recipient {recipient}", p.label)
+    }
+
+    /// `e` as a problem with this certificate's file.
+    fn named(&self, e: Error) -> Error {
+        Error::Certificate { path: self.path.clone(), reason: e.to_string() }
+    }
+
     /// Checks that `key` is the recipient component key this (`ss2`)
     /// certificate committed to.
     pub fn check_recipient_key(&self, key: &MarkKey) -> Result<()> {
@@ -255,12 +427,8 @@ impl Certificate {
             return Err(Error::WrongKey {
                 reason: format!(
                     "this key is not the recipient component of the release of this certificate \
-                     (label '{}', recipient {})",
-                    p.label,
-                    p.recipient
-                        .as_deref()
-                        .map(|r| format!("'{r}'"))
-                        .unwrap_or_else(|| "none".into())
+                     ({})",
+                    self.release_name()
                 ),
             });
         }
@@ -275,13 +443,9 @@ impl Certificate {
             return Err(Error::WrongKey {
                 reason: format!(
                     "this mark key does not belong to the release of this certificate \
-                     (label '{}', recipient {}): its commitment {}... differs from the \
+                     ({}): its commitment {}... differs from the \
                      certificate's {}...",
-                    p.label,
-                    p.recipient
-                        .as_deref()
-                        .map(|r| format!("'{r}'"))
-                        .unwrap_or_else(|| "none".into()),
+                    self.release_name(),
                     &got[..16],
                     &p.mark_key_commitment.get(..16).unwrap_or_default()
                 ),

@@ -88,7 +88,18 @@ pub struct DetectionPredicate {
     pub p_value: f64,
     /// `log10` of the bound.
     pub log10_p_value: f64,
-    /// Decision threshold on the bound.
+    /// How many certificates were tested to find this one (the Bonferroni
+    /// factor N; 1 in reports written before this field existed).
+    #[serde(default = "one")]
+    pub certificates_tested: u64,
+    /// `min(1, N x p_value)`, on which `detected` decides (absent from
+    /// reports written before this field existed, which decided on `p_value`).
+    #[serde(default)]
+    pub adjusted_p_value: Option<f64>,
+    /// `log10` of the adjusted bound.
+    #[serde(default)]
+    pub log10_adjusted_p_value: Option<f64>,
+    /// Decision threshold on the (adjusted) bound.
     pub threshold_p: f64,
     /// The decision.
     pub detected: bool,
@@ -111,6 +122,10 @@ pub struct DetectionPredicate {
     pub tool: Tool,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// A parsed report.
@@ -195,6 +210,9 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
             elements: d.elements,
             p_value: d.p_value,
             log10_p_value: d.log10_p_value,
+            certificates_tested: d.certificates_tested,
+            adjusted_p_value: Some(d.adjusted_p_value),
+            log10_adjusted_p_value: Some(d.log10_adjusted_p_value),
             threshold_p: d.threshold_p,
             detected: d.detected,
             tensors: d.tensors.clone(),

@@ -59,9 +59,11 @@ pub struct RevealPredicate {
     /// Recipient, if any.
     pub recipient: Option<String>,
     /// Which key is disclosed: `"mark"` (`ss1`), `"release"` or `"recipient"`
-    /// (the `ss2` components).
+    /// (the `ss2` components), or `"fingerprint"` (the release's `fp1`
+    /// fingerprint key; its committing report is a fingerprint check).
     pub component: String,
-    /// Base64 of the disclosed 32-byte key.
+    /// Base64 of the disclosed 32-byte key (a fingerprint key for component
+    /// `"fingerprint"`).
     pub mark_key: String,
     /// Its commitment (hex), as in the certificate.
     pub mark_key_commitment: String,
@@ -111,8 +113,24 @@ pub struct Dispute {
     pub report_created: Option<String>,
 }
 
+/// Which key of a release a reveal discloses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disclosed {
+    /// The mark key (`ss1`; `ss2`: the recipient component, else the
+    /// release component); the committing report is a detection report.
+    Mark,
+    /// The `fp1` fingerprint key; the committing report is a fingerprint
+    /// check report.
+    Fingerprint,
+}
+
+/// The component name of a revealed fingerprint key.
+pub const FINGERPRINT: &str = "fingerprint";
+
 /// What a reveal statement is built from.
 pub struct RevealInputs<'a> {
+    /// Which key to disclose.
+    pub disclosed: Disclosed,
     /// The release's certificate, its signature checked with the owner's key.
     pub certificate: &'a Certificate,
     /// The owner's signed detection report about the suspect.
@@ -128,18 +146,27 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
     let owner = secret.public_key();
     let path = inputs.report;
     let bytes = read_statement_file(path)?;
-    let report = open_report(&bytes, path, &owner)?;
     let cert = inputs.certificate;
+    let report = open_committed(&bytes, path, &owner, inputs.disclosed)?;
     check_report(&report, path, &cert.digest, &inputs.created)?;
     let p = cert.predicate();
-    let target = Target::from_certificate(cert, secret)?;
-    let component = match (target.scheme, &target.recipient_key) {
-        (crate::scheme::Scheme::Ss1, _) => "mark",
-        (_, Some(_)) => "recipient",
-        (_, None) => "release",
+    let (component, key_base64, commitment) = match inputs.disclosed {
+        Disclosed::Mark => {
+            let target = Target::from_certificate(cert, secret)?;
+            let component = match (target.scheme, &target.recipient_key) {
+                (crate::scheme::Scheme::Ss1, _) => "mark",
+                (_, Some(_)) => "recipient",
+                (_, None) => "release",
+            };
+            let key = target.recipient_key.unwrap_or(target.mark_key);
+            (component, key.to_base64().to_string(), hex(&key.commitment()))
+        }
+        Disclosed::Fingerprint => {
+            let key = cert.fingerprint_key(secret)?;
+            (FINGERPRINT, key.to_base64().to_string(), hex(&key.commitment()))
+        }
     };
-    let key = target.recipient_key.unwrap_or(target.mark_key);
-    let root = report.predicate.suspect_tensor_root.clone();
+    let root = report.suspect.clone();
     let statement = Statement {
         statement_type: STATEMENT_TYPE.to_string(),
         subject: vec![Subject {
@@ -152,13 +179,13 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
             label: p.label.clone(),
             recipient: p.recipient.clone(),
             component: component.to_string(),
-            mark_key: key.to_base64().to_string(),
-            mark_key_commitment: hex(&key.commitment()),
+            mark_key: key_base64,
+            mark_key_commitment: commitment,
             certificate_sha256: cert.digest.clone(),
             report: CommittedReport {
                 sha256: hex(&Sha256::digest(&bytes)),
                 suspect_tensor_root: root,
-                created: report.predicate.created.clone(),
+                created: report.created.clone(),
                 file: BASE64.encode(&bytes),
             },
             signer: owner.key_id(),
@@ -193,6 +220,9 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
     let bad = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
     let statement = parse_reveal_statement(&payload).map_err(bad)?;
     let p = &statement.predicate;
+    if p.component == FINGERPRINT {
+        return Err(bad("this reveal discloses a fingerprint key, not a mark key".into()));
+    }
     let mark_key = MarkKey::from_base64(&p.mark_key)
         .ok_or_else(|| bad("the revealed mark key is not 32 bytes of base64".into()))?;
     if hex(&mark_key.commitment()) != p.mark_key_commitment {
@@ -204,7 +234,23 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
     if hex(&Sha256::digest(&report_bytes)) != p.report.sha256 {
         return Err(bad("the committing report inside does not have the SHA-256 it cites".into()));
     }
-    let report = open_report(&report_bytes, path, owner)
+    check_committed(&statement, &report_bytes, path, owner, Disclosed::Mark)?;
+    Ok(Reveal { path: path.to_path_buf(), digest, mark_key, statement: Some(statement) })
+}
+
+/// Checks the committing report inside a reveal statement: its bytes, its
+/// owner's signature, the certificate it tested, its date, and the suspect
+/// and date the statement cites.
+fn check_committed(
+    statement: &Statement<RevealPredicate>,
+    report_bytes: &[u8],
+    path: &Path,
+    owner: &PublicKey,
+    disclosed: Disclosed,
+) -> Result<()> {
+    let bad = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    let p = &statement.predicate;
+    let report = open_committed(report_bytes, path, owner, disclosed)
         .map_err(|e| bad(format!("the committing report inside: {e}")))?;
     check_report(&report, path, &p.certificate_sha256, &p.created)?;
     let subject_root = statement
@@ -212,13 +258,94 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
         .iter()
         .find(|s| s.name == TENSOR_ROOT_SUBJECT)
         .and_then(|s| s.digest.get(TENSOR_ROOT_ALGORITHM));
-    if report.predicate.suspect_tensor_root != p.report.suspect_tensor_root
+    if report.suspect != p.report.suspect_tensor_root
         || subject_root != Some(&p.report.suspect_tensor_root)
-        || report.predicate.created != p.report.created
+        || report.created != p.report.created
     {
         return Err(bad("the reveal misstates the suspect or date of its report".into()));
     }
-    Ok(Reveal { path: path.to_path_buf(), digest, mark_key, statement: Some(statement) })
+    Ok(())
+}
+
+/// A revealed fingerprint key as read for a check.
+pub struct FingerprintReveal {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// SHA-256 (hex) of the file.
+    pub digest: String,
+    /// The disclosed key.
+    pub key: crate::fingerprint::FingerprintKey,
+    /// The signed statement.
+    pub statement: Statement<RevealPredicate>,
+}
+
+/// Reads a revealed fingerprint key: a reveal statement of component
+/// `"fingerprint"`, checked with the `owner`'s public key together with the
+/// check report inside it.
+pub fn load_fingerprint_reveal(path: &Path, owner: &PublicKey) -> Result<FingerprintReveal> {
+    let bytes = zeroize::Zeroizing::new(read_statement_file(path)?);
+    let digest = hex(&Sha256::digest(&bytes));
+    let envelope = parse_envelope(&bytes, path).map_err(|e| named(path, e))?;
+    let payload = verify_envelope(&envelope, owner).map_err(|e| named(path, e))?;
+    let bad = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    let statement = parse_reveal_statement(&payload).map_err(bad)?;
+    let p = &statement.predicate;
+    if p.component != FINGERPRINT {
+        return Err(bad(format!(
+            "this reveal discloses a {} key, not a fingerprint key",
+            p.component
+        )));
+    }
+    let key = crate::fingerprint::FingerprintKey::from_base64(&p.mark_key)
+        .ok_or_else(|| bad("the revealed key is not 32 bytes of base64".into()))?;
+    if hex(&key.commitment()) != p.mark_key_commitment {
+        return Err(bad("the revealed key does not match the commitment it states".into()));
+    }
+    let report_bytes = BASE64
+        .decode(&p.report.file)
+        .map_err(|_| bad("the committing report inside is not base64".into()))?;
+    if hex(&Sha256::digest(&report_bytes)) != p.report.sha256 {
+        return Err(bad("the committing report inside does not have the SHA-256 it cites".into()));
+    }
+    check_committed(&statement, &report_bytes, path, owner, Disclosed::Fingerprint)?;
+    Ok(FingerprintReveal { path: path.to_path_buf(), digest, key, statement })
+}
+
+impl FingerprintReveal {
+    /// What this revealed key settles about the suspect `suspect` (a local
+    /// model's tensor root, or an endpoint as
+    /// [`crate::fingerprint::SuspectRecord::id`] names it), checked for the
+    /// release of `certificate`: only the suspect the committing report
+    /// fixed, since a revealed key can plant its fingerprints in any model.
+    pub fn dispute_for(&self, suspect: &str, certificate: &Certificate) -> Result<Dispute> {
+        certificate.check_fingerprint_key(&self.key)?;
+        let p = &self.statement.predicate;
+        let bad = |reason: String| Error::Certificate { path: self.path.clone(), reason };
+        if p.certificate_sha256 != certificate.digest {
+            return Err(bad(format!(
+                "revealed for the certificate with SHA-256 {}..., not for {}",
+                p.certificate_sha256.get(..16).unwrap_or_default(),
+                certificate.path.display()
+            )));
+        }
+        if p.report.suspect_tensor_root != suspect {
+            return Err(bad(format!(
+                "this key was revealed for the suspect '{}', committed by report {}...; this \
+                 suspect ('{}') was not committed to before the reveal, and a revealed key can \
+                 plant its fingerprints in any model",
+                p.report.suspect_tensor_root,
+                p.report.sha256.get(..16).unwrap_or_default(),
+                suspect
+            )));
+        }
+        Ok(Dispute {
+            committed: true,
+            reveal_sha256: self.digest.clone(),
+            revealed: Some(p.created.clone()),
+            report_sha256: Some(p.report.sha256.clone()),
+            report_created: Some(p.report.created.clone()),
+        })
+    }
 }
 
 impl Reveal {
@@ -291,45 +418,81 @@ fn named(path: &Path, e: Error) -> Error {
     }
 }
 
-/// A report file's statement, its signature checked with the owner's key.
-fn open_report(
+/// What a reveal relies on in its committing report.
+struct Committed {
+    /// SHA-256 of the certificate the report tested, if any.
+    certificate_sha256: Option<String>,
+    /// The suspect: a tensor root, or an endpoint
+    /// ([`crate::fingerprint::SuspectRecord::id`]).
+    suspect: String,
+    /// The report's date.
+    created: String,
+}
+
+impl Committed {
+    fn of_detection(s: &Statement<DetectionPredicate>) -> Committed {
+        Committed {
+            certificate_sha256: s.predicate.certificate.as_ref().map(|c| c.sha256.clone()),
+            suspect: s.predicate.suspect_tensor_root.clone(),
+            created: s.predicate.created.clone(),
+        }
+    }
+}
+
+/// A report file's facts, its signature checked with the owner's key: a
+/// detection report for a mark key, a fingerprint check report for a
+/// fingerprint key.
+fn open_committed(
     bytes: &[u8],
     path: &Path,
     owner: &PublicKey,
-) -> Result<Statement<DetectionPredicate>> {
+    disclosed: Disclosed,
+) -> Result<Committed> {
     let envelope = parse_envelope(bytes, path).map_err(|e| named(path, e))?;
     let payload = verify_envelope(&envelope, owner).map_err(|e| Error::Certificate {
         path: path.to_path_buf(),
         reason: format!("not a report signed by the owner: {e}"),
     })?;
-    parse_detection_statement(&payload)
-        .map_err(|reason| Error::Certificate { path: path.to_path_buf(), reason })
+    let bad = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
+    match disclosed {
+        Disclosed::Mark => {
+            Ok(Committed::of_detection(&parse_detection_statement(&payload).map_err(bad)?))
+        }
+        Disclosed::Fingerprint => {
+            let s = crate::fingerprint::check::parse_check_statement(&payload).map_err(bad)?;
+            Ok(Committed {
+                certificate_sha256: Some(s.predicate.certificate.sha256.clone()),
+                suspect: s.predicate.suspect.id(),
+                created: s.predicate.created.clone(),
+            })
+        }
+    }
 }
 
 /// The committing report tested the certificate `certificate_sha256` and
 /// predates the reveal at `revealed`.
 fn check_report(
-    report: &Statement<DetectionPredicate>,
+    report: &Committed,
     path: &Path,
     certificate_sha256: &str,
     revealed: &str,
 ) -> Result<()> {
     let bad = |reason: String| Error::Certificate { path: path.to_path_buf(), reason };
-    match &report.predicate.certificate {
-        Some(c) if c.sha256 == certificate_sha256 => {}
+    match &report.certificate_sha256 {
+        Some(c) if c == certificate_sha256 => {}
         Some(c) => {
             return Err(bad(format!(
                 "the report tested another release (certificate SHA-256 {}...)",
-                c.sha256.get(..16).unwrap_or_default()
+                c.get(..16).unwrap_or_default()
             )))
         }
         None => return Err(bad("the report names no certificate: it tested no release".into())),
     }
     // Both dates are RFC 3339 UTC with seconds, so they compare as text.
-    if report.predicate.created.as_str() > revealed {
+    if report.created.as_str() > revealed {
         return Err(bad(format!(
             "the report is dated {}, after the reveal ({revealed})",
-            report.predicate.created
+            report.created
         )));
     }
     Ok(())
@@ -339,7 +502,11 @@ fn check_report(
 mod tests {
     use super::*;
 
-    fn report(certificate: Option<&str>, created: &str) -> Statement<DetectionPredicate> {
+    fn report(certificate: Option<&str>, created: &str) -> Committed {
+        Committed::of_detection(&statement(certificate, created))
+    }
+
+    fn statement(certificate: Option<&str>, created: &str) -> Statement<DetectionPredicate> {
         let certificate = certificate.map(|sha| {
             serde_json::json!({"sha256": sha, "signer": "k", "mark_key_commitment": "c",
                 "signature_checked": true})

@@ -19,10 +19,19 @@ use super::envelope::{
     parse_envelope, predicate_type, read_statement_file, verify_envelope, Statement,
     TENSOR_ROOT_SUBJECT,
 };
+use super::identification::{
+    parse_identification_statement, IdentificationPredicate, IDENTIFICATION_PREDICATE_TYPE,
+};
 use super::report::{parse_detection_statement, DetectionPredicate, DETECTION_PREDICATE_TYPE};
-use super::reveal::{load_reveal, RevealPredicate, REVEAL_PREDICATE_TYPE};
+use super::reveal::{
+    load_fingerprint_reveal, load_reveal, parse_reveal_statement, RevealPredicate, FINGERPRINT,
+    REVEAL_PREDICATE_TYPE,
+};
 use crate::digest::{hex, model_file_digests, model_tensor_digests, tensor_root};
 use crate::error::{Error, Result};
+use crate::fingerprint::check::{
+    parse_check_statement, FingerprintCheckPredicate, CHECK_PREDICATE_TYPE,
+};
 use crate::key::PublicKey;
 use crate::model::side::{copy_checked, walk, Content, Purpose, HIDDEN};
 use crate::model::{Model, OutputFile, SkippedFile};
@@ -39,6 +48,11 @@ pub enum VerifiedKind {
     /// A reveal statement (a mark key disclosed for a dispute), checked
     /// together with the committing report inside it.
     Reveal(Box<Statement<RevealPredicate>>),
+    /// A fingerprint check report (`fingerprint check --report`).
+    FingerprintCheck(Box<Statement<FingerprintCheckPredicate>>),
+    /// An identification report (every licensee's certificate tested),
+    /// whose bounds and decisions were recomputed and agree.
+    Identification(Box<Statement<IdentificationPredicate>>),
 }
 
 /// A statement whose signature verified.
@@ -137,6 +151,10 @@ impl Verified {
             VerifiedKind::Certificate(s) => ("certificate", serde_json::json!(s.predicate)),
             VerifiedKind::Report(s) => ("report", serde_json::json!(s.predicate)),
             VerifiedKind::Reveal(s) => ("reveal", serde_json::json!(s.predicate)),
+            VerifiedKind::FingerprintCheck(s) => {
+                ("fingerprint-check", serde_json::json!(s.predicate))
+            }
+            VerifiedKind::Identification(s) => ("identification", serde_json::json!(s.predicate)),
         };
         serde_json::json!({
             "valid": self.model_matches(),
@@ -181,12 +199,23 @@ pub fn verify_file(path: &Path, public: &PublicKey, model: Option<&Model>) -> Re
         Some(DETECTION_PREDICATE_TYPE) => {
             VerifiedKind::Report(Box::new(parse_detection_statement(&payload).map_err(not_ours)?))
         }
+        Some(CHECK_PREDICATE_TYPE) => VerifiedKind::FingerprintCheck(Box::new(
+            parse_check_statement(&payload).map_err(not_ours)?,
+        )),
+        Some(IDENTIFICATION_PREDICATE_TYPE) => VerifiedKind::Identification(Box::new(
+            parse_identification_statement(&payload).map_err(not_ours)?,
+        )),
         Some(REVEAL_PREDICATE_TYPE) => {
             // Checks the report inside and the key against its commitment.
-            let reveal = load_reveal(path, public)?;
-            match reveal.statement {
-                Some(s) => VerifiedKind::Reveal(Box::new(s)),
-                None => return Err(not_ours("not a signed reveal statement".into())),
+            let fingerprint = parse_reveal_statement(&payload)
+                .is_ok_and(|s| s.predicate.component == FINGERPRINT);
+            if fingerprint {
+                VerifiedKind::Reveal(Box::new(load_fingerprint_reveal(path, public)?.statement))
+            } else {
+                match load_reveal(path, public)?.statement {
+                    Some(s) => VerifiedKind::Reveal(Box::new(s)),
+                    None => return Err(not_ours("not a signed reveal statement".into())),
+                }
             }
         }
         other => {
@@ -205,6 +234,8 @@ fn compare_model(kind: &VerifiedKind, model: &Model) -> Result<ModelCheck> {
     let (subjects, recorded_tensors) = match kind {
         VerifiedKind::Certificate(s) => (&s.subject, &s.predicate.tensor_digests),
         VerifiedKind::Report(s) => (&s.subject, &s.predicate.suspect_tensor_digests),
+        VerifiedKind::FingerprintCheck(s) => (&s.subject, &s.predicate.suspect.tensor_digests),
+        VerifiedKind::Identification(s) => (&s.subject, &s.predicate.suspect_tensor_digests),
         VerifiedKind::Reveal(s) => {
             // The suspect is the committing report's (checked on loading).
             committed = BASE64
@@ -262,7 +293,10 @@ fn compare_model(kind: &VerifiedKind, model: &Model) -> Result<ModelCheck> {
 
     let recorded_side = match kind {
         VerifiedKind::Certificate(s) => s.predicate.files.as_ref(),
-        VerifiedKind::Report(_) | VerifiedKind::Reveal(_) => None,
+        VerifiedKind::Report(_)
+        | VerifiedKind::Reveal(_)
+        | VerifiedKind::FingerprintCheck(_)
+        | VerifiedKind::Identification(_) => None,
     };
     check.certificate_lists_files = recorded_side.is_some();
     if let (Some(recorded), true) = (recorded_side, model.path.is_dir()) {
