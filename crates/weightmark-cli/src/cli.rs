@@ -630,6 +630,34 @@ pub enum AttackKind {
         #[command(flatten)]
         io: AttackIo,
     },
+    /// The adaptive scrubber: relative noise shaped like the mark (its
+    /// allocation recomputed from MODEL, as an adversary who knows the scheme
+    /// can), at BUDGET times the mark's amplitude, from the attacker's seed.
+    /// Budget 1 costs about the mark's own KL; budget B about B^2 times it.
+    Scrub {
+        /// Amplitude relative to the mark's (1 = the mark's own profile).
+        #[arg(long, value_name = "B", default_value_t = 1.0)]
+        budget: f64,
+        /// The mark's strength, as its certificate states it.
+        #[arg(long, value_name = "EPS", default_value_t = weightmark::DEFAULT_STRENGTH)]
+        strength: f64,
+        /// The mark's allocation, as its certificate states it: uniform,
+        /// ss2-alloc1 (its multipliers are recomputed from MODEL).
+        #[arg(
+            long,
+            value_name = "ALLOCATION",
+            default_value = "uniform",
+            value_parser = weightmark::Allocation::from_name
+        )]
+        allocation: weightmark::Allocation,
+        /// Noise form: signs (+-1 in the mark's own sign groups of 8
+        /// canonical residual channels; the strongest) or gaussian (i.i.d.
+        /// per element, the same energy).
+        #[arg(long, value_name = "FORM", value_enum, default_value_t = ScrubNoiseArg::Signs)]
+        noise: ScrubNoiseArg,
+        #[command(flatten)]
+        io: AttackIo,
+    },
     /// Permute and/or flip the signs of the residual-stream channels of a
     /// Llama-layout model, consistently through every tensor (embedding and
     /// head columns, q/k/v/gate/up columns, o/down rows, norm weights).
@@ -753,7 +781,9 @@ pub struct RobustnessArgs {
     pub original: Option<PathBuf>,
     /// Attacks to sweep, comma-separated [default: all but fine-tuning]: noise,
     /// drift, quantize-row, quantize-g32, prune-magnitude, prune-random,
-    /// lowrank-r16, scale, cast-f16, merge-unrelated, overwrite; and real
+    /// lowrank-r16, scale, cast-f16, merge-unrelated, overwrite, scrub (the
+    /// adaptive scrubber aimed at the certificate's strength and allocation;
+    /// level: budget, default 1,2,4); and real
     /// fine-tuning, finetune-full and finetune-lora (levels: training steps
     /// at which to measure; needs --text and a build with --features eval).
     /// Not in the default, for Llama-layout models: the function-preserving
@@ -1027,6 +1057,24 @@ pub enum MergeMethod {
     Linear,
     /// TIES against a common base.
     Ties,
+}
+
+/// The noise form of `attack scrub`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScrubNoiseArg {
+    /// +-1 in the mark's own sign groups.
+    Signs,
+    /// I.i.d. Gaussian per element.
+    Gaussian,
+}
+
+impl From<ScrubNoiseArg> for weightmark::attack::ScrubNoise {
+    fn from(n: ScrubNoiseArg) -> Self {
+        match n {
+            ScrubNoiseArg::Signs => weightmark::attack::ScrubNoise::Signs,
+            ScrubNoiseArg::Gaussian => weightmark::attack::ScrubNoise::Gaussian,
+        }
+    }
 }
 
 /// What `attack permute` permutes.

@@ -5,6 +5,7 @@
 //! damage (the relative RMS change of the weights it touched).
 
 use anyhow::Context;
+use weightmark::attack::Scrub;
 use weightmark::{apply_attack, Attack, AttackDetail, AttackReport, Dtype, Model};
 
 use crate::cli::{AttackArgs, AttackIo, AttackKind, MergeMethod, Permuted};
@@ -72,6 +73,11 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
             (Attack::Residual { permute: !no_permute, flip_signs: *flip_signs }, io.clone())
         }
         AttackKind::SignFlips { io } => (Attack::SignFlips, io.clone()),
+        AttackKind::Scrub { budget, strength, allocation, noise, io } => {
+            let scrub = Scrub { budget: *budget, noise: (*noise).into(), ..Scrub::new(*budget) }
+                .against(*strength, *allocation);
+            (Attack::Scrub(scrub), io.clone())
+        }
         AttackKind::Rescale { log_sd, io } => (Attack::Rescale { log_sd: *log_sd }, io.clone()),
         AttackKind::MixVo { io } => (Attack::MixVo, io.clone()),
         AttackKind::RopeRotate { io } => (Attack::RopeRotate, io.clone()),
@@ -182,6 +188,15 @@ fn say(attack: &Attack, io: &AttackIo, report: &AttackReport) -> anyhow::Result<
             with.len() + 1,
             io.seed,
             crate::format::path(&io.model)
+        ),
+        (Attack::Scrub(s), _) => outln!(
+            "scrubbed: {} noise at {} x the mark's amplitude (strength {}, allocation {}; \
+             seed {}) -> {out}: relative RMS change {change:.3}%",
+            s.noise.name(),
+            s.budget,
+            s.strength,
+            s.allocation,
+            io.seed
         ),
         (Attack::Overwrite { strength }, _) => outln!(
             "second mark at strength {strength} (attacker key from seed {}) -> {out}: relative \

@@ -205,6 +205,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         marked: &marked,
         original: original.as_ref(),
         target: &target,
+        strength: p.strength,
         plan: plan.clone(),
         seed: args.seed,
         scratch: scratch.path(),

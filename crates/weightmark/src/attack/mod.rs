@@ -12,12 +12,14 @@ pub mod permute;
 pub mod rescale;
 pub mod residual;
 pub mod rotate;
+pub mod scrub;
 pub mod signs;
 pub mod smooth;
 mod symmetry;
 pub mod truncate;
 
 pub use collude::CollusionMethod;
+pub use scrub::{Scrub, ScrubNoise};
 pub use smooth::{ActivationStats, LayerActivations};
 
 use std::path::{Path, PathBuf};
@@ -199,6 +201,10 @@ pub enum Attack {
         /// How the copies are combined.
         method: CollusionMethod,
     },
+    /// The adaptive scrubber ([`scrub::scrub`]): relative noise of the
+    /// mark's own amplitude profile (the adversary's guess of the allocation,
+    /// recomputed from the suspect) times a budget, from the attacker's seed.
+    Scrub(Scrub),
 }
 
 /// What [`Attack::Permute`] permutes.
@@ -316,6 +322,7 @@ impl Attack {
                 fraction("smooth: alpha", *alpha)?;
                 activations.validate()
             }
+            Attack::Scrub(s) => s.validate(),
             Attack::Collude { with, .. } => {
                 if with.is_empty() {
                     bad("collude: give at least one other copy of the release".into())
@@ -471,6 +478,7 @@ pub fn apply(
             copies.extend(others.iter());
             collude::collude(&copies, *method, seed, out, progress)
         }
+        Attack::Scrub(s) => scrub::scrub(model, out, s, seed, progress),
         _ => Err(Error::internal(format!("attack {attack:?} has no implementation"))),
     }
 }
@@ -979,6 +987,7 @@ mod tests {
             (Attack::Rescale { log_sd: -1.0 }, "log_sd -1"),
             (Attack::Rescale { log_sd: f64::NAN }, "log_sd NaN"),
             (Attack::Collude { with: vec![], method: CollusionMethod::Median }, "other copy"),
+            (Attack::Scrub(Scrub::new(-1.0)), "scrub: budget -1"),
         ];
         for (attack, needle) in refused {
             let err = attack.validate().err().map(|e| e.to_string()).unwrap_or_default();

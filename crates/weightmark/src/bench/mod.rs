@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attack::{apply, Attack, PruneMethod};
+use crate::allocation::Allocation;
+use crate::attack::{apply, Attack, PruneMethod, Scrub};
 use crate::detect::{detect, DetectOptions, Target};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -45,6 +46,10 @@ pub enum Sweep {
     Merge,
     /// A second mark with another key; level = its strength.
     Overwrite,
+    /// The adaptive scrubber ([`Attack::Scrub`]) aimed at the release under
+    /// test (its strength and allocation); level = budget, the amplitude
+    /// relative to the mark's.
+    Scrub,
     /// Residual-channel permutation and sign flips (Llama layout,
     /// function-preserving, bit-exact); level unused (1).
     Residual,
@@ -58,7 +63,7 @@ pub enum Sweep {
 
 impl Sweep {
     /// Every sweep, in the default order.
-    pub const ALL: [Sweep; 11] = [
+    pub const ALL: [Sweep; 12] = [
         Sweep::Noise,
         Sweep::Drift,
         Sweep::QuantizeRow,
@@ -70,6 +75,7 @@ impl Sweep {
         Sweep::CastF16,
         Sweep::Merge,
         Sweep::Overwrite,
+        Sweep::Scrub,
     ];
 
     /// The function-preserving sweeps, which need a Llama-layout model and are
@@ -90,6 +96,7 @@ impl Sweep {
             Sweep::CastF16 => "cast-f16",
             Sweep::Merge => "merge-unrelated",
             Sweep::Overwrite => "overwrite",
+            Sweep::Scrub => "scrub",
             Sweep::Residual => "residual",
             Sweep::SignFlips => "sign-flips",
             Sweep::Rescale => "rescale",
@@ -107,6 +114,7 @@ impl Sweep {
             Sweep::CastF16 => "(none)",
             Sweep::Merge => "weight kept (lambda)",
             Sweep::Overwrite => "strength of the second mark",
+            Sweep::Scrub => "budget (amplitude relative to the mark's)",
             Sweep::Residual | Sweep::SignFlips => "(none)",
             Sweep::Rescale => "log-sd of the factors",
         }
@@ -131,13 +139,17 @@ impl Sweep {
             Sweep::CastF16 => vec![1.0],
             Sweep::Merge => vec![0.75, 0.5, 0.25],
             Sweep::Overwrite => vec![0.003, 0.03, 0.1],
+            Sweep::Scrub => vec![1.0, 2.0, 4.0],
             Sweep::Residual | Sweep::SignFlips => vec![1.0],
             Sweep::Rescale => vec![0.5, 1.0, 2.0],
         }
     }
 
     /// The attack at `level`, validated ([`Attack::validate`]): a level out of
-    /// range (16 bits, a fraction above 1) is an error naming the sweep.
+    /// range (16 bits, a fraction above 1) is an error naming the sweep. The
+    /// scrubber is aimed at a uniform mark of the default strength here;
+    /// [`robustness`] aims it at the release under test
+    /// ([`Sweep::attack_on`]).
     pub fn attack(self, level: f64) -> Result<Attack> {
         let bits = || {
             if level.fract() == 0.0 && (0.0..=64.0).contains(&level) {
@@ -163,9 +175,24 @@ impl Sweep {
             Sweep::CastF16 => Attack::Cast { via: Dtype::F16 },
             Sweep::Merge => Attack::MergeUnrelated { lambda: level },
             Sweep::Overwrite => Attack::Overwrite { strength: level },
+            Sweep::Scrub => Attack::Scrub(Scrub::new(level)),
             Sweep::Residual => Attack::Residual { permute: true, flip_signs: true },
             Sweep::SignFlips => Attack::SignFlips,
             Sweep::Rescale => Attack::Rescale { log_sd: level },
+        };
+        attack
+            .validate()
+            .map_err(|e| Error::invalid(format!("{} at level {level}: {e}", self.name())))?;
+        Ok(attack)
+    }
+
+    /// [`Sweep::attack`] against a release of `strength` spread by
+    /// `allocation` (what its certificate states): the adaptive scrubber
+    /// takes both as its guess of the mark; every other attack ignores them.
+    pub fn attack_on(self, level: f64, strength: f64, allocation: Allocation) -> Result<Attack> {
+        let attack = match self.attack(level)? {
+            Attack::Scrub(s) => Attack::Scrub(s.against(strength, allocation)),
+            other => return Ok(other),
         };
         attack
             .validate()
@@ -211,6 +238,9 @@ pub struct SweepInputs<'a> {
     pub original: Option<&'a Model>,
     /// The release under test (mark key and certified tensors).
     pub target: &'a Target,
+    /// Its strength (from the certificate), which the adaptive scrubber
+    /// matches.
+    pub strength: f64,
     /// Sweeps and their levels.
     pub plan: Vec<(Sweep, Vec<f64>)>,
     /// Seed of the attacks.
@@ -234,13 +264,18 @@ pub fn validate_plan(plan: &[(Sweep, Vec<f64>)]) -> Result<()> {
 /// Runs the sweep (every level is validated first).
 pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
     validate_plan(&inputs.plan)?;
+    for (sweep, levels) in &inputs.plan {
+        for &level in levels {
+            sweep.attack_on(level, inputs.strength, inputs.target.allocation)?;
+        }
+    }
     let mut rows = Vec::new();
     for (sweep, levels) in &inputs.plan {
         for &level in levels {
             let started = Instant::now();
             let out =
                 scratch_path(inputs.marked, inputs.scratch, &format!("{}-{level}", sweep.name()));
-            let attack = sweep.attack(level)?;
+            let attack = sweep.attack_on(level, inputs.strength, inputs.target.allocation)?;
             let damage = apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
                 .damage
                 .relative_rms_change();
