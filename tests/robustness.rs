@@ -513,3 +513,72 @@ fn free_transforms_collusion_and_their_sweeps_from_the_command_line() {
     assert_eq!(names, ["residual", "sign-flips", "rescale"]);
     assert!(rows.iter().all(|r| r["damage"].as_f64().unwrap_or(0.0) > 0.1), "{rows:?}");
 }
+
+#[test]
+fn attack_scrub_and_its_bench_sweep_spend_the_certificate_s_amplitude_times_the_budget() {
+    let s = scene();
+    s.ok(&["keygen", "-o", "k"]);
+    s.ok(&[
+        "embed",
+        "-k",
+        "k.key",
+        "--strength",
+        "0.02",
+        "--allocation",
+        "ss2-alloc1",
+        "m.safetensors",
+        "-o",
+        "marked.safetensors",
+    ]);
+    let mark = change(&values(&s, "m.safetensors"), &values(&s, "marked.safetensors"));
+    let text = s.ok(&[
+        "attack",
+        "scrub",
+        "--budget",
+        "2",
+        "--strength",
+        "0.02",
+        "--allocation",
+        "ss2-alloc1",
+        "marked.safetensors",
+        "-o",
+        "s.safetensors",
+    ]);
+    assert!(text.contains("signs noise at 2 x the mark's amplitude"), "{text}");
+    let scrub = change(&values(&s, "marked.safetensors"), &values(&s, "s.safetensors"));
+    assert!((scrub / (2.0 * mark) - 1.0).abs() < 0.05, "scrub {scrub}, mark {mark}");
+    // A budget of 0 is refused in one line naming it, with exit 2.
+    let bad = s.run(&["attack", "scrub", "--budget", "0", "marked.safetensors", "-o", "z"]);
+    let err = common::stderr(&bad);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("budget 0") && err.lines().count() <= 2, "{err}");
+    // The sweep takes strength and allocation from the certificate.
+    s.ok(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked.safetensors",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--attacks",
+        "scrub",
+        "--levels",
+        "scrub=1,4",
+        "--out",
+        "rob",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("rob/results.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2);
+    let damage = |r: &serde_json::Value| r["damage"].as_f64().unwrap_or(0.0);
+    assert!((damage(&rows[0]) / mark - 1.0).abs() < 0.05, "{} against {mark}", damage(&rows[0]));
+    assert!((damage(&rows[1]) / (4.0 * mark) - 1.0).abs() < 0.05, "{}", damage(&rows[1]));
+    let threshold = weightmark::z_for_p(weightmark::DEFAULT_THRESHOLD_P);
+    for r in &rows {
+        assert!(r["blind_z"].as_f64().unwrap_or(0.0) >= threshold, "{r}");
+    }
+}
