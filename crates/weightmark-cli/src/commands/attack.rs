@@ -74,7 +74,7 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
         }
         AttackKind::SignFlips { io } => (Attack::SignFlips, io.clone()),
         AttackKind::Scrub { budget, strength, allocation, noise, io } => {
-            let scrub = Scrub { budget: *budget, noise: (*noise).into(), ..Scrub::new(*budget) }
+            let scrub = Scrub { noise: (*noise).into(), ..Scrub::new(*budget) }
                 .against(*strength, *allocation);
             (Attack::Scrub(scrub), io.clone())
         }
