@@ -139,3 +139,32 @@ fn tardos_codes_name_colluders_and_never_an_innocent() {
     eprintln!("largest innocent z over all runs: {largest_innocent:.2}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn a_revealed_recipient_key_of_a_coded_release_is_refused_naming_the_certificate() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model_path = dir.path().join("model.safetensors");
+    let shape =
+        LlamaShape { vocab: 512, hidden: 64, intermediate: 172, layers: 1, heads: 4, kv_heads: 2 };
+    write_file(&model_path, &llama(&shape, Dtype::BF16, 3), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&model_path).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([0x3c; 32]);
+    let code = RecipientCode::Tardos(TardosCode::new(64, 0.05).unwrap_or_else(|e| panic!("{e}")));
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("unwritten.safetensors");
+    let report = issue(&model, &out, &key, &options(1, code)).unwrap_or_else(|e| panic!("{e}"));
+    write_cert(&certs, 1, &report);
+    let loaded = load_candidates(&certs, &key).unwrap_or_else(|e| panic!("{e}"));
+    let certificate = &loaded.candidates[0].certificate;
+    let root = certificate.predicate().original_root().unwrap_or_else(|e| panic!("{e}"));
+    let (release, recipient) = key.ss2_keys("v1", Some("r01"), &root);
+    let recipient = recipient.unwrap_or_else(|| panic!("a recipient key"));
+    let err = weightmark::Target::from_revealed(certificate, recipient)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("r01.json") && err.contains("recipient code"), "{err}");
+    // The release component key (shared by every copy) still tests the release.
+    assert!(weightmark::Target::from_revealed(certificate, release).is_ok());
+}
