@@ -168,3 +168,56 @@ fn a_revealed_recipient_key_of_a_coded_release_is_refused_naming_the_certificate
     // The release component key (shared by every copy) still tests the release.
     assert!(weightmark::Target::from_revealed(certificate, release).is_ok());
 }
+
+#[test]
+fn tardos_marks_and_scores_are_identical_whatever_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model_path = dir.path().join("model.safetensors");
+    // 40 chunks of rows in the embedding: more than one batch of readings.
+    let shape = LlamaShape {
+        vocab: 20480,
+        hidden: 128,
+        intermediate: 344,
+        layers: 1,
+        heads: 4,
+        kv_heads: 2,
+    };
+    write_file(&model_path, &llama(&shape, Dtype::BF16, 8), None).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&model_path).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::from_seed([0x55; 32]);
+    let code = RecipientCode::Tardos(TardosCode::new(512, 0.01).unwrap_or_else(|e| panic!("{e}")));
+    let mut outputs = Vec::new();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sub = dir.path().join(format!("threads-{threads}"));
+        let certs = sub.join("certs");
+        std::fs::create_dir_all(&certs).unwrap_or_else(|e| panic!("{e}"));
+        let copy = sub.join("copy.safetensors");
+        let zs = pool.install(|| {
+            for r in 0..3 {
+                let report = if r == 1 {
+                    embed(&model, &copy, &key, &options(r, code))
+                } else {
+                    issue(&model, &sub.join("x.safetensors"), &key, &options(r, code))
+                };
+                write_cert(&certs, r, &report.unwrap_or_else(|e| panic!("{e}")));
+            }
+            let loaded = load_candidates(&certs, &key).unwrap_or_else(|e| panic!("{e}"));
+            let suspect = Model::open(&copy).unwrap_or_else(|e| panic!("{e}"));
+            let options = IdentifyOptions { threshold_p: THRESHOLD_P, progress: &NoProgress };
+            let found = identify(&suspect, Some(&model), &loaded.candidates, &options)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(found.candidates[0].recipient.as_deref(), Some("r01"));
+            found.candidates.iter().map(|c| (c.z.to_bits(), c.range.map(f64::to_bits))).collect()
+        });
+        let bytes = std::fs::read(&copy).unwrap_or_else(|e| panic!("{e}"));
+        outputs.push((bytes, zs));
+    }
+    let [(a, za), (b, zb)]: [(Vec<u8>, Vec<(u64, Option<u64>)>); 2] =
+        outputs.try_into().unwrap_or_else(|_| panic!("two runs"));
+    assert!(a == b, "marked bytes differ between 1 and 3 threads");
+    assert_eq!(za, zb, "scores differ between 1 and 3 threads");
+}
