@@ -37,6 +37,7 @@ fn throughput(c: &mut Criterion) {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     let marked = dir.path().join("marked.safetensors");
 

@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             progress: &NoProgress,
             overwrite: weightmark::Overwrite::Refuse,
             allocation: weightmark::Allocation::Uniform,
+            recipient_code: weightmark::RecipientCode::Independent,
         },
     )?;
     println!(

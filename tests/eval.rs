@@ -268,6 +268,7 @@ fn a_default_strength_mark_costs_smollm2_almost_nothing() {
         progress: &weightmark::NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     weightmark::embed(&original.model, &marked_path, &key, &options)
         .unwrap_or_else(|e| panic!("{e}"));

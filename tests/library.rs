@@ -27,6 +27,7 @@ fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     }
 }
 

@@ -430,3 +430,108 @@ fn detect_tested_n_adjusts_the_bound_the_decision_and_the_report() {
     zero.extend(["--tested", "0"]);
     assert_eq!(scene.run(&zero).status.code(), Some(2));
 }
+
+#[test]
+fn tardos1_licensees_are_issued_identified_and_their_report_verifies() {
+    let scene = Scene::new();
+    let key = weightmark::SecretKey::from_seed([6; 32]);
+    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shape = weightmark::synth::LlamaShape {
+        vocab: 2048,
+        hidden: 128,
+        intermediate: 344,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
+    let model = common::write_llama(scene.dir.path(), "model.safetensors", &shape, Dtype::BF16, 4);
+    let model = model.to_string_lossy().into_owned();
+    let code = ["--recipient-code", "tardos1", "--code-groups", "1024", "--strength", "0.03"];
+    let release = |r: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["-k", "lab.key", "--label", "v1", "-r", r, "--created", CREATED]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(code.iter().map(|s| s.to_string()));
+        a
+    };
+    std::fs::create_dir(scene.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    for r in ["r0", "r1", "r2", "r3"] {
+        let cert = format!("certs/{r}.json");
+        let mut args = vec!["issue".to_string()];
+        args.extend(release(r));
+        args.extend(["-o", "copy.safetensors", &model, "--cert", &cert].map(String::from));
+        let out = scene.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.contains("--recipient-code tardos1 --code-groups 1024"), "{out}");
+    }
+    let mut args = vec!["embed".to_string()];
+    args.extend(release("r2"));
+    args.extend([&model, "-o", "copy.safetensors", "--cert", "r2-embed.json"].map(String::from));
+    scene.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The code is recorded, and issue signs what embed signs.
+    assert_eq!(read(&scene.path("certs/r2.json")), read(&scene.path("r2-embed.json")));
+    let cert = json_of(&String::from_utf8_lossy(&read(&scene.path("certs/r2.json"))));
+    assert_eq!(
+        cert["predicate"]["recipient_code"],
+        serde_json::json!({"code": "tardos1", "groups": 1024, "cutoff": 0.01})
+    );
+
+    let o = scene.run(&[
+        "identify",
+        "-k",
+        "lab.key",
+        "--certs",
+        "certs",
+        "--original",
+        &model,
+        "copy.safetensors",
+        "--report",
+        "id.json",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    let candidates = v["candidates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(candidates.len(), 4);
+    for c in &candidates {
+        let named = c["identified"].as_bool() == Some(true);
+        assert_eq!(named, c["recipient"] == "r2", "{c}");
+        assert!(c["range"].as_f64().is_some_and(|r| r > 0.0), "{c}");
+    }
+    // verify recomputes the Bernstein bounds from z and range.
+    let o = scene.run(&["verify", "id.json", "--pub", "lab.pub", "--model", "copy.safetensors"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // A report whose range was lowered (a smaller bound) is refused, re-signed or not.
+    let secret =
+        weightmark::SecretKey::load(&scene.path("lab.key")).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&read(&scene.path("id.json"))).into_owned();
+    let mut statement: weightmark::provenance::Statement<
+        weightmark::provenance::IdentificationPredicate,
+    > = serde_json::from_value(json_of(&text)).unwrap_or_else(|e| panic!("{e}"));
+    statement.predicate.candidates[0].range = Some(0.0);
+    let envelope = weightmark::provenance::sign_statement(&statement, &secret)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resigned =
+        weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(scene.path("resigned.json"), resigned).unwrap_or_else(|e| panic!("{e}"));
+    let o = scene.run(&["verify", "resigned.json", "--pub", "lab.pub"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("its p-value bound is not that of z"), "{}", stderr(&o));
+
+    // Bad parameters and a code without a recipient: one line, exit 2, nothing written.
+    for (extra, why) in [
+        (vec!["-r", "r9", "--recipient-code", "tardos1", "--code-groups", "0"], "code groups"),
+        (vec!["-r", "r9", "--recipient-code", "tardos1", "--code-cutoff", "0.7"], "code cutoff"),
+        (vec!["--recipient-code", "tardos1"], "needs scheme ss2 and a recipient"),
+    ] {
+        let mut args =
+            vec!["issue", "-k", "lab.key", "--label", "v1", &model, "--cert", "bad.json"];
+        args.extend(extra);
+        let o = scene.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+        let err = stderr(&o);
+        assert!(err.contains(why) && err.lines().count() == 1, "{err}");
+        assert!(!scene.path("bad.json").exists());
+    }
+}

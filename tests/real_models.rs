@@ -23,6 +23,7 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     embed(model, out, key, &options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -124,6 +125,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     match embed(&model, &out, &SecretKey::from_seed([25; 32]), &options) {
         Ok(report) => {

@@ -104,6 +104,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -175,6 +176,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -263,6 +265,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));

@@ -29,6 +29,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         progress: &NoProgress,
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
+        recipient_code: weightmark::RecipientCode::Independent,
     };
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     embed(&model, &marked, &owner, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -86,6 +87,7 @@ fn ss2_wrong_key_zs(
                 neuron_sketch: neurons.clone(),
                 head_sketch: heads.clone(),
                 allocation: weightmark::Allocation::Uniform,
+                recipient_code: weightmark::RecipientCode::Independent,
             }
         })
         .collect();

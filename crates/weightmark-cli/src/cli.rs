@@ -203,6 +203,27 @@ pub struct KeygenArgs {
     pub output: PathBuf,
 }
 
+/// `--recipient-code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecipientCodeArg {
+    /// An independent pattern per recipient.
+    Independent,
+    /// A Tardos code (`tardos1`).
+    Tardos1,
+}
+
+impl ReleaseArgs {
+    /// The recipient code these arguments ask for, checked.
+    pub fn recipient_code(&self) -> weightmark::Result<weightmark::RecipientCode> {
+        Ok(match self.recipient_code {
+            RecipientCodeArg::Independent => weightmark::RecipientCode::Independent,
+            RecipientCodeArg::Tardos1 => weightmark::RecipientCode::Tardos(
+                weightmark::TardosCode::new(self.code_groups, self.code_cutoff)?,
+            ),
+        })
+    }
+}
+
 /// What names and marks a release, shared by `embed` (which writes the copy)
 /// and `issue` (which signs its certificate without writing it).
 #[derive(Args, Debug)]
@@ -248,6 +269,20 @@ pub struct ReleaseArgs {
         value_parser = weightmark::Allocation::from_name
     )]
     pub allocation: weightmark::Allocation,
+    /// How ss2 builds the recipient component: independent (a pattern of its
+    /// own per recipient, the default) or tardos1 (a collusion-secure
+    /// Tardos code over keyed groups of the mark: copies agree exactly where
+    /// their code bits agree, and identify accuses with an exact bound on
+    /// false accusation; docs/provenance.md). Every licensee of a release
+    /// should get the same code and parameters.
+    #[arg(long, value_name = "CODE", value_enum, default_value_t = RecipientCodeArg::Independent)]
+    pub recipient_code: RecipientCodeArg,
+    /// tardos1: the number of groups G (code length).
+    #[arg(long, value_name = "G", default_value_t = weightmark::tardos::DEFAULT_GROUPS)]
+    pub code_groups: u32,
+    /// tardos1: the bias cutoff t (every group's bias lies in [t, 1 - t]).
+    #[arg(long, value_name = "T", default_value_t = weightmark::tardos::DEFAULT_CUTOFF)]
+    pub code_cutoff: f64,
     /// Mark only tensors whose names match this glob (repeatable).
     ///
     /// Default: every F64/F32/F16/BF16 tensor with at least 2 dimensions and

@@ -21,6 +21,9 @@ use crate::scheme::Scheme;
 use crate::scheme::{detect_tensor_multi, p_value_bound, Stats};
 use crate::select::is_default_selected;
 use crate::ss2::Aligned;
+use crate::tardos::{
+    accuse, recipient_bits, Accusation, Bias, CodeKey, CodeStream, Reading, RecipientCode,
+};
 
 /// Blind (suspect alone) or informed (suspect minus the original).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +60,10 @@ pub struct Target {
     /// `ss2`: the certificate's allocation, whose multipliers (recomputed
     /// from the suspect, never from the key) weigh the detection statistic.
     pub allocation: Allocation,
+    /// `ss2`: the certificate's recipient code; with
+    /// [`RecipientCode::Tardos`] and a recipient key, the recipient
+    /// component is scored by the code ([`crate::tardos`]).
+    pub recipient_code: RecipientCode,
 }
 
 impl Target {
@@ -77,6 +84,7 @@ impl Target {
             neuron_sketch: None,
             head_sketch: None,
             allocation: Allocation::Uniform,
+            recipient_code: RecipientCode::Independent,
         }
     }
 
@@ -110,6 +118,7 @@ impl Target {
                     neuron_sketch: p.neuron_sketch().map_err(named)?,
                     head_sketch: p.head_sketch().map_err(named)?,
                     allocation: p.allocation().map_err(named)?,
+                    recipient_code: p.recipient_code().map_err(named)?,
                 })
             }
         }
@@ -128,6 +137,13 @@ impl Target {
         let scheme = p.scheme().map_err(named)?;
         let is_recipient_component =
             scheme == Scheme::Ss2 && certificate.check_recipient_key(&mark_key).is_ok();
+        if is_recipient_component
+            && p.recipient_code().map_err(named)? != RecipientCode::Independent
+        {
+            return Err(named(Error::invalid(
+                "a revealed recipient key of a release with a recipient code cannot be tested on                  its own (the code's groups and biases come from the release key)",
+            )));
+        }
         if !is_recipient_component {
             certificate.check_mark_key(&mark_key).map_err(named)?;
         }
@@ -140,6 +156,7 @@ impl Target {
             neuron_sketch: p.neuron_sketch().map_err(named)?,
             head_sketch: p.head_sketch().map_err(named)?,
             allocation: p.allocation().map_err(named)?,
+            recipient_code: RecipientCode::Independent,
         })
     }
 
@@ -189,12 +206,31 @@ pub struct ComponentResult {
     pub p_value: f64,
     /// `log10` of the bound.
     pub log10_p_value: f64,
+    /// A coded recipient component (`tardos1`): Bernstein's range ratio
+    /// `rho`, and the bound is `exp(-z^2 / (2 (1 + rho z / 3)))`
+    /// ([`crate::tardos`]); absent: Hoeffding's `exp(-z^2/2)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<f64>,
 }
 
 impl ComponentResult {
     fn of(stats: Stats) -> ComponentResult {
         let z = stats.z();
-        ComponentResult { z, p_value: p_value_bound(z), log10_p_value: log10_p_bound(z) }
+        ComponentResult {
+            z,
+            p_value: p_value_bound(z),
+            log10_p_value: log10_p_bound(z),
+            range: None,
+        }
+    }
+
+    fn of_accusation(a: Accusation) -> ComponentResult {
+        ComponentResult {
+            z: a.z,
+            p_value: 10f64.powf(a.log10_p_value),
+            log10_p_value: a.log10_p_value,
+            range: Some(a.range),
+        }
     }
 }
 
@@ -399,6 +435,37 @@ pub fn detect_many(
     }
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
+    // Coded recipient components: one reading per release, code and order,
+    // whatever the number of its recipients tested.
+    let mut codes: Vec<CodeReading> = Vec::new();
+    let mut code_of: Vec<Option<usize>> = vec![None; targets.len()];
+    for (ti, target) in targets.iter().enumerate() {
+        let RecipientCode::Tardos(code) = target.recipient_code else { continue };
+        if target.scheme != Scheme::Ss2 || target.recipient_key.is_none() {
+            continue;
+        }
+        let key = CodeKey::of_release(&target.mark_key);
+        let order = orders.of_target[ti];
+        let same = |c: &CodeReading| {
+            c.key.same(&key)
+                && c.code == code
+                && c.order == order
+                && c.allocation == target.allocation
+        };
+        code_of[ti] = Some(match codes.iter().position(same) {
+            Some(i) => i,
+            None => {
+                codes.push(CodeReading {
+                    key,
+                    code,
+                    order,
+                    allocation: target.allocation,
+                    reading: Reading::new(code.groups),
+                });
+                codes.len() - 1
+            }
+        });
+    }
     for (t, o, users) in &plan {
         let (ss1, ss2): (Vec<usize>, Vec<usize>) =
             users.iter().partition(|&&ti| targets[ti].scheme == Scheme::Ss1);
@@ -421,16 +488,40 @@ pub fn detect_many(
             })
         });
         for (order, group, weights) in by_allocation {
-            // Release keys first, then the recipient keys that are held.
-            let mut streams: Vec<TensorStreams> =
-                group.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
+            // Release keys first (one stream per distinct key), then the
+            // recipient keys that are held (coded ones are read by code).
+            let mut streams: Vec<TensorStreams> = Vec::new();
+            let mut release_of: Vec<usize> = Vec::new();
+            for (gi, &ti) in group.iter().enumerate() {
+                let key = &targets[ti].mark_key;
+                let earlier = group[..gi].iter().position(|&tj| targets[tj].mark_key.same(key));
+                release_of.push(match earlier {
+                    Some(e) => release_of[e],
+                    None => {
+                        streams.push(TensorStreams::new(key, t.name));
+                        streams.len() - 1
+                    }
+                });
+            }
             let mut recipient_of: Vec<(usize, usize)> = Vec::new();
+            let mut coded: Vec<usize> = Vec::new();
             for &ti in &group {
-                if let Some(k) = &targets[ti].recipient_key {
-                    recipient_of.push((ti, streams.len()));
-                    streams.push(TensorStreams::new(k, t.name));
+                match (code_of[ti], &targets[ti].recipient_key) {
+                    (Some(c), _) => {
+                        if !coded.contains(&c) {
+                            coded.push(c);
+                        }
+                    }
+                    (None, Some(k)) => {
+                        recipient_of.push((ti, streams.len()));
+                        streams.push(TensorStreams::new(k, t.name));
+                    }
+                    (None, None) => {}
                 }
             }
+            let code_streams: Vec<CodeStream> =
+                coded.iter().map(|&c| codes[c].key.tensor(t.name, codes[c].code)).collect();
+            let code_refs: Vec<&CodeStream> = code_streams.iter().collect();
             let refs: Vec<&TensorStreams> = streams.iter().collect();
             let axes = order.axes(t);
             let aligned = o.map(|tensor| Aligned {
@@ -438,9 +529,18 @@ pub fn detect_many(
                 axes: canonical_o.axes(&tensor),
                 residual: order.residual.as_deref(),
             });
-            let stats =
-                crate::ss2::detect_tensor(t, &axes, aligned.as_ref(), &refs, weights.get(t.name));
-            per_user.extend(group.iter().copied().zip(stats.iter().copied()));
+            let (stats, readings) = crate::ss2::detect_tensor_coded(
+                t,
+                &axes,
+                aligned.as_ref(),
+                &refs,
+                weights.get(t.name),
+                &code_refs,
+            );
+            for (&c, r) in coded.iter().zip(&readings) {
+                codes[c].reading.merge(r);
+            }
+            per_user.extend(group.iter().copied().zip(release_of.iter().map(|&k| stats[k])));
             for (ti, k) in recipient_of {
                 recipients[ti] = recipients[ti].merge(stats[k]);
             }
@@ -461,6 +561,22 @@ pub fn detect_many(
     options.progress.advance(given.data_bytes());
     options.progress.finish();
     let suspect_digest = hex(&tensor_root(&digests));
+    // Each code's group values, biases and scale once; each recipient's
+    // score is then one pass over its G bits.
+    let scored: Vec<ScoredCode> = codes
+        .iter()
+        .map(|c| {
+            let y = c.reading.values();
+            let biases = c.key.biases(c.code);
+            let scale = crate::tardos::scale(&y, &biases);
+            (y, biases, scale)
+        })
+        .collect();
+    let coded_component = |ti: usize| -> Option<ComponentResult> {
+        let (y, biases, scale) = scored.get(code_of[ti]?)?;
+        let bits = recipient_bits(targets[ti].recipient_key.as_ref()?, biases);
+        Some(ComponentResult::of_accusation(accuse(y, biases, &bits, *scale)))
+    };
 
     Ok(results
         .into_iter()
@@ -480,10 +596,9 @@ pub fn detect_many(
                 z,
                 p_value,
                 p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
-                recipient_component: target
-                    .recipient_key
-                    .as_ref()
-                    .map(|_| ComponentResult::of(recipients[ti])),
+                recipient_component: coded_component(ti).or_else(|| {
+                    target.recipient_key.as_ref().map(|_| ComponentResult::of(recipients[ti]))
+                }),
                 log10_p_value: log10_p_bound(z),
                 certificates_tested: 1,
                 adjusted_p_value: p_value,
@@ -500,6 +615,19 @@ pub fn detect_many(
             }
         })
         .collect())
+}
+
+/// One code's group values, biases and `(sigma, rho)`.
+type ScoredCode = (Vec<f64>, Vec<Bias>, (f64, f64));
+
+/// The per-group reading of one release's recipient code, in one suspect
+/// order and allocation.
+struct CodeReading {
+    key: CodeKey,
+    code: crate::tardos::TardosCode,
+    order: usize,
+    allocation: Allocation,
+    reading: Reading,
 }
 
 /// The suspect's canonical residual order for each `ss2` target: matched by

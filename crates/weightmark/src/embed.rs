@@ -13,6 +13,7 @@ use crate::heads::HeadSketch;
 use crate::io::Overwrite;
 use crate::key::{MarkKey, SecretKey};
 use crate::model::{write_model, Model, OutputFile, TensorRef, WriteOptions, WriteReport};
+use crate::pattern::SignSource;
 use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
@@ -24,6 +25,7 @@ use crate::provenance::{
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
 use crate::ss2::Strengths;
+use crate::tardos::{bit_signs, recipient_bits, CodeKey, CodedSigns, RecipientCode, TardosCode};
 
 /// Largest strength accepted: beyond 10% the "mark" is a visible edit.
 pub const MAX_STRENGTH: f64 = 0.1;
@@ -55,6 +57,9 @@ pub struct EmbedOptions<'a> {
     /// `ss2`: how the strength is spread over the elements
     /// ([`Allocation::Uniform`] by default; recorded in the certificate).
     pub allocation: Allocation,
+    /// `ss2` with a recipient: how the recipient component is built
+    /// ([`RecipientCode::Independent`] by default; recorded in the certificate).
+    pub recipient_code: RecipientCode,
 }
 
 /// Per-tensor outcome of marking.
@@ -116,6 +121,7 @@ impl EmbedOptions<'static> {
             progress: &crate::progress::NoProgress,
             overwrite: Overwrite::Refuse,
             allocation: Allocation::Uniform,
+            recipient_code: RecipientCode::Independent,
         }
     }
 }
@@ -132,6 +138,13 @@ impl<'a> EmbedOptions<'a> {
     #[must_use]
     pub fn allocation(mut self, allocation: Allocation) -> Self {
         self.allocation = allocation;
+        self
+    }
+
+    /// The same options with another recipient code.
+    #[must_use]
+    pub fn recipient_code(mut self, code: RecipientCode) -> Self {
+        self.recipient_code = code;
         self
     }
 
@@ -161,6 +174,7 @@ impl<'a> EmbedOptions<'a> {
             progress,
             overwrite: self.overwrite,
             allocation: self.allocation,
+            recipient_code: self.recipient_code,
         }
     }
 
@@ -215,6 +229,14 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
             "the recipient is empty: leave it out for a release without one",
         ));
     }
+    if let RecipientCode::Tardos(code) = options.recipient_code {
+        TardosCode::new(code.groups, code.cutoff)?;
+        if options.scheme != Scheme::Ss2 || options.recipient.is_none() {
+            return Err(Error::invalid(
+                "a recipient code needs scheme ss2 and a recipient (it builds the recipient component)",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -245,6 +267,9 @@ struct Ss2Marking {
     strengths: Strengths,
     /// The allocation's multipliers, from the original (empty: uniform).
     weights: ModelWeights,
+    /// A coded recipient component: the release's code key, the code, and
+    /// the recipient's `±1` per group.
+    code: Option<(CodeKey, TardosCode, Vec<f64>)>,
     original_digests: Vec<(String, Sha256Digest)>,
 }
 
@@ -265,7 +290,16 @@ impl<'o> Marking<'o> {
                 let neurons = NeuronSketch::of(model, &canonical);
                 let heads = HeadSketch::of(model, &canonical);
                 let weights = ModelWeights::of(model, &selected, options.allocation);
+                let code = match (options.recipient_code, &recipient) {
+                    (RecipientCode::Tardos(code), Some(r)) => {
+                        let key = CodeKey::of_release(&release);
+                        let bits = recipient_bits(r, &key.biases(code));
+                        Some((key, code, bit_signs(&bits)))
+                    }
+                    _ => None,
+                };
                 let marking = Ss2Marking {
+                    code,
                     canonical,
                     sketch,
                     neurons,
@@ -316,15 +350,16 @@ impl<'o> Marking<'o> {
         let axes = ss2.canonical.axes(t);
         let release = TensorStreams::new(&self.mark_key, t.name);
         let recipient = ss2.recipient.as_ref().map(|k| TensorStreams::new(k, t.name));
+        let coded =
+            ss2.code.as_ref().map(|(key, code, bits)| CodedSigns::new(key, t.name, *code, bits));
+        let recipient: Option<&dyn SignSource> = match (&coded, &recipient) {
+            (Some(c), _) => Some(c),
+            (None, Some(r)) => Some(r),
+            (None, None) => None,
+        };
         let weights = ss2.weights.get(t.name);
-        let (data, fidelity) = crate::ss2::embed_tensor(
-            t,
-            &axes,
-            &release,
-            recipient.as_ref(),
-            ss2.strengths,
-            weights,
-        );
+        let (data, fidelity) =
+            crate::ss2::embed_tensor(t, &axes, &release, recipient, ss2.strengths, weights);
         let marked = TensorRef { data: &data, ..*t };
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release], weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
@@ -397,6 +432,9 @@ impl<'o> Marking<'o> {
             neuron_sketch: ss2.and_then(|s| s.neurons.as_ref()).map(NeuronSketchRecord::of),
             head_sketch: ss2.and_then(|s| s.heads.as_ref()).map(HeadSketchRecord::of),
             allocation: ss2.and_then(|_| options.allocation.certificate_field()),
+            recipient_code: ss2
+                .and_then(|s| s.code.as_ref())
+                .and_then(|_| options.recipient_code.to_record()),
             tensors: certified,
             marked_elements: blind.elements,
             tensor_digests: output_digests.iter().map(|(n, d)| (n.clone(), hex(d))).collect(),

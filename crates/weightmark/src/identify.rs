@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::detect::{
-    adjusted_log10, detect_many, log10_p_bound, DetectOptions, Mode, Skipped, Target,
-};
+use crate::detect::{adjusted_log10, detect_many, DetectOptions, Mode, Skipped, Target};
 use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::key::SecretKey;
@@ -94,7 +92,12 @@ pub struct RankedCandidate {
     pub release_z: Option<f64>,
     /// Elements tested.
     pub elements: u64,
-    /// Hoeffding bound `exp(-z^2/2)` for this candidate alone.
+    /// A coded recipient component (`tardos1`): Bernstein's range ratio
+    /// `rho`; the bound is `exp(-z^2 / (2 (1 + rho z / 3)))`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<f64>,
+    /// Hoeffding bound `exp(-z^2/2)` for this candidate alone (Bernstein's
+    /// with `range`).
     pub p_value: f64,
     /// `log10` of `p_value` (exact where it underflows).
     pub log10_p_value: f64,
@@ -160,7 +163,8 @@ pub fn identify(
         .enumerate()
         .map(|(index, (d, c))| {
             let z = d.recipient_component.map_or(d.z, |r| r.z);
-            let log10_p = log10_p_bound(z);
+            let range = d.recipient_component.and_then(|r| r.range);
+            let log10_p = crate::tardos::log10_bernstein(z, range.unwrap_or(0.0));
             let log10_adjusted = adjusted_log10(log10_p, m as u64);
             let p = c.certificate.predicate();
             RankedCandidate {
@@ -170,6 +174,7 @@ pub fn identify(
                 z,
                 release_z: d.recipient_component.map(|_| d.z),
                 elements: d.elements,
+                range,
                 p_value: 10f64.powf(log10_p),
                 log10_p_value: log10_p,
                 adjusted_p_value: 10f64.powf(log10_adjusted),

@@ -338,6 +338,11 @@ impl MarkKey {
         MarkKey { key: Zeroizing::new(bytes) }
     }
 
+    /// Whether two mark keys are the same key.
+    pub(crate) fn same(&self, other: &MarkKey) -> bool {
+        *self.key == *other.key
+    }
+
     /// The raw key bytes (for key derivation inside the library).
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.key

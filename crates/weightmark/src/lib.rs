@@ -79,6 +79,7 @@ mod select;
 mod ss2;
 mod stability;
 pub mod synth;
+pub mod tardos;
 
 pub use allocation::{Allocation, Parts as AllocationParts};
 pub use attack::{apply as apply_attack, Attack, AttackDetail, AttackReport};
@@ -121,6 +122,7 @@ pub use scheme::{
 };
 pub use select::{is_default_selected, Selection};
 pub use stability::{canonical_moves, CanonicalMoves};
+pub use tardos::{RecipientCode, TardosCode};
 
 /// The current time as RFC 3339 UTC with seconds (`2026-11-28T13:20:55Z`).
 pub fn now_rfc3339() -> String {

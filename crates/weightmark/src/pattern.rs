@@ -25,6 +25,18 @@ const SALT_TENSOR: &[u8] = b"weightmark/v1 ss1 tensor";
 const INFO_SIGN: &[u8] = b"weightmark/v1 ss1 sign\0";
 const INFO_DITHER: &[u8] = b"weightmark/v1 ss1 dither\0";
 
+/// A source of keyed signs addressed by position: a component's pattern.
+pub trait SignSource: Sync {
+    /// Writes the signs of positions `start .. start + out.len()` as `+1.0`/`-1.0`.
+    fn signs(&self, start: u64, out: &mut [f64]);
+}
+
+impl SignSource for TensorStreams {
+    fn signs(&self, start: u64, out: &mut [f64]) {
+        TensorStreams::signs(self, start, out);
+    }
+}
+
 /// The two keyed streams of one tensor.
 pub struct TensorStreams {
     sign_key: Zeroizing<[u8; 32]>,

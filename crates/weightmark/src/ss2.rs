@@ -37,8 +37,9 @@ use crate::allocation::TensorWeights;
 use crate::canonical::Axes;
 use crate::dtype::{decode_f64, encode_stochastic};
 use crate::model::TensorRef;
-use crate::pattern::TensorStreams;
+use crate::pattern::{SignSource, TensorStreams};
 use crate::scheme::{Fidelity, Stats, CHUNK_ELEMENTS};
+use crate::tardos::{CodeStream, Reading};
 
 /// Magnitude ratios above this are clipped (outliers carry no more weight
 /// than a typical element four times its expected size).
@@ -115,7 +116,7 @@ fn groups(n: usize) -> usize {
 
 /// The sign of every element of stored row `i` (length `out.len()`).
 fn row_signs(
-    streams: &TensorStreams,
+    streams: &dyn SignSource,
     layout: Layout<'_>,
     i: usize,
     out: &mut [f64],
@@ -145,7 +146,7 @@ pub fn embed_tensor(
     t: &TensorRef<'_>,
     axes: &Axes<'_>,
     release: &TensorStreams,
-    recipient: Option<&TensorStreams>,
+    recipient: Option<&dyn SignSource>,
     strengths: Strengths,
     weights: Option<&TensorWeights>,
 ) -> (Vec<u8>, Fidelity) {
@@ -228,7 +229,7 @@ impl LongRow<'_> {
 
     /// The group signs of the row where columns are residual channels (an
     /// eighth of the row), else nothing.
-    fn group_signs(&self, streams: &TensorStreams) -> Vec<f64> {
+    fn group_signs(&self, streams: &dyn SignSource) -> Vec<f64> {
         match self.layout {
             Layout::Cols(_) => {
                 let mut g = vec![0.0; groups(self.cols)];
@@ -242,7 +243,7 @@ impl LongRow<'_> {
     /// The signs of columns `k` of the row: what [`row_signs`] gives there.
     fn signs(
         &self,
-        streams: &TensorStreams,
+        streams: &dyn SignSource,
         group: &[f64],
         k: &std::ops::Range<usize>,
         out: &mut [f64],
@@ -269,7 +270,7 @@ impl LongRow<'_> {
         input: &[u8],
         out: &mut [u8],
         release: &TensorStreams,
-        recipient: Option<&TensorStreams>,
+        recipient: Option<&dyn SignSource>,
         strengths: Strengths,
     ) -> Fidelity {
         let size = self.dtype.size();
@@ -607,6 +608,41 @@ pub fn detect_tensor(
     keys: &[&TensorStreams],
     weights: Option<&TensorWeights>,
 ) -> Vec<Stats> {
+    detect_tensor_coded(suspect, axes, original, keys, weights, &[]).0
+}
+
+/// Items of a parallel pass whose results are held at once when recipient
+/// codes are read (each holds a reading of `G` groups per code).
+const CODED_BATCH: usize = 32;
+
+/// Runs `f` on `0..n` in parallel, in batches of `batch` items, and hands
+/// the results to `merge` in index order: the order of the sums (so every
+/// bit of the result) does not depend on the thread count, and only one
+/// batch of results is held at a time.
+fn in_batches<T: Send>(
+    n: usize,
+    batch: usize,
+    f: impl Fn(usize) -> T + Sync + Send,
+    mut merge: impl FnMut(T),
+) {
+    let batch = batch.max(1);
+    for a in (0..n).step_by(batch) {
+        let part: Vec<T> = (a..(a + batch).min(n)).into_par_iter().map(&f).collect();
+        part.into_iter().for_each(&mut merge);
+    }
+}
+
+/// [`detect_tensor`], and the per-group reading of each recipient code in
+/// `codes` ([`crate::tardos`]): each code's signs multiply the same sums
+/// `Y` (per sign position) that the keys' signs do.
+pub fn detect_tensor_coded(
+    suspect: &TensorRef<'_>,
+    axes: &Axes<'_>,
+    original: Option<&Aligned<'_>>,
+    keys: &[&TensorStreams],
+    weights: Option<&TensorWeights>,
+    codes: &[&CodeStream],
+) -> (Vec<Stats>, Vec<Reading>) {
     let (rows, cols) = dims(suspect);
     let layout = Layout::of(axes);
     let (profile, reference) = match original {
@@ -676,12 +712,26 @@ pub fn detect_tensor(
     // A row is read in pieces of at most a chunk (one piece unless it is longer).
     let pieces = || (0..cols).step_by(CHUNK_ELEMENTS).map(|a| a..(a + CHUNK_ELEMENTS).min(cols));
     let width = cols.min(CHUNK_ELEMENTS);
-    let parts: Vec<Vec<Stats>> = match layout {
+    let new_readings = || codes.iter().map(|c| Reading::new(c.groups())).collect::<Vec<_>>();
+    let batch = if codes.is_empty() { usize::MAX } else { CODED_BATCH };
+    let mut total = vec![Stats::default(); keys.len()];
+    let mut readings = new_readings();
+    let mut merge = |(part, coded): (Vec<Stats>, Vec<Reading>)| {
+        for (t, s) in total.iter_mut().zip(part) {
+            *t = t.merge(s);
+        }
+        for (r, c) in readings.iter_mut().zip(&coded) {
+            r.merge(c);
+        }
+    };
+    match layout {
         Layout::Plain | Layout::Cols(_) => {
             let block = rows_per_chunk(cols);
-            (0..rows.div_ceil(block))
-                .into_par_iter()
-                .map(|ci| {
+            in_batches(
+                rows.div_ceil(block),
+                batch,
+                |ci| {
+                    let mut coded = new_readings();
                     let mut stats = vec![Stats::default(); keys.len()];
                     let (mut x, mut y, mut p, mut buf) =
                         (Vec::new(), vec![0.0; width], vec![0.0; width], Vec::new());
@@ -713,6 +763,10 @@ pub fn detect_tensor(
                                 }
                                 _ => {
                                     acc.1 = sum_squares(y, acc.1);
+                                    let at = (i * cols + k.start) as u64;
+                                    for (code, r) in codes.iter().zip(coded.iter_mut()) {
+                                        code.add(at, y, None, r);
+                                    }
                                     let p = &mut p[..k.len()];
                                     for (streams, s) in keys.iter().zip(s_plain.iter_mut()) {
                                         streams.signs((i * cols + k.start) as u64, p);
@@ -730,6 +784,12 @@ pub fn detect_tensor(
                             Layout::Cols(_) => sums.iter().map(|s| s * s).sum(),
                             _ => v_elements,
                         };
+                        if let Layout::Cols(_) = layout {
+                            let at = axes.neurons.and_then(|m| m.get(i)).map_or(i, |&c| c as usize);
+                            for (code, r) in codes.iter().zip(coded.iter_mut()) {
+                                code.add((at * sums.len()) as u64, &sums, None, r);
+                            }
+                        }
                         for (k, streams) in keys.iter().enumerate() {
                             let s = match layout {
                                 Layout::Cols(_) => {
@@ -747,9 +807,10 @@ pub fn detect_tensor(
                             stats[k] = stats[k].merge(Stats { s, v, elements: n });
                         }
                     }
-                    stats
-                })
-                .collect()
+                    (stats, coded)
+                },
+                &mut merge,
+            );
         }
         Layout::Rows(rank) => {
             // Rows of one group are scattered in stored order: gather each
@@ -760,10 +821,12 @@ pub fn detect_tensor(
                     m.push(i);
                 }
             }
-            members
-                .par_iter()
-                .enumerate()
-                .map(|(g, group_rows)| {
+            in_batches(
+                members.len(),
+                batch,
+                |g| {
+                    let group_rows = members.get(g).map(Vec::as_slice).unwrap_or_default();
+                    let mut coded = new_readings();
                     let mut stats = vec![Stats::default(); keys.len()];
                     let (mut x, mut y, mut p) = (Vec::new(), vec![0.0; cols], vec![0.0; cols]);
                     let mut sums = vec![0.0; cols];
@@ -781,6 +844,10 @@ pub fn detect_tensor(
                         }
                     }
                     let v: f64 = sums.iter().map(|s| s * s).sum();
+                    let map = axes.neurons.filter(|m| m.len() == cols);
+                    for (code, r) in codes.iter().zip(coded.iter_mut()) {
+                        code.add((g * cols) as u64, &sums, map, r);
+                    }
                     for (k, streams) in keys.iter().enumerate() {
                         streams.signs((g * cols) as u64, &mut p);
                         let s: f64 = match axes.neurons.filter(|m| m.len() == cols) {
@@ -794,18 +861,13 @@ pub fn detect_tensor(
                         };
                         stats[k] = Stats { s, v, elements: n };
                     }
-                    stats
-                })
-                .collect()
-        }
-    };
-    let mut total = vec![Stats::default(); keys.len()];
-    for part in parts {
-        for (t, s) in total.iter_mut().zip(part) {
-            *t = t.merge(s);
+                    (stats, coded)
+                },
+                &mut merge,
+            );
         }
     }
-    total
+    (total, readings)
 }
 
 #[cfg(test)]
@@ -830,7 +892,14 @@ mod tests {
         for axes in [Axes::default(), Axes { rows: None, cols: Some(&rank), neurons: None }] {
             let layout = Layout::of(&axes);
             let strengths = Strengths::split(0.05, true);
-            let (got, _) = embed_tensor(&t, &axes, &release, Some(&recipient), strengths, None);
+            let (got, _) = embed_tensor(
+                &t,
+                &axes,
+                &release,
+                Some(&recipient as &dyn SignSource),
+                strengths,
+                None,
+            );
             // One pass over the whole row.
             let mut w = Vec::new();
             decode_f64(t.dtype, t.data, &mut w);

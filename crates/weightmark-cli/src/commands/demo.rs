@@ -66,6 +66,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
             progress: &NoProgress,
             overwrite: weightmark::Overwrite::Replace,
             allocation: weightmark::Allocation::Uniform,
+            recipient_code: weightmark::RecipientCode::Independent,
         },
     )?;
     let cert_path = dir.join("marked.safetensors.cert.json");

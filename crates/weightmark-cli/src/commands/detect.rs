@@ -263,7 +263,17 @@ fn print_table(
         );
     }
     if let Some(c) = &r.recipient_component {
-        outln!("recipient component (whose copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
+        match c.range {
+            Some(rho) => outln!(
+                "recipient component (whose copy, tardos1 code): z = {:.2}; {} (Bernstein, \
+                 range {rho:.3})",
+                c.z,
+                p_bound(c.p_value)
+            ),
+            None => {
+                outln!("recipient component (whose copy): z = {:.2}; {}", c.z, p_bound(c.p_value))
+            }
+        }
     }
     if r.elements == 0 && r.mode == weightmark::Mode::Informed {
         outln!(

@@ -29,8 +29,9 @@ pub(crate) fn options<'a>(
     created: String,
     progress: &'a Bar,
     overwrite: Overwrite,
-) -> EmbedOptions<'a> {
-    EmbedOptions {
+) -> anyhow::Result<EmbedOptions<'a>> {
+    Ok(EmbedOptions {
+        recipient_code: r.recipient_code().context("--recipient-code")?,
         scheme: r.scheme.into(),
         strength: r.strength,
         allocation: r.allocation,
@@ -44,7 +45,7 @@ pub(crate) fn options<'a>(
         created,
         progress,
         overwrite,
-    }
+    })
 }
 
 /// Marks a model and writes its certificate.
@@ -58,7 +59,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;
     let bar = Bar::new();
-    let options = options(&args.release, &model, created, &bar, overwrite);
+    let options = options(&args.release, &model, created, &bar, overwrite)?;
     let label = options.label.clone();
     let report = embed(&model, &args.output, &key, &options)
         .map_err(crate::force_hint)

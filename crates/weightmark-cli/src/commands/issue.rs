@@ -28,7 +28,7 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&args.cert], overwrite).map_err(crate::force_hint)?;
     let bar = Bar::new();
-    let options = super::embed::options(&args.release, &model, created.clone(), &bar, overwrite);
+    let options = super::embed::options(&args.release, &model, created.clone(), &bar, overwrite)?;
     let label = options.label.clone();
     let report = issue(&model, &destination, &key, &options)
         .with_context(|| format!("could not issue a certificate for {}", path(&args.model)))?;
@@ -74,6 +74,12 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
     );
     if let Some(name) = args.release.allocation.certificate_field() {
         again.push_str(&format!(" --allocation {name}"));
+    }
+    if let weightmark::RecipientCode::Tardos(c) = args.release.recipient_code()? {
+        again.push_str(&format!(
+            " --recipient-code tardos1 --code-groups {} --code-cutoff {}",
+            c.groups, c.cutoff
+        ));
     }
     for glob in &args.release.tensors {
         again.push_str(&format!(" --tensors '{}'", safe(glob)));

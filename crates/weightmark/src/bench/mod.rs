@@ -307,6 +307,7 @@ pub fn measure(
         neuron_sketch: inputs.target.neuron_sketch.clone(),
         head_sketch: inputs.target.head_sketch.clone(),
         allocation: inputs.target.allocation,
+        recipient_code: crate::tardos::RecipientCode::Independent,
     };
     let attacked = Model::open(out)?;
     let opts = DetectOptions::default();

@@ -120,6 +120,7 @@ pub fn certify_fingerprint(
             neuron_sketch: None,
             head_sketch: None,
             allocation: None,
+            recipient_code: None,
             tensors: Vec::new(),
             marked_elements: 0,
             tensor_digests: Default::default(),

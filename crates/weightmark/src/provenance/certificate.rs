@@ -216,6 +216,12 @@ pub struct ReleasePredicate {
     /// certificate written before allocations existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<String>,
+    /// `ss2` with a recipient: the collusion-secure code of the recipient
+    /// component (`{"code": "tardos1", "groups": G, "cutoff": t}`,
+    /// docs/provenance.md); absent for an independent pattern per
+    /// recipient, as in every certificate written before codes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_code: Option<crate::tardos::RecipientCodeRecord>,
     /// The marked tensors.
     pub tensors: Vec<CertifiedTensor>,
     /// Elements counted by the blind statistic at release: finite elements
@@ -311,6 +317,12 @@ impl ReleasePredicate {
     /// when the field is absent).
     pub fn allocation(&self) -> Result<crate::allocation::Allocation> {
         crate::allocation::Allocation::from_certificate_field(self.allocation.as_deref())
+    }
+
+    /// The recipient code, checked ([`crate::tardos::RecipientCode::Independent`]
+    /// when the field is absent).
+    pub fn recipient_code(&self) -> Result<crate::tardos::RecipientCode> {
+        crate::tardos::RecipientCode::from_record(self.recipient_code.as_ref())
     }
 
     /// The certified tensors as (name, shape), what detection tests.

@@ -19,7 +19,7 @@ use super::envelope::{
     TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use super::report::CertificateRef;
-use crate::detect::{adjusted_log10, log10_p_bound, Mode};
+use crate::detect::{adjusted_log10, Mode};
 use crate::digest::{hex, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::identify::{Candidate, Identification};
@@ -64,7 +64,12 @@ pub struct IdentifiedCandidate {
     pub release_z: Option<f64>,
     /// Elements tested.
     pub elements: u64,
-    /// Hoeffding bound `exp(-z^2/2)` for this candidate alone.
+    /// A coded recipient component (`tardos1`): Bernstein's range ratio
+    /// `rho`; the bound is `exp(-z^2 / (2 (1 + rho z / 3)))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<f64>,
+    /// Hoeffding bound `exp(-z^2/2)` for this candidate alone (Bernstein's
+    /// with `range`).
     pub p_value: f64,
     /// `log10` of `p_value`.
     pub log10_p_value: f64,
@@ -151,6 +156,7 @@ pub fn build_identification_report(
             z: ranked.z,
             release_z: ranked.release_z,
             elements: ranked.elements,
+            range: ranked.range,
             p_value: ranked.p_value,
             log10_p_value: ranked.log10_p_value,
             adjusted_p_value: ranked.adjusted_p_value,
@@ -232,7 +238,8 @@ pub fn parse_identification_statement(
 
 /// Recomputes what a reader would from an identification report: one
 /// candidate per certificate tested, each bound from its z
-/// (`log10 p = -z^2 / (2 ln 10)` for z > 0, else 0), each adjusted bound as
+/// (`log10 p = -z^2 / (2 ln 10)` for z > 0, else 0; with a `range` rho,
+/// Bernstein's `-z^2 / (2 (1 + rho z / 3) ln 10)`), each adjusted bound as
 /// `min(1, m p)`, each decision against the threshold, the count of
 /// candidates named and of certificates per release. The first
 /// disagreement is the error.
@@ -257,7 +264,11 @@ pub fn check_identification(p: &IdentificationPredicate) -> Result<(), String> {
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
     for c in &p.candidates {
         let who = c.recipient.as_deref().unwrap_or("(none)").escape_debug().to_string();
-        let log10_p = log10_p_bound(c.z);
+        let range = c.range.unwrap_or(0.0);
+        if !(range.is_finite() && range >= 0.0) {
+            return Err(format!("candidate '{who}': range {range} is not a finite ratio >= 0"));
+        }
+        let log10_p = crate::tardos::log10_bernstein(c.z, range);
         let log10_adjusted = adjusted_log10(log10_p, m);
         if !c.z.is_finite()
             || !close(c.log10_p_value, log10_p)
