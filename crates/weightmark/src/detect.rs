@@ -369,7 +369,7 @@ pub fn detect_many(
         }
     }
 
-    let planned: u64 = plan.iter().map(|(t, _, _)| t.data.len() as u64).sum();
+    let planned: u64 = plan.iter().map(|(t, _, _)| t.byte_len() as u64).sum();
     options.progress.start("detecting", planned + suspect.data_bytes());
     // Canonical coordinates (ss2) come from the weights and the
     // certificate's public sketch of the original, never the key.
@@ -400,6 +400,11 @@ pub fn detect_many(
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
     let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
     for (t, o, users) in &plan {
+        // Read once for every key and group below: a GGUF tensor is decoded
+        // here and dropped at the end of the iteration, one at a time.
+        let (t_data, o_data) = (t.data(), o.map(|o| o.data()));
+        let t = &t.with_data(&t_data);
+        let o = &o.zip(o_data.as_deref()).map(|(o, d)| o.with_data(d));
         let (ss1, ss2): (Vec<usize>, Vec<usize>) =
             users.iter().partition(|&&ti| targets[ti].scheme == Scheme::Ss1);
         let mut per_user: Vec<(usize, Stats)> = Vec::new();
@@ -455,7 +460,7 @@ pub fn detect_many(
                 elements: st.elements,
             });
         }
-        options.progress.advance(t.data.len() as u64);
+        options.progress.advance(t.byte_len() as u64);
     }
     let digests = model_tensor_digests(given);
     options.progress.advance(given.data_bytes());
