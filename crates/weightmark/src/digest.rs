@@ -7,6 +7,8 @@
 //! same root however they are sharded, ordered or re-saved. The exact byte
 //! layout is specified in `docs/formats.md`.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 
 use rayon::prelude::*;
@@ -74,8 +76,27 @@ const DECODED_BATCH_MIN: usize = 256 << 20;
 /// stay within twice the largest tensor (at least [`DECODED_BATCH_MIN`]), so
 /// memory stays flat whatever the number of threads.
 pub fn model_tensor_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
+    model_tensor_digests_with(model, &HashMap::new())
+}
+
+/// [`model_tensor_digests`], taking the digests in `known` (by tensor name,
+/// computed from the same bytes while they were at hand) as they are.
+pub(crate) fn model_tensor_digests_with(
+    model: &Model,
+    known: &HashMap<String, Sha256Digest>,
+) -> Vec<(String, Sha256Digest)> {
     let tensors: Vec<TensorRef<'_>> = model.tensors().collect();
-    let decoded = |t: &TensorRef<'_>| if t.is_decoded_on_read() { t.byte_len() } else { 0 };
+    let digest = |t: &TensorRef<'_>| match known.get(t.name) {
+        Some(d) => (t.name.to_string(), *d),
+        None => (t.name.to_string(), tensor_digest(t)),
+    };
+    let decoded = |t: &TensorRef<'_>| {
+        if t.is_decoded_on_read() && !known.contains_key(t.name) {
+            t.byte_len()
+        } else {
+            0
+        }
+    };
     let largest = tensors.iter().map(decoded).max().unwrap_or(0);
     let budget = largest.saturating_mul(2).max(DECODED_BATCH_MIN);
     let mut out = Vec::with_capacity(tensors.len());
@@ -90,7 +111,7 @@ pub fn model_tensor_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
             n += 1;
         }
         let (run, next) = rest.split_at(n);
-        out.par_extend(run.par_iter().map(|t| (t.name.to_string(), tensor_digest(t))));
+        out.par_extend(run.par_iter().map(digest));
         rest = next;
     }
     out

@@ -234,3 +234,78 @@ pub fn canonical_tensors(
         .collect();
     Ok((out, warnings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Llama GGUF header (2 heads, 2 key/value heads) over Q8_0 tensors
+    /// of the given names and GGUF dims, laid out back to back from byte 0
+    /// of `bytes` (a block: scale 1/64, then 32 signed bytes).
+    fn file(tensors: &[(&str, Vec<u64>)]) -> (GgufFile, Vec<u8>) {
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("general.architecture".to_string(), Value::Str("llama".into()));
+        metadata.insert("llama.attention.head_count".to_string(), Value::U64(2));
+        metadata.insert("llama.attention.head_count_kv".to_string(), Value::U64(2));
+        let (mut infos, mut bytes) = (Vec::new(), Vec::new());
+        for (name, dims) in tensors {
+            let elements: u64 = dims.iter().product();
+            let start = bytes.len();
+            for b in 0..elements / 32 {
+                bytes.extend_from_slice(&half::f16::from_f32(1.0 / 64.0).to_le_bytes());
+                bytes.extend((0..32u64).map(|i| ((b * 31 + i * 7) % 251) as u8));
+            }
+            infos.push(GgufTensorInfo {
+                name: name.to_string(),
+                dims: dims.clone(),
+                ggml_type: GgmlType::Q8_0,
+                start,
+                len: bytes.len() - start,
+            });
+        }
+        (GgufFile { version: 3, metadata, tensors: infos }, bytes)
+    }
+
+    #[test]
+    fn decoding_one_tensor_equals_dequantizing_it_whole_and_unpermuting() {
+        // Permuted rows spanning several work items, a permuted 1-D tensor
+        // shorter than a block per row, and plain rows over several items.
+        let (f, bytes) = file(&[
+            ("blk.0.attn_q.weight", vec![32, 4096]),
+            ("blk.0.attn_k.bias", vec![64]),
+            ("blk.0.ffn_up.weight", vec![64, 3000]),
+        ]);
+        let (lazy, warnings) = lazy_tensors(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for (t, info) in lazy.iter().zip(&f.tensors) {
+            let mut values = Vec::new();
+            quant::dequantize(
+                info.ggml_type,
+                &bytes[info.start..info.start + info.len],
+                &mut values,
+            );
+            if names::qk_kind(&info.name).is_some() {
+                let cols = t.shape[1..].iter().product();
+                values = names::unpermute_rows(&values, t.shape[0], cols, 2)
+                    .unwrap_or_else(|| panic!("{}", info.name));
+            }
+            let want: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert!(t.decode(&bytes) == want, "{} ({})", t.name, info.name);
+        }
+        assert_eq!(lazy[0].name, "model.layers.0.self_attn.q_proj.weight");
+        assert_eq!(lazy[0].shape, [4096, 32]);
+    }
+
+    #[test]
+    fn heads_that_do_not_split_the_rows_are_refused_before_any_decoding() {
+        let (f, _) = file(&[("blk.0.attn_q.weight", vec![32, 6])]);
+        let mut f = f;
+        f.metadata.insert("llama.attention.head_count".to_string(), Value::U64(4));
+        let r = lazy_tensors(&f);
+        assert!(
+            matches!(&r, Err(FormatError::Gguf { reason }) if reason.contains("cannot be split")),
+            "{:?}",
+            r.map(|_| ())
+        );
+    }
+}
