@@ -64,7 +64,7 @@ pub fn tensor_hasher(name: &str, dtype: &str, shape: &[usize]) -> Sha256 {
 /// Digest of one tensor's name, dtype, shape and data.
 pub fn tensor_digest(t: &TensorRef<'_>) -> Sha256Digest {
     let mut h = tensor_hasher(t.name, t.dtype.name(), t.shape);
-    h.update(&t.data());
+    h.update(t.data());
     h.finalize().into()
 }
 

@@ -74,17 +74,14 @@ impl LazyTensor {
             Some(heads) if whole_blocks => {
                 let row_bytes = cols / per * bytes;
                 let group = (DECODE_CHUNK / cols).max(1);
-                out.par_chunks_mut(group * cols * 4).enumerate().for_each_init(
-                    Vec::new,
-                    |values, (g, chunk)| {
-                        for (i, row) in chunk.chunks_mut(cols * 4).enumerate() {
-                            let src = gguf_row(g * group + i, rows, heads);
-                            let from = raw.get(src * row_bytes..(src + 1) * row_bytes);
-                            quant::dequantize(ty, from.unwrap_or_default(), values);
-                            write_f32(values, row);
-                        }
-                    },
-                );
+                for_items(&mut out, group * cols * 4, |values, g, chunk| {
+                    for (i, row) in chunk.chunks_mut(cols * 4).enumerate() {
+                        let src = gguf_row(g * group + i, rows, heads);
+                        let from = raw.get(src * row_bytes..(src + 1) * row_bytes);
+                        quant::dequantize(ty, from.unwrap_or_default(), values);
+                        write_f32(values, row);
+                    }
+                });
             }
             Some(heads) => {
                 // Rows shorter than a block (a quantized 1-D tensor): decode
@@ -101,16 +98,33 @@ impl LazyTensor {
                 // whole blocks (checked by the reader).
                 let unit = self.gguf.dims.first().map_or(1, |&d| d as usize).max(1);
                 let group = (DECODE_CHUNK / unit).max(1);
-                let unit_bytes = unit / per * bytes;
-                out.par_chunks_mut(group * unit * 4)
-                    .zip(raw.par_chunks((group * unit_bytes).max(1)))
-                    .for_each_init(Vec::new, |values, (chunk, from)| {
-                        quant::dequantize(ty, from, values);
-                        write_f32(values, chunk);
-                    });
+                let from_bytes = group * (unit / per * bytes);
+                for_items(&mut out, group * unit * 4, |values, g, chunk| {
+                    let from = raw.get(g * from_bytes..((g + 1) * from_bytes).min(raw.len()));
+                    quant::dequantize(ty, from.unwrap_or_default(), values);
+                    write_f32(values, chunk);
+                });
             }
         }
         out
+    }
+}
+
+/// Runs `work(values, g, chunk)` over the chunks of `item` bytes of `out`
+/// (`values` is scratch space): in parallel when called from outside the
+/// thread pool, in order on this thread when called from a pool thread (a
+/// caller decoding several tensors in parallel). Otherwise a pool thread
+/// waiting on its chunks would start decoding further tensors of its caller
+/// meanwhile (rayon steals work while it waits), so that any number of
+/// decoded tensors could be alive at once.
+fn for_items(out: &mut [u8], item: usize, work: impl Fn(&mut Vec<f32>, usize, &mut [u8]) + Sync) {
+    if rayon::current_thread_index().is_some() {
+        let mut values = Vec::new();
+        out.chunks_mut(item).enumerate().for_each(|(g, chunk)| work(&mut values, g, chunk));
+    } else {
+        out.par_chunks_mut(item)
+            .enumerate()
+            .for_each_init(Vec::new, |values, (g, chunk)| work(values, g, chunk));
     }
 }
 
@@ -291,6 +305,10 @@ mod tests {
             }
             let want: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert!(t.decode(&bytes) == want, "{} ({})", t.name, info.name);
+            // On a pool thread (a caller decoding tensors in parallel) it
+            // decodes in order on that thread: the same bytes.
+            let (on_pool, ()) = rayon::join(|| t.decode(&bytes), || ());
+            assert!(on_pool == want, "{} ({}) on a pool thread", t.name, info.name);
         }
         assert_eq!(lazy[0].name, "model.layers.0.self_attn.q_proj.weight");
         assert_eq!(lazy[0].shape, [4096, 32]);
