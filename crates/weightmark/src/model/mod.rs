@@ -180,7 +180,7 @@ impl<'a> TensorRef<'a> {
     /// Number of bytes of its data (what [`TensorRef::data`] returns),
     /// without reading them.
     pub fn byte_len(&self) -> usize {
-        self.info.end - self.info.begin
+        self.info.end.saturating_sub(self.info.begin)
     }
 
     /// Its little-endian element bytes: borrowed from the map or memory, or
