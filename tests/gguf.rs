@@ -10,6 +10,8 @@ use common::{json, stderr, stdout, Scene};
 use std::path::Path;
 use std::process::{Command, Output};
 
+use weightmark::gguf::GgmlType;
+
 /// Runs tests/python/gguf_compare.py with the binary and the scene's directory.
 fn python(s: &Scene, args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/gguf_compare.py");
@@ -193,8 +195,8 @@ fn attack_gguf_then_convert_gives_back_every_tensor_bit_for_bit() {
         let u =
             b.tensor(t.name).unwrap_or_else(|| panic!("{} missing after the round trip", t.name));
         assert_eq!(t.shape, u.shape, "{}", t.name);
-        weightmark::decode_f64(t.dtype, t.data, &mut x);
-        weightmark::decode_f64(u.dtype, u.data, &mut y);
+        weightmark::decode_f64(t.dtype, &t.data(), &mut x);
+        weightmark::decode_f64(u.dtype, &u.data(), &mut y);
         assert!(x == y, "{} differs after attack gguf + convert", t.name);
     }
 }
@@ -333,4 +335,74 @@ fn marked_smollm2_converted_to_gguf_by_someone_else_is_still_found() {
         s.run(&["identify", "-k", "lab.key", "--certs", "certs", "marked-Q8_0.gguf", "--json"]);
     assert_eq!(id.status.code(), Some(0), "{}", stderr(&id));
     assert_eq!(json(&id)["candidates"][0]["recipient"], "acme");
+}
+
+/// Every tensor of the GGUF file at `path` as `Model::open` read them before
+/// tensors were decoded lazily (issue #15): the whole file dequantized at
+/// once, names mapped, Q/K rows of Llama attention un-permuted, as
+/// (Hugging Face name, shape, little-endian f32 bytes), in file order.
+fn decoded_whole(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>, GgmlType)> {
+    use weightmark::gguf::{names, quant, GgufFile};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let file = GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    let arch = file.architecture().unwrap_or("").to_string();
+    let mapped = names::MAPPED_ARCHITECTURES.contains(&arch.as_str());
+    let heads = file.meta_u64(&format!("{arch}.attention.head_count")).unwrap_or(0) as usize;
+    let kv_heads =
+        file.meta_u64(&format!("{arch}.attention.head_count_kv")).map_or(heads, |v| v as usize);
+    file.tensors
+        .iter()
+        .map(|t| {
+            let mut values = Vec::new();
+            quant::dequantize(t.ggml_type, &bytes[t.start..t.start + t.len], &mut values);
+            let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+            if let Some(kind) = names::qk_kind(&t.name).filter(|_| names::qk_permuted(&arch)) {
+                let h = match kind {
+                    names::QkHeads::Query => heads,
+                    names::QkHeads::Key => kv_heads,
+                };
+                let cols = shape[1..].iter().product();
+                values = names::unpermute_rows(&values, shape[0], cols, h)
+                    .unwrap_or_else(|| panic!("{}: heads", t.name));
+            }
+            let name = names::hf_name(&t.name).filter(|_| mapped).unwrap_or_else(|| t.name.clone());
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, data, t.ggml_type)
+        })
+        .collect()
+}
+
+#[test]
+fn gguf_tensors_read_one_at_a_time_equal_the_whole_file_decoded_at_once() {
+    // A Q4_K file written by `attack gguf` (1-D tensors in F32, Q/K rows
+    // permuted), and the real SmolLM2 Q4_1 file when fetched.
+    let s = Scene::new();
+    let shape = weightmark::synth::LlamaShape {
+        vocab: 256,
+        hidden: 256,
+        intermediate: 512,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+    };
+    let dir = common::write_llama_dir(&s.path("synth"), &shape, weightmark::Dtype::BF16, 5);
+    s.ok(&["attack", "gguf", "--type", "Q4_K", &dir.to_string_lossy(), "-o", "synth.gguf"]);
+    let mut files = vec![s.path("synth.gguf")];
+    files.extend(common::fixture("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    for path in files {
+        let whole = decoded_whole(&path);
+        let wanted = if path.ends_with("synth.gguf") { GgmlType::Q4K } else { GgmlType::Q4_1 };
+        assert!(whole.iter().any(|t| t.3 == wanted), "{}: no {wanted:?} tensor", path.display());
+        let model = weightmark::Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(model.tensor_count(), whole.len());
+        // In file order, by name, and each read twice (nothing cached, nothing stale).
+        for (t, (name, shape, data, _)) in model.tensors().zip(&whole) {
+            assert_eq!((t.name, t.dtype), (name.as_str(), weightmark::Dtype::F32));
+            assert_eq!(t.shape, &shape[..], "{name}");
+            assert_eq!(t.byte_len(), data.len(), "{name}");
+            assert!(t.data()[..] == data[..], "{}: {name} differs", path.display());
+            let again = model.tensor(name).unwrap_or_else(|| panic!("{name} not found by name"));
+            assert!(again.data()[..] == data[..], "{}: {name} differs", path.display());
+        }
+    }
 }

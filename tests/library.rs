@@ -244,7 +244,7 @@ fn missing_and_reshaped_tensors_are_named_and_the_rest_still_tested() {
             name: t.name.into(),
             dtype: t.dtype,
             shape: t.shape.to_vec(),
-            data: t.data.to_vec(),
+            data: t.data().into_owned(),
         })
         .collect();
     if let Some(lm) = tensors.iter_mut().find(|t| t.name == "lm_head.weight") {
@@ -388,7 +388,7 @@ fn marking_in_memory_gives_the_bytes_embed_writes_and_certify_binds_the_saved_fi
     assert_eq!(memory.tensors.len(), tensors.len());
     for (name, data) in &memory.tensors {
         let written = disk.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
-        assert!(written.data == &data[..], "tensor {name} differs from embed's bytes");
+        assert!(written.data()[..] == data[..], "tensor {name} differs from embed's bytes");
     }
     assert_eq!(memory.blind.elements, on_disk.blind.elements);
     let disk_digests: std::collections::BTreeMap<String, String> =

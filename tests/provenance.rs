@@ -135,7 +135,7 @@ fn verify_model_names_the_changed_tensor_and_accepts_a_resharded_copy() {
             name: t.name.into(),
             dtype: t.dtype,
             shape: t.shape.to_vec(),
-            data: t.data.to_vec(),
+            data: t.data().into_owned(),
         })
         .collect();
     write_sharded(&s.path("resharded"), &tensors, 3).unwrap_or_else(|e| panic!("{e}"));

@@ -75,7 +75,7 @@ fn minilm_is_found_blind_at_default_strength_and_passes_its_i64_tensor_through()
     assert_eq!(names_before.len(), names_after.len());
     for t in model.tensors().filter(|t| !report.tensors.iter().any(|r| r.name == t.name)) {
         assert_eq!(
-            t.data,
+            &t.data()[..],
             after.tensor(t.name).unwrap_or_else(|e| panic!("{e}")).data(),
             "{}",
             t.name
@@ -131,8 +131,8 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
         Ok(report) => {
             let marked = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
             for name in &ints {
-                let a = model.tensor(name).map(|t| t.data.to_vec());
-                let b = marked.tensor(name).map(|t| t.data.to_vec());
+                let a = model.tensor(name).map(|t| t.data().into_owned());
+                let b = marked.tensor(name).map(|t| t.data().into_owned());
                 assert!(a.is_some() && a == b, "{name} changed");
             }
             assert!(report.tensors.iter().all(|t| !ints.contains(&t.name)));

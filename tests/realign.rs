@@ -21,7 +21,7 @@ const SHAPE: LlamaShape =
 fn matrix(m: &Model, name: &str) -> Array2<f64> {
     let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
     let mut v = Vec::new();
-    weightmark::decode_f64(t.dtype, t.data, &mut v);
+    weightmark::decode_f64(t.dtype, &t.data(), &mut v);
     Array2::from_shape_vec((t.shape[0], t.shape[1]), v).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -35,8 +35,8 @@ fn permuting_mlp_neurons_leaves_the_logits_unchanged() {
     permute_mlp(&model, &out, 7, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
     let permuted = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(
-        model.tensor("model.layers.0.mlp.up_proj.weight").map(|t| t.data.to_vec()),
-        permuted.tensor("model.layers.0.mlp.up_proj.weight").map(|t| t.data.to_vec()),
+        model.tensor("model.layers.0.mlp.up_proj.weight").map(|t| t.data().into_owned()),
+        permuted.tensor("model.layers.0.mlp.up_proj.weight").map(|t| t.data().into_owned()),
         "the permutation must move weights"
     );
     let tokens = [3, 141, 59, 26, 5, 358];
@@ -62,8 +62,8 @@ fn permuting_attention_heads_leaves_the_logits_unchanged() {
         .unwrap_or_else(|e| panic!("{e}"));
     let permuted = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(
-        model.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data.to_vec()),
-        permuted.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data.to_vec()),
+        model.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data().into_owned()),
+        permuted.tensor("model.layers.0.self_attn.q_proj.weight").map(|t| t.data().into_owned()),
         "the permutation must move weights"
     );
     let tokens = [7, 300, 12, 99, 400];

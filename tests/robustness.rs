@@ -26,7 +26,7 @@ fn values(s: &Scene, name: &str) -> Vec<f64> {
     let mut all = Vec::new();
     let mut buf = Vec::new();
     for t in m.tensors().filter(weightmark::is_default_selected) {
-        weightmark::decode_f64(t.dtype, t.data, &mut buf);
+        weightmark::decode_f64(t.dtype, &t.data(), &mut buf);
         all.extend_from_slice(&buf);
     }
     all

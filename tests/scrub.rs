@@ -67,7 +67,7 @@ fn scrubbed(model: &Model, out: &Path, scrub: Scrub, seed: u64) -> (Model, f64) 
 
 /// The bytes of every tensor, by name.
 fn bytes(m: &Model) -> Vec<(String, Vec<u8>)> {
-    m.tensors().map(|t| (t.name.to_string(), t.data.to_vec())).collect()
+    m.tensors().map(|t| (t.name.to_string(), t.data().to_vec())).collect()
 }
 
 /// Names of the tensors a mark (and the scrubber) touch.

@@ -71,7 +71,7 @@ fn logit_change(model: &Model, edited: &Model) -> f64 {
 
 /// Whether tensor `name` holds other bytes in `b` than in `a`.
 fn changed(a: &Model, b: &Model, name: &str) -> bool {
-    a.tensor(name).map(|t| t.data.to_vec()) != b.tensor(name).map(|t| t.data.to_vec())
+    a.tensor(name).map(|t| t.data().into_owned()) != b.tensor(name).map(|t| t.data().into_owned())
 }
 
 /// Sorted absolute values of a tensor (a permutation with sign flips keeps them).
@@ -339,7 +339,7 @@ fn collude(paths: &[PathBuf], method: CollusionMethod, out: &Path) -> (Vec<f64>,
     let attack = Attack::Collude { with: paths[1..].to_vec(), method };
     apply_attack(&first, out, &attack, 3, &NoProgress).unwrap_or_else(|e| panic!("{e}"));
     let m = Model::open(out).unwrap_or_else(|e| panic!("{e}"));
-    let ids = m.tensor("ids").map(|t| t.data.to_vec()).unwrap_or_default();
+    let ids = m.tensor("ids").map(|t| t.data().into_owned()).unwrap_or_default();
     let v = tensor_values(&m, "a.weight");
     std::fs::remove_file(out).ok();
     (v, ids)
@@ -667,7 +667,7 @@ fn ss2_blind_undoes_a_head_permutation_through_the_certificate_s_head_sketch() {
                 let t = m
                     .tensor(&format!("model.layers.{l}.self_attn.q_proj.weight"))
                     .unwrap_or_else(|| panic!("q_proj {l}"));
-                t.data.chunks(64 * 384 * 2).map(<[u8]>::to_vec).collect::<Vec<_>>()
+                t.data().chunks(64 * 384 * 2).map(<[u8]>::to_vec).collect::<Vec<_>>()
             })
             .collect()
     };

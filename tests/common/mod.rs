@@ -296,7 +296,7 @@ pub fn has_license_text() -> bool {
 pub fn tensor_values(m: &weightmark::Model, name: &str) -> Vec<f64> {
     let t = m.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
     let mut v = Vec::new();
-    weightmark::decode_f64(t.dtype, t.data, &mut v);
+    weightmark::decode_f64(t.dtype, &t.data(), &mut v);
     v
 }
 

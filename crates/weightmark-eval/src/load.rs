@@ -122,7 +122,7 @@ pub fn tensors_f32(model: &Model) -> Result<HashMap<String, Tensor>> {
         if !t.dtype.is_readable() {
             continue;
         }
-        if !decode_f64(t.dtype, t.data, &mut buf) {
+        if !decode_f64(t.dtype, &t.data(), &mut buf) {
             continue;
         }
         let values: Vec<f32> = buf.iter().map(|&v| v as f32).collect();

@@ -113,7 +113,7 @@ fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Real
             attention_part(t.name).and_then(|(l, part)| head_perms.get(&l).map(|u| (*u, part)));
         let data = match (mlp, attention, t.shape) {
             (Some((perm, down)), _, [rows, cols]) => {
-                reorder(t.data, *rows, *cols, t.dtype.size(), perm, down)
+                reorder(&t.data(), *rows, *cols, t.dtype.size(), perm, down)
             }
             (_, Some((undo, part)), [rows, cols]) => {
                 let (order, columns) = match part {
@@ -121,9 +121,9 @@ fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Real
                     "o_proj" => (&undo.q_rows, true),
                     _ => (&undo.kv_rows, false),
                 };
-                reorder(t.data, *rows, *cols, t.dtype.size(), order, columns)
+                reorder(&t.data(), *rows, *cols, t.dtype.size(), order, columns)
             }
-            _ => t.data.to_vec(),
+            _ => t.data().into_owned(),
         };
         owned.push(OwnedTensor { info: t.info.clone(), data });
     }
@@ -250,7 +250,7 @@ fn head_permutation(
 fn rows_of(t: &TensorRef<'_>) -> Option<(usize, usize, Vec<f64>)> {
     let [rows, cols] = t.shape else { return None };
     let mut v = Vec::new();
-    decode_f64(t.dtype, t.data, &mut v);
+    decode_f64(t.dtype, &t.data(), &mut v);
     Some((*rows, *cols, v))
 }
 

@@ -53,7 +53,7 @@ fn polar(m: &Array2<f64>) -> Array2<f64> {
 }
 
 fn encode(t: &TensorRef<'_>, m: &Array2<f64>) -> OwnedTensor {
-    let mut data = t.data.to_vec();
+    let mut data = t.data().into_owned();
     for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(m.iter()) {
         crate::dtype::encode_nearest(t.dtype, v, o);
     }
@@ -121,7 +121,7 @@ pub fn unrotate(
         };
         s_owned.push(match m {
             Some(m) => encode(&t, &m),
-            None => OwnedTensor { info: t.info.clone(), data: t.data.to_vec() },
+            None => OwnedTensor { info: t.info.clone(), data: t.data().into_owned() },
         });
     }
     let mut o_owned = Vec::new();
@@ -133,7 +133,7 @@ pub fn unrotate(
         };
         o_owned.push(match m {
             Some(m) => encode(&t, &m),
-            None => OwnedTensor { info: t.info.clone(), data: t.data.to_vec() },
+            None => OwnedTensor { info: t.info.clone(), data: t.data().into_owned() },
         });
     }
     Ok(Some(Unrotated {

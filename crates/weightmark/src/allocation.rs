@@ -264,7 +264,7 @@ impl Norms<'_> {
     fn get(&self, norm: NormOf, len: usize) -> Option<Vec<f64>> {
         let t = self.model.tensor(&norm.name())?;
         let mut v = Vec::new();
-        decode_f64(t.dtype, t.data, &mut v);
+        decode_f64(t.dtype, &t.data(), &mut v);
         (v.len() == len).then_some(v)
     }
 }
@@ -336,7 +336,7 @@ fn for_rows(t: &TensorRef<'_>, mut f: impl FnMut(usize, &[f64])) {
     let cols = t.shape.get(1).copied().unwrap_or(0).max(1);
     let size = t.dtype.size();
     let mut v = Vec::new();
-    for (i, bytes) in t.data.chunks(cols * size).enumerate() {
+    for (i, bytes) in t.data().chunks(cols * size).enumerate() {
         decode_f64(t.dtype, bytes, &mut v);
         f(i, &v);
     }

@@ -127,8 +127,9 @@ pub fn match_residual(
         let size = t.dtype.size();
         let mut out = vec![Vec::with_capacity(rows / step + 1); cols];
         let mut row = Vec::new();
+        let data = t.data();
         for r in (0..rows).step_by(step) {
-            decode_f64(t.dtype, t.data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
+            decode_f64(t.dtype, data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
             for (c, v) in out.iter_mut().zip(&row) {
                 c.push(if v.is_finite() { *v } else { 0.0 });
             }
@@ -461,14 +462,16 @@ fn gate_bits(
     }
     let channels: Vec<usize> =
         columns.iter().map(|&c| stored.get(c).copied()).collect::<Option<_>>()?;
-    let norm = model.tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"));
+    let norm = model
+        .tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"))
+        .filter(|n| n.shape == [hidden] && n.dtype.is_readable())
+        .map(|n| (n.dtype, n.data()));
     let norm_sign = |j: usize| -> bool {
         norm.as_ref()
-            .filter(|n| n.shape == [hidden] && n.dtype.is_readable())
-            .and_then(|n| {
-                let size = n.dtype.size();
+            .and_then(|(dtype, data)| {
+                let size = dtype.size();
                 let mut v = Vec::new();
-                decode_f64(n.dtype, n.data.get(j * size..(j + 1) * size)?, &mut v);
+                decode_f64(*dtype, data.get(j * size..(j + 1) * size)?, &mut v);
                 v.first().map(|x| *x < 0.0)
             })
             .unwrap_or(false)
@@ -476,6 +479,7 @@ fn gate_bits(
     let negate: Vec<bool> =
         channels.iter().map(|&j| norm_sign(j) ^ flipped.get(j).copied().unwrap_or(false)).collect();
     let size = t.dtype.size();
+    let data = t.data();
     Some(
         (0..neurons)
             .into_par_iter()
@@ -484,7 +488,7 @@ fn gate_bits(
                 let mut v = Vec::with_capacity(1);
                 for (k, (&j, &neg)) in channels.iter().zip(&negate).enumerate() {
                     let at = (n * cols + j) * size;
-                    decode_f64(t.dtype, t.data.get(at..at + size).unwrap_or_default(), &mut v);
+                    decode_f64(t.dtype, data.get(at..at + size).unwrap_or_default(), &mut v);
                     let x = v.first().copied().unwrap_or(0.0);
                     if (x > 0.0 && !neg) || (x < 0.0 && neg) {
                         word |= 1u64 << k;
@@ -590,8 +594,9 @@ fn channel_bits(t: &TensorRef<'_>, rows: &[usize]) -> Option<Vec<u64>> {
     let words = rows.len() / 64;
     let mut values = vec![0.0f64; rows.len() * cols];
     let mut row = Vec::new();
+    let data = t.data();
     for (k, &r) in rows.iter().enumerate() {
-        decode_f64(t.dtype, t.data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
+        decode_f64(t.dtype, data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
         for (j, v) in row.iter().enumerate() {
             values[j * rows.len() + k] = if v.is_finite() { *v } else { f64::NAN };
         }
@@ -616,7 +621,7 @@ fn column_mean_magnitudes(t: &TensorRef<'_>, rows: usize, cols: usize) -> Vec<f6
     let size = t.dtype.size();
     let block = (crate::scheme::CHUNK_ELEMENTS / cols).max(1);
     let parts: Vec<(Vec<f64>, Vec<u64>)> = t
-        .data
+        .data()
         .par_chunks(block * cols * size)
         .map(|bytes| {
             let mut v = Vec::new();
@@ -681,7 +686,7 @@ mod tests {
     fn embedding_values(model: &Model) -> (Vec<f64>, usize, usize) {
         let t = model.tensor("model.embed_tokens.weight").unwrap_or_else(|| panic!("no embedding"));
         let mut v = Vec::new();
-        decode_f64(t.dtype, t.data, &mut v);
+        decode_f64(t.dtype, &t.data(), &mut v);
         (v, t.shape[0], t.shape[1])
     }
 

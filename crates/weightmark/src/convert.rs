@@ -165,10 +165,10 @@ fn write_shard(path: &Path, tensors: &[&TensorRef<'_>], dtype: Dtype) -> Result<
     let mut values = Vec::new();
     for t in tensors {
         if !t.dtype.is_readable() {
-            w.write_all(t.data).map_err(io)?;
+            w.write_all(&t.data()).map_err(io)?;
             continue;
         }
-        decode_f64(t.dtype, t.data, &mut values);
+        decode_f64(t.dtype, &t.data(), &mut values);
         let mut bytes = vec![0u8; values.len() * dtype.size()];
         for (o, &v) in bytes.chunks_exact_mut(dtype.size()).zip(&values) {
             encode_nearest(dtype, v, o);

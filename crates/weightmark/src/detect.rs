@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
-use crate::digest::{hex, model_tensor_digests, tensor_root, Sha256Digest};
+use crate::digest::{hex, model_tensor_digests_with, tensor_digest, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::heads::{HeadMap, HeadSketch};
 use crate::key::{MarkKey, SecretKey};
@@ -405,7 +405,7 @@ pub fn detect_many(
         }
     }
 
-    let planned: u64 = plan.iter().map(|(t, _, _)| t.data.len() as u64).sum();
+    let planned: u64 = plan.iter().map(|(t, _, _)| t.byte_len() as u64).sum();
     options.progress.start("detecting", planned + suspect.data_bytes());
     // Canonical coordinates (ss2) come from the weights and the
     // certificate's public sketch of the original, never the key.
@@ -466,7 +466,13 @@ pub fn detect_many(
             }
         });
     }
-    for (t, o, users) in &plan {
+    // One tensor under every target that tests it.
+    let test_tensor = |t: &TensorRef<'_>,
+                       o: Option<&TensorRef<'_>>,
+                       users: &[usize],
+                       results: &mut Vec<Vec<TensorResult>>,
+                       recipients: &mut Vec<Stats>,
+                       codes: &mut Vec<CodeReading>| {
         let (ss1, ss2): (Vec<usize>, Vec<usize>) =
             users.iter().partition(|&&ti| targets[ti].scheme == Scheme::Ss1);
         let mut per_user: Vec<(usize, Stats)> = Vec::new();
@@ -474,7 +480,7 @@ pub fn detect_many(
             let streams: Vec<TensorStreams> =
                 ss1.iter().map(|&ti| TensorStreams::new(&targets[ti].mark_key, t.name)).collect();
             let refs: Vec<&TensorStreams> = streams.iter().collect();
-            per_user.extend(ss1.iter().copied().zip(detect_tensor_multi(t, o.as_ref(), &refs)));
+            per_user.extend(ss1.iter().copied().zip(detect_tensor_multi(t, o, &refs)));
         }
         // ss2 users that share a suspect order are tested in one pass.
         let by_allocation = orders.groups(&ss2).into_iter().flat_map(|(order, group)| {
@@ -524,7 +530,7 @@ pub fn detect_many(
             let code_refs: Vec<&CodeStream> = code_streams.iter().collect();
             let refs: Vec<&TensorStreams> = streams.iter().collect();
             let axes = order.axes(t);
-            let aligned = o.map(|tensor| Aligned {
+            let aligned = o.map(|&tensor| Aligned {
                 tensor,
                 axes: canonical_o.axes(&tensor),
                 residual: order.residual.as_deref(),
@@ -555,9 +561,25 @@ pub fn detect_many(
                 elements: st.elements,
             });
         }
-        options.progress.advance(t.data.len() as u64);
+    };
+    // Digests of the suspect's tensors decoded here (GGUF), taken while
+    // they are at hand rather than decoding them again afterwards.
+    let mut hashed: std::collections::HashMap<String, Sha256Digest> = Default::default();
+    for (t, o, users) in &plan {
+        // Read once for every key and group below: a GGUF tensor is decoded
+        // here and dropped at the end of the iteration, one at a time.
+        let hash_here = realigned.is_none() && t.is_decoded_on_read();
+        let (t_data, o_data) = (t.data(), o.map(|o| o.data()));
+        let t = &t.with_data(&t_data);
+        let o = &o.zip(o_data.as_deref()).map(|(o, d)| o.with_data(d));
+        let (digest, ()) = rayon::join(
+            || hash_here.then(|| tensor_digest(t)),
+            || test_tensor(t, o.as_ref(), users, &mut results, &mut recipients, &mut codes),
+        );
+        hashed.extend(digest.map(|d| (t.name.to_string(), d)));
+        options.progress.advance(t.byte_len() as u64);
     }
-    let digests = model_tensor_digests(given);
+    let digests = model_tensor_digests_with(given, &hashed);
     options.progress.advance(given.data_bytes());
     options.progress.finish();
     let suspect_digest = hex(&tensor_root(&digests));

@@ -7,6 +7,8 @@
 //! same root however they are sharded, ordered or re-saved. The exact byte
 //! layout is specified in `docs/formats.md`.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 
 use rayon::prelude::*;
@@ -62,14 +64,57 @@ pub fn tensor_hasher(name: &str, dtype: &str, shape: &[usize]) -> Sha256 {
 /// Digest of one tensor's name, dtype, shape and data.
 pub fn tensor_digest(t: &TensorRef<'_>) -> Sha256Digest {
     let mut h = tensor_hasher(t.name, t.dtype.name(), t.shape);
-    h.update(t.data);
+    h.update(t.data());
     h.finalize().into()
 }
 
+/// Least decoded bytes a batch of [`model_tensor_digests`] may hold.
+const DECODED_BATCH_MIN: usize = 256 << 20;
+
 /// Digests of every tensor of a model, in model order (computed in parallel).
+/// Tensors decoded on read (GGUF) are hashed in runs whose decoded bytes
+/// stay within twice the largest tensor (at least [`DECODED_BATCH_MIN`]), so
+/// memory stays flat whatever the number of threads.
 pub fn model_tensor_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
+    model_tensor_digests_with(model, &HashMap::new())
+}
+
+/// [`model_tensor_digests`], taking the digests in `known` (by tensor name,
+/// computed from the same bytes while they were at hand) as they are.
+pub(crate) fn model_tensor_digests_with(
+    model: &Model,
+    known: &HashMap<String, Sha256Digest>,
+) -> Vec<(String, Sha256Digest)> {
     let tensors: Vec<TensorRef<'_>> = model.tensors().collect();
-    tensors.par_iter().map(|t| (t.name.to_string(), tensor_digest(t))).collect()
+    let digest = |t: &TensorRef<'_>| match known.get(t.name) {
+        Some(d) => (t.name.to_string(), *d),
+        None => (t.name.to_string(), tensor_digest(t)),
+    };
+    let decoded = |t: &TensorRef<'_>| {
+        if t.is_decoded_on_read() && !known.contains_key(t.name) {
+            t.byte_len()
+        } else {
+            0
+        }
+    };
+    let largest = tensors.iter().map(decoded).max().unwrap_or(0);
+    let budget = largest.saturating_mul(2).max(DECODED_BATCH_MIN);
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut rest = tensors.as_slice();
+    while !rest.is_empty() {
+        let (mut n, mut bytes) = (0, 0usize);
+        while let Some(t) = rest.get(n) {
+            if n > 0 && bytes.saturating_add(decoded(t)) > budget {
+                break;
+            }
+            bytes = bytes.saturating_add(decoded(t));
+            n += 1;
+        }
+        let (run, next) = rest.split_at(n);
+        out.par_extend(run.par_iter().map(digest));
+        rest = next;
+    }
+    out
 }
 
 /// SHA-256 of every file of a model (shards, and the index for a sharded

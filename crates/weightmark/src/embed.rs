@@ -360,7 +360,7 @@ impl<'o> Marking<'o> {
         let weights = ss2.weights.get(t.name);
         let (data, fidelity) =
             crate::ss2::embed_tensor(t, &axes, &release, recipient, ss2.strengths, weights);
-        let marked = TensorRef { data: &data, ..*t };
+        let marked = t.with_data(&data);
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release], weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed =
@@ -583,11 +583,11 @@ pub fn embed_in_memory(
     let mut tensors = Vec::new();
     let mut digests = Vec::new();
     for t in model.tensors() {
-        let data = marking.mark(&t)?.unwrap_or_else(|| t.data.to_vec());
+        let data = marking.mark(&t)?.unwrap_or_else(|| t.data().into_owned());
         let mut h = crate::digest::tensor_hasher(t.name, t.dtype.name(), t.shape);
         sha2::Digest::update(&mut h, &data);
         digests.push((t.name.to_string(), sha2::Digest::finalize(h).into()));
-        options.progress.advance(t.data.len() as u64);
+        options.progress.advance(t.byte_len() as u64);
         tensors.push((t.name.to_string(), data));
     }
     options.progress.finish();

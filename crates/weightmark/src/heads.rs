@@ -21,8 +21,9 @@
 
 use crate::canonical::Canonical;
 use crate::dtype::decode_f64;
+use crate::dtype::Dtype;
 use crate::llama::LlamaConfig;
-use crate::model::{Model, TensorRef};
+use crate::model::Model;
 
 /// Residual channels sampled on each side of the OV circuit.
 pub const HEAD_CHANNELS: usize = 16;
@@ -213,9 +214,15 @@ impl HeadSketch {
         let norm = model
             .tensor(&format!("model.layers.{l}.input_layernorm.weight"))
             .filter(|n| n.shape == [hidden] && n.dtype.is_readable());
-        let negative =
-            |j: usize| norm.as_ref().and_then(|n| element(n, j)).is_some_and(|x| x < 0.0);
+        // Each tensor read once (decoded, for a GGUF tensor).
+        let norm = norm.map(|n| (n.dtype, n.data()));
+        let negative = |j: usize| {
+            norm.as_ref()
+                .and_then(|(dtype, data)| element(*dtype, data, j))
+                .is_some_and(|x| x < 0.0)
+        };
         // The sampled rows of `o_proj` and columns of `v_proj`, decoded once.
+        let o_data = o.data();
         let o_at: Vec<Vec<f64>> = outs
             .iter()
             .map(|&a| {
@@ -223,16 +230,23 @@ impl HeadSketch {
                 let mut row = Vec::new();
                 decode_f64(
                     o.dtype,
-                    o.data.get(a * o_cols * size..(a + 1) * o_cols * size)?,
+                    o_data.get(a * o_cols * size..(a + 1) * o_cols * size)?,
                     &mut row,
                 );
                 Some(row)
             })
             .collect::<Option<_>>()?;
+        drop(o_data);
+        let v_data = v.data();
         let v_at: Vec<Vec<f64>> = ins
             .iter()
-            .map(|&b| (0..v_rows).map(|r| element(&v, r * v_cols + b)).collect::<Option<_>>())
+            .map(|&b| {
+                (0..v_rows)
+                    .map(|r| element(v.dtype, &v_data, r * v_cols + b))
+                    .collect::<Option<_>>()
+            })
             .collect::<Option<_>>()?;
+        drop(v_data);
         let group = heads / kv_heads;
         Some(
             (0..heads)
@@ -266,11 +280,11 @@ fn attention(l: usize, part: &str) -> String {
     format!("model.layers.{l}.self_attn.{part}.weight")
 }
 
-/// Element `i` of `t` (flat index), decoded.
-fn element(t: &TensorRef<'_>, i: usize) -> Option<f64> {
-    let size = t.dtype.size();
+/// Element `i` (flat index) of a tensor of `dtype` whose bytes are `data`, decoded.
+fn element(dtype: Dtype, data: &[u8], i: usize) -> Option<f64> {
+    let size = dtype.size();
     let mut v = Vec::with_capacity(1);
-    decode_f64(t.dtype, t.data.get(i * size..(i + 1) * size)?, &mut v);
+    decode_f64(dtype, data.get(i * size..(i + 1) * size)?, &mut v);
     v.first().copied()
 }
 

@@ -29,7 +29,7 @@ pub fn inspect_json(model: &Model, path: &str, digests: Digests) -> serde_json::
                 "dtype": t.dtype.name(),
                 "shape": t.shape,
                 "elements": t.elements(),
-                "bytes": t.data.len(),
+                "bytes": t.byte_len(),
                 "marked_by_default": is_default_selected(&t),
                 "digest": tensor_digests.as_ref().and_then(|d| d.get(i)).map(|(_, d)| hex(d)),
             })

@@ -257,7 +257,7 @@ pub fn role(name: &str) -> Option<Role> {
 /// A tensor's values as a matrix (1-D tensors as one row).
 pub fn as_matrix(t: &TensorRef<'_>) -> Option<Array2<f64>> {
     let mut v = Vec::new();
-    decode_f64(t.dtype, t.data, &mut v);
+    decode_f64(t.dtype, &t.data(), &mut v);
     let (rows, cols) = match t.shape {
         [n] => (1, *n),
         [r, c] => (*r, *c),
@@ -286,7 +286,7 @@ pub fn norm_weights(model: &Model) -> HashMap<String, Vec<f64>> {
         .filter(|t| role(t.name) == Some(Role::Norm))
         .map(|t| {
             let mut v = Vec::new();
-            decode_f64(t.dtype, t.data, &mut v);
+            decode_f64(t.dtype, &t.data(), &mut v);
             (t.name.to_string(), v)
         })
         .collect()
@@ -370,13 +370,13 @@ impl HeadPermutation {
         let e = t.dtype.size();
         match part {
             "q_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), false))
+                Some(reorder(&t.data(), *rows, *cols, e, &Self::expand(&self.q, head_dim), false))
             }
             "k_proj" | "v_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.kv, head_dim), false))
+                Some(reorder(&t.data(), *rows, *cols, e, &Self::expand(&self.kv, head_dim), false))
             }
             "o_proj" => {
-                Some(reorder(t.data, *rows, *cols, e, &Self::expand(&self.q, head_dim), true))
+                Some(reorder(&t.data(), *rows, *cols, e, &Self::expand(&self.q, head_dim), true))
             }
             _ => None,
         }

@@ -488,7 +488,9 @@ pub fn embed_tensor(t: &TensorRef<'_>, streams: &TensorStreams, strength: f64) -
     let elements = t.elements();
     let row_len = t.info.row_len().max(1);
     let chunk = chunk_len(elements, row_len);
-    let mut data = t.data.to_vec();
+    // Decoded once (a GGUF tensor): the chunks read it, the copy is marked.
+    let source = t.data();
+    let mut data = source.to_vec();
     let parts: Vec<(Fidelity, Stats, Stats)> = data
         .par_chunks_mut(chunk * size)
         .enumerate()
@@ -496,11 +498,11 @@ pub fn embed_tensor(t: &TensorRef<'_>, streams: &TensorStreams, strength: f64) -
             let start = ci * chunk;
             if row_len > CHUNK_ELEMENTS {
                 // One long row: read it in pieces.
-                let input = t.data.get(start * size..start * size + out.len()).unwrap_or_default();
+                let input = source.get(start * size..start * size + out.len()).unwrap_or_default();
                 return embed_long_row(t.dtype, input, out, start, streams, strength);
             }
             let n = out.len() / size;
-            let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
+            let input = source.get(start * size..(start + n) * size).unwrap_or_default();
             let mut w = Vec::with_capacity(n);
             decode_f64(t.dtype, input, &mut w);
             let mut p = vec![0.0; n];
@@ -575,28 +577,32 @@ pub fn detect_tensor_multi(
     let chunk = chunk_len(elements, row_len);
     let chunks = elements.div_ceil(chunk);
     let s_size = suspect.dtype.size();
+    // Each read once (decoded, for a GGUF tensor) and shared by the chunks.
+    let suspect_data = suspect.data();
+    let original_data = original.map(|o| (o.dtype, o.data()));
+    let original = original_data.as_ref().map(|(dtype, d)| (*dtype, &d[..]));
     let parts: Vec<Vec<Stats>> = (0..chunks)
         .into_par_iter()
         .map(|ci| {
             let start = ci * chunk;
             let end = (start + chunk).min(elements);
-            let bytes = suspect.data.get(start * s_size..end * s_size).unwrap_or_default();
+            let bytes = suspect_data.get(start * s_size..end * s_size).unwrap_or_default();
             if row_len > CHUNK_ELEMENTS {
                 // One long row: read it in pieces.
-                let original = original.map(|o| {
-                    let o_size = o.dtype.size();
-                    (o.dtype, o.data.get(start * o_size..end * o_size).unwrap_or_default())
+                let original = original.map(|(o_dtype, o_data)| {
+                    let o_size = o_dtype.size();
+                    (o_dtype, o_data.get(start * o_size..end * o_size).unwrap_or_default())
                 });
                 return detect_long_row((suspect.dtype, bytes), original, start, streams);
             }
             let mut x = Vec::with_capacity(end - start);
             decode_f64(suspect.dtype, bytes, &mut x);
-            if let Some(o) = original {
-                let o_size = o.dtype.size();
+            if let Some((o_dtype, o_data)) = original {
+                let o_size = o_dtype.size();
                 let mut w = Vec::with_capacity(end - start);
                 decode_f64(
-                    o.dtype,
-                    o.data.get(start * o_size..end * o_size).unwrap_or_default(),
+                    o_dtype,
+                    o_data.get(start * o_size..end * o_size).unwrap_or_default(),
                     &mut w,
                 );
                 for (row_x, row_w) in x.chunks_mut(row_len).zip(w.chunks(row_len)) {
@@ -657,13 +663,13 @@ mod tests {
             let got = embed_tensor(&t, &streams, 0.01);
             // One pass over the whole row, as before rows were split.
             let (mut w, mut marked) = (Vec::new(), Vec::new());
-            decode_f64(dtype, t.data, &mut w);
+            decode_f64(dtype, &t.data(), &mut w);
             let (mut p, mut u) = (vec![0.0; n], vec![0u32; n]);
             streams.signs(0, &mut p);
             streams.dither(0, &mut u);
             let a = 0.01 * row_rms(&w);
             let target: Vec<f64> = w.iter().zip(&p).map(|(wi, pi)| wi + a * pi).collect();
-            let mut data = t.data.to_vec();
+            let mut data = t.data().into_owned();
             encode_stochastic(dtype, &target, &u, &mut data);
             assert_eq!(got.data, data, "{dtype:?}");
             decode_f64(dtype, &data, &mut marked);
@@ -711,13 +717,7 @@ mod tests {
             begin: 0,
             end: data.len(),
         };
-        let t = TensorRef {
-            name: "t",
-            dtype: crate::Dtype::F32,
-            shape: &shape,
-            data: &data,
-            info: &info,
-        };
+        let t = TensorRef::from_parts(&info, &data);
         let keys: Vec<TensorStreams> =
             (0..3u8).map(|k| TensorStreams::new(&MarkKey::from_bytes([k; 32]), "t")).collect();
         let refs: Vec<&TensorStreams> = keys.iter().collect();
@@ -755,7 +755,7 @@ mod tests {
                 begin: 0,
                 end: data.len(),
             };
-            let t = TensorRef { name: "w", dtype, shape: &shape, data: &data, info: &info };
+            let t = TensorRef::from_parts(&info, &data);
             let streams = TensorStreams::new(&MarkKey::from_bytes([9; 32]), "w");
             let marked = embed_tensor(&t, &streams, 0.003);
             got.push(crate::digest::hex(&Sha256::digest(&marked.data)[..8]));

@@ -154,7 +154,9 @@ pub fn embed_tensor(
     let (_, cols) = dims(t);
     let layout = Layout::of(axes);
     let block = rows_per_chunk(cols);
-    let mut data = t.data.to_vec();
+    // Decoded once (a GGUF tensor): the chunks read it, the copy is marked.
+    let source = t.data();
+    let mut data = source.to_vec();
     let parts: Vec<Fidelity> = data
         .par_chunks_mut(block * cols * size)
         .enumerate()
@@ -162,7 +164,7 @@ pub fn embed_tensor(
             let first_row = ci * block;
             let n = out.len() / size;
             let start = first_row * cols;
-            let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
+            let input = source.get(start * size..(start + n) * size).unwrap_or_default();
             if cols > CHUNK_ELEMENTS {
                 // One long row (block is 1): read it in pieces.
                 let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
@@ -357,7 +359,7 @@ impl Profile {
         let (rows, cols) = dims(t);
         let block = rows_per_chunk(cols);
         let parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = t
-            .data
+            .data()
             .par_chunks(block * cols * size)
             .map(|bytes| {
                 let mut v = Vec::new();
@@ -433,7 +435,7 @@ impl Profile {
         let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
         // The suspect is decoded in pieces of a chunk, in element order.
         let (size, mut xs) = (a.dtype.size(), Vec::new());
-        for (p, piece) in a.data.chunks(CHUNK_ELEMENTS * size).enumerate() {
+        for (p, piece) in a.data().chunks(CHUNK_ELEMENTS * size).enumerate() {
             decode_f64(a.dtype, piece, &mut xs);
             let first = p * CHUNK_ELEMENTS;
             for (k, (&x, &y)) in xs.iter().zip(b.get(first..).unwrap_or_default()).enumerate() {
@@ -645,6 +647,11 @@ pub fn detect_tensor_coded(
 ) -> (Vec<Stats>, Vec<Reading>) {
     let (rows, cols) = dims(suspect);
     let layout = Layout::of(axes);
+    // Each tensor read once (decoded, for a GGUF tensor) for all the passes
+    // below.
+    let suspect_data = suspect.data();
+    let suspect = &suspect.with_data(&suspect_data);
+    let suspect_bytes: &[u8] = &suspect_data;
     let (profile, reference) = match original {
         None => (Profile::of(suspect), None),
         Some(o) => {
@@ -678,14 +685,15 @@ pub fn detect_tensor_coded(
             // then gathered by the column map; a position outside the
             // original reads as NaN (no weight).
             let o_row = cols * o.tensor.dtype.size();
+            let o_data = o.tensor.data();
+            let o_bytes: &[u8] = &o_data;
             let mut values = vec![f64::NAN; rows * cols];
             values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
                 Vec::new,
                 |row, (i, out)| {
                     let at = row_map.get(i).map_or(usize::MAX, |&r| r);
-                    let bytes = at
-                        .checked_mul(o_row)
-                        .and_then(|a| o.tensor.data.get(a..a.checked_add(o_row)?));
+                    let bytes =
+                        at.checked_mul(o_row).and_then(|a| o_bytes.get(a..a.checked_add(o_row)?));
                     let Some(bytes) = bytes else { return };
                     decode_f64(o.tensor.dtype, bytes, row);
                     for (v, &j) in out.iter_mut().zip(&col_map) {
@@ -693,7 +701,7 @@ pub fn detect_tensor_coded(
                     }
                 },
             );
-            drop((row_map, col_map));
+            drop((row_map, col_map, o_data));
             let (ps, po) = Profile::of_pair(suspect, &values, cols);
             (ps, Some(Reference { profile: po, values }))
         }
@@ -701,13 +709,13 @@ pub fn detect_tensor_coded(
     let reference = reference.as_ref();
     let size = suspect.dtype.size();
     let decode_row = |i: usize, out: &mut Vec<f64>| {
-        let bytes = suspect.data.get(i * cols * size..(i + 1) * cols * size).unwrap_or_default();
+        let bytes = suspect_bytes.get(i * cols * size..(i + 1) * cols * size).unwrap_or_default();
         decode_f64(suspect.dtype, bytes, out);
     };
     // Columns `k` of row `i`.
     let decode_piece = |i: usize, k: &std::ops::Range<usize>, out: &mut Vec<f64>| {
         let (a, b) = ((i * cols + k.start) * size, (i * cols + k.end) * size);
-        decode_f64(suspect.dtype, suspect.data.get(a..b).unwrap_or_default(), out);
+        decode_f64(suspect.dtype, suspect_bytes.get(a..b).unwrap_or_default(), out);
     };
     // A row is read in pieces of at most a chunk (one piece unless it is longer).
     let pieces = || (0..cols).step_by(CHUNK_ELEMENTS).map(|a| a..(a + CHUNK_ELEMENTS).min(cols));
@@ -902,7 +910,7 @@ mod tests {
             );
             // One pass over the whole row.
             let mut w = Vec::new();
-            decode_f64(t.dtype, t.data, &mut w);
+            decode_f64(t.dtype, &t.data(), &mut w);
             let (mut p, mut q, mut buf) = (vec![0.0; n], vec![0.0; n], Vec::new());
             row_signs(&release, layout, 0, &mut p, &mut buf);
             row_signs(&recipient, layout, 0, &mut q, &mut buf);
@@ -911,7 +919,7 @@ mod tests {
             let target: Vec<f64> = (0..n)
                 .map(|k| w[k] * (1.0 + strengths.release * p[k] + strengths.recipient * q[k]))
                 .collect();
-            let mut want = t.data.to_vec();
+            let mut want = t.data().into_owned();
             encode_stochastic(t.dtype, &target, &u, &mut want);
             assert!(got == want, "marked bytes differ");
             // Blind detection of the marked row against one pass over it.
@@ -926,7 +934,7 @@ mod tests {
             let stats = detect_tensor(&mt, &axes, None, &[&release, &recipient], None);
             let profile = Profile::of(&mt);
             let mut x = Vec::new();
-            decode_f64(mt.dtype, mt.data, &mut x);
+            decode_f64(mt.dtype, &mt.data(), &mut x);
             let mut y = vec![0.0; n];
             let count = row_y(0, 0, n, &x, &profile, None, &mut y);
             let v_elements = sum_squares(&y, 0.0);
@@ -983,7 +991,7 @@ mod tests {
         // Element by element: rows in column order, columns in row order
         // within each chunk of rows, chunks added in order.
         let mut x = Vec::new();
-        decode_f64(t.dtype, t.data, &mut x);
+        decode_f64(t.dtype, &t.data(), &mut x);
         let block = rows_per_chunk(cols);
         let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
         let mut row_means = Vec::new();
@@ -1070,7 +1078,7 @@ mod tests {
         let marked = mark(&m, 0.01);
         let t = marked.tensor("w").unwrap_or_else(|| panic!("w"));
         let mut v = Vec::new();
-        decode_f64(t.dtype, t.data, &mut v);
+        decode_f64(t.dtype, &t.data(), &mut v);
         for (k, x) in v.iter_mut().enumerate() {
             let (i, j) = (k / 768, k % 768);
             let a = ((i as f64) * 0.37).sin() * 2.0;

@@ -51,7 +51,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<Outcome> {
             safe(t.name),
             t.dtype.name(),
             format!("{:?}", t.shape),
-            bytes(t.data.len() as u64),
+            bytes(t.byte_len() as u64),
             digest
         );
     }

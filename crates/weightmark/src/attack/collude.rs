@@ -137,7 +137,7 @@ pub fn collude(
                 .tensor(t.name)
                 .ok_or_else(|| Error::internal("a tensor checked before collusion vanished"))?;
             let mut v = Vec::with_capacity(c.elements());
-            if !decode_f64(c.dtype, c.data, &mut v) || v.len() != t.elements() {
+            if !decode_f64(c.dtype, &c.data(), &mut v) || v.len() != t.elements() {
                 return Err(Error::invalid(format!(
                     "{}: tensor '{}' is {}; copies to combine must hold floats",
                     m.path.display(),

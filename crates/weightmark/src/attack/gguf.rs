@@ -72,7 +72,7 @@ pub fn write_gguf(
             continue;
         }
         let mut values64 = Vec::new();
-        decode_f64(t.dtype, t.data, &mut values64);
+        decode_f64(t.dtype, &t.data(), &mut values64);
         let mut values: Vec<f32> = values64.iter().map(|&v| v as f32).collect();
         let rows = t.shape.first().copied().unwrap_or(1);
         let cols: usize = t.shape.iter().skip(1).product();

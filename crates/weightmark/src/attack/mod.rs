@@ -552,7 +552,7 @@ pub fn write_replaced(
         };
         let data = encode_like(t, new.iter().map(|&v| f64::from(v)));
         if is_default_selected(t) {
-            add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
+            add_damage(&damage, damage_of_bytes(t.dtype, &t.data(), &data))?;
         }
         Ok(Some(data))
     };
@@ -593,18 +593,18 @@ pub fn merge_linear(
             return Ok(None);
         }
         let mut sum = Vec::new();
-        decode_f64(t.dtype, t.data, &mut sum);
+        decode_f64(t.dtype, &t.data(), &mut sum);
         sum.iter_mut().for_each(|v| *v *= weights[0]);
         let mut buf = Vec::new();
         for (m, &wj) in models[1..].iter().zip(&weights[1..]) {
             let other = m
                 .tensor(t.name)
                 .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
-            decode_f64(other.dtype, other.data, &mut buf);
+            decode_f64(other.dtype, &other.data(), &mut buf);
             sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += wj * v);
         }
         let data = encode_like(t, sum.iter().copied());
-        add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
+        add_damage(&damage, damage_of_bytes(t.dtype, &t.data(), &data))?;
         Ok(Some(data))
     };
     write_attacked(first, out, &transform, progress, &damage)
@@ -629,7 +629,7 @@ fn check_same_shapes(first: &Model, others: &[&Model]) -> Result<()> {
 /// `values` rounded to nearest in `t`'s dtype (elements past the end of
 /// `values` keep their bytes).
 fn encode_like(t: &TensorRef<'_>, values: impl Iterator<Item = f64>) -> Vec<u8> {
-    let mut data = t.data.to_vec();
+    let mut data = t.data().into_owned();
     for (o, v) in data.chunks_exact_mut(t.dtype.size()).zip(values) {
         encode_nearest(t.dtype, v, o);
     }
@@ -712,14 +712,14 @@ pub fn merge_ties(
             .tensor(t.name)
             .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
         let mut base_v = Vec::new();
-        decode_f64(b.dtype, b.data, &mut base_v);
+        decode_f64(b.dtype, &b.data(), &mut base_v);
         let mut tasks: Vec<Vec<f64>> = Vec::new();
         let mut buf = Vec::new();
         for m in models {
             let mt = m
                 .tensor(t.name)
                 .ok_or_else(|| Error::internal("a tensor checked before the merge vanished"))?;
-            decode_f64(mt.dtype, mt.data, &mut buf);
+            decode_f64(mt.dtype, &mt.data(), &mut buf);
             let mut task: Vec<f64> = buf.iter().zip(&base_v).map(|(x, b)| x - b).collect();
             trim(&mut task, density);
             tasks.push(task);
@@ -740,7 +740,7 @@ pub fn merge_ties(
             })
             .collect();
         let data = encode_like(t, base_v.iter().zip(&merged).map(|(b, m)| b + lambda * m));
-        add_damage(&damage, damage_of_bytes(t.dtype, t.data, &data))?;
+        add_damage(&damage, damage_of_bytes(t.dtype, &t.data(), &data))?;
         Ok(Some(data))
     };
     write_attacked(first, out, &transform, progress, &damage)
@@ -766,7 +766,7 @@ fn trim(v: &mut [f64], density: f64) {
 /// bytes and the damage (other attacks leave the tensor as it is).
 pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>, Fidelity) {
     let mut w = Vec::new();
-    decode_f64(t.dtype, t.data, &mut w);
+    decode_f64(t.dtype, &t.data(), &mut w);
     let cols = t.info.row_len().max(1);
     let rows = w.len() / cols;
     let mut new = w.clone();
@@ -815,7 +815,7 @@ pub fn attack_tensor(t: &TensorRef<'_>, attack: &Attack, seed: u64) -> (Vec<u8>,
         _ => {}
     }
     let size = t.dtype.size();
-    let mut out = t.data.to_vec();
+    let mut out = t.data().into_owned();
     for ((o, &v), &old) in out.chunks_exact_mut(size).zip(&new).zip(&w) {
         if old.is_finite() {
             // On overflow the original element stays.

@@ -52,8 +52,8 @@ pub fn permute_mlp(
                 perm.len()
             )));
         }
-        let data = reorder(t.data, *rows, *cols, t.dtype.size(), perm, down);
-        add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
+        let data = reorder(&t.data(), *rows, *cols, t.dtype.size(), perm, down);
+        add_damage(&damage, super::damage_of_bytes(t.dtype, &t.data(), &data))?;
         Ok(Some(data))
     };
     // The function is unchanged, but element by element the weights moved a lot.
@@ -88,7 +88,7 @@ pub fn permute_heads(
         };
         let data = HeadPermutation::seeded(heads, kv_heads, seed, layer).apply(part, t, head_dim);
         if let Some(d) = &data {
-            add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, d))?;
+            add_damage(&damage, super::damage_of_bytes(t.dtype, &t.data(), d))?;
         }
         Ok(data)
     };

@@ -70,15 +70,15 @@ impl ResidualMap {
         };
         match (r, t.shape) {
             (Role::Norm, [n]) if *n == hidden => {
-                Ok(Some(reorder(t.data, 1, hidden, e, &self.perm, true)))
+                Ok(Some(reorder(&t.data(), 1, hidden, e, &self.perm, true)))
             }
             (Role::Reads(_), [rows, cols]) if *cols == hidden => {
-                let mut data = reorder(t.data, *rows, hidden, e, &self.perm, true);
+                let mut data = reorder(&t.data(), *rows, hidden, e, &self.perm, true);
                 negate_columns(t, &mut data, &self.negate)?;
                 Ok(Some(data))
             }
             (Role::Writes, [rows, cols]) if *rows == hidden => {
-                let mut data = reorder(t.data, hidden, *cols, e, &self.perm, false);
+                let mut data = reorder(&t.data(), hidden, *cols, e, &self.perm, false);
                 negate_rows(t, &mut data, &self.negate)?;
                 Ok(Some(data))
             }

@@ -46,7 +46,7 @@ pub fn seeded_orthogonal(n: usize, seed: u64, name: &str) -> Array2<f64> {
 }
 
 fn encode_like(t: &TensorRef<'_>, m: &Array2<f64>) -> Vec<u8> {
-    let mut out = t.data.to_vec();
+    let mut out = t.data().into_owned();
     for (o, &v) in out.chunks_exact_mut(t.dtype.size()).zip(m.iter()) {
         encode_nearest(t.dtype, v, o);
     }
@@ -95,7 +95,7 @@ pub fn rotate(
             }
         };
         let data = encode_like(t, &m);
-        super::add_damage(&damage, super::damage_of_bytes(t.dtype, t.data, &data))?;
+        super::add_damage(&damage, super::damage_of_bytes(t.dtype, &t.data(), &data))?;
         Ok(Some(data))
     };
     if model.tensor("lm_head.weight").is_some() {
@@ -106,7 +106,7 @@ pub fn rotate(
     crate::model::refuse_same_path(&model.path, out)?;
     let mut tensors = Vec::new();
     for t in model.tensors() {
-        let data = transform(&t)?.unwrap_or_else(|| t.data.to_vec());
+        let data = transform(&t)?.unwrap_or_else(|| t.data().into_owned());
         tensors.push(SynthTensor {
             name: t.name.to_string(),
             dtype: t.dtype,

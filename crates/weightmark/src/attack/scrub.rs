@@ -184,7 +184,8 @@ fn gaussian_tensor(
     let cols = t.info.row_len().max(1);
     let block = (CHUNK_ELEMENTS / cols).max(1);
     let name = format!("scrub\0{}", t.name);
-    let mut data = t.data.to_vec();
+    let source = t.data();
+    let mut data = source.to_vec();
     let parts: Vec<Fidelity> = data
         .par_chunks_mut(block * cols * size)
         .enumerate()
@@ -192,7 +193,7 @@ fn gaussian_tensor(
             let first_row = ci * block;
             let n = out.len() / size;
             let start = first_row * cols;
-            let input = t.data.get(start * size..(start + n) * size).unwrap_or_default();
+            let input = source.get(start * size..(start + n) * size).unwrap_or_default();
             let mut w = Vec::with_capacity(n);
             decode_f64(t.dtype, input, &mut w);
             let mut g = vec![0.0; n];

@@ -47,7 +47,7 @@ pub fn sign_flips(
     }
     let kv_rows = g.kv_heads * g.head_dim;
     let transform = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
-        let mut data = t.data.to_vec();
+        let mut data = t.data().into_owned();
         match Part::of(t.name) {
             Some(Part::Up(l)) => {
                 let n = t.shape.first().copied().unwrap_or(0);

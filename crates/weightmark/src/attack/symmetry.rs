@@ -92,7 +92,7 @@ pub(crate) fn values(t: &TensorRef<'_>) -> Result<Vec<f64>> {
         )));
     }
     let mut v = Vec::with_capacity(t.elements());
-    decode_f64(t.dtype, t.data, &mut v);
+    decode_f64(t.dtype, &t.data(), &mut v);
     Ok(v)
 }
 
@@ -155,7 +155,7 @@ pub(crate) fn write_edited(
     let measured = |t: &TensorRef<'_>| -> Result<Option<Vec<u8>>> {
         let data = transform(t)?;
         if let Some(d) = data.as_ref().filter(|_| is_default_selected(t)) {
-            add_damage(&damage, damage_of_bytes(t.dtype, t.data, d))?;
+            add_damage(&damage, damage_of_bytes(t.dtype, &t.data(), d))?;
         }
         Ok(data)
     };
@@ -184,11 +184,11 @@ pub(crate) fn write_untied(
         let data = match transform(&t)? {
             Some(d) => {
                 if is_default_selected(&t) {
-                    damage = damage.merge(damage_of_bytes(t.dtype, t.data, &d));
+                    damage = damage.merge(damage_of_bytes(t.dtype, &t.data(), &d));
                 }
                 d
             }
-            None => t.data.to_vec(),
+            None => t.data().into_owned(),
         };
         tensors.push(SynthTensor {
             name: t.name.to_string(),
@@ -199,7 +199,7 @@ pub(crate) fn write_untied(
     }
     let head_bytes = encode_checked("lm_head.weight", embed.dtype, head)?;
     // The new head's change is measured against the tied head it replaces.
-    damage = damage.merge(damage_of_bytes(embed.dtype, embed.data, &head_bytes));
+    damage = damage.merge(damage_of_bytes(embed.dtype, &embed.data(), &head_bytes));
     tensors.push(SynthTensor {
         name: "lm_head.weight".into(),
         dtype: embed.dtype,

@@ -37,14 +37,14 @@ pub fn truncate(model: &Model, out: &Path, keep: usize) -> Result<AttackReport> 
             name: t.name.to_string(),
             dtype: t.dtype,
             shape: t.shape.to_vec(),
-            data: t.data.to_vec(),
+            data: t.data().into_owned(),
         })
         .collect();
     let removed = model.tensor_count() - kept.len();
     let (mut total, mut gone, mut elements) = (0.0, 0.0, 0u64);
     let mut v = Vec::new();
     for t in model.tensors().filter(|t| t.dtype.is_readable()) {
-        crate::dtype::decode_f64(t.dtype, t.data, &mut v);
+        crate::dtype::decode_f64(t.dtype, &t.data(), &mut v);
         let energy: f64 = v.iter().filter(|x| x.is_finite()).map(|x| x * x).sum();
         total += energy;
         elements += v.len() as u64;

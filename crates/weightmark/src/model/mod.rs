@@ -4,7 +4,9 @@
 //! [`Model::open`] memory-maps every file and validates every header and the
 //! index before anything else happens, so a malformed input is rejected before
 //! any output exists. Tensors are then borrowed as [`TensorRef`]s straight from
-//! the maps; nothing is copied until a tensor is actually transformed.
+//! the maps; nothing is copied until a tensor is actually transformed. A GGUF
+//! file is mapped the same way and each tensor dequantized only when its
+//! bytes are asked for ([`TensorRef::data`]), one tensor at a time.
 
 mod header;
 mod index;
@@ -14,6 +16,7 @@ mod write;
 
 pub(crate) use write::refuse_same_path;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -88,7 +91,8 @@ pub enum Layout {
     DirectorySingle,
     /// A directory of shards with an index.
     DirectorySharded,
-    /// A GGUF file, read whole and converted to f32 tensors with canonical names.
+    /// A GGUF file, read as f32 tensors with canonical names, each tensor
+    /// dequantized when it is read.
     Gguf,
     /// Tensors held in memory only (a re-aligned suspect).
     Memory,
@@ -102,7 +106,7 @@ pub struct OwnedTensor {
     pub data: Vec<u8>,
 }
 
-/// A file read whole (GGUF), kept mapped for its digest.
+/// A GGUF file, kept mapped for its digest and its tensors.
 pub struct RawFile {
     /// File name.
     pub file_name: String,
@@ -110,6 +114,9 @@ pub struct RawFile {
     map: Mmap,
     /// The parsed GGUF header and metadata.
     pub gguf: crate::gguf::GgufFile,
+    /// Its tensors under their canonical names, in file order, each decoded
+    /// when read (with the [`TensorInfo`] a reader of the model sees).
+    tensors: Vec<(TensorInfo, crate::gguf::LazyTensor)>,
 }
 
 impl RawFile {
@@ -124,9 +131,33 @@ impl RawFile {
 enum Slot {
     Mapped(usize, usize),
     Owned(usize),
+    Gguf(usize),
 }
 
-/// A borrowed view of one tensor.
+/// Where a tensor's bytes come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Bytes in a map or in memory, as they are.
+    Bytes(&'a [u8]),
+    /// A GGUF tensor and the whole file's bytes: decoded on each read.
+    Gguf(&'a crate::gguf::LazyTensor, &'a [u8]),
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Source::Gguf(t, _) => write!(f, "Gguf({:?}, {})", t.gguf.name, t.gguf.ggml_type.name()),
+        }
+    }
+}
+
+/// A view of one tensor: its name, dtype and shape, and access to its bytes.
+/// Cheap to copy and to hold: for a GGUF model the bytes are produced only
+/// when [`TensorRef::data`] is called, so holding views of every tensor
+/// costs nothing, while each call to `data` decodes the tensor again. Call
+/// it once per pass over a tensor and keep the result while it is needed
+/// (or pass [`TensorRef::with_data`] on).
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRef<'a> {
     /// Tensor name.
@@ -135,16 +166,57 @@ pub struct TensorRef<'a> {
     pub dtype: Dtype,
     /// Shape.
     pub shape: &'a [usize],
-    /// Little-endian element bytes.
-    pub data: &'a [u8],
     /// The header entry.
     pub info: &'a TensorInfo,
+    source: Source<'a>,
 }
 
-impl TensorRef<'_> {
+impl<'a> TensorRef<'a> {
     /// Number of elements.
     pub fn elements(&self) -> usize {
         self.info.elements()
+    }
+
+    /// Number of bytes of its data (what [`TensorRef::data`] returns),
+    /// without reading them.
+    pub fn byte_len(&self) -> usize {
+        self.info.end.saturating_sub(self.info.begin)
+    }
+
+    /// Its little-endian element bytes: borrowed from the map or memory, or
+    /// for a GGUF tensor dequantized now (each call decodes anew).
+    pub fn data(&self) -> Cow<'a, [u8]> {
+        match self.source {
+            Source::Bytes(b) => Cow::Borrowed(b),
+            Source::Gguf(t, file) => Cow::Owned(t.decode(file)),
+        }
+    }
+
+    /// A view of `data`, bytes held elsewhere that `info` describes (its
+    /// name, dtype and shape; `data` should be `info`'s byte length).
+    pub fn from_parts(info: &'a TensorInfo, data: &'a [u8]) -> TensorRef<'a> {
+        TensorRef {
+            name: &info.name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            info,
+            source: Source::Bytes(data),
+        }
+    }
+
+    /// The same view over `data` (the bytes [`TensorRef::data`] returned),
+    /// whose `data` is then free: for passing a decoded tensor to code that
+    /// reads it more than once.
+    pub fn with_data<'b>(&self, data: &'b [u8]) -> TensorRef<'b>
+    where
+        'a: 'b,
+    {
+        TensorRef { source: Source::Bytes(data), ..*self }
+    }
+
+    /// Whether reading its bytes decodes them (a GGUF tensor).
+    pub fn is_decoded_on_read(&self) -> bool {
+        matches!(self.source, Source::Gguf(..))
     }
 }
 
@@ -158,7 +230,7 @@ pub struct Model {
     pub files: Vec<ModelFile>,
     /// The shard index, for sharded models.
     pub index: Option<ShardIndex>,
-    /// Tensors held in memory (GGUF models).
+    /// Tensors held in memory (models built in memory).
     pub owned: Vec<OwnedTensor>,
     /// The GGUF file, for GGUF models.
     pub raw: Option<RawFile>,
@@ -274,22 +346,22 @@ impl Model {
         let file = crate::io::open_regular(path)?;
         let map = mmap::map(&file, path)?;
         let gguf = crate::gguf::GgufFile::parse(&map).map_err(|e| Error::format(path, e))?;
-        let (tensors, warnings) =
-            crate::gguf::canonical_tensors(&gguf, &map).map_err(|e| Error::format(path, e))?;
+        let (lazy, warnings) =
+            crate::gguf::lazy_tensors(&gguf).map_err(|e| Error::format(path, e))?;
         let mut by_name = HashMap::new();
-        let mut owned = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            if by_name.insert(t.name.clone(), Slot::Owned(owned.len())).is_some() {
+        let mut tensors = Vec::with_capacity(lazy.len());
+        for t in lazy {
+            if by_name.insert(t.name.clone(), Slot::Gguf(tensors.len())).is_some() {
                 return Err(Error::format(path, FormatError::DuplicateName { name: t.name }));
             }
             let info = TensorInfo {
-                name: t.name,
+                name: t.name.clone(),
                 dtype: Dtype::F32,
-                shape: t.shape,
+                shape: t.shape.clone(),
                 begin: 0,
-                end: t.data.len(),
+                end: t.byte_len(),
             };
-            owned.push(OwnedTensor { info, data: t.data });
+            tensors.push((info, t));
         }
         let file_name =
             path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -298,8 +370,8 @@ impl Model {
             layout: Layout::Gguf,
             files: Vec::new(),
             index: None,
-            owned,
-            raw: Some(RawFile { file_name, map, gguf }),
+            owned: Vec::new(),
+            raw: Some(RawFile { file_name, map, gguf, tensors }),
             warnings,
             by_name,
         })
@@ -395,11 +467,13 @@ impl Model {
         })
     }
 
-    /// All tensors, shard by shard, each in header order.
+    /// All tensors, shard by shard, each in header order (a GGUF file's in
+    /// file order).
     pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
         let mapped =
             self.files.iter().flat_map(|f| f.header.tensors.iter().map(move |t| tensor_ref(f, t)));
-        mapped.chain(self.owned.iter().map(owned_ref))
+        let gguf = self.raw.iter().flat_map(|r| r.tensors.iter().map(move |t| gguf_ref(r, t)));
+        mapped.chain(self.owned.iter().map(owned_ref)).chain(gguf)
     }
 
     /// The tensor called `name`, if any.
@@ -410,6 +484,10 @@ impl Model {
                 f.header.tensors.get(ti).map(|t| tensor_ref(f, t))
             }
             Slot::Owned(i) => self.owned.get(i).map(owned_ref),
+            Slot::Gguf(i) => {
+                let r = self.raw.as_ref()?;
+                r.tensors.get(i).map(|t| gguf_ref(r, t))
+            }
         }
     }
 
@@ -420,7 +498,7 @@ impl Model {
 
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> u64 {
-        self.tensors().map(|t| t.data.len() as u64).sum()
+        self.tensors().map(|t| t.byte_len() as u64).sum()
     }
 
     /// A short name for the model: its file name without `.safetensors`, or
@@ -443,8 +521,21 @@ fn owned_ref(t: &OwnedTensor) -> TensorRef<'_> {
         name: &t.info.name,
         dtype: t.info.dtype,
         shape: &t.info.shape,
-        data: &t.data,
         info: &t.info,
+        source: Source::Bytes(&t.data),
+    }
+}
+
+fn gguf_ref<'a>(
+    r: &'a RawFile,
+    (info, t): &'a (TensorInfo, crate::gguf::LazyTensor),
+) -> TensorRef<'a> {
+    TensorRef {
+        name: &info.name,
+        dtype: info.dtype,
+        shape: &info.shape,
+        info,
+        source: Source::Gguf(t, r.bytes()),
     }
 }
 
@@ -458,5 +549,11 @@ fn is_gguf(path: &Path) -> Result<bool> {
 }
 
 fn tensor_ref<'a>(f: &'a ModelFile, t: &'a TensorInfo) -> TensorRef<'a> {
-    TensorRef { name: &t.name, dtype: t.dtype, shape: &t.shape, data: f.tensor_data(t), info: t }
+    TensorRef {
+        name: &t.name,
+        dtype: t.dtype,
+        shape: &t.shape,
+        info: t,
+        source: Source::Bytes(f.tensor_data(t)),
+    }
 }

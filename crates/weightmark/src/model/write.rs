@@ -231,7 +231,8 @@ fn write_file(
             let mut written = Vec::new();
             for (info, replaced) in rx {
                 let t = super::tensor_ref(file, info);
-                let data: &[u8] = replaced.as_deref().unwrap_or(t.data);
+                let original = t.data();
+                let data: &[u8] = replaced.as_deref().unwrap_or(&original);
                 let mut tensor_hash = tensor_hasher(t.name, t.dtype.name(), t.shape);
                 // Hash for the file and for the tensor digest side by side.
                 rayon::join(|| file_hash.update(data), || tensor_hash.update(data));
@@ -259,12 +260,12 @@ fn write_file(
                     break;
                 }
             };
-            if let Some(data) = replaced.as_ref().filter(|d| d.len() != t.data.len()) {
+            if let Some(data) = replaced.as_ref().filter(|d| d.len() != t.byte_len()) {
                 produced = Err(Error::invalid(format!(
                     "tensor '{}': replacement has {} bytes, expected {}",
                     t.name,
                     data.len(),
-                    t.data.len()
+                    t.byte_len()
                 )));
                 break;
             }
