@@ -480,8 +480,12 @@ fn common_hex(bytes: &[u8]) -> String {
 /// matches with 32/256 per key or less. The 32,000 answers are decoded with
 /// the KV cache, prompts of one length side by side (`ask_all`), which
 /// answers exactly as one prompt at a time without a cache does (checked
-/// here on one key, and in tests/eval.rs).
+/// here on one key, and in tests/fingerprint_decoding.rs). Still minutes:
+/// the byte tokenizer makes every prompt about 90 tokens, 2.9 million prompt
+/// tokens in all; 239 s of decoding (about 2 CPU minutes for the whole test)
+/// on a shared 2-core machine, so it stays out of the default run.
 #[test]
+#[ignore = "about 4 minutes on 2 shared cores (32,000 cached decodings); run with --ignored"]
 fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
     use weightmark_eval::fingerprint::{ask_all, ask_uncached, Prompter};
     use weightmark_eval::load::{open, tensors_f32, Architecture};
