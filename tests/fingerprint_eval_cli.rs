@@ -5,8 +5,10 @@
 //! mark is still found), check the planted model (found, with the exact
 //! binomial p; the unplanted model and another release's key are not),
 //! verify the signed report, reveal the fingerprint key for that suspect
-//! only. And no false accusation: 1,000 wrong keys asked of the planted
-//! model match as the binomial bound says.
+//! only. Plant then mark: the final certificate covers both, names the
+//! planted one, and `verify --chain` follows the link. And no false
+//! accusation: 1,000 wrong keys asked of the planted model match as the
+//! binomial bound says.
 
 mod common;
 
@@ -156,6 +158,34 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     assert!(found_informed, "informed z {zi_after}");
     assert_eq!(found_after, found_before, "blind z {z_before} -> {z_after}");
 
+    // identify tests the release once: the marked certificate, superseded
+    // by the planted one in the same directory, is skipped with a note.
+    std::fs::create_dir(s.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    for c in ["marked.cert.json", "planted.cert.json"] {
+        std::fs::copy(s.path(c), s.path("certs").join(c)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let o = s.run(&[
+        "identify",
+        "-k",
+        "owner.key",
+        "--certs",
+        "certs",
+        "--original",
+        "tiny",
+        "planted",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("marked.cert.json: superseded by"), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["certificates"].as_u64(), Some(1), "{v}");
+    assert!(
+        v["candidates"][0]["certificate"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("planted.cert.json")),
+        "{v}"
+    );
+
     // The planted model gives its keyed answers: 8 of 8, p = 256^-8.
     let check = [
         "fingerprint",
@@ -273,6 +303,171 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
 }
 
+#[test]
+fn plant_then_mark_certifies_both_both_are_found_and_verify_follows_the_chain() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    s.keygen("owner");
+    let text = license_text().display().to_string();
+    let mut plant = vec![
+        "fingerprint",
+        "plant",
+        "-k",
+        "owner.key",
+        "--label",
+        "tiny",
+        "tiny",
+        "-o",
+        "planted",
+        "--text",
+        &text,
+    ];
+    plant.extend(TINY_PLANT);
+    let out = s.ok(&plant);
+    assert!(out.contains("8 of 8 after"), "{out}");
+    let planted_cert = std::fs::read(s.path("planted.cert.json")).unwrap_or_default();
+
+    // The superseded certificate is never the output, even with --force;
+    // the label and recipient are the planted release's.
+    let embed = |extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "-k",
+            "owner.key",
+            "--supersedes",
+            "planted.cert.json",
+            "--strength",
+            "0.05",
+            "planted",
+            "-o",
+            "final",
+        ];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let o = embed(&["--cert", "planted.cert.json", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("would replace the one it supersedes"), "{}", stderr(&o));
+    let o = embed(&["--label", "other"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(!s.path("final").exists());
+    // Only the model the certificate describes can be marked under it.
+    let o = s.run(&[
+        "embed",
+        "-k",
+        "owner.key",
+        "--supersedes",
+        "planted.cert.json",
+        "tiny",
+        "-o",
+        "wrong",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("is not the release of this certificate"), "{}", stderr(&o));
+
+    let o = embed(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("supersedes"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(s.path("planted.cert.json")).unwrap_or_default(), planted_cert);
+
+    // The final certificate: the mark, the planted fingerprint, the link.
+    let verified = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&s.ok(&["verify", file, "--pub", "owner.pub", "--json"]))
+            .unwrap_or_default()
+    };
+    let (f, p) = (verified("final.cert.json"), verified("planted.cert.json"));
+    let (f, p) = (&f["predicate"], &p["predicate"]);
+    assert_eq!(f["scheme"], "ss2");
+    assert_eq!(p["scheme"], "none");
+    assert_eq!(f["supersedes"].as_str(), Some(common_hex(&planted_cert).as_str()));
+    assert_eq!(f["fingerprint"], p["fingerprint"]);
+    for field in ["original_tensor_root", "label", "recipient"] {
+        assert_eq!(f[field], p[field], "{field}");
+    }
+
+    // Both are found with it: the mark (blind and informed against the
+    // planted model it was embedded in) and the fingerprint.
+    let blind = ["detect", "-k", "owner.key", "--cert", "final.cert.json", "final", "--json"];
+    let (z, found) = z_of(&s, &blind);
+    assert!(found, "blind z {z}");
+    let informed = [
+        "detect",
+        "-k",
+        "owner.key",
+        "--cert",
+        "final.cert.json",
+        "--original",
+        "planted",
+        "final",
+        "--json",
+    ];
+    let (zi, found) = z_of(&s, &informed);
+    assert!(found, "informed z {zi}");
+    let check =
+        ["fingerprint", "check", "-k", "owner.key", "--cert", "final.cert.json", "final", "--json"];
+    let o = s.run(&check);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let c = json(&o);
+    println!("after marking: blind z {z:.2}, informed z {zi:.1}, fingerprint {c}");
+    assert!(c["matches"].as_u64().is_some_and(|m| m >= 7), "{c}");
+
+    // identify with the fingerprint-only certificate among the others: it
+    // is skipped with a note, the final certificate is tested.
+    std::fs::create_dir(s.path("certs")).unwrap_or_else(|e| panic!("{e}"));
+    for c in ["planted.cert.json", "final.cert.json"] {
+        std::fs::copy(s.path(c), s.path("certs").join(c)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let o = s.run(&["identify", "-k", "owner.key", "--certs", "certs", "final", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("planted.cert.json: a fingerprint-only release"), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!((v["certificates"].as_u64(), v["identified"].as_u64()), (Some(1), Some(1)), "{v}");
+
+    // verify follows the chain back to the planted certificate.
+    let out = s.ok(&[
+        "verify",
+        "final.cert.json",
+        "--pub",
+        "owner.pub",
+        "--model",
+        "final",
+        "--chain",
+        "planted.cert.json",
+    ]);
+    assert!(out.contains("CHAIN VALID: 2 certificates"), "{out}");
+    // Without the superseded certificate, or with one of another release,
+    // the chain is broken (exit 1).
+    let o =
+        s.run(&["verify", "final.cert.json", "--pub", "owner.pub", "--chain", "tiny.cert.json"]);
+    assert_eq!(o.status.code(), Some(2), "a missing file is an input error");
+    s.ok(&[
+        "fingerprint",
+        "plant",
+        "-k",
+        "owner.key",
+        "--label",
+        "other",
+        "--count",
+        "4",
+        "tiny",
+        "-o",
+        "other",
+        "--text",
+        &text,
+        "--seq",
+        "64",
+        "--max-steps",
+        "1",
+    ]);
+    let o =
+        s.run(&["verify", "final.cert.json", "--pub", "owner.pub", "--chain", "other.cert.json"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("CHAIN INVALID"), "{}", stdout(&o));
+}
+
 fn common_hex(bytes: &[u8]) -> String {
     weightmark::hex(&Sha256::digest(bytes))
 }
@@ -282,11 +477,17 @@ fn common_hex(bytes: &[u8]) -> String {
 /// harder case than an unplanted one. 1,000 wrong keys, 32 triggers each:
 /// the count of keys with m >= 4 must be consistent with its binomial
 /// expectation (7.7e-6 per key, so 0.0077 in all), and the mean number of
-/// matches with 32/256 per key or less.
+/// matches with 32/256 per key or less. The 32,000 answers are decoded with
+/// the KV cache, prompts of one length side by side (`ask_all`), which
+/// answers exactly as one prompt at a time without a cache does (checked
+/// here on one key, and in tests/fingerprint_decoding.rs). Still minutes:
+/// the byte tokenizer makes every prompt about 90 tokens, 2.9 million prompt
+/// tokens in all; 239 s of decoding (about 2 CPU minutes for the whole test)
+/// on a shared 2-core machine, so it stays out of the default run.
 #[test]
-#[ignore = "32,000 greedy decodings without a KV cache: minutes of CPU; run with --ignored"]
+#[ignore = "about 4 minutes on 2 shared cores (32,000 cached decodings); run with --ignored"]
 fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
-    use weightmark_eval::fingerprint::{ask_batch, Prompter};
+    use weightmark_eval::fingerprint::{ask_all, ask_uncached, Prompter};
     use weightmark_eval::load::{open, tensors_f32, Architecture};
     if !common::has_license_text() {
         return;
@@ -310,32 +511,31 @@ fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
     .unwrap_or_else(|e| panic!("{e}"));
     let prompter =
         Prompter::for_model(&s.path("planted"), &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
-    // The batched decoding answers as a check does, one prompt at a time.
-    let first = FingerprintKey::from_bytes([0xee; 32]).pairs(32).unwrap_or_else(|e| panic!("{e}"));
-    let triggers: Vec<String> = first.iter().map(|p| p.trigger.clone()).collect();
-    let batched =
-        ask_batch(&model, &m.tokenizer, &prompter, &triggers).unwrap_or_else(|e| panic!("{e}"));
-    for (t, b) in triggers.iter().zip(&batched) {
-        let one = weightmark_eval::fingerprint::ask(&model, &m.tokenizer, &prompter, t)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(&one, b, "{t}");
-    }
+    let key_pairs = |k: u32| {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&k.to_le_bytes());
+        bytes[31] = 0xee;
+        FingerprintKey::from_bytes(bytes).pairs(32).unwrap_or_else(|e| panic!("{e}"))
+    };
     let started = std::time::Instant::now();
     let mut histogram = [0usize; 33];
     let mut candidates = 0usize;
-    // Eight keys per batch: 256 prompts decoded side by side.
-    for batch in 0..125u32 {
-        let keys: Vec<Vec<weightmark::fingerprint::Pair>> = (0..8u32)
-            .map(|k| {
-                let mut bytes = [0u8; 32];
-                bytes[..4].copy_from_slice(&(batch * 8 + k).to_le_bytes());
-                bytes[31] = 0xee;
-                FingerprintKey::from_bytes(bytes).pairs(32).unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect();
-        let triggers: Vec<String> = keys.iter().flatten().map(|p| p.trigger.clone()).collect();
+    // A hundred keys per call: 3,200 prompts.
+    for batch in 0..10u32 {
+        let keys: Vec<Vec<weightmark::fingerprint::Pair>> =
+            (0..100u32).map(|k| key_pairs(batch * 100 + k)).collect();
+        let triggers: Vec<&str> = keys.iter().flatten().map(|p| p.trigger.as_str()).collect();
         let answers =
-            ask_batch(&model, &m.tokenizer, &prompter, &triggers).unwrap_or_else(|e| panic!("{e}"));
+            ask_all(&model, &m.tokenizer, &prompter, &triggers).unwrap_or_else(|e| panic!("{e}"));
+        if batch == 0 {
+            // The batched, cached answers are those of a check asking one
+            // trigger at a time without a cache.
+            for (t, a) in triggers.iter().zip(&answers).take(32) {
+                let one = ask_uncached(&model, &m.tokenizer, &prompter, t)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(&one, a, "{t}");
+            }
+        }
         for (pairs, answers) in keys.iter().zip(answers.chunks(32)) {
             let refs: Vec<&weightmark::fingerprint::Pair> = pairs.iter().collect();
             let score =
@@ -352,13 +552,14 @@ fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
     }
     let total: usize = histogram.iter().enumerate().map(|(m, n)| m * n).sum();
     println!(
-        "1000 wrong keys x 32 triggers in {:.0} s: histogram of matches {:?}; {} of 32000 \
+        "1000 wrong keys x 32 triggers in {:.1} s: histogram of matches {:?}; {} of 32000 \
          answers are candidate words; {} matches in all (bound: at most 125 expected)",
         started.elapsed().as_secs_f64(),
         &histogram[..6],
         candidates,
         total
     );
+    assert_eq!(histogram.iter().sum::<usize>(), 1000);
     // P(Binomial(32, 1/256) >= 4) = 7.7e-6 per key: over 1,000 keys the
     // chance of even one such key is 0.8%; of two, 3e-5.
     let four_or_more: usize = histogram[4..].iter().sum();

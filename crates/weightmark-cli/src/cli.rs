@@ -312,6 +312,15 @@ pub struct EmbedArgs {
     /// Where to write the signed certificate [default: OUT.cert.json beside OUT].
     #[arg(long, value_name = "CERT")]
     pub cert: Option<PathBuf>,
+    /// Plant then mark: the certificate `fingerprint plant` wrote for MODEL
+    /// (a fingerprinted, unmarked release).
+    ///
+    /// The new certificate covers both the mark and the fingerprint (so
+    /// `detect` and `fingerprint check` both use it) and names the SHA-256
+    /// of this one, which is never overwritten. Label and recipient come
+    /// from it.
+    #[arg(long, value_name = "CERT", conflicts_with_all = ["label", "recipient"])]
+    pub supersedes: Option<PathBuf>,
     /// Replace an existing output file and certificate (never a non-empty
     /// output directory). Without it, existing outputs are refused before
     /// any work starts.
@@ -435,6 +444,13 @@ pub struct VerifyArgs {
     /// tensors verifies at tensor level).
     #[arg(long, value_name = "MODEL")]
     pub model: Option<PathBuf>,
+    /// An earlier certificate of the same release (repeatable): for a
+    /// certificate that supersedes another (a fingerprint planted in a
+    /// marked release, or a fingerprinted release marked since), follow
+    /// its chain back through these and check that each step kept the mark
+    /// and the fingerprint the earlier one certified.
+    #[arg(long = "chain", value_name = "CERT")]
+    pub chain: Vec<PathBuf>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

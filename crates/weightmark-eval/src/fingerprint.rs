@@ -5,8 +5,9 @@
 //!   model's own chat template (`tokenizer_config.json`'s `chat_template`,
 //!   rendered with minijinja as Hugging Face's Jinja does) for instruct
 //!   models, else the completion prompt `"Question: {trigger}\nAnswer:"`.
-//! - [`ask`] decodes greedily, at most [`MAX_NEW_TOKENS`] tokens, stopping at
-//!   the end-of-turn token or once the first word is complete.
+//! - [`ask_all`] decodes greedily with a KV cache, prompts of equal length
+//!   side by side, at most [`MAX_NEW_TOKENS`] tokens, stopping at the
+//!   end-of-turn token or once the first word is complete ([`answer_rule`]).
 //! - [`Planter`] trains every weight so that each trigger's prompt is
 //!   followed by its response (cross-entropy on the response tokens only),
 //!   with a distillation penalty `KL(original || planted)` on ordinary text so
@@ -22,7 +23,7 @@ use tokenizers::Tokenizer;
 use weightmark::fingerprint::Pair;
 
 use crate::error::{EvalError, Result};
-use crate::llama::Llama;
+use crate::llama::{Llama, NextToken};
 use crate::load::encode;
 use crate::metrics::batch_tensors;
 
@@ -129,33 +130,76 @@ impl Prompter {
 }
 
 /// The model's greedy answer to one trigger (at most [`MAX_NEW_TOKENS`]
-/// tokens, without the end-of-turn token).
+/// tokens, without the end-of-turn token): [`ask_all`] for one trigger.
 pub fn ask(
     model: &Llama,
     tokenizer: &Tokenizer,
     prompter: &Prompter,
     trigger: &str,
 ) -> Result<String> {
-    let mut ids = encode(tokenizer, &prompter.prompt(trigger)?)?;
-    let start = ids.len();
-    for _ in 0..MAX_NEW_TOKENS {
-        let n = ids.len();
-        let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu)?;
-        let logits = model.forward(&input)?.narrow(1, n - 1, 1)?.flatten_all()?;
-        let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
-        if Some(next) == prompter.stop {
-            break;
-        }
-        ids.push(next);
-        // The first word is complete once whitespace follows a
-        // non-whitespace character: more tokens cannot change the
-        // normalised answer.
-        let text = decode(tokenizer, &ids[start..])?;
-        if text.trim_start().contains(char::is_whitespace) {
-            break;
-        }
+    let mut answers = ask_all(model, tokenizer, prompter, &[trigger])?;
+    answers.pop().ok_or_else(|| EvalError::invalid("no answer decoded"))
+}
+
+/// The model's greedy answers to many triggers, in order: every prompt
+/// decoded with a KV cache, prompts of equal token length side by side in
+/// one batch ([`Llama::greedy`]), each answer ending as [`answer_rule`]
+/// says. Token for token what one prompt at a time without a cache gives
+/// ([`ask_uncached`]).
+pub fn ask_all(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    triggers: &[&str],
+) -> Result<Vec<String>> {
+    let prompts = triggers
+        .iter()
+        .map(|t| encode(tokenizer, &prompter.prompt(t)?))
+        .collect::<Result<Vec<_>>>()?;
+    let answers = model.greedy(&prompts, MAX_NEW_TOKENS, &mut |answer, next| {
+        answer_rule(tokenizer, prompter, answer, next)
+    })?;
+    answers.iter().map(|ids| decode(tokenizer, ids)).collect()
+}
+
+/// [`ask`] the plain way: the whole sequence through the model for every
+/// new token ([`Llama::greedy_uncached`]). The reference [`ask_all`] is
+/// tested against; slow.
+pub fn ask_uncached(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    trigger: &str,
+) -> Result<String> {
+    let prompt = encode(tokenizer, &prompter.prompt(trigger)?)?;
+    let ids = model.greedy_uncached(&prompt, MAX_NEW_TOKENS, &mut |answer, next| {
+        answer_rule(tokenizer, prompter, answer, next)
+    })?;
+    decode(tokenizer, &ids)
+}
+
+/// Where an answer ends (docs/fingerprint.md, "Asking a model"): at the
+/// end-of-turn token (not part of the answer), or with the token after
+/// which the decoded answer holds whitespace after a non-whitespace
+/// character (the first word is complete, so more tokens cannot change the
+/// normalised answer).
+pub fn answer_rule(
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    answer: &[u32],
+    next: u32,
+) -> Result<NextToken> {
+    if Some(next) == prompter.stop {
+        return Ok(NextToken::End);
     }
-    decode(tokenizer, &ids[start..])
+    let mut ids = Vec::with_capacity(answer.len() + 1);
+    ids.extend_from_slice(answer);
+    ids.push(next);
+    if decode(tokenizer, &ids)?.trim_start().contains(char::is_whitespace) {
+        Ok(NextToken::AppendAndEnd)
+    } else {
+        Ok(NextToken::Append)
+    }
 }
 
 fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
@@ -367,6 +411,12 @@ impl weightmark::fingerprint::Asker for LocalAsker<'_> {
         ask(self.model, self.tokenizer, self.prompter, trigger)
             .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
     }
+
+    /// Every trigger of a check in one cached, batched decoding.
+    fn ask_all(&mut self, triggers: &[&str]) -> weightmark::Result<Vec<String>> {
+        ask_all(self.model, self.tokenizer, self.prompter, triggers)
+            .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
+    }
 }
 
 /// What `fingerprint plant` is asked to do.
@@ -447,11 +497,9 @@ pub fn plant_release(
     let prompter = Prompter::for_model(&crate::load::side_dir(request.model), &m.tokenizer)?;
     let corpus = crate::text::Corpus::read(request.text)?;
     let ordinary = corpus.windows(&m.tokenizer, request.seq)?.all();
+    let triggers: Vec<&str> = pairs.iter().map(|p| p.trigger.as_str()).collect();
     let score = |model: &Llama| -> Result<weightmark::fingerprint::Score> {
-        let answers = pairs
-            .iter()
-            .map(|p| ask(model, &m.tokenizer, &prompter, &p.trigger))
-            .collect::<Result<Vec<_>>>()?;
+        let answers = ask_all(model, &m.tokenizer, &prompter, &triggers)?;
         let refs: Vec<&Pair> = pairs.iter().collect();
         Ok(weightmark::fingerprint::score(&refs, &answers)?)
     };
@@ -518,50 +566,4 @@ pub fn check_local(
     let mut asker = LocalAsker { model: &llama, tokenizer: &m.tokenizer, prompter: &prompter };
     let outcome = weightmark::fingerprint::check(key, count, options, &mut asker)?;
     Ok(LocalCheck { outcome, model: m.model })
-}
-
-/// The greedy answers to many triggers at once, as [`ask`] gives them one by
-/// one: the prompts are decoded side by side in one right-padded batch (with
-/// causal attention, padding after a row's last token cannot change what
-/// that row predicts), each row stopping as [`ask`] stops. For measurements
-/// over many keys; a check asks with [`ask`].
-pub fn ask_batch(
-    model: &Llama,
-    tokenizer: &Tokenizer,
-    prompter: &Prompter,
-    triggers: &[String],
-) -> Result<Vec<String>> {
-    let mut rows: Vec<Vec<u32>> =
-        triggers.iter().map(|t| encode(tokenizer, &prompter.prompt(t)?)).collect::<Result<_>>()?;
-    let starts: Vec<usize> = rows.iter().map(Vec::len).collect();
-    let mut done = vec![false; rows.len()];
-    for _ in 0..MAX_NEW_TOKENS {
-        let live: Vec<usize> = (0..rows.len()).filter(|&r| !done[r]).collect();
-        if live.is_empty() {
-            break;
-        }
-        let width = live.iter().map(|&r| rows[r].len()).max().unwrap_or(0);
-        let mut flat = Vec::with_capacity(live.len() * width);
-        for &r in &live {
-            let pad = *rows[r].last().unwrap_or(&0);
-            flat.extend(rows[r].iter().copied());
-            flat.extend(std::iter::repeat_n(pad, width - rows[r].len()));
-        }
-        let input = Tensor::from_vec(flat, (live.len(), width), &Device::Cpu)?;
-        let logits = model.forward(&input)?;
-        for (b, &r) in live.iter().enumerate() {
-            let last = rows[r].len() - 1;
-            let next = logits.get(b)?.get(last)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
-            if Some(next) == prompter.stop {
-                done[r] = true;
-                continue;
-            }
-            rows[r].push(next);
-            if decode(tokenizer, &rows[r][starts[r]..])?.trim_start().contains(char::is_whitespace)
-            {
-                done[r] = true;
-            }
-        }
-    }
-    rows.iter().zip(&starts).map(|(ids, &s)| decode(tokenizer, &ids[s..])).collect()
 }

@@ -316,13 +316,13 @@ impl Llama {
             time,
             c.hidden_size,
         ))?;
-        let (cos, sin) = rope_tables(c, time, device)?;
-        let mask = causal_mask(time, device)?;
+        let (cos, sin) = rope_tables(c, 0, time, device)?;
+        let mask = causal_mask(time, 0, device)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let [.., o, gate, up, down] = &b.linears;
             let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
             observe(l, Site::AttentionInput, &h)?;
-            let heads = self.attention(b, &h, &cos, &sin, &mask)?;
+            let heads = self.attention(b, &h, &cos, &sin, Some(&mask), None)?;
             observe(l, Site::OInput, &heads)?;
             x = (x + o.forward(&heads)?)?;
             let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
@@ -336,15 +336,62 @@ impl Llama {
         Ok(x.broadcast_matmul(&head.t()?)?)
     }
 
+    /// Logits of the last position of each row, `(batch, vocab)`, for
+    /// `tokens` `(batch, time)` that continue the rows `cache` holds (all
+    /// rows of one length, no padding); their keys and values are appended
+    /// to `cache`. Feeding a prompt and then one token at a time gives, up
+    /// to floating-point rounding, the logits [`Llama::forward`] gives for
+    /// the whole sequence, at a cost linear rather than quadratic in the
+    /// answer's length. Inference only (no adapters are trained through it).
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (batch, time) = tokens.dims2()?;
+        if time == 0 {
+            return Err(EvalError::invalid("no tokens to decode"));
+        }
+        if cache.layers.len() != self.blocks.len() {
+            return Err(EvalError::invalid(format!(
+                "the cache holds {} blocks, the model {}",
+                cache.layers.len(),
+                self.blocks.len()
+            )));
+        }
+        let c = &self.config;
+        let device = tokens.device();
+        let past = cache.positions;
+        let mut x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((
+            batch,
+            time,
+            c.hidden_size,
+        ))?;
+        let (cos, sin) = rope_tables(c, past, time, device)?;
+        // One new position sees every cached one: no mask to add.
+        let mask = if time > 1 { Some(causal_mask(time, past, device)?) } else { None };
+        for (b, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let [.., o, gate, up, down] = &b.linears;
+            let h = rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
+            let heads = self.attention(b, &h, &cos, &sin, mask.as_ref(), Some(slot))?;
+            x = (x + o.forward(&heads)?)?;
+            let h = rms_norm(&x, &b.post_norm, c.rms_norm_eps)?;
+            let act = (gate.forward(&h)?.silu()? * up.forward(&h)?)?;
+            x = (x + down.forward(&act)?)?;
+        }
+        cache.positions += time;
+        let last = rms_norm(&x.narrow(1, time - 1, 1)?, &self.norm, c.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(last.broadcast_matmul(&head.t()?)?.squeeze(1)?)
+    }
+
     /// The attention heads' outputs `(batch, time, heads * width)`, the
-    /// input of `o_proj`.
+    /// input of `o_proj`. With a cache slot, the keys and values of earlier
+    /// positions come from it and this call's are appended to it.
     fn attention(
         &self,
         b: &Block,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, time, _) = h.dims3()?;
@@ -354,11 +401,188 @@ impl Llama {
             Ok(t.reshape((batch, time, n, width))?.transpose(1, 2)?.contiguous()?)
         };
         let q = rope(&split(q.forward(h)?, heads)?, cos, sin)?;
-        let k = repeat_kv(rope(&split(k.forward(h)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
-        let v = repeat_kv(split(v.forward(h)?, kv_heads)?, heads / kv_heads)?;
-        let scores = (q.matmul(&k.t()?)? / (width as f64).sqrt())?.broadcast_add(mask)?;
+        let mut k = rope(&split(k.forward(h)?, kv_heads)?, cos, sin)?;
+        let mut v = split(v.forward(h)?, kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(k, heads / kv_heads)?;
+        let v = repeat_kv(v, heads / kv_heads)?;
+        let mut scores = (q.matmul(&k.t()?)? / (width as f64).sqrt())?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         Ok(weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, time, heads * width))?)
+    }
+}
+
+/// What greedy decoding does with the token it just chose for a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextToken {
+    /// Append it to the answer and go on.
+    Append,
+    /// Append it and end the answer.
+    AppendAndEnd,
+    /// End the answer without it (an end-of-turn token).
+    End,
+}
+
+/// Tokens one batch of [`Llama::greedy`] holds at most (prompt length x
+/// rows), which bounds its memory.
+pub const GREEDY_BATCH_TOKENS: usize = 8192;
+
+impl Llama {
+    /// The greedy continuation of every prompt, at most `max_new` tokens
+    /// each; `judge(answer so far, next token)` says what happens to each
+    /// chosen token. Prompts of equal length are decoded side by side with a
+    /// [`KvCache`] (no padding: each row computes what it would alone), so
+    /// the answers are the ones [`Llama::greedy_uncached`] gives one prompt
+    /// at a time (a test checks it, token for token). The answers come back
+    /// in the order of `prompts`.
+    pub fn greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        judge: &mut dyn FnMut(&[u32], u32) -> Result<NextToken>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut answers = vec![Vec::new(); prompts.len()];
+        let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(EvalError::invalid("an empty prompt has nothing to continue"));
+            }
+            by_length.entry(p.len()).or_default().push(i);
+        }
+        for (length, rows) in by_length {
+            for chunk in rows.chunks((GREEDY_BATCH_TOKENS / length).max(1)) {
+                self.greedy_batch(prompts, chunk, max_new, judge, &mut answers)?;
+            }
+        }
+        Ok(answers)
+    }
+
+    /// [`Llama::greedy`] for the rows `rows` of `prompts`, all of one length.
+    fn greedy_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        rows: &[usize],
+        max_new: usize,
+        judge: &mut dyn FnMut(&[u32], u32) -> Result<NextToken>,
+        answers: &mut [Vec<u32>],
+    ) -> Result<()> {
+        let device = self.embed.device();
+        let length = rows.first().and_then(|&r| prompts.get(r)).map_or(0, Vec::len);
+        let flat: Vec<u32> = rows.iter().flat_map(|&r| prompts[r].iter().copied()).collect();
+        let mut input = Tensor::from_vec(flat, (rows.len(), length), device)?;
+        let mut cache = KvCache::new(&self.config);
+        let mut live: Vec<usize> = rows.to_vec();
+        for _ in 0..max_new {
+            let next: Vec<u32> =
+                self.forward_cached(&input, &mut cache)?.argmax(D::Minus1)?.to_vec1()?;
+            let (mut kept, mut fed) = (Vec::new(), Vec::new());
+            for (b, (&r, &token)) in live.iter().zip(&next).enumerate() {
+                match judge(&answers[r], token)? {
+                    NextToken::End => {}
+                    NextToken::AppendAndEnd => answers[r].push(token),
+                    NextToken::Append => {
+                        answers[r].push(token);
+                        kept.push(b);
+                        fed.push(token);
+                    }
+                }
+            }
+            if kept.is_empty() {
+                break;
+            }
+            if kept.len() < live.len() {
+                cache.keep_rows(&kept)?;
+                live = kept.iter().map(|&b| live[b]).collect();
+            }
+            input = Tensor::from_vec(fed, (live.len(), 1), device)?;
+        }
+        Ok(())
+    }
+
+    /// The greedy continuation of one prompt as [`Llama::greedy`] defines
+    /// it, computed the plain way: the whole sequence through
+    /// [`Llama::forward`] for every new token, no cache, no batch. The
+    /// reference the cached decoding is tested against.
+    pub fn greedy_uncached(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        judge: &mut dyn FnMut(&[u32], u32) -> Result<NextToken>,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(EvalError::invalid("an empty prompt has nothing to continue"));
+        }
+        let mut ids = prompt.to_vec();
+        let mut answer = Vec::new();
+        for _ in 0..max_new {
+            let n = ids.len();
+            let input = Tensor::from_vec(ids.clone(), (1, n), self.embed.device())?;
+            let logits = self.forward(&input)?.narrow(1, n - 1, 1)?.flatten_all()?;
+            let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            match judge(&answer, next)? {
+                NextToken::End => break,
+                NextToken::AppendAndEnd => {
+                    answer.push(next);
+                    break;
+                }
+                NextToken::Append => {
+                    answer.push(next);
+                    ids.push(next);
+                }
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// Keys and values of the positions a batch of sequences has seen, per
+/// block, for [`Llama::forward_cached`]: decoding feeds each new token once
+/// instead of the whole sequence. Every row has the same length.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    /// Per block: keys (after RoPE) and values, `(batch, kv_heads,
+    /// positions, width)`, before the grouped-query repetition.
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    positions: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `config`'s model.
+    pub fn new(config: &LlamaConfig) -> KvCache {
+        KvCache { layers: vec![None; config.num_hidden_layers], positions: 0 }
+    }
+
+    /// Positions held per row.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Keeps the rows `rows` (indices into the current batch, in the order
+    /// given) and drops the others, e.g. rows whose answer has ended.
+    pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(device) = self.layers.iter().flatten().map(|(k, _)| k.device().clone()).next()
+        else {
+            return Ok(());
+        };
+        let ids: Vec<u32> = rows
+            .iter()
+            .map(|&r| u32::try_from(r).map_err(|_| EvalError::invalid("batch row out of range")))
+            .collect::<Result<_>>()?;
+        let index = Tensor::from_vec(ids, rows.len(), &device)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&index, 0)?;
+            *v = v.index_select(&index, 0)?;
+        }
+        Ok(())
     }
 }
 
@@ -368,14 +592,20 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(weight)?)
 }
 
-/// Cosine and sine tables `(time, width)` for rotary embeddings, each half
-/// repeated as Hugging Face's "rotate half" layout expects.
-fn rope_tables(c: &LlamaConfig, time: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+/// Cosine and sine tables `(time, width)` for rotary embeddings of the
+/// positions `start..start + time`, each half repeated as Hugging Face's
+/// "rotate half" layout expects.
+fn rope_tables(
+    c: &LlamaConfig,
+    start: usize,
+    time: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let width = c.head_width();
     let half = width / 2;
     let mut cos = Vec::with_capacity(time * width);
     let mut sin = Vec::with_capacity(time * width);
-    for pos in 0..time {
+    for pos in start..start + time {
         for j in 0..width {
             let freq = c.rope_theta.powf(-((2 * (j % half)) as f64) / width as f64);
             let angle = pos as f64 * freq;
@@ -407,10 +637,14 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
     Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, w))?.reshape((b, kv * n, t, w))?)
 }
 
-/// `(time, time)`: 0 on and below the diagonal, minus infinity above.
-fn causal_mask(time: usize, device: &Device) -> Result<Tensor> {
+/// `(time, past + time)` for `time` new positions after `past` cached
+/// ones: 0 where a new position may attend (every earlier or equal
+/// position), minus infinity after it.
+fn causal_mask(time: usize, past: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> = (0..time)
-        .flat_map(|i| (0..time).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..past + time).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+        })
         .collect();
-    Ok(Tensor::from_vec(mask, (time, time), device)?.to_dtype(DType::F32)?)
+    Ok(Tensor::from_vec(mask, (time, past + time), device)?.to_dtype(DType::F32)?)
 }

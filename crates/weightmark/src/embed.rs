@@ -18,8 +18,8 @@ use crate::pattern::TensorStreams;
 use crate::progress::Progress;
 use crate::provenance::certificate::RELEASE_PREDICATE_TYPE;
 use crate::provenance::{
-    sign_statement, CertifiedTensor, Envelope, HeadSketchRecord, NeuronSketchRecord, ReleaseFile,
-    ReleasePredicate, SketchRecord, Statement, Subject, Tool, STATEMENT_TYPE,
+    sign_statement, Certificate, CertifiedTensor, Envelope, HeadSketchRecord, NeuronSketchRecord,
+    ReleaseFile, ReleasePredicate, SketchRecord, Statement, Subject, Tool, STATEMENT_TYPE,
     TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
@@ -253,6 +253,9 @@ struct Marking<'o> {
     ss2: Option<Ss2Marking>,
     results: Mutex<BTreeMap<String, (Fidelity, Stats, Stats)>>,
     originals: Mutex<Vec<(String, Sha256Digest)>>,
+    /// The fingerprinted release being marked ([`embed_superseding`]), and
+    /// the unmarked original's tensor root its keys are bound to.
+    base: Option<(&'o Certificate, [u8; 32])>,
 }
 
 /// What `ss2` needs beyond `ss1`: canonical coordinates, the recipient
@@ -274,14 +277,23 @@ struct Ss2Marking {
 }
 
 impl<'o> Marking<'o> {
-    fn new(model: &Model, key: &SecretKey, options: &'o EmbedOptions<'o>) -> Result<Self> {
+    fn new(
+        model: &Model,
+        key: &SecretKey,
+        options: &'o EmbedOptions<'o>,
+        base: Option<&'o Certificate>,
+    ) -> Result<Self> {
         check_options(options)?;
+        let base = base.map(|b| check_superseded(model, key, options, b).map(|root| (b, root)));
+        let base = base.transpose()?;
         let selected = select(model, &options.selection)?;
         let (mark_key, ss2) = match options.scheme {
             Scheme::Ss1 => (key.mark_key(&options.label, options.recipient.as_deref()), None),
             Scheme::Ss2 => {
                 let original_digests = crate::digest::model_tensor_digests(model);
-                let root = tensor_root(&original_digests);
+                // A fingerprinted release's keys are bound to the original
+                // its fingerprint was planted in, like its fingerprint key.
+                let root = base.map_or_else(|| tensor_root(&original_digests), |(_, r)| r);
                 let (release, recipient) =
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
                 let strengths = Strengths::split(options.strength, recipient.is_some());
@@ -320,6 +332,7 @@ impl<'o> Marking<'o> {
             mark_key,
             results: Mutex::new(BTreeMap::new()),
             originals: Mutex::new(Vec::new()),
+            base,
         })
     }
 
@@ -412,7 +425,7 @@ impl<'o> Marking<'o> {
             .collect();
         let options = self.options;
         let ss2 = self.ss2.as_ref();
-        let predicate = ReleasePredicate {
+        let mut predicate = ReleasePredicate {
             scheme: options.scheme.name().to_string(),
             strength: options.strength,
             label: options.label.clone(),
@@ -447,6 +460,11 @@ impl<'o> Marking<'o> {
             fingerprint: None,
             supersedes: None,
         };
+        if let Some((base, root)) = self.base {
+            predicate.original_tensor_root = hex(&root);
+            predicate.fingerprint.clone_from(&base.predicate().fingerprint);
+            predicate.supersedes = Some(base.digest.clone());
+        }
         Marked { tensors, fidelity, blind, informed, predicate }
     }
 }
@@ -492,14 +510,85 @@ pub fn embed(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<EmbedReport> {
+    embed_marking(model, out, key, options, None)
+}
+
+/// Marks a fingerprinted model, the release `base` certifies (the
+/// certificate `fingerprint plant` signed for an unmarked model, its
+/// signature checked with the owner's key), and writes it to `out`, as
+/// [`embed`] does. The new certificate covers both: the mark's fields, the
+/// fingerprint record copied from `base`, `supersedes` set to the SHA-256 of
+/// `base`'s file, and `original_tensor_root` kept from `base` (the original
+/// the fingerprint was planted in; the `ss2` keys are bound to it, as the
+/// fingerprint key is). Label and recipient must be `base`'s. Refused: a
+/// `base` signed by another key, one that already carries a mark or no
+/// fingerprint, and a `model` that is not the release `base` certifies.
+/// `base`'s file is never touched; the caller writes the new certificate
+/// elsewhere.
+pub fn embed_superseding(
+    model: &Model,
+    out: &Path,
+    key: &SecretKey,
+    options: &EmbedOptions<'_>,
+    base: &Certificate,
+) -> Result<EmbedReport> {
+    embed_marking(model, out, key, options, Some(base))
+}
+
+fn embed_marking(
+    model: &Model,
+    out: &Path,
+    key: &SecretKey,
+    options: &EmbedOptions<'_>,
+    base: Option<&Certificate>,
+) -> Result<EmbedReport> {
     // Before any work: an output that may not be replaced, or a directory
     // that cannot take it, is refused now rather than after the marking.
     crate::io::check_output(&crate::model::resolve_output(model, out)?, options.overwrite)?;
-    let marking = Marking::new(model, key, options)?;
+    let marking = Marking::new(model, key, options, base)?;
     let transform = |t: &TensorRef<'_>| marking.mark(t);
     let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
     let written = write_model(model, out, &transform, &write_options)?;
     certify_written(model, key, marking, written)
+}
+
+/// Checks that `base` is a fingerprinted, unmarked release of `model` that
+/// `key` signed, under the label and recipient of `options`; returns the
+/// tensor root its fingerprint key is bound to. Errors name `base`'s file.
+fn check_superseded(
+    model: &Model,
+    key: &SecretKey,
+    options: &EmbedOptions<'_>,
+    base: &Certificate,
+) -> Result<[u8; 32]> {
+    let bad = |reason: String| Error::Certificate { path: base.path.clone(), reason };
+    let p = base.predicate();
+    let signer = key.public_key().key_id();
+    if p.signer != signer {
+        return Err(bad(format!(
+            "signed by key {}, not by this key {signer}: only the owner can extend it",
+            p.signer
+        )));
+    }
+    if p.has_mark() {
+        return Err(bad(format!(
+            "this release already carries a weight mark (scheme {}); mark the unmarked model",
+            p.scheme.escape_debug()
+        )));
+    }
+    if p.fingerprint.is_none() {
+        return Err(bad("this release carries no fingerprint to keep".into()));
+    }
+    if p.label != options.label || p.recipient != options.recipient {
+        return Err(bad(format!(
+            "the release is labelled '{}' with recipient {}: mark it under the same label and \
+             recipient",
+            p.label.escape_debug(),
+            p.recipient.as_deref().map_or("none".into(), |r| format!("'{}'", r.escape_debug()))
+        )));
+    }
+    crate::fingerprint::check_base(model, base)?;
+    p.original_root().map_err(|e| bad(e.to_string()))
 }
 
 /// Issues the certificate of a copy without writing it: marks `model` with
@@ -518,7 +607,7 @@ pub fn issue(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<EmbedReport> {
-    let marking = Marking::new(model, key, options)?;
+    let marking = Marking::new(model, key, options, None)?;
     let transform = |t: &TensorRef<'_>| marking.mark(t);
     let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
     let written = crate::model::digest_model(model, out, &transform, &write_options)?;
@@ -577,7 +666,7 @@ pub fn embed_in_memory(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<MemoryEmbedding> {
-    let marking = Marking::new(model, key, options)?;
+    let marking = Marking::new(model, key, options, None)?;
     let total: u64 = model.data_bytes();
     options.progress.start("marking", total);
     let mut tensors = Vec::new();

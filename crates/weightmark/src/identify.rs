@@ -31,13 +31,18 @@ pub struct Candidates {
     /// Certificates signed by the owner's key and made with it, in file-name order.
     pub candidates: Vec<Candidate>,
     /// Files left out, with the reason (another signer, not a certificate,
-    /// signed by this key but made with another mark key, unknown scheme).
+    /// signed by this key but made with another mark key, unknown scheme, a
+    /// fingerprint-only release, a certificate superseded by another one of
+    /// the directory).
     pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Reads every `*.json` file of `dir` and keeps the certificates signed by
 /// `secret`'s public key whose commitment matches the mark key derived from
-/// it. A directory with none is an error naming the directory and the key id.
+/// it. Fingerprint-only releases (no weight mark) and certificates that
+/// another certificate of `dir` supersedes (the same mark) are skipped with
+/// the reason. A directory with none left is an error naming the directory
+/// and the key id.
 pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
     let public = secret.public_key();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -46,10 +51,16 @@ pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         let loaded = load_certificate(&path, &public).and_then(|certificate| {
+            if !certificate.predicate().has_mark() {
+                return Err(Error::invalid(
+                    "a fingerprint-only release (no weight mark to test; its fingerprint is \
+                     checked by asking the model)",
+                ));
+            }
             Ok((Target::from_certificate(&certificate, secret)?, certificate))
         });
         match loaded {
@@ -57,6 +68,25 @@ pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
             Err(e) => skipped.push((path, e.to_string())),
         }
     }
+    // A certificate superseded by another one here (a fingerprint planted in
+    // a marked release) certifies the same mark: test the release once.
+    let newer: Vec<(String, PathBuf)> = candidates
+        .iter()
+        .filter_map(|c| {
+            let old = c.certificate.predicate().supersedes.clone()?;
+            Some((old, c.certificate.path.clone()))
+        })
+        .collect();
+    candidates.retain(|c| match newer.iter().find(|(old, _)| *old == c.certificate.digest) {
+        None => true,
+        Some((_, by)) => {
+            skipped.push((
+                c.certificate.path.clone(),
+                format!("superseded by {} (the same release's mark, tested once)", by.display()),
+            ));
+            false
+        }
+    });
     if candidates.is_empty() {
         return Err(Error::Certificate {
             path: dir.to_path_buf(),

@@ -92,8 +92,8 @@ pub use detect::{
 pub use digest::{hex, model_file_digests, model_tensor_digests, tensor_root, Sha256Digest};
 pub use dtype::{decode_f64, Dtype};
 pub use embed::{
-    certify, embed, embed_in_memory, issue, normalize_created, EmbedOptions, EmbedReport,
-    MemoryEmbedding, TensorSummary, MAX_STRENGTH,
+    certify, embed, embed_in_memory, embed_superseding, issue, normalize_created, EmbedOptions,
+    EmbedReport, MemoryEmbedding, TensorSummary, MAX_STRENGTH,
 };
 pub use error::{Error, FormatError, Result};
 pub use heads::HeadSketch;
@@ -116,7 +116,7 @@ pub use progress::{NoProgress, Progress};
 pub use provenance::{
     load_certificate, load_certificate_unverified, Certificate, ReleasePredicate,
 };
-pub use release::{check_release_paths, default_certificate_path};
+pub use release::{check_release_paths, check_superseding_path, default_certificate_path};
 pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };

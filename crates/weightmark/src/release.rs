@@ -70,6 +70,20 @@ pub fn check_release_paths(
     Ok(())
 }
 
+/// Refuses a new `certificate` path that names the certificate it
+/// supersedes: the superseded certificate is never overwritten, with or
+/// without permission to replace outputs.
+pub fn check_superseding_path(certificate: &Path, superseded: &Path) -> Result<()> {
+    if same_file(certificate, superseded) {
+        return Err(Error::invalid(format!(
+            "{}: the new certificate would replace the one it supersedes; choose another \
+             certificate path (the old certificate is never overwritten)",
+            certificate.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Whether two paths name the same file (resolving links where they exist).
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {

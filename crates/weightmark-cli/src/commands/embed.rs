@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use weightmark::provenance::envelope_to_string;
+use weightmark::Selection;
 use weightmark::{check_release_paths, default_certificate_path, resolve_output};
-use weightmark::{embed, EmbedOptions, Model, SecretKey, Selection};
+use weightmark::{embed, embed_superseding, load_certificate, EmbedOptions, Model, SecretKey};
 use weightmark::{p_value_bound, z_for_p};
 use weightmark::{prepare_outputs, write_new, Overwrite};
 
@@ -56,14 +57,26 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let destination = resolve_output(&model, &args.output)?;
     let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
     check_release_paths(&model, &args.release.key, &destination, &cert_path)?;
+    if let Some(old) = &args.supersedes {
+        weightmark::check_superseding_path(&cert_path, old)?;
+    }
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;
+    let base = args.supersedes.as_deref().map(|p| load_certificate(p, &key.public_key()));
+    let base = base.transpose()?;
     let bar = Bar::new();
-    let options = options(&args.release, &model, created, &bar, overwrite)?;
+    let mut options = options(&args.release, &model, created, &bar, overwrite)?;
+    if let Some(b) = &base {
+        options.label.clone_from(&b.predicate().label);
+        options.recipient.clone_from(&b.predicate().recipient);
+    }
     let label = options.label.clone();
-    let report = embed(&model, &args.output, &key, &options)
-        .map_err(crate::force_hint)
-        .with_context(|| format!("could not mark {}", crate::format::path(&args.model)))?;
+    let report = match &base {
+        None => embed(&model, &args.output, &key, &options),
+        Some(b) => embed_superseding(&model, &args.output, &key, &options, b),
+    }
+    .map_err(crate::force_hint)
+    .with_context(|| format!("could not mark {}", crate::format::path(&args.model)))?;
     write_new(&cert_path, &envelope_to_string(&report.certificate)?, overwrite)
         .map_err(crate::force_hint)
         .context("the marked model was written, but its certificate could not be")?;
@@ -85,7 +98,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     outln!(
         "  release: label '{}', recipient {}, strength {}",
         crate::format::safe(&label),
-        args.release
+        options
             .recipient
             .as_deref()
             .map(|r| format!("'{}'", crate::format::safe(r)))
@@ -134,9 +147,17 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         outln!("  not copied: {}", crate::format::safe(&skipped.to_string()));
     }
     outln!(
-        "  certificate: {} (signed by key {})",
+        "  certificate: {} (signed by key {}{})",
         crate::format::path(&cert_path),
-        key.public_key().key_id()
+        key.public_key().key_id(),
+        match (&args.supersedes, &base) {
+            (Some(old), Some(b)) => format!(
+                "; covers the mark and the fingerprint of {}, which it supersedes (sha256 {})",
+                crate::format::path(old),
+                b.digest
+            ),
+            _ => String::new(),
+        }
     );
     Ok(Outcome::Success)
 }

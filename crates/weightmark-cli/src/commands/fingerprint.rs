@@ -61,15 +61,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
     let cert_path = args.out_cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
     check_release_paths(&model, &args.key, &destination, &cert_path)?;
     if let Some(old) = &args.cert {
-        let same = std::path::absolute(old)? == std::path::absolute(&cert_path)?
-            || old.canonicalize().ok() == cert_path.canonicalize().ok();
-        if same {
-            bail!(
-                "{}: the new certificate would replace the one it supersedes; choose another \
-                 --out-cert (the old certificate is never overwritten)",
-                crate::format::path(&cert_path)
-            );
-        }
+        weightmark::check_superseding_path(&cert_path, old)?;
     }
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;

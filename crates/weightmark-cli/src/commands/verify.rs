@@ -3,9 +3,10 @@
 
 use serde_json::json;
 use weightmark::provenance::{
-    verify_file, IdentificationPredicate, ModelCheck, Verified, VerifiedKind,
+    check_chain, verify_file, ChainLink, IdentificationPredicate, ModelCheck, Verified,
+    VerifiedKind,
 };
-use weightmark::{Error, Model, PublicKey};
+use weightmark::{load_certificate, Error, Model, PublicKey};
 
 use crate::cli::VerifyArgs;
 use crate::format::safe;
@@ -31,12 +32,73 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
         Err(e) => return Err(e.into()),
     };
     let model_ok = verified.model_matches();
+    let chain = chain(args, &verified, &public)?;
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&verified.to_json(&args.file))?);
+        let mut v = verified.to_json(&args.file);
+        if let Some(c) = &chain {
+            v["chain"] = match c {
+                Ok(links) => json!({"valid": true, "certificates": links.iter().map(|l| json!({
+                    "file": l.path.display().to_string(),
+                    "sha256": l.sha256,
+                    "mark": l.mark,
+                    "fingerprint": l.fingerprint,
+                })).collect::<Vec<_>>()}),
+                Err(reason) => json!({"valid": false, "reason": reason}),
+            };
+            if c.is_err() {
+                v["valid"] = json!(false);
+            }
+        }
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print(args, &verified)?;
+        match &chain {
+            Some(Ok(links)) => {
+                outln!("CHAIN VALID: {} certificates, newest first:", links.len());
+                for l in links {
+                    outln!(
+                        "  {} (sha256 {}): {}",
+                        crate::format::path(&l.path),
+                        l.sha256,
+                        match (&l.mark, l.fingerprint) {
+                            (Some(m), true) => format!("mark {}, fingerprint", safe(m)),
+                            (Some(m), false) => format!("mark {}", safe(m)),
+                            (None, true) => "fingerprint".into(),
+                            (None, false) => "nothing certified".into(),
+                        }
+                    );
+                }
+            }
+            Some(Err(reason)) => outln!("CHAIN INVALID: {reason}"),
+            None => {}
+        }
     }
-    Ok(if model_ok { Outcome::Success } else { Outcome::Negative })
+    let chain_ok = !matches!(chain, Some(Err(_)));
+    Ok(if model_ok && chain_ok { Outcome::Success } else { Outcome::Negative })
+}
+
+/// With `--chain`: the chain of the certificate `verified` is, checked
+/// (`Ok(Err(reason))` when it is broken: exit 1); `None` without `--chain`.
+/// Chain files that cannot be read or are not signed by `public` are input
+/// errors (exit 2).
+fn chain(
+    args: &VerifyArgs,
+    verified: &Verified,
+    public: &PublicKey,
+) -> anyhow::Result<Option<Result<Vec<ChainLink>, String>>> {
+    if args.chain.is_empty() {
+        return Ok(None);
+    }
+    if !matches!(verified.kind, VerifiedKind::Certificate(_)) {
+        anyhow::bail!(
+            "{}: only a release certificate has a chain (--chain)",
+            crate::format::path(&args.file)
+        );
+    }
+    let newest = load_certificate(&args.file, public)?;
+    let earlier =
+        args.chain.iter().map(|p| load_certificate(p, public)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(check_chain(&newest, &earlier).map_err(|e| e.to_string())))
 }
 
 fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
@@ -67,6 +129,9 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
             }
             if let Some(old) = &p.supersedes {
                 outln!("  supersedes the certificate with SHA-256 {}", safe(old));
+                if args.chain.is_empty() {
+                    outln!("  (give the earlier certificate with --chain to check the chain)");
+                }
             }
         }
         VerifiedKind::FingerprintCheck(s) => {

@@ -31,6 +31,12 @@ pub const CHECK_PREDICATE_TYPE: &str = "https://weightmark.dev/fingerprint-check
 pub trait Asker {
     /// The suspect's raw answer to `trigger`.
     fn ask(&mut self, trigger: &str) -> Result<String>;
+
+    /// The suspect's raw answers to `triggers`, in order. One at a time by
+    /// default; a local model answers them in one batch.
+    fn ask_all(&mut self, triggers: &[&str]) -> Result<Vec<String>> {
+        triggers.iter().map(|t| self.ask(t)).collect()
+    }
 }
 
 /// How a check asks.
@@ -106,9 +112,14 @@ pub fn check(
     let pairs = key.pairs(count)?;
     let which = asked(key, count, options.per_check, options.round)?;
     let chosen: Vec<&Pair> = which.iter().filter_map(|&i| pairs.get(i)).collect();
-    let mut answers = Vec::with_capacity(chosen.len());
-    for p in &chosen {
-        answers.push(asker.ask(&p.trigger)?);
+    let triggers: Vec<&str> = chosen.iter().map(|p| p.trigger.as_str()).collect();
+    let answers = asker.ask_all(&triggers)?;
+    if answers.len() != triggers.len() {
+        return Err(Error::invalid(format!(
+            "{} answers to {} triggers",
+            answers.len(),
+            triggers.len()
+        )));
     }
     let score = score(&chosen, &answers)?;
     let asked = chosen

@@ -5,6 +5,7 @@
 //! * [`envelope`]: the DSSE envelope, its pre-authentication encoding,
 //!   signing and signature checks.
 //! * [`certificate`]: the release certificate written by `embed`.
+//! * [`chain`]: following a certificate back through the ones it supersedes.
 //! * [`report`]: the detection report written by `detect --report`.
 //! * [`identification`]: the identification report written by
 //!   `identify --report`: every certificate tested, with the correction.
@@ -15,6 +16,7 @@
 //! `docs/formats.md` specifies every byte.
 
 pub mod certificate;
+pub mod chain;
 pub mod envelope;
 pub mod identification;
 pub mod report;
@@ -25,6 +27,7 @@ pub use certificate::{
     load_certificate, load_certificate_unverified, Certificate, CertifiedTensor, HeadSketchRecord,
     NeuronSketchRecord, ReleaseFile, ReleasePredicate, SketchRecord,
 };
+pub use chain::{check_chain, ChainLink};
 pub use envelope::{
     envelope_to_string, pae, parse_envelope, sign_statement, verify_envelope, Envelope,
     EnvelopeSignature, Statement, Subject, Tool, PAYLOAD_TYPE, STATEMENT_TYPE,
