@@ -49,6 +49,19 @@ pub struct CommittedReport {
     pub file: String,
 }
 
+impl CommittedReport {
+    /// The report's bytes, checked against the SHA-256 it cites.
+    fn bytes(&self) -> std::result::Result<Vec<u8>, String> {
+        let bytes = BASE64
+            .decode(&self.file)
+            .map_err(|_| "the committing report inside is not base64".to_string())?;
+        if hex(&Sha256::digest(&bytes)) != self.sha256 {
+            return Err("the committing report inside does not have the SHA-256 it cites".into());
+        }
+        Ok(bytes)
+    }
+}
+
 /// The predicate of a reveal statement.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RevealPredicate {
@@ -228,12 +241,7 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
     if hex(&mark_key.commitment()) != p.mark_key_commitment {
         return Err(bad("the revealed mark key does not match the commitment it states".into()));
     }
-    let report_bytes = BASE64
-        .decode(&p.report.file)
-        .map_err(|_| bad("the committing report inside is not base64".into()))?;
-    if hex(&Sha256::digest(&report_bytes)) != p.report.sha256 {
-        return Err(bad("the committing report inside does not have the SHA-256 it cites".into()));
-    }
+    let report_bytes = p.report.bytes().map_err(bad)?;
     check_committed(&statement, &report_bytes, path, owner, Disclosed::Mark)?;
     Ok(Reveal { path: path.to_path_buf(), digest, mark_key, statement: Some(statement) })
 }
@@ -301,12 +309,7 @@ pub fn load_fingerprint_reveal(path: &Path, owner: &PublicKey) -> Result<Fingerp
     if hex(&key.commitment()) != p.mark_key_commitment {
         return Err(bad("the revealed key does not match the commitment it states".into()));
     }
-    let report_bytes = BASE64
-        .decode(&p.report.file)
-        .map_err(|_| bad("the committing report inside is not base64".into()))?;
-    if hex(&Sha256::digest(&report_bytes)) != p.report.sha256 {
-        return Err(bad("the committing report inside does not have the SHA-256 it cites".into()));
-    }
+    let report_bytes = p.report.bytes().map_err(bad)?;
     check_committed(&statement, &report_bytes, path, owner, Disclosed::Fingerprint)?;
     Ok(FingerprintReveal { path: path.to_path_buf(), digest, key, statement })
 }
