@@ -421,13 +421,38 @@ pub struct DetectArgs {
     /// nor the owner's.
     #[arg(long = "builds-on-pub", value_name = "PUB", requires = "builds_on")]
     pub builds_on_public: Option<PathBuf>,
-    /// Replace an existing --report file. Without it, an existing report is
-    /// refused before detection starts.
-    #[arg(long, requires = "report")]
+    /// Replace an existing --report, --plan-out or --part-out file. Without
+    /// it, an existing one is refused before detection starts.
+    #[arg(long)]
     pub force: bool,
+    /// Split detection, step 1 of 3: write the plan every part reads (the
+    /// suspect's files, and for ss2 its canonical order and detection
+    /// weights) to PLAN and stop. Needs --cert; blind only.
+    #[arg(long = "plan-out", value_name = "PLAN", requires = "cert",
+          conflicts_with_all = ["plan", "original", "report", "json"])]
+    pub plan_out: Option<PathBuf>,
+    /// Split detection, steps 2 and 3: the plan written by --plan-out.
+    #[arg(long, value_name = "PLAN", requires = "cert", conflicts_with = "original")]
+    pub plan: Option<PathBuf>,
+    /// Split detection, step 2: test part I of N of the suspect's files
+    /// (I from 0, as $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX count)
+    /// and write its partial sums to --part-out. A revealed key
+    /// (--mark-key) is enough; no owner secret is needed.
+    #[arg(long, value_name = "I/N", requires_all = ["plan", "part_out"],
+          conflicts_with_all = ["report", "json"])]
+    pub part: Option<weightmark::split::PartSpec>,
+    /// Where --part writes the part's partial sums.
+    #[arg(long = "part-out", value_name = "PART", requires = "part")]
+    pub part_out: Option<PathBuf>,
+    /// Split detection, step 3: combine these part files (every part once)
+    /// into the verdict one detect over the whole suspect gives, bit for
+    /// bit; --report signs it. No SUSPECT is read.
+    #[arg(long, value_name = "PART", num_args = 1.., requires = "plan",
+          conflicts_with_all = ["part", "suspect"])]
+    pub combine: Vec<PathBuf>,
     /// The suspect model: a .safetensors file or a model directory.
-    #[arg(value_name = "SUSPECT")]
-    pub suspect: PathBuf,
+    #[arg(value_name = "SUSPECT", required_unless_present = "combine")]
+    pub suspect: Option<PathBuf>,
 }
 
 /// `weightmark verify`.

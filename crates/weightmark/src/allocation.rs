@@ -185,7 +185,7 @@ impl TensorWeights {
 /// The multipliers of every tensor an allocation touches, by name.
 #[derive(Clone, Debug, Default)]
 pub struct ModelWeights {
-    tensors: HashMap<String, TensorWeights>,
+    pub(crate) tensors: HashMap<String, TensorWeights>,
 }
 
 impl ModelWeights {

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
-use crate::digest::{hex, model_tensor_digests_with, tensor_digest, tensor_root, Sha256Digest};
+use std::collections::HashSet;
+
+use crate::digest::{hex, tensor_digest, tensor_digests_of, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::heads::{HeadMap, HeadSketch};
 use crate::key::{MarkKey, SecretKey};
@@ -357,6 +359,229 @@ pub fn detect_many(
     targets: &[&Target],
     options: &DetectOptions<'_>,
 ) -> Result<Vec<Detection>> {
+    let partial = detect_scoped(suspect, original, targets, options, &Scope::Whole)?;
+    let tested: Vec<Tested> = targets.iter().map(|t| Tested::of(t)).collect();
+    Ok(partial.finish(&tested, options.threshold_p))
+}
+
+/// What summing a target's statistics needs to know of it.
+#[derive(Clone, Copy)]
+pub(crate) struct Tested {
+    /// Its scheme.
+    pub(crate) scheme: Scheme,
+    /// Whether its recipient component was tested.
+    pub(crate) recipient: bool,
+}
+
+impl Tested {
+    /// Of `target`.
+    pub(crate) fn of(target: &Target) -> Tested {
+        Tested { scheme: target.scheme, recipient: target.recipient_key.is_some() }
+    }
+}
+
+/// Which tensors one run tests and hashes: the whole suspect, or one part
+/// of a split run ([`crate::split`]) with the suspect-wide inputs its plan
+/// computed once.
+pub(crate) enum Scope<'a> {
+    /// Every tensor; the suspect-wide inputs are computed here.
+    Whole,
+    /// The tensors named (those of the part's files), with the plan's
+    /// suspect-wide inputs. Blind detection only.
+    Part {
+        /// The plan's canonical orders and allocation multipliers.
+        globals: &'a Globals,
+        /// Names of the tensors in the part.
+        tensors: &'a HashSet<String>,
+    },
+}
+
+impl Scope<'_> {
+    /// Whether this run tests and hashes tensor `name`.
+    fn covers(&self, name: &str) -> bool {
+        match self {
+            Scope::Whole => true,
+            Scope::Part { tensors, .. } => tensors.contains(name),
+        }
+    }
+}
+
+/// What a detection needs from the whole suspect before any tensor is
+/// tested, computed from the weights and the targets' public sketches (never
+/// from a key): the original's canonical order (informed), each `ss2`
+/// target's order of the suspect, and the allocation multipliers.
+pub(crate) struct Globals {
+    /// The original's canonical order (empty for blind detection).
+    pub(crate) canonical_o: Canonical,
+    /// The suspect's canonical orders.
+    pub(crate) orders: SuspectOrders,
+    /// Detection weights, one set per allocation in use.
+    pub(crate) allocations: Vec<(Allocation, ModelWeights)>,
+}
+
+impl Globals {
+    /// The inputs for testing the tensors `planned` of `suspect` under `targets`.
+    pub(crate) fn of(
+        suspect: &Model,
+        original: Option<&Model>,
+        targets: &[&Target],
+        planned: &[String],
+    ) -> Globals {
+        // Canonical coordinates (ss2) come from the weights and the
+        // certificate's public sketch of the original, never the key.
+        let any_ss2 = targets.iter().any(|t| t.scheme == Scheme::Ss2);
+        let canonical_o = match (any_ss2, original) {
+            (true, Some(o)) => Canonical::of(o),
+            _ => Canonical::default(),
+        };
+        let sketch_o = original.and_then(|o| ResidualSketch::of(o, &canonical_o));
+        let neurons_o = original.and_then(|o| NeuronSketch::of(o, &canonical_o));
+        let heads_o = original.and_then(|o| HeadSketch::of(o, &canonical_o));
+        let originals = OriginalSketches {
+            residual: sketch_o.as_ref(),
+            neurons: neurons_o.as_ref(),
+            heads: heads_o.as_ref(),
+        };
+        let orders = SuspectOrders::new(suspect, original, targets, originals, &canonical_o);
+        // Allocation multipliers (detection weights) from the suspect's own
+        // weights, one set per allocation in use.
+        let mut allocations: Vec<(Allocation, ModelWeights)> = Vec::new();
+        for target in targets.iter().filter(|t| t.scheme == Scheme::Ss2) {
+            if !allocations.iter().any(|(a, _)| *a == target.allocation) {
+                let weights = ModelWeights::of(suspect, planned, target.allocation);
+                allocations.push((target.allocation, weights));
+            }
+        }
+        Globals { canonical_o, orders, allocations }
+    }
+}
+
+/// The tensors of a detection, each with its original's and the targets
+/// that test it, in order of first appearance.
+type Planned<'m> = Vec<(TensorRef<'m>, Option<TensorRef<'m>>, Vec<usize>)>;
+
+/// Matches every target's tensors to the suspect's (and the original's)
+/// from the headers alone: the tensors to test, in order of first
+/// appearance, and per target those left out with the reason.
+pub(crate) fn test_plan<'m>(
+    suspect: &'m Model,
+    original: Option<&'m Model>,
+    targets: &[&Target],
+) -> (Planned<'m>, Vec<Vec<Skipped>>) {
+    let mut skipped: Vec<Vec<Skipped>> = vec![Vec::new(); targets.len()];
+    // Tensor name -> (suspect tensor, original tensor, targets that test it), in
+    // order of first appearance.
+    let mut plan: Planned<'m> = Vec::new();
+    for (ti, target) in targets.iter().enumerate() {
+        let wanted: Vec<(String, Option<Vec<usize>>)> = match &target.tensors {
+            Some(list) => list.iter().map(|(n, s)| (n.clone(), Some(s.clone()))).collect(),
+            None => suspect
+                .tensors()
+                .filter(is_default_selected)
+                .map(|t| (t.name.to_string(), None))
+                .collect(),
+        };
+        let mut seen = HashSet::new();
+        for (name, shape) in &wanted {
+            // A tensor counted twice would inflate z; test each once.
+            if !seen.insert(name.as_str()) {
+                skipped[ti].push(Skipped { name: name.clone(), reason: "listed twice".into() });
+                continue;
+            }
+            match check_tensor(suspect, original, name, shape.as_deref()) {
+                Err(reason) => skipped[ti].push(Skipped { name: name.clone(), reason }),
+                Ok((t, o)) => match plan.iter_mut().find(|(p, _, _)| p.name == t.name) {
+                    Some((_, _, users)) => users.push(ti),
+                    None => plan.push((t, o, vec![ti])),
+                },
+            }
+        }
+    }
+    (plan, skipped)
+}
+
+/// The per-tensor outcome of a detection before it is summed: what a part
+/// of a split run writes, and what [`Partial::finish`] turns into
+/// [`Detection`]s (one per target).
+pub(crate) struct Partial {
+    /// Blind or informed.
+    pub(crate) mode: Mode,
+    /// Per target, its tested tensors in test order.
+    pub(crate) tensors: Vec<Vec<TensorResult>>,
+    /// Per target, the statistics of its recipient component per tensor,
+    /// in test order (independent components only).
+    pub(crate) recipients: Vec<Vec<(String, Stats)>>,
+    /// Per target, its coded recipient component, scored.
+    pub(crate) coded: Vec<Option<ComponentResult>>,
+    /// Per target, the tensors it left out.
+    pub(crate) skipped: Vec<Vec<Skipped>>,
+    /// Digests of the tensors covered, in model order.
+    pub(crate) digests: Vec<(String, Sha256Digest)>,
+    /// Transforms undone before testing.
+    pub(crate) realigned: Vec<String>,
+}
+
+impl Partial {
+    /// The detections: per-tensor statistics summed in test order (the same
+    /// additions whether they came from one run or from the parts of a
+    /// split one), the suspect's tensor root over `digests`.
+    pub(crate) fn finish(self, targets: &[Tested], threshold_p: f64) -> Vec<Detection> {
+        let suspect_digest = hex(&tensor_root(&self.digests));
+        let Partial { mode, tensors, recipients, coded, skipped, digests, realigned } = self;
+        tensors
+            .into_iter()
+            .zip(skipped)
+            .zip(recipients.into_iter().zip(coded))
+            .zip(targets)
+            .map(|(((tensors, skipped), (recipient, coded)), target)| {
+                let total = tensors.iter().fold(Stats::default(), |acc, r| {
+                    acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
+                });
+                let recipient =
+                    recipient.iter().fold(Stats::default(), |acc, (_, s)| acc.merge(*s));
+                let z = total.z();
+                let p_value = p_value_bound(z);
+                Detection {
+                    detected: p_value <= threshold_p,
+                    mode,
+                    scheme: target.scheme.name().to_string(),
+                    z,
+                    p_value,
+                    p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
+                    recipient_component: coded
+                        .or_else(|| target.recipient.then(|| ComponentResult::of(recipient))),
+                    log10_p_value: log10_p_bound(z),
+                    certificates_tested: 1,
+                    adjusted_p_value: p_value,
+                    log10_adjusted_p_value: log10_p_bound(z),
+                    threshold_p,
+                    elements: total.elements,
+                    s: total.s,
+                    v: total.v,
+                    tensors,
+                    skipped,
+                    suspect_digest: suspect_digest.clone(),
+                    realigned: realigned.clone(),
+                    suspect_tensor_digests: digests.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// [`detect_many`] over the tensors of `scope`, before summing.
+pub(crate) fn detect_scoped(
+    suspect: &Model,
+    original: Option<&Model>,
+    targets: &[&Target],
+    options: &DetectOptions<'_>,
+    scope: &Scope<'_>,
+) -> Result<Partial> {
+    if matches!(scope, Scope::Part { .. }) && original.is_some() {
+        return Err(Error::invalid(
+            "a split detection is blind: informed detection runs on one machine",
+        ));
+    }
     // With the original at hand, undo function-preserving edits first. The
     // digests below are still those of the suspect as given.
     let realigned = match original {
@@ -375,66 +600,27 @@ pub fn detect_many(
     let original = realigned.as_ref().and_then(|r| r.original.as_ref()).or(original);
     let recovered: Vec<String> =
         realigned.as_ref().map(|r| r.recovered.clone()).unwrap_or_default();
-    let mut skipped: Vec<Vec<Skipped>> = vec![Vec::new(); targets.len()];
-    // Tensor name -> (suspect tensor, original tensor, targets that test it), in
-    // order of first appearance.
-    let mut plan: Vec<(TensorRef<'_>, Option<TensorRef<'_>>, Vec<usize>)> = Vec::new();
-    for (ti, target) in targets.iter().enumerate() {
-        let wanted: Vec<(String, Option<Vec<usize>>)> = match &target.tensors {
-            Some(list) => list.iter().map(|(n, s)| (n.clone(), Some(s.clone()))).collect(),
-            None => suspect
-                .tensors()
-                .filter(is_default_selected)
-                .map(|t| (t.name.to_string(), None))
-                .collect(),
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (name, shape) in &wanted {
-            // A tensor counted twice would inflate z; test each once.
-            if !seen.insert(name.as_str()) {
-                skipped[ti].push(Skipped { name: name.clone(), reason: "listed twice".into() });
-                continue;
-            }
-            match check_tensor(suspect, original, name, shape.as_deref()) {
-                Err(reason) => skipped[ti].push(Skipped { name: name.clone(), reason }),
-                Ok((t, o)) => match plan.iter_mut().find(|(p, _, _)| p.name == t.name) {
-                    Some((_, _, users)) => users.push(ti),
-                    None => plan.push((t, o, vec![ti])),
-                },
-            }
+    let (plan, skipped) = test_plan(suspect, original, targets);
+    let computed;
+    let (globals, plan) = match scope {
+        Scope::Whole => {
+            let planned: Vec<String> = plan.iter().map(|(t, _, _)| t.name.to_string()).collect();
+            computed = Globals::of(suspect, original, targets, &planned);
+            (&computed, plan)
         }
-    }
-
+        Scope::Part { globals, .. } => {
+            let plan: Planned<'_> =
+                plan.into_iter().filter(|(t, _, _)| scope.covers(t.name)).collect();
+            (*globals, plan)
+        }
+    };
+    let Globals { canonical_o, orders, allocations } = globals;
     let planned: u64 = plan.iter().map(|(t, _, _)| t.byte_len() as u64).sum();
-    options.progress.start("detecting", planned + suspect.data_bytes());
-    // Canonical coordinates (ss2) come from the weights and the
-    // certificate's public sketch of the original, never the key.
-    let any_ss2 = targets.iter().any(|t| t.scheme == Scheme::Ss2);
-    let canonical_o = match (any_ss2, original) {
-        (true, Some(o)) => Canonical::of(o),
-        _ => Canonical::default(),
-    };
-    let sketch_o = original.and_then(|o| ResidualSketch::of(o, &canonical_o));
-    let neurons_o = original.and_then(|o| NeuronSketch::of(o, &canonical_o));
-    let heads_o = original.and_then(|o| HeadSketch::of(o, &canonical_o));
-    let originals = OriginalSketches {
-        residual: sketch_o.as_ref(),
-        neurons: neurons_o.as_ref(),
-        heads: heads_o.as_ref(),
-    };
-    let orders = SuspectOrders::new(suspect, original, targets, originals, &canonical_o);
-    // Allocation multipliers (detection weights) from the suspect's own
-    // weights, one set per allocation in use.
-    let planned_names: Vec<String> = plan.iter().map(|(t, _, _)| t.name.to_string()).collect();
-    let mut allocations: Vec<(Allocation, ModelWeights)> = Vec::new();
-    for target in targets.iter().filter(|t| t.scheme == Scheme::Ss2) {
-        if !allocations.iter().any(|(a, _)| *a == target.allocation) {
-            let weights = ModelWeights::of(suspect, &planned_names, target.allocation);
-            allocations.push((target.allocation, weights));
-        }
-    }
+    let hashed_bytes: u64 =
+        given.tensors().filter(|t| scope.covers(t.name)).map(|t| t.byte_len() as u64).sum();
+    options.progress.start("detecting", planned + hashed_bytes);
     let mut results: Vec<Vec<TensorResult>> = vec![Vec::new(); targets.len()];
-    let mut recipients: Vec<Stats> = vec![Stats::default(); targets.len()];
+    let mut recipients: Vec<Vec<(String, Stats)>> = vec![Vec::new(); targets.len()];
     // Coded recipient components: one reading per release, code and order,
     // whatever the number of its recipients tested.
     let mut codes: Vec<CodeReading> = Vec::new();
@@ -471,7 +657,7 @@ pub fn detect_many(
                        o: Option<&TensorRef<'_>>,
                        users: &[usize],
                        results: &mut Vec<Vec<TensorResult>>,
-                       recipients: &mut Vec<Stats>,
+                       recipients: &mut Vec<Vec<(String, Stats)>>,
                        codes: &mut Vec<CodeReading>| {
         let (ss1, ss2): (Vec<usize>, Vec<usize>) =
             users.iter().partition(|&&ti| targets[ti].scheme == Scheme::Ss1);
@@ -548,7 +734,7 @@ pub fn detect_many(
             }
             per_user.extend(group.iter().copied().zip(release_of.iter().map(|&k| stats[k])));
             for (ti, k) in recipient_of {
-                recipients[ti] = recipients[ti].merge(stats[k]);
+                recipients[ti].push((t.name.to_string(), stats[k]));
             }
         }
         per_user.sort_by_key(|(ti, _)| *ti);
@@ -579,10 +765,9 @@ pub fn detect_many(
         hashed.extend(digest.map(|d| (t.name.to_string(), d)));
         options.progress.advance(t.byte_len() as u64);
     }
-    let digests = model_tensor_digests_with(given, &hashed);
-    options.progress.advance(given.data_bytes());
+    let digests = tensor_digests_of(given, &hashed, &|name| scope.covers(name));
+    options.progress.advance(hashed_bytes);
     options.progress.finish();
-    let suspect_digest = hex(&tensor_root(&digests));
     // Each code's group values, biases and scale once; each recipient's
     // score is then one pass over its G bits.
     let scored: Vec<ScoredCode> = codes
@@ -599,44 +784,15 @@ pub fn detect_many(
         let bits = recipient_bits(targets[ti].recipient_key.as_ref()?, biases);
         Some(ComponentResult::of_accusation(accuse(y, biases, &bits, *scale)))
     };
-
-    Ok(results
-        .into_iter()
-        .zip(skipped)
-        .enumerate()
-        .map(|(ti, (tensors, skipped))| {
-            let total = tensors.iter().fold(Stats::default(), |acc, r| {
-                acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
-            });
-            let z = total.z();
-            let p_value = p_value_bound(z);
-            let target = targets[ti];
-            Detection {
-                detected: p_value <= options.threshold_p,
-                mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
-                scheme: target.scheme.name().to_string(),
-                z,
-                p_value,
-                p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
-                recipient_component: coded_component(ti).or_else(|| {
-                    target.recipient_key.as_ref().map(|_| ComponentResult::of(recipients[ti]))
-                }),
-                log10_p_value: log10_p_bound(z),
-                certificates_tested: 1,
-                adjusted_p_value: p_value,
-                log10_adjusted_p_value: log10_p_bound(z),
-                threshold_p: options.threshold_p,
-                elements: total.elements,
-                s: total.s,
-                v: total.v,
-                tensors,
-                skipped,
-                suspect_digest: suspect_digest.clone(),
-                realigned: recovered.clone(),
-                suspect_tensor_digests: digests.clone(),
-            }
-        })
-        .collect())
+    Ok(Partial {
+        mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
+        tensors: results,
+        recipients,
+        coded: (0..targets.len()).map(coded_component).collect(),
+        skipped,
+        digests,
+        realigned: recovered,
+    })
 }
 
 /// One code's group values, biases and `(sigma, rho)`.
@@ -655,10 +811,10 @@ struct CodeReading {
 /// The suspect's canonical residual order for each `ss2` target: matched by
 /// content to the target's sketch (blind) or to the original's (informed),
 /// by magnitude alone without one. Targets with equal sketches share one.
-struct SuspectOrders {
-    orders: Vec<SuspectOrder>,
+pub(crate) struct SuspectOrders {
+    pub(crate) orders: Vec<SuspectOrder>,
     /// Index into `orders` for each target (0 for `ss1` targets, unused).
-    of_target: Vec<usize>,
+    pub(crate) of_target: Vec<usize>,
 }
 
 /// Sketches of the original at hand (informed detection).
@@ -671,14 +827,14 @@ struct OriginalSketches<'a> {
 
 /// One canonical order of the suspect, and for informed detection each
 /// suspect residual channel's counterpart in the original.
-struct SuspectOrder {
-    canonical: Canonical,
-    residual: Option<Vec<usize>>,
+pub(crate) struct SuspectOrder {
+    pub(crate) canonical: Canonical,
+    pub(crate) residual: Option<Vec<usize>>,
     /// For each layer, the canonical index (the original's stored index) of
     /// each suspect neuron.
-    neurons: Vec<Option<Vec<u32>>>,
+    pub(crate) neurons: Vec<Option<Vec<u32>>>,
     /// For each layer, the original head of each suspect attention head.
-    heads: Vec<Option<HeadMap>>,
+    pub(crate) heads: Vec<Option<HeadMap>>,
 }
 
 impl SuspectOrder {

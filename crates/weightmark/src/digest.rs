@@ -85,7 +85,17 @@ pub(crate) fn model_tensor_digests_with(
     model: &Model,
     known: &HashMap<String, Sha256Digest>,
 ) -> Vec<(String, Sha256Digest)> {
-    let tensors: Vec<TensorRef<'_>> = model.tensors().collect();
+    tensor_digests_of(model, known, &|_| true)
+}
+
+/// [`model_tensor_digests_with`] for the tensors `wanted` by name (one part
+/// of a split run), in model order.
+pub(crate) fn tensor_digests_of(
+    model: &Model,
+    known: &HashMap<String, Sha256Digest>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<(String, Sha256Digest)> {
+    let tensors: Vec<TensorRef<'_>> = model.tensors().filter(|t| wanted(t.name)).collect();
     let digest = |t: &TensorRef<'_>| match known.get(t.name) {
         Some(d) => (t.name.to_string(), *d),
         None => (t.name.to_string(), tensor_digest(t)),

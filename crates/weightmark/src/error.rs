@@ -202,6 +202,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A plan or part file of a split detection is malformed, or does not
+    /// fit the others (another plan, model or key; a part missing or twice).
+    #[error("{}: {reason}", path.display())]
+    Split {
+        /// The plan or part file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A signature did not verify.
     #[error("signature does not verify: {reason}")]
     BadSignature {

@@ -76,6 +76,7 @@ mod release;
 mod rng;
 mod scheme;
 mod select;
+pub mod split;
 mod ss2;
 mod stability;
 pub mod synth;

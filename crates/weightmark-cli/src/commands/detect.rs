@@ -10,6 +10,10 @@ use weightmark::{
     SecretKey, Target,
 };
 
+use std::path::PathBuf;
+
+use weightmark::split::{self, detect::DetectPart, detect::DetectPlan};
+
 use crate::cli::DetectArgs;
 use crate::format::{count, p_bound, safe};
 use crate::progress::Bar;
@@ -24,9 +28,9 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         bail!("the recipient is empty: leave -r out to test a release without one");
     }
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
-    if let Some(report) = &args.report {
-        refuse_report_collision(report, args)?;
-        prepare_outputs(&[report.as_path()], overwrite).map_err(crate::force_hint)?;
+    for output in [&args.report, &args.plan_out, &args.part_out].into_iter().flatten() {
+        refuse_report_collision(output, args)?;
+        prepare_outputs(&[output.as_path()], overwrite).map_err(crate::force_hint)?;
     }
     let secret = args.key.as_deref().map(SecretKey::load).transpose()?;
     // Whose signature the certificate (and a reveal) must carry: --pub, else
@@ -56,26 +60,78 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     keys.extend(args.builds_on_public.as_deref().map(PublicKey::load).transpose()?);
     let builds_on = args.builds_on.as_deref().map(|p| load_cited_report(p, &keys)).transpose()?;
 
-    let suspect = Model::open(&args.suspect)?;
-    for warning in &suspect.warnings {
+    let plan = args.plan.as_deref().map(DetectPlan::load).transpose()?;
+    if let (Some(plan), Some(cert)) = (&plan, &cert) {
+        plan.check_certificate(cert)?;
+    }
+    // Split detection, step 3: no suspect is read.
+    let combined = match &plan {
+        Some(plan) if !args.combine.is_empty() => {
+            let parts: Vec<DetectPart> =
+                args.combine.iter().map(|p| DetectPart::load(p)).collect::<Result<_, _>>()?;
+            Some(split::detect::combine(plan, &parts, args.threshold)?)
+        }
+        _ => None,
+    };
+    let suspect_path: PathBuf = match (&args.suspect, &plan) {
+        (Some(path), _) => path.clone(),
+        (None, Some(plan)) => PathBuf::from(plan.suspect()),
+        (None, None) => bail!("give the SUSPECT model"),
+    };
+    let suspect = match &combined {
+        Some(_) => None,
+        None => Some(Model::open(&suspect_path)?),
+    };
+    for warning in suspect.iter().flat_map(|s| &s.warnings) {
         eprintln!(
             "weightmark: warning: {}: {}",
-            crate::format::path(&args.suspect),
+            crate::format::path(&suspect_path),
             crate::format::safe(warning)
         );
     }
     let original = args.original.as_ref().map(Model::open).transpose()?;
     let bar = Bar::new();
     let options = DetectOptions { threshold_p: args.threshold, progress: &bar };
-    let result = detect(&suspect, original.as_ref(), &target, &options)
+    // Split detection, steps 1 and 2: write the plan or the part and stop.
+    if let (Some(out), Some(suspect), Some(cert)) = (&args.plan_out, &suspect, &cert) {
+        let name = suspect_path.display().to_string();
+        let plan = DetectPlan::new(suspect, &name, cert, &target)?;
+        write_new(out, &plan.to_text()?, overwrite).map_err(crate::force_hint)?;
+        outln!(
+            "plan: {} ({} file(s), {} tensor(s) tested); run parts I/N for I = 0..N-1 (N at most \
+             {}) with --plan, then --combine their files",
+            crate::format::path(out),
+            plan.files(),
+            plan.tested(),
+            plan.files()
+        );
+        return Ok(Outcome::Success);
+    }
+    if let (Some(part), Some(out), Some(plan), Some(suspect)) =
+        (args.part, &args.part_out, &plan, &suspect)
+    {
+        let result = DetectPart::run(suspect, plan, &target, part, &options)?;
+        write_new(out, &result.to_text()?, overwrite).map_err(crate::force_hint)?;
+        outln!("part {part}: {}", crate::format::path(out));
+        return Ok(Outcome::Success);
+    }
+    if plan.is_some() && combined.is_none() {
+        bail!("with --plan, give --part I/N (a part) or --combine PART... (the combine step)");
+    }
+    let result = match (&combined, &suspect) {
+        (Some(c), _) => Ok(c.detection.clone()),
+        (None, Some(suspect)) => detect(suspect, original.as_ref(), &target, &options),
+        (None, None) => bail!("give the SUSPECT model"),
+    };
+    let result = result
         .and_then(|d| d.adjusted_for(args.tested))
-        .with_context(|| format!("could not test {}", crate::format::path(&args.suspect)))?;
+        .with_context(|| format!("could not test {}", crate::format::path(&suspect_path)))?;
     if result.nothing_tested() {
         let why: Vec<String> =
             result.skipped.iter().take(3).map(|s| format!("'{}' {}", s.name, s.reason)).collect();
         bail!(
             "{}: nothing could be tested ({} tensor(s) skipped: {}{})",
-            crate::format::path(&args.suspect),
+            crate::format::path(&suspect_path),
             result.skipped.len(),
             why.join("; "),
             if result.skipped.len() > 3 { "; ..." } else { "" }
@@ -91,7 +147,11 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
     }
 
     if let (Some(path), Some(signer)) = (&args.report, &secret) {
-        let suspect_files = model_file_digests(&suspect);
+        let suspect_files = match (&combined, &suspect) {
+            (Some(c), _) => c.suspect_files.clone(),
+            (None, Some(suspect)) => model_file_digests(suspect),
+            (None, None) => Vec::new(),
+        };
         let original_tensor_root =
             original.as_ref().map(|o| hex(&tensor_root(&model_tensor_digests(o))));
         let envelope = build_report(
@@ -123,7 +183,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
                 "certificate_signature_checked".into(),
                 json!(cert.as_ref().map(|c| c.signature_checked)),
             );
-            obj.insert("suspect".into(), json!(args.suspect.display().to_string()));
+            obj.insert("suspect".into(), json!(suspect_path.display().to_string()));
             obj.insert("dispute".into(), json!(dispute));
             obj.insert(
                 "builds_on_signature_checked".into(),
@@ -136,7 +196,7 @@ pub fn run(args: &DetectArgs) -> anyhow::Result<Outcome> {
         }
         outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_table(args, &label, recipient.as_deref(), &result, dispute.as_ref())?;
+        print_table(args, &suspect_path, &label, recipient.as_deref(), &result, dispute.as_ref())?;
         if let (Some(path), Some(r)) = (&args.builds_on, &builds_on) {
             outln!(
                 "builds on: {} ({})",
@@ -192,7 +252,10 @@ const UNCOMMITTED: &str = "the mark key is NOT committed to this suspect (a bare
 fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyhow::Result<()> {
     let target = std::path::absolute(report)?;
     let target = target.canonicalize().unwrap_or(target);
-    let mut inputs: Vec<&std::path::Path> = vec![&args.suspect];
+    let mut inputs: Vec<&std::path::Path> = Vec::new();
+    inputs.extend(args.suspect.as_deref());
+    inputs.extend(args.plan.as_deref());
+    inputs.extend(args.combine.iter().map(PathBuf::as_path));
     inputs.extend(args.key.as_deref());
     inputs.extend(args.mark_key.as_deref());
     inputs.extend(args.public.as_deref());
@@ -204,7 +267,7 @@ fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyho
         let Ok(input) = input.canonicalize() else { continue };
         if target == input || (input.is_dir() && target.starts_with(&input)) {
             bail!(
-                "{}: the report would replace or land inside an input; choose another --report",
+                "{}: this output would replace or land inside an input; choose another path",
                 crate::format::path(report)
             );
         }
@@ -214,6 +277,7 @@ fn refuse_report_collision(report: &std::path::Path, args: &DetectArgs) -> anyho
 
 fn print_table(
     args: &DetectArgs,
+    suspect: &std::path::Path,
     label: &str,
     recipient: Option<&str>,
     r: &Detection,
@@ -223,11 +287,7 @@ fn print_table(
         weightmark::Mode::Blind => "blind (no original)",
         weightmark::Mode::Informed => "informed (suspect minus original)",
     };
-    outln!(
-        "suspect:  {} (tensor root {})",
-        crate::format::path(&args.suspect),
-        &r.suspect_digest[..16]
-    );
+    outln!("suspect:  {} (tensor root {})", crate::format::path(suspect), &r.suspect_digest[..16]);
     outln!(
         "release:  label '{}', recipient {}",
         safe(label),
