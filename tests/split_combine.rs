@@ -325,3 +325,112 @@ fn parts_missing_doubled_or_from_another_model_are_refused() {
         "plan.json: already exists",
     );
 }
+
+/// The files of directory `dir` by name, with their bytes.
+fn tree(s: &Scene, dir: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(s.path(dir))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap_or_else(|e| panic!("{e}"));
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn split_embed_writes_the_shards_and_certificate_of_one_run() {
+    let options: [&[&str]; 2] =
+        [&["--allocation", "ss2-alloc1", "-r", "bob"], &["--scheme", "ss1", "-r", "carol"]];
+    for extra in options {
+        let s = Scene::new();
+        s.keygen("owner");
+        sharded(&s, "original", Dtype::BF16, 7);
+        let run = |tail: &[&str]| {
+            let mut args = vec!["embed", "-k", "owner.key", "--label", "v1"];
+            args.extend(extra);
+            args.extend(["--created", "2026-12-02T09:00:00Z", "original"]);
+            args.extend(tail);
+            s.run(&args)
+        };
+        let one = run(&["-o", "one"]);
+        assert_eq!(one.status.code(), Some(0), "{}", stderr(&one));
+        let ok = |o: std::process::Output| {
+            assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+            common::stdout(&o)
+        };
+        ok(run(&["-o", "split", "--plan-out", "plan.json"]));
+        for i in 0..2 {
+            let (part, out) = (format!("{i}/2"), format!("part-{i}.json"));
+            ok(run(&["-o", "split", "--plan", "plan.json", "--part", &part, "--part-out", &out]));
+        }
+        // A part missing, then a part twice: refused, nothing signed.
+        let missing = run(&["-o", "split", "--plan", "plan.json", "--combine", "part-1.json"]);
+        assert_eq!(missing.status.code(), Some(2));
+        assert!(
+            stderr(&missing).contains("plan.json: no part wrote 'model-00001-of-00003"),
+            "{}",
+            stderr(&missing)
+        );
+        let twice = run(&[
+            "-o",
+            "split",
+            "--plan",
+            "plan.json",
+            "--combine",
+            "part-0.json",
+            "part-1.json",
+            "part-1.json",
+        ]);
+        assert_eq!(twice.status.code(), Some(2));
+        assert!(
+            stderr(&twice).contains("part-1.json: wrote 'model-00002-of-00003.safetensors', which"),
+            "{}",
+            stderr(&twice)
+        );
+        assert!(!s.path("split.cert.json").exists());
+        let combined = ok(run(&[
+            "-o",
+            "split",
+            "--plan",
+            "plan.json",
+            "--combine",
+            "part-1.json",
+            "part-0.json",
+        ]));
+        assert_eq!(tree(&s, "one"), tree(&s, "split"), "{extra:?}");
+        assert_eq!(
+            std::fs::read(s.path("one.cert.json")).unwrap_or_default(),
+            std::fs::read(s.path("split.cert.json")).unwrap_or_default(),
+            "{extra:?}"
+        );
+        assert_eq!(common::stdout(&one), combined.replace("split", "one"), "{extra:?}");
+        // A job with other options than the plan's is refused.
+        let other = s.run(&[
+            "embed",
+            "-k",
+            "owner.key",
+            "--label",
+            "v2",
+            "--created",
+            "2026-12-02T09:00:00Z",
+            "original",
+            "-o",
+            "split",
+            "--plan",
+            "plan.json",
+            "--part",
+            "0/2",
+            "--part-out",
+            "x.json",
+        ]);
+        assert_eq!(other.status.code(), Some(2));
+        assert!(
+            stderr(&other).contains("plan.json: was made with other options"),
+            "{}",
+            stderr(&other)
+        );
+    }
+}

@@ -326,6 +326,28 @@ pub struct EmbedArgs {
     /// any work starts.
     #[arg(long)]
     pub force: bool,
+    /// Split embed, step 1 of 3: write the plan every part reads (the
+    /// options, the selection, and for ss2 the original's digests, order,
+    /// sketches and allocation) to PLAN and stop. Needs --created, which
+    /// every step repeats; a model directory only.
+    #[arg(long = "plan-out", value_name = "PLAN", requires = "created",
+          conflicts_with_all = ["plan", "supersedes"])]
+    pub plan_out: Option<PathBuf>,
+    /// Split embed, steps 2 and 3: the plan written by --plan-out.
+    #[arg(long, value_name = "PLAN", requires = "created", conflicts_with = "supersedes")]
+    pub plan: Option<PathBuf>,
+    /// Split embed, step 2: mark part I of N of the model's files (I from
+    /// 0) and write them into the directory OUT, each byte-identical to
+    /// what one embed writes; the part's statistics go to --part-out.
+    #[arg(long, value_name = "I/N", requires_all = ["plan", "part_out"])]
+    pub part: Option<weightmark::split::PartSpec>,
+    /// Where --part writes the part's statistics and digests.
+    #[arg(long = "part-out", value_name = "PART", requires = "part")]
+    pub part_out: Option<PathBuf>,
+    /// Split embed, step 3: given every part file once, write the index
+    /// and the side files into OUT and sign the certificate one embed signs.
+    #[arg(long, value_name = "PART", num_args = 1.., requires = "plan", conflicts_with = "part")]
+    pub combine: Vec<PathBuf>,
 }
 
 /// `weightmark issue`.

@@ -243,7 +243,7 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
 /// The marking of one model, shared by [`embed`] (tensors streamed to files)
 /// and [`embed_in_memory`]: which tensors are marked, and the per-tensor
 /// results gathered from the worker threads.
-struct Marking<'o> {
+pub(crate) struct Marking<'o> {
     options: &'o EmbedOptions<'o>,
     selected: Vec<String>,
     chosen: HashSet<String>,
@@ -257,6 +257,11 @@ struct Marking<'o> {
     /// the unmarked original's tensor root its keys are bound to.
     base: Option<(&'o Certificate, [u8; 32])>,
 }
+
+/// Per marked tensor its fidelity, blind and informed statistics; the
+/// digests of the original's tensors seen (`ss1`).
+pub(crate) type MarkedParts =
+    (BTreeMap<String, (Fidelity, Stats, Stats)>, Vec<(String, Sha256Digest)>);
 
 /// What `ss2` needs beyond `ss1`: canonical coordinates, the recipient
 /// component key, the split of the strength, and the original's digests
@@ -276,6 +281,46 @@ struct Ss2Marking {
     original_digests: Vec<(String, Sha256Digest)>,
 }
 
+/// What marking needs from the whole original before any tensor is marked,
+/// computed from the weights (never a key): the selection and, for `ss2`,
+/// the original's tensor digests (the keys are bound to their root), its
+/// canonical order, sketches and allocation multipliers. A split embed
+/// ([`crate::split::embed`]) computes them once in its plan.
+pub(crate) struct MarkingInputs {
+    pub(crate) selected: Vec<String>,
+    pub(crate) ss2: Option<Ss2Inputs>,
+}
+
+/// The `ss2` part of [`MarkingInputs`].
+pub(crate) struct Ss2Inputs {
+    pub(crate) original_digests: Vec<(String, Sha256Digest)>,
+    pub(crate) canonical: Canonical,
+    pub(crate) sketch: Option<ResidualSketch>,
+    pub(crate) neurons: Option<NeuronSketch>,
+    pub(crate) heads: Option<HeadSketch>,
+    pub(crate) weights: ModelWeights,
+}
+
+impl MarkingInputs {
+    /// The inputs of marking `model` with `options`.
+    pub(crate) fn of(model: &Model, options: &EmbedOptions<'_>) -> Result<MarkingInputs> {
+        check_options(options)?;
+        let selected = select(model, &options.selection)?;
+        let ss2 = (options.scheme == Scheme::Ss2).then(|| {
+            let canonical = Canonical::of(model);
+            Ss2Inputs {
+                original_digests: crate::digest::model_tensor_digests(model),
+                sketch: ResidualSketch::of(model, &canonical),
+                neurons: NeuronSketch::of(model, &canonical),
+                heads: HeadSketch::of(model, &canonical),
+                weights: ModelWeights::of(model, &selected, options.allocation),
+                canonical,
+            }
+        });
+        Ok(MarkingInputs { selected, ss2 })
+    }
+}
+
 impl<'o> Marking<'o> {
     fn new(
         model: &Model,
@@ -286,22 +331,27 @@ impl<'o> Marking<'o> {
         check_options(options)?;
         let base = base.map(|b| check_superseded(model, key, options, b).map(|root| (b, root)));
         let base = base.transpose()?;
-        let selected = select(model, &options.selection)?;
-        let (mark_key, ss2) = match options.scheme {
-            Scheme::Ss1 => (key.mark_key(&options.label, options.recipient.as_deref()), None),
-            Scheme::Ss2 => {
-                let original_digests = crate::digest::model_tensor_digests(model);
+        Marking::with_inputs(key, options, base, MarkingInputs::of(model, options)?)
+    }
+
+    /// The marking of the model `inputs` were computed from.
+    pub(crate) fn with_inputs(
+        key: &SecretKey,
+        options: &'o EmbedOptions<'o>,
+        base: Option<(&'o Certificate, [u8; 32])>,
+        inputs: MarkingInputs,
+    ) -> Result<Self> {
+        check_options(options)?;
+        let MarkingInputs { selected, ss2 } = inputs;
+        let (mark_key, ss2) = match ss2 {
+            None => (key.mark_key(&options.label, options.recipient.as_deref()), None),
+            Some(Ss2Inputs { original_digests, canonical, sketch, neurons, heads, weights }) => {
                 // A fingerprinted release's keys are bound to the original
                 // its fingerprint was planted in, like its fingerprint key.
                 let root = base.map_or_else(|| tensor_root(&original_digests), |(_, r)| r);
                 let (release, recipient) =
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
                 let strengths = Strengths::split(options.strength, recipient.is_some());
-                let canonical = Canonical::of(model);
-                let sketch = ResidualSketch::of(model, &canonical);
-                let neurons = NeuronSketch::of(model, &canonical);
-                let heads = HeadSketch::of(model, &canonical);
-                let weights = ModelWeights::of(model, &selected, options.allocation);
                 let code = match (options.recipient_code, &recipient) {
                     (RecipientCode::Tardos(code), Some(r)) => {
                         let key = CodeKey::of_release(&release);
@@ -336,9 +386,25 @@ impl<'o> Marking<'o> {
         })
     }
 
+    /// Per marked tensor its fidelity, blind and informed statistics, and
+    /// (`ss1`) the digests of the original's tensors seen, once every tensor
+    /// of a part went through [`Marking::mark`].
+    pub(crate) fn take_results(&self) -> Result<MarkedParts> {
+        let results = std::mem::take(&mut *lock(&self.results)?);
+        let originals = std::mem::take(&mut *lock(&self.originals)?);
+        Ok((results, originals))
+    }
+
+    /// Records the results of parts marked elsewhere.
+    pub(crate) fn put_results(&self, parts: MarkedParts) -> Result<()> {
+        lock(&self.results)?.extend(parts.0);
+        lock(&self.originals)?.extend(parts.1);
+        Ok(())
+    }
+
     /// The marked bytes of `t`, or `None` for a tensor left as it is; the
     /// original's digest is recorded either way.
-    fn mark(&self, t: &TensorRef<'_>) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn mark(&self, t: &TensorRef<'_>) -> Result<Option<Vec<u8>>> {
         if let Some(ss2) = &self.ss2 {
             return self.mark_ss2(t, ss2);
         }
@@ -616,7 +682,7 @@ pub fn issue(
 
 /// The report and signed certificate of a marking whose output was written
 /// (or hashed as if written), shared by [`embed`] and [`issue`].
-fn certify_written(
+pub(crate) fn certify_written(
     model: &Model,
     key: &SecretKey,
     marking: Marking<'_>,

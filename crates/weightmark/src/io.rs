@@ -387,6 +387,11 @@ pub fn write_new(path: &Path, text: &str, overwrite: Overwrite) -> Result<()> {
     write_output(path, text.as_bytes(), overwrite)
 }
 
+/// [`write_new`] for bytes.
+pub(crate) fn write_new_bytes(path: &Path, bytes: &[u8], overwrite: Overwrite) -> Result<()> {
+    write_output(path, bytes, overwrite)
+}
+
 fn write_output(path: &Path, bytes: &[u8], overwrite: Overwrite) -> Result<()> {
     if overwrite == Overwrite::Refuse && std::fs::symlink_metadata(path).is_ok() {
         return Err(Error::OutputExists { path: path.to_path_buf() });

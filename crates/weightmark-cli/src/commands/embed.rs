@@ -1,12 +1,14 @@
 //! `weightmark embed`.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use weightmark::provenance::envelope_to_string;
+use weightmark::split::embed::{assemble, EmbedPart, EmbedPlan};
 use weightmark::Selection;
 use weightmark::{check_release_paths, default_certificate_path, resolve_output};
 use weightmark::{embed, embed_superseding, load_certificate, EmbedOptions, Model, SecretKey};
 use weightmark::{p_value_bound, z_for_p};
 use weightmark::{prepare_outputs, write_new, Overwrite};
+use weightmark::{Certificate, EmbedReport};
 
 use crate::cli::{EmbedArgs, ReleaseArgs};
 use crate::format::{count, p_bound};
@@ -54,6 +56,9 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let created = created(args.release.created.as_deref())?;
     let key = SecretKey::load(&args.release.key)?;
     let model = Model::open(&args.model)?;
+    if args.plan_out.is_some() || args.plan.is_some() {
+        return run_split(args, created, &key, &model);
+    }
     let destination = resolve_output(&model, &args.output)?;
     let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&destination));
     check_release_paths(&model, &args.release.key, &destination, &cert_path)?;
@@ -80,7 +85,77 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     write_new(&cert_path, &envelope_to_string(&report.certificate)?, overwrite)
         .map_err(crate::force_hint)
         .context("the marked model was written, but its certificate could not be")?;
+    let superseded = args.supersedes.as_deref().zip(base.as_ref());
+    summary(args, &report, &label, &options, &key, &cert_path, superseded)?;
+    Ok(Outcome::Success)
+}
 
+/// Split embed: the plan, one part, or the assemble step.
+fn run_split(
+    args: &EmbedArgs,
+    created: String,
+    key: &SecretKey,
+    model: &Model,
+) -> anyhow::Result<Outcome> {
+    let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
+    let bar = Bar::new();
+    let options = options(&args.release, model, created, &bar, overwrite)?;
+    if let Some(out) = &args.plan_out {
+        prepare_outputs(&[out.as_path()], overwrite).map_err(crate::force_hint)?;
+        let name = args.model.display().to_string();
+        let plan = EmbedPlan::new(model, &name, key, &options)?;
+        write_new(out, &plan.to_text()?, overwrite).map_err(crate::force_hint)?;
+        outln!(
+            "plan: {} ({} file(s), {} tensor(s) to mark); run parts I/N for I = 0..N-1 (N at \
+             most {}) with --plan, then --combine their files",
+            crate::format::path(out),
+            plan.files(),
+            plan.selected(),
+            plan.files()
+        );
+        return Ok(Outcome::Success);
+    }
+    let plan_path = args.plan.as_deref().context("give --plan PLAN")?;
+    let plan = EmbedPlan::load(plan_path)?;
+    if let (Some(part), Some(out)) = (args.part, &args.part_out) {
+        prepare_outputs(&[out.as_path()], overwrite).map_err(crate::force_hint)?;
+        let result = EmbedPart::run(model, &plan, key, &options, part, &args.output)
+            .map_err(crate::force_hint)?;
+        write_new(out, &result.to_text()?, overwrite).map_err(crate::force_hint)?;
+        outln!(
+            "part {part}: files in {}, record {}",
+            crate::format::path(&args.output),
+            crate::format::path(out)
+        );
+        return Ok(Outcome::Success);
+    }
+    if args.combine.is_empty() {
+        bail!("with --plan, give --part I/N (a part) or --combine PART... (the assemble step)");
+    }
+    let cert_path = args.cert.clone().unwrap_or_else(|| default_certificate_path(&args.output));
+    prepare_outputs(&[cert_path.as_path()], overwrite).map_err(crate::force_hint)?;
+    let parts: Vec<EmbedPart> =
+        args.combine.iter().map(|p| EmbedPart::load(p)).collect::<Result<_, _>>()?;
+    let report = assemble(model, &plan, &parts, key, &options, &args.output)
+        .map_err(crate::force_hint)
+        .with_context(|| format!("could not assemble {}", crate::format::path(&args.output)))?;
+    write_new(&cert_path, &envelope_to_string(&report.certificate)?, overwrite)
+        .map_err(crate::force_hint)
+        .context("the marked model was assembled, but its certificate could not be written")?;
+    summary(args, &report, &options.label, &options, key, &cert_path, None)?;
+    Ok(Outcome::Success)
+}
+
+/// Prints what one embed did.
+fn summary(
+    args: &EmbedArgs,
+    report: &EmbedReport,
+    label: &str,
+    options: &EmbedOptions<'_>,
+    key: &SecretKey,
+    cert_path: &std::path::Path,
+    superseded: Option<(&std::path::Path, &Certificate)>,
+) -> anyhow::Result<()> {
     let f = &report.fidelity;
     let largest = report
         .tensors
@@ -150,14 +225,14 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
         "  certificate: {} (signed by key {}{})",
         crate::format::path(&cert_path),
         key.public_key().key_id(),
-        match (&args.supersedes, &base) {
-            (Some(old), Some(b)) => format!(
+        match superseded {
+            Some((old, b)) => format!(
                 "; covers the mark and the fingerprint of {}, which it supersedes (sha256 {})",
                 crate::format::path(old),
                 b.digest
             ),
-            _ => String::new(),
+            None => String::new(),
         }
     );
-    Ok(Outcome::Success)
+    Ok(())
 }

@@ -201,6 +201,58 @@ fn write_directory(
     })
 }
 
+/// Writes the file `file` of a model directory to `dir` (one job of a split
+/// embed, [`crate::split::embed`]) through `transform`, as [`write_model`]
+/// writes it into a directory: atomically, fsynced. Returns the file written
+/// and its tensor digests in write order.
+pub(crate) fn write_shard(
+    file: &ModelFile,
+    dir: &Path,
+    transform: &Transform<'_>,
+    options: &WriteOptions<'_>,
+) -> Result<(OutputFile, Vec<(String, Sha256Digest)>)> {
+    let dest = dir.join(&file.file_name);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    check_output(&dest, options.overwrite)?;
+    let mut tmp = AtomicFile::create(&dest)?;
+    let mut digests = Vec::new();
+    let tmp_path = tmp.temp_path()?.to_path_buf();
+    let (sha256, size) =
+        write_file(file, Some(tmp.file()?), &tmp_path, transform, options, &mut digests)?;
+    tmp.commit(options.overwrite)?;
+    Ok((OutputFile { name: file.file_name.clone(), sha256, size }, digests))
+}
+
+/// Completes a model directory `out` whose weight files the jobs of a split
+/// embed wrote (`files`, in model order, with the tensor digests `digests`
+/// in write order): writes the index and copies the side files, as
+/// [`write_model`] does, and reports what it would have.
+pub(crate) fn finish_directory(
+    model: &Model,
+    out: &Path,
+    mut files: Vec<OutputFile>,
+    digests: Vec<(String, Sha256Digest)>,
+    overwrite: Overwrite,
+) -> Result<WriteReport> {
+    if let Some(index) = &model.index {
+        crate::io::write_new_bytes(&out.join(&index.file_name), &index.bytes, overwrite)?;
+        files.push(index_file(index));
+    }
+    let written: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    let side = copy_side_files(&model.path, Some(out), &written)?;
+    set_public_mode(out, 0o755)?;
+    Ok(WriteReport {
+        path: out.to_path_buf(),
+        files,
+        tensor_digests: digests,
+        copied: side.copied,
+        skipped: side.skipped,
+        entries_visited: side.entries_visited,
+    })
+}
+
 /// Writes one safetensors file: its header verbatim, then each tensor's
 /// (possibly replaced) data in offset order. Returns the file's SHA-256 and
 /// size. Without a `handle` the bytes are hashed and counted, not written.

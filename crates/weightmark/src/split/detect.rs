@@ -102,18 +102,18 @@ struct PlanRecord {
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct PlanFile {
-    name: String,
-    size: u64,
-    header_sha256: String,
-    tensors: Vec<String>,
+pub(crate) struct PlanFile {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) header_sha256: String,
+    pub(crate) tensors: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct NamedDigest {
-    name: String,
-    sha256: String,
+pub(crate) struct NamedDigest {
+    pub(crate) name: String,
+    pub(crate) sha256: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,7 +135,7 @@ struct HeadMapRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WeightsRecord {
+pub(crate) struct WeightsRecord {
     name: String,
     scale: String,
     rows: Option<String>,
@@ -168,18 +168,18 @@ struct TensorRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StatsRecord {
+pub(crate) struct StatsRecord {
     s: String,
     v: String,
     elements: u64,
 }
 
 impl StatsRecord {
-    fn of(s: Stats) -> StatsRecord {
+    pub(crate) fn of(s: Stats) -> StatsRecord {
         StatsRecord { s: f64_to_hex(s.s), v: f64_to_hex(s.v), elements: s.elements }
     }
 
-    fn stats(&self) -> Option<Stats> {
+    pub(crate) fn stats(&self) -> Option<Stats> {
         Some(Stats {
             s: f64_from_hex(&self.s)?,
             v: f64_from_hex(&self.v)?,
@@ -205,7 +205,7 @@ fn check_splittable(certificate: &Certificate, target: &Target) -> Result<()> {
 }
 
 /// The files of `model` as a plan records them.
-fn plan_files(model: &Model) -> Result<Vec<PlanFile>> {
+pub(crate) fn plan_files(model: &Model) -> Result<Vec<PlanFile>> {
     let names = model_files(model)?;
     Ok(model
         .files
@@ -378,19 +378,8 @@ impl DetectPlan {
         }
         let mut allocations = Vec::new();
         if target.scheme == Scheme::Ss2 {
-            let mut tensors = HashMap::new();
-            for w in self.record.weights.iter().flatten() {
-                let f = |v: &Option<String>| {
-                    v.as_deref().map(|v| f64s_from_base64(v).ok_or_else(|| bad("weights")))
-                };
-                let weights = TensorWeights {
-                    scale: f64_from_hex(&w.scale).ok_or_else(|| bad("weights"))?,
-                    rows: f(&w.rows).transpose()?,
-                    cols: f(&w.cols).transpose()?,
-                };
-                tensors.insert(w.name.clone(), weights);
-            }
-            allocations.push((target.allocation, ModelWeights { tensors }));
+            let weights = self.record.weights.as_deref().unwrap_or_default();
+            allocations.push((target.allocation, model_weights(weights, &self.path)?));
         }
         Ok(Globals {
             canonical_o: Canonical::default(),
@@ -742,8 +731,24 @@ fn head_map(h: &HeadMapRecord) -> Option<HeadMap> {
     })
 }
 
+/// An allocation's weights read back from their records in `path`.
+pub(crate) fn model_weights(records: &[WeightsRecord], path: &Path) -> Result<ModelWeights> {
+    let bad = || split_error(path, "malformed detection weights");
+    let mut tensors = HashMap::new();
+    for w in records {
+        let f = |v: &Option<String>| v.as_deref().map(|v| f64s_from_base64(v).ok_or_else(bad));
+        let weights = TensorWeights {
+            scale: f64_from_hex(&w.scale).ok_or_else(bad)?,
+            rows: f(&w.rows).transpose()?,
+            cols: f(&w.cols).transpose()?,
+        };
+        tensors.insert(w.name.clone(), weights);
+    }
+    Ok(ModelWeights { tensors })
+}
+
 /// The records of an allocation's weights, by name.
-fn weights_record(w: &ModelWeights) -> Vec<WeightsRecord> {
+pub(crate) fn weights_record(w: &ModelWeights) -> Vec<WeightsRecord> {
     let sorted: BTreeMap<&String, &TensorWeights> = w.tensors.iter().collect();
     sorted
         .into_iter()
@@ -756,12 +761,12 @@ fn weights_record(w: &ModelWeights) -> Vec<WeightsRecord> {
         .collect()
 }
 
-fn split_error(path: &Path, reason: impl Into<String>) -> Error {
+pub(crate) fn split_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Split { path: path.to_path_buf(), reason: reason.into() }
 }
 
 /// A plan or part file's bytes, refusing one over [`MAX_FILE`].
-fn read_capped(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();

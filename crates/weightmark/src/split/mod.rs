@@ -5,10 +5,11 @@
 //! handles one part and writes a small JSON file; a final step checks that
 //! the parts cover the model exactly once and combines them into what one
 //! run over the whole model gives, bit for bit. Detection is split this way
-//! ([`detect`]); the formats are described in `docs/formats.md` and the
+//! ([`detect`]), and so is marking one copy ([`embed`]); the formats are described in `docs/formats.md` and the
 //! commands in `docs/scale.md`.
 
 pub mod detect;
+pub mod embed;
 mod encode;
 
 use std::fmt;
