@@ -172,7 +172,7 @@ fn summary(
     );
     outln!(
         "  release: label '{}', recipient {}, strength {}",
-        crate::format::safe(&label),
+        crate::format::safe(label),
         options
             .recipient
             .as_deref()
@@ -223,7 +223,7 @@ fn summary(
     }
     outln!(
         "  certificate: {} (signed by key {}{})",
-        crate::format::path(&cert_path),
+        crate::format::path(cert_path),
         key.public_key().key_id(),
         match superseded {
             Some((old, b)) => format!(
