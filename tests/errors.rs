@@ -248,3 +248,19 @@ fn format_offsets_reversed_says_so_instead_of_a_zero_byte_mismatch() {
         "{text}"
     );
 }
+
+#[test]
+fn split_names_the_plan_or_part_file_that_is_not_one() {
+    let dir = common::Scene::new();
+    let path = dir.path("plan.json");
+    std::fs::write(&path, "{\"format\":\"something else\"}").unwrap_or_else(|e| panic!("{e}"));
+    for err in [
+        weightmark::split::detect::DetectPlan::load(&path).err(),
+        weightmark::split::detect::DetectPart::load(&path).err(),
+        weightmark::split::embed::EmbedPlan::load(&path).err(),
+        weightmark::split::embed::EmbedPart::load(&path).err(),
+    ] {
+        let text = err.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(matches!(err, Some(Error::Split { .. })) && text.contains("plan.json"), "{text}");
+    }
+}
