@@ -104,6 +104,29 @@ fn ss2_split_detection_equals_one_run_byte_for_byte() {
     parts.reverse();
     let [single, combined] = single_and_combined(&s, &key, &parts, &[]);
     assert_eq!(single, combined);
+    // A part does not depend on the thread count.
+    let one_thread = s.run_env(
+        &[
+            "detect",
+            "-k",
+            "owner.key",
+            "--cert",
+            "marked.cert.json",
+            "--plan",
+            "plan.json",
+            "--part",
+            "1/3",
+            "--part-out",
+            "one-thread.json",
+            "marked",
+        ],
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    assert_eq!(one_thread.status.code(), Some(0), "{}", stderr(&one_thread));
+    assert_eq!(
+        std::fs::read(s.path("one-thread.json")).unwrap_or_default(),
+        std::fs::read(s.path("part-1.json")).unwrap_or_default()
+    );
     // The combine step signs a report that verifies against the model.
     let mut args = vec!["detect", "-k", "owner.key", "--cert", "marked.cert.json"];
     args.extend(["--plan", "plan.json", "--report", "split.report.json", "--combine"]);
