@@ -29,7 +29,7 @@ fn throughput(c: &mut Criterion) {
     let key = SecretKey::from_seed([1; 32]);
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: weightmark::DEFAULT_STRENGTH,
+        strength: Some(weightmark::DEFAULT_STRENGTH),
         label: "bench".into(),
         recipient: None,
         selection: Selection::Default,

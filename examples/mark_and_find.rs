@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &owner,
         &EmbedOptions {
             scheme: weightmark::Scheme::Ss1,
-            strength: weightmark::DEFAULT_STRENGTH,
+            strength: Some(weightmark::DEFAULT_STRENGTH),
             label: "example".into(),
             recipient: Some("licensee-1".into()),
             selection: Selection::Default,

@@ -1,7 +1,7 @@
 //! The eval crate on a tiny synthetic Llama (forward pass against
 //! `candle_transformers`, real training steps, LoRA merging) and on the real
-//! models (SmolLM2 completes a sentence, MiniLM embeds sentences sensibly, a
-//! default-strength mark costs SmolLM2 almost nothing).
+//! models (SmolLM2 completes a sentence, MiniLM embeds sentences sensibly, the
+//! default mark costs SmolLM2 no more than re-rounding it to bf16).
 
 mod common;
 
@@ -248,43 +248,64 @@ fn minilm_embeds_similar_sentences_close_together() {
     assert!((same.mean_cosine - 1.0).abs() < 1e-5);
 }
 
+/// `copy` beside the tokenizer of `original_path`, opened for evaluation.
+fn with_tokenizer(original_path: &std::path::Path, copy: &std::path::Path) -> EvalModel {
+    if !copy.join("tokenizer.json").exists() {
+        std::fs::copy(original_path.join("tokenizer.json"), copy.join("tokenizer.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    open(copy, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
-fn a_default_strength_mark_costs_smollm2_almost_nothing() {
+fn the_default_mark_costs_smollm2_no_more_than_re_rounding_it_to_bf16() {
     if !common::has_license_text() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let original_path = real_model!("smollm2-f16");
     let original = open(&original_path, None).unwrap_or_else(|e| panic!("{e}"));
+    // The default: scheme ss2, allocation ss2-alloc2, the size rule's strength.
     let key = weightmark::SecretKey::from_seed([9; 32]);
     let marked_path = tmp.path().join("marked");
-    let options = weightmark::EmbedOptions {
-        scheme: weightmark::Scheme::Ss1,
-        strength: weightmark::DEFAULT_STRENGTH,
-        label: "fidelity".into(),
-        recipient: None,
-        selection: weightmark::Selection::Default,
-        created: "2026-11-28T00:00:00Z".into(),
-        progress: &weightmark::NoProgress,
-        overwrite: weightmark::Overwrite::Refuse,
-        allocation: weightmark::Allocation::Uniform,
-        recipient_code: weightmark::RecipientCode::Independent,
-    };
-    weightmark::embed(&original.model, &marked_path, &key, &options)
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::copy(original_path.join("tokenizer.json"), marked_path.join("tokenizer.json"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let marked = open(&marked_path, None).unwrap_or_else(|e| panic!("{e}"));
+    let report = weightmark::embed(
+        &original.model,
+        &marked_path,
+        &key,
+        &weightmark::EmbedOptions::new("fidelity"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.strength.binding, weightmark::strength::Binding::Budget);
+    assert!(report.blind.z() > 20.0, "blind z {}", report.blind.z());
+    let bf16_path = tmp.path().join("bf16");
+    weightmark::apply_attack(
+        &original.model,
+        &bf16_path,
+        &weightmark::Attack::Cast { via: Dtype::BF16 },
+        1,
+        &weightmark::NoProgress,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
     let split = corpus.windows(&original.tokenizer, 128).unwrap_or_else(|e| panic!("{e}"));
     let windows: Vec<Vec<u32>> = split.held_out.iter().take(8).cloned().collect();
-    let c = compare(&llama_of(&original), &llama_of(&marked), &windows)
-        .unwrap_or_else(|e| panic!("{e}"));
-    println!("{c:?}");
-    assert!(c.perplexity_change.abs() < 0.005, "perplexity changed by {}", c.perplexity_change);
-    assert!(c.top1_agreement >= 0.98, "top-1 agreement {}", c.top1_agreement);
-    assert!(c.mean_kl < 1e-3, "KL {}", c.mean_kl);
-    let _ = Model::open(&marked_path).unwrap_or_else(|e| panic!("{e}"));
+    let reference = llama_of(&original);
+    let cost = |path: &std::path::Path| {
+        let m = with_tokenizer(&original_path, path);
+        compare(&reference, &llama_of(&m), &windows).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (mark, bf16) = (cost(&marked_path), cost(&bf16_path));
+    println!("default mark {mark:?}\nbf16 {bf16:?}");
+    // 1,024 positions: the 12,288-position measurement (docs/fidelity.md)
+    // puts the mark at 0.9-1.1x bf16's KL; allow for the smaller sample.
+    assert!(mark.mean_kl < 1.3 * bf16.mean_kl, "KL {} against bf16's {}", mark.mean_kl, bf16.mean_kl);
+    assert!(
+        mark.top1_agreement >= bf16.top1_agreement - 0.005,
+        "top-1 agreement {} against bf16's {}",
+        mark.top1_agreement,
+        bf16.top1_agreement
+    );
+    assert!(mark.perplexity_change.abs() < 0.002, "perplexity changed by {}", mark.perplexity_change);
 }
 
 /// SmolLM2 f16 marked by ss2 at `strength` under `allocation` (beside its
@@ -302,17 +323,13 @@ fn smollm2_marked_with(
         weightmark::EmbedOptions::new("fidelity").strength(strength).allocation(allocation);
     let report =
         weightmark::embed(&original.model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
-    if !out.join("tokenizer.json").exists() {
-        std::fs::copy(original_path.join("tokenizer.json"), out.join("tokenizer.json"))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    (open(&out, None).unwrap_or_else(|e| panic!("{e}")), report.blind.z())
+    (with_tokenizer(original_path, &out), report.blind.z())
 }
 
-/// The allocation must cut KL at equal blind z to below this fraction of
-/// uniform's on 8 windows (measured: 0.55 there, 0.63 on 96 windows; see
-/// docs/fidelity.md).
-const ALLOCATION_GAIN: f64 = 0.8;
+/// The default allocation must cut KL at equal blind z to below this
+/// fraction of uniform's on 8 windows (measured on 96 windows: 0.46 for
+/// `ss2-alloc2`, 0.63 for `ss2-alloc1`; see docs/fidelity.md).
+const ALLOCATION_GAIN: f64 = 0.7;
 
 #[test]
 fn the_allocation_costs_smollm2_less_kl_than_uniform_at_equal_blind_z() {
@@ -330,7 +347,7 @@ fn the_allocation_costs_smollm2_less_kl_than_uniform_at_equal_blind_z() {
     // energy is the same and detection weighs by it): compare KL there, and
     // KL / z² (KL grows with strength squared, blind z with strength).
     let mut measured = Vec::new();
-    for allocation in [weightmark::Allocation::Uniform, weightmark::Allocation::ALLOC1] {
+    for allocation in [weightmark::Allocation::Uniform, weightmark::Allocation::DEFAULT] {
         let (marked, z) =
             smollm2_marked_with(&original, &original_path, tmp.path(), allocation, 0.003);
         let c = compare(&reference, &llama_of(&marked), &windows).unwrap_or_else(|e| panic!("{e}"));
@@ -341,7 +358,9 @@ fn the_allocation_costs_smollm2_less_kl_than_uniform_at_equal_blind_z() {
         measured.push((z, c.mean_kl));
     }
     let [(z_u, kl_u), (z_a, kl_a)] = measured[..] else { panic!("two variants") };
-    assert!((z_a / z_u - 1.0).abs() < 0.05, "blind z: allocation {z_a}, uniform {z_u}");
+    // ss2-alloc2 raises z at equal strength (45.9 against 42.6 on 96
+    // windows' model): the comparison that matters is KL / z².
+    assert!(z_a > 0.95 * z_u, "blind z: allocation {z_a}, uniform {z_u}");
     assert!(kl_a < ALLOCATION_GAIN * kl_u, "KL: allocation {kl_a:.3e}, uniform {kl_u:.3e}");
     let (cost_a, cost_u) = (kl_a / (z_a * z_a), kl_u / (z_u * z_u));
     assert!(

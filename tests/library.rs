@@ -19,7 +19,7 @@ const CREATED: &str = "2026-11-28T00:00:00Z";
 fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
     EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: DEFAULT_STRENGTH,
+        strength: Some(DEFAULT_STRENGTH),
         label: label.to_string(),
         recipient: None,
         selection,

@@ -15,7 +15,7 @@ use common::real_model;
 fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: DEFAULT_STRENGTH,
+        strength: Some(DEFAULT_STRENGTH),
         label: "real".into(),
         recipient: None,
         selection: Selection::Default,
@@ -117,7 +117,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
     let out = dir.path().join("int8.safetensors");
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: DEFAULT_STRENGTH,
+        strength: Some(DEFAULT_STRENGTH),
         label: "real".into(),
         recipient: None,
         selection: Selection::Default,

@@ -96,7 +96,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
     let key = SecretKey::from_seed([33; 32]);
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: 0.01,
+        strength: Some(0.01),
         label: "r".into(),
         recipient: None,
         selection: Selection::Globs(vec!["*.mlp.*".into(), "*.self_attn.*".into()]),
@@ -168,7 +168,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
     let key = SecretKey::from_seed([31; 32]);
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: 0.01,
+        strength: Some(0.01),
         label: "r".into(),
         recipient: None,
         selection: Selection::Globs(vec!["*.mlp.*".into()]),
@@ -257,7 +257,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
     let key = SecretKey::from_seed([34; 32]);
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: weightmark::DEFAULT_STRENGTH,
+        strength: Some(weightmark::DEFAULT_STRENGTH),
         label: "r".into(),
         recipient: None,
         selection: Selection::Default,

@@ -21,7 +21,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
     let owner = SecretKey::from_seed([42; 32]);
     let options = EmbedOptions {
         scheme: weightmark::Scheme::Ss1,
-        strength: 0.01,
+        strength: Some(0.01),
         label: "release".into(),
         recipient: None,
         selection: Selection::Default,

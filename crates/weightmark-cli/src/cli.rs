@@ -243,29 +243,34 @@ pub struct ReleaseArgs {
     /// the original) or ss1 (the first scheme, in the weights as stored).
     #[arg(long, value_name = "SCHEME", value_enum, default_value_t = SchemeArg::Ss2)]
     pub scheme: SchemeArg,
-    /// Mark strength: RMS of the mark relative to the RMS of the weights.
+    /// Mark strength: RMS of the mark relative to the RMS of the weights
+    /// [default: ss2 chooses it by model size, ss1 uses 0.003].
     ///
-    /// Blind z of an unattacked model is about strength x sqrt(marked
-    /// elements) (ss2 without a recipient: about 1.3 times that; with one,
-    /// the strength is split between the release and recipient components). The default 0.003 (a 0.3% relative change) gives blind z >=
-    /// 10 from 11M elements (13.4 at 20M, 35 at 135M). Smaller models need
-    /// more strength for blind detection, or the original for informed
-    /// detection. The cost to the model grows with the square of the
-    /// strength: 0.001 costs about what re-rounding to bf16 does, the default
-    /// about 8 times that in KL divergence (docs/fidelity.md). With the
-    /// original at hand, informed detection works at 0.001 and below.
-    #[arg(long, value_name = "EPS", default_value_t = weightmark::DEFAULT_STRENGTH)]
-    pub strength: f64,
-    /// How ss2 spreads the strength over the elements: uniform (the
-    /// default), or ss2-alloc1 (data-free: more where the weights say the
-    /// model is insensitive, less on v_proj; every element within 3x of the
-    /// base; recorded in the certificate, and detection weighs by it).
-    /// Ablations for measurement: ss2-alloc1:PARTS, PARTS from group,
-    /// channel, row joined by '+'. See docs/fidelity.md (ss2) for its cost.
+    /// Blind z of an unattacked ss2 mark is about 1.2 x strength x
+    /// sqrt(marked elements). By default ss2 aims at blind z 40 but spends at
+    /// most a fidelity budget: the change that costs SmolLM2 (f16) what
+    /// re-rounding it to bf16 does (KL divergence, docs/fidelity.md). Below
+    /// the bf16 step a mark in bf16 weights costs more per unit of strength
+    /// (each weight moves a whole step or not at all), so bf16 models get a
+    /// smaller strength. If the budget leaves blind z under 12 (models under
+    /// about 100M elements in f16, about 1B in bf16), the default spends what
+    /// blind z 12 needs and says how much above the budget that is. embed
+    /// prints the strength it chose, the predicted blind z and the budget
+    /// spent. With the original at hand, informed detection works far below
+    /// any of these.
+    #[arg(long, value_name = "EPS")]
+    pub strength: Option<f64>,
+    /// How ss2 spreads the strength over the elements: ss2-alloc2 (the
+    /// default; data-free: more where the weights say the model is
+    /// insensitive, less on v_proj; every element within 3x of the base;
+    /// recorded in the certificate, and detection weighs by it), ss2-alloc1
+    /// (its first version) or uniform. Ablations for measurement:
+    /// ss2-alloc2:PARTS, PARTS from group, channel, row joined by '+'. See
+    /// docs/fidelity.md (ss2) for their costs.
     #[arg(
         long,
         value_name = "ALLOCATION",
-        default_value = "uniform",
+        default_value = "ss2-alloc2",
         value_parser = weightmark::Allocation::from_name
     )]
     pub allocation: weightmark::Allocation,
@@ -736,15 +741,18 @@ pub enum AttackKind {
         /// Amplitude relative to the mark's (1 = the mark's own profile).
         #[arg(long, value_name = "B", default_value_t = 1.0)]
         budget: f64,
-        /// The mark's strength, as its certificate states it.
-        #[arg(long, value_name = "EPS", default_value_t = weightmark::DEFAULT_STRENGTH)]
-        strength: f64,
-        /// The mark's allocation, as its certificate states it: uniform,
-        /// ss2-alloc1 (its multipliers are recomputed from MODEL).
+        /// The mark's strength, as its certificate states it [default: what
+        /// embed's size rule chooses for MODEL, the adversary's best guess
+        /// without the certificate].
+        #[arg(long, value_name = "EPS")]
+        strength: Option<f64>,
+        /// The mark's allocation, as its certificate states it: ss2-alloc2
+        /// (embed's default), ss2-alloc1 or uniform (the multipliers are
+        /// recomputed from MODEL).
         #[arg(
             long,
             value_name = "ALLOCATION",
-            default_value = "uniform",
+            default_value = "ss2-alloc2",
             value_parser = weightmark::Allocation::from_name
         )]
         allocation: weightmark::Allocation,

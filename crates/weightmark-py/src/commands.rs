@@ -50,8 +50,8 @@ pub struct EmbedRequest {
     pub label: Option<String>,
     /// Recipient (licensee).
     pub recipient: Option<String>,
-    /// Mark strength.
-    pub strength: f64,
+    /// Mark strength (`None`: the library's size rule).
+    pub strength: Option<f64>,
     /// Mark scheme (the library's default when absent).
     pub scheme: Option<Scheme>,
     /// Tensor globs (default selection when absent or empty).
@@ -67,12 +67,13 @@ pub struct EmbedRequest {
 pub fn options<'p>(
     label: &str,
     recipient: Option<String>,
-    strength: f64,
+    strength: Option<f64>,
     scheme: Option<Scheme>,
     globs: Option<Vec<String>>,
     progress: &'p dyn Progress,
 ) -> EmbedOptions<'p> {
-    let mut options = EmbedOptions::new(label).strength(strength).progress(progress);
+    let mut options = EmbedOptions::new(label).progress(progress);
+    options.strength = strength;
     options.recipient = recipient;
     options.selection = selection(globs);
     if let Some(scheme) = scheme {
@@ -123,7 +124,7 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
         scheme: options.scheme,
         label: &label,
         recipient: r.recipient.as_deref(),
-        strength: r.strength,
+        strength: report.strength.strength,
         signer: &key.public_key().key_id(),
         tensors: &report.tensors,
         fidelity: &report.fidelity,

@@ -73,7 +73,7 @@ fn keygen(py: Python<'_>, name: PathBuf) -> PyResult<(String, String, String)> {
 /// beside it; returns the summary as JSON text.
 #[pyfunction]
 #[pyo3(signature = (model, output, key, *, label=None, recipient=None,
-    strength=weightmark::DEFAULT_STRENGTH, scheme=None, tensors=None, cert=None, force=false,
+    strength=None, scheme=None, tensors=None, cert=None, force=false,
     progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn embed(
@@ -83,7 +83,7 @@ fn embed(
     key: PathBuf,
     label: Option<String>,
     recipient: Option<String>,
-    strength: f64,
+    strength: Option<f64>,
     scheme: Option<&str>,
     tensors: Option<Vec<String>>,
     cert: Option<PathBuf>,
@@ -230,7 +230,7 @@ fn convert(
 /// and the summary (both JSON text).
 #[pyfunction]
 #[pyo3(signature = (tensors, key, *, label, recipient=None,
-    strength=weightmark::DEFAULT_STRENGTH, scheme=None, tensors_globs=None, progress=None))]
+    strength=None, scheme=None, tensors_globs=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn mark<'py>(
     py: Python<'py>,
@@ -238,7 +238,7 @@ fn mark<'py>(
     key: PathBuf,
     label: String,
     recipient: Option<String>,
-    strength: f64,
+    strength: Option<f64>,
     scheme: Option<&str>,
     tensors_globs: Option<Vec<String>>,
     progress: Option<Py<PyAny>>,

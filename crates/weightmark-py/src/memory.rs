@@ -45,8 +45,8 @@ pub struct MarkRequest {
     pub label: String,
     /// Recipient.
     pub recipient: Option<String>,
-    /// Mark strength.
-    pub strength: f64,
+    /// Mark strength (`None`: the library's size rule).
+    pub strength: Option<f64>,
     /// Mark scheme (the library's default when absent).
     pub scheme: Option<weightmark::Scheme>,
     /// Tensor globs (default selection when absent or empty).
@@ -74,7 +74,7 @@ pub fn mark(
         scheme: options.scheme,
         label: &r.label,
         recipient: r.recipient.as_deref(),
-        strength: r.strength,
+        strength: marked.record.strength,
         signer: &key.public_key().key_id(),
         tensors: &marked.summaries,
         fidelity: &marked.fidelity,

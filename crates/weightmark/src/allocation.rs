@@ -42,14 +42,20 @@ use crate::model::{Model, TensorRef};
 /// inverse of the smallest each factor gets).
 pub const CAP: f64 = 3.0;
 
-/// Smoothing exponent of the per-channel and per-row rules.
+/// Smoothing exponent of the per-channel and per-row rules of `ss2-alloc1`.
 const GAMMA: f64 = 0.5;
+
+/// Smoothing exponent of the per-channel rule of `ss2-alloc2`.
+const GAMMA2: f64 = 1.0;
 
 /// Smoothing exponent of the per-group rule.
 const GAMMA_GROUP: f64 = 1.0;
 
 /// The name of the first allocation in certificates.
 const ALLOC1: &str = "ss2-alloc1";
+
+/// The name of the second allocation (the default) in certificates.
+const ALLOC2: &str = "ss2-alloc2";
 
 /// Which factors of the allocation are used (all three by default; the
 /// others are ablations for measurement).
@@ -64,8 +70,10 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// Every factor.
+    /// Every factor (`ss2-alloc1`).
     pub const ALL: Parts = Parts { group: true, channel: true, row: true };
+    /// The factors of `ss2-alloc2`: per group and per channel, no row.
+    pub const ALLOC2: Parts = Parts { group: true, channel: true, row: false };
 }
 
 /// How `ss2` spreads its strength over the elements.
@@ -74,45 +82,78 @@ pub enum Allocation {
     /// The same relative strength everywhere (certificates without the field).
     #[default]
     Uniform,
-    /// `ss2-alloc1`: the data-free rule of this module, with these parts.
+    /// `ss2-alloc1`: the data-free rule of this module, with these parts
+    /// (channel and row smoothing `γ = 1/2`).
     Alloc1(Parts),
+    /// `ss2-alloc2`, the default: the per-group and per-channel factors of
+    /// `ss2-alloc1` without the per-row one, and the per-channel rule
+    /// sharpened to `γ = 1` (docs/fidelity.md measures each choice).
+    Alloc2(Parts),
 }
 
 impl Allocation {
-    /// The full data-free allocation.
+    /// The full first data-free allocation.
     pub const ALLOC1: Allocation = Allocation::Alloc1(Parts::ALL);
 
-    /// The value of the certificate's `allocation` field: `None` for
-    /// uniform (the field is absent), `"ss2-alloc1"` for every part, and
-    /// `"ss2-alloc1:group+channel"` and the like for ablations.
-    pub fn certificate_field(self) -> Option<String> {
+    /// The second data-free allocation, `embed`'s default.
+    pub const ALLOC2: Allocation = Allocation::Alloc2(Parts::ALLOC2);
+
+    /// What `embed` uses when no allocation is given.
+    pub const DEFAULT: Allocation = Allocation::ALLOC2;
+
+    /// The smoothing exponent of the per-channel and per-row rules
+    /// (`None`: uniform).
+    fn gamma(self) -> Option<(Parts, f64)> {
         match self {
             Allocation::Uniform => None,
-            Allocation::Alloc1(p) if p == Parts::ALL => Some(ALLOC1.to_string()),
-            Allocation::Alloc1(p) => {
-                let names = [(p.group, "group"), (p.channel, "channel"), (p.row, "row")];
-                let on: Vec<&str> = names.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
-                Some(format!("{ALLOC1}:{}", on.join("+")))
-            }
+            Allocation::Alloc1(p) => Some((p, GAMMA)),
+            Allocation::Alloc2(p) => Some((p, GAMMA2)),
         }
     }
 
-    /// The allocation named `name` (`"uniform"`, `"ss2-alloc1"`, or
-    /// `"ss2-alloc1:"` followed by `+`-separated parts: group, channel, row).
+    /// The value of the certificate's `allocation` field: `None` for
+    /// uniform (the field is absent), `"ss2-alloc1"` or `"ss2-alloc2"` for
+    /// their own parts, and `"ss2-alloc1:group+channel"` and the like for
+    /// ablations.
+    pub fn certificate_field(self) -> Option<String> {
+        let (name, full, p) = match self {
+            Allocation::Uniform => return None,
+            Allocation::Alloc1(p) => (ALLOC1, Parts::ALL, p),
+            Allocation::Alloc2(p) => (ALLOC2, Parts::ALLOC2, p),
+        };
+        if p == full {
+            return Some(name.to_string());
+        }
+        let names = [(p.group, "group"), (p.channel, "channel"), (p.row, "row")];
+        let on: Vec<&str> = names.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        Some(format!("{name}:{}", on.join("+")))
+    }
+
+    /// The allocation named `name` (`"uniform"`, `"ss2-alloc1"`,
+    /// `"ss2-alloc2"`, or either followed by `:` and `+`-separated parts:
+    /// group, channel, row).
     pub fn from_name(name: &str) -> Result<Allocation> {
         let bad = || {
             Error::invalid(format!(
-                "unknown allocation '{name}': use uniform, {ALLOC1}, or {ALLOC1}:PARTS with \
-                 PARTS from group, channel, row joined by '+'"
+                "unknown allocation '{}': use uniform, {ALLOC2} (the default), {ALLOC1}, or \
+                 either followed by :PARTS with PARTS from group, channel, row joined by '+'",
+                name.escape_debug()
             ))
         };
-        if name == "uniform" {
-            return Ok(Allocation::Uniform);
+        match name {
+            "uniform" => return Ok(Allocation::Uniform),
+            ALLOC1 => return Ok(Allocation::ALLOC1),
+            ALLOC2 => return Ok(Allocation::ALLOC2),
+            _ => {}
         }
-        if name == ALLOC1 {
-            return Ok(Allocation::ALLOC1);
-        }
-        let list = name.strip_prefix(ALLOC1).and_then(|s| s.strip_prefix(':')).ok_or_else(bad)?;
+        let (make, list): (fn(Parts) -> Allocation, &str) =
+            if let Some(l) = name.strip_prefix(ALLOC1).and_then(|s| s.strip_prefix(':')) {
+                (Allocation::Alloc1, l)
+            } else if let Some(l) = name.strip_prefix(ALLOC2).and_then(|s| s.strip_prefix(':')) {
+                (Allocation::Alloc2, l)
+            } else {
+                return Err(bad());
+            };
         let mut parts = Parts { group: false, channel: false, row: false };
         for part in list.split('+') {
             let slot = match part {
@@ -126,7 +167,7 @@ impl Allocation {
             }
             *slot = true;
         }
-        Ok(Allocation::Alloc1(parts))
+        Ok(make(parts))
     }
 
     /// The allocation a certificate records (`None`: uniform).
@@ -193,7 +234,7 @@ impl ModelWeights {
     /// (those marked: embed passes the original and its selection, detect
     /// the suspect and the certificate's list). Empty for uniform.
     pub fn of(model: &Model, names: &[String], allocation: Allocation) -> ModelWeights {
-        let Allocation::Alloc1(parts) = allocation else { return ModelWeights::default() };
+        let Some((parts, gamma)) = allocation.gamma() else { return ModelWeights::default() };
         let tensors: Vec<TensorRef<'_>> = names
             .iter()
             .filter_map(|n| model.tensor(n))
@@ -207,13 +248,13 @@ impl ModelWeights {
                 let part = Part::of(t.name);
                 let cols = if parts.channel {
                     part.and_then(|p| channel_cost(model, t, p, &norms, geometry.as_ref()))
-                        .map(|h| smoothed(&h))
+                        .map(|h| smoothed(&h, gamma))
                 } else {
                     None
                 };
                 let rows = match part {
                     Some(Part::Embed | Part::Head) if parts.row => {
-                        Some(smoothed(&row_energy(t, None)))
+                        Some(smoothed(&row_energy(t, None), gamma))
                     }
                     _ => None,
                 };
@@ -401,13 +442,13 @@ fn balanced_col_energy(t: &TensorRef<'_>, g: &[f64]) -> Vec<f64> {
 /// The smoothed factors `h^(−γ/2)` of costs `h`, normalised to mean square
 /// 1 and clamped to `[1/CAP, CAP]`; a cost that is zero or not finite gets
 /// the geometric mean of the others.
-fn smoothed(h: &[f64]) -> Vec<f64> {
+fn smoothed(h: &[f64], gamma: f64) -> Vec<f64> {
     let valid = |x: f64| x.is_finite() && x > 0.0;
     let logs: Vec<f64> = h.iter().copied().filter(|&x| valid(x)).map(f64::ln).collect();
     let mean_log = if logs.is_empty() { 0.0 } else { logs.iter().sum::<f64>() / logs.len() as f64 };
     let mut a: Vec<f64> = h
         .iter()
-        .map(|&x| (-(GAMMA / 2.0) * if valid(x) { x.ln() - mean_log } else { 0.0 }).exp())
+        .map(|&x| (-(gamma / 2.0) * if valid(x) { x.ln() - mean_log } else { 0.0 }).exp())
         .collect();
     let ones = vec![1.0; a.len()];
     normalise(&mut a, &ones);
@@ -440,13 +481,22 @@ mod tests {
     fn names_round_trip_and_uniform_has_no_certificate_field() {
         assert_eq!(Allocation::Uniform.certificate_field(), None);
         assert_eq!(Allocation::ALLOC1.certificate_field().as_deref(), Some("ss2-alloc1"));
-        for name in ["ss2-alloc1", "ss2-alloc1:group", "ss2-alloc1:channel+row", "uniform"] {
+        assert_eq!(Allocation::ALLOC2.certificate_field().as_deref(), Some("ss2-alloc2"));
+        for name in [
+            "ss2-alloc1",
+            "ss2-alloc1:group",
+            "ss2-alloc1:channel+row",
+            "uniform",
+            "ss2-alloc2",
+            "ss2-alloc2:channel",
+            "ss2-alloc2:group+channel+row",
+        ] {
             let a = Allocation::from_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(a.to_string(), name);
         }
         let p = Allocation::from_name("ss2-alloc1:row").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p, Allocation::Alloc1(Parts { group: false, channel: false, row: true }));
-        for bad in ["", "ss2-alloc2", "ss2-alloc1:", "ss2-alloc1:row+row", "ss2-alloc1:rows"] {
+        for bad in ["", "ss2-alloc3", "ss2-alloc1:", "ss2-alloc1:row+row", "ss2-alloc2:rows"] {
             assert!(Allocation::from_name(bad).is_err(), "{bad}");
         }
         assert!(Allocation::from_certificate_field(Some("uniform")).is_err());
@@ -456,7 +506,7 @@ mod tests {
     #[test]
     fn smoothed_factors_have_mean_square_one_stay_capped_and_favour_cheap_channels() {
         let h: Vec<f64> = (0..200).map(|k| 0.01 * 1.05f64.powi(k)).chain([0.0, f64::NAN]).collect();
-        let a = smoothed(&h);
+        let a = smoothed(&h, GAMMA);
         let ms = a.iter().map(|x| x * x).sum::<f64>() / a.len() as f64;
         assert!((ms - 1.0).abs() < 0.02, "mean square {ms}");
         assert!(a.iter().all(|&x| (1.0 / CAP - 1e-12..=CAP + 1e-12).contains(&x)));

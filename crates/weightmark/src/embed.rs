@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use crate::digest::{hex, tensor_digest, tensor_root, Sha256Digest};
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::heads::HeadSketch;
 use crate::io::Overwrite;
@@ -25,6 +26,7 @@ use crate::provenance::{
 use crate::scheme::{embed_tensor, z_for_p, Fidelity, Scheme, Stats, DEFAULT_THRESHOLD_P};
 use crate::select::{select, Selection};
 use crate::ss2::Strengths;
+use crate::strength::{self, Binding, StrengthChoice};
 use crate::tardos::{bit_signs, recipient_bits, CodeKey, CodedSigns, RecipientCode, TardosCode};
 
 /// Largest strength accepted: beyond 10% the "mark" is a visible edit.
@@ -36,8 +38,11 @@ pub struct EmbedOptions<'a> {
     pub scheme: Scheme,
     /// Relative strength of the mark: its RMS relative to the weights' RMS
     /// (`ss1`: of each row; `ss2`: of each element, split between the
-    /// release and recipient components).
-    pub strength: f64,
+    /// release and recipient components). `None` (the default): `ss2`
+    /// chooses it by the size rule of [`crate::strength`] (blind z 40, within
+    /// a fidelity budget of bf16 re-rounding's cost, never below blind z 12);
+    /// `ss1` uses [`crate::DEFAULT_STRENGTH`].
+    pub strength: Option<f64>,
     /// Release label.
     pub label: String,
     /// Recipient (licensee), for a distinct mark per copy.
@@ -55,7 +60,8 @@ pub struct EmbedOptions<'a> {
     /// by default; a non-empty output directory is never replaced).
     pub overwrite: Overwrite,
     /// `ss2`: how the strength is spread over the elements
-    /// ([`Allocation::Uniform`] by default; recorded in the certificate).
+    /// ([`Allocation::DEFAULT`], `ss2-alloc2`, by default; recorded in the
+    /// certificate).
     pub allocation: Allocation,
     /// `ss2` with a recipient: how the recipient component is built
     /// ([`RecipientCode::Independent`] by default; recorded in the certificate).
@@ -88,6 +94,8 @@ pub struct EmbedReport {
     pub informed: Stats,
     /// The signed certificate.
     pub certificate: Envelope,
+    /// The strength used, how it was chosen, and what it predicted.
+    pub strength: StrengthChoice,
 }
 
 impl EmbedReport {
@@ -107,20 +115,20 @@ impl EmbedReport {
 }
 
 impl EmbedOptions<'static> {
-    /// Options for the release `label` with the defaults: strength
-    /// [`crate::DEFAULT_STRENGTH`], no recipient, the default tensor
+    /// Options for the release `label` with the defaults: strength by the
+    /// size rule ([`crate::strength`]), no recipient, the default tensor
     /// selection, the current time, no progress reports.
     pub fn new(label: impl Into<String>) -> EmbedOptions<'static> {
         EmbedOptions {
             scheme: Scheme::Ss2,
-            strength: crate::DEFAULT_STRENGTH,
+            strength: None,
             label: label.into(),
             recipient: None,
             selection: Selection::Default,
             created: crate::now_rfc3339(),
             progress: &crate::progress::NoProgress,
             overwrite: Overwrite::Refuse,
-            allocation: Allocation::Uniform,
+            allocation: Allocation::DEFAULT,
             recipient_code: RecipientCode::Independent,
         }
     }
@@ -158,7 +166,7 @@ impl<'a> EmbedOptions<'a> {
     /// The same options at another strength.
     #[must_use]
     pub fn strength(mut self, strength: f64) -> Self {
-        self.strength = strength;
+        self.strength = Some(strength);
         self
     }
 
@@ -215,11 +223,13 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
             normalize_created(&options.created)?
         )));
     }
-    if !(options.strength > 0.0 && options.strength <= MAX_STRENGTH) {
-        return Err(Error::invalid(format!(
-            "strength {} is out of range: use a value in (0, {MAX_STRENGTH}] (default 0.003)",
-            options.strength
-        )));
+    if let Some(strength) = options.strength {
+        if !(strength > 0.0 && strength <= MAX_STRENGTH) {
+            return Err(Error::invalid(format!(
+                "strength {strength} is out of range: use a value in (0, {MAX_STRENGTH}] \
+                 (leave it out for the size rule)"
+            )));
+        }
     }
     if options.label.is_empty() {
         return Err(Error::invalid("the release label is empty"));
@@ -240,11 +250,51 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The strength `embed` chooses by default for `model` marked by `ss2` with
+/// `allocation` and the default tensor selection ([`crate::strength`]):
+/// what an adversary who knows the scheme but not the certificate would
+/// guess, and what a user can ask for before marking.
+pub fn default_strength(model: &Model, allocation: Allocation) -> Result<StrengthChoice> {
+    let selected = select(model, &Selection::Default)?;
+    let options = EmbedOptions::new("model").allocation(allocation);
+    Ok(choose_strength(model, &selected, &options))
+}
+
+/// The strength of a marking: the one given, or for `ss2` the size rule's
+/// choice for the selected tensors ([`crate::strength::choose`]), or `ss1`'s
+/// fixed default.
+pub(crate) fn choose_strength(
+    model: &Model,
+    selected: &[String],
+    options: &EmbedOptions<'_>,
+) -> StrengthChoice {
+    let tensors: Vec<(Dtype, u64)> = selected
+        .iter()
+        .filter_map(|n| model.tensor(n))
+        .map(|t| (t.dtype, t.elements() as u64))
+        .collect();
+    let allocation = match options.scheme {
+        Scheme::Ss1 => Allocation::Uniform,
+        Scheme::Ss2 => options.allocation,
+    };
+    // ss1 has no separate release component: its z is the whole mark's.
+    let split = options.scheme == Scheme::Ss2 && options.recipient.is_some();
+    match (options.strength, options.scheme) {
+        (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),
+        (None, Scheme::Ss1) => {
+            strength::predict(crate::DEFAULT_STRENGTH, Binding::Fixed, allocation, &tensors, split)
+        }
+        (None, Scheme::Ss2) => strength::choose(allocation, &tensors, split),
+    }
+}
+
 /// The marking of one model, shared by [`embed`] (tensors streamed to files)
 /// and [`embed_in_memory`]: which tensors are marked, and the per-tensor
 /// results gathered from the worker threads.
 pub(crate) struct Marking<'o> {
     options: &'o EmbedOptions<'o>,
+    /// The strength used (given, or chosen by the size rule).
+    strength: StrengthChoice,
     selected: Vec<String>,
     chosen: HashSet<String>,
     /// `ss1`: the release mark key; `ss2`: the release component key.
@@ -288,6 +338,8 @@ struct Ss2Marking {
 /// ([`crate::split::embed`]) computes them once in its plan.
 pub(crate) struct MarkingInputs {
     pub(crate) selected: Vec<String>,
+    /// The strength used (given, or chosen by the size rule).
+    pub(crate) strength: StrengthChoice,
     pub(crate) ss2: Option<Ss2Inputs>,
 }
 
@@ -306,6 +358,7 @@ impl MarkingInputs {
     pub(crate) fn of(model: &Model, options: &EmbedOptions<'_>) -> Result<MarkingInputs> {
         check_options(options)?;
         let selected = select(model, &options.selection)?;
+        let strength = choose_strength(model, &selected, options);
         let ss2 = (options.scheme == Scheme::Ss2).then(|| {
             let canonical = Canonical::of(model);
             Ss2Inputs {
@@ -317,7 +370,7 @@ impl MarkingInputs {
                 canonical,
             }
         });
-        Ok(MarkingInputs { selected, ss2 })
+        Ok(MarkingInputs { selected, strength, ss2 })
     }
 }
 
@@ -342,7 +395,7 @@ impl<'o> Marking<'o> {
         inputs: MarkingInputs,
     ) -> Result<Self> {
         check_options(options)?;
-        let MarkingInputs { selected, ss2 } = inputs;
+        let MarkingInputs { selected, strength, ss2 } = inputs;
         let (mark_key, ss2) = match ss2 {
             None => (key.mark_key(&options.label, options.recipient.as_deref()), None),
             Some(Ss2Inputs { original_digests, canonical, sketch, neurons, heads, weights }) => {
@@ -351,7 +404,7 @@ impl<'o> Marking<'o> {
                 let root = base.map_or_else(|| tensor_root(&original_digests), |(_, r)| r);
                 let (release, recipient) =
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
-                let strengths = Strengths::split(options.strength, recipient.is_some());
+                let strengths = Strengths::split(strength.strength, recipient.is_some());
                 let code = match (options.recipient_code, &recipient) {
                     (RecipientCode::Tardos(code), Some(r)) => {
                         let key = CodeKey::of_release(&release);
@@ -376,6 +429,7 @@ impl<'o> Marking<'o> {
         };
         Ok(Marking {
             options,
+            strength,
             chosen: selected.iter().cloned().collect(),
             selected,
             ss2,
@@ -414,7 +468,7 @@ impl<'o> Marking<'o> {
         }
         let streams = TensorStreams::new(&self.mark_key, t.name);
         let (digest, e) =
-            rayon::join(|| tensor_digest(t), || embed_tensor(t, &streams, self.options.strength));
+            rayon::join(|| tensor_digest(t), || embed_tensor(t, &streams, self.strength.strength));
         lock(&self.results)?.insert(t.name.to_string(), (e.fidelity, e.blind, e.informed));
         lock(&self.originals)?.push((t.name.to_string(), digest));
         Ok(Some(e.data))
@@ -493,7 +547,7 @@ impl<'o> Marking<'o> {
         let ss2 = self.ss2.as_ref();
         let mut predicate = ReleasePredicate {
             scheme: options.scheme.name().to_string(),
-            strength: options.strength,
+            strength: self.strength.strength,
             label: options.label.clone(),
             recipient: options.recipient.clone(),
             mark_key_commitment: hex(&self.mark_key.commitment()),
@@ -688,6 +742,7 @@ pub(crate) fn certify_written(
     marking: Marking<'_>,
     written: WriteReport,
 ) -> Result<EmbedReport> {
+    let strength = marking.strength;
     let mut m = marking.finish(model, key, &written.tensor_digests);
     m.predicate.files = Some(release_files(&written.all_files()));
     let files: Vec<(String, Sha256Digest)> =
@@ -700,6 +755,7 @@ pub(crate) fn certify_written(
         blind: m.blind,
         informed: m.informed,
         certificate,
+        strength,
     })
 }
 

@@ -255,7 +255,7 @@ mod tests {
         std::fs::create_dir(&certs).unwrap_or_else(|e| panic!("{e}"));
         for r in ["acme", "bolt", "core"] {
             let mut options = EmbedOptions::new("m").recipient(r);
-            options.strength = 0.01;
+            options.strength = Some(0.01);
             let out = dir.path().join(format!("{r}.safetensors"));
             let report = embed(&model, &out, &key, &options).unwrap_or_else(|e| panic!("{e}"));
             write_cert(&certs, &format!("{r}.json"), &report);

@@ -79,6 +79,7 @@ mod select;
 pub mod split;
 mod ss2;
 mod stability;
+pub mod strength;
 pub mod synth;
 pub mod tardos;
 
@@ -93,8 +94,8 @@ pub use detect::{
 pub use digest::{hex, model_file_digests, model_tensor_digests, tensor_root, Sha256Digest};
 pub use dtype::{decode_f64, Dtype};
 pub use embed::{
-    certify, embed, embed_in_memory, embed_superseding, issue, normalize_created, EmbedOptions,
-    EmbedReport, MemoryEmbedding, TensorSummary, MAX_STRENGTH,
+    certify, default_strength, embed, embed_in_memory, embed_superseding, issue, normalize_created,
+    EmbedOptions, EmbedReport, MemoryEmbedding, TensorSummary, MAX_STRENGTH,
 };
 pub use error::{Error, FormatError, Result};
 pub use heads::HeadSketch;

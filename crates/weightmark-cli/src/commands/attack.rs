@@ -74,8 +74,14 @@ fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
         }
         AttackKind::SignFlips { io } => (Attack::SignFlips, io.clone()),
         AttackKind::Scrub { budget, strength, allocation, noise, io } => {
+            let strength = match strength {
+                Some(s) => *s,
+                None => {
+                    weightmark::default_strength(&Model::open(&io.model)?, *allocation)?.strength
+                }
+            };
             let scrub = Scrub { noise: (*noise).into(), ..Scrub::new(*budget) }
-                .against(*strength, *allocation);
+                .against(strength, *allocation);
             (Attack::Scrub(scrub), io.clone())
         }
         AttackKind::Rescale { log_sd, io } => (Attack::Rescale { log_sd: *log_sd }, io.clone()),

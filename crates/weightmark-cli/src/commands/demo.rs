@@ -58,7 +58,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
         &key,
         &EmbedOptions {
             scheme: weightmark::Scheme::Ss1,
-            strength: weightmark::DEFAULT_STRENGTH,
+            strength: Some(weightmark::DEFAULT_STRENGTH),
             label: "demo-release".into(),
             recipient: Some("acme".into()),
             selection: Selection::Default,

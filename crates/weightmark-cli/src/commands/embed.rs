@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use weightmark::provenance::envelope_to_string;
 use weightmark::split::embed::{assemble, EmbedPart, EmbedPlan};
+use weightmark::strength::{Binding, StrengthChoice};
 use weightmark::Selection;
 use weightmark::{check_release_paths, default_certificate_path, resolve_output};
 use weightmark::{embed, embed_superseding, load_certificate, EmbedOptions, Model, SecretKey};
@@ -49,6 +50,31 @@ pub(crate) fn options<'a>(
         progress,
         overwrite,
     })
+}
+
+/// How the strength was chosen and what it predicts, for `embed` and `issue`.
+/// `shared`: the release has a recipient, so the z is the release
+/// component's.
+pub(crate) fn strength_line(c: &StrengthChoice, shared: bool) -> String {
+    let why = match c.binding {
+        Binding::Given => "given",
+        Binding::Fixed => "ss1's fixed default",
+        Binding::Target => "the size rule's target (blind z 40), within the fidelity budget",
+        Binding::Budget => "the fidelity budget (bf16 re-rounding's cost on SmolLM2)",
+        Binding::Floor => "the floor (blind z 12), above the fidelity budget",
+        Binding::Ceiling => "the ceiling (0.003): this model is too small for blind z 12",
+    };
+    format!(
+        "strength {}: {why}; predicted blind z{} {:.1} over {} elements, relative change \
+         {:.3}%, {:.2}x the fidelity budget ({:.3}%)",
+        c.strength,
+        if shared { " of the release component" } else { "" },
+        c.predicted_z,
+        count(c.elements),
+        100.0 * c.predicted_change,
+        c.budget_spent(),
+        100.0 * c.budget_change
+    )
 }
 
 /// Marks a model and writes its certificate.
@@ -178,8 +204,9 @@ fn summary(
             .as_deref()
             .map(|r| format!("'{}'", crate::format::safe(r)))
             .unwrap_or_else(|| "none".into()),
-        args.release.strength
+        report.strength.strength
     );
+    outln!("  {}", strength_line(&report.strength, options.recipient.is_some()));
     outln!(
         "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
         100.0 * f.relative_rms_change(),
@@ -200,7 +227,7 @@ fn summary(
              is below {threshold_z:.2} (p <= 1e-9). Blind detection would need strength >= {} \
              ({:.2}% relative change). Keep the unmarked original: informed detection \
              (detect --original) finds this mark with z about {:.0}.",
-            args.release.strength,
+            report.strength.strength,
             report.strength_for_blind_threshold(),
             100.0 * report.strength_for_blind_threshold(),
             report.informed.z()

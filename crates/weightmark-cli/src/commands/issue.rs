@@ -52,8 +52,12 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
             .as_deref()
             .map(|r| format!("'{}'", safe(r)))
             .unwrap_or_else(|| "none".into()),
-        args.release.strength,
+        report.strength.strength,
         created
+    );
+    outln!(
+        "  {}",
+        crate::commands::embed::strength_line(&report.strength, args.release.recipient.is_some())
     );
     outln!(
         "  the copy's {} files ({} bytes) are hashed in the certificate; blind z of the copy {:.1}",
@@ -69,7 +73,7 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
         scheme.name(),
         safe(&label),
         args.release.recipient.as_deref().map(|r| format!(" -r '{}'", safe(r))).unwrap_or_default(),
-        args.release.strength,
+        report.strength.strength,
         created
     );
     if let Some(name) = args.release.allocation.certificate_field() {

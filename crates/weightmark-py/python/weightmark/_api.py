@@ -29,7 +29,8 @@ Progress = Callable[[str, int, int], Any]
 """A progress callback, called as ``progress(stage, done, total)`` in bytes."""
 
 DEFAULT_STRENGTH: float = _native.DEFAULT_STRENGTH
-"""Default mark strength (RMS of the mark over the RMS of each row): 0.003."""
+"""ss1's fixed default strength (0.003). ss2, the default scheme, chooses its
+strength by model size when ``strength`` is ``None`` (docs/fidelity.md)."""
 
 MAX_STRENGTH: float = _native.MAX_STRENGTH
 """Largest strength accepted (0.1)."""
@@ -73,7 +74,7 @@ def embed(
     *,
     label: Optional[str] = None,
     recipient: Optional[str] = None,
-    strength: float = DEFAULT_STRENGTH,
+    strength: Optional[float] = None,
     scheme: Optional[str] = None,
     tensors: Union[str, Sequence[str], None] = None,
     cert: Optional[PathLike] = None,
@@ -88,7 +89,9 @@ def embed(
         key: the owner's secret key file (``NAME.key``).
         label: release label (default: the model's name).
         recipient: recipient (licensee), for a distinct mark per copy.
-        strength: mark RMS relative to the weights' RMS, in (0, 0.1].
+        strength: mark RMS relative to the weights' RMS, in (0, 0.1]; ``None``
+            (the default): ss2 picks it by model size within a fidelity budget,
+            ss1 uses DEFAULT_STRENGTH.
         scheme: mark scheme, ``"ss1"`` or ``"ss2"`` (default: the library's,
             as for ``weightmark embed`` without ``--scheme``).
         tensors: glob(s) of the tensors to mark (default: float tensors with at
@@ -233,7 +236,7 @@ def mark(
     *,
     label: str,
     recipient: Optional[str] = None,
-    strength: float = DEFAULT_STRENGTH,
+    strength: Optional[float] = None,
     scheme: Optional[str] = None,
     tensors_globs: Union[str, Sequence[str], None] = None,
     dtypes: Optional[Mapping[str, str]] = None,
@@ -252,7 +255,7 @@ def mark(
         key: the owner's secret key file.
         label: release label.
         recipient: recipient (licensee).
-        strength: mark strength, in (0, 0.1].
+        strength: mark strength, in (0, 0.1]; ``None``: as in ``embed``.
         scheme: mark scheme, ``"ss1"`` or ``"ss2"`` (default: the library's).
         tensors_globs: glob(s) of the tensors to mark (default selection otherwise).
         dtypes: per-tensor dtype overrides, e.g. ``{"w": "bf16"}`` for a

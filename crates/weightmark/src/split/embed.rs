@@ -120,7 +120,9 @@ struct MarkedRecord {
 fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Value {
     serde_json::json!({
         "scheme": options.scheme.name(),
-        "strength": f64_to_hex(options.strength),
+        // Given or not: each step then applies the same size rule to the
+        // same original ([`crate::strength`]).
+        "strength": options.strength.map(f64_to_hex),
         "label": options.label,
         "recipient": options.recipient,
         "allocation": options.allocation.certificate_field(),
@@ -244,8 +246,10 @@ impl EmbedPlan {
         Ok(())
     }
 
-    /// The marking inputs the plan recorded.
-    fn inputs(&self) -> Result<MarkingInputs> {
+    /// The marking inputs the plan recorded, with the strength `options`
+    /// give `original` (the size rule's choice depends only on the
+    /// selected tensors' types and sizes, which the plan's checks fix).
+    fn inputs(&self, original: &Model, options: &EmbedOptions<'_>) -> Result<MarkingInputs> {
         let bad = |what: &str| split_error(&self.path, format!("malformed {what}"));
         let ss2 = match &self.record.ss2 {
             None => None,
@@ -260,7 +264,9 @@ impl EmbedPlan {
                 weights: model_weights(&s.weights, &self.path)?,
             }),
         };
-        Ok(MarkingInputs { selected: self.record.selected.clone(), ss2 })
+        let selected = self.record.selected.clone();
+        let strength = crate::embed::choose_strength(original, &selected, options);
+        Ok(MarkingInputs { selected, strength, ss2 })
     }
 }
 
@@ -285,7 +291,7 @@ impl EmbedPart {
         }
         crate::model::refuse_same_path(&original.path, out)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let marking = Marking::with_inputs(key, options, None, plan.inputs()?)?;
+        let marking = Marking::with_inputs(key, options, None, plan.inputs(original, options)?)?;
         let transform = |t: &crate::model::TensorRef<'_>| marking.mark(t);
         let write = WriteOptions { progress: options.progress, overwrite: options.overwrite };
         let files = &original.files[part.files(count)];
@@ -446,7 +452,7 @@ pub fn assemble(
             }
         }
     }
-    let marking = Marking::with_inputs(key, options, None, plan.inputs()?)?;
+    let marking = Marking::with_inputs(key, options, None, plan.inputs(original, options)?)?;
     marking.put_results((results, originals))?;
     let written = finish_directory(original, out, files, digests, options.overwrite)?;
     certify_written(original, key, marking, written)

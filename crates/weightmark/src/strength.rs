@@ -1,0 +1,305 @@
+//! The default strength of `ss2`: a size rule held to a fidelity budget.
+//!
+//! Blind z grows like `strength · sqrt(n)` over the `n` marked elements
+//! (with a recipient, the release component ("is this ours?") gets
+//! `strength / sqrt(2)` of it, and every z here is that component's),
+//! while what a mark costs a model grows with the square of the relative
+//! change of its weights, whatever the model's size. So a fixed strength
+//! either wastes blind z on large models or loses blind detection on small
+//! ones. [`choose`] picks, for a given model, the strength that
+//!
+//! 1. aims at a blind z of [`TARGET_Z`] (enough to stay above the threshold
+//!    after the heaviest edits `ss2` survives blind: a 50/50 merge keeps
+//!    about a third of z);
+//! 2. but spends no more than the **fidelity budget**: the relative
+//!    mean-square change of the weights that, on SmolLM2-135M in f16, costs
+//!    as much KL as re-rounding the model to bf16 (measured per allocation,
+//!    docs/fidelity.md);
+//! 3. unless that would leave the predicted blind z below [`FLOOR_Z`]: then
+//!    it spends what `FLOOR_Z` needs, above the budget, and says so;
+//! 4. but never more than [`CEILING`], the fixed default of earlier versions
+//!    (about 8× the budget): models under about 11M elements get it, and
+//!    blind z below 12 (`embed` then says what blind detection would need).
+//!
+//! The change a strength makes depends on the storage type: in f32 it is the
+//! strength itself; in f16 and bf16 the mark is carried by unbiased keyed
+//! rounding, which moves an element a whole step with the right probability,
+//! so a strength below the step costs about `strength · step` in mean
+//! square, not `strength²`. For bf16 weights that makes the budget's
+//! strength about four times smaller than for f16 ([`relative_mse`]).
+//!
+//! Everything here is a prediction from element counts and storage types.
+//! `embed` measures the real change and blind z of what it wrote, and prints
+//! both beside the prediction.
+
+use crate::allocation::Allocation;
+use crate::dtype::Dtype;
+
+/// Blind z the size rule aims at: a 50/50 merge with an unrelated model,
+/// the heaviest edit blind `ss2` detection survives on SmolLM2, keeps 0.34
+/// of z, so 40 leaves it about twice the threshold (6.44).
+pub const TARGET_Z: f64 = 40.0;
+
+/// Least predicted blind z the default accepts, even above the fidelity
+/// budget: int4 quantization, Q4_K and 50% pruning keep 0.53–0.58 of z, so
+/// 12 keeps them about at the threshold.
+pub const FLOOR_Z: f64 = 12.0;
+
+/// The most the default ever spends: the fixed default strength of earlier
+/// versions and of `ss1` ([`crate::DEFAULT_STRENGTH`]).
+pub const CEILING: f64 = crate::scheme::DEFAULT_STRENGTH;
+
+/// Blind z per `strength · sqrt(n)`, measured on SmolLM2 f16 (`ss2` at
+/// strength 3e-3 over 134.5M elements: 42.6 uniform, 45.9 with `ss2-alloc2`)
+/// and checked on synthetic Llama shapes (docs/fidelity.md).
+pub const Z_PER_STRENGTH_ROOT_N: f64 = 1.2;
+
+/// The strength whose mark costs SmolLM2 f16 the KL of re-rounding it to
+/// bf16, by allocation: the fidelity budget is this mark's relative mean
+/// square change in f16 ([`budget_mse`]).
+fn budget_strength(allocation: Allocation) -> f64 {
+    // Measured KL against bf16's 1.05e-4, scaled with the square of the
+    // strength from the nearest measurement below 2e-3. Scaling down from 3e-3
+    // alone underestimates KL at small strengths (the f16 rounding's share
+    // grows): for `ss2-alloc2` it predicted 1.05e-4 at 1.51e-3, where 1.20e-4
+    // was measured.
+    match allocation {
+        // KL 7.82e-4 at 3e-3 (the only measurement), with the 1.14 that
+        // `ss2-alloc2` showed between 3e-3 and 1.5e-3.
+        Allocation::Uniform => 1.03e-3,
+        // KL 1.10e-4 at 1.4e-3.
+        Allocation::Alloc1(_) => 1.37e-3,
+        // KL 1.20e-4 at 1.51e-3 (4.13e-4 at 3e-3).
+        Allocation::Alloc2(_) => 1.41e-3,
+    }
+}
+
+/// Why [`choose`] settled where it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The strength was given; nothing was chosen.
+    Given,
+    /// `ss1`'s fixed default ([`crate::DEFAULT_STRENGTH`]); the size rule is `ss2`'s.
+    Fixed,
+    /// The size rule's target z, within the budget.
+    Target,
+    /// The fidelity budget: the target z would cost more.
+    Budget,
+    /// The floor z, above the budget.
+    Floor,
+    /// The ceiling: the floor z would need more than [`CEILING`].
+    Ceiling,
+}
+
+/// The strength a marking uses, and what it predicts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StrengthChoice {
+    /// The relative strength used.
+    pub strength: f64,
+    /// What decided it.
+    pub binding: Binding,
+    /// Elements marked.
+    pub elements: u64,
+    /// Predicted blind z of the unattacked release's release component:
+    /// `Z_PER_STRENGTH_ROOT_N · strength · sqrt(elements)`, over `sqrt(2)`
+    /// with a recipient (the strength is split between the components).
+    pub predicted_z: f64,
+    /// Predicted relative RMS change of the marked weights (rounding included).
+    pub predicted_change: f64,
+    /// The fidelity budget, as a relative RMS change.
+    pub budget_change: f64,
+}
+
+impl StrengthChoice {
+    /// Predicted cost as a multiple of the budget (mean-square change over
+    /// the budget's, so roughly a multiple of bf16 re-rounding's KL).
+    pub fn budget_spent(&self) -> f64 {
+        (self.predicted_change / self.budget_change).powi(2)
+    }
+}
+
+/// Mantissa bits of a floating storage type the rounding model knows
+/// (`None`: treated as exact, e.g. f64).
+fn mantissa_bits(dtype: Dtype) -> Option<i32> {
+    match dtype {
+        Dtype::F32 => Some(23),
+        Dtype::F16 => Some(10),
+        Dtype::BF16 => Some(7),
+        Dtype::F8E4M3 => Some(3),
+        Dtype::F8E5M2 => Some(2),
+        _ => None,
+    }
+}
+
+/// Expected relative mean-square change of one element marked at relative
+/// strength `s` and rounded without bias to a type with `bits` mantissa
+/// bits: `s² + u²·f·(1 − f)`, with `u` the element's relative step and `f`
+/// the fractional part of `s / u`, averaged over mantissas spread evenly in
+/// log scale (what trained weights look like within an octave).
+pub fn relative_mse(s: f64, dtype: Dtype) -> f64 {
+    let Some(bits) = mantissa_bits(dtype) else { return s * s };
+    const STEPS: usize = 256;
+    let ulp = (2f64).powi(-bits);
+    let mut sum = 0.0;
+    for k in 0..STEPS {
+        // Mantissa 1 + m at log-spaced points of [1, 2).
+        let m = (2f64).powf((k as f64 + 0.5) / STEPS as f64);
+        let u = ulp / m;
+        let t = s / u;
+        let f = t - t.floor();
+        sum += s * s + u * u * f * (1.0 - f);
+    }
+    sum / STEPS as f64
+}
+
+/// The fidelity budget of `allocation` as a relative mean-square change.
+pub fn budget_mse(allocation: Allocation) -> f64 {
+    relative_mse(budget_strength(allocation), Dtype::F16)
+}
+
+/// Predicted relative mean-square change of `tensors` (storage type and
+/// element count of each marked tensor) at strength `s`.
+fn model_mse(s: f64, tensors: &[(Dtype, u64)]) -> f64 {
+    let n: f64 = tensors.iter().map(|&(_, n)| n as f64).sum();
+    if n <= 0.0 {
+        return s * s;
+    }
+    tensors.iter().map(|&(d, k)| k as f64 * relative_mse(s, d)).sum::<f64>() / n
+}
+
+/// The share of the strength the release component gets: all of it, or
+/// `1/sqrt(2)` with a recipient.
+fn release_share(recipient: bool) -> f64 {
+    if recipient {
+        std::f64::consts::FRAC_1_SQRT_2
+    } else {
+        1.0
+    }
+}
+
+/// The strength predicted to give the release component blind z `z` over
+/// `elements` elements.
+pub fn strength_for_z(z: f64, elements: u64, recipient: bool) -> f64 {
+    z / (Z_PER_STRENGTH_ROOT_N * release_share(recipient) * (elements.max(1) as f64).sqrt())
+}
+
+/// What `strength` predicts for `tensors` under `allocation`, with or
+/// without a recipient.
+pub fn predict(
+    strength: f64,
+    binding: Binding,
+    allocation: Allocation,
+    tensors: &[(Dtype, u64)],
+    recipient: bool,
+) -> StrengthChoice {
+    let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
+    StrengthChoice {
+        strength,
+        binding,
+        elements,
+        predicted_z: Z_PER_STRENGTH_ROOT_N
+            * release_share(recipient)
+            * strength
+            * (elements as f64).sqrt(),
+        predicted_change: model_mse(strength, tensors).sqrt(),
+        budget_change: budget_mse(allocation).sqrt(),
+    }
+}
+
+/// The default strength for marking `tensors` (storage type and element
+/// count of each) under `allocation`, with or without a recipient: the size
+/// rule of this module, rounded to three significant digits so that
+/// certificates carry a short number.
+pub fn choose(allocation: Allocation, tensors: &[(Dtype, u64)], recipient: bool) -> StrengthChoice {
+    let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
+    let budget = budget_mse(allocation);
+    let target = strength_for_z(TARGET_Z, elements, recipient);
+    let floor = strength_for_z(FLOOR_Z, elements, recipient);
+    // The largest strength within the budget: model_mse grows with s, so
+    // bisect on a log scale.
+    let (mut lo, mut hi) = (1e-7f64, crate::embed::MAX_STRENGTH);
+    for _ in 0..100 {
+        let mid = (lo * hi).sqrt();
+        if model_mse(mid, tensors) <= budget {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (s, binding) = if target <= lo {
+        (target, Binding::Target)
+    } else if floor <= lo {
+        (lo, Binding::Budget)
+    } else if floor <= CEILING {
+        (floor, Binding::Floor)
+    } else {
+        (CEILING, Binding::Ceiling)
+    };
+    let s = round3(s);
+    predict(s, binding, allocation, tensors, recipient)
+}
+
+/// `x` rounded to three significant digits.
+fn round3(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return x;
+    }
+    let scale = 10f64.powi(2 - x.log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOLLM2: u64 = 134_515_008;
+
+    #[test]
+    fn the_budget_binds_on_a_small_f16_model_and_the_target_on_a_large_one() {
+        let a = Allocation::ALLOC2;
+        let small = choose(a, &[(Dtype::F16, SMOLLM2)], false);
+        assert_eq!(small.binding, Binding::Budget);
+        assert!((small.strength - 1.41e-3).abs() < 2e-5, "{small:?}");
+        assert!((small.budget_spent() - 1.0).abs() < 0.02, "{small:?}");
+        let large = choose(a, &[(Dtype::F16, 6_500_000_000)], false);
+        assert_eq!(large.binding, Binding::Target);
+        assert!((large.predicted_z - TARGET_Z).abs() < 0.1, "{large:?}");
+        assert!(large.budget_spent() < 0.2, "{large:?}");
+        // A recipient takes half the energy: the release component keeps
+        // its target z at sqrt(2) times the strength.
+        let shared = choose(a, &[(Dtype::F16, 6_500_000_000)], true);
+        assert!((shared.predicted_z - TARGET_Z).abs() < 0.1, "{shared:?}");
+        assert!((shared.strength / large.strength - 2f64.sqrt()).abs() < 0.01);
+        // Where the budget binds, a recipient changes nothing but the z.
+        let split = choose(a, &[(Dtype::F16, SMOLLM2)], true);
+        assert_eq!(split.strength, small.strength);
+        assert!((split.predicted_z * 2f64.sqrt() - small.predicted_z).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bf16_costs_more_per_strength_so_its_budget_strength_is_smaller() {
+        let a = Allocation::ALLOC2;
+        let (f16, bf16) = (relative_mse(1e-3, Dtype::F16), relative_mse(1e-3, Dtype::BF16));
+        // Below the bf16 step the rounding dominates: about s · E[u].
+        assert!(bf16 > 4.0 * f16, "{f16} {bf16}");
+        let big = choose(a, &[(Dtype::BF16, 1_000_000_000)], false);
+        assert_eq!(big.binding, Binding::Budget);
+        assert!(big.strength < 5e-4 && big.predicted_z > FLOOR_Z, "{big:?}");
+        // SmolLM2 in bf16 cannot reach the floor within the budget.
+        let small = choose(a, &[(Dtype::BF16, SMOLLM2)], false);
+        assert_eq!(small.binding, Binding::Floor);
+        assert!((small.predicted_z - FLOOR_Z).abs() < 0.05 && small.budget_spent() > 1.5);
+    }
+
+    #[test]
+    fn f32_is_exact_small_models_get_the_floor_and_tiny_ones_the_ceiling() {
+        assert!((relative_mse(2e-3, Dtype::F32) / 4e-6 - 1.0).abs() < 1e-6);
+        // MiniLM's size: the floor, under the ceiling.
+        let small = choose(Allocation::Uniform, &[(Dtype::F32, 22_700_000)], false);
+        assert_eq!(small.binding, Binding::Floor);
+        assert!((small.strength - strength_for_z(FLOOR_Z, 22_700_000, false)).abs() < 1e-5);
+        let tiny = choose(Allocation::Uniform, &[(Dtype::F32, 1_000_000)], false);
+        assert_eq!(tiny.binding, Binding::Ceiling);
+        assert_eq!(tiny.strength, CEILING);
+    }
+}
