@@ -273,9 +273,12 @@ pub(crate) fn choose_strength(
         .filter_map(|n| model.tensor(n))
         .map(|t| (t.dtype, t.elements() as u64))
         .collect();
+    // The allocation only reshapes tensors it has rules for (Llama names):
+    // elsewhere (BERT, MiniLM) the mark is uniform, and so is its budget.
+    let llama = selected.iter().any(|n| crate::llama::Part::of(n).is_some());
     let allocation = match options.scheme {
-        Scheme::Ss1 => Allocation::Uniform,
-        Scheme::Ss2 => options.allocation,
+        Scheme::Ss2 if llama => options.allocation,
+        _ => Allocation::Uniform,
     };
     // ss1 has no separate release component: its z is the whole mark's.
     let split = options.scheme == Scheme::Ss2 && options.recipient.is_some();
