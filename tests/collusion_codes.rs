@@ -1,6 +1,7 @@
 //! Collusion-secure recipient codes (`tardos1`, issue #12): 20 licensees of
 //! one synthetic release, coalitions of 2 to 4 combining their copies by
-//! mean, median, midpoint and random per-element choice; `identify` over
+//! every method of issue #12 (mean, median, min/max midpoint, interleaving,
+//! random per-element choice); `identify` over
 //! all 20 certificates must name every colluder informed, at least one
 //! colluder blind at k = 2, and never an innocent.
 
@@ -74,6 +75,7 @@ fn tardos_codes_name_colluders_and_never_an_innocent() {
         CollusionMethod::Mean,
         CollusionMethod::Median,
         CollusionMethod::Midpoint,
+        CollusionMethod::Interleave,
         CollusionMethod::Random,
     ];
     let mut largest_innocent = f64::NEG_INFINITY;
@@ -222,4 +224,204 @@ fn tardos_marks_and_scores_are_identical_whatever_the_thread_count() {
     assert_eq!(outputs.len(), 2);
     assert!(outputs[0].0 == outputs[1].0, "marked bytes differ between 1 and 3 threads");
     assert_eq!(outputs[0].1, outputs[1].1, "scores differ between 1 and 3 threads");
+}
+
+/// One owner-signed reveal statement, read back for editing.
+fn reveal_statement(
+    path: &Path,
+    owner: &weightmark::PublicKey,
+) -> weightmark::provenance::Statement<weightmark::provenance::RevealPredicate> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let envelope =
+        weightmark::provenance::parse_envelope(&bytes, path).unwrap_or_else(|e| panic!("{e}"));
+    let payload =
+        weightmark::provenance::verify_envelope(&envelope, owner).unwrap_or_else(|e| panic!("{e}"));
+    weightmark::provenance::reveal::parse_reveal_statement(&payload)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes `statement` signed by `signer` to `path`.
+fn write_signed<P: serde::Serialize>(
+    path: &Path,
+    statement: &weightmark::provenance::Statement<P>,
+    signer: &SecretKey,
+) {
+    let envelope =
+        weightmark::provenance::sign_statement(statement, signer).unwrap_or_else(|e| panic!("{e}"));
+    let text =
+        weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_coded_dispute_settles_one_recipient_and_refuses_wrong_or_edited_reveals() {
+    use weightmark::provenance::report::{build_report, ReportInputs};
+    use weightmark::provenance::{build_reveal, load_reveal, Disclosed, RevealInputs};
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let at = |name: &str| dir.path().join(name);
+    write_file(&at("model.safetensors"), &llama(&LlamaShape::TINY, Dtype::BF16, 4), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(at("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let owner = SecretKey::from_seed([0x21; 32]);
+    let code = RecipientCode::Tardos(TardosCode::new(4096, 0.01).unwrap_or_else(|e| panic!("{e}")));
+    std::fs::create_dir(at("certs")).unwrap_or_else(|e| panic!("{e}"));
+    let mut copies = Vec::new();
+    for r in 0..3 {
+        let out = at(&format!("copy{r}.safetensors"));
+        let report =
+            embed(&model, &out, &owner, &options(r, code)).unwrap_or_else(|e| panic!("{e}"));
+        write_cert(&at("certs"), r, &report);
+        copies.push(Model::open(&out).unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Another release of the same owner (its release key is a wrong one here).
+    let mut v2 = EmbedOptions::new("v2").recipient("r00").strength(STRENGTH).recipient_code(code);
+    v2.created = "2026-12-02T09:00:00Z".into();
+    let other = issue(&model, &at("x.safetensors"), &owner, &v2).unwrap_or_else(|e| panic!("{e}"));
+    let other_path = at("other.json");
+    std::fs::write(&other_path, other.certificate_text().unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cert = |r: usize| {
+        weightmark::load_certificate(&at(&format!("certs/r{r:02}.json")), &owner.public_key())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let other_cert = weightmark::load_certificate(&other_path, &owner.public_key())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The leak: r00 and r01 by midpoint.
+    let leak_path = at("leak.safetensors");
+    collude(&[&copies[0], &copies[1]], CollusionMethod::Midpoint, 5, &leak_path, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let leak = Model::open(&leak_path).unwrap_or_else(|e| panic!("{e}"));
+    let options = weightmark::DetectOptions::default();
+    let tested = 3;
+
+    // The owner commits to the leak with a signed report per accused
+    // licensee (and one for the innocent r02), then reveals.
+    let reveal_for = |c: &weightmark::Certificate, name: &str| {
+        let target =
+            weightmark::Target::from_certificate(c, &owner).unwrap_or_else(|e| panic!("{e}"));
+        let found = weightmark::detect(&leak, Some(&model), &target, &options)
+            .and_then(|d| d.adjusted_for(tested))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let files = weightmark::model_file_digests(&leak);
+        let p = c.predicate();
+        let envelope = build_report(
+            &ReportInputs {
+                detection: &found,
+                label: &p.label,
+                recipient: p.recipient.as_deref(),
+                certificate: Some(c),
+                suspect_files: &files,
+                original_tensor_root: None,
+                builds_on: None,
+                dispute: None,
+                created: "2026-12-02T10:00:00Z".into(),
+            },
+            &owner,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let commit = at(&format!("commit-{name}.json"));
+        std::fs::write(
+            &commit,
+            weightmark::provenance::envelope_to_string(&envelope).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let inputs = RevealInputs {
+            disclosed: Disclosed::Mark,
+            certificate: c,
+            report: &commit,
+            created: "2026-12-02T11:00:00Z".into(),
+        };
+        let reveal = build_reveal(&inputs, &owner).unwrap_or_else(|e| panic!("{e}"));
+        let path = at(&format!("reveal-{name}.json"));
+        weightmark::provenance::save_reveal(&path, &reveal).unwrap_or_else(|e| panic!("{e}"));
+        path
+    };
+    let public = owner.public_key();
+    let arbiter = |reveal: &Path, r: usize| {
+        let c = cert(r);
+        let reveal = load_reveal(reveal, &public)?;
+        let target = reveal.target(&c)?;
+        let found =
+            weightmark::detect(&leak, Some(&model), &target, &options)?.adjusted_for(tested)?;
+        let dispute = reveal.dispute_for(&found.suspect_digest, &c)?;
+        Ok::<_, weightmark::Error>((found, dispute))
+    };
+
+    // The accused colluder: the arbiter, with the owner's public key and
+    // r00's reveal only, scores r00 by the code far above the threshold.
+    let reveal0 = reveal_for(&cert(0), "r00");
+    let (found, dispute) = arbiter(&reveal0, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dispute.committed);
+    let coded = found.recipient_component.unwrap_or_else(|| panic!("no recipient score"));
+    let range = coded.range.unwrap_or_else(|| panic!("no range: not scored by the code"));
+    assert!(
+        coded.log10_p_value + (tested as f64).log10() <= -9.0,
+        "colluder z {} (range {range}), bound {}",
+        coded.z,
+        coded.log10_p_value
+    );
+    eprintln!("accused colluder: z {:.1} (range {range:.3})", coded.z);
+    // The reveal discloses r00's key and the release key, nothing of r01 or
+    // r02: neither of their recipient commitments is among its keys'.
+    let st = reveal_statement(&reveal0, &public);
+    let disclosed =
+        [Some(&st.predicate.mark_key_commitment), st.predicate.release_key_commitment.as_ref()];
+    assert_eq!(
+        st.predicate.release_key_commitment.as_deref(),
+        Some(cert(0).predicate().mark_key_commitment.as_str())
+    );
+    for r in [1, 2] {
+        let theirs = cert(r).predicate().recipient_key_commitment.clone();
+        assert!(theirs.is_some() && !disclosed.contains(&theirs.as_ref()));
+    }
+
+    // An innocent accused: r02's reveal settles its score, which stays low.
+    let reveal2 = reveal_for(&cert(2), "r02");
+    let (found, _) = arbiter(&reveal2, 2).unwrap_or_else(|e| panic!("{e}"));
+    let innocent = found.recipient_component.unwrap_or_else(|| panic!("no recipient score"));
+    assert!(innocent.log10_p_value + (tested as f64).log10() > -9.0, "innocent z {}", innocent.z);
+
+    // A reveal for the wrong recipient: r00's keys against r01's certificate.
+    let wrong = arbiter(&reveal0, 1).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(wrong.contains("r01.json") && wrong.contains("recipient component"), "{wrong}");
+
+    // An edited reveal (one character of the signed payload changed).
+    let text = std::fs::read_to_string(&reveal0).unwrap_or_else(|e| panic!("{e}"));
+    let start = text.find("\"payload\": \"").unwrap_or_else(|| panic!("no payload")) + 40;
+    let mut bytes = text.into_bytes();
+    bytes[start] = if bytes[start] == b'A' { b'B' } else { b'A' };
+    std::fs::write(at("edited.json"), &bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(load_reveal(&at("edited.json"), &public).is_err(), "an edited reveal was accepted");
+
+    // Re-signed edits (by the owner: the statement must still hold together).
+    // The release key of another release, with its own commitment.
+    let other = reveal_statement(&reveal_for(&other_cert, "v2"), &public).predicate;
+    assert!(other.release_key.is_some() && other.release_key != st.predicate.release_key);
+    let mut st = reveal_statement(&reveal0, &public);
+    st.predicate.release_key = other.release_key.clone();
+    st.predicate.release_key_commitment = other.release_key_commitment.clone();
+    write_signed(&at("swapped.json"), &st, &owner);
+    let err = arbiter(&at("swapped.json"), 0).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("r00.json") && err.contains("does not belong"), "{err}");
+    // A release key that does not match the commitment the statement states.
+    let mut st = reveal_statement(&reveal0, &public);
+    st.predicate.release_key = other.release_key;
+    write_signed(&at("mismatched.json"), &st, &owner);
+    let err = load_reveal(&at("mismatched.json"), &public)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("release key does not match"), "{err}");
+    // The recipient key alone (the release key dropped): cannot be scored.
+    let mut st = reveal_statement(&reveal0, &public);
+    st.predicate.release_key = None;
+    st.predicate.release_key_commitment = None;
+    write_signed(&at("alone.json"), &st, &owner);
+    let err = arbiter(&at("alone.json"), 0).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("recipient code"), "{err}");
+    // Not signed by the owner at all.
+    let st = reveal_statement(&reveal0, &public);
+    write_signed(&at("forged.json"), &st, &SecretKey::from_seed([0x22; 32]));
+    assert!(load_reveal(&at("forged.json"), &public).is_err(), "a forged reveal was accepted");
 }

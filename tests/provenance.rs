@@ -582,3 +582,101 @@ fn a_revealed_key_settles_only_the_suspect_committed_before_the_reveal() {
     let o = s.run(&[&args[..], &["planted.safetensors", "--json"]].concat());
     assert_eq!(json(&o)["dispute"]["committed"], false);
 }
+
+#[test]
+fn a_coded_release_is_disputed_with_the_recipient_and_release_keys_and_for_that_recipient_only() {
+    let s = Scene::new();
+    s.ok(&["keygen", "-o", "lab"]);
+    s.ok(&["keygen", "-o", "arbiter"]);
+    write_file(&s.path("m.safetensors"), &llama(&LlamaShape::TINY, Dtype::BF16, 6), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let code = ["--recipient-code", "tardos1", "--code-groups", "4096"];
+    for r in ["alice", "bob"] {
+        let out = format!("{r}.safetensors");
+        let mut args = vec!["embed", "-k", "lab.key", "-r", r, "--strength", "0.03"];
+        args.extend(code);
+        args.extend(["m.safetensors", "-o", &out]);
+        s.ok(&args);
+    }
+    let (alice, bob) = ("alice.safetensors.cert.json", "bob.safetensors.cert.json");
+    s.ok(&[
+        "attack",
+        "collude",
+        "--method",
+        "midpoint",
+        "--with",
+        "bob.safetensors",
+        "alice.safetensors",
+        "-o",
+        "leak.safetensors",
+    ]);
+    let commit = ["--original", "m.safetensors", "--tested", "2", "leak.safetensors"];
+    let mut args = vec!["detect", "-k", "lab.key", "--cert", alice, "--report", "commit.json"];
+    args.extend(commit);
+    s.ok(&args);
+    let said = s.ok(&[
+        "reveal",
+        "-k",
+        "lab.key",
+        "--cert",
+        alice,
+        "--report",
+        "commit.json",
+        "-o",
+        "r.json",
+    ]);
+    assert!(said.contains("recipient and release component keys"), "{said}");
+    // The arbiter scores alice by the code, for the committed suspect.
+    let arbiter = |cert: &str, suspect: &str| {
+        s.run(&[
+            "detect",
+            "--mark-key",
+            "r.json",
+            "--cert",
+            cert,
+            "--pub",
+            "lab.pub",
+            "-k",
+            "arbiter.key",
+            "--original",
+            "m.safetensors",
+            "--tested",
+            "2",
+            suspect,
+            "--json",
+        ])
+    };
+    let o = arbiter(alice, "leak.safetensors");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["dispute"]["committed"], true);
+    let coded = &v["recipient_component"];
+    assert!(coded["range"].as_f64().is_some(), "not scored by the code: {v}");
+    let log10_p = coded["log10_p_value"].as_f64().unwrap_or(0.0);
+    assert!(log10_p + 2f64.log10() <= -9.0, "alice not named: {coded}");
+    // Bob's certificate with alice's keys: refused before any detection.
+    let o = arbiter(bob, "leak.safetensors");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("r.json") && err.contains("bob.safetensors.cert.json"), "{err}");
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    // Another suspect (alice's own copy) was not committed to: refused.
+    let o = arbiter(alice, "alice.safetensors");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not committed to before the reveal"), "{}", stderr(&o));
+    // The statement, edited after signing (the recipient renamed): refused.
+    let text = std::fs::read_to_string(s.path("r.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let payload = v["payload"].as_str().unwrap_or_default();
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
+    let decoded = BASE64.decode(payload).unwrap_or_else(|e| panic!("{e}"));
+    let edited = String::from_utf8_lossy(&decoded).replace("\"alice\"", "\"bob\"");
+    assert_ne!(edited.as_bytes(), decoded.as_slice());
+    let mut v = v.clone();
+    v["payload"] = serde_json::Value::String(BASE64.encode(edited.as_bytes()));
+    std::fs::write(s.path("r.json"), v.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let o = arbiter(bob, "leak.safetensors");
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("r.json"), "{}", stderr(&o));
+}

@@ -10,7 +10,7 @@ use weightmark::{
     check_release_paths, convert, default_certificate_path, embed, hex, identify, inspect_json,
     load_candidates, parse_size, prepare_outputs, resolve_output, write_new, ConvertOptions,
     Digests, Dtype, EmbedOptions, Error, IdentifyOptions, Model, Overwrite, Progress, PublicKey,
-    Scheme, SecretKey, Selection,
+    RecipientCode, Scheme, SecretKey, Selection, TardosCode,
 };
 
 use crate::detection::check_threshold;
@@ -56,6 +56,8 @@ pub struct EmbedRequest {
     pub scheme: Option<Scheme>,
     /// Tensor globs (default selection when absent or empty).
     pub tensors: Option<Vec<String>>,
+    /// How the recipient component is built.
+    pub recipient_code: RecipientCode,
     /// Certificate path (default `OUT.cert.json` beside the output).
     pub cert: Option<PathBuf>,
     /// Whether an existing output file and certificate may be replaced.
@@ -70,9 +72,10 @@ pub fn options<'p>(
     strength: Option<f64>,
     scheme: Option<Scheme>,
     globs: Option<Vec<String>>,
+    recipient_code: RecipientCode,
     progress: &'p dyn Progress,
 ) -> EmbedOptions<'p> {
-    let mut options = EmbedOptions::new(label).progress(progress);
+    let mut options = EmbedOptions::new(label).recipient_code(recipient_code).progress(progress);
     options.strength = strength;
     options.recipient = recipient;
     options.selection = selection(globs);
@@ -98,6 +101,38 @@ pub fn parse_scheme(name: Option<&str>) -> Outcome<Option<Scheme>> {
     .transpose()
 }
 
+/// The recipient code called `name` (`"independent"`, the default, or
+/// `"tardos1"`) with its parameters, checked: `groups` and `cutoff` (the
+/// library's defaults when absent) belong to `"tardos1"` only.
+pub fn parse_recipient_code(
+    name: Option<&str>,
+    groups: Option<u32>,
+    cutoff: Option<f64>,
+) -> Outcome<RecipientCode> {
+    match name.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("independent") => {
+            if groups.is_some() || cutoff.is_some() {
+                return Err(Failure::Input(
+                    "code_groups and code_cutoff belong to recipient_code='tardos1'".into(),
+                ));
+            }
+            Ok(RecipientCode::Independent)
+        }
+        Some(weightmark::tardos::TARDOS1) => {
+            let code = TardosCode::new(
+                groups.unwrap_or(weightmark::tardos::DEFAULT_GROUPS),
+                cutoff.unwrap_or(weightmark::tardos::DEFAULT_CUTOFF),
+            )
+            .map_err(|e| Failure::Input(e.to_string()))?;
+            Ok(RecipientCode::Tardos(code))
+        }
+        Some(_) => Err(Failure::Input(format!(
+            "recipient code '{}' is not one this version knows: use 'independent' or 'tardos1'",
+            name.unwrap_or_default().escape_debug()
+        ))),
+    }
+}
+
 /// Tensor selection from optional globs: none (or an empty list) is the
 /// default selection, as with the CLI's `--tensors`.
 pub fn selection(globs: Option<Vec<String>>) -> Selection {
@@ -116,8 +151,16 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
     check_release_paths(&model, &r.key, &destination, &cert_path)?;
     prepare_outputs(&[&destination, &cert_path], r.overwrite)?;
     let label = r.label.clone().unwrap_or_else(|| model.display_name());
-    let options = options(&label, r.recipient.clone(), r.strength, r.scheme, r.tensors, progress)
-        .overwrite(r.overwrite);
+    let options = options(
+        &label,
+        r.recipient.clone(),
+        r.strength,
+        r.scheme,
+        r.tensors,
+        r.recipient_code,
+        progress,
+    )
+    .overwrite(r.overwrite);
     let report = embed(&model, &r.output, &key, &options)?;
     write_new(&cert_path, &report.certificate_text()?, r.overwrite)?;
     let mut out = marking_summary(&Marked {

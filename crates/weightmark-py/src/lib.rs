@@ -74,7 +74,7 @@ fn keygen(py: Python<'_>, name: PathBuf) -> PyResult<(String, String, String)> {
 #[pyfunction]
 #[pyo3(signature = (model, output, key, *, label=None, recipient=None,
     strength=None, scheme=None, tensors=None, cert=None, force=false,
-    progress=None))]
+    progress=None, recipient_code=None, code_groups=None, code_cutoff=None))]
 #[allow(clippy::too_many_arguments)]
 fn embed(
     py: Python<'_>,
@@ -89,8 +89,13 @@ fn embed(
     cert: Option<PathBuf>,
     force: bool,
     progress: Option<Py<PyAny>>,
+    recipient_code: Option<&str>,
+    code_groups: Option<u32>,
+    code_cutoff: Option<f64>,
 ) -> PyResult<String> {
     let scheme = commands::parse_scheme(scheme).map_err(|f| f.into_py(py))?;
+    let recipient_code = commands::parse_recipient_code(recipient_code, code_groups, code_cutoff)
+        .map_err(|f| f.into_py(py))?;
     let overwrite =
         if force { weightmark::Overwrite::Replace } else { weightmark::Overwrite::Refuse };
     let request = commands::EmbedRequest {
@@ -102,6 +107,7 @@ fn embed(
         strength,
         scheme,
         tensors,
+        recipient_code,
         cert,
         overwrite,
     };
@@ -230,7 +236,8 @@ fn convert(
 /// and the summary (both JSON text).
 #[pyfunction]
 #[pyo3(signature = (tensors, key, *, label, recipient=None,
-    strength=None, scheme=None, tensors_globs=None, progress=None))]
+    strength=None, scheme=None, tensors_globs=None, progress=None,
+    recipient_code=None, code_groups=None, code_cutoff=None))]
 #[allow(clippy::too_many_arguments)]
 fn mark<'py>(
     py: Python<'py>,
@@ -242,11 +249,23 @@ fn mark<'py>(
     scheme: Option<&str>,
     tensors_globs: Option<Vec<String>>,
     progress: Option<Py<PyAny>>,
+    recipient_code: Option<&str>,
+    code_groups: Option<u32>,
+    code_cutoff: Option<f64>,
 ) -> PyResult<PyMarked<'py>> {
     let scheme = commands::parse_scheme(scheme).map_err(|f| f.into_py(py))?;
+    let recipient_code = commands::parse_recipient_code(recipient_code, code_groups, code_cutoff)
+        .map_err(|f| f.into_py(py))?;
     let raw = raw_tensors(py, tensors)?;
-    let request =
-        memory::MarkRequest { key, label, recipient, strength, scheme, globs: tensors_globs };
+    let request = memory::MarkRequest {
+        key,
+        label,
+        recipient,
+        strength,
+        scheme,
+        globs: tensors_globs,
+        recipient_code,
+    };
     let (marked, record, summary) = detached(py, progress, |p| memory::mark(raw, &request, p))?;
     let arrays =
         marked.into_iter().map(|(name, data)| (name, PyByteArray::new(py, &data))).collect();

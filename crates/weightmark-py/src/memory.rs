@@ -51,6 +51,8 @@ pub struct MarkRequest {
     pub scheme: Option<weightmark::Scheme>,
     /// Tensor globs (default selection when absent or empty).
     pub globs: Option<Vec<String>>,
+    /// How the recipient component is built.
+    pub recipient_code: weightmark::RecipientCode,
 }
 
 /// What `mark` returns: every tensor's bytes (marked or unchanged) in
@@ -65,8 +67,15 @@ pub fn mark(
 ) -> Outcome<MarkedTensors> {
     let key = SecretKey::load(&r.key)?;
     let model = model("<arrays>", tensors)?;
-    let options =
-        options(&r.label, r.recipient.clone(), r.strength, r.scheme, r.globs.clone(), progress);
+    let options = options(
+        &r.label,
+        r.recipient.clone(),
+        r.strength,
+        r.scheme,
+        r.globs.clone(),
+        r.recipient_code,
+        progress,
+    );
     let marked = embed_in_memory(&model, &key, &options)?;
     let record = serde_json::to_value(&marked.record)
         .map_err(|e| Failure::Library(weightmark::Error::internal(format!("{e}"))))?;

@@ -152,6 +152,52 @@ def test_identify_names_the_recipient(tmp_path, model_file, keys):
         assert found.to_dict() == printed
 
 
+def test_recipient_codes_are_options_of_embed_and_mark(tmp_path, model_file, keys):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for r in ("acme", "bolt", "core"):
+        wm.embed(
+            model_file,
+            tmp_path / f"{r}.safetensors",
+            keys.secret,
+            label="v1",
+            recipient=r,
+            strength=STRENGTH,
+            scheme="ss2",
+            cert=certs / f"{r}.json",
+            recipient_code="tardos1",
+            code_groups=1024,
+            code_cutoff=0.02,
+        )
+    recorded = wm.verify(certs / "bolt.json", keys.public).predicate["recipient_code"]
+    assert recorded == {"code": "tardos1", "groups": 1024, "cutoff": 0.02}
+    found = wm.identify(tmp_path / "bolt.safetensors", keys.secret, certs, original=model_file)
+    assert [c.recipient for c in found.candidates if c.identified] == ["bolt"]
+    # In memory: the same code, byte for byte what embed wrote.
+    state = synthetic_state()
+    marked, record = wm.mark(
+        state, keys.secret, label="v1", recipient="bolt", strength=STRENGTH, scheme="ss2",
+        recipient_code="tardos1", code_groups=1024, code_cutoff=0.02,
+    )
+    written = read_safetensors_raw(tmp_path / "bolt.safetensors")
+    assert all(marked[n].tobytes() == written[n][2] for n in state)
+    assert json.loads(record.to_json())["recipient_code"]["groups"] == 1024
+    # Without the option, an independent pattern (no recipient_code field).
+    independent, plain = wm.mark(
+        state, keys.secret, label="v1", recipient="bolt", strength=STRENGTH, scheme="ss2"
+    )
+    assert json.loads(plain.to_json()).get("recipient_code") is None
+    assert independent["embed.weight"].tobytes() != marked["embed.weight"].tobytes()
+    with pytest.raises(wm.InputError, match="recipient code 'tardos2'"):
+        wm.embed(model_file, tmp_path / "x.safetensors", keys.secret, recipient="a", recipient_code="tardos2")
+    with pytest.raises(wm.InputError, match="belong to recipient_code='tardos1'"):
+        wm.embed(model_file, tmp_path / "x.safetensors", keys.secret, recipient="a", code_groups=64)
+    with pytest.raises(wm.InputError, match="code groups is out of range"):
+        wm.mark(state, keys.secret, label="v1", recipient="a", recipient_code="tardos1", code_groups=0)
+    with pytest.raises(wm.InputError, match="needs scheme ss2 and a recipient"):
+        wm.mark(state, keys.secret, label="v1", recipient_code="tardos1")
+
+
 def test_verify_a_certificate_with_and_without_the_model(tmp_path, model_file, released, keys, other_keys):
     v = wm.verify(released.certificate, keys.public)
     assert v and v.valid and v.signature_valid and v.kind == "certificate"

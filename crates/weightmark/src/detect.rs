@@ -143,7 +143,9 @@ impl Target {
             && p.recipient_code().map_err(named)? != RecipientCode::Independent
         {
             return Err(named(Error::invalid(
-                "a revealed recipient key of a release with a recipient code cannot be tested on                  its own (the code's groups and biases come from the release key)",
+                "a revealed recipient key of a release with a recipient code cannot be tested on \
+                 its own (the code's groups and biases come from the release key): a reveal of \
+                 such a release discloses both",
             )));
         }
         if !is_recipient_component {
@@ -159,6 +161,45 @@ impl Target {
             head_sketch: p.head_sketch().map_err(named)?,
             allocation: p.allocation().map_err(named)?,
             recipient_code: RecipientCode::Independent,
+        })
+    }
+
+    /// The release of `certificate`, which has a recipient code, tested with
+    /// both of its components' keys revealed in a dispute: the `release` key
+    /// (from which the code's groups, signs and biases derive) and one
+    /// recipient's own component key (its code bits). Both are checked against
+    /// the certificate's commitments, so a key of another release or another
+    /// recipient is refused before any detection runs. Detection then scores
+    /// that recipient by the code, as `identify` does with the owner's key.
+    pub fn from_revealed_coded(
+        certificate: &Certificate,
+        release: MarkKey,
+        recipient: MarkKey,
+    ) -> Result<Target> {
+        let named =
+            |e: Error| Error::Certificate { path: certificate.path.clone(), reason: e.to_string() };
+        let p = certificate.predicate();
+        if p.scheme().map_err(named)? != Scheme::Ss2 {
+            return Err(named(Error::invalid("only an ss2 release has a recipient code")));
+        }
+        let code = p.recipient_code().map_err(named)?;
+        if code == RecipientCode::Independent {
+            return Err(named(Error::invalid(
+                "this release has no recipient code: its recipient key is tested on its own",
+            )));
+        }
+        certificate.check_mark_key(&release).map_err(named)?;
+        certificate.check_recipient_key(&recipient).map_err(named)?;
+        Ok(Target {
+            scheme: Scheme::Ss2,
+            mark_key: release,
+            recipient_key: Some(recipient),
+            tensors: Some(p.tensor_shapes()),
+            residual_sketch: p.residual_sketch().map_err(named)?,
+            neuron_sketch: p.neuron_sketch().map_err(named)?,
+            head_sketch: p.head_sketch().map_err(named)?,
+            allocation: p.allocation().map_err(named)?,
+            recipient_code: code,
         })
     }
 

@@ -226,7 +226,7 @@ fn release(
 ) -> anyhow::Result<(String, Option<String>, Target)> {
     if let Some(reveal) = reveal {
         let cert = cert.context("--mark-key needs --cert")?;
-        let target = Target::from_revealed(cert, reveal.mark_key.clone()).with_context(|| {
+        let target = reveal.target(cert).with_context(|| {
             format!("{} does not open the certificate", crate::format::path(&reveal.path))
         })?;
         let p = cert.predicate();

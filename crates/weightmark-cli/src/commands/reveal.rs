@@ -15,7 +15,8 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let cert = load_certificate(&args.cert, &secret.public_key())?;
     // ss1: the release's mark key. ss2: the recipient's own component when
     // the release has one (revealing the shared release component would let
-    // anyone strip it from every copy), else the release component. The
+    // anyone strip it from every copy), else the release component; with a
+    // recipient code, both (the code derives from the release key). The
     // library derives them, checks them against the certificate and checks
     // that the report is the owner's, about this release, and earlier.
     let inputs = RevealInputs {
@@ -27,9 +28,16 @@ pub fn run(args: &RevealArgs) -> anyhow::Result<Outcome> {
     let envelope = build_reveal(&inputs, &secret)?;
     save_reveal(&args.output, &envelope)?;
     let p = cert.predicate();
-    let what = if args.fingerprint { "fingerprint" } else { "mark" };
+    let coded = p.recipient.is_some()
+        && p.recipient_code().is_ok_and(|c| c != weightmark::RecipientCode::Independent);
+    let what = match (args.fingerprint, coded) {
+        (true, _) => "fingerprint key",
+        // The code's groups, signs and biases derive from the release key.
+        (false, true) => "recipient and release component keys (a coded release)",
+        (false, false) => "mark key",
+    };
     outln!(
-        "wrote the {what} key of release '{}' (recipient {}) to {}, signed, citing report {}",
+        "wrote the {what} of release '{}' (recipient {}) to {}, signed, citing report {}",
         crate::format::safe(&p.label),
         p.recipient
             .as_deref()

@@ -80,6 +80,9 @@ def embed(
     cert: Optional[PathLike] = None,
     force: bool = False,
     progress: Optional[Progress] = None,
+    recipient_code: Optional[str] = None,
+    code_groups: Optional[int] = None,
+    code_cutoff: Optional[float] = None,
 ) -> EmbedResult:
     """Mark a model and write it with its signed certificate, like ``weightmark embed``.
 
@@ -103,6 +106,16 @@ def embed(
             non-empty output directory); without it they are refused before
             any work starts, as ``weightmark embed`` without ``--force``.
         progress: called as ``progress(stage, done, total)``; silent by default.
+        recipient_code: how the recipient component is built: ``"independent"``
+            (a pattern per recipient, the default) or ``"tardos1"`` (a
+            collusion-secure Tardos code: ``identify`` names colluders who
+            combine their copies, with an exact bound on false accusation; see
+            docs/provenance.md). Every licensee of a release should get the same
+            code and parameters; it needs ``scheme="ss2"`` (the default) and a
+            recipient.
+        code_groups: ``tardos1`` only: the number of groups G (default 16384).
+        code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
+            (default 0.01).
 
     Returns:
         What was written and measured (fidelity, blind and informed z).
@@ -119,6 +132,9 @@ def embed(
         cert=cert,
         force=force,
         progress=progress,
+        recipient_code=recipient_code,
+        code_groups=code_groups,
+        code_cutoff=code_cutoff,
     )
     return EmbedResult._from(json.loads(text))
 
@@ -241,6 +257,9 @@ def mark(
     tensors_globs: Union[str, Sequence[str], None] = None,
     dtypes: Optional[Mapping[str, str]] = None,
     progress: Optional[Progress] = None,
+    recipient_code: Optional[str] = None,
+    code_groups: Optional[int] = None,
+    code_cutoff: Optional[float] = None,
 ) -> Tuple[Dict[str, np.ndarray], ReleaseRecord]:
     """Mark tensors held in memory (a state dict of numpy arrays).
 
@@ -261,6 +280,16 @@ def mark(
         dtypes: per-tensor dtype overrides, e.g. ``{"w": "bf16"}`` for a
             ``uint16`` array holding bfloat16 bit patterns (same element size).
         progress: called as ``progress(stage, done, total)``.
+        recipient_code: how the recipient component is built: ``"independent"``
+            (a pattern per recipient, the default) or ``"tardos1"`` (a
+            collusion-secure Tardos code: ``identify`` names colluders who
+            combine their copies, with an exact bound on false accusation; see
+            docs/provenance.md). Every licensee of a release should get the same
+            code and parameters; it needs ``scheme="ss2"`` (the default) and a
+            recipient.
+        code_groups: ``tardos1`` only: the number of groups G (default 16384).
+        code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
+            (default 0.01).
 
     Returns:
         Every tensor (marked or unchanged) in the input's order and in each
@@ -278,6 +307,9 @@ def mark(
         scheme=scheme,
         tensors_globs=_globs(tensors_globs),
         progress=progress,
+        recipient_code=recipient_code,
+        code_groups=code_groups,
+        code_cutoff=code_cutoff,
     )
     del raw
     arrays = from_native(marked, shapes, kinds)

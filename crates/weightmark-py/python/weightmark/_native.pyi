@@ -53,6 +53,9 @@ def embed(
     cert: Optional[_Path] = None,
     force: bool = False,
     progress: _Progress = None,
+    recipient_code: Optional[str] = None,
+    code_groups: Optional[int] = None,
+    code_cutoff: Optional[float] = None,
 ) -> str:
     """Marks a model file and writes its certificate; returns the summary (JSON)."""
 
@@ -119,6 +122,9 @@ def mark(
     scheme: Optional[str] = None,
     tensors_globs: Optional[List[str]] = None,
     progress: _Progress = None,
+    recipient_code: Optional[str] = None,
+    code_groups: Optional[int] = None,
+    code_cutoff: Optional[float] = None,
 ) -> Tuple[List[Tuple[str, bytearray]], str, str]:
     """Marks tensors in memory; returns every tensor's bytes, the release record
     (JSON) and the summary (JSON)."""

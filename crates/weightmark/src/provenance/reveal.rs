@@ -31,6 +31,7 @@ use crate::detect::Target;
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::key::{MarkKey, PublicKey, SecretKey, MARK_KEY_HEADER};
+use crate::tardos::RecipientCode;
 
 /// Predicate type of a weightmark reveal statement.
 pub const REVEAL_PREDICATE_TYPE: &str = "https://weightmark.dev/reveal/v1";
@@ -80,6 +81,16 @@ pub struct RevealPredicate {
     pub mark_key: String,
     /// Its commitment (hex), as in the certificate.
     pub mark_key_commitment: String,
+    /// For component `"recipient"` of a release with a recipient code
+    /// (`tardos1`): the release component key too (base64), from which the
+    /// code's groups, signs and biases derive; without it the recipient's
+    /// bits cannot be scored. Absent for every other release, whose
+    /// recipient key is tested on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
+    /// The commitment (hex) of `release_key`, as in the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key_commitment: Option<String>,
     /// SHA-256 (hex) of the release's certificate file.
     pub certificate_sha256: String,
     /// The report that fixed the suspect.
@@ -100,6 +111,9 @@ pub struct Reveal {
     pub digest: String,
     /// The disclosed key.
     pub mark_key: MarkKey,
+    /// With a recipient key of a release with a recipient code: the
+    /// release component key disclosed beside it.
+    pub release_key: Option<MarkKey>,
     /// The signed statement; `None` for a bare mark key file (no report was
     /// committed to, so no suspect is fixed).
     pub statement: Option<Statement<RevealPredicate>>,
@@ -163,6 +177,7 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
     let report = open_committed(&bytes, path, &owner, inputs.disclosed)?;
     check_report(&report, path, &cert.digest, &inputs.created)?;
     let p = cert.predicate();
+    let mut release_key = None;
     let (component, key_base64, commitment) = match inputs.disclosed {
         Disclosed::Mark => {
             let target = Target::from_certificate(cert, secret)?;
@@ -171,6 +186,12 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
                 (_, Some(_)) => "recipient",
                 (_, None) => "release",
             };
+            // A recipient's code bits are scored through the release's code
+            // (groups, signs, biases), which derives from the release key.
+            if component == "recipient" && target.recipient_code != RecipientCode::Independent {
+                let key = &target.mark_key;
+                release_key = Some((key.to_base64().to_string(), hex(&key.commitment())));
+            }
             let key = target.recipient_key.unwrap_or(target.mark_key);
             (component, key.to_base64().to_string(), hex(&key.commitment()))
         }
@@ -179,6 +200,7 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
             (FINGERPRINT, key.to_base64().to_string(), hex(&key.commitment()))
         }
     };
+    let (release_key, release_key_commitment) = release_key.unzip();
     let root = report.suspect.clone();
     let statement = Statement {
         statement_type: STATEMENT_TYPE.to_string(),
@@ -194,6 +216,8 @@ pub fn build_reveal(inputs: &RevealInputs<'_>, secret: &SecretKey) -> Result<Env
             component: component.to_string(),
             mark_key: key_base64,
             mark_key_commitment: commitment,
+            release_key,
+            release_key_commitment,
             certificate_sha256: cert.digest.clone(),
             report: CommittedReport {
                 sha256: hex(&Sha256::digest(&bytes)),
@@ -226,7 +250,13 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
             reason: "is not UTF-8 text".into(),
         })?;
         let mark_key = MarkKey::from_file_str(text, path)?;
-        return Ok(Reveal { path: path.to_path_buf(), digest, mark_key, statement: None });
+        return Ok(Reveal {
+            path: path.to_path_buf(),
+            digest,
+            mark_key,
+            release_key: None,
+            statement: None,
+        });
     }
     let envelope = parse_envelope(&bytes, path).map_err(|e| named(path, e))?;
     let payload = verify_envelope(&envelope, owner).map_err(|e| named(path, e))?;
@@ -241,9 +271,36 @@ pub fn load_reveal(path: &Path, owner: &PublicKey) -> Result<Reveal> {
     if hex(&mark_key.commitment()) != p.mark_key_commitment {
         return Err(bad("the revealed mark key does not match the commitment it states".into()));
     }
+    let release_key = match (&p.release_key, &p.release_key_commitment) {
+        (None, None) => None,
+        (Some(text), Some(commitment)) if p.component == "recipient" => {
+            let key = MarkKey::from_base64(text)
+                .ok_or_else(|| bad("the revealed release key is not 32 bytes of base64".into()))?;
+            if hex(&key.commitment()) != *commitment {
+                return Err(bad(
+                    "the revealed release key does not match the commitment it states".into(),
+                ));
+            }
+            Some(key)
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "a release key is revealed beside a {} key; only a recipient key of a coded \
+                 release comes with one",
+                p.component
+            )))
+        }
+        _ => return Err(bad("the revealed release key comes without its commitment".into())),
+    };
     let report_bytes = p.report.bytes().map_err(bad)?;
     check_committed(&statement, &report_bytes, path, owner, Disclosed::Mark)?;
-    Ok(Reveal { path: path.to_path_buf(), digest, mark_key, statement: Some(statement) })
+    Ok(Reveal {
+        path: path.to_path_buf(),
+        digest,
+        mark_key,
+        release_key,
+        statement: Some(statement),
+    })
 }
 
 /// Checks the committing report inside a reveal statement: its bytes, its
@@ -352,6 +409,21 @@ impl FingerprintReveal {
 }
 
 impl Reveal {
+    /// The release of `certificate` as these revealed keys test it, checked
+    /// against the certificate's commitments ([`Target::from_revealed`];
+    /// with a release key beside a recipient key,
+    /// [`Target::from_revealed_coded`]: the recipient is scored by the
+    /// release's code). A key of another release or recipient is refused,
+    /// naming the certificate, before any detection runs.
+    pub fn target(&self, certificate: &Certificate) -> Result<Target> {
+        match &self.release_key {
+            Some(release) => {
+                Target::from_revealed_coded(certificate, release.clone(), self.mark_key.clone())
+            }
+            None => Target::from_revealed(certificate, self.mark_key.clone()),
+        }
+    }
+
     /// What this revealed key settles about the suspect whose tensor root is
     /// `suspect_tensor_root`, tested for the release of `certificate`. A
     /// reveal statement settles only the suspect its report fixed: any other
