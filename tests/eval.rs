@@ -298,14 +298,23 @@ fn the_default_mark_costs_smollm2_no_more_than_re_rounding_it_to_bf16() {
     println!("default mark {mark:?}\nbf16 {bf16:?}");
     // 1,024 positions: the 12,288-position measurement (docs/fidelity.md)
     // puts the mark at 0.9-1.1x bf16's KL; allow for the smaller sample.
-    assert!(mark.mean_kl < 1.3 * bf16.mean_kl, "KL {} against bf16's {}", mark.mean_kl, bf16.mean_kl);
+    assert!(
+        mark.mean_kl < 1.3 * bf16.mean_kl,
+        "KL {} against bf16's {}",
+        mark.mean_kl,
+        bf16.mean_kl
+    );
     assert!(
         mark.top1_agreement >= bf16.top1_agreement - 0.005,
         "top-1 agreement {} against bf16's {}",
         mark.top1_agreement,
         bf16.top1_agreement
     );
-    assert!(mark.perplexity_change.abs() < 0.002, "perplexity changed by {}", mark.perplexity_change);
+    assert!(
+        mark.perplexity_change.abs() < 0.002,
+        "perplexity changed by {}",
+        mark.perplexity_change
+    );
 }
 
 /// SmolLM2 f16 marked by ss2 at `strength` under `allocation` (beside its
