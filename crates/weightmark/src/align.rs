@@ -180,11 +180,19 @@ fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f
         return None;
     }
     let mut features = vec![Vec::new(); blocks];
+    let mut scratch = Vec::new();
     for t in &tensors {
-        let (rows, cols, v) = rows_of(t)?;
-        let per = rows / blocks * cols;
+        let [rows, cols] = t.shape else { return None };
+        if !t.dtype.is_readable() {
+            return None;
+        }
+        // Each block decoded straight into its features (not the whole
+        // matrix first): the same values, half the memory.
+        let data = t.data();
+        let per = rows / blocks * cols * t.dtype.size();
         for (b, f) in features.iter_mut().enumerate() {
-            f.extend_from_slice(&v[b * per..(b + 1) * per]);
+            decode_f64(t.dtype, data.get(b * per..(b + 1) * per)?, &mut scratch);
+            f.extend_from_slice(&scratch);
         }
     }
     Some(features)
@@ -246,14 +254,6 @@ fn head_permutation(
     })
 }
 
-/// Rows of a 2-D tensor as f64.
-fn rows_of(t: &TensorRef<'_>) -> Option<(usize, usize, Vec<f64>)> {
-    let [rows, cols] = t.shape else { return None };
-    let mut v = Vec::new();
-    decode_f64(t.dtype, &t.data(), &mut v);
-    Some((*rows, *cols, v))
-}
-
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
     for (x, y) in a.iter().zip(b) {
@@ -268,53 +268,112 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// One model's `gate_proj` and `up_proj` of a layer, read a neuron at a
+/// time: a neuron's features are its `gate_proj` row followed by its
+/// `up_proj` row, decoded to f64 when asked for. Only the tensors' bytes are
+/// held (borrowed from the map; a GGUF tensor decoded once), never the
+/// features of every neuron.
+struct NeuronRows<'a> {
+    gate: std::borrow::Cow<'a, [u8]>,
+    up: std::borrow::Cow<'a, [u8]>,
+    gate_dtype: crate::dtype::Dtype,
+    up_dtype: crate::dtype::Dtype,
+    gate_cols: usize,
+    up_cols: usize,
+    neurons: usize,
+}
+
+impl<'a> NeuronRows<'a> {
+    fn of(m: &'a Model, layer: usize) -> Option<NeuronRows<'a>> {
+        let name = |part: &str| format!("model.layers.{layer}.mlp.{part}.weight");
+        let (gate, up) = (m.tensor(&name("gate_proj"))?, m.tensor(&name("up_proj"))?);
+        let ([n, c1], [n2, c2]) = (gate.shape, up.shape) else { return None };
+        if n != n2 || !gate.dtype.is_readable() || !up.dtype.is_readable() {
+            return None;
+        }
+        let rows = NeuronRows {
+            gate_dtype: gate.dtype,
+            up_dtype: up.dtype,
+            gate_cols: *c1,
+            up_cols: *c2,
+            neurons: *n,
+            gate: gate.data(),
+            up: up.data(),
+        };
+        let whole = |bytes: &[u8], dtype: crate::dtype::Dtype, cols: usize| {
+            bytes.len() >= rows.neurons * cols * dtype.size()
+        };
+        (whole(&rows.gate, rows.gate_dtype, rows.gate_cols)
+            && whole(&rows.up, rows.up_dtype, rows.up_cols))
+        .then_some(rows)
+    }
+
+    fn width(&self) -> usize {
+        self.gate_cols + self.up_cols
+    }
+
+    /// Neuron `i`'s features (what the concatenated f64 rows held), into `out`.
+    fn features(&self, i: usize, out: &mut Vec<f64>, scratch: &mut Vec<f64>) {
+        fn part(bytes: &[u8], i: usize, cols: usize, size: usize) -> &[u8] {
+            bytes.get(i * cols * size..(i + 1) * cols * size).unwrap_or_default()
+        }
+        let gate = part(&self.gate, i, self.gate_cols, self.gate_dtype.size());
+        let up = part(&self.up, i, self.up_cols, self.up_dtype.size());
+        decode_f64(self.gate_dtype, gate, out);
+        decode_f64(self.up_dtype, up, scratch);
+        out.extend_from_slice(scratch);
+    }
+}
+
 /// For one layer: `perm` with `perm[j]` = the suspect neuron that is original
 /// neuron `j` (so reordering the suspect by `perm` restores the original
 /// order), and how many neurons moved; `None` if nothing moved or no
 /// confident matching exists.
+///
+/// Neurons are decoded one at a time from the tensors' bytes (the in-place
+/// check, the sketches, each confirmation), so memory holds the four tensors'
+/// bytes and a few rows, not both models' features as f64; every number is
+/// computed from the same values in the same order as from whole matrices.
 fn layer_permutation(
     suspect: &Model,
     original: &Model,
     layer: usize,
 ) -> Option<(Vec<usize>, usize)> {
-    let name = |part: &str| format!("model.layers.{layer}.mlp.{part}.weight");
-    let features = |m: &Model| -> Option<(usize, usize, Vec<f64>)> {
-        let (n, c1, gate) = rows_of(&m.tensor(&name("gate_proj"))?)?;
-        let (n2, c2, up) = rows_of(&m.tensor(&name("up_proj"))?)?;
-        if n != n2 {
-            return None;
-        }
-        let width = c1 + c2;
-        let mut f = Vec::with_capacity(n * width);
-        for r in 0..n {
-            f.extend_from_slice(&gate[r * c1..(r + 1) * c1]);
-            f.extend_from_slice(&up[r * c2..(r + 1) * c2]);
-        }
-        Some((n, width, f))
-    };
-    let (n, width, fs) = features(suspect)?;
-    let (n_o, width_o, fo) = features(original)?;
-    if n != n_o || width != width_o {
+    let fs = NeuronRows::of(suspect, layer)?;
+    let fo = NeuronRows::of(original, layer)?;
+    let (n, width) = (fs.neurons, fs.width());
+    if n != fo.neurons || width != fo.width() {
         return None;
     }
-    let row = |f: &[f64], i: usize| f[i * width..(i + 1) * width].to_vec();
-    // In place already?
-    if (0..n).all(|i| cosine(&row(&fs, i), &row(&fo, i)) >= MIN_COSINE) {
+    let pair_cosine = |i: usize, j: usize| {
+        let (mut a, mut b, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        fs.features(i, &mut a, &mut scratch);
+        fo.features(j, &mut b, &mut scratch);
+        cosine(&a, &b)
+    };
+    // In place already? (Checked in parallel; the answer is the same as one
+    // neuron after another stopping at the first miss.)
+    if (0..n).into_par_iter().all(|i| pair_cosine(i, i) >= MIN_COSINE) {
         return None;
     }
     // Sketches: a fixed Gaussian projection (not keyed: any fixed one works).
     let mut proj = vec![0.0; width * SKETCH];
     fill_normal(&mut stream(0, "weightmark align sketch"), 0, &mut proj);
-    let sketch = |f: &[f64]| -> Vec<f64> {
+    let sketch = |f: &NeuronRows<'_>| -> Vec<f64> {
         (0..n)
-            .flat_map(|i| {
-                let r = &f[i * width..(i + 1) * width];
-                (0..SKETCH)
-                    .map(|k| {
-                        r.iter().enumerate().map(|(c, x)| x * proj[c * SKETCH + k]).sum::<f64>()
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(r, scratch), i| {
+                    f.features(i, r, scratch);
+                    (0..SKETCH)
+                        .map(|k| {
+                            r.iter().enumerate().map(|(c, x)| x * proj[c * SKETCH + k]).sum::<f64>()
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .flatten_iter()
             .collect()
     };
     let (ss, so) = (sketch(&fs), sketch(&fo));
@@ -326,7 +385,7 @@ fn layer_permutation(
             .filter(|&j| !taken[j])
             .map(|j| (j, cosine(si, &so[j * SKETCH..(j + 1) * SKETCH])))
             .max_by(|a, b| a.1.total_cmp(&b.1))?;
-        if cosine(&row(&fs, i), &row(&fo, best.0)) < MIN_COSINE {
+        if pair_cosine(i, best.0) < MIN_COSINE {
             return None;
         }
         taken[best.0] = true;

@@ -7,7 +7,8 @@
 //! rotated back and compared with the folded original. Nothing here depends on
 //! the key.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView1};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::llama::{as_matrix, folded, norm_weights, role, Role};
@@ -31,6 +32,49 @@ fn mean_row_cosine(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
         total += if xx > 0.0 && yy > 0.0 { xy / (xx.sqrt() * yy.sqrt()) } else { 0.0 };
     }
     total / a.nrows().max(1) as f64
+}
+
+/// [`mean_row_cosine`] of two tensors' matrices (as [`as_matrix`] reads them),
+/// decoding one row of each at a time: the same number, bit for bit, without
+/// holding either matrix as f64. `None` where [`as_matrix`] gives none.
+fn mean_row_cosine_by_rows(a: &TensorRef<'_>, b: &TensorRef<'_>) -> Option<f64> {
+    let shape = |t: &TensorRef<'_>| match t.shape {
+        [n] => Some((1, *n)),
+        [r, c] => Some((*r, *c)),
+        _ => None,
+    };
+    let (rows, cols) = shape(a)?;
+    if shape(b)? != (rows, cols) || !a.dtype.is_readable() || !b.dtype.is_readable() {
+        return None;
+    }
+    let (da, db) = (a.data(), b.data());
+    let row_bytes = |t: &TensorRef<'_>| cols * t.dtype.size();
+    let (ra, rb) = (row_bytes(a), row_bytes(b));
+    if da.len() / a.dtype.size() != rows * cols || db.len() / b.dtype.size() != rows * cols {
+        return None;
+    }
+    let terms: Vec<f64> = (0..rows)
+        .into_par_iter()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(x, y), i| {
+                crate::dtype::decode_f64(a.dtype, &da[i * ra..(i + 1) * ra], x);
+                crate::dtype::decode_f64(b.dtype, &db[i * rb..(i + 1) * rb], y);
+                let (x, y) = (ArrayView1::from(&x[..]), ArrayView1::from(&y[..]));
+                let (xy, xx, yy) = (x.dot(&y), x.dot(&x), y.dot(&y));
+                if xx > 0.0 && yy > 0.0 {
+                    xy / (xx.sqrt() * yy.sqrt())
+                } else {
+                    0.0
+                }
+            },
+        )
+        .collect();
+    let mut total = 0.0;
+    for t in terms {
+        total += t;
+    }
+    Some(total / rows.max(1) as f64)
 }
 
 /// The orthogonal polar factor of `m` (Newton-Schulz).
@@ -75,10 +119,13 @@ pub fn unrotate(
     if se.shape != oe.shape {
         return Ok(None);
     }
-    let (Some(se_m), Some(oe_m)) = (as_matrix(&se), as_matrix(&oe)) else { return Ok(None) };
-    if mean_row_cosine(&se_m, &oe_m) >= 0.5 {
-        return Ok(None);
+    // The usual answer (no rotation) from the embeddings read a row at a
+    // time; both are decoded whole only for a suspect that fails this check.
+    match mean_row_cosine_by_rows(&se, &oe) {
+        Some(c) if c < 0.5 => {}
+        _ => return Ok(None),
     }
+    let (Some(se_m), Some(oe_m)) = (as_matrix(&se), as_matrix(&oe)) else { return Ok(None) };
     let norms = norm_weights(original);
     let hidden = oe_m.ncols();
     let mut m = Array2::<f64>::zeros((hidden, hidden));
@@ -144,4 +191,35 @@ pub fn unrotate(
              Procrustes, norm weights folded): undone"
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{gaussian_matrix, to_model, SynthTensor};
+    use crate::Dtype;
+
+    #[test]
+    fn the_row_by_row_mean_cosine_is_the_matrix_one_bit_for_bit() {
+        for (da, db) in [(Dtype::BF16, Dtype::F32), (Dtype::F16, Dtype::F16)] {
+            let a = gaussian_matrix("a", 300, 257, da, 1);
+            // The same values in another dtype, with one row zeroed, and
+            // an unrelated matrix.
+            let mut b = SynthTensor { name: "b".into(), ..gaussian_matrix("a", 300, 257, db, 1) };
+            b.data[..257 * db.size()].fill(0);
+            let c = gaussian_matrix("c", 300, 257, db, 2);
+            let m = to_model(&[a, b, c]).unwrap_or_else(|e| panic!("{e}"));
+            let t = |n: &str| m.tensor(n).unwrap_or_else(|| panic!("{n}"));
+            for (other, near) in [("b", true), ("c", false)] {
+                let (x, y) = (t("a"), t(other));
+                let want = mean_row_cosine(
+                    &as_matrix(&x).unwrap_or_else(|| panic!("a")),
+                    &as_matrix(&y).unwrap_or_else(|| panic!("{other}")),
+                );
+                let got = mean_row_cosine_by_rows(&x, &y).unwrap_or_else(|| panic!("none"));
+                assert_eq!(got.to_bits(), want.to_bits(), "{other}");
+                assert_eq!(got > 0.9, near, "{other}: {got}");
+            }
+        }
+    }
 }

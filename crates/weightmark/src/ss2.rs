@@ -429,7 +429,10 @@ impl Profile {
     /// over the elements that are finite and non-zero in **both**: an
     /// informed comparison must not balance the suspect over the weights an
     /// edit left (pruning keeps the large ones) and the original over all.
-    fn of_pair(a: &TensorRef<'_>, b: &[f64], cols: usize) -> (Profile, Profile) {
+    fn of_pair<T: Copy>(a: &TensorRef<'_>, b: &[T], cols: usize) -> (Profile, Profile)
+    where
+        f64: From<T>,
+    {
         let rows = b.len() / cols.max(1);
         let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
         let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
@@ -439,7 +442,7 @@ impl Profile {
             decode_f64(a.dtype, piece, &mut xs);
             let first = p * CHUNK_ELEMENTS;
             for (k, (&x, &y)) in xs.iter().zip(b.get(first..).unwrap_or_default()).enumerate() {
-                let k = first + k;
+                let (k, y) = (first + k, f64::from(y));
                 if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
                     let (i, j) = (k / cols, k % cols);
                     acc[0].0[i] += x.abs();
@@ -511,7 +514,59 @@ fn axis_map(suspect: Option<&[u32]>, original: Option<&[u32]>, len: usize) -> Ve
 /// balanced.
 struct Reference {
     profile: Profile,
-    values: Vec<f64>,
+    values: ReferenceValues,
+}
+
+/// The original's values at the suspect's positions (NaN where it has none):
+/// as f32 when the original's dtype converts to f32 exactly (F32, F16, BF16,
+/// FP8, so every value is the same number as in f64, at half the memory: the
+/// embedding of a 7B model is 131M elements), else as f64.
+enum ReferenceValues {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl ReferenceValues {
+    /// Element `k`, or NaN outside.
+    fn get(&self, k: usize) -> f64 {
+        match self {
+            ReferenceValues::F32(v) => v.get(k).map_or(f64::NAN, |&x| f64::from(x)),
+            ReferenceValues::F64(v) => v.get(k).copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Whether every value of `dtype` is exactly an f32.
+fn exact_in_f32(dtype: crate::dtype::Dtype) -> bool {
+    use crate::dtype::Dtype;
+    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F8E4M3 | Dtype::F8E5M2)
+}
+
+/// `y` of each element of a piece of a row against the original's piece `o`
+/// (the common case of [`row_y`]): the suspect's and the original's ratios,
+/// each from its own profile (`r`, `c`, `t` and `ro`, `co`, `to`).
+#[allow(clippy::too_many_arguments)]
+fn informed_piece<T: Copy>(
+    y: &mut [f64],
+    row: &[f64],
+    o: &[T],
+    c: &[f64],
+    co: &[f64],
+    (r, t): (f64, f64),
+    (ro, to): (f64, f64),
+) where
+    f64: From<T>,
+{
+    for ((yj, (&x, &o)), (&c, &co)) in y.iter_mut().zip(row.iter().zip(o)).zip(c.iter().zip(co)) {
+        let o = f64::from(o);
+        let m = r * c / t;
+        let ratio = (x.abs() / m).min(CLIP);
+        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
+        let mo = ro * co / to;
+        let ratio_o = (o.abs() / mo).min(CLIP);
+        let valid_o = o.is_finite() && o != 0.0 && to > 0.0 && mo > 0.0;
+        *yj = if valid && valid_o { ratio - ratio_o } else { f64::NAN };
+    }
 }
 
 /// `y` of every element of a piece of stored suspect row `i` (NaN where it
@@ -547,19 +602,13 @@ fn row_y(
         }
         (Some((r, c, t)), Some(reference)) => {
             let at = i * cols + j0;
-            match (whole(&reference.profile, i, j0..j0 + len), reference.values.get(at..at + len)) {
-                (Some((ro, co, to)), Some(o)) => {
-                    for ((yj, (&x, &o)), (&c, &co)) in
-                        y.iter_mut().zip(row.iter().zip(o)).zip(c.iter().zip(co))
-                    {
-                        let m = r * c / t;
-                        let ratio = (x.abs() / m).min(CLIP);
-                        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
-                        let mo = ro * co / to;
-                        let ratio_o = (o.abs() / mo).min(CLIP);
-                        let valid_o = o.is_finite() && o != 0.0 && to > 0.0 && mo > 0.0;
-                        *yj = if valid && valid_o { ratio - ratio_o } else { f64::NAN };
-                    }
+            let whole_o = whole(&reference.profile, i, j0..j0 + len);
+            match (whole_o, &reference.values) {
+                (Some((ro, co, to)), ReferenceValues::F32(v)) if v.len() >= at + len => {
+                    informed_piece(y, row, &v[at..at + len], c, co, (r, t), (ro, to));
+                }
+                (Some((ro, co, to)), ReferenceValues::F64(v)) if v.len() >= at + len => {
+                    informed_piece(y, row, &v[at..at + len], c, co, (r, t), (ro, to));
                 }
                 _ => row_y_each(i, j0, cols, row, profile, Some(reference), y),
             }
@@ -587,7 +636,7 @@ fn row_y_each(
             (_, None) => f64::NAN,
             (None, Some(b)) => b - 1.0,
             (Some(r), Some(b)) => {
-                let o = r.values.get(i * cols + j).copied().unwrap_or(f64::NAN);
+                let o = r.values.get(i * cols + j);
                 r.profile.ratio(i, j, o).map_or(f64::NAN, |a| b - a)
             }
         };
@@ -687,22 +736,46 @@ pub fn detect_tensor_coded(
             let o_row = cols * o.tensor.dtype.size();
             let o_data = o.tensor.data();
             let o_bytes: &[u8] = &o_data;
-            let mut values = vec![f64::NAN; rows * cols];
-            values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
-                Vec::new,
-                |row, (i, out)| {
-                    let at = row_map.get(i).map_or(usize::MAX, |&r| r);
-                    let bytes =
-                        at.checked_mul(o_row).and_then(|a| o_bytes.get(a..a.checked_add(o_row)?));
-                    let Some(bytes) = bytes else { return };
-                    decode_f64(o.tensor.dtype, bytes, row);
-                    for (v, &j) in out.iter_mut().zip(&col_map) {
-                        *v = row.get(j).copied().unwrap_or(f64::NAN);
-                    }
-                },
-            );
+            let gather = |i: usize, row: &mut Vec<f64>| -> bool {
+                let at = row_map.get(i).map_or(usize::MAX, |&r| r);
+                let bytes =
+                    at.checked_mul(o_row).and_then(|a| o_bytes.get(a..a.checked_add(o_row)?));
+                let Some(bytes) = bytes else { return false };
+                decode_f64(o.tensor.dtype, bytes, row);
+                true
+            };
+            let values = if exact_in_f32(o.tensor.dtype) {
+                let mut values = vec![f32::NAN; rows * cols];
+                values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+                    Vec::new,
+                    |row, (i, out)| {
+                        if gather(i, row) {
+                            for (v, &j) in out.iter_mut().zip(&col_map) {
+                                *v = row.get(j).map_or(f32::NAN, |&x| x as f32);
+                            }
+                        }
+                    },
+                );
+                ReferenceValues::F32(values)
+            } else {
+                let mut values = vec![f64::NAN; rows * cols];
+                values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+                    Vec::new,
+                    |row, (i, out)| {
+                        if gather(i, row) {
+                            for (v, &j) in out.iter_mut().zip(&col_map) {
+                                *v = row.get(j).copied().unwrap_or(f64::NAN);
+                            }
+                        }
+                    },
+                );
+                ReferenceValues::F64(values)
+            };
             drop((row_map, col_map, o_data));
-            let (ps, po) = Profile::of_pair(suspect, &values, cols);
+            let (ps, po) = match &values {
+                ReferenceValues::F32(v) => Profile::of_pair(suspect, v, cols),
+                ReferenceValues::F64(v) => Profile::of_pair(suspect, v, cols),
+            };
             (ps, Some(Reference { profile: po, values }))
         }
     };
@@ -1070,6 +1143,33 @@ mod tests {
             let informed = z(&marked, Some(&m), [1; 32]);
             assert!(informed > 10.0 * got, "{dtype}: informed {informed}");
         }
+    }
+
+    #[test]
+    fn an_original_held_as_f32_gives_the_informed_z_of_one_held_as_f64_bit_for_bit() {
+        // The same original values as BF16 (held as f32) and as F64 (held
+        // as f64), with zeros and NaN among them.
+        let mut bf = gaussian_matrix("w", 512, 768, Dtype::BF16, 4);
+        for k in (0..512 * 768).step_by(89) {
+            let x = if k % 2 == 0 { 0.0 } else { f32::NAN };
+            bf.data[2 * k..2 * k + 2].copy_from_slice(&half::bf16::from_f32(x).to_le_bytes());
+        }
+        let as_f64 = |t: &crate::synth::SynthTensor| {
+            let mut v = Vec::new();
+            decode_f64(t.dtype, &t.data, &mut v);
+            crate::synth::SynthTensor {
+                dtype: Dtype::F64,
+                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ..t.clone()
+            }
+        };
+        let original = to_model(&[bf.clone()]).unwrap_or_else(|e| panic!("{e}"));
+        let wide = to_model(&[as_f64(&bf)]).unwrap_or_else(|e| panic!("{e}"));
+        let marked = mark(&original, 0.01);
+        let (narrow_z, wide_z) =
+            (z(&marked, Some(&original), [1; 32]), z(&marked, Some(&wide), [1; 32]));
+        assert!(narrow_z > 100.0, "{narrow_z}");
+        assert_eq!(narrow_z.to_bits(), wide_z.to_bits(), "{narrow_z} {wide_z}");
     }
 
     #[test]

@@ -7,16 +7,18 @@
 use std::io::Write;
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::{AttackDetail, AttackReport};
 use crate::dtype::decode_f64;
 use crate::error::{Error, Result};
 use crate::gguf::meta::{put_str, Kv};
-use crate::gguf::names::{gguf_name, permute_rows};
+use crate::gguf::names::{gguf_name, permute_rows, splits_into_heads};
 use crate::gguf::quantize::quantize;
 use crate::gguf::tokenizer::GgufTokenizer;
 use crate::gguf::GgmlType;
 use crate::llama::LlamaConfig;
-use crate::model::Model;
+use crate::model::{Model, TensorRef};
 
 /// The type llama.cpp uses for a tensor with rows of `ne0` elements.
 fn type_for(requested: GgmlType, ndims: usize, ne0: usize) -> GgmlType {
@@ -30,6 +32,70 @@ fn type_for(requested: GgmlType, ndims: usize, ne0: usize) -> GgmlType {
         other => other,
     };
     [requested, fallback, GgmlType::F16].into_iter().find(|&t| fits(t)).unwrap_or(GgmlType::F16)
+}
+
+/// One tensor as it will be written.
+struct Planned<'a> {
+    tensor: TensorRef<'a>,
+    /// llama.cpp name.
+    name: String,
+    /// Dimensions, fastest-varying first.
+    dims: Vec<u64>,
+    ty: GgmlType,
+    /// Heads whose rows llama.cpp's converter interleaves (Q and K).
+    heads: Option<usize>,
+    /// Size of the quantized data, before padding.
+    blob_len: usize,
+}
+
+/// Elements quantized per piece of work (whole rows, so whole blocks).
+const PIECE: usize = 1 << 16;
+
+/// A tensor's values as f32 (llama.cpp's row order) and their quantized bytes,
+/// in pieces of `piece` elements.
+struct Quantized {
+    values: Vec<f32>,
+    blobs: Vec<Vec<u8>>,
+    piece: usize,
+}
+
+/// A planned tensor as f32, quantized in pieces of whole rows on the thread
+/// pool. Blocks never cross a row, so the pieces' bytes, in order, are those
+/// of the whole tensor quantized at once.
+fn quantize_tensor(p: &Planned<'_>) -> Result<Quantized> {
+    let t = &p.tensor;
+    let data = t.data();
+    let size = t.dtype.size().max(1);
+    let row = (*t.shape.last().unwrap_or(&1)).max(1);
+    let piece = row * (PIECE / row).max(1);
+    let mut values = vec![0f32; data.len() / size];
+    values.par_chunks_mut(piece).zip(data.par_chunks(piece * size)).for_each(|(out, bytes)| {
+        let mut wide = Vec::new();
+        decode_f64(t.dtype, bytes, &mut wide);
+        for (o, v) in out.iter_mut().zip(&wide) {
+            *o = *v as f32;
+        }
+    });
+    drop(data);
+    if let Some(h) = p.heads {
+        let rows = t.shape.first().copied().unwrap_or(1);
+        let cols: usize = t.shape.iter().skip(1).product();
+        values = permute_rows(&values, rows, cols.max(1), h).ok_or_else(|| {
+            Error::invalid(format!(
+                "tensor '{}': {rows} rows cannot be split into {h} heads",
+                t.name
+            ))
+        })?;
+    }
+    let blobs = values
+        .par_chunks(piece)
+        .map(|v| {
+            let mut bytes = Vec::new();
+            quantize(p.ty, v, &mut bytes);
+            bytes
+        })
+        .collect();
+    Ok(Quantized { values, blobs, piece })
 }
 
 /// Writes `model` (Llama layout, Hugging Face names) as a GGUF file of type
@@ -58,10 +124,11 @@ pub fn write_gguf(
         )));
     }
     const ALIGN: usize = 32;
-    let mut infos = Vec::new();
-    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    // First the plan (names, shapes, types and so each blob's size) without
+    // reading any data, so the header with every offset can be written first
+    // and each tensor then quantized and written in turn.
+    let mut planned = Vec::new();
     let mut skipped = Vec::new();
-    let mut damage = crate::scheme::Fidelity::default();
     for t in model.tensors() {
         let Some(name) = gguf_name(t.name) else {
             skipped.push(t.name.to_string());
@@ -71,11 +138,7 @@ pub fn write_gguf(
             skipped.push(t.name.to_string());
             continue;
         }
-        let mut values64 = Vec::new();
-        decode_f64(t.dtype, &t.data(), &mut values64);
-        let mut values: Vec<f32> = values64.iter().map(|&v| v as f32).collect();
         let rows = t.shape.first().copied().unwrap_or(1);
-        let cols: usize = t.shape.iter().skip(1).product();
         let heads = if name.contains(".attn_q.") {
             Some(config.heads)
         } else if name.contains(".attn_k.") {
@@ -83,31 +146,18 @@ pub fn write_gguf(
         } else {
             None
         };
-        if let Some(h) = heads {
-            values = permute_rows(&values, rows, cols.max(1), h).ok_or_else(|| {
-                Error::invalid(format!(
-                    "tensor '{}': {rows} rows cannot be split into {h} heads",
-                    t.name
-                ))
-            })?;
+        if let Some(h) = heads.filter(|&h| !splits_into_heads(rows, h)) {
+            return Err(Error::invalid(format!(
+                "tensor '{}': {rows} rows cannot be split into {h} heads",
+                t.name
+            )));
         }
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let ty = type_for(requested, t.shape.len(), *t.shape.last().unwrap_or(&1));
-        let mut bytes = Vec::new();
-        quantize(ty, &values, &mut bytes);
-        let mut back = Vec::new();
-        crate::gguf::quant::dequantize(ty, &bytes, &mut back);
-        for (&a, &b) in values.iter().zip(&back) {
-            let (a, b) = (f64::from(a), f64::from(b));
-            damage.sum_sq_original += a * a;
-            damage.sum_sq_change += (b - a) * (b - a);
-            damage.max_abs_change = damage.max_abs_change.max((b - a).abs());
-            damage.elements += 1;
-        }
-        infos.push((name, dims, ty));
-        blobs.push(bytes);
+        let (per, block_bytes) = ty.block();
+        let blob_len = t.elements() / per * block_bytes;
+        planned.push(Planned { tensor: t, name, dims, ty, heads, blob_len });
     }
-
     let file_type: u32 = match requested {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -119,7 +169,7 @@ pub fn write_gguf(
     let mut header = Vec::new();
     header.extend_from_slice(crate::gguf::reader::MAGIC);
     header.extend_from_slice(&3u32.to_le_bytes());
-    header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(planned.len() as u64).to_le_bytes());
     let mut kvs: Vec<(String, Kv)> = vec![
         ("general.architecture".into(), Kv::Str("llama".into())),
         ("general.name".into(), Kv::Str(model.display_name())),
@@ -157,26 +207,48 @@ pub fn write_gguf(
         value.put(&mut header);
     }
     let mut offset = 0usize;
-    for ((name, dims, ty), blob) in infos.iter().zip(&blobs) {
-        put_str(&mut header, name);
-        header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-        for d in dims {
+    for p in &planned {
+        put_str(&mut header, &p.name);
+        header.extend_from_slice(&(p.dims.len() as u32).to_le_bytes());
+        for d in &p.dims {
             header.extend_from_slice(&d.to_le_bytes());
         }
-        header.extend_from_slice(&ty.id().to_le_bytes());
+        header.extend_from_slice(&p.ty.id().to_le_bytes());
         header.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset += blob.len().div_ceil(ALIGN) * ALIGN;
+        offset += p.blob_len.div_ceil(ALIGN) * ALIGN;
     }
     while header.len() % ALIGN != 0 {
         header.push(0);
     }
     let mut tmp = crate::io::AtomicFile::create(out)?;
     let io = |e| Error::io(out, e);
-    let mut w = std::io::BufWriter::new(tmp.file()?);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.file()?);
     w.write_all(&header).map_err(io)?;
-    for blob in &blobs {
-        w.write_all(blob).map_err(io)?;
-        let pad = blob.len().div_ceil(ALIGN) * ALIGN - blob.len();
+    let mut damage = crate::scheme::Fidelity::default();
+    for p in &planned {
+        let q = quantize_tensor(p)?;
+        let written: usize = q.blobs.iter().map(Vec::len).sum();
+        if written != p.blob_len {
+            return Err(Error::internal(format!(
+                "tensor '{}': {written} bytes quantized, {} planned",
+                p.tensor.name, p.blob_len
+            )));
+        }
+        let mut back = Vec::new();
+        for (values, blob) in q.values.chunks(q.piece).zip(&q.blobs) {
+            crate::gguf::quant::dequantize(p.ty, blob, &mut back);
+            // In element order, one element at a time: the same sums, bit for
+            // bit, as over the whole model at once.
+            for (&a, &b) in values.iter().zip(&back) {
+                let (a, b) = (f64::from(a), f64::from(b));
+                damage.sum_sq_original += a * a;
+                damage.sum_sq_change += (b - a) * (b - a);
+                damage.max_abs_change = damage.max_abs_change.max((b - a).abs());
+                damage.elements += 1;
+            }
+            w.write_all(blob).map_err(io)?;
+        }
+        let pad = p.blob_len.div_ceil(ALIGN) * ALIGN - p.blob_len;
         w.write_all(&vec![0u8; pad]).map_err(io)?;
     }
     w.flush().map_err(io)?;
@@ -186,7 +258,7 @@ pub fn write_gguf(
         path: out.to_path_buf(),
         damage,
         detail: AttackDetail::Gguf {
-            tensors: infos.into_iter().map(|(n, _, t)| (n, t)).collect(),
+            tensors: planned.into_iter().map(|p| (p.name, p.ty)).collect(),
             skipped,
             no_tokenizer,
         },

@@ -107,6 +107,12 @@ pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> O
     move_rows(values, rows, cols, heads, |gguf, hf| (hf, gguf))
 }
 
+/// Whether `rows` rows split into `heads` heads of an even number of rows
+/// each, as [`permute_rows`] and [`unpermute_rows`] need.
+pub fn splits_into_heads(rows: usize, heads: usize) -> bool {
+    heads > 0 && heads <= rows && rows % heads == 0 && (rows / heads) % 2 == 0
+}
+
 /// Copies each row between its GGUF and Hugging Face positions; `route`
 /// turns (GGUF row, HF row) into (source row, destination row).
 fn move_rows(
@@ -116,7 +122,7 @@ fn move_rows(
     heads: usize,
     route: impl Fn(usize, usize) -> (usize, usize),
 ) -> Option<Vec<f32>> {
-    if heads == 0 || heads > rows || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if !splits_into_heads(rows, heads) {
         return None;
     }
     if rows.checked_mul(cols) != Some(values.len()) {
