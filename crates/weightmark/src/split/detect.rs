@@ -289,8 +289,7 @@ impl DetectPlan {
             order,
             weights,
         };
-        let text = serde_json::to_string(&record)
-            .map_err(|e| Error::internal(format!("plan not serialisable: {e}")))?;
+        let text = super::record_text(&record, "plan")?;
         Ok(DetectPlan {
             record,
             path: PathBuf::from("<memory>"),
@@ -300,21 +299,17 @@ impl DetectPlan {
 
     /// The plan as the text of its file (one line of JSON).
     pub fn to_text(&self) -> Result<String> {
-        serde_json::to_string(&self.record)
-            .map_err(|e| Error::internal(format!("plan not serialisable: {e}")))
+        super::record_text(&self.record, "plan")
     }
 
     /// Reads a plan file.
     pub fn load(path: &Path) -> Result<DetectPlan> {
-        let bytes = read_capped(path)?;
-        let record: PlanRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| split_error(path, format!("not a detection plan: {e}")))?;
-        if record.format != PLAN_FORMAT {
-            return Err(split_error(
-                path,
-                format!("format '{}', expected '{PLAN_FORMAT}'", record.format.escape_debug()),
-            ));
-        }
+        let (record, bytes) = super::load_record(
+            path,
+            "a detection plan",
+            |r: &PlanRecord| r.format.as_str(),
+            PLAN_FORMAT,
+        )?;
         Ok(DetectPlan { record, path: path.to_path_buf(), sha256: hex(&Sha256::digest(&bytes)) })
     }
 
@@ -501,21 +496,17 @@ impl DetectPart {
 
     /// The part as the text of its file (one line of JSON).
     pub fn to_text(&self) -> Result<String> {
-        serde_json::to_string(&self.record)
-            .map_err(|e| Error::internal(format!("part not serialisable: {e}")))
+        super::record_text(&self.record, "part")
     }
 
     /// Reads a part file.
     pub fn load(path: &Path) -> Result<DetectPart> {
-        let bytes = read_capped(path)?;
-        let record: PartRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| split_error(path, format!("not a detection part: {e}")))?;
-        if record.format != PART_FORMAT {
-            return Err(split_error(
-                path,
-                format!("format '{}', expected '{PART_FORMAT}'", record.format.escape_debug()),
-            ));
-        }
+        let (record, _) = super::load_record(
+            path,
+            "a detection part",
+            |r: &PartRecord| r.format.as_str(),
+            PART_FORMAT,
+        )?;
         Ok(DetectPart { record, path: path.to_path_buf() })
     }
 }

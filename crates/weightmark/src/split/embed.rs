@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::detect::{
-    model_weights, plan_files, read_capped, split_error, weights_record, NamedDigest, PlanFile,
-    StatsRecord, WeightsRecord,
+    model_weights, plan_files, split_error, weights_record, NamedDigest, PlanFile, StatsRecord,
+    WeightsRecord,
 };
 use super::encode::{f64_from_hex, f64_to_hex, u32s_from_base64, u32s_to_base64};
 use super::{model_files, PartSpec};
@@ -186,8 +186,7 @@ impl EmbedPlan {
             selected: inputs.selected,
             ss2,
         };
-        let text = serde_json::to_string(&record)
-            .map_err(|e| Error::internal(format!("plan not serialisable: {e}")))?;
+        let text = super::record_text(&record, "plan")?;
         Ok(EmbedPlan {
             record,
             path: PathBuf::from("<memory>"),
@@ -197,21 +196,17 @@ impl EmbedPlan {
 
     /// The plan as the text of its file (one line of JSON).
     pub fn to_text(&self) -> Result<String> {
-        serde_json::to_string(&self.record)
-            .map_err(|e| Error::internal(format!("plan not serialisable: {e}")))
+        super::record_text(&self.record, "plan")
     }
 
     /// Reads a plan file.
     pub fn load(path: &Path) -> Result<EmbedPlan> {
-        let bytes = read_capped(path)?;
-        let record: PlanRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| split_error(path, format!("not an embed plan: {e}")))?;
-        if record.format != PLAN_FORMAT {
-            return Err(split_error(
-                path,
-                format!("format '{}', expected '{PLAN_FORMAT}'", record.format.escape_debug()),
-            ));
-        }
+        let (record, bytes) = super::load_record(
+            path,
+            "an embed plan",
+            |r: &PlanRecord| r.format.as_str(),
+            PLAN_FORMAT,
+        )?;
         Ok(EmbedPlan { record, path: path.to_path_buf(), sha256: hex(&Sha256::digest(&bytes)) })
     }
 
@@ -338,21 +333,17 @@ impl EmbedPart {
 
     /// The part as the text of its file (one line of JSON).
     pub fn to_text(&self) -> Result<String> {
-        serde_json::to_string(&self.record)
-            .map_err(|e| Error::internal(format!("part not serialisable: {e}")))
+        super::record_text(&self.record, "part")
     }
 
     /// Reads a part file.
     pub fn load(path: &Path) -> Result<EmbedPart> {
-        let bytes = read_capped(path)?;
-        let record: PartRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| split_error(path, format!("not an embed part: {e}")))?;
-        if record.format != PART_FORMAT {
-            return Err(split_error(
-                path,
-                format!("format '{}', expected '{PART_FORMAT}'", record.format.escape_debug()),
-            ));
-        }
+        let (record, _) = super::load_record(
+            path,
+            "an embed part",
+            |r: &PartRecord| r.format.as_str(),
+            PART_FORMAT,
+        )?;
         Ok(EmbedPart { record, path: path.to_path_buf() })
     }
 }

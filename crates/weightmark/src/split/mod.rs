@@ -89,6 +89,36 @@ pub(crate) fn model_files(model: &Model) -> Result<Vec<(&str, Vec<&str>)>> {
         .collect())
 }
 
+/// A plan or part record as the text of its file (one line of JSON);
+/// `what` names it in the (internal) error.
+pub(crate) fn record_text<T: serde::Serialize>(record: &T, what: &str) -> Result<String> {
+    serde_json::to_string(record)
+        .map_err(|e| Error::internal(format!("{what} not serialisable: {e}")))
+}
+
+/// Reads the plan or part file at `path`: at most the size cap, JSON of
+/// `T`, and `format` (the record's own format field) equal to `expected`;
+/// errors name the file and say it is not `what`. Returns the record and
+/// the file's bytes.
+pub(crate) fn load_record<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+    format: impl Fn(&T) -> &str,
+    expected: &str,
+) -> Result<(T, Vec<u8>)> {
+    let bytes = detect::read_capped(path)?;
+    let record: T = serde_json::from_slice(&bytes)
+        .map_err(|e| detect::split_error(path, format!("not {what}: {e}")))?;
+    let found = format(&record);
+    if found != expected {
+        return Err(detect::split_error(
+            path,
+            format!("format '{}', expected '{expected}'", found.escape_debug()),
+        ));
+    }
+    Ok((record, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
