@@ -106,20 +106,7 @@ fn ss2_split_detection_equals_one_run_byte_for_byte() {
     assert_eq!(single, combined);
     // A part does not depend on the thread count.
     let one_thread = s.run_env(
-        &[
-            "detect",
-            "-k",
-            "owner.key",
-            "--cert",
-            "marked.cert.json",
-            "--plan",
-            "plan.json",
-            "--part",
-            "1/3",
-            "--part-out",
-            "one-thread.json",
-            "marked",
-        ],
+        &part_job("marked.cert.json", "plan.json", "1/3", "one-thread.json", "marked"),
         &[("RAYON_NUM_THREADS", "1")],
     );
     assert_eq!(one_thread.status.code(), Some(0), "{}", stderr(&one_thread));
@@ -204,6 +191,31 @@ fn refused(s: &Scene, args: &[&str], says: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
+/// The arguments of one `detect` job: part `part` of `plan` over `model`
+/// with the certificate `cert`, written to `out`.
+fn part_job<'a>(
+    cert: &'a str,
+    plan: &'a str,
+    part: &'a str,
+    out: &'a str,
+    model: &'a str,
+) -> [&'a str; 12] {
+    [
+        "detect",
+        "-k",
+        "owner.key",
+        "--cert",
+        cert,
+        "--plan",
+        plan,
+        "--part",
+        part,
+        "--part-out",
+        out,
+        model,
+    ]
+}
+
 #[test]
 fn parts_missing_doubled_or_from_another_model_are_refused() {
     let s = marked_scene(&[]);
@@ -234,59 +246,20 @@ fn parts_missing_doubled_or_from_another_model_are_refused() {
         "other-plan.json",
         "other",
     ]);
-    s.ok(&[
-        "detect",
-        "-k",
-        "owner.key",
-        "--cert",
-        "marked.cert.json",
-        "--plan",
-        "other-plan.json",
-        "--part",
-        "1/3",
-        "--part-out",
-        "other-1.json",
-        "other",
-    ]);
+    s.ok(&part_job("marked.cert.json", "other-plan.json", "1/3", "other-1.json", "other"));
     let args = combine(&[&parts[0], "other-1.json", &parts[2]]);
     refused(&s, &strs(&args), "other-1.json: comes from another plan");
     // A job given another model than its plan's.
     refused(
         &s,
-        &[
-            "detect",
-            "-k",
-            "owner.key",
-            "--cert",
-            "marked.cert.json",
-            "--plan",
-            "plan.json",
-            "--part",
-            "0/3",
-            "--part-out",
-            "x.json",
-            "other",
-        ],
+        &part_job("marked.cert.json", "plan.json", "0/3", "x.json", "other"),
         "plan.json: was made for another model",
     );
     // A job given a model with the same files but other weights (another
     // release of the same original): its part runs, and the combine step
     // finds tensors that differ from those the plan read.
     s.ok(&["embed", "-k", "owner.key", "--label", "v2", "original", "-o", "marked2"]);
-    s.ok(&[
-        "detect",
-        "-k",
-        "owner.key",
-        "--cert",
-        "marked.cert.json",
-        "--plan",
-        "plan.json",
-        "--part",
-        "0/3",
-        "--part-out",
-        "twin-0.json",
-        "marked2",
-    ]);
+    s.ok(&part_job("marked.cert.json", "plan.json", "0/3", "twin-0.json", "marked2"));
     let args = combine(&["twin-0.json", &parts[1], &parts[2]]);
     refused(
         &s,
@@ -296,39 +269,13 @@ fn parts_missing_doubled_or_from_another_model_are_refused() {
     // A job with another release's certificate.
     refused(
         &s,
-        &[
-            "detect",
-            "-k",
-            "owner.key",
-            "--cert",
-            "marked2.cert.json",
-            "--plan",
-            "plan.json",
-            "--part",
-            "0/3",
-            "--part-out",
-            "x.json",
-            "marked",
-        ],
+        &part_job("marked2.cert.json", "plan.json", "0/3", "x.json", "marked"),
         "marked2.cert.json: is not the certificate the plan",
     );
     // More parts than files.
     refused(
         &s,
-        &[
-            "detect",
-            "-k",
-            "owner.key",
-            "--cert",
-            "marked.cert.json",
-            "--plan",
-            "plan.json",
-            "--part",
-            "3/4",
-            "--part-out",
-            "x.json",
-            "marked",
-        ],
+        &part_job("marked.cert.json", "plan.json", "3/4", "x.json", "marked"),
         "part 3/4: the model has 3 file(s)",
     );
     assert!(!s.path("x.json").exists());
