@@ -254,10 +254,14 @@ pub struct ReleaseArgs {
     /// (each weight moves a whole step or not at all), so bf16 models get a
     /// smaller strength. If the budget leaves blind z under 12 (models under
     /// about 100M elements in f16, about 1B in bf16), the default spends what
-    /// blind z 12 needs and says how much above the budget that is. embed
-    /// prints the strength it chose, the predicted blind z and the budget
-    /// spent. With the original at hand, informed detection works far below
-    /// any of these.
+    /// blind z 12 needs and says how much above the budget that is, except
+    /// that an f32 or f16 model is never changed by more than 0.9 of what
+    /// storing it in bf16 changes it (small f32 models then get blind z under
+    /// 12: MiniLM about 9). With a recipient, detect with the copy's
+    /// certificate decides on both components, so these z hold for
+    /// licensees' copies too. embed prints the strength it chose, the
+    /// predicted blind z and the budget spent. With the original at hand,
+    /// informed detection works far below any of these.
     #[arg(long, value_name = "EPS")]
     pub strength: Option<f64>,
     /// How ss2 spreads the strength over the elements: ss2-alloc2 (the

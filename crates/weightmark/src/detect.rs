@@ -295,7 +295,10 @@ pub struct Detection {
     pub mode: Mode,
     /// The scheme tested (`ss1` or `ss2`).
     pub scheme: String,
-    /// Global z (for `ss2`, of the release component).
+    /// Global z of the decision: for `ss2`, of the release component, or,
+    /// when the certificate tested names a recipient with an independent
+    /// component, of both components together (`S` and `V` summed over
+    /// both; see [`Detection::release_component`]).
     pub z: f64,
     /// Hoeffding bound `exp(-z^2/2)` on the probability of a z this large
     /// without the mark (one-sided: the decision).
@@ -307,6 +310,11 @@ pub struct Detection {
     /// component (whose copy it is), with its one-sided bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_component: Option<ComponentResult>,
+    /// When the decision adds both components of a copy with an
+    /// independent recipient component: the release component alone (what
+    /// every copy of the release shares), with its one-sided bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_component: Option<ComponentResult>,
     /// `log10` of the bound, `-z^2 / (2 ln 10)`: exact where `p_value`
     /// underflows to 0 (z above about 38).
     pub log10_p_value: f64,
@@ -575,9 +583,17 @@ impl Partial {
             .zip(recipients.into_iter().zip(coded))
             .zip(targets)
             .map(|(((tensors, skipped), (recipient, coded)), target)| {
-                let total = tensors.iter().fold(Stats::default(), |acc, r| {
-                    acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
-                });
+                let sum = |tensors: &[TensorResult]| {
+                    tensors.iter().fold(Stats::default(), |acc, r| {
+                        acc.merge(Stats { s: r.s, v: r.v, elements: r.elements })
+                    })
+                };
+                let release = sum(&tensors);
+                // A copy with an independent recipient component is decided
+                // on both components (docs/ss2.md, "The decision").
+                let both = target.recipient && coded.is_none();
+                let tensors = if both { combined(tensors, &recipient) } else { tensors };
+                let total = sum(&tensors);
                 let recipient =
                     recipient.iter().fold(Stats::default(), |acc, (_, s)| acc.merge(*s));
                 let z = total.z();
@@ -591,6 +607,7 @@ impl Partial {
                     p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
                     recipient_component: coded
                         .or_else(|| target.recipient.then(|| ComponentResult::of(recipient))),
+                    release_component: both.then(|| ComponentResult::of(release)),
                     log10_p_value: log10_p_bound(z),
                     certificates_tested: 1,
                     adjusted_p_value: p_value,
@@ -608,6 +625,24 @@ impl Partial {
             })
             .collect()
     }
+}
+
+/// Per tensor, the release component's statistics plus the recipient
+/// component's (`recipient`: the same tensors in the same order). Given the
+/// suspect, the two keyed patterns are independent fair signs under the null
+/// hypothesis, so `S_p + S_q` is sub-Gaussian with variance proxy
+/// `V_p + V_q` and Hoeffding's `exp(-z^2/2)` holds for the sum's z.
+fn combined(release: Vec<TensorResult>, recipient: &[(String, Stats)]) -> Vec<TensorResult> {
+    release
+        .into_iter()
+        .map(|t| match recipient.iter().find(|(name, _)| *name == t.name) {
+            Some((_, q)) => {
+                let both = Stats { s: t.s + q.s, v: t.v + q.v, elements: t.elements };
+                TensorResult { z: both.z(), s: both.s, v: both.v, ..t }
+            }
+            None => t,
+        })
+        .collect()
 }
 
 /// [`detect_many`] over the tensors of `scope`, before summing.

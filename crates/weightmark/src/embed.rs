@@ -280,8 +280,12 @@ pub(crate) fn choose_strength(
         Scheme::Ss2 if llama => options.allocation,
         _ => Allocation::Uniform,
     };
-    // ss1 has no separate release component: its z is the whole mark's.
-    let split = options.scheme == Scheme::Ss2 && options.recipient.is_some();
+    // ss1 has no separate release component: its z is the whole mark's. An
+    // ss2 copy with an independent recipient component is decided on both
+    // components, so only a coded one leaves the decision a share.
+    let split = options.scheme == Scheme::Ss2
+        && options.recipient.is_some()
+        && options.recipient_code != RecipientCode::Independent;
     match (options.strength, options.scheme) {
         (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),
         (None, Scheme::Ss1) => {
@@ -485,10 +489,10 @@ impl<'o> Marking<'o> {
         }
         let axes = ss2.canonical.axes(t);
         let release = TensorStreams::new(&self.mark_key, t.name);
-        let recipient = ss2.recipient.as_ref().map(|k| TensorStreams::new(k, t.name));
+        let own = ss2.recipient.as_ref().map(|k| TensorStreams::new(k, t.name));
         let coded =
             ss2.code.as_ref().map(|(key, code, bits)| CodedSigns::new(key, t.name, *code, bits));
-        let recipient: Option<&dyn SignSource> = match (&coded, &recipient) {
+        let recipient: Option<&dyn SignSource> = match (&coded, &own) {
             (Some(c), _) => Some(c),
             (None, Some(r)) => Some(r),
             (None, None) => None,
@@ -497,14 +501,23 @@ impl<'o> Marking<'o> {
         let (data, fidelity) =
             crate::ss2::embed_tensor(t, &axes, &release, recipient, ss2.strengths, weights);
         let marked = t.with_data(&data);
-        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &[&release], weights);
+        // Measured as `detect` with this release's certificate decides: on
+        // both components when the recipient's is an independent pattern.
+        let mut keys = vec![&release];
+        if coded.is_none() {
+            keys.extend(own.as_ref());
+        }
+        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &keys, weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
-        let informed =
-            crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &[&release], weights);
-        let (b, i) = (
-            blind.first().copied().unwrap_or_default(),
-            informed.first().copied().unwrap_or_default(),
-        );
+        let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights);
+        let both = |stats: Vec<Stats>| {
+            stats.into_iter().reduce(|a, b| Stats {
+                s: a.s + b.s,
+                v: a.v + b.v,
+                elements: a.elements,
+            })
+        };
+        let (b, i) = (both(blind).unwrap_or_default(), both(informed).unwrap_or_default());
         lock(&self.results)?.insert(t.name.to_string(), (fidelity, b, i));
         Ok(Some(data))
     }

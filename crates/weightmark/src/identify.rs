@@ -202,7 +202,7 @@ pub fn identify(
                 label: p.label.clone(),
                 recipient: p.recipient.clone(),
                 z,
-                release_z: d.recipient_component.map(|_| d.z),
+                release_z: d.recipient_component.map(|_| d.release_component.map_or(d.z, |r| r.z)),
                 elements: d.elements,
                 range,
                 p_value: 10f64.powf(log10_p),

@@ -1,8 +1,10 @@
 //! The default strength of `ss2`: a size rule held to a fidelity budget.
 //!
 //! Blind z grows like `strength · sqrt(n)` over the `n` marked elements
-//! (with a recipient, the release component ("is this ours?") gets
-//! `strength / sqrt(2)` of it, and every z here is that component's),
+//! (every z here is the decision's: with a recipient, `detect` with the
+//! copy's certificate adds both components, so the split does not lower
+//! it; only a coded (`tardos1`) recipient leaves the decision to the
+//! release component, which gets `strength / sqrt(2)`),
 //! while what a mark costs a model grows with the square of the relative
 //! change of its weights, whatever the model's size. So a fixed strength
 //! either wastes blind z on large models or loses blind detection on small
@@ -19,7 +21,14 @@
 //!    it spends what `FLOOR_Z` needs, above the budget, and says so;
 //! 4. but never more than [`CEILING`], the fixed default of earlier versions
 //!    (about 8× the budget): models under about 11M elements get it, and
-//!    blind z below 12 (`embed` then says what blind detection would need).
+//!    blind z below 12 (`embed` then says what blind detection would need);
+//! 5. and, for a model stored wider than bf16 (f32, f16), never more above
+//!    the budget than [`REFERENCE_SHARE`] of the relative mean-square change
+//!    that storing the model in bf16 would make: for such a model that is
+//!    the cost its owner already accepts by shipping or serving it in bf16,
+//!    and a mark must not cost more. Small f32 models (MiniLM) then get
+//!    less than the floor's z, and `embed` says so. A bf16 model has no such
+//!    reference (re-rounding it costs nothing), so the floor holds there.
 //!
 //! The change a strength makes depends on the storage type: in f32 it is the
 //! strength itself; in f16 and bf16 the mark is carried by unbiased keyed
@@ -48,6 +57,13 @@ pub const FLOOR_Z: f64 = 12.0;
 /// The most the default ever spends: the fixed default strength of earlier
 /// versions and of `ss1` ([`crate::DEFAULT_STRENGTH`]).
 pub const CEILING: f64 = crate::scheme::DEFAULT_STRENGTH;
+
+/// For a model stored wider than bf16, the share of re-rounding it to bf16
+/// (as a relative mean-square change) that the default never spends more
+/// than when the floor asks for more than the budget. Not 1: on MiniLM a
+/// mark of the same relative mean square as bf16 re-rounding cost 1.01×
+/// its `1 − cos` (docs/fidelity.md), so equal change is not quite equal cost.
+pub const REFERENCE_SHARE: f64 = 0.9;
 
 /// Blind z per `strength · sqrt(n)`, measured on SmolLM2 f16 (`ss2` at
 /// strength 3e-3 over 134.5M elements: 42.6 uniform, 45.9 with `ss2-alloc2`)
@@ -89,6 +105,9 @@ pub enum Binding {
     Floor,
     /// The ceiling: the floor z would need more than [`CEILING`].
     Ceiling,
+    /// A model stored wider than bf16: the floor z would change it more
+    /// than storing it in bf16 does ([`REFERENCE_SHARE`] of that).
+    Reference,
 }
 
 /// The strength a marking uses, and what it predicts.
@@ -100,9 +119,10 @@ pub struct StrengthChoice {
     pub binding: Binding,
     /// Elements marked.
     pub elements: u64,
-    /// Predicted blind z of the unattacked release's release component:
+    /// Predicted blind z of the decision on the unattacked release:
     /// `Z_PER_STRENGTH_ROOT_N · strength · sqrt(elements)`, over `sqrt(2)`
-    /// with a recipient (the strength is split between the components).
+    /// with a coded recipient (the decision is then the release
+    /// component's, which gets that share of the strength).
     pub predicted_z: f64,
     /// Predicted relative RMS change of the marked weights (rounding included).
     pub predicted_change: f64,
@@ -152,6 +172,41 @@ pub fn relative_mse(s: f64, dtype: Dtype) -> f64 {
     sum / STEPS as f64
 }
 
+/// Expected relative mean-square change of an element of `dtype` re-rounded
+/// to nearest bf16, for a storage type wider than bf16 (f32, f64, f16);
+/// `None` for bf16 itself and narrower or integer types. With steps `u`
+/// over mantissas spread evenly in log scale, as [`relative_mse`]: `u²/12`
+/// averaged (f16's own grid makes the error discrete, within 3% of that).
+pub fn bf16_rounding_mse(dtype: Dtype) -> Option<f64> {
+    if !matches!(dtype, Dtype::F64 | Dtype::F32 | Dtype::F16) {
+        return None;
+    }
+    const STEPS: usize = 256;
+    let ulp = (2f64).powi(-7);
+    let sum: f64 = (0..STEPS)
+        .map(|k| {
+            let u = ulp / (2f64).powf((k as f64 + 0.5) / STEPS as f64);
+            u * u / 12.0
+        })
+        .sum();
+    Some(sum / STEPS as f64)
+}
+
+/// The largest strength whose predicted change of `tensors` stays within
+/// `mse`: `model_mse` grows with `s`, so bisect on a log scale.
+fn strength_within(mse: f64, tensors: &[(Dtype, u64)]) -> f64 {
+    let (mut lo, mut hi) = (1e-7f64, crate::embed::MAX_STRENGTH);
+    for _ in 0..100 {
+        let mid = (lo * hi).sqrt();
+        if model_mse(mid, tensors) <= mse {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// The fidelity budget of `allocation` as a relative mean-square change.
 pub fn budget_mse(allocation: Allocation) -> f64 {
     relative_mse(budget_strength(allocation), Dtype::F16)
@@ -168,29 +223,31 @@ fn model_mse(s: f64, tensors: &[(Dtype, u64)]) -> f64 {
 }
 
 /// The share of the strength the release component gets: all of it, or
-/// `1/sqrt(2)` with a recipient.
-fn release_share(recipient: bool) -> f64 {
-    if recipient {
+/// The share of the strength the decision's z sees: all of it without a
+/// recipient or with an independent one (the decision adds both
+/// components), `1/sqrt(2)` with a coded one (the release component alone).
+fn release_share(coded: bool) -> f64 {
+    if coded {
         std::f64::consts::FRAC_1_SQRT_2
     } else {
         1.0
     }
 }
 
-/// The strength predicted to give the release component blind z `z` over
-/// `elements` elements.
-pub fn strength_for_z(z: f64, elements: u64, recipient: bool) -> f64 {
-    z / (Z_PER_STRENGTH_ROOT_N * release_share(recipient) * (elements.max(1) as f64).sqrt())
+/// The strength predicted to give the decision blind z `z` over `elements`
+/// elements.
+pub fn strength_for_z(z: f64, elements: u64, coded: bool) -> f64 {
+    z / (Z_PER_STRENGTH_ROOT_N * release_share(coded) * (elements.max(1) as f64).sqrt())
 }
 
 /// What `strength` predicts for `tensors` under `allocation`, with or
-/// without a recipient.
+/// without a coded recipient.
 pub fn predict(
     strength: f64,
     binding: Binding,
     allocation: Allocation,
     tensors: &[(Dtype, u64)],
-    recipient: bool,
+    coded: bool,
 ) -> StrengthChoice {
     let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
     StrengthChoice {
@@ -198,7 +255,7 @@ pub fn predict(
         binding,
         elements,
         predicted_z: Z_PER_STRENGTH_ROOT_N
-            * release_share(recipient)
+            * release_share(coded)
             * strength
             * (elements as f64).sqrt(),
         predicted_change: model_mse(strength, tensors).sqrt(),
@@ -207,36 +264,37 @@ pub fn predict(
 }
 
 /// The default strength for marking `tensors` (storage type and element
-/// count of each) under `allocation`, with or without a recipient: the size
+/// count of each) under `allocation`, with or without a coded recipient: the size
 /// rule of this module, rounded to three significant digits so that
 /// certificates carry a short number.
-pub fn choose(allocation: Allocation, tensors: &[(Dtype, u64)], recipient: bool) -> StrengthChoice {
+pub fn choose(allocation: Allocation, tensors: &[(Dtype, u64)], coded: bool) -> StrengthChoice {
     let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
     let budget = budget_mse(allocation);
-    let target = strength_for_z(TARGET_Z, elements, recipient);
-    let floor = strength_for_z(FLOOR_Z, elements, recipient);
-    // The largest strength within the budget: model_mse grows with s, so
-    // bisect on a log scale.
-    let (mut lo, mut hi) = (1e-7f64, crate::embed::MAX_STRENGTH);
-    for _ in 0..100 {
-        let mid = (lo * hi).sqrt();
-        if model_mse(mid, tensors) <= budget {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
+    let target = strength_for_z(TARGET_Z, elements, coded);
+    let floor = strength_for_z(FLOOR_Z, elements, coded);
+    let lo = strength_within(budget, tensors);
+    // Storing the model in bf16, when every marked tensor is wider.
+    let reference = tensors
+        .iter()
+        .map(|&(d, n)| bf16_rounding_mse(d).map(|m| m * n as f64))
+        .sum::<Option<f64>>()
+        .filter(|_| elements > 0)
+        .map(|sum| strength_within(REFERENCE_SHARE * sum / elements as f64, tensors));
     let (s, binding) = if target <= lo {
         (target, Binding::Target)
     } else if floor <= lo {
         (lo, Binding::Budget)
-    } else if floor <= CEILING {
-        (floor, Binding::Floor)
     } else {
-        (CEILING, Binding::Ceiling)
+        let wanted =
+            if floor <= CEILING { (floor, Binding::Floor) } else { (CEILING, Binding::Ceiling) };
+        match reference {
+            Some(r) if r < wanted.0 && r > lo => (r, Binding::Reference),
+            Some(r) if r < wanted.0 => (lo, Binding::Budget),
+            _ => wanted,
+        }
     };
     let s = round3(s);
-    predict(s, binding, allocation, tensors, recipient)
+    predict(s, binding, allocation, tensors, coded)
 }
 
 /// `x` rounded to three significant digits.
@@ -265,12 +323,13 @@ mod tests {
         assert_eq!(large.binding, Binding::Target);
         assert!((large.predicted_z - TARGET_Z).abs() < 0.1, "{large:?}");
         assert!(large.budget_spent() < 0.2, "{large:?}");
-        // A recipient takes half the energy: the release component keeps
-        // its target z at sqrt(2) times the strength.
+        // A coded recipient takes half the energy and the decision is the
+        // release component's: it keeps its target z at sqrt(2) times the
+        // strength.
         let shared = choose(a, &[(Dtype::F16, 6_500_000_000)], true);
         assert!((shared.predicted_z - TARGET_Z).abs() < 0.1, "{shared:?}");
         assert!((shared.strength / large.strength - 2f64.sqrt()).abs() < 0.01);
-        // Where the budget binds, a recipient changes nothing but the z.
+        // Where the budget binds, a coded recipient changes nothing but the z.
         let split = choose(a, &[(Dtype::F16, SMOLLM2)], true);
         assert_eq!(split.strength, small.strength);
         assert!((split.predicted_z * 2f64.sqrt() - small.predicted_z).abs() < 1e-9);
@@ -292,14 +351,30 @@ mod tests {
     }
 
     #[test]
-    fn f32_is_exact_small_models_get_the_floor_and_tiny_ones_the_ceiling() {
+    fn small_models_wider_than_bf16_are_held_to_bf16s_change_and_bf16_ones_get_the_floor() {
         assert!((relative_mse(2e-3, Dtype::F32) / 4e-6 - 1.0).abs() < 1e-6);
-        // MiniLM's size: the floor, under the ceiling.
-        let small = choose(Allocation::Uniform, &[(Dtype::F32, 22_700_000)], false);
-        assert_eq!(small.binding, Binding::Floor);
-        assert!((small.strength - strength_for_z(FLOOR_Z, 22_700_000, false)).abs() < 1e-5);
+        // bf16's relative RMS step error: about 0.166% (MiniLM measured
+        // 1 − cos at a mark of 0.164% equal to bf16 re-rounding's within 1%).
+        let bf16 = bf16_rounding_mse(Dtype::F32).map(f64::sqrt);
+        assert!(bf16.is_some_and(|r| (r - 1.66e-3).abs() < 1e-5), "{bf16:?}");
+        assert_eq!(bf16_rounding_mse(Dtype::BF16), None);
+        // MiniLM's size in f32: the floor would change it more than bf16
+        // does, so it gets REFERENCE_SHARE of bf16's change, under the floor.
+        let minilm = choose(Allocation::Uniform, &[(Dtype::F32, 22_700_000)], false);
+        assert_eq!(minilm.binding, Binding::Reference);
+        let floor = strength_for_z(FLOOR_Z, 22_700_000, false);
+        assert!(minilm.strength < floor, "{minilm:?}");
+        let expected = (REFERENCE_SHARE * 1.66e-3 * 1.66e-3).sqrt();
+        assert!((minilm.strength - expected).abs() < 2e-5, "{minilm:?}");
+        // A tiny f32 model too; the same in bf16 gets the ceiling.
         let tiny = choose(Allocation::Uniform, &[(Dtype::F32, 1_000_000)], false);
+        assert_eq!(tiny.binding, Binding::Reference);
+        let tiny = choose(Allocation::Uniform, &[(Dtype::BF16, 1_000_000)], false);
         assert_eq!(tiny.binding, Binding::Ceiling);
         assert_eq!(tiny.strength, CEILING);
+        // One bf16 tensor among f32 ones: no reference, the floor.
+        let mixed =
+            choose(Allocation::Uniform, &[(Dtype::F32, 22_000_000), (Dtype::BF16, 700_000)], false);
+        assert_eq!(mixed.binding, Binding::Floor);
     }
 }

@@ -306,7 +306,8 @@ fn print_table(
         outln!("  {:<width$}  not tested: {}", safe(&s.name), safe(&s.reason));
     }
     outln!(
-        "global z = {:.2} over {} elements; {} (threshold p <= {:.0e}); two-sided {}",
+        "global z{} = {:.2} over {} elements; {} (threshold p <= {:.0e}); two-sided {}",
+        if r.release_component.is_some() { " (release and recipient components)" } else { "" },
         r.z,
         count(r.elements),
         p_bound(r.p_value),
@@ -321,6 +322,9 @@ fn print_table(
             r.certificates_tested,
             p_bound(r.adjusted_p_value)
         );
+    }
+    if let Some(c) = &r.release_component {
+        outln!("release component (every copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
     }
     if let Some(c) = &r.recipient_component {
         match c.range {

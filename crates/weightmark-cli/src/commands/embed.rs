@@ -53,9 +53,9 @@ pub(crate) fn options<'a>(
 }
 
 /// How the strength was chosen and what it predicts, for `embed` and `issue`.
-/// `shared`: the release has a recipient, so the z is the release
+/// `coded`: the release has a coded recipient, so the z is the release
 /// component's.
-pub(crate) fn strength_line(c: &StrengthChoice, shared: bool) -> String {
+pub(crate) fn strength_line(c: &StrengthChoice, coded: bool) -> String {
     let why = match c.binding {
         Binding::Given => "given",
         Binding::Fixed => "ss1's fixed default",
@@ -63,12 +63,16 @@ pub(crate) fn strength_line(c: &StrengthChoice, shared: bool) -> String {
         Binding::Budget => "the fidelity budget (bf16 re-rounding's cost on SmolLM2)",
         Binding::Floor => "the floor (blind z 12), above the fidelity budget",
         Binding::Ceiling => "the ceiling (0.003): this model is too small for blind z 12",
+        Binding::Reference => {
+            "0.9 of the change storing this model in bf16 makes: the floor (blind z 12) would \
+             cost more"
+        }
     };
     format!(
         "strength {}: {why}; predicted blind z{} {:.1} over {} elements, relative change \
          {:.3}%, {:.2}x the fidelity budget ({:.3}%)",
         c.strength,
-        if shared { " of the release component" } else { "" },
+        if coded { " of the release component" } else { "" },
         c.predicted_z,
         count(c.elements),
         100.0 * c.predicted_change,
@@ -206,7 +210,9 @@ fn summary(
             .unwrap_or_else(|| "none".into()),
         report.strength.strength
     );
-    outln!("  {}", strength_line(&report.strength, options.recipient.is_some()));
+    let coded = options.recipient.is_some()
+        && options.recipient_code != weightmark::RecipientCode::Independent;
+    outln!("  {}", strength_line(&report.strength, coded));
     outln!(
         "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
         100.0 * f.relative_rms_change(),
@@ -214,8 +220,14 @@ fn summary(
         f.max_abs_change
     );
     let blind_z = report.blind.z();
+    // With an independent recipient component, detect with this
+    // certificate decides on both components, and so is this z.
+    let both = options.scheme == weightmark::Scheme::Ss2
+        && options.recipient.is_some()
+        && options.recipient_code == weightmark::RecipientCode::Independent;
     outln!(
-        "  blind z of the output: {blind_z:.1} ({}); informed z: {:.0} ({})",
+        "  blind z of the output{}: {blind_z:.1} ({}); informed z: {:.0} ({})",
+        if both { " (release and recipient components, as detect decides)" } else { "" },
         p_bound(p_value_bound(blind_z)),
         report.informed.z(),
         p_bound(p_value_bound(report.informed.z()))

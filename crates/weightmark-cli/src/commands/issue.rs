@@ -57,7 +57,11 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
     );
     outln!(
         "  {}",
-        crate::commands::embed::strength_line(&report.strength, args.release.recipient.is_some())
+        crate::commands::embed::strength_line(
+            &report.strength,
+            args.release.recipient.is_some()
+                && args.release.recipient_code()? != weightmark::RecipientCode::Independent
+        )
     );
     outln!(
         "  the copy's {} files ({} bytes) are hashed in the certificate; blind z of the copy {:.1}",

@@ -324,13 +324,17 @@ class Detection(_FromDict):
         detected: whether ``p_value <= threshold_p``.
         mode: ``"blind"`` (no original) or ``"informed"``.
         scheme: the scheme tested (``"ss1"`` or ``"ss2"``).
-        z: global z (for ``ss2``, of the release component).
+        z: global z of the decision (for ``ss2``, of the release component, or of
+            both components together when the certificate names a recipient
+            with an independent component).
         p_value: Hoeffding bound ``exp(-z^2/2)`` on the false-positive probability.
         p_value_two_sided: ``min(1, 2 exp(-z^2/2))``, the bound on a ``|z|`` this
             large either way.
         recipient_component: for an ``ss2`` release with a recipient, the z,
             bound and log10 bound of the recipient's own component (a dict),
             else ``None``.
+        release_component: when the decision adds both components, the z, bound
+            and log10 bound of the release component alone (a dict), else ``None``.
         log10_p_value: ``log10`` of the bound (exact where ``p_value`` underflows).
         threshold_p: decision threshold on ``p_value``.
         elements: elements tested.
@@ -358,6 +362,7 @@ class Detection(_FromDict):
     p_value: float
     p_value_two_sided: Optional[float]
     recipient_component: Optional[Dict[str, float]]
+    release_component: Optional[Dict[str, float]]
     log10_p_value: float
     threshold_p: float
     elements: int
@@ -388,6 +393,7 @@ class Detection(_FromDict):
             p_value=d["p_value"],
             p_value_two_sided=d.get("p_value_two_sided"),
             recipient_component=copy.deepcopy(d.get("recipient_component")),
+            release_component=copy.deepcopy(d.get("release_component")),
             log10_p_value=d["log10_p_value"],
             threshold_p=d["threshold_p"],
             elements=d["elements"],

@@ -16,7 +16,7 @@ use super::envelope::{
     TENSOR_ROOT_ALGORITHM, TENSOR_ROOT_SUBJECT,
 };
 use super::reveal::Dispute;
-use crate::detect::{Detection, Mode, Skipped, TensorResult};
+use crate::detect::{ComponentResult, Detection, Mode, Skipped, TensorResult};
 use crate::digest::{hex, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::key::{PublicKey, SecretKey};
@@ -60,7 +60,8 @@ pub struct ReportRef {
 /// The predicate of a detection report.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct DetectionPredicate {
-    /// Mark scheme ("ss1").
+    /// Mark scheme tested, `"ss1"` or `"ss2"` (reports written before
+    /// this field followed the detection said `"ss1"` for both).
     pub scheme: String,
     /// Blind or informed.
     pub mode: Mode,
@@ -76,8 +77,15 @@ pub struct DetectionPredicate {
     pub suspect_tensor_digests: BTreeMap<String, String>,
     /// Tensor root of the original, for informed detection.
     pub original_tensor_root: Option<String>,
-    /// Global z.
+    /// Global z of the decision (for `ss2` with an independent recipient
+    /// component: of both components together).
     pub z: f64,
+    /// `ss2` with a recipient: the recipient component alone (whose copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_component: Option<ComponentResult>,
+    /// `ss2` decided on both components: the release component alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_component: Option<ComponentResult>,
     /// Global S.
     pub s: f64,
     /// Global V.
@@ -192,7 +200,7 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
         subject,
         predicate_type: DETECTION_PREDICATE_TYPE.to_string(),
         predicate: DetectionPredicate {
-            scheme: "ss1".into(),
+            scheme: d.scheme.clone(),
             mode: d.mode,
             label: inputs.label.to_string(),
             recipient: inputs.recipient.map(str::to_string),
@@ -205,6 +213,8 @@ pub fn build_report(inputs: &ReportInputs<'_>, signer: &SecretKey) -> Result<Env
                 .collect(),
             original_tensor_root: inputs.original_tensor_root.clone(),
             z: d.z,
+            recipient_component: d.recipient_component,
+            release_component: d.release_component,
             s: d.s,
             v: d.v,
             elements: d.elements,
