@@ -222,7 +222,6 @@ fn model_mse(s: f64, tensors: &[(Dtype, u64)]) -> f64 {
     tensors.iter().map(|&(d, k)| k as f64 * relative_mse(s, d)).sum::<f64>() / n
 }
 
-/// The share of the strength the release component gets: all of it, or
 /// The share of the strength the decision's z sees: all of it without a
 /// recipient or with an independent one (the decision adds both
 /// components), `1/sqrt(2)` with a coded one (the release component alone).
