@@ -19,9 +19,7 @@ use weightmark::synth::LlamaShape;
 use weightmark::{Dtype, Model, SecretKey};
 
 /// Planting settings that plant 8 pairs in the tiny model in about 100 steps.
-// 450 steps, not 300: planting is not bit-reproducible under concurrent load
-// (candle's multithreaded reductions), and at 300 a loaded run planted 6 or
-// 7 of 8; planting stops as soon as every trigger is planted.
+// 450 steps, not 300: planting stops as soon as every trigger is planted.
 const TINY_PLANT: [&str; 12] = [
     "--count",
     "8",
@@ -36,6 +34,21 @@ const TINY_PLANT: [&str; 12] = [
     "--seed",
     "3",
 ];
+
+/// The environment of the plants whose outcome a test asserts: one thread
+/// (whether multithreaded planting is bit-reproducible is not established;
+/// one thread takes the question out of these tests).
+const ONE_THREAD: [(&str, &str); 1] = [("RAYON_NUM_THREADS", "1")];
+
+/// Writes `owner.key` and `owner.pub` from a fixed seed. The triggers and
+/// answers derive from the owner key, and how many of 8 a tiny plant takes
+/// depends on them: with a fresh random key per run the tests planted 8, 7, 6
+/// or 0 of 8. A fixed key makes the planted outcome the same in every run.
+fn fixed_owner(s: &Scene) {
+    SecretKey::from_seed([0x4f; 32])
+        .save(&s.path("owner.key"), &s.path("owner.pub"), "2026-12-03T00:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
 
 /// Planting that keeps the mark of the tiny model.
 const GENTLE_PLANT: [&str; 12] = [
@@ -67,7 +80,7 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     }
     let s = Scene::new();
     write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
-    s.keygen("owner");
+    fixed_owner(&s);
     let text = license_text().display().to_string();
     // A strong mark: the tiny model has few elements.
     s.ok(&[
@@ -103,7 +116,7 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     // about the learning rate a step, and at 1e-2 a hundred steps bury the
     // tiny model's mark (blind z 19 -> 2, informed 2).
     plant.extend(GENTLE_PLANT);
-    let o = s.run(&plant);
+    let o = s.run_env(&plant, &ONE_THREAD);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("8 of 8 after"), "{}", stdout(&o));
     // Nothing overwritten without --force.
@@ -313,7 +326,7 @@ fn plant_then_mark_certifies_both_both_are_found_and_verify_follows_the_chain() 
     }
     let s = Scene::new();
     write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
-    s.keygen("owner");
+    fixed_owner(&s);
     let text = license_text().display().to_string();
     let mut plant = vec![
         "fingerprint",
@@ -329,7 +342,9 @@ fn plant_then_mark_certifies_both_both_are_found_and_verify_follows_the_chain() 
         &text,
     ];
     plant.extend(TINY_PLANT);
-    let out = s.ok(&plant);
+    let o = s.run_env(&plant, &ONE_THREAD);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
     assert!(out.contains("8 of 8 after"), "{out}");
     let planted_cert = std::fs::read(s.path("planted.cert.json")).unwrap_or_default();
 
@@ -497,12 +512,14 @@ fn a_thousand_wrong_keys_match_no_more_than_the_binomial_bound_says() {
     }
     let s = Scene::new();
     write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
-    s.keygen("owner");
+    fixed_owner(&s);
     let text = license_text().display().to_string();
     let mut plant =
         vec!["fingerprint", "plant", "-k", "owner.key", "tiny", "-o", "planted", "--text", &text];
     plant.extend(TINY_PLANT);
-    let out = s.ok(&plant);
+    let o = s.run_env(&plant, &ONE_THREAD);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
     assert!(out.contains("8 of 8 after"), "{out}");
     let m = open(&s.path("planted"), None).unwrap_or_else(|e| panic!("{e}"));
     let Architecture::Llama(config) = &m.architecture else { panic!("not a Llama") };
