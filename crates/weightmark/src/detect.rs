@@ -637,7 +637,7 @@ fn combined(release: Vec<TensorResult>, recipient: &[(String, Stats)]) -> Vec<Te
         .into_iter()
         .map(|t| match recipient.iter().find(|(name, _)| *name == t.name) {
             Some((_, q)) => {
-                let both = Stats { s: t.s + q.s, v: t.v + q.v, elements: t.elements };
+                let both = Stats { s: t.s, v: t.v, elements: t.elements }.and_component(*q);
                 TensorResult { z: both.z(), s: both.s, v: both.v, ..t }
             }
             None => t,

@@ -510,13 +510,7 @@ impl<'o> Marking<'o> {
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &keys, weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights);
-        let both = |stats: Vec<Stats>| {
-            stats.into_iter().reduce(|a, b| Stats {
-                s: a.s + b.s,
-                v: a.v + b.v,
-                elements: a.elements,
-            })
-        };
+        let both = |stats: Vec<Stats>| stats.into_iter().reduce(Stats::and_component);
         let (b, i) = (both(blind).unwrap_or_default(), both(informed).unwrap_or_default());
         lock(&self.results)?.insert(t.name.to_string(), (fidelity, b, i));
         Ok(Some(data))

@@ -103,6 +103,14 @@ impl Stats {
         Stats { s: self.s + other.s, v: self.v + other.v, elements: self.elements + other.elements }
     }
 
+    /// These statistics plus another component's over the same elements:
+    /// `S` and `V` add, the elements are counted once (the decision on both
+    /// `ss2` components, docs/ss2.md §5).
+    #[must_use]
+    pub fn and_component(self, other: Stats) -> Stats {
+        Stats { s: self.s + other.s, v: self.v + other.v, elements: self.elements }
+    }
+
     /// `z = S / sqrt(V)` (0 when nothing contributed).
     pub fn z(&self) -> f64 {
         if self.v > 0.0 {
