@@ -217,9 +217,32 @@ impl TensorWeights {
 
     /// Multiplies `y` (row `i` from column `j0` on) by the multipliers.
     pub fn weigh(&self, i: usize, j0: usize, y: &mut [f64]) {
-        for (k, v) in y.iter_mut().enumerate() {
-            *v *= self.at(i, j0 + k);
+        let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
+        // `(scale · r) · c`, as in [`TensorWeights::at`], with the row's
+        // factor taken once.
+        let sr = self.scale * r;
+        let cols = self.cols.as_deref().and_then(|c| c.get(j0..j0.checked_add(y.len())?));
+        match cols {
+            Some(c) => weigh_by_columns(y, sr, c),
+            None if self.cols.is_none() => {
+                // A missing column factor is one, and `sr · 1 = sr` exactly.
+                let a = sr.min(CAP);
+                y.iter_mut().for_each(|v| *v *= a);
+            }
+            None => {
+                for (k, v) in y.iter_mut().enumerate() {
+                    *v *= self.at(i, j0 + k);
+                }
+            }
         }
+    }
+}
+
+/// `y_j ← y_j · min(sr · c_j, CAP)`.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn weigh_by_columns(y: &mut [f64], sr: f64, c: &[f64]) {
+    for (v, &c) in y.iter_mut().zip(c) {
+        *v *= (sr * c).min(CAP);
     }
 }
 
@@ -242,19 +265,33 @@ impl ModelWeights {
             .collect();
         let geometry = AttentionGeometry::for_model(model).ok();
         let norms = Norms { model };
+        // One pass over each tensor for everything the rules read of it (its
+        // columns' energy and, for the tensors another's cost reads, its rows'),
+        // then each tensor's factors.
+        let scans: HashMap<&str, Scan> = tensors
+            .par_iter()
+            .filter_map(|t| {
+                let part = Part::of(t.name)?;
+                Some((t.name, Scan::of(t, part, parts, &norms)?))
+            })
+            .collect();
         let mut out: Vec<(String, TensorWeights)> = tensors
             .par_iter()
             .map(|t| {
                 let part = Part::of(t.name);
+                let scan = scans.get(t.name);
                 let cols = if parts.channel {
-                    part.and_then(|p| channel_cost(model, t, p, &norms, geometry.as_ref()))
-                        .map(|h| smoothed(&h, gamma))
+                    part.and_then(|p| {
+                        channel_cost(model, t, p, &norms, geometry.as_ref(), scan, &scans)
+                    })
+                    .map(|h| smoothed(&h, gamma))
                 } else {
                     None
                 };
                 let rows = match part {
                     Some(Part::Embed | Part::Head) if parts.row => {
-                        Some(smoothed(&row_energy(t, None), gamma))
+                        let energy = scan.and_then(|s| s.rows.clone());
+                        Some(smoothed(&energy.unwrap_or_else(|| row_energy(t, None)), gamma))
                     }
                     _ => None,
                 };
@@ -310,44 +347,92 @@ impl Norms<'_> {
     }
 }
 
+/// What the allocation reads of one tensor, from one pass over it
+/// ([`energies`]): its columns' energy as its own cost needs it, and its
+/// rows' energy with its norm folded in where another tensor's cost reads
+/// them (`v` for `o`, gate and up for `down`; an embedding's own rows for
+/// the row rule).
+struct Scan {
+    cols: Vec<f64>,
+    rows: Option<Vec<f64>>,
+}
+
+impl Scan {
+    fn of(t: &TensorRef<'_>, part: Part, parts: Parts, norms: &Norms<'_>) -> Option<Scan> {
+        let cols = t.shape.get(1).copied()?;
+        let (norm, balanced, rows) = match part {
+            Part::Q(l) | Part::K(l) => (Some(NormOf::Input(l)), true, false),
+            Part::V(l) => (Some(NormOf::Input(l)), true, parts.channel),
+            Part::Gate(l) | Part::Up(l) => (Some(NormOf::PostAttention(l)), true, parts.channel),
+            Part::Embed | Part::Head => (None, false, parts.row),
+            Part::Down(_) | Part::O(_) => (None, false, false),
+            Part::InputNorm(_) | Part::PostAttentionNorm(_) | Part::FinalNorm => return None,
+        };
+        if !parts.channel && !rows {
+            return None;
+        }
+        let fold = match norm {
+            Some(norm) => Some(norms.get(norm, cols)?),
+            None => None,
+        };
+        let (cols, rows) = energies(t, fold.as_deref(), balanced, rows);
+        Some(Scan { cols, rows })
+    }
+}
+
 /// The data-free cost proxy `h_j` of a relative change of each column of
 /// `t`: the column's energy times its input's. `None` where the part has no
-/// rule or a tensor it needs is missing or misshapen.
+/// rule or a tensor it needs is missing or misshapen. `scan` is `t`'s own
+/// pass and `scans` every tensor's; a tensor outside them is read here.
 fn channel_cost(
     model: &Model,
     t: &TensorRef<'_>,
     part: Part,
     norms: &Norms<'_>,
     geometry: Option<&AttentionGeometry>,
+    scan: Option<&Scan>,
+    scans: &HashMap<&str, Scan>,
 ) -> Option<Vec<f64>> {
     let [rows, cols] = *t.shape else { return None };
-    let layer_tensor = |l: usize, tail: &str| model.tensor(&format!("model.layers.{l}.{tail}"));
+    // Rows' energy of another tensor of layer `l`, its norm folded in.
+    let rows_of = |l: usize, tail: &str, norm: NormOf, len: usize| -> Option<Vec<f64>> {
+        let name = format!("model.layers.{l}.{tail}");
+        if let Some(r) = scans.get(name.as_str()).and_then(|s| s.rows.clone()) {
+            return Some(r);
+        }
+        Some(row_energy(&model.tensor(&name)?, Some(&norms.get(norm, len)?)))
+    };
+    let own_cols = |balanced_by: Option<NormOf>| -> Option<Vec<f64>> {
+        if let Some(s) = scan {
+            return Some(s.cols.clone());
+        }
+        Some(match balanced_by {
+            Some(norm) => balanced_col_energy(t, &norms.get(norm, cols)?),
+            None => col_energy(t),
+        })
+    };
     match part {
         // Readers: the norm folded into the columns, each row balanced to
         // RMS 1 (a free rescaling of reader rows cancels), then the columns'
         // mean square.
-        Part::Q(l) | Part::K(l) | Part::V(l) => {
-            Some(balanced_col_energy(t, &norms.get(NormOf::Input(l), cols)?))
-        }
-        Part::Gate(l) | Part::Up(l) => {
-            Some(balanced_col_energy(t, &norms.get(NormOf::PostAttention(l), cols)?))
-        }
+        Part::Q(l) | Part::K(l) | Part::V(l) => own_cols(Some(NormOf::Input(l))),
+        Part::Gate(l) | Part::Up(l) => own_cols(Some(NormOf::PostAttention(l))),
         Part::Embed | Part::Head => {
             let g = norms.get(NormOf::Final, cols)?;
-            let mut h = col_energy(t);
+            let mut h = own_cols(None)?;
             h.iter_mut().zip(&g).for_each(|(h, g)| *h *= g * g);
             Some(h)
         }
         // down: input neuron i carries silu(gate_i·x)·(up_i·x); its energy
         // proxy is the product of the folded gate and up rows' energies.
         Part::Down(l) => {
-            let g = norms.get(NormOf::PostAttention(l), rows)?;
-            let gate = row_energy(&layer_tensor(l, "mlp.gate_proj.weight")?, Some(&g));
-            let up = row_energy(&layer_tensor(l, "mlp.up_proj.weight")?, Some(&g));
+            let norm = NormOf::PostAttention(l);
+            let gate = rows_of(l, "mlp.gate_proj.weight", norm, rows)?;
+            let up = rows_of(l, "mlp.up_proj.weight", norm, rows)?;
             if gate.len() != cols || up.len() != cols {
                 return None;
             }
-            let mut h = col_energy(t);
+            let mut h = own_cols(None)?;
             for ((h, a), b) in h.iter_mut().zip(&gate).zip(&up) {
                 *h *= a * b;
             }
@@ -357,11 +442,10 @@ fn channel_cost(
         // value row of its key/value head.
         Part::O(l) => {
             let geo = geometry?;
-            let g = norms.get(NormOf::Input(l), rows)?;
-            let v = row_energy(&layer_tensor(l, "self_attn.v_proj.weight")?, Some(&g));
+            let v = rows_of(l, "self_attn.v_proj.weight", NormOf::Input(l), rows)?;
             let group = geo.heads / geo.kv_heads.max(1);
             let d = geo.head_dim.max(1);
-            let mut h = col_energy(t);
+            let mut h = own_cols(None)?;
             for (j, h) in h.iter_mut().enumerate() {
                 let r = (j / d / group.max(1)) * d + j % d;
                 *h *= v.get(r).copied()?;
@@ -372,71 +456,127 @@ fn channel_cost(
     }
 }
 
-/// Rows of `t` decoded one at a time (a 2-D tensor).
-fn for_rows(t: &TensorRef<'_>, mut f: impl FnMut(usize, &[f64])) {
-    let cols = t.shape.get(1).copied().unwrap_or(0).max(1);
+/// Rows read side by side by [`energies`]: eight independent sums, each
+/// still in element order.
+const SIDE_BY_SIDE: usize = 8;
+
+/// One pass over the rows of 2-D tensor `t` for the allocation's energies:
+///
+/// - the columns' mean square: with `balanced`, of the values with `fold`
+///   folded into the columns and every row scaled to RMS 1 (rows of RMS 0
+///   left out); else of the plain values;
+/// - with `rows`, each row's mean square with `fold` folded into its
+///   columns (a missing factor counts as one).
+///
+/// Non-finite values count as zero (and a non-finite folded value adds
+/// nothing to its row). Every sum adds in element order, row after row, so
+/// the result does not depend on how the work is laid out.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn energies(
+    t: &TensorRef<'_>,
+    fold: Option<&[f64]>,
+    balanced: bool,
+    rows: bool,
+) -> (Vec<f64>, Option<Vec<f64>>) {
+    let cols = t.shape.get(1).copied().unwrap_or(0);
+    let width = cols.max(1);
     let size = t.dtype.size();
-    let mut v = Vec::new();
-    for (i, bytes) in t.data().chunks(cols * size).enumerate() {
-        decode_f64(t.dtype, bytes, &mut v);
-        f(i, &v);
+    let fold = fold.filter(|g| g.len() >= cols);
+    let balanced = balanced && fold.is_some();
+    let mut sum = vec![0.0; cols];
+    let mut counted = 0usize;
+    let mut row_energies = rows.then(Vec::new);
+    let (mut v, mut folded, mut zeroed) = (Vec::new(), Vec::new(), Vec::new());
+    let data = t.data();
+    for block in data.chunks(SIDE_BY_SIDE * width * size) {
+        decode_f64(t.dtype, block, &mut v);
+        // The values with the fold applied (`x · g_j`, or `x`).
+        folded.clear();
+        match fold {
+            Some(g) => {
+                for row in v.chunks(width) {
+                    folded.extend(row.iter().zip(g).map(|(&x, &g)| x * g));
+                }
+            }
+            None => folded.extend_from_slice(&v),
+        }
+        if let Some(out) = row_energies.as_mut() {
+            // Rows' mean squares of the folded values, non-finite ones left out.
+            let square = |x: f64| if x.is_finite() { x * x } else { 0.0 };
+            let lens = v.chunks(width).map(<[f64]>::len);
+            for (len, s) in lens.zip(sums_side_by_side(&folded, width, square)) {
+                out.push(s / len.max(1) as f64);
+            }
+        }
+        if balanced {
+            // Each row's mean square of the folded values, zero where `x`
+            // is not finite.
+            zeroed.clear();
+            zeroed
+                .extend(v.iter().zip(&folded).map(|(&x, &f)| if x.is_finite() { f } else { 0.0 }));
+            let ms = sums_side_by_side(&zeroed, width, |f| f * f);
+            for (f, ms) in zeroed.chunks(width).zip(ms) {
+                let ms = ms / width as f64;
+                if ms > 0.0 {
+                    counted += 1;
+                    for (s, f) in sum.iter_mut().zip(f) {
+                        *s += f * f / ms;
+                    }
+                }
+            }
+        } else {
+            for row in v.chunks(width) {
+                counted += 1;
+                for (s, &x) in sum.iter_mut().zip(row) {
+                    *s += if x.is_finite() { x * x } else { 0.0 };
+                }
+            }
+        }
     }
+    sum.iter_mut().for_each(|s| *s /= counted.max(1) as f64);
+    (sum, row_energies)
+}
+
+/// `Σ_j term(x_j)` of each row of `values` (rows of `width`, the last
+/// possibly shorter), in element order, the rows' sums interleaved
+/// [`SIDE_BY_SIDE`] at a time (independent chains of additions instead of
+/// one).
+fn sums_side_by_side(values: &[f64], width: usize, term: impl Fn(f64) -> f64) -> Vec<f64> {
+    let width = width.max(1);
+    let mut out = Vec::with_capacity(values.len().div_ceil(width));
+    let terms: Vec<f64> = values.iter().map(|&x| term(x)).collect();
+    let mut whole = terms.chunks_exact(SIDE_BY_SIDE * width);
+    for group in whole.by_ref() {
+        let mut acc = [0.0f64; SIDE_BY_SIDE];
+        let rows: [&[f64]; SIDE_BY_SIDE] =
+            std::array::from_fn(|r| group.get(r * width..(r + 1) * width).unwrap_or(&[]));
+        for j in 0..width {
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                *a += row[j];
+            }
+        }
+        out.extend_from_slice(&acc);
+    }
+    for row in whole.remainder().chunks(width) {
+        out.push(row.iter().fold(0.0, |a, &t| a + t));
+    }
+    out
 }
 
 /// Mean square of each row of `t`, its columns scaled by `fold` first.
 fn row_energy(t: &TensorRef<'_>, fold: Option<&[f64]>) -> Vec<f64> {
-    let mut out = Vec::new();
-    for_rows(t, |_, row| {
-        let s: f64 = row
-            .iter()
-            .enumerate()
-            .map(|(j, &x)| x * fold.and_then(|g| g.get(j)).copied().unwrap_or(1.0))
-            .filter(|x| x.is_finite())
-            .map(|x| x * x)
-            .sum();
-        out.push(s / row.len().max(1) as f64);
-    });
-    out
+    energies(t, fold, false, true).1.unwrap_or_default()
 }
 
 /// Mean square of each column of `t`.
 fn col_energy(t: &TensorRef<'_>) -> Vec<f64> {
-    let cols = t.shape.get(1).copied().unwrap_or(0);
-    let mut sum = vec![0.0; cols];
-    let mut n = 0usize;
-    for_rows(t, |_, row| {
-        n += 1;
-        for (s, &x) in sum.iter_mut().zip(row) {
-            if x.is_finite() {
-                *s += x * x;
-            }
-        }
-    });
-    sum.iter_mut().for_each(|s| *s /= n.max(1) as f64);
-    sum
+    energies(t, None, false, false).0
 }
 
 /// Mean square of each column of `t` with `g` folded into the columns and
 /// every row then scaled to RMS 1.
 fn balanced_col_energy(t: &TensorRef<'_>, g: &[f64]) -> Vec<f64> {
-    let cols = t.shape.get(1).copied().unwrap_or(0);
-    let mut sum = vec![0.0; cols];
-    let mut n = 0usize;
-    let mut folded = vec![0.0; cols];
-    for_rows(t, |_, row| {
-        for ((f, &x), &g) in folded.iter_mut().zip(row).zip(g) {
-            *f = if x.is_finite() { x * g } else { 0.0 };
-        }
-        let ms = folded.iter().map(|x| x * x).sum::<f64>() / cols.max(1) as f64;
-        if ms > 0.0 {
-            n += 1;
-            for (s, f) in sum.iter_mut().zip(&folded) {
-                *s += f * f / ms;
-            }
-        }
-    });
-    sum.iter_mut().for_each(|s| *s /= n.max(1) as f64);
-    sum
+    energies(t, Some(g), true, false).0
 }
 
 /// The smoothed factors `h^(−γ/2)` of costs `h`, normalised to mean square
