@@ -321,27 +321,46 @@ fn scaled(strengths: Strengths, a: f64) -> (f64, f64) {
 /// sums, row after row for each column, so every sum is in element order.
 /// Elements without weight add `0.0` and count 0: a sum of magnitudes is
 /// never `-0.0`, so adding `+0.0` changes nothing and no branch is needed.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn add_rows<const K: usize>(
     rows: [&[f64]; K],
     col_sum: &mut [f64],
     col_n: &mut [u64],
+    scratch: &mut Vec<f64>,
 ) -> [(f64, u64); K] {
     let len = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(col_sum.len()).min(col_n.len());
-    let rows = rows.map(|r| &r[..len]);
     let (col_sum, col_n) = (&mut col_sum[..len], &mut col_n[..len]);
-    let mut sums = [(0.0, 0u64); K];
-    for j in 0..len {
-        for (row, (s, n)) in rows.iter().zip(sums.iter_mut()) {
-            let x = row[j];
-            let weighted = x.is_finite() && x != 0.0;
+    scratch.resize(K * len, 0.0);
+    // Each row's magnitudes (zero without weight) and count, added to the
+    // column sums one row after another: each column still adds its rows in
+    // order, and the columns are independent (the loop vectorises).
+    let mut counts = [0u64; K];
+    for ((row, m), count) in rows.iter().zip(scratch.chunks_exact_mut(len.max(1))).zip(&mut counts)
+    {
+        let mut n = 0u64;
+        for (((m, s), c), &x) in
+            m.iter_mut().zip(col_sum.iter_mut()).zip(col_n.iter_mut()).zip(*row)
+        {
+            let weighted = x.is_finite() & (x != 0.0);
             let a = if weighted { x.abs() } else { 0.0 };
+            *m = a;
             *s += a;
-            *n += u64::from(weighted);
-            col_sum[j] += a;
-            col_n[j] += u64::from(weighted);
+            *c += u64::from(weighted);
+            n += u64::from(weighted);
+        }
+        *count = n;
+    }
+    // The row sums: `K` independent chains side by side, each in element
+    // order.
+    let mut sums = [0.0f64; K];
+    let m: [&[f64]; K] =
+        std::array::from_fn(|r| scratch.get(r * len..(r + 1) * len).unwrap_or(&[]));
+    for j in 0..len {
+        for (s, m) in sums.iter_mut().zip(&m) {
+            *s += m[j];
         }
     }
-    sums
+    std::array::from_fn(|r| (sums[r], counts[r]))
 }
 
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
@@ -362,24 +381,23 @@ impl Profile {
             .data()
             .par_chunks(block * cols * size)
             .map(|bytes| {
-                let mut v = Vec::new();
+                let (mut v, mut scratch) = (Vec::new(), Vec::new());
                 let mut row_means = Vec::with_capacity(block);
                 let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
                 if cols <= CHUNK_ELEMENTS {
                     decode_f64(t.dtype, bytes, &mut v);
                     let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
-                    // Four rows side by side (each row's and each column's
+                    // Eight rows side by side (each row's and each column's
                     // sum still adds in element order), then one at a time.
-                    let mut four = v.chunks_exact(4 * cols);
-                    for group in four.by_ref() {
-                        let (a, b) = group.split_at(2 * cols);
-                        let (r0, r1) = a.split_at(cols);
-                        let (r2, r3) = b.split_at(cols);
-                        let sums = add_rows([r0, r1, r2, r3], &mut col_sum, &mut col_n);
+                    let mut eight = v.chunks_exact(8 * cols);
+                    for group in eight.by_ref() {
+                        let mut r = group.chunks_exact(cols);
+                        let rows: [&[f64]; 8] = std::array::from_fn(|_| r.next().unwrap_or(&[]));
+                        let sums = add_rows(rows, &mut col_sum, &mut col_n, &mut scratch);
                         row_means.extend(sums.map(mean));
                     }
-                    for row in four.remainder().chunks(cols) {
-                        let [sum] = add_rows([row], &mut col_sum, &mut col_n);
+                    for row in eight.remainder().chunks(cols) {
+                        let [sum] = add_rows([row], &mut col_sum, &mut col_n, &mut scratch);
                         row_means.push(mean(sum));
                     }
                     return (row_means, col_sum, col_n);
@@ -546,6 +564,7 @@ fn exact_in_f32(dtype: crate::dtype::Dtype) -> bool {
 /// (the common case of [`row_y`]): the suspect's and the original's ratios,
 /// each from its own profile (`r`, `c`, `t` and `ro`, `co`, `to`).
 #[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn informed_piece<T: Copy>(
     y: &mut [f64],
     row: &[f64],
@@ -592,14 +611,7 @@ fn row_y(
         Some((*p.rows.get(i)?, p.cols.get(j)?, p.total))
     }
     match (whole(profile, i, j0..j0 + len), reference) {
-        (Some((r, c, t)), None) => {
-            for ((yj, &x), &c) in y.iter_mut().zip(row).zip(c) {
-                let m = r * c / t;
-                let ratio = (x.abs() / m).min(CLIP);
-                let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
-                *yj = if valid { ratio - 1.0 } else { f64::NAN };
-            }
-        }
+        (Some((r, c, t)), None) => blind_piece(y, row, c, (r, t)),
         (Some((r, c, t)), Some(reference)) => {
             let at = i * cols + j0;
             let whole_o = whole(&reference.profile, i, j0..j0 + len);
@@ -615,7 +627,25 @@ fn row_y(
         }
         (None, _) => row_y_each(i, j0, cols, row, profile, reference, y),
     }
-    y.iter().filter(|v| v.is_finite()).count() as u64
+    count_finite(y)
+}
+
+/// `y` of each element of a piece of a row, blind (the common case of
+/// [`row_y`]): the ratio to the expected magnitude `r · c_j / t`.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn blind_piece(y: &mut [f64], row: &[f64], c: &[f64], (r, t): (f64, f64)) {
+    for ((yj, &x), &c) in y.iter_mut().zip(row).zip(c) {
+        let m = r * c / t;
+        let ratio = (x.abs() / m).min(CLIP);
+        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
+        *yj = if valid { ratio - 1.0 } else { f64::NAN };
+    }
+}
+
+/// The number of finite values of `y`.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn count_finite(y: &[f64]) -> u64 {
+    y.iter().map(|v| u64::from(v.is_finite())).sum()
 }
 
 /// [`row_y`] element by element, for a row whose profile or reference is
@@ -644,8 +674,38 @@ fn row_y_each(
 }
 
 /// `acc` plus the sum of `y^2` over the weighted elements, in element order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn sum_squares(y: &[f64], acc: f64) -> f64 {
     y.iter().filter(|v| v.is_finite()).fold(acc, |a, v| a + v * v)
+}
+
+/// Adds each finite `y_j` to the sum of its column's group (`rank[j] /
+/// GROUP`), in element order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_by_group(y: &[f64], rank: &[u32], sums: &mut [f64]) {
+    for (&yj, &c) in y.iter().zip(rank) {
+        if yj.is_finite() {
+            if let Some(s) = sums.get_mut(c as usize / GROUP) {
+                *s += yj;
+            }
+        }
+    }
+}
+
+/// `acc` plus `Σ y_j p_j` over the finite `y_j`, in element order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_products(y: &[f64], p: &[f64], acc: f64) -> f64 {
+    y.iter().zip(p).filter(|(yj, _)| yj.is_finite()).fold(acc, |a, (yj, pj)| a + yj * pj)
+}
+
+/// Adds each finite `y_j` to `sums[j]`.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_finite(sums: &mut [f64], y: &[f64]) {
+    for (s, &yj) in sums.iter_mut().zip(y) {
+        if yj.is_finite() {
+            *s += yj;
+        }
+    }
 }
 
 /// Detection statistics of one tensor under several keys at once, reading it
@@ -834,13 +894,7 @@ pub fn detect_tensor_coded(
                             match layout {
                                 Layout::Cols(rank) => {
                                     let rank = rank.get(k.clone()).unwrap_or_default();
-                                    for (&yj, &c) in y.iter().zip(rank) {
-                                        if yj.is_finite() {
-                                            if let Some(s) = sums.get_mut(c as usize / GROUP) {
-                                                *s += yj;
-                                            }
-                                        }
-                                    }
+                                    add_by_group(y, rank, &mut sums);
                                 }
                                 _ => {
                                     acc.1 = sum_squares(y, acc.1);
@@ -851,11 +905,7 @@ pub fn detect_tensor_coded(
                                     let p = &mut p[..k.len()];
                                     for (streams, s) in keys.iter().zip(s_plain.iter_mut()) {
                                         streams.signs((i * cols + k.start) as u64, p);
-                                        *s = y
-                                            .iter()
-                                            .zip(p.iter())
-                                            .filter(|(yj, _)| yj.is_finite())
-                                            .fold(*s, |a, (yj, pj)| a + yj * pj);
+                                        *s = add_products(y, p, *s);
                                     }
                                 }
                             }
@@ -918,11 +968,7 @@ pub fn detect_tensor_coded(
                         if let Some(a) = weights {
                             a.weigh(i, 0, &mut y);
                         }
-                        for (s, &yj) in sums.iter_mut().zip(&y) {
-                            if yj.is_finite() {
-                                *s += yj;
-                            }
-                        }
+                        add_finite(&mut sums, &y);
                     }
                     let v: f64 = sums.iter().map(|s| s * s).sum();
                     let map = axes.neurons.filter(|m| m.len() == cols);
