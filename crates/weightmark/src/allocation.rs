@@ -215,6 +215,24 @@ impl TensorWeights {
         (self.scale * r * c).min(CAP)
     }
 
+    /// The multipliers of row `i` from column `j0` on, into `out`: what
+    /// [`TensorWeights::at`] gives, bit for bit.
+    pub fn multipliers(&self, i: usize, j0: usize, out: &mut [f64]) {
+        let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
+        let sr = self.scale * r;
+        let cols = self.cols.as_deref().and_then(|c| c.get(j0..j0.checked_add(out.len())?));
+        match cols {
+            Some(c) => capped_products(out, sr, c),
+            // A missing column factor is one, and `sr · 1 = sr` exactly.
+            None if self.cols.is_none() => out.fill(sr.min(CAP)),
+            None => {
+                for (k, v) in out.iter_mut().enumerate() {
+                    *v = self.at(i, j0 + k);
+                }
+            }
+        }
+    }
+
     /// Multiplies `y` (row `i` from column `j0` on) by the multipliers.
     pub fn weigh(&self, i: usize, j0: usize, y: &mut [f64]) {
         let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
@@ -243,6 +261,14 @@ impl TensorWeights {
 fn weigh_by_columns(y: &mut [f64], sr: f64, c: &[f64]) {
     for (v, &c) in y.iter_mut().zip(c) {
         *v *= (sr * c).min(CAP);
+    }
+}
+
+/// `out_j = min(sr · c_j, CAP)`.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn capped_products(out: &mut [f64], sr: f64, c: &[f64]) {
+    for (v, &c) in out.iter_mut().zip(c) {
+        *v = (sr * c).min(CAP);
     }
 }
 

@@ -176,6 +176,7 @@ pub fn embed_tensor(
             release.dither(start as u64, &mut u);
             let (mut p, mut q, mut buf) = (vec![0.0; cols], vec![0.0; cols], Vec::new());
             let mut target = vec![0.0; n];
+            let mut a = vec![0.0; if weights.is_some() { cols } else { 0 }];
             for (r, (row_w, row_t)) in w.chunks(cols).zip(target.chunks_mut(cols)).enumerate() {
                 let i = first_row + r;
                 let len = row_w.len();
@@ -184,19 +185,12 @@ pub fn embed_tensor(
                     Some(rs) => row_signs(rs, layout, i, &mut q[..len], &mut buf),
                     None => q[..len].iter_mut().for_each(|v| *v = 0.0),
                 }
-                match weights {
-                    None => {
-                        for (k, (t, &wi)) in row_t.iter_mut().zip(row_w).enumerate() {
-                            *t = wi * (1.0 + strengths.release * p[k] + strengths.recipient * q[k]);
-                        }
-                    }
-                    Some(a) => {
-                        for (k, (t, &wi)) in row_t.iter_mut().zip(row_w).enumerate() {
-                            let (er, ec) = scaled(strengths, a.at(i, k));
-                            *t = wi * (1.0 + er * p[k] + ec * q[k]);
-                        }
-                    }
-                }
+                let a = weights.map(|weights| {
+                    let a = &mut a[..len];
+                    weights.multipliers(i, 0, a);
+                    &*a
+                });
+                mark_piece(row_t, row_w, (&p[..len], &q[..len]), a, strengths);
             }
             encode_stochastic(t.dtype, &target, &u, out);
             let mut marked = Vec::with_capacity(n);
@@ -308,6 +302,32 @@ impl LongRow<'_> {
             fidelity = fidelity.merge(Fidelity::between(&w, &marked));
         }
         fidelity
+    }
+}
+
+/// The marked values `w_k (1 + e_r p_k + e_c q_k)` of a piece of a row,
+/// each component's strength times the element's multiplier `a_k` when the
+/// allocation has them.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn mark_piece(
+    target: &mut [f64],
+    w: &[f64],
+    (p, q): (&[f64], &[f64]),
+    a: Option<&[f64]>,
+    strengths: Strengths,
+) {
+    match a {
+        None => {
+            for (((t, &wi), &pk), &qk) in target.iter_mut().zip(w).zip(p).zip(q) {
+                *t = wi * (1.0 + strengths.release * pk + strengths.recipient * qk);
+            }
+        }
+        Some(a) => {
+            for ((((t, &wi), &pk), &qk), &ak) in target.iter_mut().zip(w).zip(p).zip(q).zip(a) {
+                let (er, ec) = scaled(strengths, ak);
+                *t = wi * (1.0 + er * pk + ec * qk);
+            }
+        }
     }
 }
 
@@ -456,19 +476,26 @@ impl Profile {
         let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
         // The suspect is decoded in pieces of a chunk, in element order.
         let (size, mut xs) = (a.dtype.size(), Vec::new());
+        // Element `k` is at row `i`, column `j`, counted along (no division
+        // per element).
+        let (mut i, mut j) = (0usize, 0usize);
+        let cols = cols.max(1);
         for (p, piece) in a.data().chunks(CHUNK_ELEMENTS * size).enumerate() {
             decode_f64(a.dtype, piece, &mut xs);
             let first = p * CHUNK_ELEMENTS;
-            for (k, (&x, &y)) in xs.iter().zip(b.get(first..).unwrap_or_default()).enumerate() {
-                let (k, y) = (first + k, f64::from(y));
+            for (&x, &y) in xs.iter().zip(b.get(first..).unwrap_or_default()) {
+                let y = f64::from(y);
                 if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
-                    let (i, j) = (k / cols, k % cols);
                     acc[0].0[i] += x.abs();
                     acc[0].1[j] += x.abs();
                     acc[1].0[i] += y.abs();
                     acc[1].1[j] += y.abs();
                     row_n[i] += 1;
                     col_n[j] += 1;
+                }
+                j += 1;
+                if j == cols {
+                    (i, j) = (i + 1, 0);
                 }
             }
         }

@@ -141,7 +141,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut Vec<f32>) {
             out.extend(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
         }
         GgmlType::F16 => {
-            out.extend(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()))
+            out.resize(data.len() / 2, 0.0);
+            crate::dtype::f16_bits_to_f32(data, out);
         }
         GgmlType::BF16 => {
             out.extend(data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()))
