@@ -37,6 +37,7 @@ use crate::dtype::decode_f64;
 use crate::error::{Error, Result};
 use crate::llama::{AttentionGeometry, NormOf, Part};
 use crate::model::{Model, TensorRef};
+use crate::ss2::{Profile, ProfileBuilder};
 
 /// Largest multiplier of the base strength any element gets (and the
 /// inverse of the smallest each factor gets).
@@ -276,6 +277,9 @@ fn capped_products(out: &mut [f64], sr: f64, c: &[f64]) {
 #[derive(Clone, Debug, Default)]
 pub struct ModelWeights {
     pub(crate) tensors: HashMap<String, TensorWeights>,
+    /// The `ss2` blind profiles of the tensors read, when asked for
+    /// ([`ModelWeights::for_detection`]): the same pass gives them.
+    pub(crate) profiles: HashMap<String, Profile>,
 }
 
 impl ModelWeights {
@@ -283,6 +287,31 @@ impl ModelWeights {
     /// (those marked: embed passes the original and its selection, detect
     /// the suspect and the certificate's list). Empty for uniform.
     pub fn of(model: &Model, names: &[String], allocation: Allocation) -> ModelWeights {
+        ModelWeights::build(model, names, allocation, false)
+    }
+
+    /// [`ModelWeights::of`] for a suspect, keeping the blind `ss2` profile
+    /// of each tensor read ([`ModelWeights::profile`]) so that detection
+    /// does not read the tensor once more for it.
+    pub(crate) fn for_detection(
+        model: &Model,
+        names: &[String],
+        allocation: Allocation,
+    ) -> ModelWeights {
+        ModelWeights::build(model, names, allocation, true)
+    }
+
+    /// The blind `ss2` profile of tensor `name`, if the pass kept it.
+    pub(crate) fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
+    }
+
+    fn build(
+        model: &Model,
+        names: &[String],
+        allocation: Allocation,
+        profiles: bool,
+    ) -> ModelWeights {
         let Some((parts, gamma)) = allocation.gamma() else { return ModelWeights::default() };
         let tensors: Vec<TensorRef<'_>> = names
             .iter()
@@ -294,12 +323,16 @@ impl ModelWeights {
         // One pass over each tensor for everything the rules read of it (its
         // columns' energy and, for the tensors another's cost reads, its rows'),
         // then each tensor's factors.
-        let scans: HashMap<&str, Scan> = tensors
+        let mut scans: HashMap<&str, Scan> = tensors
             .par_iter()
             .filter_map(|t| {
                 let part = Part::of(t.name)?;
-                Some((t.name, Scan::of(t, part, parts, &norms)?))
+                Some((t.name, Scan::of(t, part, parts, &norms, profiles)?))
             })
+            .collect();
+        let profiles: HashMap<String, Profile> = scans
+            .iter_mut()
+            .filter_map(|(name, scan)| Some((name.to_string(), scan.profile.take()?)))
             .collect();
         let mut out: Vec<(String, TensorWeights)> = tensors
             .par_iter()
@@ -333,7 +366,7 @@ impl ModelWeights {
                 w.scale = g;
             }
         }
-        ModelWeights { tensors: out.into_iter().collect() }
+        ModelWeights { tensors: out.into_iter().collect(), profiles }
     }
 
     /// The multipliers of tensor `name`, if the allocation touches it.
@@ -381,10 +414,18 @@ impl Norms<'_> {
 struct Scan {
     cols: Vec<f64>,
     rows: Option<Vec<f64>>,
+    /// The tensor's blind `ss2` profile, when asked for.
+    profile: Option<Profile>,
 }
 
 impl Scan {
-    fn of(t: &TensorRef<'_>, part: Part, parts: Parts, norms: &Norms<'_>) -> Option<Scan> {
+    fn of(
+        t: &TensorRef<'_>,
+        part: Part,
+        parts: Parts,
+        norms: &Norms<'_>,
+        profile: bool,
+    ) -> Option<Scan> {
         let cols = t.shape.get(1).copied()?;
         let (norm, balanced, rows) = match part {
             Part::Q(l) | Part::K(l) => (Some(NormOf::Input(l)), true, false),
@@ -401,8 +442,9 @@ impl Scan {
             Some(norm) => Some(norms.get(norm, cols)?),
             None => None,
         };
-        let (cols, rows) = energies(t, fold.as_deref(), balanced, rows);
-        Some(Scan { cols, rows })
+        let builder = if profile { ProfileBuilder::new(cols) } else { None };
+        let (cols, rows, profile) = energies(t, fold.as_deref(), balanced, rows, builder);
+        Some(Scan { cols, rows, profile })
     }
 }
 
@@ -496,14 +538,17 @@ const SIDE_BY_SIDE: usize = 8;
 ///
 /// Non-finite values count as zero (and a non-finite folded value adds
 /// nothing to its row). Every sum adds in element order, row after row, so
-/// the result does not depend on how the work is laid out.
+/// the result does not depend on how the work is laid out. With `profile`,
+/// the same pass also gives the tensor's blind `ss2` profile (read in the
+/// builder's chunks).
 #[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn energies(
     t: &TensorRef<'_>,
     fold: Option<&[f64]>,
     balanced: bool,
     rows: bool,
-) -> (Vec<f64>, Option<Vec<f64>>) {
+    mut profile: Option<ProfileBuilder>,
+) -> (Vec<f64>, Option<Vec<f64>>, Option<Profile>) {
     let cols = t.shape.get(1).copied().unwrap_or(0);
     let width = cols.max(1);
     let size = t.dtype.size();
@@ -514,8 +559,16 @@ fn energies(
     let mut row_energies = rows.then(Vec::new);
     let (mut v, mut folded, mut zeroed) = (Vec::new(), Vec::new(), Vec::new());
     let data = t.data();
-    for block in data.chunks(SIDE_BY_SIDE * width * size) {
+    // Rows read at a time: the profile's chunks, or about a chunk's worth.
+    let block_rows = match &profile {
+        Some(p) => p.rows_per_chunk(),
+        None => (crate::scheme::CHUNK_ELEMENTS / width).max(SIDE_BY_SIDE),
+    };
+    for block in data.chunks(block_rows * width * size) {
         decode_f64(t.dtype, block, &mut v);
+        if let Some(p) = profile.as_mut() {
+            p.add_chunk(&v);
+        }
         // The values with the fold applied (`x · g_j`, or `x`).
         folded.clear();
         match fold {
@@ -560,7 +613,7 @@ fn energies(
         }
     }
     sum.iter_mut().for_each(|s| *s /= counted.max(1) as f64);
-    (sum, row_energies)
+    (sum, row_energies, profile.map(ProfileBuilder::finish))
 }
 
 /// `Σ_j term(x_j)` of each row of `values` (rows of `width`, the last
@@ -591,18 +644,18 @@ fn sums_side_by_side(values: &[f64], width: usize, term: impl Fn(f64) -> f64) ->
 
 /// Mean square of each row of `t`, its columns scaled by `fold` first.
 fn row_energy(t: &TensorRef<'_>, fold: Option<&[f64]>) -> Vec<f64> {
-    energies(t, fold, false, true).1.unwrap_or_default()
+    energies(t, fold, false, true, None).1.unwrap_or_default()
 }
 
 /// Mean square of each column of `t`.
 fn col_energy(t: &TensorRef<'_>) -> Vec<f64> {
-    energies(t, None, false, false).0
+    energies(t, None, false, false, None).0
 }
 
 /// Mean square of each column of `t` with `g` folded into the columns and
 /// every row then scaled to RMS 1.
 fn balanced_col_energy(t: &TensorRef<'_>, g: &[f64]) -> Vec<f64> {
-    energies(t, Some(g), true, false).0
+    energies(t, Some(g), true, false, None).0
 }
 
 /// The smoothed factors `h^(−γ/2)` of costs `h`, normalised to mean square

@@ -497,7 +497,13 @@ impl Globals {
         let mut allocations: Vec<(Allocation, ModelWeights)> = Vec::new();
         for target in targets.iter().filter(|t| t.scheme == Scheme::Ss2) {
             if !allocations.iter().any(|(a, _)| *a == target.allocation) {
-                let weights = ModelWeights::of(suspect, planned, target.allocation);
+                let weights = if original.is_none() {
+                    ModelWeights::for_detection(suspect, planned, target.allocation)
+                } else {
+                    // Informed detection balances the suspect against the
+                    // original, not on its own.
+                    ModelWeights::of(suspect, planned, target.allocation)
+                };
                 allocations.push((target.allocation, weights));
             }
         }
@@ -803,6 +809,7 @@ pub(crate) fn detect_scoped(
                 aligned.as_ref(),
                 &refs,
                 weights.get(t.name),
+                weights.profile(t.name),
                 &code_refs,
             );
             for (&c, r) in coded.iter().zip(&readings) {

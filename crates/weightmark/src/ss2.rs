@@ -386,42 +386,94 @@ fn add_rows<const K: usize>(
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
 /// finite non-zero elements: each element's expected magnitude is
 /// `rows[i] * cols[j] / total`.
-struct Profile {
+#[derive(Clone, Debug)]
+pub(crate) struct Profile {
     rows: Vec<f64>,
     cols: Vec<f64>,
     total: f64,
 }
 
+/// One chunk's share of a [`Profile`]: its rows' means and its columns' sums
+/// and counts.
+type ChunkProfile = (Vec<f64>, Vec<f64>, Vec<u64>);
+
+/// The share of a chunk of whole rows of `cols` columns (decoded to `v`; the
+/// last row may be short) in a [`Profile`]: eight rows side by side (each
+/// row's and each column's sum still adds in element order), then one at a
+/// time.
+fn chunk_profile(v: &[f64], cols: usize, scratch: &mut Vec<f64>) -> ChunkProfile {
+    let cols = cols.max(1);
+    let mut row_means = Vec::with_capacity(v.len().div_ceil(cols));
+    let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+    let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
+    let mut eight = v.chunks_exact(8 * cols);
+    for group in eight.by_ref() {
+        let mut r = group.chunks_exact(cols);
+        let rows: [&[f64]; 8] = std::array::from_fn(|_| r.next().unwrap_or(&[]));
+        let sums = add_rows(rows, &mut col_sum, &mut col_n, scratch);
+        row_means.extend(sums.map(mean));
+    }
+    for row in eight.remainder().chunks(cols) {
+        let [sum] = add_rows([row], &mut col_sum, &mut col_n, scratch);
+        row_means.push(mean(sum));
+    }
+    (row_means, col_sum, col_n)
+}
+
+/// A tensor's [`Profile`] built from its chunks of [`rows_per_chunk`] rows
+/// in order, by whoever reads the tensor anyway (the allocation's pass):
+/// the same profile, bit for bit, as [`Profile::of`].
+pub(crate) struct ProfileBuilder {
+    cols: usize,
+    parts: Vec<ChunkProfile>,
+    scratch: Vec<f64>,
+}
+
+impl ProfileBuilder {
+    /// A builder for a tensor whose rows have `cols` columns, if its profile
+    /// is built from whole-row chunks (rows of at most [`CHUNK_ELEMENTS`]).
+    pub(crate) fn new(cols: usize) -> Option<ProfileBuilder> {
+        (cols <= CHUNK_ELEMENTS).then(|| ProfileBuilder {
+            cols: cols.max(1),
+            parts: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Rows per chunk: the chunks given to [`ProfileBuilder::add_chunk`]
+    /// must be these, in order.
+    pub(crate) fn rows_per_chunk(&self) -> usize {
+        rows_per_chunk(self.cols)
+    }
+
+    /// Adds the next chunk of rows (decoded).
+    pub(crate) fn add_chunk(&mut self, v: &[f64]) {
+        let part = chunk_profile(v, self.cols, &mut self.scratch);
+        self.parts.push(part);
+    }
+
+    /// The profile.
+    pub(crate) fn finish(self) -> Profile {
+        Profile::from_parts(self.parts)
+    }
+}
+
 impl Profile {
     fn of(t: &TensorRef<'_>) -> Profile {
         let size = t.dtype.size();
-        let (rows, cols) = dims(t);
+        let (_, cols) = dims(t);
         let block = rows_per_chunk(cols);
-        let parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = t
+        let parts: Vec<ChunkProfile> = t
             .data()
             .par_chunks(block * cols * size)
             .map(|bytes| {
                 let (mut v, mut scratch) = (Vec::new(), Vec::new());
-                let mut row_means = Vec::with_capacity(block);
-                let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
                 if cols <= CHUNK_ELEMENTS {
                     decode_f64(t.dtype, bytes, &mut v);
-                    let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
-                    // Eight rows side by side (each row's and each column's
-                    // sum still adds in element order), then one at a time.
-                    let mut eight = v.chunks_exact(8 * cols);
-                    for group in eight.by_ref() {
-                        let mut r = group.chunks_exact(cols);
-                        let rows: [&[f64]; 8] = std::array::from_fn(|_| r.next().unwrap_or(&[]));
-                        let sums = add_rows(rows, &mut col_sum, &mut col_n, &mut scratch);
-                        row_means.extend(sums.map(mean));
-                    }
-                    for row in eight.remainder().chunks(cols) {
-                        let [sum] = add_rows([row], &mut col_sum, &mut col_n, &mut scratch);
-                        row_means.push(mean(sum));
-                    }
-                    return (row_means, col_sum, col_n);
+                    return chunk_profile(&v, cols, &mut scratch);
                 }
+                let mut row_means = Vec::with_capacity(block);
+                let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
                 // A row longer than a chunk is read in pieces of a chunk.
                 for row in bytes.chunks(cols * size) {
                     let (mut s, mut n) = (0.0, 0u64);
@@ -442,7 +494,12 @@ impl Profile {
                 (row_means, col_sum, col_n)
             })
             .collect();
-        let mut row_means = Vec::with_capacity(rows);
+        Profile::from_parts(parts)
+    }
+
+    /// The profile from its chunks' shares, merged in chunk order.
+    fn from_parts(parts: Vec<ChunkProfile>) -> Profile {
+        let mut row_means = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
         let (mut col_sum, mut col_n) = (Vec::new(), Vec::new());
         for (r, s, n) in parts {
             row_means.extend(r);
@@ -746,7 +803,7 @@ pub fn detect_tensor(
     keys: &[&TensorStreams],
     weights: Option<&TensorWeights>,
 ) -> Vec<Stats> {
-    detect_tensor_coded(suspect, axes, original, keys, weights, &[]).0
+    detect_tensor_coded(suspect, axes, original, keys, weights, None, &[]).0
 }
 
 /// Items of a parallel pass whose results are held at once when recipient
@@ -772,13 +829,17 @@ fn in_batches<T: Send>(
 
 /// [`detect_tensor`], and the per-group reading of each recipient code in
 /// `codes` ([`crate::tardos`]): each code's signs multiply the same sums
-/// `Y` (per sign position) that the keys' signs do.
+/// `Y` (per sign position) that the keys' signs do. `known` is the
+/// suspect's blind profile when a pass over it already gave it (the
+/// allocation's, [`crate::allocation::ModelWeights::for_detection`]).
+#[allow(clippy::too_many_arguments)]
 pub fn detect_tensor_coded(
     suspect: &TensorRef<'_>,
     axes: &Axes<'_>,
     original: Option<&Aligned<'_>>,
     keys: &[&TensorStreams],
     weights: Option<&TensorWeights>,
+    known: Option<&Profile>,
     codes: &[&CodeStream],
 ) -> (Vec<Stats>, Vec<Reading>) {
     let (rows, cols) = dims(suspect);
@@ -788,8 +849,15 @@ pub fn detect_tensor_coded(
     let suspect_data = suspect.data();
     let suspect = &suspect.with_data(&suspect_data);
     let suspect_bytes: &[u8] = &suspect_data;
+    let computed;
     let (profile, reference) = match original {
-        None => (Profile::of(suspect), None),
+        None => match known {
+            Some(p) => (p, None),
+            None => {
+                computed = Profile::of(suspect);
+                (&computed, None)
+            }
+        },
         Some(o) => {
             // The original read at the suspect's positions, then both
             // balanced over the elements present in both.
@@ -863,7 +931,8 @@ pub fn detect_tensor_coded(
                 ReferenceValues::F32(v) => Profile::of_pair(suspect, v, cols),
                 ReferenceValues::F64(v) => Profile::of_pair(suspect, v, cols),
             };
-            (ps, Some(Reference { profile: po, values }))
+            computed = ps;
+            (&computed, Some(Reference { profile: po, values }))
         }
     };
     let reference = reference.as_ref();
@@ -914,7 +983,7 @@ pub fn detect_tensor_coded(
                         for k in pieces() {
                             let y = &mut y[..k.len()];
                             decode_piece(i, &k, &mut x);
-                            acc.0 += row_y(i, k.start, cols, &x, &profile, reference, y);
+                            acc.0 += row_y(i, k.start, cols, &x, profile, reference, y);
                             if let Some(a) = weights {
                                 a.weigh(i, k.start, y);
                             }
@@ -991,7 +1060,7 @@ pub fn detect_tensor_coded(
                     let mut n = 0u64;
                     for &i in group_rows {
                         decode_row(i, &mut x);
-                        n += row_y(i, 0, cols, &x, &profile, reference, &mut y);
+                        n += row_y(i, 0, cols, &x, profile, reference, &mut y);
                         if let Some(a) = weights {
                             a.weigh(i, 0, &mut y);
                         }

@@ -735,7 +735,7 @@ pub(crate) fn model_weights(records: &[WeightsRecord], path: &Path) -> Result<Mo
         };
         tensors.insert(w.name.clone(), weights);
     }
-    Ok(ModelWeights { tensors })
+    Ok(ModelWeights { tensors, profiles: Default::default() })
 }
 
 /// The records of an allocation's weights, by name.
