@@ -183,7 +183,9 @@ fn decode_f16(bytes: &[u8], out: &mut Vec<f64>) {
     // not refilled with zeros first.
     out.truncate(n);
     out.resize(n, 0.0);
-    f16_bits_to_f64(bytes, out);
+    if !crate::f16c::f16_to_f64(bytes, out) {
+        f16_bits_to_f64(bytes, out);
+    }
 }
 
 #[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
@@ -625,6 +627,22 @@ mod tests {
         // A trailing partial element is ignored; the output is cleared first.
         assert!(decode_f64(Dtype::F16, &[0, 0x3c, 7], &mut out));
         assert_eq!(out, vec![1.0]);
+    }
+
+    #[test]
+    fn the_portable_f16_conversion_is_the_element_conversion_for_every_bit_pattern() {
+        // decode_f64 takes F16C where the CPU has it: the portable path is
+        // checked here on its own.
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let mut out = vec![0.0; 65536];
+        f16_bits_to_f64(&bytes, &mut out);
+        for (b, x) in (0..=u16::MAX).zip(&out) {
+            let want = f16::from_bits(b).to_f64();
+            assert!(
+                x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
+                "{b:#06x}: {x} vs {want}"
+            );
+        }
     }
 
     #[test]

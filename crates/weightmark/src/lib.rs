@@ -58,6 +58,7 @@ mod digest;
 mod dtype;
 mod embed;
 mod error;
+mod f16c;
 pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
