@@ -219,14 +219,10 @@ impl TensorWeights {
     /// The multipliers of row `i` from column `j0` on, into `out`: what
     /// [`TensorWeights::at`] gives, bit for bit.
     pub fn multipliers(&self, i: usize, j0: usize, out: &mut [f64]) {
-        let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
-        let sr = self.scale * r;
-        let cols = self.cols.as_deref().and_then(|c| c.get(j0..j0.checked_add(out.len())?));
-        match cols {
-            Some(c) => capped_products(out, sr, c),
-            // A missing column factor is one, and `sr · 1 = sr` exactly.
-            None if self.cols.is_none() => out.fill(sr.min(CAP)),
-            None => {
+        match self.row_piece(i, j0, out.len()) {
+            (sr, Some(Some(c))) => capped_products(out, sr, c),
+            (sr, None) => out.fill(sr.min(CAP)),
+            (_, Some(None)) => {
                 for (k, v) in out.iter_mut().enumerate() {
                     *v = self.at(i, j0 + k);
                 }
@@ -236,24 +232,28 @@ impl TensorWeights {
 
     /// Multiplies `y` (row `i` from column `j0` on) by the multipliers.
     pub fn weigh(&self, i: usize, j0: usize, y: &mut [f64]) {
-        let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
-        // `(scale · r) · c`, as in [`TensorWeights::at`], with the row's
-        // factor taken once.
-        let sr = self.scale * r;
-        let cols = self.cols.as_deref().and_then(|c| c.get(j0..j0.checked_add(y.len())?));
-        match cols {
-            Some(c) => weigh_by_columns(y, sr, c),
-            None if self.cols.is_none() => {
-                // A missing column factor is one, and `sr · 1 = sr` exactly.
+        match self.row_piece(i, j0, y.len()) {
+            (sr, Some(Some(c))) => weigh_by_columns(y, sr, c),
+            (sr, None) => {
                 let a = sr.min(CAP);
                 y.iter_mut().for_each(|v| *v *= a);
             }
-            None => {
+            (_, Some(None)) => {
                 for (k, v) in y.iter_mut().enumerate() {
                     *v *= self.at(i, j0 + k);
                 }
             }
         }
+    }
+
+    /// For `len` columns of row `i` from `j0` on: the row's factor times the
+    /// group's, `scale · r_i` (as [`TensorWeights::at`] multiplies, first),
+    /// and the column factors: `None` without any (each is one, and
+    /// `sr · 1 = sr` exactly), `Some(None)` where the piece runs past them.
+    fn row_piece(&self, i: usize, j0: usize, len: usize) -> (f64, Option<Option<&[f64]>>) {
+        let r = self.rows.as_ref().and_then(|v| v.get(i)).copied().unwrap_or(1.0);
+        let cols = self.cols.as_deref().map(|c| c.get(j0..j0.checked_add(len)?));
+        (self.scale * r, cols)
     }
 }
 

@@ -611,19 +611,29 @@ mod tests {
         assert!(round_stochastic_f16_bits(-65000.0, 7).is_some());
     }
 
-    #[test]
-    fn f16_decodes_as_the_element_conversion_for_every_bit_pattern() {
-        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
-        let mut out = Vec::new();
-        assert!(decode_f64(Dtype::F16, &bytes, &mut out));
-        assert_eq!(out.len(), 65536);
-        for (b, x) in (0..=u16::MAX).zip(&out) {
-            let want = f16::from_bits(b).to_f64();
+    /// Asserts that `decoded` (the values of the 65,536 16-bit patterns in
+    /// order) equals `want` of each pattern, bit for bit (any NaN for a NaN).
+    fn every_pattern(decoded: &[f64], want: impl Fn(u16) -> f64) {
+        assert_eq!(decoded.len(), 65536);
+        for (b, x) in (0..=u16::MAX).zip(decoded) {
+            let want = want(b);
             assert!(
                 x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
                 "{b:#06x}: {x} vs {want}"
             );
         }
+    }
+
+    /// The 65,536 16-bit patterns, little-endian.
+    fn all_patterns() -> Vec<u8> {
+        (0..=u16::MAX).flat_map(u16::to_le_bytes).collect()
+    }
+
+    #[test]
+    fn f16_decodes_as_the_element_conversion_for_every_bit_pattern() {
+        let mut out = Vec::new();
+        assert!(decode_f64(Dtype::F16, &all_patterns(), &mut out));
+        every_pattern(&out, |b| f16::from_bits(b).to_f64());
         // A trailing partial element is ignored; the output is cleared first.
         assert!(decode_f64(Dtype::F16, &[0, 0x3c, 7], &mut out));
         assert_eq!(out, vec![1.0]);
@@ -633,45 +643,25 @@ mod tests {
     fn the_portable_f16_conversion_is_the_element_conversion_for_every_bit_pattern() {
         // decode_f64 takes F16C where the CPU has it: the portable path is
         // checked here on its own.
-        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         let mut out = vec![0.0; 65536];
-        f16_bits_to_f64(&bytes, &mut out);
-        for (b, x) in (0..=u16::MAX).zip(&out) {
-            let want = f16::from_bits(b).to_f64();
-            assert!(
-                x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
-                "{b:#06x}: {x} vs {want}"
-            );
-        }
+        f16_bits_to_f64(&all_patterns(), &mut out);
+        every_pattern(&out, |b| f16::from_bits(b).to_f64());
     }
 
     #[test]
     fn f16_to_f32_is_the_element_conversion_for_every_bit_pattern() {
-        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         let mut out = vec![0.0f32; 65536];
-        f16_bits_to_f32(&bytes, &mut out);
-        for (b, x) in (0..=u16::MAX).zip(&out) {
-            let want = f16::from_bits(b).to_f32();
-            assert!(
-                x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
-                "{b:#06x}: {x} vs {want}"
-            );
-        }
+        f16_bits_to_f32(&all_patterns(), &mut out);
+        // f32 to f64 is exact and keeps NaN a NaN.
+        let wide: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
+        every_pattern(&wide, |b| f64::from(f16::from_bits(b).to_f32()));
     }
 
     #[test]
     fn bf16_decodes_as_the_element_conversion_for_every_bit_pattern() {
-        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         let mut out = vec![7.0; 3];
-        assert!(decode_f64(Dtype::BF16, &bytes, &mut out));
-        assert_eq!(out.len(), 65536);
-        for (b, x) in (0..=u16::MAX).zip(&out) {
-            let want = bf16::from_bits(b).to_f64();
-            assert!(
-                x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
-                "{b:#06x}: {x} vs {want}"
-            );
-        }
+        assert!(decode_f64(Dtype::BF16, &all_patterns(), &mut out));
+        every_pattern(&out, |b| bf16::from_bits(b).to_f64());
     }
 
     #[test]
