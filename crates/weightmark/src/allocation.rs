@@ -37,7 +37,7 @@ use crate::dtype::decode_f64;
 use crate::error::{Error, Result};
 use crate::llama::{AttentionGeometry, NormOf, Part};
 use crate::model::{Model, TensorRef};
-use crate::ss2::{Profile, ProfileBuilder};
+use crate::ss2::{sums_side_by_side, Profile, ProfileBuilder};
 
 /// Largest multiplier of the base strength any element gets (and the
 /// inverse of the smallest each factor gets).
@@ -557,7 +557,8 @@ fn energies(
     let mut sum = vec![0.0; cols];
     let mut counted = 0usize;
     let mut row_energies = rows.then(Vec::new);
-    let (mut v, mut folded, mut zeroed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut v, mut folded, mut zeroed, mut terms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let data = t.data();
     // Rows read at a time: the profile's chunks, or about a chunk's worth.
     let block_rows = match &profile {
@@ -583,7 +584,7 @@ fn energies(
             // Rows' mean squares of the folded values, non-finite ones left out.
             let square = |x: f64| if x.is_finite() { x * x } else { 0.0 };
             let lens = v.chunks(width).map(<[f64]>::len);
-            for (len, s) in lens.zip(sums_side_by_side(&folded, width, square)) {
+            for (len, s) in lens.zip(row_sums(&folded, width, square, &mut terms)) {
                 out.push(s / len.max(1) as f64);
             }
         }
@@ -593,7 +594,7 @@ fn energies(
             zeroed.clear();
             zeroed
                 .extend(v.iter().zip(&folded).map(|(&x, &f)| if x.is_finite() { f } else { 0.0 }));
-            let ms = sums_side_by_side(&zeroed, width, |f| f * f);
+            let ms = row_sums(&zeroed, width, |f| f * f, &mut terms);
             for (f, ms) in zeroed.chunks(width).zip(ms) {
                 let ms = ms / width as f64;
                 if ms > 0.0 {
@@ -618,26 +619,26 @@ fn energies(
 
 /// `Σ_j term(x_j)` of each row of `values` (rows of `width`, the last
 /// possibly shorter), in element order, the rows' sums interleaved
-/// [`SIDE_BY_SIDE`] at a time (independent chains of additions instead of
-/// one).
-fn sums_side_by_side(values: &[f64], width: usize, term: impl Fn(f64) -> f64) -> Vec<f64> {
+/// [`SIDE_BY_SIDE`] at a time ([`crate::ss2::sums_side_by_side`]); the
+/// terms go through `terms`, a buffer reused between calls.
+fn row_sums(
+    values: &[f64],
+    width: usize,
+    term: impl Fn(f64) -> f64,
+    terms: &mut Vec<f64>,
+) -> Vec<f64> {
     let width = width.max(1);
+    terms.clear();
+    terms.extend(values.iter().map(|&x| term(x)));
     let mut out = Vec::with_capacity(values.len().div_ceil(width));
-    let terms: Vec<f64> = values.iter().map(|&x| term(x)).collect();
     let mut whole = terms.chunks_exact(SIDE_BY_SIDE * width);
     for group in whole.by_ref() {
-        let mut acc = [0.0f64; SIDE_BY_SIDE];
-        let rows: [&[f64]; SIDE_BY_SIDE] =
-            std::array::from_fn(|r| group.get(r * width..(r + 1) * width).unwrap_or(&[]));
-        for j in 0..width {
-            for (a, row) in acc.iter_mut().zip(&rows) {
-                *a += row[j];
-            }
-        }
-        out.extend_from_slice(&acc);
+        let mut rows = group.chunks_exact(width);
+        let rows: [&[f64]; SIDE_BY_SIDE] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
+        out.extend_from_slice(&sums_side_by_side(rows));
     }
     for row in whole.remainder().chunks(width) {
-        out.push(row.iter().fold(0.0, |a, &t| a + t));
+        out.extend_from_slice(&sums_side_by_side([row]));
     }
     out
 }

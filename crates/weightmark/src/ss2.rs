@@ -370,17 +370,30 @@ fn add_rows<const K: usize>(
         }
         *count = n;
     }
-    // The row sums: `K` independent chains side by side, each in element
-    // order.
-    let mut sums = [0.0f64; K];
     let m: [&[f64]; K] =
         std::array::from_fn(|r| scratch.get(r * len..(r + 1) * len).unwrap_or(&[]));
+    let sums = sums_side_by_side(m);
+    std::array::from_fn(|r| (sums[r], counts[r]))
+}
+
+/// The sum of each of `K` rows of equal length, in element order, the `K`
+/// sums side by side (independent chains of additions instead of one long
+/// one); a row longer than the shortest adds the rest of its elements
+/// after, still in order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+pub(crate) fn sums_side_by_side<const K: usize>(rows: [&[f64]; K]) -> [f64; K] {
+    let len = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+    let mut sums = [0.0f64; K];
+    let heads = rows.map(|r| &r[..len]);
     for j in 0..len {
-        for (s, m) in sums.iter_mut().zip(&m) {
-            *s += m[j];
+        for (s, row) in sums.iter_mut().zip(&heads) {
+            *s += row[j];
         }
     }
-    std::array::from_fn(|r| (sums[r], counts[r]))
+    for (s, row) in sums.iter_mut().zip(rows) {
+        *s = row[len..].iter().fold(*s, |a, &x| a + x);
+    }
+    sums
 }
 
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
