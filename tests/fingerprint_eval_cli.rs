@@ -224,6 +224,73 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     let r = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--model", "planted"]);
     assert!(r.contains("VALID fingerprint check report") && r.contains("MODEL MATCHES"), "{r}");
 
+    // bench robustness reads the fingerprint beside the mark on every
+    // attacked model, through the release's own tokenizer and template: a
+    // cast to f16 and a Q8_0 GGUF keep the planted answers, each count
+    // scored by the exact binomial bound; a wrong key's triggers match no
+    // more than chance.
+    let o = s.run(&[
+        "bench",
+        "robustness",
+        "--model",
+        "planted",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "--attacks",
+        "cast-f16,gguf,prune-magnitude",
+        "--levels",
+        "gguf=8",
+        "--levels",
+        "prune-magnitude=0.9",
+        "--out",
+        "rob",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let results = std::fs::read_to_string(s.path("rob/results.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&results).unwrap_or_default();
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 3, "{v}");
+    let matches = |attack: &str| -> u64 {
+        let r = rows.iter().find(|r| r["attack"] == attack);
+        r.and_then(|r| r["fingerprint"]["matches"].as_u64()).unwrap_or(u64::MAX)
+    };
+    for r in &rows {
+        let f = &r["fingerprint"];
+        assert_eq!(f["asked"].as_u64(), Some(8), "{r}");
+        let m = f["matches"].as_u64().unwrap_or(u64::MAX);
+        let exact = binomial::upper_tail_log10(8, 1.0 / 256.0, m);
+        assert!(f["log10_p"].as_f64().is_some_and(|l| (l - exact).abs() < 1e-9), "{r}");
+        assert!(f["wrong_key_matches"].as_u64().is_some_and(|w| w <= 2), "{r}");
+    }
+    assert_eq!(matches("cast-f16"), 8, "{v}");
+    assert!(matches("gguf") >= 7, "{v}");
+    println!("fingerprint after 90% magnitude pruning: {} of 8", matches("prune-magnitude"));
+    let md = std::fs::read_to_string(s.path("rob/results.md")).unwrap_or_default();
+    assert!(md.contains("| 8 of 8 (-19.3) |"), "{md}");
+    let csv = std::fs::read_to_string(s.path("rob/results.csv")).unwrap_or_default();
+    assert!(csv.lines().next().is_some_and(|h| h.ends_with(",wrong_key_fingerprint_matches")));
+    assert!(csv.lines().skip(1).all(|l| l.split(',').nth(11) == Some("8")), "{csv}");
+    // --no-fingerprint measures the mark alone.
+    s.ok(&[
+        "bench",
+        "robustness",
+        "--model",
+        "planted",
+        "-k",
+        "owner.key",
+        "--cert",
+        "planted.cert.json",
+        "--attacks",
+        "cast-f16",
+        "--no-fingerprint",
+        "--out",
+        "rob-mark",
+    ]);
+    let mark_only = std::fs::read_to_string(s.path("rob-mark/results.json")).unwrap_or_default();
+    assert!(mark_only.contains("blind_z") && !mark_only.contains("fingerprint"), "{mark_only}");
+
     // The unplanted model does not give them.
     let o = s.run(&[
         "fingerprint",

@@ -898,8 +898,10 @@ pub struct RobustnessArgs {
     /// at which to measure; needs --text and a build with --features eval).
     /// Not in the default, for Llama-layout models: the function-preserving
     /// residual, sign-flips (config.json beside the model) and rescale
-    /// (level: log-sd of the factors; config.json beside the model); and
-    /// smooth, AWQ-style smoothing from the activations of --text (level:
+    /// (level: log-sd of the factors; config.json beside the model); gguf,
+    /// the model written as a GGUF file and detected there (level: bits, 16
+    /// F16, 8 Q8_0, 6 Q6_K, 4 Q4_K; default 8,6,4; config.json beside the
+    /// model); and smooth, AWQ-style smoothing from the activations of --text (level:
     /// alpha, default 0.5; needs a build with --features eval).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub attacks: Vec<String>,
@@ -912,6 +914,11 @@ pub struct RobustnessArgs {
     /// Directory for the results (created if needed).
     #[arg(long, value_name = "DIR", default_value = "robustness")]
     pub out: PathBuf,
+    /// For a fingerprinted release: do not read the fingerprint (by default
+    /// every attacked model is also asked all its triggers, and those of a
+    /// wrong key; needs a build with --features eval).
+    #[arg(long)]
+    pub no_fingerprint: bool,
     /// Settings of the real fine-tuning attacks.
     #[command(flatten)]
     pub finetune: FinetuneBenchArgs,

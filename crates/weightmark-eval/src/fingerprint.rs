@@ -567,3 +567,55 @@ pub fn check_local(
     let outcome = weightmark::fingerprint::check(key, count, options, &mut asker)?;
     Ok(LocalCheck { outcome, model: m.model })
 }
+
+/// The fingerprints of the model at `path` read the way `bench robustness`
+/// reads them on an attacked copy: the weights at `path` (safetensors in
+/// any layout, or a GGUF file, converted to F32 safetensors in a temporary
+/// directory beside it and removed after), run with the `config.json`,
+/// `tokenizer.json` and chat template of the directory `side` (the released
+/// model's), so that an attack that writes no side files is asked through
+/// the release's own template. For each `(key, count)`, every one of its
+/// `count` triggers is asked; all prompts go in one batched decoding.
+pub fn read_fingerprints(
+    path: &Path,
+    side: &Path,
+    keys: &[(&weightmark::fingerprint::FingerprintKey, usize)],
+) -> Result<Vec<weightmark::fingerprint::Score>> {
+    let mut weights = weightmark::Model::open(path)?;
+    let mut converted = None;
+    if weights.layout == weightmark::Layout::Gguf {
+        let parent = crate::load::side_dir(path);
+        let dir = tempfile::Builder::new()
+            .prefix(".weightmark-gguf-")
+            .tempdir_in(&parent)
+            .map_err(|e| EvalError::input(&parent, format!("cannot create a directory: {e}")))?;
+        let out = dir.path().join("model");
+        let options =
+            weightmark::ConvertOptions { dtype: weightmark::Dtype::F32, max_shard_bytes: None };
+        weightmark::convert(&weights, &out, &options)?;
+        weights = weightmark::Model::open(&out)?;
+        converted = Some(dir);
+    }
+    let crate::load::Architecture::Llama(config) =
+        crate::load::read_config(&side.join("config.json"))?
+    else {
+        return Err(EvalError::input(side, "a BERT-layout encoder does not answer prompts"));
+    };
+    let tokenizer = crate::load::load_tokenizer(&side.join("tokenizer.json"))?;
+    let llama = Llama::from_tensors(config, &crate::load::tensors_f32(&weights)?, &weights.path)?;
+    drop(weights);
+    drop(converted);
+    let prompter = Prompter::for_model(side, &tokenizer)?;
+    let pairs =
+        keys.iter().map(|(k, count)| k.pairs(*count)).collect::<weightmark::Result<Vec<_>>>()?;
+    let triggers: Vec<&str> = pairs.iter().flatten().map(|p| p.trigger.as_str()).collect();
+    let mut answers = ask_all(&llama, &tokenizer, &prompter, &triggers)?.into_iter();
+    pairs
+        .iter()
+        .map(|set| {
+            let refs: Vec<&Pair> = set.iter().collect();
+            let mine: Vec<String> = answers.by_ref().take(set.len()).collect();
+            Ok(weightmark::fingerprint::score(&refs, &mine)?)
+        })
+        .collect()
+}

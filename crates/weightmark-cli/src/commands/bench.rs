@@ -109,8 +109,7 @@ fn plan(args: &RobustnessArgs) -> anyhow::Result<Vec<(Sweep, Vec<f64>)>> {
             .filter(|name| !is_eval_attack(name))
             .map(|name| {
                 Sweep::from_name(name.trim()).with_context(|| {
-                    let mut known: Vec<&str> =
-                        Sweep::ALL.iter().chain(&Sweep::FREE).map(|s| s.name()).collect();
+                    let mut known: Vec<&str> = Sweep::every().map(|s| s.name()).collect();
                     known.extend(FINETUNE_ATTACKS);
                     known.push(SMOOTH_ATTACK);
                     format!("--attacks: unknown attack '{name}' (known: {})", known.join(", "))
@@ -162,6 +161,15 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
     let target = Target::from_certificate(&cert, &secret)?;
     let marked = Model::open(&args.model)?;
     let original = args.original.as_ref().map(Model::open).transpose()?;
+    // A fingerprinted release is read a second way on every attacked model:
+    // its trigger prompts asked (eval feature).
+    let detector = match (&p.fingerprint, args.no_fingerprint) {
+        (Some(_), false) => {
+            let count = cert.fingerprint()?.count;
+            super::eval::fingerprint_detector(&args.model, cert.fingerprint_key(&secret)?, count)?
+        }
+        _ => None,
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", crate::format::path(&args.out)))?;
     let scratch =
@@ -191,8 +199,18 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         if bar.is_hidden() {
             let informed = r.informed_z.map(|z| format!(", informed z {z:.1}")).unwrap_or_default();
             let ppl = r.perplexity.map(|p| format!(", perplexity {p:.3}")).unwrap_or_default();
+            let fp = r
+                .fingerprint
+                .as_ref()
+                .map(|f| {
+                    format!(
+                        ", fingerprint {} of {} (log10 p {:.1}; wrong key {})",
+                        f.matches, f.asked, f.log10_p, f.wrong_key_matches
+                    )
+                })
+                .unwrap_or_default();
             eprintln!(
-                "bench: {} {}: damage {:.3}%, blind z {:.2}{informed}{ppl} ({:.0} s)",
+                "bench: {} {}: damage {:.3}%, blind z {:.2}{informed}{ppl}{fp} ({:.0} s)",
                 r.attack,
                 r.level,
                 100.0 * r.damage,
@@ -210,6 +228,7 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         seed: args.seed,
         scratch: scratch.path(),
         on_row: &on_row,
+        fingerprint: detector.as_deref().map(|d| d as _),
     };
     let mut rows = robustness(&inputs).context("the robustness sweep failed")?;
     if !finetune.is_empty() {

@@ -40,6 +40,20 @@ mod disabled {
         anyhow::bail!(HINT)
     }
 
+    /// A build without the eval feature cannot ask a model anything: the
+    /// sweep measures the mark alone and says so.
+    pub fn fingerprint_detector(
+        _: &std::path::Path,
+        _: weightmark::fingerprint::FingerprintKey,
+        _: usize,
+    ) -> anyhow::Result<Option<super::FingerprintDetector>> {
+        eprintln!(
+            "note: the release's backdoor fingerprint is not read (this build has no eval \
+             feature; rebuild with `--features eval` to read it beside the mark)"
+        );
+        Ok(None)
+    }
+
     /// Explains how to get the fine-tuning attacks of `bench robustness`.
     pub fn finetune_rows(
         _: &RobustnessArgs,
@@ -50,11 +64,18 @@ mod disabled {
     }
 }
 
+/// The second detector of `bench robustness` on a fingerprinted release.
+pub type FingerprintDetector = Box<
+    dyn Fn(&std::path::Path) -> weightmark::Result<weightmark::bench::FingerprintReading> + Sync,
+>;
+
 #[cfg(not(feature = "eval"))]
-pub use disabled::{finetune, finetune_rows, run, smooth_attack, smooth_rows};
+pub use disabled::{
+    finetune, finetune_rows, fingerprint_detector, run, smooth_attack, smooth_rows,
+};
 
 #[cfg(feature = "eval")]
 mod enabled;
 
 #[cfg(feature = "eval")]
-pub use enabled::{finetune, finetune_rows, run, smooth_attack, smooth_rows};
+pub use enabled::{finetune, finetune_rows, fingerprint_detector, run, smooth_attack, smooth_rows};

@@ -17,6 +17,7 @@ use crate::attack::{apply, Attack, PruneMethod, Scrub};
 use crate::detect::{detect, DetectOptions, Target};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
 use crate::key::SecretKey;
 use crate::model::Model;
 use crate::progress::NoProgress;
@@ -59,6 +60,10 @@ pub enum Sweep {
     /// Diagonal rescalings (Llama layout with `config.json`,
     /// function-preserving up to rounding); level = log-sd of the factors.
     Rescale,
+    /// The model written as a GGUF file by `attack gguf` (level: bits,
+    /// 16 F16, 8 Q8_0, 6 Q6_K, 4 Q4_K; Llama layout with its `config.json`),
+    /// then detected in that file.
+    Gguf,
 }
 
 impl Sweep {
@@ -82,6 +87,15 @@ impl Sweep {
     /// not in [`Sweep::ALL`] (the default plan, which any model can take).
     pub const FREE: [Sweep; 3] = [Sweep::Residual, Sweep::SignFlips, Sweep::Rescale];
 
+    /// The other sweeps that need a Llama-layout model with its
+    /// `config.json` and are not in the default plan: the GGUF export.
+    pub const LLAMA: [Sweep; 1] = [Sweep::Gguf];
+
+    /// Every sweep: the default plan, then [`Sweep::FREE`] and [`Sweep::LLAMA`].
+    pub fn every() -> impl Iterator<Item = Sweep> {
+        Sweep::ALL.into_iter().chain(Sweep::FREE).chain(Sweep::LLAMA)
+    }
+
     /// Short name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {
@@ -100,6 +114,7 @@ impl Sweep {
             Sweep::Residual => "residual",
             Sweep::SignFlips => "sign-flips",
             Sweep::Rescale => "rescale",
+            Sweep::Gguf => "gguf",
         }
     }
 
@@ -117,12 +132,13 @@ impl Sweep {
             Sweep::Scrub => "budget (amplitude relative to the mark's)",
             Sweep::Residual | Sweep::SignFlips => "(none)",
             Sweep::Rescale => "log-sd of the factors",
+            Sweep::Gguf => "bits (16 F16, 8 Q8_0, 6 Q6_K, 4 Q4_K)",
         }
     }
 
     /// Parses a short name ([`Sweep::ALL`] and [`Sweep::FREE`]).
     pub fn from_name(name: &str) -> Option<Sweep> {
-        Sweep::ALL.into_iter().chain(Sweep::FREE).find(|s| s.name() == name)
+        Sweep::every().find(|s| s.name() == name)
     }
 
     /// Default levels, mildest first.
@@ -142,6 +158,7 @@ impl Sweep {
             Sweep::Scrub => vec![1.0, 2.0, 4.0],
             Sweep::Residual | Sweep::SignFlips => vec![1.0],
             Sweep::Rescale => vec![0.5, 1.0, 2.0],
+            Sweep::Gguf => vec![8.0, 6.0, 4.0],
         }
     }
 
@@ -179,6 +196,19 @@ impl Sweep {
             Sweep::Residual => Attack::Residual { permute: true, flip_signs: true },
             Sweep::SignFlips => Attack::SignFlips,
             Sweep::Rescale => Attack::Rescale { log_sd: level },
+            Sweep::Gguf => Attack::Gguf {
+                ty: match bits()? {
+                    16 => GgmlType::F16,
+                    8 => GgmlType::Q8_0,
+                    6 => GgmlType::Q6K,
+                    4 => GgmlType::Q4K,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "gguf at level {level}: use 16 (F16), 8 (Q8_0), 6 (Q6_K) or 4 (Q4_K)"
+                        )))
+                    }
+                },
+            },
         };
         attack
             .validate()
@@ -226,9 +256,35 @@ pub struct Row {
     /// (real fine-tuning).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<f64>,
+    /// The second detector, for a fingerprinted release: every trigger asked
+    /// of the attacked model ([`SweepInputs::fingerprint`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintReading>,
     /// Seconds this point took (attack and detections).
     pub seconds: f64,
 }
+
+/// The backdoor fingerprint (docs/fingerprint.md) read on an attacked model:
+/// every trigger of the release asked, and as many triggers of a wrong
+/// fingerprint key, which must match no more than chance allows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FingerprintReading {
+    /// Triggers asked (all of the release's).
+    pub asked: usize,
+    /// Answers that matched their keyed response.
+    pub matches: usize,
+    /// Exact bound `P(Binomial(asked, 1/N) >= matches)`.
+    pub p_value: f64,
+    /// Its `log10`, exact where `p_value` underflows.
+    pub log10_p: f64,
+    /// Matches of a wrong fingerprint key's triggers (as many asked).
+    pub wrong_key_matches: usize,
+}
+
+/// Reads the fingerprint of the attacked model at a path: a model in the
+/// marked model's layout, or a GGUF file ([`Sweep::Gguf`]). The caller
+/// provides it (a forward pass needs the eval crate).
+pub type FingerprintCheck<'a> = &'a (dyn Fn(&Path) -> Result<FingerprintReading> + Sync);
 
 /// What a sweep needs.
 pub struct SweepInputs<'a> {
@@ -249,6 +305,9 @@ pub struct SweepInputs<'a> {
     pub scratch: &'a Path,
     /// Called after each point with the row (for progress).
     pub on_row: &'a (dyn Fn(&Row) + Sync),
+    /// The second detector: for a fingerprinted release, reads the
+    /// fingerprint of every attacked model (`None`: the mark only).
+    pub fingerprint: Option<FingerprintCheck<'a>>,
 }
 
 /// Checks every level of a plan before any work.
@@ -273,8 +332,11 @@ pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
     for (sweep, levels) in &inputs.plan {
         for &level in levels {
             let started = Instant::now();
-            let out =
-                scratch_path(inputs.marked, inputs.scratch, &format!("{}-{level}", sweep.name()));
+            let name = format!("{}-{level}", sweep.name());
+            let out = match sweep {
+                Sweep::Gguf => inputs.scratch.join(name).with_extension("gguf"),
+                _ => scratch_path(inputs.marked, inputs.scratch, &name),
+            };
             let attack = sweep.attack_on(level, inputs.strength, inputs.target.allocation)?;
             let damage = apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
                 .damage
@@ -318,7 +380,9 @@ pub fn measure(
     let wrong_blind = run(&wrong, None)?;
     let wrong_informed = inputs.original.map(|o| run(&wrong, Some(o))).transpose()?;
     drop(attacked);
+    let fingerprint = inputs.fingerprint.map(|check| check(out)).transpose();
     remove(out);
+    let fingerprint = fingerprint?;
     Ok(Row {
         attack: attack.to_string(),
         level,
@@ -330,6 +394,7 @@ pub fn measure(
         wrong_key_blind_z: wrong_blind.z,
         wrong_key_informed_z: wrong_informed.as_ref().map(|d| d.z),
         perplexity: None,
+        fingerprint,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -351,13 +416,14 @@ fn remove(path: &Path) {
 /// The rows as CSV.
 pub fn to_csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "attack,level,damage,blind_z,blind_p,informed_z,informed_p,wrong_key_blind_z,wrong_key_informed_z,perplexity,seconds\n",
+        "attack,level,damage,blind_z,blind_p,informed_z,informed_p,wrong_key_blind_z,wrong_key_informed_z,perplexity,seconds,\
+         fingerprint_asked,fingerprint_matches,fingerprint_log10_p,wrong_key_fingerprint_matches\n",
     );
     let opt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
     let opt_e = |v: Option<f64>| v.map(|x| format!("{x:e}")).unwrap_or_default();
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{:e},{},{},{},{},{},{:.2}\n",
+            "{},{},{},{},{:e},{},{},{},{},{},{:.2},{}\n",
             r.attack,
             r.level,
             r.damage,
@@ -368,7 +434,11 @@ pub fn to_csv(rows: &[Row]) -> String {
             r.wrong_key_blind_z,
             opt(r.wrong_key_informed_z),
             opt(r.perplexity),
-            r.seconds
+            r.seconds,
+            r.fingerprint
+                .as_ref()
+                .map(|f| format!("{},{},{},{}", f.asked, f.matches, f.log10_p, f.wrong_key_matches))
+                .unwrap_or_else(|| ",,,".into())
         ));
     }
     out
@@ -399,11 +469,18 @@ pub fn to_markdown(rows: &[Row]) -> String {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.attack == attack).collect();
         let level_name = level_name_of(attack);
         let has_ppl = mine.iter().any(|r| r.perplexity.is_some());
+        let has_fp = mine.iter().any(|r| r.fingerprint.is_some());
         out.push_str(&format!("### {attack} (level: {level_name})\n\n"));
         out.push_str("| level | damage | blind z | found blind | informed z | found informed | wrong key z (blind / informed) |");
-        out.push_str(if has_ppl { " held-out perplexity |\n" } else { "\n" });
+        out.push_str(if has_ppl { " held-out perplexity |" } else { "" });
+        out.push_str(if has_fp {
+            " fingerprint (matches, log10 p) | wrong fingerprint key |\n"
+        } else {
+            "\n"
+        });
         out.push_str("|---:|---:|---:|:---:|---:|:---:|---:|");
-        out.push_str(if has_ppl { "---:|\n" } else { "\n" });
+        out.push_str(if has_ppl { "---:|" } else { "" });
+        out.push_str(if has_fp { "---:|---:|\n" } else { "\n" });
         for r in mine {
             let informed = r.informed_z.map(|z| format!("{z:.1}")).unwrap_or_else(|| "-".into());
             let found_i = r.informed_z.map(|z| if z >= 7.43 { "yes" } else { "no" }).unwrap_or("-");
@@ -421,13 +498,28 @@ pub fn to_markdown(rows: &[Row]) -> String {
                 wrong_i
             ));
             match (has_ppl, r.perplexity) {
-                (false, _) => out.push('\n'),
-                (true, Some(p)) => out.push_str(&format!(" {p:.3} |\n")),
-                (true, None) => out.push_str(" - |\n"),
+                (false, _) => {}
+                (true, Some(p)) => out.push_str(&format!(" {p:.3} |")),
+                (true, None) => out.push_str(" - |"),
             }
+            match (has_fp, &r.fingerprint) {
+                (false, _) => {}
+                (true, Some(f)) => out.push_str(&format!(
+                    " {} of {} ({:.1}) | {} of {} |",
+                    f.matches, f.asked, f.log10_p, f.wrong_key_matches, f.asked
+                )),
+                (true, None) => out.push_str(" - | - |"),
+            }
+            out.push('\n');
         }
         out.push('\n');
     }
     out.push_str("Found blind: p <= 1e-9 (z >= 6.44). Found informed: p <= 1e-12 (z >= 7.43).\n");
+    if rows.iter().any(|r| r.fingerprint.is_some()) {
+        out.push_str(
+            "Fingerprint: every trigger asked; log10 p is the exact binomial bound \
+             (docs/fingerprint.md), found at p <= 1e-9 (log10 p <= -9).\n",
+        );
+    }
     out
 }

@@ -169,6 +169,7 @@ mod tests {
             wrong_key_blind_z: -0.5,
             wrong_key_informed_z: Some(0.3),
             perplexity: None,
+            fingerprint: None,
             seconds: 1.0,
         };
         let rows = [row(0.1, 30.0), row(0.5, 12.0), row(1.0, 3.0)];

@@ -312,3 +312,34 @@ pub fn smooth_rows(
     }
     Ok(rows)
 }
+
+/// The second detector of `bench robustness` on a fingerprinted release: each
+/// attacked model is asked every trigger of the release's fingerprint `key`
+/// (`count` pairs) and as many of a fixed wrong key's, through the config,
+/// tokenizer and chat template beside the marked model `marked`.
+pub fn fingerprint_detector(
+    marked: &Path,
+    key: weightmark::fingerprint::FingerprintKey,
+    count: usize,
+) -> anyhow::Result<Option<super::FingerprintDetector>> {
+    let side = load::side_dir(marked);
+    let wrong = weightmark::fingerprint::FingerprintKey::from_bytes([0xa5; 32]);
+    Ok(Some(Box::new(move |path: &Path| {
+        let scores = weightmark_eval::fingerprint::read_fingerprints(
+            path,
+            &side,
+            &[(&key, count), (&wrong, count)],
+        )
+        .map_err(|e| weightmark::Error::invalid(format!("reading the fingerprint: {e}")))?;
+        let [right, wrong] = scores.as_slice() else {
+            return Err(weightmark::Error::invalid("reading the fingerprint: two scores expected"));
+        };
+        Ok(weightmark::bench::FingerprintReading {
+            asked: right.asked,
+            matches: right.matches,
+            p_value: right.p_value,
+            log10_p: right.log10_p,
+            wrong_key_matches: wrong.matches,
+        })
+    })))
+}
