@@ -187,6 +187,52 @@ fn lora_learns_and_merges_into_the_block_matrices_only() {
 }
 
 #[test]
+fn training_chosen_blocks_moves_them_only_and_block_changes_finds_them() {
+    if !common::has_license_text() {
+        return;
+    }
+    let method = Method::layers(&[1]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(method.to_string(), "layers-1");
+    let (before, after, trainer, original) = train_tiny(method, 3e-3, 10);
+    assert!(after < before, "held-out perplexity {before} -> {after}");
+    let trained = trainer.merged_values().unwrap_or_else(|e| panic!("{e}"));
+    for (name, values) in &trained {
+        let in_block_1 = name.starts_with("model.layers.1.");
+        assert_eq!(original[name.as_str()] != *values, in_block_1, "{name}");
+    }
+    // block_changes sees block 1 moved and no other.
+    let shapes: HashMap<String, Vec<usize>> = trainer
+        .model()
+        .merged_tensors()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(n, t)| (n, t.dims().to_vec()))
+        .collect();
+    let rebuild = |values: &HashMap<String, Vec<f32>>| {
+        let tensors = values
+            .iter()
+            .map(|(n, v)| {
+                let t = Tensor::from_vec(v.clone(), shapes[n.as_str()].clone(), &Device::Cpu);
+                (n.clone(), t.unwrap_or_else(|e| panic!("{e}")))
+            })
+            .collect();
+        Llama::from_tensors(trainer.model().config.clone(), &tensors, "m".as_ref())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let changes = rebuild(&trained).block_changes(&rebuild(&original)).unwrap_or_default();
+    assert_eq!(changes.len(), trainer.model().config.num_hidden_layers, "{changes:?}");
+    for (i, c) in changes.iter().enumerate() {
+        assert_eq!(*c > 0.0, i == 1, "block {i}: change {c}");
+    }
+    // Blocks past the model's are refused, as is an empty choice.
+    assert!(Method::layers(&[]).is_err() && Method::layers(&[128]).is_err());
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut model =
+        llama_of(&open(&tiny_dir(&tmp, "tiny", 5), None).unwrap_or_else(|e| panic!("{e}")));
+    assert!(model.make_blocks_trainable(1 << 100).is_err());
+}
+
+#[test]
 fn training_is_reproducible() {
     if !common::has_license_text() {
         return;

@@ -238,20 +238,34 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
         "owner.key",
         "--cert",
         "planted.cert.json",
+        "--original",
+        "tiny",
         "--attacks",
-        "cast-f16,gguf,prune-magnitude",
+        "cast-f16,gguf,prune-magnitude,merge-original,finetune-layers",
         "--levels",
         "gguf=8",
         "--levels",
         "prune-magnitude=0.9",
+        "--levels",
+        "merge-original=0.5",
+        "--levels",
+        "finetune-layers=0,5",
+        "--finetune-layers",
+        "2",
+        "--text",
+        &text,
         "--out",
         "rob",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // finetune-layers names the blocks it trains: the two that planting
+    // (and the mark) moved most from the original.
+    assert!(stderr(&o).contains("finetune-layers trains blocks"), "{}", stderr(&o));
     let results = std::fs::read_to_string(s.path("rob/results.json")).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&results).unwrap_or_default();
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
-    assert_eq!(rows.len(), 3, "{v}");
+    // 3 sweeps, merge-original, 2 fine-tuning checkpoints and their 2 drift rows.
+    assert_eq!(rows.len(), 8, "{v}");
     let matches = |attack: &str| -> u64 {
         let r = rows.iter().find(|r| r["attack"] == attack);
         r.and_then(|r| r["fingerprint"]["matches"].as_u64()).unwrap_or(u64::MAX)
@@ -265,6 +279,14 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
         assert!(f["wrong_key_matches"].as_u64().is_some_and(|w| w <= 2), "{r}");
     }
     assert_eq!(matches("cast-f16"), 8, "{v}");
+    let layers = rows
+        .iter()
+        .find_map(|r| r["attack"].as_str().filter(|a| a.starts_with("finetune-layers-")));
+    let layers = layers.unwrap_or_else(|| panic!("no finetune-layers row: {v}")).to_string();
+    assert_eq!(layers.split('-').count(), 4, "two blocks: {layers}");
+    let at_zero = rows.iter().find(|r| r["attack"] == layers.as_str() && r["level"] == 0.0);
+    let at_zero = at_zero.and_then(|r| r["fingerprint"]["matches"].as_u64());
+    assert_eq!(at_zero, Some(8), "before training the planted answers are all there: {v}");
     assert!(matches("gguf") >= 7, "{v}");
     println!("fingerprint after 90% magnitude pruning: {} of 8", matches("prune-magnitude"));
     let md = std::fs::read_to_string(s.path("rob/results.md")).unwrap_or_default();

@@ -160,17 +160,19 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "--original",
         "m.safetensors",
         "--attacks",
-        "noise,prune-magnitude,overwrite",
+        "noise,prune-magnitude,overwrite,merge-original",
         "--levels",
         "noise=0.1,1.0",
         "--levels",
         "prune-magnitude=0.5",
         "--levels",
         "overwrite=0.05",
+        "--levels",
+        "merge-original=0.5",
         "--out",
         "rob",
     ]);
-    assert!(text.contains("wrong key above the threshold: 0 of 4 points"), "{text}");
+    assert!(text.contains("wrong key above the threshold: 0 of 5 points"), "{text}");
     // A level the attack cannot take is refused before any work, naming it.
     let bad = s.run(&[
         "bench",
@@ -192,6 +194,25 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("quantize-row at level 16") && err.contains("2 to 8"), "{err}");
     assert!(!s.path("rob16").exists(), "nothing was written for a refused plan");
+    // An attack that needs the original is refused without it, naming it.
+    let bad = s.run(&[
+        "bench",
+        "robustness",
+        "--model",
+        "marked.safetensors",
+        "-k",
+        "k.key",
+        "--cert",
+        "marked.safetensors.cert.json",
+        "--attacks",
+        "merge-original",
+        "--out",
+        "rob-merge",
+    ]);
+    let err = common::stderr(&bad);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("merge-original needs --original"), "{err}");
+    assert!(!s.path("rob-merge").exists(), "nothing was written for a refused plan");
     for f in [
         "results.json",
         "results.csv",
@@ -199,6 +220,7 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "plot-noise.svg",
         "plot-prune-magnitude.svg",
         "plot-overwrite.svg",
+        "plot-merge-original.svg",
     ] {
         assert!(s.path("rob").join(f).exists(), "{f} missing");
     }
@@ -206,19 +228,26 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         serde_json::from_slice(&std::fs::read(s.path("rob/results.json")).unwrap_or_default())
             .unwrap_or_default();
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     let noise = &rows[0];
+    // Half the original back halves the mark: blind z about half of the
+    // lightly noised copy's.
+    let merged = &rows[4];
+    assert_eq!(merged["attack"], "merge-original");
+    let ratio =
+        merged["blind_z"].as_f64().unwrap_or(0.0) / noise["blind_z"].as_f64().unwrap_or(1.0);
+    assert!((0.4..0.6).contains(&ratio), "merge-original 0.5 kept {ratio} of blind z");
     assert_eq!(noise["attack"], "noise");
     assert!((noise["damage"].as_f64().unwrap_or(0.0) - 0.1).abs() < 0.01);
     assert!(noise["informed_z"].as_f64().unwrap_or(0.0) > noise["blind_z"].as_f64().unwrap_or(0.0));
     assert_eq!(
         std::fs::read_to_string(s.path("rob/results.csv")).unwrap_or_default().lines().count(),
-        5
+        6
     );
     let svg = std::fs::read_to_string(s.path("rob/plot-noise.svg")).unwrap_or_default();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     assert!(
-        std::fs::read_dir(s.path("rob")).map(|d| d.count()).unwrap_or(0) == 6,
+        std::fs::read_dir(s.path("rob")).map(|d| d.count()).unwrap_or(0) == 7,
         "scratch files left behind"
     );
 }

@@ -894,8 +894,11 @@ pub struct RobustnessArgs {
     /// lowrank-r16, scale, cast-f16, merge-unrelated, overwrite, scrub (the
     /// adaptive scrubber aimed at the certificate's strength and allocation;
     /// level: budget, default 1,2,4); and real
-    /// fine-tuning, finetune-full and finetune-lora (levels: training steps
-    /// at which to measure; needs --text and a build with --features eval).
+    /// fine-tuning, finetune-full, finetune-lora and finetune-layers (only
+    /// the --finetune-layers blocks that differ most from --original: the
+    /// attack on edits that sit in a few layers) (levels: training steps at
+    /// which to measure; needs --text and a build with --features eval);
+    /// merge-original, a linear merge with --original (level: weight kept).
     /// Not in the default, for Llama-layout models: the function-preserving
     /// residual, sign-flips (config.json beside the model) and rescale
     /// (level: log-sd of the factors; config.json beside the model); gguf,
@@ -948,6 +951,10 @@ pub struct FinetuneBenchArgs {
     /// LoRA rank.
     #[arg(long = "lora-rank", value_name = "RANK", default_value_t = 16)]
     pub lora_rank: usize,
+    /// finetune-layers: how many blocks to train, those that differ most
+    /// from --original (at the learning rate of full fine-tuning).
+    #[arg(long = "finetune-layers", value_name = "N", default_value_t = 4)]
+    pub finetune_layers: usize,
     /// Held-out windows used for perplexity (0: all).
     #[arg(long = "eval-windows", value_name = "N", default_value_t = 0)]
     pub eval_windows: usize,

@@ -1,6 +1,8 @@
 //! Real fine-tuning on the CPU: next-token cross-entropy, AdamW, and either
-//! every weight trained (full fine-tuning) or LoRA adapters on the seven
-//! matrices of every block, merged into the weights when the model is saved.
+//! every weight trained (full fine-tuning), every weight of a few blocks
+//! only (the attack on edits that sit in a few layers), or LoRA adapters on
+//! the seven matrices of every block, merged into the weights when the model
+//! is saved.
 //!
 //! Choices, all as a typical Hugging Face recipe makes them: a constant
 //! learning rate, no gradient clipping (AdamW is nearly invariant to the
@@ -34,6 +36,32 @@ pub enum Method {
         /// Adapter rank.
         rank: usize,
     },
+    /// Every tensor of the blocks whose bit is set (bit `i`: block `i`, at
+    /// most 128 blocks); embeddings, final norm, head and the other blocks
+    /// frozen.
+    Layers {
+        /// Which blocks are trained.
+        mask: u128,
+    },
+}
+
+impl Method {
+    /// Training of the blocks `layers` only (each below 128).
+    pub fn layers(layers: &[usize]) -> Result<Method> {
+        let mut mask = 0u128;
+        for &l in layers {
+            if l >= 128 {
+                return Err(EvalError::invalid(format!(
+                    "block {l}: only the first 128 blocks can be chosen"
+                )));
+            }
+            mask |= 1 << l;
+        }
+        if mask == 0 {
+            return Err(EvalError::invalid("no block chosen to train"));
+        }
+        Ok(Method::Layers { mask })
+    }
 }
 
 impl std::fmt::Display for Method {
@@ -41,6 +69,13 @@ impl std::fmt::Display for Method {
         match self {
             Method::Full => f.write_str("full"),
             Method::Lora { rank } => write!(f, "lora-r{rank}"),
+            Method::Layers { mask } => {
+                f.write_str("layers")?;
+                for l in (0..128).filter(|l| mask >> l & 1 == 1) {
+                    write!(f, "-{l}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -97,6 +132,7 @@ impl Trainer {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let vars = match options.method {
             Method::Full => model.make_trainable()?,
+            Method::Layers { mask } => model.make_blocks_trainable(mask)?,
             Method::Lora { rank } => attach_adapters(&mut model, rank, &mut rng)?,
         };
         let params = ParamsAdamW {

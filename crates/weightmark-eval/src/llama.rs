@@ -295,6 +295,57 @@ impl Llama {
         Ok(vars)
     }
 
+    /// [`Llama::make_trainable`] for the blocks whose bit is set in `mask`
+    /// (bit `i`: block `i`) only: their norms and matrices. A bit past the
+    /// last block is an error.
+    pub fn make_blocks_trainable(&mut self, mask: u128) -> Result<Vec<Var>> {
+        let blocks = self.blocks.len();
+        if blocks < 128 && mask >> blocks != 0 {
+            return Err(EvalError::invalid(format!(
+                "a block to train is past the model's {blocks} blocks"
+            )));
+        }
+        let mut vars = Vec::new();
+        let chosen = self.blocks.iter_mut().enumerate().filter(|(i, _)| mask >> i & 1 == 1);
+        for (_, b) in chosen {
+            for t in [&mut b.input_norm, &mut b.post_norm]
+                .into_iter()
+                .chain(b.linears.iter_mut().map(|l| &mut l.weight))
+            {
+                let v = Var::from_tensor(t)?;
+                *t = v.as_tensor().clone();
+                vars.push(v);
+            }
+        }
+        Ok(vars)
+    }
+
+    /// How much each block differs from the same block of `other` (same
+    /// configuration): `||W - W'|| / ||W'||` over its seven matrices
+    /// together (Frobenius norms), block by block.
+    pub fn block_changes(&self, other: &Llama) -> Result<Vec<f64>> {
+        if self.blocks.len() != other.blocks.len() {
+            return Err(EvalError::invalid(format!(
+                "{} blocks against {}: not the same model",
+                self.blocks.len(),
+                other.blocks.len()
+            )));
+        }
+        self.blocks
+            .iter()
+            .zip(&other.blocks)
+            .map(|(a, b)| {
+                let (mut change, mut norm) = (0f64, 0f64);
+                for (x, y) in a.linears.iter().zip(&b.linears) {
+                    let d = (&x.weight - &y.weight)?;
+                    change += f64::from(d.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    norm += f64::from(y.weight.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                }
+                Ok((change / norm.max(f64::MIN_POSITIVE)).sqrt())
+            })
+            .collect()
+    }
+
     /// Next-token logits for a batch of token ids `(batch, time)`:
     /// `(batch, time, vocab)`, f32.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {

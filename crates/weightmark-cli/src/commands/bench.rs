@@ -19,7 +19,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Outcome> {
 }
 
 /// The real fine-tuning attacks (eval crate) and their default checkpoints.
-pub const FINETUNE_ATTACKS: [&str; 2] = ["finetune-full", "finetune-lora"];
+pub const FINETUNE_ATTACKS: [&str; 3] = ["finetune-full", "finetune-lora", "finetune-layers"];
 
 /// Default training steps at which a fine-tuning run is measured.
 pub const FINETUNE_CHECKPOINTS: [f64; 5] = [0.0, 25.0, 50.0, 100.0, 200.0];
@@ -152,6 +152,17 @@ fn run_robustness(args: &RobustnessArgs) -> anyhow::Result<Outcome> {
         bail!("{} needs --text FILE to train on", finetune[0].0);
     }
     let smooth = smooth_plan(args)?;
+    if args.original.is_none() {
+        let merge = plan.iter().any(|(s, _)| *s == Sweep::MergeOriginal);
+        let layers = finetune.iter().any(|(name, _)| name == "finetune-layers");
+        if merge || layers {
+            bail!(
+                "{} needs --original: the unmarked model to {}",
+                if merge { "merge-original" } else { "finetune-layers" },
+                if merge { "merge with" } else { "find the most changed blocks against" }
+            );
+        }
+    }
     if !smooth.is_empty() && args.finetune.text.is_empty() {
         bail!("{SMOOTH_ATTACK} needs --text FILE to calibrate on");
     }

@@ -7,7 +7,7 @@
 
 pub mod svg;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -64,6 +64,10 @@ pub enum Sweep {
     /// 16 F16, 8 Q8_0, 6 Q6_K, 4 Q4_K; Llama layout with its `config.json`),
     /// then detected in that file.
     Gguf,
+    /// A linear merge with the unmarked original (`--original`; level: the
+    /// weight kept of the attacked model): the mark and a fingerprint are
+    /// diluted toward the model they were added to.
+    MergeOriginal,
 }
 
 impl Sweep {
@@ -91,9 +95,14 @@ impl Sweep {
     /// `config.json` and are not in the default plan: the GGUF export.
     pub const LLAMA: [Sweep; 1] = [Sweep::Gguf];
 
-    /// Every sweep: the default plan, then [`Sweep::FREE`] and [`Sweep::LLAMA`].
+    /// The sweeps that need the unmarked original (`--original`), not in the
+    /// default plan: the merge with it.
+    pub const WITH_ORIGINAL: [Sweep; 1] = [Sweep::MergeOriginal];
+
+    /// Every sweep: the default plan, then [`Sweep::FREE`], [`Sweep::LLAMA`]
+    /// and [`Sweep::WITH_ORIGINAL`].
     pub fn every() -> impl Iterator<Item = Sweep> {
-        Sweep::ALL.into_iter().chain(Sweep::FREE).chain(Sweep::LLAMA)
+        Sweep::ALL.into_iter().chain(Sweep::FREE).chain(Sweep::LLAMA).chain(Sweep::WITH_ORIGINAL)
     }
 
     /// Short name used on the command line and in files.
@@ -115,6 +124,7 @@ impl Sweep {
             Sweep::SignFlips => "sign-flips",
             Sweep::Rescale => "rescale",
             Sweep::Gguf => "gguf",
+            Sweep::MergeOriginal => "merge-original",
         }
     }
 
@@ -127,7 +137,7 @@ impl Sweep {
             Sweep::LowRank16 => "relative norm of the update",
             Sweep::Scale => "factor",
             Sweep::CastF16 => "(none)",
-            Sweep::Merge => "weight kept (lambda)",
+            Sweep::Merge | Sweep::MergeOriginal => "weight kept (lambda)",
             Sweep::Overwrite => "strength of the second mark",
             Sweep::Scrub => "budget (amplitude relative to the mark's)",
             Sweep::Residual | Sweep::SignFlips => "(none)",
@@ -153,7 +163,7 @@ impl Sweep {
             Sweep::LowRank16 => vec![0.05, 0.1, 0.2, 0.5],
             Sweep::Scale => vec![0.99, 0.9, 0.5],
             Sweep::CastF16 => vec![1.0],
-            Sweep::Merge => vec![0.75, 0.5, 0.25],
+            Sweep::Merge | Sweep::MergeOriginal => vec![0.75, 0.5, 0.25],
             Sweep::Overwrite => vec![0.003, 0.03, 0.1],
             Sweep::Scrub => vec![1.0, 2.0, 4.0],
             Sweep::Residual | Sweep::SignFlips => vec![1.0],
@@ -191,6 +201,8 @@ impl Sweep {
             Sweep::Scale => Attack::Scale { factor: level },
             Sweep::CastF16 => Attack::Cast { via: Dtype::F16 },
             Sweep::Merge => Attack::MergeUnrelated { lambda: level },
+            // The path is the original's, filled in by `attack_on`.
+            Sweep::MergeOriginal => Attack::Merge { with: PathBuf::new(), lambda: level },
             Sweep::Overwrite => Attack::Overwrite { strength: level },
             Sweep::Scrub => Attack::Scrub(Scrub::new(level)),
             Sweep::Residual => Attack::Residual { permute: true, flip_signs: true },
@@ -217,11 +229,28 @@ impl Sweep {
     }
 
     /// [`Sweep::attack`] against a release of `strength` spread by
-    /// `allocation` (what its certificate states): the adaptive scrubber
-    /// takes both as its guess of the mark; every other attack ignores them.
-    pub fn attack_on(self, level: f64, strength: f64, allocation: Allocation) -> Result<Attack> {
+    /// `allocation` (what its certificate states), whose unmarked original
+    /// is `original` when known: the adaptive scrubber takes the strength and
+    /// allocation as its guess of the mark, `merge-original` merges with the
+    /// original (an error without it); every other attack ignores them.
+    pub fn attack_on(
+        self,
+        level: f64,
+        strength: f64,
+        allocation: Allocation,
+        original: Option<&Path>,
+    ) -> Result<Attack> {
         let attack = match self.attack(level)? {
             Attack::Scrub(s) => Attack::Scrub(s.against(strength, allocation)),
+            Attack::Merge { lambda, .. } => {
+                let with = original.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{} needs the unmarked original (--original) to merge with",
+                        self.name()
+                    ))
+                })?;
+                Attack::Merge { with: with.to_path_buf(), lambda }
+            }
             other => return Ok(other),
         };
         attack
@@ -323,9 +352,10 @@ pub fn validate_plan(plan: &[(Sweep, Vec<f64>)]) -> Result<()> {
 /// Runs the sweep (every level is validated first).
 pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
     validate_plan(&inputs.plan)?;
+    let original = inputs.original.map(|o| o.path.as_path());
     for (sweep, levels) in &inputs.plan {
         for &level in levels {
-            sweep.attack_on(level, inputs.strength, inputs.target.allocation)?;
+            sweep.attack_on(level, inputs.strength, inputs.target.allocation, original)?;
         }
     }
     let mut rows = Vec::new();
@@ -337,7 +367,8 @@ pub fn robustness(inputs: &SweepInputs<'_>) -> Result<Vec<Row>> {
                 Sweep::Gguf => inputs.scratch.join(name).with_extension("gguf"),
                 _ => scratch_path(inputs.marked, inputs.scratch, &name),
             };
-            let attack = sweep.attack_on(level, inputs.strength, inputs.target.allocation)?;
+            let attack =
+                sweep.attack_on(level, inputs.strength, inputs.target.allocation, original)?;
             let damage = apply(inputs.marked, &out, &attack, inputs.seed, &NoProgress)?
                 .damage
                 .relative_rms_change();

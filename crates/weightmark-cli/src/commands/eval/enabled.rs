@@ -172,7 +172,7 @@ pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<Outcome> {
         None => Method::Full,
     };
     let lr = args.lr.unwrap_or(match method {
-        Method::Full => DEFAULT_LR_FULL,
+        Method::Full | Method::Layers { .. } => DEFAULT_LR_FULL,
         Method::Lora { .. } => DEFAULT_LR_LORA,
     });
     let options = FinetuneOptions {
@@ -234,6 +234,16 @@ pub fn finetune_rows(
 ) -> anyhow::Result<Vec<Row>> {
     let m = load::open(&args.model, None)?;
     let llama = decoder(&m)?;
+    let layers = match plan.iter().any(|(name, _)| name == "finetune-layers") {
+        true => {
+            let Some(original) = &args.original else {
+                bail!("finetune-layers needs --original: the blocks trained are those that differ most from it");
+            };
+            let reference = decoder(&load::open_like(original, &args.model, None)?)?;
+            Some(most_changed(&llama, &reference, args.finetune.finetune_layers)?)
+        }
+        false => None,
+    };
     let seed = args.seed;
     let args = &args.finetune;
     let text = TextArgs {
@@ -246,10 +256,10 @@ pub fn finetune_rows(
     let held_out = limit(split.held_out.clone(), args.eval_windows);
     let mut rows = Vec::new();
     for (name, checkpoints) in plan {
-        let (method, learning_rate) = if name == "finetune-lora" {
-            (Method::Lora { rank: args.lora_rank }, args.lr_lora)
-        } else {
-            (Method::Full, args.lr_full)
+        let (method, learning_rate) = match (name.as_str(), layers) {
+            ("finetune-lora", _) => (Method::Lora { rank: args.lora_rank }, args.lr_lora),
+            ("finetune-layers", Some(method)) => (method, args.lr_full),
+            _ => (Method::Full, args.lr_full),
         };
         let options =
             FinetuneOptions { method, learning_rate, weight_decay: 0.0, batch: args.batch, seed };
@@ -257,6 +267,34 @@ pub fn finetune_rows(
         rows.extend(finetune_curve(inputs, llama.clone(), split.train.clone(), &held_out, &curve)?);
     }
     Ok(rows)
+}
+
+/// The `n` blocks of `model` that differ most from `reference`
+/// ([`Llama::block_changes`]), as a training method; printed, since the
+/// choice is part of the result.
+fn most_changed(model: &Llama, reference: &Llama, n: usize) -> anyhow::Result<Method> {
+    let changes = model.block_changes(reference)?;
+    if n == 0 || n > changes.len() {
+        bail!("--finetune-layers {n}: choose between 1 and {} blocks", changes.len());
+    }
+    let mut order: Vec<usize> = (0..changes.len()).collect();
+    order.sort_by(|&a, &b| changes[b].total_cmp(&changes[a]).then(a.cmp(&b)));
+    order.truncate(n);
+    order.sort_unstable();
+    let listed: Vec<String> =
+        order.iter().map(|&l| format!("{l} ({:.3}%)", 100.0 * changes[l])).collect();
+    eprintln!(
+        "bench: finetune-layers trains blocks {} (relative change from --original; median {:.3}%)",
+        listed.join(", "),
+        100.0 * median(&changes)
+    );
+    Ok(Method::layers(&order)?)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The activation statistics of the model `m` over `tokens` tokens of
