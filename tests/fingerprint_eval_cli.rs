@@ -229,15 +229,21 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     // cast to f16 and a Q8_0 GGUF keep the planted answers, each count
     // scored by the exact binomial bound; a wrong key's triggers match no
     // more than chance.
-    let o = s.run(&[
-        "bench",
-        "robustness",
-        "--model",
-        "planted",
-        "-k",
-        "owner.key",
-        "--cert",
-        "planted.cert.json",
+    let bench = |args: &[&str]| {
+        let mut all = vec![
+            "bench",
+            "robustness",
+            "--model",
+            "planted",
+            "-k",
+            "owner.key",
+            "--cert",
+            "planted.cert.json",
+        ];
+        all.extend(args);
+        s.run(&all)
+    };
+    let o = bench(&[
         "--original",
         "tiny",
         "--attacks",
@@ -295,21 +301,8 @@ fn mark_then_plant_keeps_the_mark_and_the_fingerprint_is_found_reported_and_reve
     assert!(csv.lines().next().is_some_and(|h| h.ends_with(",wrong_key_fingerprint_matches")));
     assert!(csv.lines().skip(1).all(|l| l.split(',').nth(11) == Some("8")), "{csv}");
     // --no-fingerprint measures the mark alone.
-    s.ok(&[
-        "bench",
-        "robustness",
-        "--model",
-        "planted",
-        "-k",
-        "owner.key",
-        "--cert",
-        "planted.cert.json",
-        "--attacks",
-        "cast-f16",
-        "--no-fingerprint",
-        "--out",
-        "rob-mark",
-    ]);
+    let o = bench(&["--attacks", "cast-f16", "--no-fingerprint", "--out", "rob-mark"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let mark_only = std::fs::read_to_string(s.path("rob-mark/results.json")).unwrap_or_default();
     assert!(mark_only.contains("blind_z") && !mark_only.contains("fingerprint"), "{mark_only}");
 

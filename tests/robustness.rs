@@ -173,46 +173,36 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "rob",
     ]);
     assert!(text.contains("wrong key above the threshold: 0 of 5 points"), "{text}");
-    // A level the attack cannot take is refused before any work, naming it.
-    let bad = s.run(&[
-        "bench",
-        "robustness",
-        "--model",
-        "marked.safetensors",
-        "-k",
-        "k.key",
-        "--cert",
-        "marked.safetensors.cert.json",
-        "--attacks",
-        "quantize-row",
-        "--levels",
-        "quantize-row=16",
-        "--out",
-        "rob16",
-    ]);
-    let err = common::stderr(&bad);
-    assert_eq!(bad.status.code(), Some(2), "{err}");
-    assert!(err.contains("quantize-row at level 16") && err.contains("2 to 8"), "{err}");
-    assert!(!s.path("rob16").exists(), "nothing was written for a refused plan");
-    // An attack that needs the original is refused without it, naming it.
-    let bad = s.run(&[
-        "bench",
-        "robustness",
-        "--model",
-        "marked.safetensors",
-        "-k",
-        "k.key",
-        "--cert",
-        "marked.safetensors.cert.json",
-        "--attacks",
-        "merge-original",
-        "--out",
-        "rob-merge",
-    ]);
-    let err = common::stderr(&bad);
-    assert_eq!(bad.status.code(), Some(2), "{err}");
-    assert!(err.contains("merge-original needs --original"), "{err}");
-    assert!(!s.path("rob-merge").exists(), "nothing was written for a refused plan");
+    // A level the attack cannot take, and an attack that needs the original
+    // without it, are refused before any work, naming them.
+    for (plan, out, reasons) in [
+        (
+            &["quantize-row", "--levels", "quantize-row=16"][..],
+            "rob16",
+            &["quantize-row at level 16", "2 to 8"][..],
+        ),
+        (&["merge-original"][..], "rob-merge", &["merge-original needs --original"][..]),
+    ] {
+        let mut args = vec![
+            "bench",
+            "robustness",
+            "--model",
+            "marked.safetensors",
+            "-k",
+            "k.key",
+            "--cert",
+            "marked.safetensors.cert.json",
+            "--out",
+            out,
+            "--attacks",
+        ];
+        args.extend(plan);
+        let bad = s.run(&args);
+        let err = common::stderr(&bad);
+        assert_eq!(bad.status.code(), Some(2), "{err}");
+        assert!(reasons.iter().all(|r| err.contains(r)), "{err}");
+        assert!(!s.path(out).exists(), "nothing was written for a refused plan");
+    }
     for f in [
         "results.json",
         "results.csv",
