@@ -176,12 +176,16 @@ def released(tmp_path: Path, model_file: Path, keys: wm.KeyPair) -> wm.EmbedResu
 
 def cli_binary() -> "Path | None":
     """The `weightmark` binary to compare JSON with (WEIGHTMARK_CLI, else the
-    workspace's debug build), or None."""
+    workspace's debug build, in CARGO_TARGET_DIR when cargo was told to build
+    there), or None."""
     given = os.environ.get("WEIGHTMARK_CLI")
     if given:
         return Path(given)
     root = Path(__file__).resolve().parents[3]
-    for candidate in (root / "target" / "debug" / "weightmark", root / "target" / "release" / "weightmark"):
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or root / "target")
+    if not target.is_absolute():
+        target = root / target
+    for candidate in (target / "debug" / "weightmark", target / "release" / "weightmark"):
         if candidate.exists():
             return candidate
     return None
