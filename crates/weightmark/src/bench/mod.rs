@@ -146,7 +146,7 @@ impl Sweep {
         }
     }
 
-    /// Parses a short name ([`Sweep::ALL`] and [`Sweep::FREE`]).
+    /// Parses a short name (any of [`Sweep::every`]).
     pub fn from_name(name: &str) -> Option<Sweep> {
         Sweep::every().find(|s| s.name() == name)
     }
