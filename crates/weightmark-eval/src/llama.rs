@@ -147,6 +147,26 @@ struct Block {
     linears: [Linear; 7],
 }
 
+/// Replaces `t` by a trainable variable holding the same values, kept in `vars`.
+fn trainable(t: &mut Tensor, vars: &mut Vec<Var>) -> Result<()> {
+    let v = Var::from_tensor(t)?;
+    *t = v.as_tensor().clone();
+    vars.push(v);
+    Ok(())
+}
+
+impl Block {
+    /// [`trainable`] for the block's norms and matrices, in that order.
+    fn make_trainable(&mut self, vars: &mut Vec<Var>) -> Result<()> {
+        trainable(&mut self.input_norm, vars)?;
+        trainable(&mut self.post_norm, vars)?;
+        for lin in &mut self.linears {
+            trainable(&mut lin.weight, vars)?;
+        }
+        Ok(())
+    }
+}
+
 /// The seven matrices of a block, in the order of [`Block::linears`].
 pub const BLOCK_MATRICES: [&str; 7] = [
     "self_attn.q_proj",
@@ -274,23 +294,13 @@ impl Llama {
     /// variables (for full fine-tuning).
     pub fn make_trainable(&mut self) -> Result<Vec<Var>> {
         let mut vars = Vec::new();
-        let mut wrap = |t: &mut Tensor| -> Result<()> {
-            let v = Var::from_tensor(t)?;
-            *t = v.as_tensor().clone();
-            vars.push(v);
-            Ok(())
-        };
-        wrap(&mut self.embed)?;
-        wrap(&mut self.norm)?;
+        trainable(&mut self.embed, &mut vars)?;
+        trainable(&mut self.norm, &mut vars)?;
         if let Some(h) = &mut self.lm_head {
-            wrap(h)?;
+            trainable(h, &mut vars)?;
         }
         for b in &mut self.blocks {
-            wrap(&mut b.input_norm)?;
-            wrap(&mut b.post_norm)?;
-            for lin in &mut b.linears {
-                wrap(&mut lin.weight)?;
-            }
+            b.make_trainable(&mut vars)?;
         }
         Ok(vars)
     }
@@ -308,14 +318,7 @@ impl Llama {
         let mut vars = Vec::new();
         let chosen = self.blocks.iter_mut().enumerate().filter(|(i, _)| mask >> i & 1 == 1);
         for (_, b) in chosen {
-            for t in [&mut b.input_norm, &mut b.post_norm]
-                .into_iter()
-                .chain(b.linears.iter_mut().map(|l| &mut l.weight))
-            {
-                let v = Var::from_tensor(t)?;
-                *t = v.as_tensor().clone();
-                vars.push(v);
-            }
+            b.make_trainable(&mut vars)?;
         }
         Ok(vars)
     }
