@@ -535,3 +535,119 @@ fn tardos1_licensees_are_issued_identified_and_their_report_verifies() {
         assert!(!scene.path("bad.json").exists());
     }
 }
+
+/// `detect --json` of `suspect` with certificate `cert`.
+fn detect_json(scene: &Scene, cert: &str, suspect: &str) -> serde_json::Value {
+    json(&scene.run(&["detect", "-k", "lab.key", "--cert", cert, suspect, "--json"]))
+}
+
+#[test]
+fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
+    let scene = Scene::new();
+    let key = weightmark::SecretKey::from_seed([5; 32]);
+    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let model =
+        common::write_llama(scene.dir.path(), "model.safetensors", &TINY_LLAMA, Dtype::BF16, 3);
+    let model = model.to_string_lossy().into_owned();
+    let release = |out: &str, cert: &str, share: Option<&str>| {
+        let mut args = vec![
+            "embed",
+            "-k",
+            "lab.key",
+            "--label",
+            "v1",
+            "-r",
+            "alice",
+            "--strength",
+            "0.04",
+            "--created",
+            CREATED,
+            &model,
+            "-o",
+            out,
+            "--cert",
+            cert,
+        ];
+        if let Some(s) = share {
+            args.extend(["--recipient-share", s]);
+        }
+        scene.ok(&args);
+    };
+    release("half.safetensors", "half.json", None);
+    release("most.safetensors", "most.json", Some("0.8"));
+    // The certificate records the split: sqrt(0.8) and sqrt(0.2) of the
+    // strength, the same total energy.
+    let strengths = |cert: &str| {
+        let c = json_of(&String::from_utf8_lossy(&read(&scene.path(cert))));
+        let p = &c["predicate"];
+        let f = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("no {k} in {p}"));
+        (f("release_strength"), f("recipient_strength"))
+    };
+    let (hr, hq) = strengths("half.json");
+    assert_eq!(hr, hq, "the default share splits the energy in half");
+    let (mr, mq) = strengths("most.json");
+    assert!((mq / mr - 2.0).abs() < 1e-12, "recipient/release {mq}/{mr}, not sqrt(0.8/0.2)");
+    assert!((mr * mr + mq * mq - 16e-4).abs() < 1e-15, "total energy {}", mr * mr + mq * mq);
+
+    // Each component's blind z follows its strength; the decision, which
+    // weighs the components by their strengths, keeps the whole mark's z.
+    let half = detect_json(&scene, "half.json", "half.safetensors");
+    let most = detect_json(&scene, "most.json", "most.safetensors");
+    let z = |v: &serde_json::Value, k: &str| {
+        let x = if k.is_empty() { &v["z"] } else { &v[k]["z"] };
+        x.as_f64().unwrap_or_else(|| panic!("no {k} z in {v}"))
+    };
+    let (h_p, h_q, h) =
+        (z(&half, "release_component"), z(&half, "recipient_component"), z(&half, ""));
+    let (m_p, m_q, m) =
+        (z(&most, "release_component"), z(&most, "recipient_component"), z(&most, ""));
+    eprintln!("share 0.5: release z {h_p:.2}, recipient z {h_q:.2}, decision z {h:.2}");
+    eprintln!("share 0.8: release z {m_p:.2}, recipient z {m_q:.2}, decision z {m:.2}");
+    assert!(
+        m_q / h_q > 1.1 && m_q / h_q < 1.45,
+        "recipient z {m_q} against {h_q} (sqrt 1.6 = 1.26)"
+    );
+    assert!(m_p / h_p > 0.5 && m_p / h_p < 0.8, "release z {m_p} against {h_p} (sqrt 0.4 = 0.63)");
+    assert!((m / h - 1.0).abs() < 0.1, "decision z {m} at share 0.8 against {h} at the default");
+    assert_eq!(most["detected"], true, "{most}");
+
+    // issue signs the same certificate and says how to write the copy.
+    let out = scene.ok(&[
+        "issue",
+        "-k",
+        "lab.key",
+        "--label",
+        "v1",
+        "-r",
+        "alice",
+        "--strength",
+        "0.04",
+        "--created",
+        CREATED,
+        "--recipient-share",
+        "0.8",
+        "-o",
+        "most.safetensors",
+        &model,
+        "--cert",
+        "issued.json",
+    ]);
+    assert_eq!(read(&scene.path("issued.json")), read(&scene.path("most.json")));
+    assert!(out.contains("--recipient-share 0.8"), "{out}");
+
+    // Out of range, or without a recipient to share with: refused, one line.
+    for (extra, why) in [
+        (vec!["-r", "alice", "--recipient-share", "0.99"], "recipient share 0.99 is out of range"),
+        (vec!["-r", "alice", "--recipient-share", "NaN"], "recipient share NaN is out of range"),
+        (vec!["--recipient-share", "0.8"], "needs scheme ss2 and a recipient"),
+    ] {
+        let mut args = vec!["embed", "-k", "lab.key", "--label", "v1", &model, "-o", "refused"];
+        args.extend(extra.iter().copied());
+        let o = scene.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(why) && err.trim().lines().count() == 1, "{err}");
+        assert!(!scene.path("refused").exists());
+    }
+}

@@ -123,6 +123,21 @@ fn ss2_split_detection_equals_one_run_byte_for_byte() {
 }
 
 #[test]
+fn ss2_split_detection_of_a_copy_at_another_recipient_share_equals_one_run() {
+    // The decision weighs the recipient component by the certificate's
+    // strengths (2 at share 0.8); the plan carries that weight to the combine.
+    let s = marked_scene(&["-r", "alice", "--recipient-share", "0.8"]);
+    let key = ["-k", "owner.key"];
+    let parts = plan_and_parts(&s, &key, 3);
+    let plan = std::fs::read_to_string(s.path("plan.json")).unwrap_or_default();
+    // 2 (sqrt(0.8 / 0.2)) to the last bit or two of the certificate's strengths.
+    assert!(plan.contains(r#""recipient_weight":"400000000000000"#), "no weight 2 in the plan");
+    let [single, combined] = single_and_combined(&s, &key, &parts, &["--json"]);
+    assert_eq!(single.1, Some(0), "{}", single.0);
+    assert_eq!(single, combined);
+}
+
+#[test]
 fn ss1_split_detection_with_a_recipient_equals_one_run() {
     // Two parts over three shards: one part holds two files.
     let s = marked_scene(&["--scheme", "ss1", "-r", "alice"]);

@@ -30,6 +30,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
+        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
     };
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     embed(&model, &marked, &owner, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -88,6 +89,7 @@ fn ss2_wrong_key_zs(
                 head_sketch: heads.clone(),
                 allocation: weightmark::Allocation::Uniform,
                 recipient_code: weightmark::RecipientCode::Independent,
+                recipient_weight: 1.0,
             }
         })
         .collect();

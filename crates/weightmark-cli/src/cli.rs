@@ -286,6 +286,16 @@ pub struct ReleaseArgs {
     /// should get the same code and parameters.
     #[arg(long, value_name = "CODE", value_enum, default_value_t = RecipientCodeArg::Independent)]
     pub recipient_code: RecipientCodeArg,
+    /// With a recipient (ss2): the share of the mark's energy given to the
+    /// recipient component, the rest going to the release component that
+    /// every copy shares. The total change is the same at any share. More
+    /// (e.g. 0.8) names colluders blind through mixing of their copies;
+    /// less keeps more of the release component, which is what is still
+    /// found when many copies are mixed. Recorded in the certificate as the
+    /// two components' strengths; detect weighs them accordingly
+    /// (docs/provenance.md).
+    #[arg(long, value_name = "SHARE", default_value_t = weightmark::DEFAULT_RECIPIENT_SHARE)]
+    pub recipient_share: f64,
     /// tardos1: the number of groups G (code length).
     #[arg(long, value_name = "G", default_value_t = weightmark::tardos::DEFAULT_GROUPS)]
     pub code_groups: u32,

@@ -66,6 +66,11 @@ pub struct Target {
     /// [`RecipientCode::Tardos`] and a recipient key, the recipient
     /// component is scored by the code ([`crate::tardos`]).
     pub recipient_code: RecipientCode,
+    /// `ss2` with an independent recipient component: the weight of its sums
+    /// against the release component's in the decision on both, the ratio of
+    /// the certificate's recipient strength to its release strength (1 at
+    /// the default share, and wherever the recipient is not tested).
+    pub recipient_weight: f64,
 }
 
 impl Target {
@@ -87,6 +92,7 @@ impl Target {
             head_sketch: None,
             allocation: Allocation::Uniform,
             recipient_code: RecipientCode::Independent,
+            recipient_weight: 1.0,
         }
     }
 
@@ -121,6 +127,7 @@ impl Target {
                     head_sketch: p.head_sketch().map_err(named)?,
                     allocation: p.allocation().map_err(named)?,
                     recipient_code: p.recipient_code().map_err(named)?,
+                    recipient_weight: p.recipient_weight().map_err(named)?,
                 })
             }
         }
@@ -161,6 +168,7 @@ impl Target {
             head_sketch: p.head_sketch().map_err(named)?,
             allocation: p.allocation().map_err(named)?,
             recipient_code: RecipientCode::Independent,
+            recipient_weight: 1.0,
         })
     }
 
@@ -200,6 +208,7 @@ impl Target {
             head_sketch: p.head_sketch().map_err(named)?,
             allocation: p.allocation().map_err(named)?,
             recipient_code: code,
+            recipient_weight: 1.0,
         })
     }
 
@@ -420,12 +429,18 @@ pub(crate) struct Tested {
     pub(crate) scheme: Scheme,
     /// Whether its recipient component was tested.
     pub(crate) recipient: bool,
+    /// The recipient component's weight in the decision ([`Target::recipient_weight`]).
+    pub(crate) recipient_weight: f64,
 }
 
 impl Tested {
     /// Of `target`.
     pub(crate) fn of(target: &Target) -> Tested {
-        Tested { scheme: target.scheme, recipient: target.recipient_key.is_some() }
+        Tested {
+            scheme: target.scheme,
+            recipient: target.recipient_key.is_some(),
+            recipient_weight: target.recipient_weight,
+        }
     }
 }
 
@@ -598,7 +613,11 @@ impl Partial {
                 // A copy with an independent recipient component is decided
                 // on both components (docs/ss2.md, "The decision").
                 let both = target.recipient && coded.is_none();
-                let tensors = if both { combined(tensors, &recipient) } else { tensors };
+                let tensors = if both {
+                    combined(tensors, &recipient, target.recipient_weight)
+                } else {
+                    tensors
+                };
                 let total = sum(&tensors);
                 let recipient =
                     recipient.iter().fold(Stats::default(), |acc, (_, s)| acc.merge(*s));
@@ -634,16 +653,21 @@ impl Partial {
 }
 
 /// Per tensor, the release component's statistics plus the recipient
-/// component's (`recipient`: the same tensors in the same order). Given the
-/// suspect, the two keyed patterns are independent fair signs under the null
-/// hypothesis, so `S_p + S_q` is sub-Gaussian with variance proxy
-/// `V_p + V_q` and Hoeffding's `exp(-z^2/2)` holds for the sum's z.
-fn combined(release: Vec<TensorResult>, recipient: &[(String, Stats)]) -> Vec<TensorResult> {
+/// component's (`recipient`: the same tensors in the same order) weighted by
+/// `weight`. Given the suspect, the two keyed patterns are independent fair
+/// signs under the null hypothesis, so `S_p + w S_q` is sub-Gaussian with
+/// variance proxy `V_p + w^2 V_q` and Hoeffding's `exp(-z^2/2)` holds for the
+/// sum's z.
+fn combined(
+    release: Vec<TensorResult>,
+    recipient: &[(String, Stats)],
+    weight: f64,
+) -> Vec<TensorResult> {
     release
         .into_iter()
         .map(|t| match recipient.iter().find(|(name, _)| *name == t.name) {
             Some((_, q)) => {
-                let both = Stats { s: t.s, v: t.v, elements: t.elements }.and_component(*q);
+                let both = Stats { s: t.s, v: t.v, elements: t.elements }.and_weighted(*q, weight);
                 TensorResult { z: both.z(), s: both.s, v: both.v, ..t }
             }
             None => t,

@@ -66,6 +66,13 @@ pub struct EmbedOptions<'a> {
     /// `ss2` with a recipient: how the recipient component is built
     /// ([`RecipientCode::Independent`] by default; recorded in the certificate).
     pub recipient_code: RecipientCode,
+    /// `ss2` with a recipient: the share of the mark's energy (strength
+    /// squared) given to the recipient component, the rest to the release
+    /// component ([`crate::DEFAULT_RECIPIENT_SHARE`], half, by default;
+    /// within `[0.05, 0.95]`). More traces colluders blind; less keeps more
+    /// of the release's own component, which every copy shares. Recorded in
+    /// the certificate as the two components' strengths.
+    pub recipient_share: f64,
 }
 
 /// Per-tensor outcome of marking.
@@ -130,6 +137,7 @@ impl EmbedOptions<'static> {
             overwrite: Overwrite::Refuse,
             allocation: Allocation::DEFAULT,
             recipient_code: RecipientCode::Independent,
+            recipient_share: crate::DEFAULT_RECIPIENT_SHARE,
         }
     }
 }
@@ -153,6 +161,14 @@ impl<'a> EmbedOptions<'a> {
     #[must_use]
     pub fn recipient_code(mut self, code: RecipientCode) -> Self {
         self.recipient_code = code;
+        self
+    }
+
+    /// The same options with another share of the mark for the recipient
+    /// component (see [`EmbedOptions::recipient_share`]).
+    #[must_use]
+    pub fn recipient_share(mut self, share: f64) -> Self {
+        self.recipient_share = share;
         self
     }
 
@@ -183,6 +199,7 @@ impl<'a> EmbedOptions<'a> {
             overwrite: self.overwrite,
             allocation: self.allocation,
             recipient_code: self.recipient_code,
+            recipient_share: self.recipient_share,
         }
     }
 
@@ -247,6 +264,15 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
             ));
         }
     }
+    if options.recipient_share != crate::DEFAULT_RECIPIENT_SHARE {
+        crate::ss2::check_recipient_share(options.recipient_share)?;
+        if options.scheme != Scheme::Ss2 || options.recipient.is_none() {
+            return Err(Error::invalid(
+                "a recipient share needs scheme ss2 and a recipient (it splits the mark between \
+                 the release and recipient components)",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -282,10 +308,12 @@ pub(crate) fn choose_strength(
     };
     // ss1 has no separate release component: its z is the whole mark's. An
     // ss2 copy with an independent recipient component is decided on both
-    // components, so only a coded one leaves the decision a share.
-    let split = options.scheme == Scheme::Ss2
+    // components (weighted by their strengths), so only a coded one leaves
+    // the decision a share: the release component's.
+    let coded = options.scheme == Scheme::Ss2
         && options.recipient.is_some()
         && options.recipient_code != RecipientCode::Independent;
+    let split = if coded { Strengths::shared(1.0, options.recipient_share).release } else { 1.0 };
     match (options.strength, options.scheme) {
         (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),
         (None, Scheme::Ss1) => {
@@ -411,7 +439,10 @@ impl<'o> Marking<'o> {
                 let root = base.map_or_else(|| tensor_root(&original_digests), |(_, r)| r);
                 let (release, recipient) =
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
-                let strengths = Strengths::split(strength.strength, recipient.is_some());
+                let strengths = match recipient {
+                    Some(_) => Strengths::shared(strength.strength, options.recipient_share),
+                    None => Strengths::split(strength.strength, false),
+                };
                 let code = match (options.recipient_code, &recipient) {
                     (RecipientCode::Tardos(code), Some(r)) => {
                         let key = CodeKey::of_release(&release);
@@ -510,7 +541,8 @@ impl<'o> Marking<'o> {
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &keys, weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights);
-        let both = |stats: Vec<Stats>| stats.into_iter().reduce(Stats::and_component);
+        let weight = ss2.strengths.recipient_weight();
+        let both = |stats: Vec<Stats>| stats.into_iter().reduce(|p, q| p.and_weighted(q, weight));
         let (b, i) = (both(blind).unwrap_or_default(), both(informed).unwrap_or_default());
         lock(&self.results)?.insert(t.name.to_string(), (fidelity, b, i));
         Ok(Some(data))

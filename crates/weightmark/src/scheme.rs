@@ -111,6 +111,24 @@ impl Stats {
         Stats { s: self.s + other.s, v: self.v + other.v, elements: self.elements }
     }
 
+    /// These statistics plus another component's weighted by `weight`
+    /// (`S + w S'`, `V + w^2 V'`): the decision on two components of
+    /// different strengths, `weight` the ratio of the other's strength to
+    /// this one's. At weight 1 exactly [`Stats::and_component`]. Any weight
+    /// fixed before the signs are drawn keeps the bound: given the suspect,
+    /// `S + w S'` is a sum of independent fair signs times fixed values.
+    #[must_use]
+    pub fn and_weighted(self, other: Stats, weight: f64) -> Stats {
+        if weight == 1.0 {
+            return self.and_component(other);
+        }
+        Stats {
+            s: self.s + weight * other.s,
+            v: self.v + weight * weight * other.v,
+            elements: self.elements,
+        }
+    }
+
     /// `z = S / sqrt(V)` (0 when nothing contributed).
     pub fn z(&self) -> f64 {
         if self.v > 0.0 {
@@ -656,6 +674,15 @@ pub fn detect_tensor_multi(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_components_add_as_the_bound_needs_and_weight_one_is_the_plain_sum() {
+        let p = Stats { s: 12.5, v: 40.25, elements: 100 };
+        let q = Stats { s: -3.75, v: 17.0, elements: 100 };
+        assert_eq!(p.and_weighted(q, 1.0), p.and_component(q));
+        let w = p.and_weighted(q, 2.0);
+        assert_eq!((w.s, w.v, w.elements), (12.5 - 7.5, 40.25 + 68.0, 100));
+    }
 
     #[test]
     fn a_long_row_read_in_pieces_gives_exactly_what_one_pass_over_it_gives() {

@@ -54,16 +54,63 @@ pub struct Strengths {
     pub recipient: f64,
 }
 
+/// The share of a copy's mark energy (strength squared) given to the
+/// recipient component by default: half, as every release before
+/// `--recipient-share` had.
+pub const DEFAULT_RECIPIENT_SHARE: f64 = 0.5;
+
 impl Strengths {
     /// Splits a total strength: everything to the release component without
     /// a recipient, equal energy to both components with one.
     pub fn split(total: f64, has_recipient: bool) -> Strengths {
         if has_recipient {
-            let half = total / std::f64::consts::SQRT_2;
-            Strengths { release: half, recipient: half }
+            Strengths::shared(total, DEFAULT_RECIPIENT_SHARE)
         } else {
             Strengths { release: total, recipient: 0.0 }
         }
+    }
+
+    /// Splits a total strength between the components of a copy for a
+    /// recipient, `share` of its energy to the recipient component:
+    /// `recipient = total * sqrt(share)`, `release = total * sqrt(1 - share)`,
+    /// so the total relative change is the same whatever the share. At the
+    /// default share both are `total / sqrt(2)`, computed as every earlier
+    /// version did (byte-identical copies). `share` is checked by
+    /// [`check_recipient_share`].
+    pub fn shared(total: f64, share: f64) -> Strengths {
+        if share == DEFAULT_RECIPIENT_SHARE {
+            let half = total / std::f64::consts::SQRT_2;
+            Strengths { release: half, recipient: half }
+        } else {
+            Strengths { release: total * (1.0 - share).sqrt(), recipient: total * share.sqrt() }
+        }
+    }
+
+    /// The weight of the recipient component's sums against the release
+    /// component's in the decision on both (`recipient / release`): the
+    /// matched filter for two patterns of these amplitudes. Exactly 1 when
+    /// the strengths are equal (every release at the default share).
+    pub fn recipient_weight(&self) -> f64 {
+        if self.recipient == self.release || self.release.is_nan() || self.release <= 0.0 {
+            1.0
+        } else {
+            self.recipient / self.release
+        }
+    }
+}
+
+/// Refuses a recipient share outside `[0.05, 0.95]` (or not a number), with
+/// the reason: each component keeps at least about a fifth of the strength,
+/// so the release stays detectable through collusion and every copy stays
+/// traceable.
+pub(crate) fn check_recipient_share(share: f64) -> crate::Result<()> {
+    if (0.05..=0.95).contains(&share) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(format!(
+            "recipient share {share} is out of range: use a value in [0.05, 0.95] (the share of the \
+             mark's energy given to the recipient component; default {DEFAULT_RECIPIENT_SHARE})"
+        )))
     }
 }
 
@@ -1114,6 +1161,33 @@ mod tests {
     use crate::model::Model;
     use crate::synth::{gaussian_matrix, to_model};
     use crate::Dtype;
+
+    #[test]
+    fn a_recipient_share_splits_the_energy_and_the_default_is_the_old_split() {
+        for total in [0.00141, 0.003, 0.0123, 0.1] {
+            // The default share is computed as before the share existed.
+            let half = total / std::f64::consts::SQRT_2;
+            let d = Strengths::shared(total, DEFAULT_RECIPIENT_SHARE);
+            assert_eq!((d.release, d.recipient), (half, half));
+            assert_eq!(Strengths::split(total, true), d);
+            assert_eq!(d.recipient_weight(), 1.0);
+            for share in [0.05, 0.2, 0.8, 0.95] {
+                let s = Strengths::shared(total, share);
+                let energy = s.release * s.release + s.recipient * s.recipient;
+                assert!((energy / (total * total) - 1.0).abs() < 1e-12, "{share}: {energy}");
+                assert!((s.recipient * s.recipient / (total * total) - share).abs() < 1e-12);
+                let w = s.recipient_weight();
+                assert!((w - (share / (1.0 - share)).sqrt()).abs() < 1e-12, "{share}: {w}");
+            }
+        }
+        for bad in [0.0, 0.04, 0.96, 1.0, -0.5, f64::NAN, f64::INFINITY] {
+            let e = check_recipient_share(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
+        for good in [0.05, 0.5, 0.8, 0.95] {
+            assert!(check_recipient_share(good).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn a_long_row_read_in_pieces_gives_exactly_what_one_pass_over_it_gives() {

@@ -4,7 +4,8 @@
 //! (every z here is the decision's: with a recipient, `detect` with the
 //! copy's certificate adds both components, so the split does not lower
 //! it; only a coded (`tardos1`) recipient leaves the decision to the
-//! release component, which gets `strength / sqrt(2)`),
+//! release component, which gets `strength / sqrt(2)` at the default
+//! recipient share, `strength · sqrt(1 − share)` at another),
 //! while what a mark costs a model grows with the square of the relative
 //! change of its weights, whatever the model's size. So a fixed strength
 //! either wastes blind z on large models or loses blind detection on small
@@ -120,9 +121,10 @@ pub struct StrengthChoice {
     /// Elements marked.
     pub elements: u64,
     /// Predicted blind z of the decision on the unattacked release:
-    /// `Z_PER_STRENGTH_ROOT_N · strength · sqrt(elements)`, over `sqrt(2)`
-    /// with a coded recipient (the decision is then the release
-    /// component's, which gets that share of the strength).
+    /// `Z_PER_STRENGTH_ROOT_N · strength · sqrt(elements)`, times the
+    /// release component's share of the amplitude with a coded recipient
+    /// (`1/sqrt(2)` at the default share: the decision is then the release
+    /// component's).
     pub predicted_z: f64,
     /// Predicted relative RMS change of the marked weights (rounding included).
     pub predicted_change: f64,
@@ -222,55 +224,49 @@ fn model_mse(s: f64, tensors: &[(Dtype, u64)]) -> f64 {
     tensors.iter().map(|&(d, k)| k as f64 * relative_mse(s, d)).sum::<f64>() / n
 }
 
-/// The share of the strength the decision's z sees: all of it without a
-/// recipient or with an independent one (the decision adds both
-/// components), `1/sqrt(2)` with a coded one (the release component alone).
-fn release_share(coded: bool) -> f64 {
-    if coded {
-        std::f64::consts::FRAC_1_SQRT_2
-    } else {
-        1.0
-    }
-}
-
 /// The strength predicted to give the decision blind z `z` over `elements`
-/// elements.
-pub fn strength_for_z(z: f64, elements: u64, coded: bool) -> f64 {
-    z / (Z_PER_STRENGTH_ROOT_N * release_share(coded) * (elements.max(1) as f64).sqrt())
+/// elements, when the decision sees `decision_share` of the strength's
+/// amplitude: 1 without a recipient or with an independent one (the
+/// decision adds both components, weighted by their strengths), the release
+/// component's share with a coded one (`1/sqrt(2)` at the default share).
+pub fn strength_for_z(z: f64, elements: u64, decision_share: f64) -> f64 {
+    z / (Z_PER_STRENGTH_ROOT_N * decision_share * (elements.max(1) as f64).sqrt())
 }
 
-/// What `strength` predicts for `tensors` under `allocation`, with or
-/// without a coded recipient.
+/// What `strength` predicts for `tensors` under `allocation`, when the
+/// decision sees `decision_share` of it ([`strength_for_z`]).
 pub fn predict(
     strength: f64,
     binding: Binding,
     allocation: Allocation,
     tensors: &[(Dtype, u64)],
-    coded: bool,
+    decision_share: f64,
 ) -> StrengthChoice {
     let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
     StrengthChoice {
         strength,
         binding,
         elements,
-        predicted_z: Z_PER_STRENGTH_ROOT_N
-            * release_share(coded)
-            * strength
-            * (elements as f64).sqrt(),
+        predicted_z: Z_PER_STRENGTH_ROOT_N * decision_share * strength * (elements as f64).sqrt(),
         predicted_change: model_mse(strength, tensors).sqrt(),
         budget_change: budget_mse(allocation).sqrt(),
     }
 }
 
 /// The default strength for marking `tensors` (storage type and element
-/// count of each) under `allocation`, with or without a coded recipient: the size
-/// rule of this module, rounded to three significant digits so that
-/// certificates carry a short number.
-pub fn choose(allocation: Allocation, tensors: &[(Dtype, u64)], coded: bool) -> StrengthChoice {
+/// count of each) under `allocation`, when the decision sees
+/// `decision_share` of the strength ([`strength_for_z`]): the size rule of
+/// this module, rounded to three significant digits so that certificates
+/// carry a short number.
+pub fn choose(
+    allocation: Allocation,
+    tensors: &[(Dtype, u64)],
+    decision_share: f64,
+) -> StrengthChoice {
     let elements: u64 = tensors.iter().map(|&(_, n)| n).sum();
     let budget = budget_mse(allocation);
-    let target = strength_for_z(TARGET_Z, elements, coded);
-    let floor = strength_for_z(FLOOR_Z, elements, coded);
+    let target = strength_for_z(TARGET_Z, elements, decision_share);
+    let floor = strength_for_z(FLOOR_Z, elements, decision_share);
     let lo = strength_within(budget, tensors);
     // Storing the model in bf16, when every marked tensor is wider.
     let reference = tensors
@@ -293,7 +289,7 @@ pub fn choose(allocation: Allocation, tensors: &[(Dtype, u64)], coded: bool) -> 
         }
     };
     let s = round3(s);
-    predict(s, binding, allocation, tensors, coded)
+    predict(s, binding, allocation, tensors, decision_share)
 }
 
 /// `x` rounded to three significant digits.
@@ -314,22 +310,22 @@ mod tests {
     #[test]
     fn the_budget_binds_on_a_small_f16_model_and_the_target_on_a_large_one() {
         let a = Allocation::ALLOC2;
-        let small = choose(a, &[(Dtype::F16, SMOLLM2)], false);
+        let small = choose(a, &[(Dtype::F16, SMOLLM2)], 1.0);
         assert_eq!(small.binding, Binding::Budget);
         assert!((small.strength - 1.41e-3).abs() < 2e-5, "{small:?}");
         assert!((small.budget_spent() - 1.0).abs() < 0.02, "{small:?}");
-        let large = choose(a, &[(Dtype::F16, 6_500_000_000)], false);
+        let large = choose(a, &[(Dtype::F16, 6_500_000_000)], 1.0);
         assert_eq!(large.binding, Binding::Target);
         assert!((large.predicted_z - TARGET_Z).abs() < 0.1, "{large:?}");
         assert!(large.budget_spent() < 0.2, "{large:?}");
         // A coded recipient takes half the energy and the decision is the
         // release component's: it keeps its target z at sqrt(2) times the
         // strength.
-        let shared = choose(a, &[(Dtype::F16, 6_500_000_000)], true);
+        let shared = choose(a, &[(Dtype::F16, 6_500_000_000)], std::f64::consts::FRAC_1_SQRT_2);
         assert!((shared.predicted_z - TARGET_Z).abs() < 0.1, "{shared:?}");
         assert!((shared.strength / large.strength - 2f64.sqrt()).abs() < 0.01);
         // Where the budget binds, a coded recipient changes nothing but the z.
-        let split = choose(a, &[(Dtype::F16, SMOLLM2)], true);
+        let split = choose(a, &[(Dtype::F16, SMOLLM2)], std::f64::consts::FRAC_1_SQRT_2);
         assert_eq!(split.strength, small.strength);
         assert!((split.predicted_z * 2f64.sqrt() - small.predicted_z).abs() < 1e-9);
     }
@@ -340,11 +336,11 @@ mod tests {
         let (f16, bf16) = (relative_mse(1e-3, Dtype::F16), relative_mse(1e-3, Dtype::BF16));
         // Below the bf16 step the rounding dominates: about s · E[u].
         assert!(bf16 > 4.0 * f16, "{f16} {bf16}");
-        let big = choose(a, &[(Dtype::BF16, 1_000_000_000)], false);
+        let big = choose(a, &[(Dtype::BF16, 1_000_000_000)], 1.0);
         assert_eq!(big.binding, Binding::Budget);
         assert!(big.strength < 5e-4 && big.predicted_z > FLOOR_Z, "{big:?}");
         // SmolLM2 in bf16 cannot reach the floor within the budget.
-        let small = choose(a, &[(Dtype::BF16, SMOLLM2)], false);
+        let small = choose(a, &[(Dtype::BF16, SMOLLM2)], 1.0);
         assert_eq!(small.binding, Binding::Floor);
         assert!((small.predicted_z - FLOOR_Z).abs() < 0.05 && small.budget_spent() > 1.5);
     }
@@ -359,21 +355,21 @@ mod tests {
         assert_eq!(bf16_rounding_mse(Dtype::BF16), None);
         // MiniLM's size in f32: the floor would change it more than bf16
         // does, so it gets REFERENCE_SHARE of bf16's change, under the floor.
-        let minilm = choose(Allocation::Uniform, &[(Dtype::F32, 22_700_000)], false);
+        let minilm = choose(Allocation::Uniform, &[(Dtype::F32, 22_700_000)], 1.0);
         assert_eq!(minilm.binding, Binding::Reference);
-        let floor = strength_for_z(FLOOR_Z, 22_700_000, false);
+        let floor = strength_for_z(FLOOR_Z, 22_700_000, 1.0);
         assert!(minilm.strength < floor, "{minilm:?}");
         let expected = (REFERENCE_SHARE * 1.66e-3 * 1.66e-3).sqrt();
         assert!((minilm.strength - expected).abs() < 2e-5, "{minilm:?}");
         // A tiny f32 model too; the same in bf16 gets the ceiling.
-        let tiny = choose(Allocation::Uniform, &[(Dtype::F32, 1_000_000)], false);
+        let tiny = choose(Allocation::Uniform, &[(Dtype::F32, 1_000_000)], 1.0);
         assert_eq!(tiny.binding, Binding::Reference);
-        let tiny = choose(Allocation::Uniform, &[(Dtype::BF16, 1_000_000)], false);
+        let tiny = choose(Allocation::Uniform, &[(Dtype::BF16, 1_000_000)], 1.0);
         assert_eq!(tiny.binding, Binding::Ceiling);
         assert_eq!(tiny.strength, CEILING);
         // One bf16 tensor among f32 ones: no reference, the floor.
         let mixed =
-            choose(Allocation::Uniform, &[(Dtype::F32, 22_000_000), (Dtype::BF16, 700_000)], false);
+            choose(Allocation::Uniform, &[(Dtype::F32, 22_000_000), (Dtype::BF16, 700_000)], 1.0);
         assert_eq!(mixed.binding, Binding::Floor);
     }
 }

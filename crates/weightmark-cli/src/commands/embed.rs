@@ -36,6 +36,7 @@ pub(crate) fn options<'a>(
 ) -> anyhow::Result<EmbedOptions<'a>> {
     Ok(EmbedOptions {
         recipient_code: r.recipient_code().context("--recipient-code")?,
+        recipient_share: r.recipient_share,
         scheme: r.scheme.into(),
         strength: r.strength,
         allocation: r.allocation,

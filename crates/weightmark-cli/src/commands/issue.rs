@@ -89,6 +89,9 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
             c.groups, c.cutoff
         ));
     }
+    if args.release.recipient_share != weightmark::DEFAULT_RECIPIENT_SHARE {
+        again.push_str(&format!(" --recipient-share {}", args.release.recipient_share));
+    }
     for glob in &args.release.tensors {
         again.push_str(&format!(" --tensors '{}'", safe(glob)));
     }

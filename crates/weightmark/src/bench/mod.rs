@@ -401,6 +401,7 @@ pub fn measure(
         head_sketch: inputs.target.head_sketch.clone(),
         allocation: inputs.target.allocation,
         recipient_code: crate::tardos::RecipientCode::Independent,
+        recipient_weight: 1.0,
     };
     let attacked = Model::open(out)?;
     let opts = DetectOptions::default();

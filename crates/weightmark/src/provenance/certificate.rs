@@ -325,6 +325,26 @@ impl ReleasePredicate {
         crate::tardos::RecipientCode::from_record(self.recipient_code.as_ref())
     }
 
+    /// The weight of the recipient component against the release component
+    /// in the decision on both ([`crate::ss2::Strengths::recipient_weight`]):
+    /// 1 when the certificate has no recipient strength or the two strengths
+    /// are equal (every certificate at the default share). A strength that
+    /// is not a positive finite number is refused.
+    pub fn recipient_weight(&self) -> Result<f64> {
+        match (self.release_strength, self.recipient_strength) {
+            (Some(release), Some(recipient)) => {
+                let ok = |x: f64| x.is_finite() && x > 0.0;
+                if !ok(release) || !ok(recipient) {
+                    return Err(Error::invalid(format!(
+                        "component strengths {release} and {recipient} are not positive numbers"
+                    )));
+                }
+                Ok(crate::ss2::Strengths { release, recipient }.recipient_weight())
+            }
+            _ => Ok(1.0),
+        }
+    }
+
     /// The certified tensors as (name, shape), what detection tests.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()

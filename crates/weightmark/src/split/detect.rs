@@ -84,6 +84,10 @@ struct PlanRecord {
     scheme: String,
     mark_key_commitment: String,
     recipient_key_commitment: Option<String>,
+    /// The recipient component's weight in the decision when it is not 1
+    /// (a copy marked at another recipient share than the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recipient_weight: Option<String>,
     /// The suspect's safetensors files, in model order.
     files: Vec<PlanFile>,
     /// Other files of the suspect a report names (the shard index).
@@ -274,6 +278,8 @@ impl DetectPlan {
             scheme: target.scheme.name().into(),
             mark_key_commitment: hex(&target.mark_key.commitment()),
             recipient_key_commitment: target.recipient_key.as_ref().map(|k| hex(&k.commitment())),
+            recipient_weight: (target.recipient_key.is_some() && target.recipient_weight != 1.0)
+                .then(|| f64_to_hex(target.recipient_weight)),
             files,
             other_files: suspect
                 .index
@@ -665,7 +671,15 @@ pub fn combine(plan: &DetectPlan, parts: &[DetectPart], threshold_p: f64) -> Res
     let scheme = Scheme::from_name(&record.scheme).ok_or_else(|| {
         split_error(&plan.path, format!("unknown scheme '{}'", record.scheme.escape_debug()))
     })?;
-    let tested = Tested { scheme, recipient: record.recipient_key_commitment.is_some() };
+    let recipient_weight = match &record.recipient_weight {
+        Some(hex) => f64_from_hex(hex).unwrap_or(f64::NAN),
+        None => 1.0,
+    };
+    if !(recipient_weight.is_finite() && recipient_weight > 0.0) {
+        return Err(split_error(&plan.path, "recipient_weight is not a positive number"));
+    }
+    let tested =
+        Tested { scheme, recipient: record.recipient_key_commitment.is_some(), recipient_weight };
     let partial = Partial {
         mode: Mode::Blind,
         tensors: vec![tensors],

@@ -63,7 +63,8 @@ struct PlanRecord {
     /// The original as the plan step was given it.
     original: String,
     /// The options every step must be given: scheme, strength, label,
-    /// recipient, allocation, recipient code, creation time, signer.
+    /// recipient, allocation, recipient code (and share, off the default),
+    /// creation time, signer.
     options: serde_json::Value,
     files: Vec<PlanFile>,
     selected: Vec<String>,
@@ -118,7 +119,7 @@ struct MarkedRecord {
 
 /// The options every step must agree on, as the plan records them.
 fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Value {
-    serde_json::json!({
+    let mut record = serde_json::json!({
         "scheme": options.scheme.name(),
         // Given or not: each step then applies the same size rule to the
         // same original ([`crate::strength`]).
@@ -129,7 +130,12 @@ fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Va
         "recipient_code": options.recipient_code.to_record(),
         "created": options.created,
         "signer": key.public_key().key_id(),
-    })
+    });
+    // Recorded only off the default, so that default plans stay as they were.
+    if options.recipient_share != crate::DEFAULT_RECIPIENT_SHARE {
+        record["recipient_share"] = serde_json::json!(f64_to_hex(options.recipient_share));
+    }
+    record
 }
 
 /// Refuses a model that a split embed does not write.
