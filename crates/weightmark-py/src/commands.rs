@@ -58,6 +58,8 @@ pub struct EmbedRequest {
     pub tensors: Option<Vec<String>>,
     /// How the recipient component is built.
     pub recipient_code: RecipientCode,
+    /// The recipient component's share of the mark (`None`: the default).
+    pub recipient_share: Option<f64>,
     /// Certificate path (default `OUT.cert.json` beside the output).
     pub cert: Option<PathBuf>,
     /// Whether an existing output file and certificate may be replaced.
@@ -72,10 +74,13 @@ pub fn options<'p>(
     strength: Option<f64>,
     scheme: Option<Scheme>,
     globs: Option<Vec<String>>,
-    recipient_code: RecipientCode,
+    (recipient_code, recipient_share): (RecipientCode, Option<f64>),
     progress: &'p dyn Progress,
 ) -> EmbedOptions<'p> {
     let mut options = EmbedOptions::new(label).recipient_code(recipient_code).progress(progress);
+    if let Some(share) = recipient_share {
+        options.recipient_share = share;
+    }
     options.strength = strength;
     options.recipient = recipient;
     options.selection = selection(globs);
@@ -157,7 +162,7 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
         r.strength,
         r.scheme,
         r.tensors,
-        r.recipient_code,
+        (r.recipient_code, r.recipient_share),
         progress,
     )
     .overwrite(r.overwrite);

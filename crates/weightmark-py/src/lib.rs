@@ -74,7 +74,8 @@ fn keygen(py: Python<'_>, name: PathBuf) -> PyResult<(String, String, String)> {
 #[pyfunction]
 #[pyo3(signature = (model, output, key, *, label=None, recipient=None,
     strength=None, scheme=None, tensors=None, cert=None, force=false,
-    progress=None, recipient_code=None, code_groups=None, code_cutoff=None))]
+    progress=None, recipient_code=None, code_groups=None, code_cutoff=None,
+    recipient_share=None))]
 #[allow(clippy::too_many_arguments)]
 fn embed(
     py: Python<'_>,
@@ -92,6 +93,7 @@ fn embed(
     recipient_code: Option<&str>,
     code_groups: Option<u32>,
     code_cutoff: Option<f64>,
+    recipient_share: Option<f64>,
 ) -> PyResult<String> {
     let scheme = commands::parse_scheme(scheme).map_err(|f| f.into_py(py))?;
     let recipient_code = commands::parse_recipient_code(recipient_code, code_groups, code_cutoff)
@@ -108,6 +110,7 @@ fn embed(
         scheme,
         tensors,
         recipient_code,
+        recipient_share,
         cert,
         overwrite,
     };
@@ -237,7 +240,7 @@ fn convert(
 #[pyfunction]
 #[pyo3(signature = (tensors, key, *, label, recipient=None,
     strength=None, scheme=None, tensors_globs=None, progress=None,
-    recipient_code=None, code_groups=None, code_cutoff=None))]
+    recipient_code=None, code_groups=None, code_cutoff=None, recipient_share=None))]
 #[allow(clippy::too_many_arguments)]
 fn mark<'py>(
     py: Python<'py>,
@@ -252,6 +255,7 @@ fn mark<'py>(
     recipient_code: Option<&str>,
     code_groups: Option<u32>,
     code_cutoff: Option<f64>,
+    recipient_share: Option<f64>,
 ) -> PyResult<PyMarked<'py>> {
     let scheme = commands::parse_scheme(scheme).map_err(|f| f.into_py(py))?;
     let recipient_code = commands::parse_recipient_code(recipient_code, code_groups, code_cutoff)
@@ -265,6 +269,7 @@ fn mark<'py>(
         scheme,
         globs: tensors_globs,
         recipient_code,
+        recipient_share,
     };
     let (marked, record, summary) = detached(py, progress, |p| memory::mark(raw, &request, p))?;
     let arrays =

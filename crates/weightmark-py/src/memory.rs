@@ -53,6 +53,8 @@ pub struct MarkRequest {
     pub globs: Option<Vec<String>>,
     /// How the recipient component is built.
     pub recipient_code: weightmark::RecipientCode,
+    /// The recipient component's share of the mark (`None`: the default).
+    pub recipient_share: Option<f64>,
 }
 
 /// What `mark` returns: every tensor's bytes (marked or unchanged) in
@@ -73,7 +75,7 @@ pub fn mark(
         r.strength,
         r.scheme,
         r.globs.clone(),
-        r.recipient_code,
+        (r.recipient_code, r.recipient_share),
         progress,
     );
     let marked = embed_in_memory(&model, &key, &options)?;

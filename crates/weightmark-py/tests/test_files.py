@@ -310,3 +310,27 @@ def test_results_are_typed_and_versioned():
     assert len(documented) > 30 and all(o.__doc__ for o in documented)
     state = synthetic_state()
     assert state["position_ids"].dtype == np.int64
+
+
+def test_the_recipient_share_is_an_option_of_embed_and_mark(tmp_path, model_file, keys):
+    wm.embed(
+        model_file, tmp_path / "acme.safetensors", keys.secret, label="v1", recipient="acme",
+        strength=STRENGTH, scheme="ss2", cert=tmp_path / "acme.json", recipient_share=0.8,
+    )
+    p = wm.verify(tmp_path / "acme.json", keys.public).predicate
+    assert abs(p["recipient_strength"] / p["release_strength"] - 2.0) < 1e-12
+    assert abs(p["recipient_strength"] ** 2 + p["release_strength"] ** 2 - STRENGTH**2) < 1e-15
+    # In memory: byte for byte what embed wrote; the default share differs.
+    state = synthetic_state()
+    marked, _ = wm.mark(
+        state, keys.secret, label="v1", recipient="acme", strength=STRENGTH, scheme="ss2",
+        recipient_share=0.8,
+    )
+    written = read_safetensors_raw(tmp_path / "acme.safetensors")
+    assert all(marked[n].tobytes() == written[n][2] for n in state)
+    half, _ = wm.mark(state, keys.secret, label="v1", recipient="acme", strength=STRENGTH, scheme="ss2")
+    assert half["embed.weight"].tobytes() != marked["embed.weight"].tobytes()
+    with pytest.raises(wm.InputError, match="recipient share 1.5 is out of range"):
+        wm.mark(state, keys.secret, label="v1", recipient="a", recipient_share=1.5)
+    with pytest.raises(wm.InputError, match="needs scheme ss2 and a recipient"):
+        wm.mark(state, keys.secret, label="v1", recipient_share=0.8)

@@ -83,6 +83,7 @@ def embed(
     recipient_code: Optional[str] = None,
     code_groups: Optional[int] = None,
     code_cutoff: Optional[float] = None,
+    recipient_share: Optional[float] = None,
 ) -> EmbedResult:
     """Mark a model and write it with its signed certificate, like ``weightmark embed``.
 
@@ -116,6 +117,11 @@ def embed(
         code_groups: ``tardos1`` only: the number of groups G (default 16384).
         code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
             (default 0.01).
+        recipient_share: with a recipient (ss2): the share of the mark's
+            energy given to the recipient component, in [0.05, 0.95]
+            (default 0.5), the rest going to the release component every
+            copy shares; the total change is the same at any share. More
+            (e.g. 0.8) names colluders blind through mixing of their copies.
 
     Returns:
         What was written and measured (fidelity, blind and informed z).
@@ -135,6 +141,7 @@ def embed(
         recipient_code=recipient_code,
         code_groups=code_groups,
         code_cutoff=code_cutoff,
+        recipient_share=recipient_share,
     )
     return EmbedResult._from(json.loads(text))
 
@@ -260,6 +267,7 @@ def mark(
     recipient_code: Optional[str] = None,
     code_groups: Optional[int] = None,
     code_cutoff: Optional[float] = None,
+    recipient_share: Optional[float] = None,
 ) -> Tuple[Dict[str, np.ndarray], ReleaseRecord]:
     """Mark tensors held in memory (a state dict of numpy arrays).
 
@@ -290,6 +298,11 @@ def mark(
         code_groups: ``tardos1`` only: the number of groups G (default 16384).
         code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
             (default 0.01).
+        recipient_share: with a recipient (ss2): the share of the mark's
+            energy given to the recipient component, in [0.05, 0.95]
+            (default 0.5), the rest going to the release component every
+            copy shares; the total change is the same at any share. More
+            (e.g. 0.8) names colluders blind through mixing of their copies.
 
     Returns:
         Every tensor (marked or unchanged) in the input's order and in each
@@ -310,6 +323,7 @@ def mark(
         recipient_code=recipient_code,
         code_groups=code_groups,
         code_cutoff=code_cutoff,
+        recipient_share=recipient_share,
     )
     del raw
     arrays = from_native(marked, shapes, kinds)

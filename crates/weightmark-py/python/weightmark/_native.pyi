@@ -56,6 +56,7 @@ def embed(
     recipient_code: Optional[str] = None,
     code_groups: Optional[int] = None,
     code_cutoff: Optional[float] = None,
+    recipient_share: Optional[float] = None,
 ) -> str:
     """Marks a model file and writes its certificate; returns the summary (JSON)."""
 
@@ -125,6 +126,7 @@ def mark(
     recipient_code: Optional[str] = None,
     code_groups: Optional[int] = None,
     code_cutoff: Optional[float] = None,
+    recipient_share: Optional[float] = None,
 ) -> Tuple[List[Tuple[str, bytearray]], str, str]:
     """Marks tensors in memory; returns every tensor's bytes, the release record
     (JSON) and the summary (JSON)."""
