@@ -192,13 +192,19 @@ fn json_of(text: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The owner key from a fixed seed (results are reproducible), saved as
+/// `lab.key` and `lab.pub` in `scene`.
+fn lab_key(scene: &Scene, seed: u8) {
+    weightmark::SecretKey::from_seed([seed; 32])
+        .save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A single-file bf16 Llama-shaped model, the owner key from a fixed seed
 /// (results are reproducible), certificates for four recipients issued into
 /// `certs/`, and the copy of `r2` written by embed.
 fn licensees(scene: &Scene) -> (String, String) {
-    let key = weightmark::SecretKey::from_seed([5; 32]);
-    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
-        .unwrap_or_else(|e| panic!("{e}"));
+    lab_key(scene, 5);
     let model =
         common::write_llama(scene.dir.path(), "model.safetensors", &TINY_LLAMA, Dtype::BF16, 3);
     let model = model.to_string_lossy().into_owned();
@@ -434,9 +440,7 @@ fn detect_tested_n_adjusts_the_bound_the_decision_and_the_report() {
 #[test]
 fn tardos1_licensees_are_issued_identified_and_their_report_verifies() {
     let scene = Scene::new();
-    let key = weightmark::SecretKey::from_seed([6; 32]);
-    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
-        .unwrap_or_else(|e| panic!("{e}"));
+    lab_key(&scene, 6);
     let shape = weightmark::synth::LlamaShape {
         vocab: 2048,
         hidden: 128,
@@ -544,31 +548,27 @@ fn detect_json(scene: &Scene, cert: &str, suspect: &str) -> serde_json::Value {
 #[test]
 fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
     let scene = Scene::new();
-    let key = weightmark::SecretKey::from_seed([5; 32]);
-    key.save(&scene.path("lab.key"), &scene.path("lab.pub"), CREATED)
-        .unwrap_or_else(|e| panic!("{e}"));
+    lab_key(&scene, 5);
     let model =
         common::write_llama(scene.dir.path(), "model.safetensors", &TINY_LLAMA, Dtype::BF16, 3);
     let model = model.to_string_lossy().into_owned();
+    // What names and marks alice's release, for embed and issue alike.
+    let common = [
+        "-k",
+        "lab.key",
+        "--label",
+        "v1",
+        "-r",
+        "alice",
+        "--strength",
+        "0.04",
+        "--created",
+        CREATED,
+    ];
     let release = |out: &str, cert: &str, share: Option<&str>| {
-        let mut args = vec![
-            "embed",
-            "-k",
-            "lab.key",
-            "--label",
-            "v1",
-            "-r",
-            "alice",
-            "--strength",
-            "0.04",
-            "--created",
-            CREATED,
-            &model,
-            "-o",
-            out,
-            "--cert",
-            cert,
-        ];
+        let mut args = vec!["embed"];
+        args.extend(common);
+        args.extend([model.as_str(), "-o", out, "--cert", cert]);
         if let Some(s) = share {
             args.extend(["--recipient-share", s]);
         }
@@ -613,26 +613,11 @@ fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
     assert_eq!(most["detected"], true, "{most}");
 
     // issue signs the same certificate and says how to write the copy.
-    let out = scene.ok(&[
-        "issue",
-        "-k",
-        "lab.key",
-        "--label",
-        "v1",
-        "-r",
-        "alice",
-        "--strength",
-        "0.04",
-        "--created",
-        CREATED,
-        "--recipient-share",
-        "0.8",
-        "-o",
-        "most.safetensors",
-        &model,
-        "--cert",
-        "issued.json",
-    ]);
+    let mut args = vec!["issue"];
+    args.extend(common);
+    args.extend(["--recipient-share", "0.8", "-o", "most.safetensors", &model]);
+    args.extend(["--cert", "issued.json"]);
+    let out = scene.ok(&args);
     assert_eq!(read(&scene.path("issued.json")), read(&scene.path("most.json")));
     assert!(out.contains("--recipient-share 0.8"), "{out}");
 
