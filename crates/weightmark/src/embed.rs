@@ -313,7 +313,9 @@ pub(crate) fn choose_strength(
     let coded = options.scheme == Scheme::Ss2
         && options.recipient.is_some()
         && options.recipient_code != RecipientCode::Independent;
-    let split = if coded { Strengths::shared(1.0, options.recipient_share).release } else { 1.0 };
+    // sqrt(1 - share): at the default share exactly FRAC_1_SQRT_2 (both are
+    // the correctly rounded 1/sqrt(2)), the factor every earlier version used.
+    let split = if coded { (1.0 - options.recipient_share).sqrt() } else { 1.0 };
     match (options.strength, options.scheme) {
         (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),
         (None, Scheme::Ss1) => {

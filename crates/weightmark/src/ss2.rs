@@ -1164,6 +1164,9 @@ mod tests {
 
     #[test]
     fn a_recipient_share_splits_the_energy_and_the_default_is_the_old_split() {
+        // The size rule's factor for a coded release at the default share is
+        // the constant it always was.
+        assert_eq!((1.0 - DEFAULT_RECIPIENT_SHARE).sqrt(), std::f64::consts::FRAC_1_SQRT_2);
         for total in [0.00141, 0.003, 0.0123, 0.1] {
             // The default share is computed as before the share existed.
             let half = total / std::f64::consts::SQRT_2;
