@@ -183,6 +183,47 @@ fn output_equal_to_input_is_refused() {
     assert_eq!(std::fs::read(s.path("m.safetensors")).unwrap_or_default(), before);
 }
 
+#[test]
+fn attacks_and_the_demo_never_replace_an_existing_output_without_force() {
+    let s = Scene::new();
+    write_file(&s.path("m.safetensors"), &llama(&LlamaShape::TINY, Dtype::F32, 1), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mine = b"the user's own file";
+    for out in ["out.safetensors", "out.gguf"] {
+        std::fs::write(s.path(out), mine).unwrap_or_else(|e| panic!("{e}"));
+    }
+    // A weight attack, a function-preserving one and a GGUF export: each
+    // refuses before any work, in one line naming the file, and keeps it.
+    let attacks: [&[&str]; 3] = [
+        &["attack", "noise", "--relative", "0.01", "m.safetensors", "-o", "out.safetensors"],
+        &["attack", "permute", "m.safetensors", "-o", "out.safetensors"],
+        &["attack", "gguf", "--type", "Q8_0", "m.safetensors", "-o", "out.gguf"],
+    ];
+    for args in attacks {
+        let o = s.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let out = args[args.len() - 1];
+        assert!(err.contains(out), "{err}");
+        assert_eq!(std::fs::read(s.path(out)).unwrap_or_default(), mine);
+    }
+    // --force replaces the file with the edited model.
+    let mut forced = attacks[0].to_vec();
+    forced.push("--force");
+    s.ok(&forced);
+    let replaced = std::fs::read(s.path("out.safetensors")).unwrap_or_default();
+    assert!(replaced != mine && weightmark::Model::open(s.path("out.safetensors")).is_ok());
+    // The demo writes fixed names: a --keep directory with anything in it is refused.
+    std::fs::create_dir(s.path("kept")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.path("kept/original.safetensors"), mine).unwrap_or_else(|e| panic!("{e}"));
+    let o = s.run(&["demo", "--keep", "kept"]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("not an empty directory"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(s.path("kept/original.safetensors")).unwrap_or_default(), mine);
+}
+
 /// A valid two-tensor file whose header is replaced by `header`.
 fn file_with_header(header: &str, data_len: usize) -> Vec<u8> {
     let mut v = (header.len() as u64).to_le_bytes().to_vec();

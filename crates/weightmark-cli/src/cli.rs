@@ -624,6 +624,10 @@ pub enum AttackKind {
         /// The GGUF file to write.
         #[arg(short = 'o', long = "output", value_name = "OUT.gguf")]
         output: PathBuf,
+        /// Replace an existing OUT.gguf. Without it an existing file is
+        /// refused before any work.
+        #[arg(long)]
+        force: bool,
     },
     /// Add i.i.d. Gaussian noise of a relative RMS to every marked-by-default tensor.
     Noise(LevelArgs),
@@ -855,6 +859,10 @@ pub struct AttackIo {
     /// Where to write the edited model (same layout as the input).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
+    /// Replace an existing OUT file (a non-empty output directory is never
+    /// replaced). Without it an existing output is refused before any work.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of attacks with a level.
@@ -990,7 +998,8 @@ pub struct InspectArgs {
 /// `weightmark demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Keep the demo's files in this directory instead of a temporary one.
+    /// Keep the demo's files in this directory (new or empty) instead of a
+    /// temporary one.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
 }

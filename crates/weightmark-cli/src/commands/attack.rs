@@ -25,19 +25,39 @@ pub fn run(args: &AttackArgs) -> anyhow::Result<Outcome> {
     // Parameters are checked before the model is even opened.
     attack.validate()?;
     let model = Model::open(&io.model)?;
+    let destination = match attack {
+        // A GGUF file is written where it is named, whatever the input's layout.
+        Attack::Gguf { .. } => io.output.clone(),
+        _ => weightmark::resolve_output(&model, &io.output)?,
+    };
+    refuse_existing(&destination, io.force)?;
     let report = apply_attack(&model, &io.output, &attack, io.seed, &Bar::new())
         .with_context(|| format!("could not edit {}", crate::format::path(&io.model)))?;
     say(&attack, &io, &report)?;
     Ok(Outcome::Success)
 }
 
+/// Refuses, before any work, an output that exists (a file, or a non-empty
+/// directory) unless `force` allows replacing a file: an attack never
+/// destroys a file the user did not name for replacing.
+pub(crate) fn refuse_existing(destination: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let overwrite =
+        if force { weightmark::Overwrite::Replace } else { weightmark::Overwrite::Refuse };
+    match weightmark::prepare_outputs(&[destination], overwrite) {
+        Err(e @ weightmark::Error::OutputExists { .. }) => {
+            Err(anyhow::anyhow!("{e} (--force replaces it)"))
+        }
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
 /// The library attack an `attack` subcommand asks for, with its input and output.
 fn to_attack(kind: &AttackKind) -> anyhow::Result<(Attack, AttackIo)> {
     let level = |relative: f64| relative;
     Ok(match kind {
-        AttackKind::Gguf { ty, model, output } => (
+        AttackKind::Gguf { ty, model, output, force } => (
             Attack::Gguf { ty: (*ty).into() },
-            AttackIo { seed: 1, model: model.clone(), output: output.clone() },
+            AttackIo { seed: 1, model: model.clone(), output: output.clone(), force: *force },
         ),
         AttackKind::Noise(a) => (Attack::Noise { relative: level(a.relative) }, a.io.clone()),
         AttackKind::Drift(a) => (Attack::Drift { relative: level(a.relative) }, a.io.clone()),

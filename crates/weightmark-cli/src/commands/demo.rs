@@ -23,6 +23,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
     let temp;
     let dir: &Path = match &args.keep {
         Some(d) => {
+            // The demo writes fixed file names: a directory holding anything
+            // already is refused, so that nothing of the user's is replaced.
+            let used = std::fs::read_dir(d).map(|mut e| e.next().is_some()).unwrap_or(false);
+            if used || (d.exists() && !d.is_dir()) {
+                anyhow::bail!(
+                    "{}: exists and is not an empty directory: give --keep a new or empty one",
+                    crate::format::path(d)
+                );
+            }
             std::fs::create_dir_all(d)
                 .with_context(|| format!("{}: cannot create", crate::format::path(d)))?;
             d

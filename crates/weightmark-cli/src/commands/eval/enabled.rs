@@ -164,6 +164,8 @@ fn compare_models(a: &Path, b: &Path, text: &TextArgs, json: bool) -> anyhow::Re
 pub fn finetune(args: &FinetuneArgs) -> anyhow::Result<Outcome> {
     let io = &args.io;
     let m = load::open(&io.model, args.text.tokenizer.as_deref())?;
+    let destination = weightmark::resolve_output(&m.model, &io.output)?;
+    crate::commands::attack::refuse_existing(&destination, io.force)?;
     let llama = decoder(&m)?;
     let (_, split) = read_windows(&m, &args.text)?;
     let held_out = limit(split.held_out.clone(), args.text.max_windows);
