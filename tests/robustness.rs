@@ -54,7 +54,7 @@ fn each_attack_does_what_it_says_and_reports_its_damage() {
     for (args, lo, hi) in &cases {
         let mut full = vec!["attack"];
         full.extend_from_slice(args);
-        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors", "--force"]);
         let text = s.ok(&full);
         let after = values(&s, "out.safetensors");
         let measured = change(&before, &after);
@@ -382,7 +382,7 @@ fn function_preserving_attacks_report_how_far_the_weights_moved() {
     {
         let mut full = vec!["attack"];
         full.extend_from_slice(args);
-        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors", "--force"]);
         let text = s.ok(&full);
         let moved: f64 = text
             .split("changed by ")
@@ -416,7 +416,7 @@ fn free_transforms_collusion_and_their_sweeps_from_the_command_line() {
     for (args, says) in cases {
         let mut full = vec!["attack"];
         full.extend_from_slice(args);
-        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors"]);
+        full.extend_from_slice(&["m.safetensors", "-o", "out.safetensors", "--force"]);
         let text = s.ok(&full);
         assert!(text.contains(says) && text.contains("the function is unchanged"), "{text}");
         let moved: f64 = text
