@@ -148,7 +148,8 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "-o",
         "marked.safetensors",
     ]);
-    let text = s.ok(&[
+    // The marked model, key and certificate every bench run below reads.
+    let bench = [
         "bench",
         "robustness",
         "--model",
@@ -157,6 +158,9 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "k.key",
         "--cert",
         "marked.safetensors.cert.json",
+    ];
+    let mut args = bench.to_vec();
+    args.extend([
         "--original",
         "m.safetensors",
         "--attacks",
@@ -172,6 +176,7 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         "--out",
         "rob",
     ]);
+    let text = s.ok(&args);
     assert!(text.contains("wrong key above the threshold: 0 of 5 points"), "{text}");
     // A level the attack cannot take, and an attack that needs the original
     // without it, are refused before any work, naming them.
@@ -183,19 +188,8 @@ fn bench_robustness_writes_tables_and_plots_without_false_positives() {
         ),
         (&["merge-original"][..], "rob-merge", &["merge-original needs --original"][..]),
     ] {
-        let mut args = vec![
-            "bench",
-            "robustness",
-            "--model",
-            "marked.safetensors",
-            "-k",
-            "k.key",
-            "--cert",
-            "marked.safetensors.cert.json",
-            "--out",
-            out,
-            "--attacks",
-        ];
+        let mut args = bench.to_vec();
+        args.extend(["--out", out, "--attacks"]);
         args.extend(plan);
         let bad = s.run(&args);
         let err = common::stderr(&bad);
