@@ -43,7 +43,7 @@ fn options() -> EmbedOptions<'static> {
         overwrite: Overwrite::Refuse,
         allocation: Allocation::DEFAULT,
         recipient_code: RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     }
 }
 

@@ -66,7 +66,7 @@ impl Setup {
             overwrite: weightmark::Overwrite::Replace,
             allocation: weightmark::Allocation::Uniform,
             recipient_code: weightmark::RecipientCode::Independent,
-            recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+            recipient_share: None,
         };
         or_panic(embed(&self.model, &self.marked(), &self.key, &options));
     }

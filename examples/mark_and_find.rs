@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             overwrite: weightmark::Overwrite::Refuse,
             allocation: weightmark::Allocation::Uniform,
             recipient_code: weightmark::RecipientCode::Independent,
-            recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+            recipient_share: None,
         },
     )?;
     println!(

@@ -45,7 +45,9 @@ fn tardos_codes_name_colluders_and_never_an_innocent() {
 }
 
 /// The default recipient component (an independent pattern per licensee)
-/// at its default share, coalitions of up to 6 by every method. The midpoint
+/// at its default share (0.8 here, as on SmolLM2 at its default: the rule
+/// gives the recipient what the release component can spare), coalitions of
+/// up to 6 by every method. The midpoint
 /// of k keeps the pattern only where all k signs agree (`2^(1-k)` of the
 /// elements): on this 3.9M-parameter model the midpoint of 6 leaves each
 /// colluder informed z 16-19 and the midpoint of 8 only 3-6 (measured), so
@@ -92,6 +94,14 @@ fn trace_coalitions(code: RecipientCode, colluders: usize) {
                 assert!(recorded.is_some_and(|r| r.code == "tardos1" && r.groups == 16384));
             }
             RecipientCode::Independent => assert!(recorded.is_none()),
+        }
+        // The default share: even for a code; for the independent component
+        // the rule's cap, 0.8, since this strength gives the copies z to
+        // spare (so the recipient's sums weigh sqrt(0.8 / 0.2) = 2).
+        let w = c.target.recipient_weight;
+        match code {
+            RecipientCode::Tardos(_) => assert_eq!(w, 1.0),
+            RecipientCode::Independent => assert!((w - 2.0).abs() < 1e-12, "weight {w}"),
         }
         assert_eq!(c.target.recipient_code, code);
     }

@@ -28,7 +28,7 @@ fn options(label: &str, selection: Selection) -> EmbedOptions<'static> {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     }
 }
 

@@ -572,9 +572,10 @@ fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
         if let Some(s) = share {
             args.extend(["--recipient-share", s]);
         }
-        scene.ok(&args);
+        scene.ok(&args)
     };
-    release("half.safetensors", "half.json", None);
+    let said = release("half.safetensors", "half.json", Some("0.5"));
+    assert!(said.contains("recipient share 0.5: given"), "{said}");
     release("most.safetensors", "most.json", Some("0.8"));
     // The certificate records the split: sqrt(0.8) and sqrt(0.2) of the
     // strength, the same total energy.
@@ -585,7 +586,7 @@ fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
         (f("release_strength"), f("recipient_strength"))
     };
     let (hr, hq) = strengths("half.json");
-    assert_eq!(hr, hq, "the default share splits the energy in half");
+    assert_eq!(hr, hq, "a share of 0.5 splits the energy in half");
     let (mr, mq) = strengths("most.json");
     assert!((mq / mr - 2.0).abs() < 1e-12, "recipient/release {mq}/{mr}, not sqrt(0.8/0.2)");
     assert!((mr * mr + mq * mq - 16e-4).abs() < 1e-15, "total energy {}", mr * mr + mq * mq);
@@ -620,6 +621,47 @@ fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
     let out = scene.ok(&args);
     assert_eq!(read(&scene.path("issued.json")), read(&scene.path("most.json")));
     assert!(out.contains("--recipient-share 0.8"), "{out}");
+
+    // Without a share: the default rule's, from the predicted z (which this
+    // strength puts well above the floor's 12), printed by embed, recorded
+    // as the strengths, and written into issue's command for the copy,
+    // which reproduces the certificate byte for byte.
+    let said = release("default.safetensors", "default.json", None);
+    let line = said.lines().find(|l| l.contains("recipient share ")).unwrap_or_default();
+    let share: f64 = line
+        .split("recipient share ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no share in {said}"));
+    assert!(line.contains(": the default"), "{line}");
+    let predicted: f64 = said
+        .split("predicted blind z ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no predicted z in {said}"));
+    let rule = (1.0 - (12.0 / 2f64.sqrt() / predicted).powi(2)).clamp(0.5, 0.8);
+    assert!(predicted > 14.0 && share > 0.5, "z {predicted}, share {share}: {said}");
+    assert!((share - rule).abs() <= 0.011, "share {share}, rule {rule} at z {predicted}");
+    let (dr, dq) = strengths("default.json");
+    assert!((dq / dr - (share / (1.0 - share)).sqrt()).abs() < 1e-9, "{dq}/{dr} at {share}");
+    let mut args = vec!["issue"];
+    args.extend(common);
+    args.extend(["-o", "default.safetensors", &model, "--cert", "issued-default.json"]);
+    let out = scene.ok(&args);
+    assert!(out.contains(&format!("--recipient-share {share} ")), "{out}");
+    let same = |a: &str, b: &str| read(&scene.path(a)) == read(&scene.path(b));
+    assert!(same("issued-default.json", "default.json"), "issue's default differs from embed's");
+    let mut args = vec!["issue"];
+    args.extend(common);
+    let given = share.to_string();
+    args.extend(["--recipient-share", &given, "-o", "default.safetensors", &model]);
+    args.extend(["--cert", "issued-given.json"]);
+    scene.ok(&args);
+    assert!(same("issued-given.json", "default.json"), "the printed share gives another copy");
+    let default = detect_json(&scene, "default.json", "default.safetensors");
+    assert_eq!(default["detected"], true, "{default}");
 
     // Out of range, or without a recipient to share with: refused, one line.
     for (extra, why) in [

@@ -24,7 +24,7 @@ fn mark(model: &Model, out: &std::path::Path, key: &SecretKey) -> EmbedReport {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     embed(model, out, key, &options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -127,7 +127,7 @@ fn fracast_int8_copy_keeps_its_integer_tensors_byte_for_byte() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     match embed(&model, &out, &SecretKey::from_seed([25; 32]), &options) {
         Ok(report) => {

@@ -105,7 +105,7 @@ fn informed_detection_undoes_head_and_neuron_permutations_together() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -178,7 +178,7 @@ fn informed_detection_undoes_an_mlp_permutation() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));
@@ -268,7 +268,7 @@ fn informed_detection_undoes_rotation_and_permutation_together() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     let marked_path = dir.path().join("marked.safetensors");
     embed(&original, &marked_path, &key, &options).unwrap_or_else(|e| panic!("{e}"));

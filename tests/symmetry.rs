@@ -579,17 +579,22 @@ fn a_licensee_s_certificate_decides_on_both_components_under_the_same_bound() {
         (Some(p), Some(q)) => (p.z, q.z),
         _ => panic!("both components must be reported: {d:?}"),
     };
-    // a's own certificate: S and V of both components summed, so with the
-    // same V for both, z = (z_p + z_q) / sqrt(2), above either alone.
+    // a's own certificate: S and V of both components summed, the
+    // recipient's weighted by w = recipient / release strength (S_p + w S_q,
+    // V_p + w^2 V_q), so with the same V for both, z = (z_p + w z_q) /
+    // sqrt(1 + w^2), above either alone. This model's copies have z to
+    // spare, so the default share gives the recipient more than half.
     let own = run(&target_a);
     let (p, q) = parts(&own);
-    let expected = (p + q) / std::f64::consts::SQRT_2;
+    let w = target_a.recipient_weight;
+    assert!(w > 1.0 && w == target_b.recipient_weight, "w {w}");
+    let expected = (p + w * q) / (1.0 + w * w).sqrt();
     assert!((own.z - expected).abs() <= 1e-9 * expected.abs(), "{} against {expected}", own.z);
     assert!(own.z > p.max(q) && p > 6.44 && q > 6.44, "z {} from {p} and {q}", own.z);
     let tensor_s: f64 = own.tensors.iter().map(|t| t.s).sum();
     assert!((tensor_s - own.s).abs() <= 1e-9 * own.s.abs(), "per-tensor S must add up");
     // b's certificate on a's copy: the release half carries the mark, b's
-    // half is noise, so z is about the release component's over sqrt(2).
+    // half is noise, so z is about the release component's over sqrt(1 + w^2).
     let other = run(&target_b);
     let (p_b, q_b) = parts(&other);
     assert!((p_b - p).abs() < 1e-9 * p, "the release component is shared: {p_b} against {p}");

@@ -30,7 +30,7 @@ fn a_thousand_wrong_keys_look_like_standard_normal_noise() {
         overwrite: weightmark::Overwrite::Refuse,
         allocation: weightmark::Allocation::Uniform,
         recipient_code: weightmark::RecipientCode::Independent,
-        recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+        recipient_share: None,
     };
     let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
     embed(&model, &marked, &owner, &options).unwrap_or_else(|e| panic!("{e}"));

@@ -291,11 +291,13 @@ pub struct ReleaseArgs {
     /// every copy shares. The total change is the same at any share. More
     /// (e.g. 0.8) names colluders blind through mixing of their copies;
     /// less keeps more of the release component, which is what is still
-    /// found when many copies are mixed. Recorded in the certificate as the
-    /// two components' strengths; detect weighs them accordingly
-    /// (docs/provenance.md).
-    #[arg(long, value_name = "SHARE", default_value_t = weightmark::DEFAULT_RECIPIENT_SHARE)]
-    pub recipient_share: f64,
+    /// found when many copies are mixed. Default: the most, up to 0.8, that
+    /// leaves the release component a predicted blind z of 8.5 (0.5 on
+    /// models too small to spare any; 0.5 with --recipient-code tardos1).
+    /// Recorded in the certificate as the two components' strengths; detect
+    /// weighs them accordingly (docs/provenance.md).
+    #[arg(long, value_name = "SHARE")]
+    pub recipient_share: Option<f64>,
     /// tardos1: the number of groups G (code length).
     #[arg(long, value_name = "G", default_value_t = weightmark::tardos::DEFAULT_GROUPS)]
     pub code_groups: u32,

@@ -78,9 +78,7 @@ pub fn options<'p>(
     progress: &'p dyn Progress,
 ) -> EmbedOptions<'p> {
     let mut options = EmbedOptions::new(label).recipient_code(recipient_code).progress(progress);
-    if let Some(share) = recipient_share {
-        options.recipient_share = share;
-    }
+    options.recipient_share = recipient_share;
     options.strength = strength;
     options.recipient = recipient;
     options.selection = selection(globs);

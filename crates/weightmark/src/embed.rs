@@ -68,11 +68,13 @@ pub struct EmbedOptions<'a> {
     pub recipient_code: RecipientCode,
     /// `ss2` with a recipient: the share of the mark's energy (strength
     /// squared) given to the recipient component, the rest to the release
-    /// component ([`crate::DEFAULT_RECIPIENT_SHARE`], half, by default;
-    /// within `[0.05, 0.95]`). More traces colluders blind; less keeps more
-    /// of the release's own component, which every copy shares. Recorded in
-    /// the certificate as the two components' strengths.
-    pub recipient_share: f64,
+    /// component, within `[0.05, 0.95]`. More traces colluders blind; less
+    /// keeps more of the release's own component, which every copy shares.
+    /// `None` (the default): [`crate::strength::default_recipient_share`] of
+    /// the copy's predicted z for an independent recipient component (0.5
+    /// to 0.8), the even split ([`crate::EVEN_RECIPIENT_SHARE`]) for a coded
+    /// one. Recorded in the certificate as the two components' strengths.
+    pub recipient_share: Option<f64>,
 }
 
 /// Per-tensor outcome of marking.
@@ -103,6 +105,9 @@ pub struct EmbedReport {
     pub certificate: Envelope,
     /// The strength used, how it was chosen, and what it predicted.
     pub strength: StrengthChoice,
+    /// `ss2` with a recipient: the share of the mark's energy its recipient
+    /// component got (given, or the default rule's); `None` otherwise.
+    pub recipient_share: Option<f64>,
 }
 
 impl EmbedReport {
@@ -137,7 +142,7 @@ impl EmbedOptions<'static> {
             overwrite: Overwrite::Refuse,
             allocation: Allocation::DEFAULT,
             recipient_code: RecipientCode::Independent,
-            recipient_share: crate::DEFAULT_RECIPIENT_SHARE,
+            recipient_share: None,
         }
     }
 }
@@ -168,7 +173,7 @@ impl<'a> EmbedOptions<'a> {
     /// component (see [`EmbedOptions::recipient_share`]).
     #[must_use]
     pub fn recipient_share(mut self, share: f64) -> Self {
-        self.recipient_share = share;
+        self.recipient_share = Some(share);
         self
     }
 
@@ -264,8 +269,8 @@ fn check_options(options: &EmbedOptions<'_>) -> Result<()> {
             ));
         }
     }
-    if options.recipient_share != crate::DEFAULT_RECIPIENT_SHARE {
-        crate::ss2::check_recipient_share(options.recipient_share)?;
+    if let Some(share) = options.recipient_share {
+        crate::ss2::check_recipient_share(share)?;
         if options.scheme != Scheme::Ss2 || options.recipient.is_none() {
             return Err(Error::invalid(
                 "a recipient share needs scheme ss2 and a recipient (it splits the mark between \
@@ -315,7 +320,11 @@ pub(crate) fn choose_strength(
         && options.recipient_code != RecipientCode::Independent;
     // sqrt(1 - share): at the default share exactly FRAC_1_SQRT_2 (both are
     // the correctly rounded 1/sqrt(2)), the factor every earlier version used.
-    let split = if coded { (1.0 - options.recipient_share).sqrt() } else { 1.0 };
+    let split = match options.recipient_share {
+        Some(share) if coded => (1.0 - share).sqrt(),
+        _ if coded => (1.0 - crate::EVEN_RECIPIENT_SHARE).sqrt(),
+        _ => 1.0,
+    };
     match (options.strength, options.scheme) {
         (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),
         (None, Scheme::Ss1) => {
@@ -323,6 +332,25 @@ pub(crate) fn choose_strength(
         }
         (None, Scheme::Ss2) => strength::choose(allocation, &tensors, split),
     }
+}
+
+/// The share of a copy's mark energy its recipient component gets: the one
+/// given, else for an independent component the default rule's
+/// ([`crate::strength::default_recipient_share`] of `strength`'s predicted
+/// z), for a coded one the even split. `None` without a recipient or
+/// outside `ss2`.
+pub(crate) fn recipient_share(
+    options: &EmbedOptions<'_>,
+    strength: &StrengthChoice,
+) -> Option<f64> {
+    if options.scheme != Scheme::Ss2 || options.recipient.is_none() {
+        return None;
+    }
+    Some(match (options.recipient_share, options.recipient_code) {
+        (Some(share), _) => share,
+        (None, RecipientCode::Independent) => crate::strength::default_recipient_share(strength),
+        (None, _) => crate::EVEN_RECIPIENT_SHARE,
+    })
 }
 
 /// The marking of one model, shared by [`embed`] (tensors streamed to files)
@@ -442,7 +470,10 @@ impl<'o> Marking<'o> {
                 let (release, recipient) =
                     key.ss2_keys(&options.label, options.recipient.as_deref(), &root);
                 let strengths = match recipient {
-                    Some(_) => Strengths::shared(strength.strength, options.recipient_share),
+                    Some(_) => Strengths::shared(
+                        strength.strength,
+                        recipient_share(options, &strength).unwrap_or(crate::EVEN_RECIPIENT_SHARE),
+                    ),
                     None => Strengths::split(strength.strength, false),
                 };
                 let code = match (options.recipient_code, &recipient) {
@@ -787,6 +818,7 @@ pub(crate) fn certify_written(
     written: WriteReport,
 ) -> Result<EmbedReport> {
     let strength = marking.strength;
+    let recipient_share = recipient_share(marking.options, &strength);
     let mut m = marking.finish(model, key, &written.tensor_digests);
     m.predicate.files = Some(release_files(&written.all_files()));
     let files: Vec<(String, Sha256Digest)> =
@@ -800,6 +832,7 @@ pub(crate) fn certify_written(
         informed: m.informed,
         certificate,
         strength,
+        recipient_share,
     })
 }
 

@@ -124,7 +124,7 @@ pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };
 pub use select::{is_default_selected, Selection};
-pub use ss2::DEFAULT_RECIPIENT_SHARE;
+pub use ss2::EVEN_RECIPIENT_SHARE;
 pub use stability::{canonical_moves, CanonicalMoves};
 pub use tardos::{RecipientCode, TardosCode};
 

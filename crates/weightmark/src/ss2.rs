@@ -54,17 +54,19 @@ pub struct Strengths {
     pub recipient: f64,
 }
 
-/// The share of a copy's mark energy (strength squared) given to the
-/// recipient component by default: half, as every release before
-/// `--recipient-share` had.
-pub const DEFAULT_RECIPIENT_SHARE: f64 = 0.5;
+/// The even split of a copy's mark energy (strength squared) between its
+/// recipient and release components: what every release before
+/// `--recipient-share` had, what a coded recipient gets by default, and the
+/// least share the default gives an independent one
+/// ([`crate::strength::default_recipient_share`]).
+pub const EVEN_RECIPIENT_SHARE: f64 = 0.5;
 
 impl Strengths {
     /// Splits a total strength: everything to the release component without
     /// a recipient, equal energy to both components with one.
     pub fn split(total: f64, has_recipient: bool) -> Strengths {
         if has_recipient {
-            Strengths::shared(total, DEFAULT_RECIPIENT_SHARE)
+            Strengths::shared(total, EVEN_RECIPIENT_SHARE)
         } else {
             Strengths { release: total, recipient: 0.0 }
         }
@@ -78,7 +80,7 @@ impl Strengths {
     /// version did (byte-identical copies). `share` is checked by
     /// [`check_recipient_share`].
     pub fn shared(total: f64, share: f64) -> Strengths {
-        if share == DEFAULT_RECIPIENT_SHARE {
+        if share == EVEN_RECIPIENT_SHARE {
             let half = total / std::f64::consts::SQRT_2;
             Strengths { release: half, recipient: half }
         } else {
@@ -109,7 +111,7 @@ pub(crate) fn check_recipient_share(share: f64) -> crate::Result<()> {
     } else {
         Err(crate::Error::invalid(format!(
             "recipient share {share} is out of range: use a value in [0.05, 0.95] (the share of the \
-             mark's energy given to the recipient component; default {DEFAULT_RECIPIENT_SHARE})"
+             mark's energy given to the recipient component; leave it out for the default)"
         )))
     }
 }
@@ -1166,11 +1168,11 @@ mod tests {
     fn a_recipient_share_splits_the_energy_and_the_default_is_the_old_split() {
         // The size rule's factor for a coded release at the default share is
         // the constant it always was.
-        assert_eq!((1.0 - DEFAULT_RECIPIENT_SHARE).sqrt(), std::f64::consts::FRAC_1_SQRT_2);
+        assert_eq!((1.0 - EVEN_RECIPIENT_SHARE).sqrt(), std::f64::consts::FRAC_1_SQRT_2);
         for total in [0.00141, 0.003, 0.0123, 0.1] {
             // The default share is computed as before the share existed.
             let half = total / std::f64::consts::SQRT_2;
-            let d = Strengths::shared(total, DEFAULT_RECIPIENT_SHARE);
+            let d = Strengths::shared(total, EVEN_RECIPIENT_SHARE);
             assert_eq!((d.release, d.recipient), (half, half));
             assert_eq!(Strengths::split(total, true), d);
             assert_eq!(d.recipient_weight(), 1.0);

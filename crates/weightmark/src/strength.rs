@@ -292,6 +292,53 @@ pub fn choose(
     predict(s, binding, allocation, tensors, decision_share)
 }
 
+/// The most of a copy's mark energy the default gives its recipient
+/// component ([`default_recipient_share`]): measured on SmolLM2 f16 at its
+/// default strength, it names both colluders of a pair blind by every
+/// collusion method while the release component keeps about 0.45 of the
+/// copy's z (docs/provenance.md, "The recipient share").
+pub const MAX_DEFAULT_RECIPIENT_SHARE: f64 = 0.8;
+
+/// The least predicted blind z the default share leaves the release
+/// component (the part every copy shares, which is what is found when many
+/// copies are mixed): what a release at the size rule's floor ([`FLOOR_Z`])
+/// has at the even split, `FLOOR_Z / sqrt(2)`, about 8.49.
+pub const RELEASE_FLOOR_Z: f64 = FLOOR_Z * std::f64::consts::FRAC_1_SQRT_2;
+
+/// The recipient share `embed` and `issue` use for a copy with an
+/// independent recipient component when none is given, from the copy's
+/// predicted blind z (`choice`, the decision on both components): the
+/// largest share that leaves the release component a predicted z of at
+/// least [`RELEASE_FLOOR_Z`], `1 − (RELEASE_FLOOR_Z / z)²`, rounded down to
+/// two decimals, and never below the even split
+/// ([`crate::ss2::EVEN_RECIPIENT_SHARE`]) nor above
+/// [`MAX_DEFAULT_RECIPIENT_SHARE`].
+///
+/// So a model whose copies have z to spare gives it to tracing (a pair's
+/// blind z per colluder is about half its recipient component's), and no
+/// release component is left weaker than the floor already accepts for
+/// the smallest models. Models at or under the floor (z 12) keep the even
+/// split, exactly as before this rule. The total strength, and so the
+/// fidelity cost and the decision's z for a whole copy, is the same at any
+/// share.
+pub fn default_recipient_share(choice: &StrengthChoice) -> f64 {
+    let even = crate::ss2::EVEN_RECIPIENT_SHARE;
+    let z = choice.predicted_z;
+    if !(z.is_finite() && z > FLOOR_Z) {
+        return even;
+    }
+    let share = 1.0 - (RELEASE_FLOOR_Z / z).powi(2);
+    // Two decimals, as a person would type it: `(100 x).floor() / 100` is
+    // the same double as the literal (e.g. 0.63), so `--recipient-share`
+    // with the printed value reproduces the copy.
+    let share = (share * 100.0).floor() / 100.0;
+    if share <= even {
+        even
+    } else {
+        share.min(MAX_DEFAULT_RECIPIENT_SHARE)
+    }
+}
+
 /// `x` rounded to three significant digits.
 fn round3(x: f64) -> f64 {
     if !(x.is_finite() && x > 0.0) {
@@ -328,6 +375,47 @@ mod tests {
         let split = choose(a, &[(Dtype::F16, SMOLLM2)], std::f64::consts::FRAC_1_SQRT_2);
         assert_eq!(split.strength, small.strength);
         assert!((split.predicted_z * 2f64.sqrt() - small.predicted_z).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_default_share_gives_tracing_what_the_release_component_can_spare() {
+        let a = Allocation::ALLOC2;
+        let even = crate::ss2::EVEN_RECIPIENT_SHARE;
+        // SmolLM2 f16 at its default: predicted z 19.6, so the release
+        // component could spare down to 0.19 of the energy; the cap binds.
+        let smol = choose(a, &[(Dtype::F16, SMOLLM2)], 1.0);
+        assert!((smol.predicted_z - 19.6).abs() < 0.1, "{smol:?}");
+        assert_eq!(default_recipient_share(&smol), MAX_DEFAULT_RECIPIENT_SHARE);
+        // The 1.1B bf16 shape: budget-bound, z 14.7, so 0.66 (the release
+        // component keeps 14.7 * sqrt(0.34) = 8.6).
+        let big = choose(a, &[(Dtype::BF16, 1_100_048_384)], 1.0);
+        let share = default_recipient_share(&big);
+        assert_eq!(share, 0.66, "{big:?}");
+        assert_eq!(share.to_bits(), "0.66".parse::<f64>().map(f64::to_bits).unwrap_or(0));
+        let release_z = big.predicted_z * (1.0 - share).sqrt();
+        assert!((RELEASE_FLOOR_Z..RELEASE_FLOOR_Z + 0.15).contains(&release_z), "{release_z}");
+        // At or under the floor, and where the prediction is not a number:
+        // the even split, the very constant earlier versions used.
+        let floor = choose(a, &[(Dtype::BF16, SMOLLM2)], 1.0);
+        assert_eq!(floor.binding, Binding::Floor);
+        assert_eq!(default_recipient_share(&floor).to_bits(), even.to_bits());
+        let tiny = choose(a, &[(Dtype::BF16, 1_000_000)], 1.0);
+        assert_eq!(default_recipient_share(&tiny).to_bits(), even.to_bits());
+        let nan = StrengthChoice { predicted_z: f64::NAN, ..smol };
+        assert_eq!(default_recipient_share(&nan).to_bits(), even.to_bits());
+        // The rule meets the even split at the floor, and rises from it.
+        let at = StrengthChoice { predicted_z: FLOOR_Z, ..smol };
+        assert_eq!(default_recipient_share(&at).to_bits(), even.to_bits());
+        let near = StrengthChoice { predicted_z: 12.2, ..smol };
+        assert_eq!(default_recipient_share(&near), 0.51);
+        // Monotone in z, and never past the cap.
+        let mut last = 0.0;
+        for z in (120..2000).map(|t| f64::from(t) / 10.0) {
+            let s = default_recipient_share(&StrengthChoice { predicted_z: z, ..smol });
+            assert!(s >= last && (even..=MAX_DEFAULT_RECIPIENT_SHARE).contains(&s), "{z} {s}");
+            assert!(s == even || z * (1.0 - s).sqrt() >= RELEASE_FLOOR_Z - 1e-9, "{z} {s}");
+            last = s;
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Outcome> {
             overwrite: weightmark::Overwrite::Replace,
             allocation: weightmark::Allocation::Uniform,
             recipient_code: weightmark::RecipientCode::Independent,
-            recipient_share: weightmark::DEFAULT_RECIPIENT_SHARE,
+            recipient_share: None,
         },
     )?;
     let cert_path = dir.join("marked.safetensors.cert.json");

@@ -82,6 +82,30 @@ pub(crate) fn strength_line(c: &StrengthChoice, coded: bool) -> String {
     )
 }
 
+/// The recipient component's share of a copy's mark, for `embed` and
+/// `issue`: `given` by `--recipient-share`, or the default's; `coded`: the
+/// recipient component is a code (whose default is the even split).
+pub(crate) fn share_line(share: f64, given: bool, coded: bool) -> String {
+    let why = if given {
+        "given"
+    } else if coded {
+        "the default for a coded recipient: half (the decision is the release component's)"
+    } else if share == weightmark::EVEN_RECIPIENT_SHARE {
+        "the default: half (a predicted blind z of at most 12 leaves nothing to spare for \
+         tracing)"
+    } else if share == weightmark::strength::MAX_DEFAULT_RECIPIENT_SHARE {
+        "the default's cap (the release component keeps a predicted blind z above 8.5)"
+    } else {
+        "the default: the most that leaves the release component a predicted blind z of 8.5"
+    };
+    format!(
+        "recipient share {share}: {why}; recipient component {:.2}, release component {:.2} \
+         of the strength",
+        share.sqrt(),
+        (1.0 - share).sqrt()
+    )
+}
+
 /// Marks a model and writes its certificate.
 pub fn run(args: &EmbedArgs) -> anyhow::Result<Outcome> {
     let created = created(args.release.created.as_deref())?;
@@ -214,6 +238,9 @@ fn summary(
     let coded = options.recipient.is_some()
         && options.recipient_code != weightmark::RecipientCode::Independent;
     outln!("  {}", strength_line(&report.strength, coded));
+    if let Some(share) = report.recipient_share {
+        outln!("  {}", share_line(share, options.recipient_share.is_some(), coded));
+    }
     outln!(
         "  fidelity: relative RMS change {:.3}%, SNR {:.1} dB, largest change {:.3e} (in {largest})",
         100.0 * f.relative_rms_change(),

@@ -63,6 +63,16 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
                 && args.release.recipient_code()? != weightmark::RecipientCode::Independent
         )
     );
+    if let Some(share) = report.recipient_share {
+        outln!(
+            "  {}",
+            crate::commands::embed::share_line(
+                share,
+                args.release.recipient_share.is_some(),
+                args.release.recipient_code()? != weightmark::RecipientCode::Independent
+            )
+        );
+    }
     outln!(
         "  the copy's {} files ({} bytes) are hashed in the certificate; blind z of the copy {:.1}",
         files.len(),
@@ -89,8 +99,13 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
             c.groups, c.cutoff
         ));
     }
-    if args.release.recipient_share != weightmark::DEFAULT_RECIPIENT_SHARE {
-        again.push_str(&format!(" --recipient-share {}", args.release.recipient_share));
+    // The share the copy got, given or the default's: the default would
+    // choose it again from the same strength, but written out the command
+    // does not depend on that.
+    if let Some(share) = report.recipient_share {
+        if args.release.recipient_share.is_some() || share != weightmark::EVEN_RECIPIENT_SHARE {
+            again.push_str(&format!(" --recipient-share {share}"));
+        }
     }
     for glob in &args.release.tensors {
         again.push_str(&format!(" --tensors '{}'", safe(glob)));

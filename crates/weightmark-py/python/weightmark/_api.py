@@ -118,10 +118,12 @@ def embed(
         code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
             (default 0.01).
         recipient_share: with a recipient (ss2): the share of the mark's
-            energy given to the recipient component, in [0.05, 0.95]
-            (default 0.5), the rest going to the release component every
-            copy shares; the total change is the same at any share. More
-            (e.g. 0.8) names colluders blind through mixing of their copies.
+            energy given to the recipient component, in [0.05, 0.95], the
+            rest going to the release component every copy shares; the
+            total change is the same at any share. More names colluders
+            blind through mixing of their copies. Default: the most, up to
+            0.8, that leaves the release component a predicted blind z of
+            8.5 (0.5 on models too small to spare any, and for tardos1).
 
     Returns:
         What was written and measured (fidelity, blind and informed z).
@@ -299,10 +301,12 @@ def mark(
         code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
             (default 0.01).
         recipient_share: with a recipient (ss2): the share of the mark's
-            energy given to the recipient component, in [0.05, 0.95]
-            (default 0.5), the rest going to the release component every
-            copy shares; the total change is the same at any share. More
-            (e.g. 0.8) names colluders blind through mixing of their copies.
+            energy given to the recipient component, in [0.05, 0.95], the
+            rest going to the release component every copy shares; the
+            total change is the same at any share. More names colluders
+            blind through mixing of their copies. Default: the most, up to
+            0.8, that leaves the release component a predicted blind z of
+            8.5 (0.5 on models too small to spare any, and for tardos1).
 
     Returns:
         Every tensor (marked or unchanged) in the input's order and in each

@@ -131,9 +131,10 @@ fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Va
         "created": options.created,
         "signer": key.public_key().key_id(),
     });
-    // Recorded only off the default, so that default plans stay as they were.
-    if options.recipient_share != crate::DEFAULT_RECIPIENT_SHARE {
-        record["recipient_share"] = serde_json::json!(f64_to_hex(options.recipient_share));
+    // Recorded only when given, so that default plans stay as they were (the
+    // default share follows from the strength, which every step recomputes).
+    if let Some(share) = options.recipient_share {
+        record["recipient_share"] = serde_json::json!(f64_to_hex(share));
     }
     record
 }
