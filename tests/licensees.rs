@@ -627,20 +627,17 @@ fn a_recipient_share_moves_the_mark_between_components_at_the_same_cost() {
     // as the strengths, and written into issue's command for the copy,
     // which reproduces the certificate byte for byte.
     let said = release("default.safetensors", "default.json", None);
-    let line = said.lines().find(|l| l.contains("recipient share ")).unwrap_or_default();
-    let share: f64 = line
-        .split("recipient share ")
-        .nth(1)
-        .and_then(|r| r.split(':').next())
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no share in {said}"));
-    assert!(line.contains(": the default"), "{line}");
-    let predicted: f64 = said
-        .split("predicted blind z ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no predicted z in {said}"));
+    // The number printed after `label`, up to `end`.
+    let number = |label: &str, end: char| -> f64 {
+        said.split(label)
+            .nth(1)
+            .and_then(|r| r.split(end).next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in {said}"))
+    };
+    let share = number("recipient share ", ':');
+    let predicted = number("predicted blind z ", ' ');
+    assert!(said.contains(&format!("recipient share {share}: the default")), "{said}");
     let rule = (1.0 - (12.0 / 2f64.sqrt() / predicted).powi(2)).clamp(0.5, 0.8);
     assert!(predicted > 14.0 && share > 0.5, "z {predicted}, share {share}: {said}");
     assert!((share - rule).abs() <= 0.011, "share {share}, rule {rule} at z {predicted}");

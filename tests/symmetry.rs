@@ -605,6 +605,16 @@ fn a_licensee_s_certificate_decides_on_both_components_under_the_same_bound() {
         other.z,
         own.z
     );
+    // Two tests of one null hypothesis decide: both components, and the
+    // release component alone; the bound is the smaller of the two doubled.
+    // With b's certificate the release component alone is the stronger
+    // test and finds the release (together with b's component, which is
+    // noise here and weighs w > 1, the z is lower).
+    let bound = |z: f64| weightmark::p_value_bound(z);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+    assert!(close(own.p_value, (2.0 * bound(own.z.max(p))).min(1.0)), "{}", own.p_value);
+    assert!(close(other.p_value, (2.0 * bound(p_b)).min(1.0)), "{} {p_b}", other.p_value);
+    assert!(other.detected && p_b > other.z, "b's certificate: release z {p_b}, both {}", other.z);
     // The null hypothesis: keys unrelated to the copy, both components.
     // Their decision z stay a standard normal's (mean 0, sd 1) and none is
     // found, as the bound says.

@@ -69,7 +69,7 @@ pub struct Target {
     /// `ss2` with an independent recipient component: the weight of its sums
     /// against the release component's in the decision on both, the ratio of
     /// the certificate's recipient strength to its release strength (1 at
-    /// the default share, and wherever the recipient is not tested).
+    /// a share of 0.5, and wherever the recipient is not tested).
     pub recipient_weight: f64,
 }
 
@@ -310,10 +310,16 @@ pub struct Detection {
     /// both; see [`Detection::release_component`]).
     pub z: f64,
     /// Hoeffding bound `exp(-z^2/2)` on the probability of a z this large
-    /// without the mark (one-sided: the decision).
+    /// without the mark (one-sided: the decision). When the decision adds
+    /// both components of a copy, the release component alone is tested
+    /// too, and this is the smaller of the two bounds doubled,
+    /// `min(1, 2 min(exp(-z^2/2), exp(-z_release^2/2)))` (docs/ss2.md, "The
+    /// decision").
     pub p_value: f64,
     /// `min(1, 2 exp(-z^2/2))`: the bound on a |z| this large either way (a
-    /// strongly negative z is evidence too, e.g. of a subtracted mark).
+    /// strongly negative z is evidence too, e.g. of a subtracted mark);
+    /// with both components, `min(1, 4 exp(-m^2/2))` for `m` the larger
+    /// `|z|` of the two tests.
     pub p_value_two_sided: f64,
     /// For an `ss2` release with a recipient: the z of the recipient's own
     /// component (whose copy it is), with its one-sided bound.
@@ -324,8 +330,8 @@ pub struct Detection {
     /// every copy of the release shares), with its one-sided bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release_component: Option<ComponentResult>,
-    /// `log10` of the bound, `-z^2 / (2 ln 10)`: exact where `p_value`
-    /// underflows to 0 (z above about 38).
+    /// `log10` of `p_value` (`-z^2 / (2 ln 10)` for one test): exact where
+    /// `p_value` underflows to 0 (z above about 38).
     pub log10_p_value: f64,
     /// How many certificates (releases, recipients, keys) were tried to
     /// find this one: the Bonferroni factor N of `adjusted_p_value`. 1
@@ -622,21 +628,22 @@ impl Partial {
                 let recipient =
                     recipient.iter().fold(Stats::default(), |acc, (_, s)| acc.merge(*s));
                 let z = total.z();
-                let p_value = p_value_bound(z);
+                let release = both.then(|| ComponentResult::of(release));
+                let decision = Decision::of(z, release.map(|r| r.z));
                 Detection {
-                    detected: p_value <= threshold_p,
+                    detected: decision.p <= threshold_p,
                     mode,
                     scheme: target.scheme.name().to_string(),
                     z,
-                    p_value,
-                    p_value_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
+                    p_value: decision.p,
+                    p_value_two_sided: decision.p_two_sided,
                     recipient_component: coded
                         .or_else(|| target.recipient.then(|| ComponentResult::of(recipient))),
-                    release_component: both.then(|| ComponentResult::of(release)),
-                    log10_p_value: log10_p_bound(z),
+                    release_component: release,
+                    log10_p_value: decision.log10_p,
                     certificates_tested: 1,
-                    adjusted_p_value: p_value,
-                    log10_adjusted_p_value: log10_p_bound(z),
+                    adjusted_p_value: decision.p,
+                    log10_adjusted_p_value: decision.log10_p,
                     threshold_p,
                     elements: total.elements,
                     s: total.s,
@@ -649,6 +656,41 @@ impl Partial {
                 }
             })
             .collect()
+    }
+}
+
+/// The bound a detection decides on.
+///
+/// One test: the decision's z, `exp(-z^2/2)`. A copy with an independent
+/// recipient component is tested twice against the same null hypothesis
+/// (the suspect depends on neither key): on both components together (the
+/// licensee's own copy, strongest there) and on the release component alone
+/// (any copy of the release, or copies mixed: there the recipient's term
+/// only adds noise, `w^2 V_q` of it, and at a recipient share of 0.8 it
+/// would hide a release component of z 8.8 under a decision z of 3.9). Each
+/// bound holds alone, so the smaller of the two, doubled, holds for the
+/// pair (Bonferroni): `min(1, 2 min(p_both, p_release))`.
+struct Decision {
+    p: f64,
+    log10_p: f64,
+    p_two_sided: f64,
+}
+
+impl Decision {
+    fn of(z: f64, release_z: Option<f64>) -> Decision {
+        let Some(r) = release_z else {
+            return Decision {
+                p: p_value_bound(z),
+                log10_p: log10_p_bound(z),
+                p_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
+            };
+        };
+        let best = if r > z { r } else { z };
+        let log10_p = adjusted_log10(log10_p_bound(best), 2);
+        let bound = p_value_bound(best);
+        let p = if bound > 0.0 { (2.0 * bound).min(1.0) } else { 10f64.powf(log10_p) };
+        let farthest = z.abs().max(r.abs());
+        Decision { p, log10_p, p_two_sided: (4.0 * p_value_bound(farthest)).min(1.0) }
     }
 }
 

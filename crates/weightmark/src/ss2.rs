@@ -76,7 +76,7 @@ impl Strengths {
     /// recipient, `share` of its energy to the recipient component:
     /// `recipient = total * sqrt(share)`, `release = total * sqrt(1 - share)`,
     /// so the total relative change is the same whatever the share. At the
-    /// default share both are `total / sqrt(2)`, computed as every earlier
+    /// even share (0.5) both are `total / sqrt(2)`, computed as every earlier
     /// version did (byte-identical copies). `share` is checked by
     /// [`check_recipient_share`].
     pub fn shared(total: f64, share: f64) -> Strengths {
@@ -91,7 +91,7 @@ impl Strengths {
     /// The weight of the recipient component's sums against the release
     /// component's in the decision on both (`recipient / release`): the
     /// matched filter for two patterns of these amplitudes. Exactly 1 when
-    /// the strengths are equal (every release at the default share).
+    /// the strengths are equal (every copy at a share of 0.5).
     pub fn recipient_weight(&self) -> f64 {
         if self.recipient == self.release || self.release.is_nan() || self.release <= 0.0 {
             1.0

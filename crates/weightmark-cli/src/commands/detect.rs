@@ -325,6 +325,16 @@ fn print_table(
     }
     if let Some(c) = &r.release_component {
         outln!("release component (every copy): z = {:.2}; {}", c.z, p_bound(c.p_value));
+        outln!(
+            "two tests of one hypothesis (both components; the release component alone): the \
+             decision's bound is twice the smaller, {}, from the {}",
+            p_bound(r.p_value),
+            if c.z > r.z {
+                "release component (another licensee's copy, or copies mixed?)"
+            } else {
+                "two components"
+            }
+        );
     }
     if let Some(c) = &r.recipient_component {
         match c.range {

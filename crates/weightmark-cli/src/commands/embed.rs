@@ -91,8 +91,8 @@ pub(crate) fn share_line(share: f64, given: bool, coded: bool) -> String {
     } else if coded {
         "the default for a coded recipient: half (the decision is the release component's)"
     } else if share == weightmark::EVEN_RECIPIENT_SHARE {
-        "the default: half (a predicted blind z of at most 12 leaves nothing to spare for \
-         tracing)"
+        "the default: half (a predicted blind z of about 12 or less leaves nothing to spare \
+         for tracing)"
     } else if share == weightmark::strength::MAX_DEFAULT_RECIPIENT_SHARE {
         "the default's cap (the release component keeps a predicted blind z above 8.5)"
     } else {

@@ -300,13 +300,8 @@ def mark(
         code_groups: ``tardos1`` only: the number of groups G (default 16384).
         code_cutoff: ``tardos1`` only: the bias cutoff t, in (0, 0.25]
             (default 0.01).
-        recipient_share: with a recipient (ss2): the share of the mark's
-            energy given to the recipient component, in [0.05, 0.95], the
-            rest going to the release component every copy shares; the
-            total change is the same at any share. More names colluders
-            blind through mixing of their copies. Default: the most, up to
-            0.8, that leaves the release component a predicted blind z of
-            8.5 (0.5 on models too small to spare any, and for tardos1).
+        recipient_share: with a recipient (ss2): the recipient component's
+            share of the mark's energy, as for :func:`embed`.
 
     Returns:
         Every tensor (marked or unchanged) in the input's order and in each

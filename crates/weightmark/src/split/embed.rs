@@ -36,6 +36,7 @@ use crate::key::SecretKey;
 use crate::model::{finish_directory, write_shard, Layout, Model, OutputFile, WriteOptions};
 use crate::provenance::{HeadSketchRecord, NeuronSketchRecord, SketchRecord};
 use crate::scheme::{Fidelity, Stats};
+use crate::strength::StrengthChoice;
 
 /// The `format` of an embed plan file.
 pub const PLAN_FORMAT: &str = "weightmark-embed-plan/1";
@@ -117,8 +118,14 @@ struct MarkedRecord {
     informed: StatsRecord,
 }
 
-/// The options every step must agree on, as the plan records them.
-fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Value {
+/// The options every step must agree on, as the plan records them, with the
+/// recipient share the marking uses (`share`, given or the default rule's
+/// for `strength`).
+fn options_record(
+    options: &EmbedOptions<'_>,
+    key: &SecretKey,
+    strength: &StrengthChoice,
+) -> serde_json::Value {
     let mut record = serde_json::json!({
         "scheme": options.scheme.name(),
         // Given or not: each step then applies the same size rule to the
@@ -131,9 +138,16 @@ fn options_record(options: &EmbedOptions<'_>, key: &SecretKey) -> serde_json::Va
         "created": options.created,
         "signer": key.public_key().key_id(),
     });
-    // Recorded only when given, so that default plans stay as they were (the
-    // default share follows from the strength, which every step recomputes).
-    if let Some(share) = options.recipient_share {
+    // Recorded when given, and when the default rule chose other than the
+    // even split: every step then agrees on the share it marks with, and a
+    // plan or part from a build whose default was the even split (before
+    // the rule) is refused instead of mixing shares. Default plans at the
+    // even split stay as they were.
+    let share = options.recipient_share.or_else(|| {
+        crate::embed::recipient_share(options, strength)
+            .filter(|&s| s != crate::EVEN_RECIPIENT_SHARE)
+    });
+    if let Some(share) = share {
         record["recipient_share"] = serde_json::json!(f64_to_hex(share));
     }
     record
@@ -188,7 +202,7 @@ impl EmbedPlan {
         let record = PlanRecord {
             format: PLAN_FORMAT.into(),
             original: original_name.into(),
-            options: options_record(options, key),
+            options: options_record(options, key, &inputs.strength),
             files: plan_files(original)?,
             selected: inputs.selected,
             ss2,
@@ -231,7 +245,8 @@ impl EmbedPlan {
     /// the plan file.
     fn check(&self, original: &Model, key: &SecretKey, options: &EmbedOptions<'_>) -> Result<()> {
         check_layout(original)?;
-        if options_record(options, key) != self.record.options {
+        let strength = crate::embed::choose_strength(original, &self.record.selected, options);
+        if options_record(options, key, &strength) != self.record.options {
             return Err(split_error(
                 &self.path,
                 "was made with other options or another key (scheme, strength, label, \
