@@ -327,8 +327,13 @@ fn tree(s: &Scene, dir: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn split_embed_writes_the_shards_and_certificate_of_one_run() {
-    let options: [&[&str]; 2] =
-        [&["--allocation", "ss2-alloc1", "-r", "bob"], &["--scheme", "ss1", "-r", "carol"]];
+    // dave's strength gives the copy z to spare, so the default share is
+    // above 0.5: the plan records it, and every step must agree on it.
+    let options: [&[&str]; 3] = [
+        &["--allocation", "ss2-alloc1", "-r", "bob"],
+        &["--scheme", "ss1", "-r", "carol"],
+        &["-r", "dave", "--strength", "0.05"],
+    ];
     for extra in options {
         let s = Scene::new();
         s.keygen("owner");
@@ -347,6 +352,28 @@ fn split_embed_writes_the_shards_and_certificate_of_one_run() {
             common::stdout(&o)
         };
         ok(run(&["-o", "split", "--plan-out", "plan.json"]));
+        let plan = String::from_utf8_lossy(&std::fs::read(s.path("plan.json")).unwrap_or_default())
+            .into_owned();
+        assert_eq!(plan.contains("recipient_share"), extra.contains(&"dave"), "{extra:?}: {plan}");
+        if extra.contains(&"dave") {
+            // A step at another share (as a build whose default was 0.5
+            // would run it) is refused, not mixed into the copy.
+            let at_half = run(&[
+                "--recipient-share",
+                "0.5",
+                "-o",
+                "split",
+                "--plan",
+                "plan.json",
+                "--part",
+                "0/2",
+                "--part-out",
+                "half.json",
+            ]);
+            assert_eq!(at_half.status.code(), Some(2), "{}", stderr(&at_half));
+            assert!(stderr(&at_half).contains("plan.json: was made with other options"));
+            assert!(!s.path("half.json").exists());
+        }
         for i in 0..2 {
             let (part, out) = (format!("{i}/2"), format!("part-{i}.json"));
             ok(run(&["-o", "split", "--plan", "plan.json", "--part", &part, "--part-out", &out]));
