@@ -148,6 +148,13 @@ fn trace_coalitions(code: RecipientCode, colluders: usize) {
                     .map(|c| format!("{:.1}", c.z))
                     .collect();
                 let mode = if original.is_some() { "informed" } else { "blind" };
+                // The release component, which every copy carries alike,
+                // survives every method: "ours?" is answered even where no
+                // colluder is named.
+                let releases = found.releases();
+                if !(releases.len() == 1 && releases[0].found && releases[0].label == "v1") {
+                    failures.push(format!("{mode} {} k={k}: release {releases:?}", method.name()));
+                }
                 eprintln!(
                     "{mode:8} {:9} k={k}: colluders z [{}], named {}/{k}, top innocent z {top_innocent:.2}, range {:.3}",
                     method.name(),
@@ -174,6 +181,14 @@ fn trace_coalitions(code: RecipientCode, colluders: usize) {
         }
     }
     eprintln!("largest innocent z over all runs: {largest_innocent:.2}");
+    // The unmarked original carries no release component.
+    let clean =
+        identify(&model, None, &loaded.candidates, &id_options).unwrap_or_else(|e| panic!("{e}"));
+    let releases = clean.releases();
+    assert!(
+        releases.len() == 1 && !releases[0].found && releases[0].z < 4.0 && clean.identified == 0,
+        "the original: {releases:?}"
+    );
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

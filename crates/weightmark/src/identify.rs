@@ -164,6 +164,57 @@ pub struct Identification {
     pub suspect_tensor_digests: Vec<(String, Sha256Digest)>,
 }
 
+/// One release among the candidates, read on its release component alone
+/// (the component every copy of the release shares): "is this ours?",
+/// whoever's copy it is ([`Identification::releases`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReleaseReading {
+    /// The release label.
+    pub label: String,
+    /// z of the release component.
+    pub z: f64,
+    /// `log10` of its bound `exp(-z^2/2)`, Bonferroni-adjusted for the
+    /// number of releases read.
+    pub log10_adjusted_p_value: f64,
+    /// Whether the adjusted bound is at most the identification's threshold.
+    pub found: bool,
+}
+
+impl Identification {
+    /// Per release label among the candidates that read a release component
+    /// (`ss2` with a recipient), the release component's z and whether it
+    /// is found, adjusted for the number of such releases: what answers
+    /// "ours?" when copies were mixed and no licensee can be named. Every
+    /// candidate of one release reads the same release component, so its
+    /// z is each's `release_z` (the largest, should two releases share a
+    /// label). The null hypothesis is the suspect's independence of each
+    /// release key, a family apart from the candidates' (whose copy).
+    pub fn releases(&self) -> Vec<ReleaseReading> {
+        let mut by_label: std::collections::BTreeMap<&str, f64> = Default::default();
+        for c in &self.candidates {
+            if let Some(z) = c.release_z {
+                let e = by_label.entry(c.label.as_str()).or_insert(z);
+                if z > *e {
+                    *e = z;
+                }
+            }
+        }
+        let tests = by_label.len() as u64;
+        by_label
+            .into_iter()
+            .map(|(label, z)| {
+                let log10_adjusted_p_value = adjusted_log10(crate::log10_p_bound(z), tests);
+                ReleaseReading {
+                    label: label.to_string(),
+                    z,
+                    log10_adjusted_p_value,
+                    found: log10_adjusted_p_value <= self.threshold_p.log10(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Tests every candidate in one read pass over `suspect` (informed with
 /// `original`) and ranks them by z, with Bonferroni-adjusted bounds.
 pub fn identify(

@@ -102,7 +102,7 @@ pub use error::{Error, FormatError, Result};
 pub use heads::HeadSketch;
 pub use identify::{
     identify, load_candidates, Candidate, Candidates, Identification, IdentifyOptions,
-    RankedCandidate,
+    RankedCandidate, ReleaseReading,
 };
 pub use inspect::{inspect_json, Digests};
 pub use io::{

@@ -101,6 +101,22 @@ pub fn run(args: &IdentifyArgs) -> anyhow::Result<Outcome> {
                 if c.identified { "IDENTIFIED" } else { "" }
             );
         }
+        let releases = found.releases();
+        for r in &releases {
+            outln!(
+                "release '{}', its shared component alone: z {:.2}, {} adjusted for {} \
+                 release(s): {}",
+                safe(&r.label),
+                r.z,
+                p_bound(10f64.powf(r.log10_adjusted_p_value)),
+                releases.len(),
+                if r.found {
+                    "FOUND (a copy of this release, or copies mixed, whoever's)"
+                } else {
+                    "not found"
+                }
+            );
+        }
         if found.identified == 0 {
             outln!("no certificate's mark found at adjusted p <= {:.0e}", args.threshold);
         } else {
