@@ -311,6 +311,9 @@ fn parts_missing_doubled_or_from_another_model_are_refused() {
     );
 }
 
+/// A split embed's first of two parts, up to its record file.
+const PART_0: [&str; 7] = ["-o", "split", "--plan", "plan.json", "--part", "0/2", "--part-out"];
+
 /// The files of directory `dir` by name, with their bytes.
 fn tree(s: &Scene, dir: &str) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(s.path(dir))
@@ -358,18 +361,10 @@ fn split_embed_writes_the_shards_and_certificate_of_one_run() {
         if extra.contains(&"dave") {
             // A step at another share (as a build whose default was 0.5
             // would run it) is refused, not mixed into the copy.
-            let at_half = run(&[
-                "--recipient-share",
-                "0.5",
-                "-o",
-                "split",
-                "--plan",
-                "plan.json",
-                "--part",
-                "0/2",
-                "--part-out",
-                "half.json",
-            ]);
+            let mut args = vec!["--recipient-share", "0.5"];
+            args.extend(PART_0);
+            args.push("half.json");
+            let at_half = run(&args);
             assert_eq!(at_half.status.code(), Some(2), "{}", stderr(&at_half));
             assert!(stderr(&at_half).contains("plan.json: was made with other options"));
             assert!(!s.path("half.json").exists());
@@ -420,24 +415,22 @@ fn split_embed_writes_the_shards_and_certificate_of_one_run() {
         );
         assert_eq!(common::stdout(&one), combined.replace("split", "one"), "{extra:?}");
         // A job with other options than the plan's is refused.
-        let other = s.run(&[
-            "embed",
-            "-k",
-            "owner.key",
-            "--label",
-            "v2",
-            "--created",
-            "2026-12-02T09:00:00Z",
-            "original",
-            "-o",
-            "split",
-            "--plan",
-            "plan.json",
-            "--part",
-            "0/2",
-            "--part-out",
-            "x.json",
-        ]);
+        let other = s.run(
+            &[
+                "embed",
+                "-k",
+                "owner.key",
+                "--label",
+                "v2",
+                "--created",
+                "2026-12-02T09:00:00Z",
+                "original",
+            ]
+            .into_iter()
+            .chain(PART_0)
+            .chain(["x.json"])
+            .collect::<Vec<_>>(),
+        );
         assert_eq!(other.status.code(), Some(2));
         assert!(
             stderr(&other).contains("plan.json: was made with other options"),
