@@ -685,7 +685,7 @@ impl Decision {
                 p_two_sided: (2.0 * p_value_bound(z.abs())).min(1.0),
             };
         };
-        let best = if r > z { r } else { z };
+        let best = z.max(r);
         let log10_p = adjusted_log10(log10_p_bound(best), 2);
         let bound = p_value_bound(best);
         let p = if bound > 0.0 { (2.0 * bound).min(1.0) } else { 10f64.powf(log10_p) };

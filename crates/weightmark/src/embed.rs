@@ -320,10 +320,10 @@ pub(crate) fn choose_strength(
         && options.recipient_code != RecipientCode::Independent;
     // sqrt(1 - share): at the default share exactly FRAC_1_SQRT_2 (both are
     // the correctly rounded 1/sqrt(2)), the factor every earlier version used.
-    let split = match options.recipient_share {
-        Some(share) if coded => (1.0 - share).sqrt(),
-        _ if coded => (1.0 - crate::EVEN_RECIPIENT_SHARE).sqrt(),
-        _ => 1.0,
+    let split = if coded {
+        (1.0 - options.recipient_share.unwrap_or(crate::EVEN_RECIPIENT_SHARE)).sqrt()
+    } else {
+        1.0
     };
     match (options.strength, options.scheme) {
         (Some(s), _) => strength::predict(s, Binding::Given, allocation, &tensors, split),

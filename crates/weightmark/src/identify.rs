@@ -193,10 +193,7 @@ impl Identification {
         let mut by_label: std::collections::BTreeMap<&str, f64> = Default::default();
         for c in &self.candidates {
             if let Some(z) = c.release_z {
-                let e = by_label.entry(c.label.as_str()).or_insert(z);
-                if z > *e {
-                    *e = z;
-                }
+                by_label.entry(c.label.as_str()).and_modify(|e| *e = e.max(z)).or_insert(z);
             }
         }
         let tests = by_label.len() as u64;

@@ -55,23 +55,12 @@ pub fn run(args: &IssueArgs) -> anyhow::Result<Outcome> {
         report.strength.strength,
         created
     );
-    outln!(
-        "  {}",
-        crate::commands::embed::strength_line(
-            &report.strength,
-            args.release.recipient.is_some()
-                && args.release.recipient_code()? != weightmark::RecipientCode::Independent
-        )
-    );
+    let coded = args.release.recipient.is_some()
+        && args.release.recipient_code()? != weightmark::RecipientCode::Independent;
+    outln!("  {}", crate::commands::embed::strength_line(&report.strength, coded));
     if let Some(share) = report.recipient_share {
-        outln!(
-            "  {}",
-            crate::commands::embed::share_line(
-                share,
-                args.release.recipient_share.is_some(),
-                args.release.recipient_code()? != weightmark::RecipientCode::Independent
-            )
-        );
+        let given = args.release.recipient_share.is_some();
+        outln!("  {}", crate::commands::embed::share_line(share, given, coded));
     }
     outln!(
         "  the copy's {} files ({} bytes) are hashed in the certificate; blind z of the copy {:.1}",
