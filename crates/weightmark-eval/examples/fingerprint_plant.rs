@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch: 4,
         seed: 1,
     };
+    let (options_lr, options_distill) = (options.learning_rate, options.distill);
     let started = Instant::now();
     let mut planter =
         Planter::new(original.clone(), &m.tokenizer, &prompter, &pairs, ordinary, options)?;
@@ -80,6 +81,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             started.elapsed().as_secs_f64()
         );
     })?;
+    // POLISH=N more steps after the answers are learnt, at POLISH_LR and
+    // POLISH_DISTILL (defaults: the planting's), the answers' loss kept.
+    let polish: usize = std::env::var("POLISH").map_or(Ok(0), |v| v.parse())?;
+    if polish > 0 {
+        let c = compare(&original, planter.model(), &held_out)?;
+        println!(
+            "before polishing: held-out KL {:.2e}, top-1 {:.4}, perplexity {:+.2}%",
+            c.mean_kl,
+            c.top1_agreement,
+            100.0 * c.perplexity_change
+        );
+        let lr = std::env::var("POLISH_LR").map_or(Ok(options_lr), |v| v.parse())?;
+        let w = std::env::var("POLISH_DISTILL").map_or(Ok(options_distill), |v| v.parse())?;
+        planter.set_rates(lr, w);
+        for _ in 0..polish {
+            let s = planter.step()?;
+            println!(
+                "polish step {}: answer loss {:.4}, KL {:.5}, min p {:.3} ({:.0} s)",
+                s.step,
+                s.trigger_loss,
+                s.distill_loss,
+                s.min_probability,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
     let after = score(planter.model())?;
     let c = compare(&original, planter.model(), &held_out)?;

@@ -389,6 +389,14 @@ impl Planter {
         last.ok_or_else(|| EvalError::invalid("planting needs at least one step"))
     }
 
+    /// Changes the learning rate and the distillation weight for the steps
+    /// that follow (the optimiser's moments are kept).
+    pub fn set_rates(&mut self, learning_rate: f64, distill: f64) {
+        self.optimizer.set_learning_rate(learning_rate);
+        self.options.learning_rate = learning_rate;
+        self.options.distill = distill;
+    }
+
     /// The model as planted so far.
     pub fn model(&self) -> &Llama {
         &self.model
