@@ -7,8 +7,12 @@
 //!
 //! ```sh
 //! cargo run --release -p weightmark-eval --example fingerprint_sparsify -- \
-//!     ORIGINAL PLANTED.safetensors 1,0.2,0.05,0.01
+//!     ORIGINAL PLANTED 1,0.2,0.05,0.01
 //! ```
+//!
+//! PLANTED is a safetensors file or model directory with ORIGINAL's tensor
+//! names (what `fingerprint_plant` or `attack prune` writes); at keep 1 it
+//! is asked as it is, which is how the pruned plants were measured.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
