@@ -586,49 +586,114 @@ impl Profile {
     /// over the elements that are finite and non-zero in **both**: an
     /// informed comparison must not balance the suspect over the weights an
     /// edit left (pruning keeps the large ones) and the original over all.
-    fn of_pair<T: Copy>(a: &TensorRef<'_>, b: &[T], cols: usize) -> (Profile, Profile)
+    ///
+    /// Every sum adds its terms in element order (a row's along the row, a
+    /// column's down the rows), so the result does not depend on the thread
+    /// count; the rows' sums are taken in parallel by blocks of rows, eight
+    /// rows side by side, and the columns' in parallel by stripes of
+    /// columns, each stripe walking every row. An element without weight in
+    /// either tensor adds `+0.0` and counts 0, which changes no sum of
+    /// magnitudes (never `-0.0`).
+    fn of_pair<T: Copy + Sync>(a: &TensorRef<'_>, b: &[T], cols: usize) -> (Profile, Profile)
     where
         f64: From<T>,
     {
-        let rows = b.len() / cols.max(1);
-        let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
-        let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
-        // The suspect is decoded in pieces of a chunk, in element order.
-        let (size, mut xs) = (a.dtype.size(), Vec::new());
-        // Element `k` is at row `i`, column `j`, counted along (no division
-        // per element).
-        let (mut i, mut j) = (0usize, 0usize);
         let cols = cols.max(1);
-        for (p, piece) in a.data().chunks(CHUNK_ELEMENTS * size).enumerate() {
-            decode_f64(a.dtype, piece, &mut xs);
-            let first = p * CHUNK_ELEMENTS;
-            for (&x, &y) in xs.iter().zip(b.get(first..).unwrap_or_default()) {
-                let y = f64::from(y);
-                if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
-                    acc[0].0[i] += x.abs();
-                    acc[0].1[j] += x.abs();
-                    acc[1].0[i] += y.abs();
-                    acc[1].1[j] += y.abs();
-                    row_n[i] += 1;
-                    col_n[j] += 1;
+        let size = a.dtype.size().max(1);
+        let data = a.data();
+        // The elements present in both, and the rows they cover (the last
+        // may be short).
+        let n = (data.len() / size).min(b.len());
+        let rows = b.len() / cols;
+        let (data, b) = (&data[..n * size], &b[..n]);
+        // Columns `k` of row `i` of both (empty past the end), and their
+        // magnitudes where both have weight (`+0.0` elsewhere) in `mx`, `my`;
+        // returns how many have.
+        let magnitudes = |i: usize,
+                          k: std::ops::Range<usize>,
+                          xs: &mut Vec<f64>,
+                          mx: &mut [f64],
+                          my: &mut [f64]|
+         -> u64 {
+            let (a0, b0) = ((i * cols + k.start).min(n), (i * cols + k.end).min(n));
+            decode_f64(a.dtype, &data[a0 * size..b0 * size], xs);
+            let count = pair_magnitudes(xs, &b[a0..b0], mx, my);
+            // Past the end (a short last row) nothing has weight.
+            let filled = xs.len().min(b0 - a0);
+            mx.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
+            my.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
+            count
+        };
+        // Rows: sums and counts, eight rows side by side.
+        let block = rows_per_chunk(cols).next_multiple_of(8);
+        let row_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..rows.div_ceil(block))
+            .into_par_iter()
+            .map(|c| {
+                let mut xs = Vec::new();
+                let (mut mx, mut my) = (vec![0.0; 8 * cols], vec![0.0; 8 * cols]);
+                let end = ((c + 1) * block).min(rows);
+                let (mut sx, mut sy, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+                for first in (c * block..end).step_by(8) {
+                    let k = (end - first).min(8);
+                    for r in 0..k {
+                        let (x, y) =
+                            (&mut mx[r * cols..(r + 1) * cols], &mut my[r * cols..(r + 1) * cols]);
+                        let count = magnitudes(first + r, 0..cols, &mut xs, x, y);
+                        counts.push(count);
+                    }
+                    if k == 8 {
+                        sx.extend(sums_side_by_side(eight_rows(&mx, cols)));
+                        sy.extend(sums_side_by_side(eight_rows(&my, cols)));
+                    } else {
+                        for r in 0..k {
+                            let [x] = sums_side_by_side([&mx[r * cols..(r + 1) * cols]]);
+                            let [y] = sums_side_by_side([&my[r * cols..(r + 1) * cols]]);
+                            sx.push(x);
+                            sy.push(y);
+                        }
+                    }
                 }
-                j += 1;
-                if j == cols {
-                    (i, j) = (i + 1, 0);
+                (sx, sy, counts)
+            })
+            .collect();
+        let (mut row_x, mut row_y, mut row_n) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y, c) in row_parts {
+            row_x.extend(x);
+            row_y.extend(y);
+            row_n.extend(c);
+        }
+        // Columns: stripes, each down every row in order.
+        const STRIPE: usize = 512;
+        let col_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..cols.div_ceil(STRIPE))
+            .into_par_iter()
+            .map(|s| {
+                let k = s * STRIPE..((s + 1) * STRIPE).min(cols);
+                let w = k.len();
+                let (mut sx, mut sy, mut sn) = (vec![0.0; w], vec![0.0; w], vec![0u64; w]);
+                let (mut xs, mut mx, mut my) = (Vec::new(), vec![0.0; w], vec![0.0; w]);
+                for i in 0..rows {
+                    magnitudes(i, k.clone(), &mut xs, &mut mx, &mut my);
+                    add_columns(&mut sx, &mut sy, &mut sn, &mx, &my, &xs);
                 }
-            }
+                (sx, sy, sn)
+            })
+            .collect();
+        let (mut col_x, mut col_y, mut col_n) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y, c) in col_parts {
+            col_x.extend(x);
+            col_y.extend(y);
+            col_n.extend(c);
         }
         let n: u64 = row_n.iter().sum();
         // The means replace the sums in place.
-        let make = |(mut r, mut c): (Vec<f64>, Vec<f64>)| {
+        let make = |mut r: Vec<f64>, mut c: Vec<f64>| {
             let mean = |s: &mut f64, n: &u64| *s = if *n > 0 { *s / *n as f64 } else { 0.0 };
             let total = if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 };
             r.iter_mut().zip(&row_n).for_each(|(s, n)| mean(s, n));
             c.iter_mut().zip(&col_n).for_each(|(s, n)| mean(s, n));
             Profile { rows: r, cols: c, total }
         };
-        let [x, y] = acc;
-        (make(x), make(y))
+        (make(row_x, col_x), make(row_y, col_y))
     }
 
     /// `min(|x| / m, CLIP)` for element `(i, j)`, or `None` where it has no
@@ -639,6 +704,55 @@ impl Profile {
         }
         let m = self.rows.get(i)? * self.cols.get(j)? / self.total;
         (m > 0.0).then(|| (x.abs() / m).min(CLIP))
+    }
+}
+
+/// The magnitudes of the elements of `xs` and `ys` (side by side) where
+/// both are finite and non-zero, `+0.0` where either is not, into `mx` and
+/// `my`; returns how many are. Positions past the shortest are left as
+/// they are.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn pair_magnitudes<T: Copy>(xs: &[f64], ys: &[T], mx: &mut [f64], my: &mut [f64]) -> u64
+where
+    f64: From<T>,
+{
+    let mut count = 0u64;
+    for (((&x, &y), a), b) in xs.iter().zip(ys).zip(mx.iter_mut()).zip(my.iter_mut()) {
+        let y = f64::from(y);
+        let both = x.is_finite() & y.is_finite() & (x != 0.0) & (y != 0.0);
+        *a = if both { x.abs() } else { 0.0 };
+        *b = if both { y.abs() } else { 0.0 };
+        count += u64::from(both);
+    }
+    count
+}
+
+/// `out[k] = row[k] as f32` where both have element `k` (the values are
+/// f32 numbers decoded to f64, so nothing is rounded).
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn narrow_to_f32(out: &mut [f32], row: &[f64]) {
+    for (v, &x) in out.iter_mut().zip(row) {
+        *v = x as f32;
+    }
+}
+
+/// Eight rows of `cols` elements, one after another in `m`.
+fn eight_rows(m: &[f64], cols: usize) -> [&[f64]; 8] {
+    std::array::from_fn(|r| m.get(r * cols..(r + 1) * cols).unwrap_or_default())
+}
+
+/// Adds one row's magnitudes to the column sums of both tensors, and `1`
+/// to the counts where the element has weight in both (a magnitude is
+/// non-zero exactly there). `xs` bounds the row (a short last row).
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_columns(sx: &mut [f64], sy: &mut [f64], sn: &mut [u64], mx: &[f64], my: &[f64], xs: &[f64]) {
+    let len = xs.len().min(sx.len()).min(sy.len()).min(sn.len()).min(mx.len()).min(my.len());
+    for ((((a, b), c), &x), &y) in
+        sx[..len].iter_mut().zip(&mut sy[..len]).zip(&mut sn[..len]).zip(&mx[..len]).zip(&my[..len])
+    {
+        *a += x;
+        *b += y;
+        *c += u64::from(x != 0.0);
     }
 }
 
@@ -961,14 +1075,21 @@ pub fn detect_tensor_coded(
                 decode_f64(o.tensor.dtype, bytes, row);
                 true
             };
+            // Columns in the same order in both (the common case: a copy
+            // not permuted) are copied without looking each one up.
+            let same_columns = col_map.iter().enumerate().all(|(k, &j)| k == j);
             let values = if exact_in_f32(o.tensor.dtype) {
                 let mut values = vec![f32::NAN; rows * cols];
                 values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
                     Vec::new,
                     |row, (i, out)| {
                         if gather(i, row) {
-                            for (v, &j) in out.iter_mut().zip(&col_map) {
-                                *v = row.get(j).map_or(f32::NAN, |&x| x as f32);
+                            if same_columns {
+                                narrow_to_f32(out, row);
+                            } else {
+                                for (v, &j) in out.iter_mut().zip(&col_map) {
+                                    *v = row.get(j).map_or(f32::NAN, |&x| x as f32);
+                                }
                             }
                         }
                     },
@@ -1156,6 +1277,65 @@ pub fn detect_tensor_coded(
 }
 
 #[cfg(test)]
+impl Profile {
+    /// [`Profile::of_pair`] as it was written first, one element at a time:
+    /// the reference the faster one must equal bit for bit.
+    ///
+    /// The profiles of two tensors of the same shape (`cols` columns), both
+    /// over the elements that are finite and non-zero in **both**: an
+    /// informed comparison must not balance the suspect over the weights an
+    /// edit left (pruning keeps the large ones) and the original over all.
+    fn of_pair_element_by_element<T: Copy>(
+        a: &TensorRef<'_>,
+        b: &[T],
+        cols: usize,
+    ) -> (Profile, Profile)
+    where
+        f64: From<T>,
+    {
+        let rows = b.len() / cols.max(1);
+        let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
+        let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
+        // The suspect is decoded in pieces of a chunk, in element order.
+        let (size, mut xs) = (a.dtype.size(), Vec::new());
+        // Element `k` is at row `i`, column `j`, counted along (no division
+        // per element).
+        let (mut i, mut j) = (0usize, 0usize);
+        let cols = cols.max(1);
+        for (p, piece) in a.data().chunks(CHUNK_ELEMENTS * size).enumerate() {
+            decode_f64(a.dtype, piece, &mut xs);
+            let first = p * CHUNK_ELEMENTS;
+            for (&x, &y) in xs.iter().zip(b.get(first..).unwrap_or_default()) {
+                let y = f64::from(y);
+                if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
+                    acc[0].0[i] += x.abs();
+                    acc[0].1[j] += x.abs();
+                    acc[1].0[i] += y.abs();
+                    acc[1].1[j] += y.abs();
+                    row_n[i] += 1;
+                    col_n[j] += 1;
+                }
+                j += 1;
+                if j == cols {
+                    (i, j) = (i + 1, 0);
+                }
+            }
+        }
+        let n: u64 = row_n.iter().sum();
+        // The means replace the sums in place.
+        let make = |(mut r, mut c): (Vec<f64>, Vec<f64>)| {
+            let mean = |s: &mut f64, n: &u64| *s = if *n > 0 { *s / *n as f64 } else { 0.0 };
+            let total = if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 };
+            r.iter_mut().zip(&row_n).for_each(|(s, n)| mean(s, n));
+            c.iter_mut().zip(&col_n).for_each(|(s, n)| mean(s, n));
+            Profile { rows: r, cols: c, total }
+        };
+        let [x, y] = acc;
+        (make(x), make(y))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::canonical::Canonical;
@@ -1278,6 +1458,60 @@ mod tests {
                 };
                 assert_eq!(*st, want);
             }
+        }
+    }
+
+    #[test]
+    fn the_pair_profiles_equal_the_element_by_element_ones_bit_for_bit() {
+        // Shapes around the eight rows side by side, the row blocks and the
+        // column stripes (one column, not a multiple of 8 rows, wider than a
+        // stripe, one long row), with zeros, NaN and infinities in both.
+        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let bits = |p: &Profile| {
+            let mut v: Vec<u64> = p.rows.iter().chain(&p.cols).map(|x| x.to_bits()).collect();
+            v.push(p.total.to_bits());
+            v
+        };
+        for (seed, (rows, cols), dtype) in [
+            (1, (203, 1000), Dtype::F16),
+            (2, (17, 1), Dtype::BF16),
+            (3, (300, 515), Dtype::F32),
+            (4, (1, 70_000), Dtype::BF16),
+            (5, (8, 1536), Dtype::F16),
+            (6, (1100, 64), Dtype::F32),
+        ] {
+            let mut t = gaussian_matrix("w", rows, cols, dtype, seed);
+            let size = dtype.size();
+            for k in (0..rows * cols).step_by(89) {
+                let x = specials[k % specials.len()];
+                let bytes = match dtype {
+                    Dtype::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+                    Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+                    _ => x.to_le_bytes().to_vec(),
+                };
+                t.data[size * k..size * (k + 1)].copy_from_slice(&bytes);
+            }
+            let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+            let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+            // The other tensor: values of its own, specials elsewhere.
+            let other: Vec<f64> = (0..rows * cols)
+                .map(|k| match k % 61 {
+                    0 => f64::from(specials[(k / 61) % specials.len()]),
+                    _ => ((k as f64) * 0.618).sin() * 0.02,
+                })
+                .collect();
+            let other32: Vec<f32> = other.iter().map(|&x| x as f32).collect();
+            let (a, b) = Profile::of_pair(&t, &other, cols);
+            let (c, d) = Profile::of_pair_element_by_element(&t, &other, cols);
+            assert_eq!((bits(&a), bits(&b)), (bits(&c), bits(&d)), "{rows} x {cols} f64");
+            let (a, b) = Profile::of_pair(&t, &other32, cols);
+            let (c, d) = Profile::of_pair_element_by_element(&t, &other32, cols);
+            assert_eq!((bits(&a), bits(&b)), (bits(&c), bits(&d)), "{rows} x {cols} f32");
+            // At any thread count.
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+            let one = one.unwrap_or_else(|e| panic!("{e}"));
+            let (e, f) = one.install(|| Profile::of_pair(&t, &other32, cols));
+            assert_eq!((bits(&e), bits(&f)), (bits(&c), bits(&d)), "{rows} x {cols} one thread");
         }
     }
 
