@@ -156,16 +156,48 @@ pub fn match_residual(
                 let r = cs.rank[j] as usize;
                 let (lo, hi) = (r.saturating_sub(MATCH_WINDOW), (r + MATCH_WINDOW + 1).min(hidden));
                 let mut best = (by_rank[r], f64::MIN);
-                for &k in &by_rank[lo..hi] {
-                    let c: f64 = sc[j].iter().zip(&oc[k]).map(|(a, b)| a * b).sum::<f64>().abs();
-                    if c > best.1 {
-                        best = (k, c);
+                // Eight candidates side by side (each dot product still adds
+                // in element order), the rest one at a time; the first
+                // largest wins, as candidates are compared in order.
+                let window = &by_rank[lo..hi];
+                let mut eights = window.chunks_exact(8);
+                let mut consider = |k: usize, c: f64| {
+                    if c.abs() > best.1 {
+                        best = (k, c.abs());
                     }
+                };
+                for ks in eights.by_ref() {
+                    let others: [&[f64]; 8] = std::array::from_fn(|i| oc[ks[i]].as_slice());
+                    let dots = dots_side_by_side(&sc[j], others);
+                    ks.iter().zip(dots).for_each(|(&k, c)| consider(k, c));
+                }
+                for &k in eights.remainder() {
+                    let [c] = dots_side_by_side(&sc[j], [oc[k].as_slice()]);
+                    consider(k, c);
                 }
                 best.0
             })
             .collect(),
     )
+}
+
+/// The dot products of `a` with each of `K` vectors, each adding its
+/// products in element order (the `K` chains side by side, not one after
+/// another); a vector shorter than `a` ends its sum early, as a zip would.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn dots_side_by_side<const K: usize>(a: &[f64], bs: [&[f64]; K]) -> [f64; K] {
+    let len = bs.iter().map(|b| b.len()).min().unwrap_or(0).min(a.len());
+    let mut sums = [0.0f64; K];
+    let heads = bs.map(|b| &b[..len]);
+    for (j, &x) in a[..len].iter().enumerate() {
+        for (s, b) in sums.iter_mut().zip(&heads) {
+            *s += x * b[j];
+        }
+    }
+    for (s, b) in sums.iter_mut().zip(bs) {
+        *s = a.iter().zip(b).skip(len).fold(*s, |acc, (x, y)| acc + x * y);
+    }
+    sums
 }
 
 /// Embedding rows a residual sketch samples (a multiple of 64).
