@@ -718,6 +718,10 @@ fn combined(
 }
 
 /// [`detect_many`] over the tensors of `scope`, before summing.
+///
+/// The suspect's tensor digests (for the report) are taken on whatever core
+/// the tests leave idle, while they run, rather than after them; a tensor
+/// decoded to be read (GGUF) is hashed while it is decoded, by the tests.
 pub(crate) fn detect_scoped(
     suspect: &Model,
     original: Option<&Model>,
@@ -730,6 +734,32 @@ pub(crate) fn detect_scoped(
             "a split detection is blind: informed detection runs on one machine",
         ));
     }
+    let mapped = |name: &str| {
+        scope.covers(name) && suspect.tensor(name).is_some_and(|t| !t.is_decoded_on_read())
+    };
+    let (early, tested) = rayon::join(
+        || tensor_digests_of(suspect, &Default::default(), &mapped),
+        || test_scoped(suspect, original, targets, options, scope),
+    );
+    let (mut partial, mut hashed) = tested?;
+    hashed.extend(early);
+    partial.digests = tensor_digests_of(suspect, &hashed, &|name| scope.covers(name));
+    let hashed_bytes: u64 =
+        suspect.tensors().filter(|t| scope.covers(t.name)).map(|t| t.byte_len() as u64).sum();
+    options.progress.advance(hashed_bytes);
+    options.progress.finish();
+    Ok(partial)
+}
+
+/// [`detect_scoped`]'s tests, with the digests of the tensors they decoded
+/// (the report's digests are left empty).
+fn test_scoped(
+    suspect: &Model,
+    original: Option<&Model>,
+    targets: &[&Target],
+    options: &DetectOptions<'_>,
+    scope: &Scope<'_>,
+) -> Result<(Partial, std::collections::HashMap<String, Sha256Digest>)> {
     // With the original at hand, undo function-preserving edits first. The
     // digests below are still those of the suspect as given.
     let realigned = match original {
@@ -914,9 +944,6 @@ pub(crate) fn detect_scoped(
         hashed.extend(digest.map(|d| (t.name.to_string(), d)));
         options.progress.advance(t.byte_len() as u64);
     }
-    let digests = tensor_digests_of(given, &hashed, &|name| scope.covers(name));
-    options.progress.advance(hashed_bytes);
-    options.progress.finish();
     // Each code's group values, biases and scale once; each recipient's
     // score is then one pass over its G bits.
     let scored: Vec<ScoredCode> = codes
@@ -933,15 +960,18 @@ pub(crate) fn detect_scoped(
         let bits = recipient_bits(targets[ti].recipient_key.as_ref()?, biases);
         Some(ComponentResult::of_accusation(accuse(y, biases, &bits, *scale)))
     };
-    Ok(Partial {
-        mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
-        tensors: results,
-        recipients,
-        coded: (0..targets.len()).map(coded_component).collect(),
-        skipped,
-        digests,
-        realigned: recovered,
-    })
+    Ok((
+        Partial {
+            mode: if original.is_some() { Mode::Informed } else { Mode::Blind },
+            tensors: results,
+            recipients,
+            coded: (0..targets.len()).map(coded_component).collect(),
+            skipped,
+            digests: Vec::new(),
+            realigned: recovered,
+        },
+        hashed,
+    ))
 }
 
 /// One code's group values, biases and `(sigma, rho)`.
