@@ -221,7 +221,18 @@ fn model_mse(s: f64, tensors: &[(Dtype, u64)]) -> f64 {
     if n <= 0.0 {
         return s * s;
     }
-    tensors.iter().map(|&(d, k)| k as f64 * relative_mse(s, d)).sum::<f64>() / n
+    // Each storage type's change once (a model has one or two types and
+    // hundreds of tensors), then the same sum in tensor order.
+    let mut by_dtype: Vec<(Dtype, f64)> = Vec::new();
+    let mut of = |d: Dtype| match by_dtype.iter().find(|(t, _)| *t == d) {
+        Some(&(_, r)) => r,
+        None => {
+            let r = relative_mse(s, d);
+            by_dtype.push((d, r));
+            r
+        }
+    };
+    tensors.iter().map(|&(d, k)| k as f64 * of(d)).sum::<f64>() / n
 }
 
 /// The strength predicted to give the decision blind z `z` over `elements`
