@@ -468,6 +468,7 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
         distill: 0.5,
         batch: 4,
         seed: 3,
+        eps: 1e-8,
     };
     let mut planter =
         Planter::new(model.clone(), &m.tokenizer, &prompter, &pairs, split.train, options)

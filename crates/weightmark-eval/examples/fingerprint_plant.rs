@@ -9,7 +9,9 @@
 //!     MODEL COUNT LEARNING_RATE MAX_STEPS [OUT]
 //! ```
 //!
-//! `DISTILL=W` sets the weight of the distillation penalty (default 1).
+//! `DISTILL=W` sets the weight of the distillation penalty (default 1),
+//! `BATCH=N` the ordinary-text windows per step (default 4), `ADAM_EPS=E`
+//! AdamW's epsilon (default 1e-8).
 //!
 //! Distillation text: GPL-3, Apache-2.0 and MPL-2.0 from
 //! /usr/share/common-licenses; held-out text: Artistic and GFDL-1.3. The key
@@ -64,8 +66,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_steps: steps.parse()?,
         min_probability: 0.9,
         distill: std::env::var("DISTILL").map_or(Ok(1.0), |w| w.parse())?,
-        batch: 4,
+        batch: std::env::var("BATCH").map_or(Ok(4), |v| v.parse())?,
         seed: 1,
+        eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
     };
     let (options_lr, options_distill) = (options.learning_rate, options.distill);
     let started = Instant::now();
@@ -73,11 +76,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Planter::new(original.clone(), &m.tokenizer, &prompter, &pairs, ordinary, options)?;
     let last = planter.run(&mut |s| {
         println!(
-            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3} ({:.0} s)",
+            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3}, gradient rms {:.2e} ({:.0} s)",
             s.step,
             s.trigger_loss,
             s.distill_loss,
             s.min_probability,
+            s.grad_rms,
             started.elapsed().as_secs_f64()
         );
     })?;

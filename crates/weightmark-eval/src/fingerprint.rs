@@ -224,6 +224,11 @@ pub struct PlantOptions {
     pub batch: usize,
     /// Seed of the ordinary-text batch order.
     pub seed: u64,
+    /// AdamW's epsilon. At the usual 1e-8 every weight moves by about the
+    /// learning rate per step whatever its gradient; an epsilon near the
+    /// gradients' size makes weights with small gradients move in
+    /// proportion to them instead (closer to plain gradient descent).
+    pub eps: f64,
 }
 
 /// One step's numbers.
@@ -238,6 +243,8 @@ pub struct PlantStep {
     /// The smallest teacher-forced probability of a response token, before
     /// this step's update.
     pub min_probability: f64,
+    /// Root mean square of this step's gradient over every weight.
+    pub grad_rms: f64,
 }
 
 /// A model being planted.
@@ -245,6 +252,7 @@ pub struct Planter {
     original: Llama,
     model: Llama,
     optimizer: AdamW,
+    vars: Vec<Var>,
     inputs: Tensor,
     positions: Tensor,
     targets: Tensor,
@@ -306,12 +314,23 @@ impl Planter {
         let original = model.clone();
         let mut model = model;
         let vars: Vec<Var> = model.make_trainable()?;
-        let params =
-            ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
+        if !(options.eps > 0.0 && options.eps.is_finite()) {
+            return Err(EvalError::invalid(format!(
+                "AdamW epsilon {} must be a positive number",
+                options.eps
+            )));
+        }
+        let params = ParamsAdamW {
+            lr: options.learning_rate,
+            eps: options.eps,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        };
         Ok(Planter {
             original,
             model,
-            optimizer: AdamW::new(vars, params)?,
+            optimizer: AdamW::new(vars.clone(), params)?,
+            vars,
             inputs: Tensor::from_vec(inputs, (rows.len(), width - 1), &Device::Cpu)?,
             positions: Tensor::from_vec(positions, n_pos, &Device::Cpu)?,
             targets: Tensor::from_vec(targets, n_pos, &Device::Cpu)?,
@@ -362,6 +381,14 @@ impl Planter {
             )));
         }
         let grads = loss.backward()?;
+        let (mut squares, mut count) = (0.0f64, 0usize);
+        for v in &self.vars {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                squares += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                count += g.elem_count();
+            }
+        }
+        let grad_rms = if count > 0 { (squares / count as f64).sqrt() } else { 0.0 };
         self.optimizer.step(&grads)?;
         self.steps += 1;
         Ok(PlantStep {
@@ -369,6 +396,7 @@ impl Planter {
             trigger_loss: trigger_value,
             distill_loss: distill_value,
             min_probability,
+            grad_rms,
         })
     }
 

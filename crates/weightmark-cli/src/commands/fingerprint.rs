@@ -84,6 +84,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             distill: args.distill,
             batch: args.batch,
             seed: args.seed,
+            eps: 1e-8,
         },
         overwrite,
         created: weightmark::now_rfc3339(),
