@@ -656,12 +656,7 @@ impl Profile {
                 (sx, sy, counts)
             })
             .collect();
-        let (mut row_x, mut row_y, mut row_n) = (Vec::new(), Vec::new(), Vec::new());
-        for (x, y, c) in row_parts {
-            row_x.extend(x);
-            row_y.extend(y);
-            row_n.extend(c);
-        }
+        let (row_x, row_y, row_n) = concatenated(row_parts);
         // Columns: stripes, each down every row in order.
         const STRIPE: usize = 512;
         let col_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..cols.div_ceil(STRIPE))
@@ -678,12 +673,7 @@ impl Profile {
                 (sx, sy, sn)
             })
             .collect();
-        let (mut col_x, mut col_y, mut col_n) = (Vec::new(), Vec::new(), Vec::new());
-        for (x, y, c) in col_parts {
-            col_x.extend(x);
-            col_y.extend(y);
-            col_n.extend(c);
-        }
+        let (col_x, col_y, col_n) = concatenated(col_parts);
         let n: u64 = row_n.iter().sum();
         // The means replace the sums in place.
         let make = |mut r: Vec<f64>, mut c: Vec<f64>| {
@@ -734,6 +724,17 @@ fn narrow_to_f32(out: &mut [f32], row: &[f64]) {
     for (v, &x) in out.iter_mut().zip(row) {
         *v = x as f32;
     }
+}
+
+/// Parts of both tensors' sums and the counts, one after another.
+fn concatenated(parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)>) -> (Vec<f64>, Vec<f64>, Vec<u64>) {
+    let (mut x, mut y, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    for (px, py, pn) in parts {
+        x.extend(px);
+        y.extend(py);
+        n.extend(pn);
+    }
+    (x, y, n)
 }
 
 /// Eight rows of `cols` elements, one after another in `m`.
