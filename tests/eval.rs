@@ -467,6 +467,7 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
         min_probability: 0.9,
         distill: 0.5,
         batch: 4,
+        micro_batch: 4,
         seed: 3,
         eps: 1e-8,
     };
@@ -497,6 +498,72 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
     // Ordinary text barely moves: KL to the original on held-out windows.
     let c = compare(&model, planter.model(), &held_out).unwrap_or_else(|e| panic!("{e}"));
     println!("held-out KL {:.5}, top-1 agreement {:.4}", c.mean_kl, c.top1_agreement);
+}
+
+#[test]
+fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
+    if !common::has_license_text() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 12);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+    let pairs = FingerprintKey::from_bytes([23; 32]).pairs(4).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    // 10 windows whole, and in parts of 4, 4 and 2 (unequal shares).
+    let run = |micro_batch: usize| {
+        let options = PlantOptions {
+            learning_rate: 1e-2,
+            max_steps: 3,
+            min_probability: 0.9,
+            distill: 2.0,
+            batch: 10,
+            micro_batch,
+            seed: 5,
+            eps: 1e-8,
+        };
+        let mut planter = Planter::new(
+            model.clone(),
+            &m.tokenizer,
+            &prompter,
+            &pairs,
+            split.train.clone(),
+            options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let steps: Vec<(f64, f64, f64)> = (0..3)
+            .map(|_| planter.step().unwrap_or_else(|e| panic!("{e}")))
+            .map(|s| (s.trigger_loss, s.distill_loss, s.grad_rms))
+            .collect();
+        (steps, planter)
+    };
+    let ((whole, a), (parts, b)) = (run(10), run(4));
+    for (k, (w, p)) in whole.iter().zip(&parts).enumerate() {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-6);
+        assert!(close(w.0, p.0) && close(w.1, p.1) && close(w.2, p.2), "step {k}: {w:?} {p:?}");
+    }
+    // The distillation term took part: its loss is positive after a step.
+    assert!(whole[2].1 > 0.0, "{whole:?}");
+    // And the models they give are the same (float rounding aside).
+    let c = compare(a.model(), b.model(), &split.held_out[..4]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.mean_kl < 1e-6 && c.top1_agreement == 1.0, "{} {}", c.mean_kl, c.top1_agreement);
+    // A micro-batch of nothing is refused.
+    let options = PlantOptions {
+        learning_rate: 1e-2,
+        max_steps: 1,
+        min_probability: 0.9,
+        distill: 1.0,
+        batch: 4,
+        micro_batch: 0,
+        seed: 5,
+        eps: 1e-8,
+    };
+    let e = Planter::new(model, &m.tokenizer, &prompter, &pairs, split.train, options);
+    let e = e.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("micro-batch"), "{e}");
 }
 
 #[test]

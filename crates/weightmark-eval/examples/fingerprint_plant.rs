@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         min_probability: 0.9,
         distill: std::env::var("DISTILL").map_or(Ok(1.0), |w| w.parse())?,
         batch: std::env::var("BATCH").map_or(Ok(4), |v| v.parse())?,
+        micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
         seed: 1,
         eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
     };

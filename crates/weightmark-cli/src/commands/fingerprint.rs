@@ -83,6 +83,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             min_probability: 0.9,
             distill: args.distill,
             batch: args.batch,
+            micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
             seed: args.seed,
             eps: 1e-8,
         },
