@@ -624,17 +624,37 @@ impl Profile {
             my.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
             count
         };
-        // Rows: sums and counts, eight rows side by side.
+        // Rows: sums and counts, eight rows side by side; a row longer
+        // than a chunk alone, in pieces of a chunk (its sums carried from
+        // piece to piece), so the work buffers stay a chunk's size.
+        let side_by_side = cols <= CHUNK_ELEMENTS;
         let block = rows_per_chunk(cols).next_multiple_of(8);
         let row_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..rows.div_ceil(block))
             .into_par_iter()
             .map(|c| {
                 let mut xs = Vec::new();
-                let (mut mx, mut my) = (vec![0.0; 8 * cols], vec![0.0; 8 * cols]);
+                let width = if side_by_side { 8 * cols } else { CHUNK_ELEMENTS };
+                let (mut mx, mut my) = (vec![0.0; width], vec![0.0; width]);
                 let end = ((c + 1) * block).min(rows);
                 let (mut sx, mut sy, mut counts) = (Vec::new(), Vec::new(), Vec::new());
                 for first in (c * block..end).step_by(8) {
                     let k = (end - first).min(8);
+                    if !side_by_side {
+                        for i in first..first + k {
+                            let (mut a, mut b, mut count) = (0.0, 0.0, 0u64);
+                            for p in (0..cols).step_by(CHUNK_ELEMENTS) {
+                                let piece = p..(p + CHUNK_ELEMENTS).min(cols);
+                                let len = piece.len();
+                                count += magnitudes(i, piece, &mut xs, &mut mx, &mut my);
+                                a = mx[..len].iter().fold(a, |s, &m| s + m);
+                                b = my[..len].iter().fold(b, |s, &m| s + m);
+                            }
+                            sx.push(a);
+                            sy.push(b);
+                            counts.push(count);
+                        }
+                        continue;
+                    }
                     for r in 0..k {
                         let (x, y) =
                             (&mut mx[r * cols..(r + 1) * cols], &mut my[r * cols..(r + 1) * cols]);
@@ -656,24 +676,30 @@ impl Profile {
                 (sx, sy, counts)
             })
             .collect();
-        let (row_x, row_y, row_n) = concatenated(row_parts);
-        // Columns: stripes, each down every row in order.
+        let (mut row_x, mut row_y, mut row_n) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y, c) in row_parts {
+            row_x.extend(x);
+            row_y.extend(y);
+            row_n.extend(c);
+        }
+        // Columns: stripes, each down every row in order, written in place.
         const STRIPE: usize = 512;
-        let col_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..cols.div_ceil(STRIPE))
-            .into_par_iter()
-            .map(|s| {
-                let k = s * STRIPE..((s + 1) * STRIPE).min(cols);
+        let (mut col_x, mut col_y, mut col_n) =
+            (vec![0.0; cols], vec![0.0; cols], vec![0u64; cols]);
+        col_x
+            .par_chunks_mut(STRIPE)
+            .zip(col_y.par_chunks_mut(STRIPE))
+            .zip(col_n.par_chunks_mut(STRIPE))
+            .enumerate()
+            .for_each(|(s, ((sx, sy), sn))| {
+                let k = s * STRIPE..s * STRIPE + sx.len();
                 let w = k.len();
-                let (mut sx, mut sy, mut sn) = (vec![0.0; w], vec![0.0; w], vec![0u64; w]);
                 let (mut xs, mut mx, mut my) = (Vec::new(), vec![0.0; w], vec![0.0; w]);
                 for i in 0..rows {
                     magnitudes(i, k.clone(), &mut xs, &mut mx, &mut my);
-                    add_columns(&mut sx, &mut sy, &mut sn, &mx, &my, &xs);
+                    add_columns(sx, sy, sn, &mx, &my, &xs);
                 }
-                (sx, sy, sn)
-            })
-            .collect();
-        let (col_x, col_y, col_n) = concatenated(col_parts);
+            });
         let n: u64 = row_n.iter().sum();
         // The means replace the sums in place.
         let make = |mut r: Vec<f64>, mut c: Vec<f64>| {
@@ -724,17 +750,6 @@ fn narrow_to_f32(out: &mut [f32], row: &[f64]) {
     for (v, &x) in out.iter_mut().zip(row) {
         *v = x as f32;
     }
-}
-
-/// Parts of both tensors' sums and the counts, one after another.
-fn concatenated(parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)>) -> (Vec<f64>, Vec<f64>, Vec<u64>) {
-    let (mut x, mut y, mut n) = (Vec::new(), Vec::new(), Vec::new());
-    for (px, py, pn) in parts {
-        x.extend(px);
-        y.extend(py);
-        n.extend(pn);
-    }
-    (x, y, n)
 }
 
 /// Eight rows of `cols` elements, one after another in `m`.
