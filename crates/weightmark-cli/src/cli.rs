@@ -121,7 +121,7 @@ pub struct PlantArgs {
     pub distill: f64,
     /// Ordinary-text windows per step, run four at a time (a larger batch
     /// costs time, not memory). `--lr 2e-5 --distill 10 --batch 16` gives a
-    /// third of the default plant's KL on held-out text in 2.5 times the
+    /// third of the default plant's KL on held-out text in about twice the
     /// time (docs/fingerprint.md).
     #[arg(long, value_name = "B", default_value_t = 4)]
     pub batch: usize,
