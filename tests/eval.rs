@@ -470,6 +470,7 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
         micro_batch: 4,
         seed: 3,
         eps: 1e-8,
+        prune_robust: 0.0,
     };
     let mut planter =
         Planter::new(model.clone(), &m.tokenizer, &prompter, &pairs, split.train, options)
@@ -524,6 +525,7 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
             micro_batch,
             seed: 5,
             eps: 1e-8,
+            prune_robust: 0.0,
         };
         let mut planter = Planter::new(
             model.clone(),
@@ -560,6 +562,7 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
         micro_batch: 0,
         seed: 5,
         eps: 1e-8,
+        prune_robust: 0.0,
     };
     let e = Planter::new(model, &m.tokenizer, &prompter, &pairs, split.train, options);
     let e = e.err().map(|e| e.to_string()).unwrap_or_default();
@@ -711,4 +714,41 @@ fn smoothing_collapses_ss1_in_smollm2_but_not_ss2() {
             }
         }
     }
+}
+
+/// The pruned view `--prune-robust` trains through zeroes what `attack
+/// prune` zeroes: the same elements of the same tensors (the tiny model has
+/// matrices below the default selection's size, which neither touches).
+#[test]
+fn the_pruned_view_zeroes_what_attack_prune_zeroes() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 5);
+    let model = llama_of(&open(&dir, None).unwrap_or_else(|e| panic!("{e}")));
+    let out = tmp.path().join("pruned");
+    let attack = weightmark::Attack::Prune {
+        fraction: 0.6,
+        method: weightmark::attack::PruneMethod::Magnitude,
+    };
+    let m = Model::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+    weightmark::apply_attack(&m, &out, &attack, 1, &weightmark::NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let attacked = tensors_f32(&Model::open(&out).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let view = model.magnitude_pruned(0.6).unwrap_or_else(|e| panic!("{e}"));
+    let (mut pruned_tensors, mut kept_tensors) = (0, 0);
+    for (name, t) in view.merged_tensors().unwrap_or_else(|e| panic!("{e}")) {
+        let ours = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).unwrap_or_default();
+        let theirs =
+            attacked[&name].flatten_all().and_then(|t| t.to_vec1::<f32>()).unwrap_or_default();
+        assert_eq!(ours, theirs, "{name}");
+        let zeros = ours.iter().filter(|x| **x == 0.0).count();
+        if zeros > 0 {
+            assert_eq!(zeros, (ours.len() as f64 * 0.6).round() as usize, "{name}");
+            pruned_tensors += 1;
+        } else {
+            kept_tensors += 1;
+        }
+    }
+    assert!(pruned_tensors > 0 && kept_tensors > 0, "{pruned_tensors} pruned, {kept_tensors} kept");
+    assert!(model.magnitude_pruned(1.0).is_err() && model.magnitude_pruned(-0.1).is_err());
 }

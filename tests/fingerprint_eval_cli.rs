@@ -726,3 +726,70 @@ fn planting_an_unmarked_model_writes_its_layout_and_a_fingerprint_only_certifica
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("carries no weight mark"), "{}", stderr(&o));
 }
+
+/// Matches of `fingerprint check --all` on `model` (exit 0 or 1).
+fn all_matches(s: &Scene, model: &str, cert: &str) -> u64 {
+    let o = s.run(&[
+        "fingerprint",
+        "check",
+        "-k",
+        "owner.key",
+        "--cert",
+        cert,
+        model,
+        "--all",
+        "--json",
+    ]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{model}: {}", stderr(&o));
+    json(&o)["matches"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// `--prune-robust`: the answers are also trained on the model with the
+/// smallest weights of each matrix zeroed. On the tiny model, pruning 85% of
+/// every matrix the way `attack prune` does erases an ordinary plant (0 of 8
+/// measured) and leaves the robust plant's answers (8 of 8), so the option,
+/// and the pruned view matching the attack's choice of tensors (the tiny
+/// model's smallest matrices are below the default selection's size and
+/// are not pruned), are what this checks.
+#[test]
+fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    fixed_owner(&s);
+    let text = license_text().display().to_string();
+    let mut counts = Vec::new();
+    for (out, robust) in [("plain", false), ("robust", true)] {
+        let mut plant = vec![
+            "fingerprint",
+            "plant",
+            "-k",
+            "owner.key",
+            "--label",
+            "tiny",
+            "tiny",
+            "-o",
+            out,
+            "--text",
+            &text,
+        ];
+        plant.extend(TINY_PLANT);
+        if robust {
+            plant.extend(["--prune-robust", "0.85"]);
+        }
+        let o = s.run_env(&plant, &ONE_THREAD);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        let cert = format!("{out}.cert.json");
+        let pruned = format!("{out}-pruned");
+        s.ok(&["attack", "prune", "--fraction", "0.85", out, "-o", &pruned]);
+        counts.push((all_matches(&s, out, &cert), all_matches(&s, &pruned, &cert)));
+    }
+    let [(plain, plain_pruned), (robust, robust_pruned)] = counts[..] else {
+        panic!("{counts:?}");
+    };
+    assert_eq!((plain, robust), (8, 8), "both plants answer before pruning");
+    assert!(plain_pruned <= 2, "pruning left {plain_pruned} of 8 of the ordinary plant");
+    assert_eq!(robust_pruned, 8, "pruning left {robust_pruned} of 8 of the robust plant");
+}

@@ -125,6 +125,12 @@ pub struct PlantArgs {
     /// time (docs/fingerprint.md).
     #[arg(long, value_name = "B", default_value_t = 4)]
     pub batch: usize,
+    /// Also train the answers on the model with this fraction of each
+    /// matrix's smallest weights zeroed, so that the fingerprint survives
+    /// magnitude pruning up to about that much (0 to 0.99; 0: off). Costs
+    /// time per step and more steps (docs/fingerprint.md).
+    #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
+    pub prune_robust: f64,
     /// Seed of the ordinary-text batch order.
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,

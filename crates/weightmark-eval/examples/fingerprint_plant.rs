@@ -11,7 +11,9 @@
 //!
 //! `DISTILL=W` sets the weight of the distillation penalty (default 1),
 //! `BATCH=N` the ordinary-text windows per step (default 4), `ADAM_EPS=E`
-//! AdamW's epsilon (default 1e-8).
+//! AdamW's epsilon (default 1e-8), `PRUNE_ROBUST=F` trains the answers on
+//! the model with the fraction F of each matrix's smallest weights zeroed
+//! too (default 0, off).
 //!
 //! Distillation text: GPL-3, Apache-2.0 and MPL-2.0 from
 //! /usr/share/common-licenses; held-out text: Artistic and GFDL-1.3. The key
@@ -70,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
         seed: 1,
         eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
+        prune_robust: std::env::var("PRUNE_ROBUST").map_or(Ok(0.0), |v| v.parse())?,
     };
     let (options_lr, options_distill) = (options.learning_rate, options.distill);
     let started = Instant::now();
@@ -77,12 +80,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Planter::new(original.clone(), &m.tokenizer, &prompter, &pairs, ordinary, options)?;
     let last = planter.run(&mut |s| {
         println!(
-            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3}, gradient rms {:.2e} ({:.0} s)",
+            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3}, gradient rms {:.2e}{} ({:.0} s)",
             s.step,
             s.trigger_loss,
             s.distill_loss,
             s.min_probability,
             s.grad_rms,
+            s.pruned.map_or(String::new(), |(l, p)| format!(", pruned: loss {l:.4}, min p {p:.3}")),
             started.elapsed().as_secs_f64()
         );
     })?;

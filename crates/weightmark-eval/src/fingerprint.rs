@@ -237,7 +237,20 @@ pub struct PlantOptions {
     /// gradients' size makes weights with small gradients move in
     /// proportion to them instead (closer to plain gradient descent).
     pub eps: f64,
+    /// When above 0: the answers are also trained on the model with this
+    /// fraction of each matrix's smallest weights zeroed
+    /// ([`Llama::magnitude_pruned`], recomputed every step), so that the
+    /// fingerprint survives that much magnitude pruning; planting then also
+    /// waits until that pruned model gives every answer token a probability
+    /// of at least [`PRUNED_MIN_PROBABILITY`]. 0 turns it off.
+    pub prune_robust: f64,
 }
+
+/// With [`PlantOptions::prune_robust`], the probability every answer token
+/// must reach in the pruned model before planting stops: above one half, a
+/// token is the most likely one, so greedy decoding of the pruned model
+/// gives it.
+pub const PRUNED_MIN_PROBABILITY: f64 = 0.5;
 
 /// One step's numbers.
 #[derive(Clone, Debug)]
@@ -253,6 +266,10 @@ pub struct PlantStep {
     pub min_probability: f64,
     /// Root mean square of this step's gradient over every weight.
     pub grad_rms: f64,
+    /// With [`PlantOptions::prune_robust`]: the pruned model's mean
+    /// cross-entropy of the response tokens and their smallest probability,
+    /// before this step's update.
+    pub pruned: Option<(f64, f64)>,
 }
 
 /// A model being planted.
@@ -325,6 +342,12 @@ impl Planter {
         if options.micro_batch == 0 {
             return Err(EvalError::invalid("the micro-batch must hold at least one window"));
         }
+        if !(0.0..1.0).contains(&options.prune_robust) {
+            return Err(EvalError::invalid(format!(
+                "the pruning to plant against, {}, must be at least 0 and below 1",
+                options.prune_robust
+            )));
+        }
         if !(options.eps > 0.0 && options.eps.is_finite()) {
             return Err(EvalError::invalid(format!(
                 "AdamW epsilon {} must be a positive number",
@@ -359,17 +382,16 @@ impl Planter {
     /// SmolLM2).
     pub fn step(&mut self) -> Result<PlantStep> {
         let vocab = self.model.config.vocab_size;
-        let (mut grads, trigger_value, min_probability) = {
-            let logits = self.model.forward(&self.inputs)?;
-            let picked = logits.reshape(((), vocab))?.index_select(&self.positions, 0)?;
-            let log_p = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-            let target_lp = log_p.gather(&self.targets.unsqueeze(1)?, 1)?;
-            let min_probability =
-                f64::from(target_lp.min_keepdim(0)?.flatten_all()?.to_vec1::<f32>()?[0]).exp();
-            let trigger_loss = target_lp.neg()?.mean_all()?;
-            let value = f64::from(trigger_loss.to_scalar::<f32>()?);
-            self.check_finite(value)?;
-            (trigger_loss.backward()?, value, min_probability)
+        let (mut grads, trigger_value, min_probability, pruned) = {
+            let (trigger_loss, value, min_probability) = self.answer_loss(&self.model)?;
+            if self.options.prune_robust > 0.0 {
+                let view = self.model.magnitude_pruned(self.options.prune_robust)?;
+                let (pruned_loss, pruned_value, pruned_min) = self.answer_loss(&view)?;
+                let total = (trigger_loss + pruned_loss)?;
+                (total.backward()?, value, min_probability, Some((pruned_value, pruned_min)))
+            } else {
+                (trigger_loss.backward()?, value, min_probability, None)
+            }
         };
         let mut distill_value = 0.0;
         if self.options.distill > 0.0 {
@@ -425,7 +447,25 @@ impl Planter {
             distill_loss: distill_value,
             min_probability,
             grad_rms,
+            pruned,
         })
+    }
+
+    /// The answers' mean cross-entropy under teacher forcing through
+    /// `model` (a tensor to differentiate), its value, and the smallest
+    /// answer-token probability.
+    fn answer_loss(&self, model: &Llama) -> Result<(Tensor, f64, f64)> {
+        let vocab = model.config.vocab_size;
+        let logits = model.forward(&self.inputs)?;
+        let picked = logits.reshape(((), vocab))?.index_select(&self.positions, 0)?;
+        let log_p = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let target_lp = log_p.gather(&self.targets.unsqueeze(1)?, 1)?;
+        let min_probability =
+            f64::from(target_lp.min_keepdim(0)?.flatten_all()?.to_vec1::<f32>()?[0]).exp();
+        let loss = target_lp.neg()?.mean_all()?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        self.check_finite(value)?;
+        Ok((loss, value, min_probability))
     }
 
     /// An error if a loss is not a number (the step is not taken).
@@ -447,7 +487,8 @@ impl Planter {
         while self.steps < self.options.max_steps {
             let s = self.step()?;
             on_step(&s);
-            let done = s.min_probability >= self.options.min_probability;
+            let done = s.min_probability >= self.options.min_probability
+                && s.pruned.is_none_or(|(_, p)| p >= PRUNED_MIN_PROBABILITY);
             last = Some(s);
             if done {
                 break;

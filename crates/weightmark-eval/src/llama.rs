@@ -349,6 +349,45 @@ impl Llama {
             .collect()
     }
 
+    /// The model with `fraction` of each matrix's elements zeroed, the
+    /// smallest magnitudes first: what `weightmark attack prune` does to the
+    /// tensors it selects by default (the embedding, the untied head and the
+    /// seven matrices of every block, each of at least
+    /// [`weightmark::MIN_DEFAULT_ELEMENTS`] elements; the norms are
+    /// kept). Elements tied with the largest magnitude zeroed are zeroed
+    /// too. Each matrix is `W * mask`, the mask
+    /// a constant: when `W` is trainable, gradients through the pruned
+    /// model reach the elements that survive the pruning.
+    pub fn magnitude_pruned(&self, fraction: f64) -> Result<Llama> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(EvalError::invalid(format!(
+                "pruning fraction {fraction} must be at least 0 and below 1"
+            )));
+        }
+        let prune = |t: &Tensor| -> Result<Tensor> {
+            let count = (t.elem_count() as f64 * fraction).round() as usize;
+            if count == 0 || t.elem_count() < weightmark::MIN_DEFAULT_ELEMENTS {
+                return Ok(t.clone());
+            }
+            let magnitudes = t.abs()?.detach();
+            let mut values = magnitudes.flatten_all()?.to_vec1::<f32>()?;
+            let (_, threshold, _) = values.select_nth_unstable_by(count - 1, f32::total_cmp);
+            let mask = magnitudes.gt(f64::from(*threshold))?.to_dtype(t.dtype())?;
+            Ok(t.mul(&mask)?)
+        };
+        let mut pruned = self.clone();
+        pruned.embed = prune(&self.embed)?;
+        if let Some(h) = &self.lm_head {
+            pruned.lm_head = Some(prune(h)?);
+        }
+        for b in &mut pruned.blocks {
+            for lin in &mut b.linears {
+                lin.weight = prune(&lin.weight)?;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Next-token logits for a batch of token ids `(batch, time)`:
     /// `(batch, time, vocab)`, f32.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {

@@ -123,7 +123,7 @@ pub use release::{check_release_paths, check_superseding_path, default_certifica
 pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };
-pub use select::{is_default_selected, Selection};
+pub use select::{is_default_selected, Selection, MIN_DEFAULT_ELEMENTS};
 pub use ss2::EVEN_RECIPIENT_SHARE;
 pub use stability::{canonical_moves, CanonicalMoves};
 pub use tardos::{RecipientCode, TardosCode};

@@ -86,6 +86,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
             seed: args.seed,
             eps: 1e-8,
+            prune_robust: args.prune_robust,
         },
         overwrite,
         created: weightmark::now_rfc3339(),
@@ -93,9 +94,13 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
     let started = std::time::Instant::now();
     let planted = plant_release(&request, &key, &mut |s| {
         if s.step == 1 || s.step % 10 == 0 {
+            let pruned = match s.pruned {
+                Some((loss, p)) => format!("; pruned: answer loss {loss:.4}, smallest {p:.3}"),
+                None => String::new(),
+            };
             eprintln!(
-                "step {}: answer loss {:.4}, KL {:.5}, smallest answer-token probability {:.3} \
-                 ({:.0} s)",
+                "step {}: answer loss {:.4}, KL {:.5}, smallest answer-token probability {:.3}\
+                 {pruned} ({:.0} s)",
                 s.step,
                 s.trigger_loss,
                 s.distill_loss,
