@@ -11,7 +11,7 @@ use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use std::collections::HashSet;
 
-use crate::digest::{hex, tensor_digest, tensor_digests_of, tensor_root, Sha256Digest};
+use crate::digest::{hex, tensor_digest, mapped_tensor_digests_until, tensor_digests_of, tensor_root, Sha256Digest};
 use crate::error::{Error, Result};
 use crate::heads::{HeadMap, HeadSketch};
 use crate::key::{MarkKey, SecretKey};
@@ -734,12 +734,18 @@ pub(crate) fn detect_scoped(
             "a split detection is blind: informed detection runs on one machine",
         ));
     }
-    let mapped = |name: &str| {
-        scope.covers(name) && suspect.tensor(name).is_some_and(|t| !t.is_decoded_on_read())
-    };
+    // The suspect's mapped tensors are hashed while the tests run; a test
+    // that fails stops that hashing (an error should not wait for it).
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let (early, tested) = rayon::join(
-        || tensor_digests_of(suspect, &Default::default(), &mapped),
-        || test_scoped(suspect, original, targets, options, scope),
+        || mapped_tensor_digests_until(suspect, &|name| scope.covers(name), &stop),
+        || {
+            let tested = test_scoped(suspect, original, targets, options, scope);
+            if tested.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            tested
+        },
     );
     let (mut partial, mut hashed) = tested?;
     hashed.extend(early);

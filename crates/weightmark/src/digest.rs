@@ -127,6 +127,25 @@ pub(crate) fn tensor_digests_of(
     out
 }
 
+/// The digests of the tensors `wanted` that are read in place (not decoded
+/// on read), hashed in parallel until `stop` is set: a tensor not yet
+/// started then is skipped, so the caller that set it (a failed test beside
+/// this hashing) does not wait for the rest. Whatever is returned is exact;
+/// what is missing is missing.
+pub(crate) fn mapped_tensor_digests_until(
+    model: &Model,
+    wanted: &dyn Fn(&str) -> bool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> HashMap<String, Sha256Digest> {
+    let tensors: Vec<TensorRef<'_>> =
+        model.tensors().filter(|t| wanted(t.name) && !t.is_decoded_on_read()).collect();
+    tensors
+        .par_iter()
+        .filter(|_| !stop.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|t| (t.name.to_string(), tensor_digest(t)))
+        .collect()
+}
+
 /// SHA-256 of every file of a model (shards, and the index for a sharded
 /// model), by file name, computed in parallel.
 pub fn model_file_digests(model: &Model) -> Vec<(String, Sha256Digest)> {
@@ -177,6 +196,27 @@ mod tests {
         let a = ("a".to_string(), [1u8; 32]);
         let b = ("b".to_string(), [2u8; 32]);
         assert_eq!(tensor_root(&[a.clone(), b.clone()]), tensor_root(&[b, a]));
+    }
+
+    #[test]
+    fn hashing_beside_the_tests_stops_when_told_and_is_exact_otherwise() {
+        use crate::synth::{gaussian_matrix, write_file};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("m.safetensors");
+        let tensors: Vec<_> = (0..6)
+            .map(|i| gaussian_matrix(&format!("w{i}"), 64, 64, crate::Dtype::F32, i))
+            .collect();
+        write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let wanted = |name: &str| name != "w3";
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let early = mapped_tensor_digests_until(&model, &wanted, &stop);
+        let all: HashMap<_, _> =
+            tensor_digests_of(&model, &HashMap::new(), &wanted).into_iter().collect();
+        assert_eq!(early, all);
+        assert_eq!(early.len(), 5);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(mapped_tensor_digests_until(&model, &wanted, &stop).is_empty());
     }
 
     #[test]
