@@ -110,20 +110,21 @@ pub struct PlantArgs {
     #[arg(long, value_name = "TOKENS", default_value_t = 128)]
     pub seq: usize,
     /// AdamW learning rate.
-    #[arg(long, value_name = "LR", default_value_t = 5e-5)]
+    #[arg(long, value_name = "LR", default_value_t = 2e-5)]
     pub lr: f64,
     /// Most training steps (training stops earlier once every answer token
     /// has probability >= 0.9).
     #[arg(long = "max-steps", value_name = "N", default_value_t = 100)]
     pub max_steps: usize,
     /// Weight of the distillation penalty KL(original || planted).
-    #[arg(long, value_name = "W", default_value_t = 4.0)]
+    #[arg(long, value_name = "W", default_value_t = 10.0)]
     pub distill: f64,
     /// Ordinary-text windows per step, run four at a time (a larger batch
-    /// costs time, not memory). `--lr 2e-5 --distill 10 --batch 16` gives a
-    /// third of the default plant's KL on held-out text in about twice the
-    /// time (docs/fingerprint.md).
-    #[arg(long, value_name = "B", default_value_t = 4)]
+    /// costs time, not memory). The defaults (lr 2e-5, distillation 10,
+    /// batch 16) give a third of the KL on held-out text of `--lr 5e-5
+    /// --distill 4 --batch 4`, which plants in about half the time
+    /// (docs/fingerprint.md).
+    #[arg(long, value_name = "B", default_value_t = 16)]
     pub batch: usize,
     /// Also train the answers on the model with this fraction of each
     /// matrix's smallest weights zeroed, so that the fingerprint survives

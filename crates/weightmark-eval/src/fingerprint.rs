@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand_chacha::ChaCha8Rng;
@@ -382,17 +383,21 @@ impl Planter {
     /// SmolLM2).
     pub fn step(&mut self) -> Result<PlantStep> {
         let vocab = self.model.config.vocab_size;
-        let (mut grads, trigger_value, min_probability, pruned) = {
+        let (mut grads, trigger_value, min_probability) = {
             let (trigger_loss, value, min_probability) = self.answer_loss(&self.model)?;
-            if self.options.prune_robust > 0.0 {
-                let view = self.model.magnitude_pruned(self.options.prune_robust)?;
-                let (pruned_loss, pruned_value, pruned_min) = self.answer_loss(&view)?;
-                let total = (trigger_loss + pruned_loss)?;
-                (total.backward()?, value, min_probability, Some((pruned_value, pruned_min)))
-            } else {
-                (trigger_loss.backward()?, value, min_probability, None)
-            }
+            (trigger_loss.backward()?, value, min_probability)
         };
+        // The pruned model's answers, in a backward pass of their own (one
+        // graph at a time in memory), their gradient added to the answers'.
+        let mut pruned = None;
+        if self.options.prune_robust > 0.0 {
+            let view = self.model.magnitude_pruned(self.options.prune_robust)?;
+            let (pruned_loss, pruned_value, pruned_min) = self.answer_loss(&view)?;
+            let part = pruned_loss.backward()?;
+            drop(view);
+            self.accumulate(&mut grads, &part)?;
+            pruned = Some((pruned_value, pruned_min));
+        }
         let mut distill_value = 0.0;
         if self.options.distill > 0.0 {
             let windows: Vec<&Vec<u32>> = (0..self.options.batch)
@@ -419,16 +424,7 @@ impl Planter {
                 self.check_finite(value)?;
                 distill_value += share * value;
                 let part_grads = (kl * (self.options.distill * share))?.backward()?;
-                for v in &self.vars {
-                    let t = v.as_tensor();
-                    if let Some(g) = part_grads.get(t) {
-                        let sum = match grads.get(t) {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        };
-                        grads.insert(t, sum);
-                    }
-                }
+                self.accumulate(&mut grads, &part_grads)?;
             }
         }
         let (mut squares, mut count) = (0.0f64, 0usize);
@@ -449,6 +445,21 @@ impl Planter {
             grad_rms,
             pruned,
         })
+    }
+
+    /// Adds the variables' gradients in `part` to those in `grads`.
+    fn accumulate(&self, grads: &mut GradStore, part: &GradStore) -> Result<()> {
+        for v in &self.vars {
+            let t = v.as_tensor();
+            if let Some(g) = part.get(t) {
+                let sum = match grads.get(t) {
+                    Some(a) => (a + g)?,
+                    None => g.clone(),
+                };
+                grads.insert(t, sum);
+            }
+        }
+        Ok(())
     }
 
     /// The answers' mean cross-entropy under teacher forcing through

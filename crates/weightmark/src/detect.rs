@@ -11,7 +11,9 @@ use crate::allocation::{Allocation, ModelWeights};
 use crate::canonical::{Canonical, NeuronSketch, ResidualSketch};
 use std::collections::HashSet;
 
-use crate::digest::{hex, tensor_digest, mapped_tensor_digests_until, tensor_digests_of, tensor_root, Sha256Digest};
+use crate::digest::{
+    hex, mapped_tensor_digests_until, tensor_digest, tensor_digests_of, tensor_root, Sha256Digest,
+};
 use crate::error::{Error, Result};
 use crate::heads::{HeadMap, HeadSketch};
 use crate::key::{MarkKey, SecretKey};
