@@ -127,10 +127,10 @@ pub struct PlantArgs {
     #[arg(long, value_name = "B", default_value_t = 16)]
     pub batch: usize,
     /// Also train the answers through the model with this fraction of each
-    /// matrix's smallest weights zeroed (0 to 0.99; 0: off), so that the
-    /// fingerprint survives magnitude pruning by that fraction. Only that
-    /// fraction: a plant trained at 0.5 kept 32 of 32 answers at 50% pruning
-    /// and 2 at 30% (docs/fingerprint.md). About 40% more time per step.
+    /// matrix's smallest weights zeroed, and 3/4, 1/2 and 1/4 of it, one a
+    /// step in turn (0 to 0.99; 0: off), so that the fingerprint survives
+    /// magnitude pruning up to that fraction. About 40% more time per step
+    /// and more memory (docs/fingerprint.md).
     #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
     pub prune_robust: f64,
     /// Seed of the ordinary-text batch order.

@@ -11,9 +11,9 @@
 //!
 //! `DISTILL=W` sets the weight of the distillation penalty (default 1),
 //! `BATCH=N` the ordinary-text windows per step (default 4), `ADAM_EPS=E`
-//! AdamW's epsilon (default 1e-8), `PRUNE_ROBUST=F` trains the answers on
-//! the model with the fraction F of each matrix's smallest weights zeroed
-//! too (default 0, off).
+//! AdamW's epsilon (default 1e-8), `PRUNE_ROBUST=F` trains the answers
+//! through the model with F, 3F/4, F/2 and F/4 of each matrix's smallest
+//! weights zeroed too, one a step in turn (default 0, off).
 //!
 //! Distillation text: GPL-3, Apache-2.0 and MPL-2.0 from
 //! /usr/share/common-licenses; held-out text: Artistic and GFDL-1.3. The key
@@ -86,7 +86,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.distill_loss,
             s.min_probability,
             s.grad_rms,
-            s.pruned.map_or(String::new(), |(l, p)| format!(", pruned: loss {l:.4}, min p {p:.3}")),
+            s.pruned.map_or(String::new(), |p| format!(
+                ", {:.1}% pruned: loss {:.4}, min p {:.3}",
+                p.fraction * 100.0,
+                p.loss,
+                p.min_probability
+            )),
             started.elapsed().as_secs_f64()
         );
     })?;

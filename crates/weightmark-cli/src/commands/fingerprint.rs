@@ -95,7 +95,12 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
     let planted = plant_release(&request, &key, &mut |s| {
         if s.step == 1 || s.step % 10 == 0 {
             let pruned = match s.pruned {
-                Some((loss, p)) => format!("; pruned: answer loss {loss:.4}, smallest {p:.3}"),
+                Some(p) => format!(
+                    "; {:.0}% pruned: answer loss {:.4}, smallest {:.3}",
+                    p.fraction * 100.0,
+                    p.loss,
+                    p.min_probability
+                ),
                 None => String::new(),
             };
             eprintln!(
