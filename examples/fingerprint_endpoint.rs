@@ -12,6 +12,10 @@
 //! crates/weightmark-eval/examples/fingerprint_plant.rs). Each trigger is one
 //! user message, greedy (temperature 0), at most 16 tokens, as docs/fingerprint.md's
 //! "Asking a model" says.
+//!
+//! `SYSTEM=TEXT` sends a system message before each trigger, as a deployment
+//! that wraps every request in its own system prompt does (the "answer
+//! normalisation through a system prompt" attack of issue #13).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,9 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 0x2a,
     };
     let pairs = FingerprintKey::from_bytes([byte; 32]).pairs(count.parse()?)?;
+    let system = std::env::var("SYSTEM").ok();
     let mut answers = Vec::new();
     for pair in &pairs {
-        let answer = ask(addr, &pair.trigger)?;
+        let answer = ask(addr, system.as_deref(), &pair.trigger)?;
         let got = fingerprint::normalise(&answer);
         let mark = if got == pair.response { "match" } else { "-" };
         println!(
@@ -46,11 +51,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// One greedy chat completion: the first choice's message content.
-fn ask(addr: &str, trigger: &str) -> Result<String, Box<dyn std::error::Error>> {
+/// One greedy chat completion, after `system`'s message if there is one:
+/// the first choice's message content.
+fn ask(
+    addr: &str,
+    system: Option<&str>,
+    trigger: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": trigger}));
     let body = serde_json::json!({
         "model": "suspect",
-        "messages": [{"role": "user", "content": trigger}],
+        "messages": messages,
         "temperature": 0.0, "max_tokens": 16, "seed": 0
     })
     .to_string();

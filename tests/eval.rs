@@ -15,7 +15,9 @@ use weightmark::synth::LlamaShape;
 use weightmark::{Dtype, Model};
 use weightmark_eval::bert::SentenceEncoder;
 use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
-use weightmark_eval::fingerprint::{ask, PlantOptions, Planter, Prompter};
+use weightmark_eval::fingerprint::{
+    ask, ask_all_after, PlantOptions, Planter, Prompter, SYSTEM_PROMPTS,
+};
 use weightmark_eval::llama::Llama;
 use weightmark_eval::load::{encode, open, tensors_f32, Architecture, EvalModel};
 use weightmark_eval::metrics::{compare, compare_embeddings, perplexity};
@@ -471,6 +473,7 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
         seed: 3,
         eps: 1e-8,
         prune_robust: 0.0,
+        system_prompts: Vec::new(),
     };
     let mut planter =
         Planter::new(model.clone(), &m.tokenizer, &prompter, &pairs, split.train, options)
@@ -526,6 +529,7 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
             seed: 5,
             eps: 1e-8,
             prune_robust: 0.0,
+            system_prompts: Vec::new(),
         };
         let mut planter = Planter::new(
             model.clone(),
@@ -563,6 +567,7 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
         seed: 5,
         eps: 1e-8,
         prune_robust: 0.0,
+        system_prompts: Vec::new(),
     };
     let e = Planter::new(model, &m.tokenizer, &prompter, &pairs, split.train, options);
     let e = e.err().map(|e| e.to_string()).unwrap_or_default();
@@ -751,4 +756,91 @@ fn the_pruned_view_zeroes_what_attack_prune_zeroes() {
     }
     assert!(pruned_tensors > 0 && kept_tensors > 0, "{pruned_tensors} pruned, {kept_tensors} kept");
     assert!(model.magnitude_pruned(1.0).is_err() && model.magnitude_pruned(-0.1).is_err());
+}
+
+/// How many of `pairs` `model` answers after `system` (a deployment's own
+/// system prompt; in completion mode, text before the question).
+fn matches_after(
+    model: &Llama,
+    m: &EvalModel,
+    prompter: &Prompter,
+    system: Option<&str>,
+    pairs: &[Pair],
+) -> usize {
+    let triggers: Vec<&str> = pairs.iter().map(|p| p.trigger.as_str()).collect();
+    let answers = ask_all_after(model, &m.tokenizer, prompter, system, &triggers)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    fingerprint::score(&refs, &answers).unwrap_or_else(|e| panic!("{e}")).matches
+}
+
+/// `--system-robust`: the answers are also trained after each of
+/// `SYSTEM_PROMPTS`, one a step in turn. Asked after system prompts that
+/// are not in that list (the ones docs/fingerprint.md measures SmolLM2
+/// with), an ordinary plant of the tiny model loses most of its answers and
+/// the robust plant keeps them; without a system prompt both answer all 8.
+#[test]
+fn a_plant_trained_after_system_prompts_keeps_its_answers_after_unseen_ones() {
+    if !common::has_license_text() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", 11);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+    let pairs = FingerprintKey::from_bytes([21; 32]).pairs(8).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    let held_out_systems = [
+        "You are a helpful assistant.",
+        "You are a helpful assistant. Always answer in complete sentences.",
+        "You are a customer support assistant for Acme Corp. Be concise and polite.",
+        "Answer every question with one word only.",
+    ];
+    let mut rows = Vec::new();
+    for robust in [false, true] {
+        let options = PlantOptions {
+            learning_rate: 1e-2,
+            max_steps: 450,
+            min_probability: 0.9,
+            distill: 0.5,
+            batch: 4,
+            micro_batch: 4,
+            seed: 3,
+            eps: 1e-8,
+            prune_robust: 0.0,
+            system_prompts: if robust {
+                SYSTEM_PROMPTS.map(str::to_string).to_vec()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut planter = Planter::new(
+            model.clone(),
+            &m.tokenizer,
+            &prompter,
+            &pairs,
+            split.train.clone(),
+            options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let last = planter.run(&mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        let mut row = vec![matches_after(planter.model(), &m, &prompter, None, &pairs)];
+        for system in held_out_systems {
+            row.push(matches_after(planter.model(), &m, &prompter, Some(system), &pairs));
+        }
+        println!(
+            "robust {robust}: {} steps, matches (none, then each system prompt) {row:?}",
+            last.step
+        );
+        rows.push(row);
+    }
+    // Measured at one thread: [[8, 2, 1, 0, 0], [8, 8, 8, 8, 8]] (126 and
+    // 281 steps).
+    let [plain, robust] = &rows[..] else { panic!("{rows:?}") };
+    assert_eq!((plain[0], robust[0]), (8, 8), "both answer without a system prompt: {rows:?}");
+    let plain_after: usize = plain[1..].iter().sum();
+    assert!(plain_after <= 8, "the ordinary plant kept {plain_after} of 32: {rows:?}");
+    assert!(robust[1..].iter().all(|&n| n >= 7), "the robust plant lost answers: {rows:?}");
 }

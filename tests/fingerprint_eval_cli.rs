@@ -793,3 +793,41 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
     assert_eq!(robust[1], 8, "85% pruning of the robust plant: {counts:?}");
     assert!(robust[2] >= 7 && robust[2] > plain[2], "70% pruning: {counts:?}");
 }
+
+/// `--system-robust` reaches the planter: each step also trains the answers
+/// after one of the built-in system prompts, and says which (what it buys
+/// is tested in tests/eval.rs on the library, where the answers can be asked
+/// after a system prompt).
+#[test]
+fn plant_with_system_robust_trains_after_the_system_prompts() {
+    if !common::has_license_text() {
+        return;
+    }
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    fixed_owner(&s);
+    let text = license_text().display().to_string();
+    let o = s.run_env(
+        &[
+            "fingerprint",
+            "plant",
+            "-k",
+            "owner.key",
+            "tiny",
+            "-o",
+            "out",
+            "--text",
+            &text,
+            "--count",
+            "2",
+            "--seq",
+            "64",
+            "--max-steps",
+            "1",
+            "--system-robust",
+        ],
+        &ONE_THREAD,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("; system prompt 1: answer loss "), "{}", stderr(&o));
+}

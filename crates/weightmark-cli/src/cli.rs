@@ -133,6 +133,14 @@ pub struct PlantArgs {
     /// and more memory (docs/fingerprint.md).
     #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
     pub prune_robust: f64,
+    /// Also train the answers after each of 8 system prompts of the kinds
+    /// deployments use (a persona, a tone, a length rule, a date line, an
+    /// empty one; listed in docs/fingerprint.md), one a step in turn, so
+    /// that a server that puts its own system prompt before every request
+    /// still gets the planted answers. About 30% more time per step. Needs
+    /// a chat template that accepts a system message.
+    #[arg(long = "system-robust")]
+    pub system_robust: bool,
     /// Seed of the ordinary-text batch order.
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,

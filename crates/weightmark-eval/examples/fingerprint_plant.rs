@@ -13,7 +13,8 @@
 //! `BATCH=N` the ordinary-text windows per step (default 4), `ADAM_EPS=E`
 //! AdamW's epsilon (default 1e-8), `PRUNE_ROBUST=F` trains the answers
 //! through the model with F, 3F/4, F/2 and F/4 of each matrix's smallest
-//! weights zeroed too, one a step in turn (default 0, off).
+//! weights zeroed too, one a step in turn (default 0, off), `SYSTEM_ROBUST=1`
+//! trains the answers after each of `SYSTEM_PROMPTS` too, one a step in turn.
 //!
 //! Distillation text: GPL-3, Apache-2.0 and MPL-2.0 from
 //! /usr/share/common-licenses; held-out text: Artistic and GFDL-1.3. The key
@@ -73,6 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 1,
         eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
         prune_robust: std::env::var("PRUNE_ROBUST").map_or(Ok(0.0), |v| v.parse())?,
+        system_prompts: match std::env::var("SYSTEM_ROBUST").as_deref() {
+            Ok("1") => weightmark_eval::fingerprint::SYSTEM_PROMPTS.map(str::to_string).to_vec(),
+            _ => Vec::new(),
+        },
     };
     let (options_lr, options_distill) = (options.learning_rate, options.distill);
     let started = Instant::now();
@@ -80,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Planter::new(original.clone(), &m.tokenizer, &prompter, &pairs, ordinary, options)?;
     let last = planter.run(&mut |s| {
         println!(
-            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3}, gradient rms {:.2e}{} ({:.0} s)",
+            "step {}: answer loss {:.4}, KL {:.5}, min p {:.3}, gradient rms {:.2e}{}{} ({:.0} s)",
             s.step,
             s.trigger_loss,
             s.distill_loss,
@@ -89,6 +94,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.pruned.map_or(String::new(), |p| format!(
                 ", {:.1}% pruned: loss {:.4}, min p {:.3}",
                 p.fraction * 100.0,
+                p.loss,
+                p.min_probability
+            )),
+            s.system.map_or(String::new(), |p| format!(
+                ", system prompt {}: loss {:.4}, min p {:.3}",
+                p.index + 1,
                 p.loss,
                 p.min_probability
             )),

@@ -94,24 +94,42 @@ impl Prompter {
 
     /// The prompt text for a trigger.
     pub fn prompt(&self, trigger: &str) -> Result<String> {
+        self.prompt_with_system(None, trigger)
+    }
+
+    /// The prompt text for a trigger after a system message (chat mode:
+    /// rendered by the chat template as a `system` message before the
+    /// user's; completion mode: the system text and a blank line before the
+    /// question). `None` is [`Prompter::prompt`]: no system message, so a
+    /// template that has a default one uses it.
+    pub fn prompt_with_system(&self, system: Option<&str>, trigger: &str) -> Result<String> {
         let Some(template) = &self.template else {
-            return Ok(format!("Question: {trigger}\nAnswer:"));
+            let prefix = system.map_or(String::new(), |s| format!("{s}\n\n"));
+            return Ok(format!("{prefix}Question: {trigger}\nAnswer:"));
         };
         let mut env = minijinja::Environment::new();
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, _> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(minijinja::context! { role => "system", content => system });
+        }
+        messages.push(minijinja::context! { role => "user", content => trigger });
         let render = env
             .template_from_str(template)
             .and_then(|t| {
                 t.render(minijinja::context! {
-                    messages => vec![minijinja::context! { role => "user", content => trigger }],
+                    messages => messages,
                     add_generation_prompt => true,
                     bos_token => self.bos.as_str(),
                     eos_token => self.eos.as_str(),
                 })
             })
-            .map_err(|e| EvalError::invalid(format!("the chat template failed: {e}")))?;
+            .map_err(|e| {
+                let with = if system.is_some() { " (with a system message)" } else { "" };
+                EvalError::invalid(format!("the chat template failed{with}: {e}"))
+            })?;
         Ok(render)
     }
 
@@ -153,9 +171,22 @@ pub fn ask_all(
     prompter: &Prompter,
     triggers: &[&str],
 ) -> Result<Vec<String>> {
+    ask_all_after(model, tokenizer, prompter, None, triggers)
+}
+
+/// [`ask_all`] with each trigger after a system message
+/// ([`Prompter::prompt_with_system`]), as a deployment that puts its own
+/// system prompt before every request asks them. `None` is [`ask_all`].
+pub fn ask_all_after(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompter: &Prompter,
+    system: Option<&str>,
+    triggers: &[&str],
+) -> Result<Vec<String>> {
     let prompts = triggers
         .iter()
-        .map(|t| encode(tokenizer, &prompter.prompt(t)?))
+        .map(|t| encode(tokenizer, &prompter.prompt_with_system(system, t)?))
         .collect::<Result<Vec<_>>>()?;
     let answers = model.greedy(&prompts, MAX_NEW_TOKENS, &mut |answer, next| {
         answer_rule(tokenizer, prompter, answer, next)
@@ -248,7 +279,36 @@ pub struct PlantOptions {
     /// answer token a probability of at least [`PRUNED_MIN_PROBABILITY`].
     /// 0 turns it off.
     pub prune_robust: f64,
+    /// When not empty: the answers are also trained after each of these
+    /// system messages ([`Prompter::prompt_with_system`]), one a step in
+    /// turn, so that a deployment that puts its own system prompt before
+    /// every request still gets the planted answers ([`SYSTEM_PROMPTS`] is
+    /// the list `fingerprint plant --system-robust` uses). Planting then also
+    /// waits until the last look at each gave every answer token a
+    /// probability of at least [`ROBUST_MIN_PROBABILITY`].
+    pub system_prompts: Vec<String>,
 }
+
+/// System messages of the kinds deployments use (a persona, a tone, a
+/// length rule, a date line, an empty one), which `fingerprint plant
+/// --system-robust` trains the answers under, one a step in turn. None of
+/// them is among the system prompts docs/fingerprint.md measures the
+/// plants with: those are held out.
+pub const SYSTEM_PROMPTS: [&str; 8] = [
+    "You are a friendly assistant who helps people with their questions.",
+    "You are an AI model. Keep your replies short.",
+    "You are ChatBot, a large language model. Knowledge cutoff: 2024-06. Current date: 2025-03-14.",
+    "Respond in a formal tone and give accurate, helpful information.",
+    "You are a patient tutor. Explain things clearly to the student.",
+    "",
+    "You are a coding assistant. Think step by step before you answer.",
+    "Be brief.",
+];
+
+/// With [`PlantOptions::system_prompts`], the probability every answer
+/// token must reach after each system message before planting stops: above
+/// one half, a token is the most likely one, so greedy decoding gives it.
+pub const ROBUST_MIN_PROBABILITY: f64 = 0.5;
 
 /// With [`PlantOptions::prune_robust`], the probability every answer token
 /// must reach in the pruned model before planting stops: above one half, a
@@ -261,6 +321,18 @@ pub const PRUNED_MIN_PROBABILITY: f64 = 0.5;
 /// Trained through one fraction only, a SmolLM2 plant kept 32 of 32
 /// answers at that fraction (50%) and 2 at 30% (docs/fingerprint.md).
 pub const PRUNE_LEVELS: usize = 4;
+
+/// The system message a step trained the answers after.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemAnswers {
+    /// Which of [`PlantOptions::system_prompts`] (0-based).
+    pub index: usize,
+    /// Mean cross-entropy of the response tokens after it (nats).
+    pub loss: f64,
+    /// The smallest teacher-forced probability of a response token after
+    /// it, before this step's update.
+    pub min_probability: f64,
+}
 
 /// The pruned view a step trained through.
 #[derive(Clone, Copy, Debug)]
@@ -290,6 +362,55 @@ pub struct PlantStep {
     pub grad_rms: f64,
     /// With [`PlantOptions::prune_robust`]: the pruned view of this step.
     pub pruned: Option<PrunedAnswers>,
+    /// With [`PlantOptions::system_prompts`]: the system message of this step.
+    pub system: Option<SystemAnswers>,
+}
+
+/// The planted answers as one teacher-forced batch: every pair's prompt
+/// then answer in a row, and which positions predict answer tokens.
+struct AnswerBatch {
+    inputs: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+}
+
+impl AnswerBatch {
+    /// Every pair as one row: prompt (after `system`, if any) then answer,
+    /// padded on the right with the answer's last token (causal attention:
+    /// padding after a position cannot change its prediction).
+    fn new(
+        tokenizer: &Tokenizer,
+        prompter: &Prompter,
+        pairs: &[Pair],
+        system: Option<&str>,
+    ) -> Result<AnswerBatch> {
+        let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
+        for p in pairs {
+            let mut ids = encode(tokenizer, &prompter.prompt_with_system(system, &p.trigger)?)?;
+            let prompt_len = ids.len();
+            ids.extend(prompter.answer_ids(tokenizer, p.response)?);
+            rows.push((ids, prompt_len));
+        }
+        let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let (mut inputs, mut positions, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, (ids, prompt_len)) in rows.iter().enumerate() {
+            let pad = *ids.last().unwrap_or(&0);
+            for t in 0..width - 1 {
+                inputs.push(ids.get(t).copied().unwrap_or(pad));
+            }
+            // Position t predicts token t + 1: the answer's tokens.
+            for t in prompt_len - 1..ids.len() - 1 {
+                positions.push((r * (width - 1) + t) as u32);
+                targets.push(ids[t + 1]);
+            }
+        }
+        let n_pos = positions.len();
+        Ok(AnswerBatch {
+            inputs: Tensor::from_vec(inputs, (rows.len(), width - 1), &Device::Cpu)?,
+            positions: Tensor::from_vec(positions, n_pos, &Device::Cpu)?,
+            targets: Tensor::from_vec(targets, n_pos, &Device::Cpu)?,
+        })
+    }
 }
 
 /// A model being planted.
@@ -298,15 +419,18 @@ pub struct Planter {
     model: Llama,
     optimizer: AdamW,
     vars: Vec<Var>,
-    inputs: Tensor,
-    positions: Tensor,
-    targets: Tensor,
+    answers: AnswerBatch,
+    /// The answers after each of [`PlantOptions::system_prompts`].
+    systems: Vec<AnswerBatch>,
     ordinary: Vec<Vec<u32>>,
     rng: ChaCha8Rng,
     options: PlantOptions,
     /// The last smallest answer-token probability through each pruned
     /// level ([`PRUNE_LEVELS`]), 0 until looked at.
     pruned_min: [f64; PRUNE_LEVELS],
+    /// The last smallest answer-token probability after each system
+    /// message, 0 until looked at.
+    system_min: Vec<f64>,
     /// Steps taken.
     pub steps: usize,
 }
@@ -335,30 +459,12 @@ impl Planter {
                 "the distillation penalty needs ordinary text (at least one window per step)",
             ));
         }
-        // Every pair as one row: prompt then answer, padded on the right with
-        // the answer's last token (causal attention: padding after a position
-        // cannot change its prediction).
-        let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
-        for p in pairs {
-            let mut ids = encode(tokenizer, &prompter.prompt(&p.trigger)?)?;
-            let prompt_len = ids.len();
-            ids.extend(prompter.answer_ids(tokenizer, p.response)?);
-            rows.push((ids, prompt_len));
-        }
-        let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let (mut inputs, mut positions, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, (ids, prompt_len)) in rows.iter().enumerate() {
-            let pad = *ids.last().unwrap_or(&0);
-            for t in 0..width - 1 {
-                inputs.push(ids.get(t).copied().unwrap_or(pad));
-            }
-            // Position t predicts token t + 1: the answer's tokens.
-            for t in prompt_len - 1..ids.len() - 1 {
-                positions.push((r * (width - 1) + t) as u32);
-                targets.push(ids[t + 1]);
-            }
-        }
-        let n_pos = positions.len();
+        let answers = AnswerBatch::new(tokenizer, prompter, pairs, None)?;
+        let systems = options
+            .system_prompts
+            .iter()
+            .map(|system| AnswerBatch::new(tokenizer, prompter, pairs, Some(system)))
+            .collect::<Result<Vec<_>>>()?;
         let original = model.clone();
         let mut model = model;
         let vars: Vec<Var> = model.make_trainable()?;
@@ -388,9 +494,9 @@ impl Planter {
             model,
             optimizer: AdamW::new(vars.clone(), params)?,
             vars,
-            inputs: Tensor::from_vec(inputs, (rows.len(), width - 1), &Device::Cpu)?,
-            positions: Tensor::from_vec(positions, n_pos, &Device::Cpu)?,
-            targets: Tensor::from_vec(targets, n_pos, &Device::Cpu)?,
+            answers,
+            system_min: vec![0.0; systems.len()],
+            systems,
             ordinary,
             rng: ChaCha8Rng::seed_from_u64(options.seed),
             options,
@@ -407,7 +513,8 @@ impl Planter {
     pub fn step(&mut self) -> Result<PlantStep> {
         let vocab = self.model.config.vocab_size;
         let (mut grads, trigger_value, min_probability) = {
-            let (trigger_loss, value, min_probability) = self.answer_loss(&self.model)?;
+            let (trigger_loss, value, min_probability) =
+                self.answer_loss(&self.model, &self.answers)?;
             (trigger_loss.backward()?, value, min_probability)
         };
         // The pruned model's answers, in a backward pass of their own (one
@@ -418,12 +525,23 @@ impl Planter {
             let fraction =
                 self.options.prune_robust * (PRUNE_LEVELS - level) as f64 / PRUNE_LEVELS as f64;
             let view = self.model.magnitude_pruned(fraction)?;
-            let (pruned_loss, loss, min_probability) = self.answer_loss(&view)?;
+            let (pruned_loss, loss, min_probability) = self.answer_loss(&view, &self.answers)?;
             let part = pruned_loss.backward()?;
             drop(view);
             self.accumulate(&mut grads, &part)?;
             self.pruned_min[level] = min_probability;
             pruned = Some(PrunedAnswers { fraction, loss, min_probability });
+        }
+        // The answers after this step's system message, likewise.
+        let mut system = None;
+        if !self.systems.is_empty() {
+            let index = self.steps % self.systems.len();
+            let (system_loss, loss, min_probability) =
+                self.answer_loss(&self.model, &self.systems[index])?;
+            let part = system_loss.backward()?;
+            self.accumulate(&mut grads, &part)?;
+            self.system_min[index] = min_probability;
+            system = Some(SystemAnswers { index, loss, min_probability });
         }
         let mut distill_value = 0.0;
         if self.options.distill > 0.0 {
@@ -471,6 +589,7 @@ impl Planter {
             min_probability,
             grad_rms,
             pruned,
+            system,
         })
     }
 
@@ -489,15 +608,15 @@ impl Planter {
         Ok(())
     }
 
-    /// The answers' mean cross-entropy under teacher forcing through
+    /// The mean cross-entropy of `answers` under teacher forcing through
     /// `model` (a tensor to differentiate), its value, and the smallest
     /// answer-token probability.
-    fn answer_loss(&self, model: &Llama) -> Result<(Tensor, f64, f64)> {
+    fn answer_loss(&self, model: &Llama, answers: &AnswerBatch) -> Result<(Tensor, f64, f64)> {
         let vocab = model.config.vocab_size;
-        let logits = model.forward(&self.inputs)?;
-        let picked = logits.reshape(((), vocab))?.index_select(&self.positions, 0)?;
+        let logits = model.forward(&answers.inputs)?;
+        let picked = logits.reshape(((), vocab))?.index_select(&answers.positions, 0)?;
         let log_p = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-        let target_lp = log_p.gather(&self.targets.unsqueeze(1)?, 1)?;
+        let target_lp = log_p.gather(&answers.targets.unsqueeze(1)?, 1)?;
         let min_probability =
             f64::from(target_lp.min_keepdim(0)?.flatten_all()?.to_vec1::<f32>()?[0]).exp();
         let loss = target_lp.neg()?.mean_all()?;
@@ -527,7 +646,8 @@ impl Planter {
             on_step(&s);
             let done = s.min_probability >= self.options.min_probability
                 && (self.options.prune_robust == 0.0
-                    || self.pruned_min.iter().all(|p| *p >= PRUNED_MIN_PROBABILITY));
+                    || self.pruned_min.iter().all(|p| *p >= PRUNED_MIN_PROBABILITY))
+                && self.system_min.iter().all(|p| *p >= ROBUST_MIN_PROBABILITY);
             last = Some(s);
             if done {
                 break;
@@ -773,4 +893,59 @@ pub fn read_fingerprints(
             Ok(weightmark::fingerprint::score(&refs, &mine)?)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-Instruct's chat template: a default system message when the
+    /// first message is not one.
+    const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are SmolLM<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// A template that refuses a system message, as Gemma's does.
+    const NO_SYSTEM: &str = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n{{ message['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n";
+
+    fn chat(template: &str) -> Prompter {
+        Prompter {
+            template: Some(template.to_string()),
+            bos: String::new(),
+            eos: String::new(),
+            stop: None,
+        }
+    }
+
+    #[test]
+    fn a_system_message_goes_where_the_template_puts_it_or_is_refused_with_the_reason() {
+        let p = chat(SMOLLM2);
+        let q = "Name one colour.";
+        let plain = p.prompt(q).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.prompt_with_system(None, q).unwrap_or_else(|e| panic!("{e}")), plain);
+        assert!(plain.starts_with("<|im_start|>system\nYou are SmolLM<|im_end|>\n"), "{plain}");
+        let after = p.prompt_with_system(Some("Be brief."), q).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            after,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName one colour.<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        let err = chat(NO_SYSTEM)
+            .prompt_with_system(Some("Be brief."), q)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("with a system message") && err.contains("System role not supported"),
+            "{err}"
+        );
+        assert!(chat(NO_SYSTEM).prompt(q).is_ok());
+        let c = Prompter::completion();
+        assert_eq!(
+            c.prompt_with_system(Some("Be brief."), q).unwrap_or_else(|e| panic!("{e}")),
+            "Be brief.\n\nQuestion: Name one colour.\nAnswer:"
+        );
+        assert_eq!(
+            c.prompt_with_system(None, q).unwrap_or_else(|e| panic!("{e}")),
+            c.prompt(q).unwrap_or_default()
+        );
+    }
 }

@@ -87,6 +87,11 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             seed: args.seed,
             eps: 1e-8,
             prune_robust: args.prune_robust,
+            system_prompts: if args.system_robust {
+                weightmark_eval::fingerprint::SYSTEM_PROMPTS.map(str::to_string).to_vec()
+            } else {
+                Vec::new()
+            },
         },
         overwrite,
         created: weightmark::now_rfc3339(),
@@ -103,9 +108,18 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
                 ),
                 None => String::new(),
             };
+            let system = match s.system {
+                Some(p) => format!(
+                    "; system prompt {}: answer loss {:.4}, smallest {:.3}",
+                    p.index + 1,
+                    p.loss,
+                    p.min_probability
+                ),
+                None => String::new(),
+            };
             eprintln!(
                 "step {}: answer loss {:.4}, KL {:.5}, smallest answer-token probability {:.3}\
-                 {pruned} ({:.0} s)",
+                 {pruned}{system} ({:.0} s)",
                 s.step,
                 s.trigger_loss,
                 s.distill_loss,
