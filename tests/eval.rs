@@ -444,6 +444,62 @@ fn fingerprint_score(
     fingerprint::score(&refs, &answers).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A tiny model ready to plant in: the model (weights from `seed`), its
+/// prompter, `count` pairs of the key of 32 bytes `key_byte`, and GPL-3 in
+/// windows of 64 bytes.
+struct TinyPlant {
+    _tmp: tempfile::TempDir,
+    m: EvalModel,
+    model: Llama,
+    prompter: Prompter,
+    pairs: Vec<Pair>,
+    split: weightmark_eval::text::Split,
+}
+
+fn tiny_to_plant(seed: u64, key_byte: u8, count: usize) -> TinyPlant {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tiny_dir(&tmp, "tiny", seed);
+    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    let model = llama_of(&m);
+    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+    let pairs =
+        FingerprintKey::from_bytes([key_byte; 32]).pairs(count).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
+    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    TinyPlant { _tmp: tmp, m, model, prompter, pairs, split }
+}
+
+/// A planter of `pairs` in a copy of `model`, with the training windows of
+/// `split`.
+fn planter_for(
+    model: &Llama,
+    m: &EvalModel,
+    prompter: &Prompter,
+    pairs: &[Pair],
+    split: &weightmark_eval::text::Split,
+    options: PlantOptions,
+) -> Planter {
+    Planter::new(model.clone(), &m.tokenizer, prompter, pairs, split.train.clone(), options)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Planting settings that plant 8 pairs in the tiny model in about 110
+/// steps (300 allowed).
+fn tiny_plant() -> PlantOptions {
+    PlantOptions {
+        learning_rate: 1e-2,
+        max_steps: 300,
+        min_probability: 0.9,
+        distill: 0.5,
+        batch: 4,
+        micro_batch: 4,
+        seed: 3,
+        eps: 1e-8,
+        prune_robust: 0.0,
+        system_prompts: Vec::new(),
+    }
+}
+
 #[test]
 fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
     if !common::has_license_text() {
@@ -463,18 +519,7 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
     let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
     let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
     let held_out: Vec<Vec<u32>> = split.held_out.iter().take(16).cloned().collect();
-    let options = PlantOptions {
-        learning_rate: 1e-2,
-        max_steps: 300,
-        min_probability: 0.9,
-        distill: 0.5,
-        batch: 4,
-        micro_batch: 4,
-        seed: 3,
-        eps: 1e-8,
-        prune_robust: 0.0,
-        system_prompts: Vec::new(),
-    };
+    let options = tiny_plant();
     let mut planter =
         Planter::new(model.clone(), &m.tokenizer, &prompter, &pairs, split.train, options)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -509,37 +554,18 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
     if !common::has_license_text() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tiny_dir(&tmp, "tiny", 12);
-    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
-    let model = llama_of(&m);
-    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
-    let pairs = FingerprintKey::from_bytes([23; 32]).pairs(4).unwrap_or_else(|e| panic!("{e}"));
-    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
-    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    let TinyPlant { _tmp, m, model, prompter, pairs, split } = tiny_to_plant(12, 23, 4);
     // 10 windows whole, and in parts of 4, 4 and 2 (unequal shares).
     let run = |micro_batch: usize| {
         let options = PlantOptions {
-            learning_rate: 1e-2,
             max_steps: 3,
-            min_probability: 0.9,
             distill: 2.0,
             batch: 10,
             micro_batch,
             seed: 5,
-            eps: 1e-8,
-            prune_robust: 0.0,
-            system_prompts: Vec::new(),
+            ..tiny_plant()
         };
-        let mut planter = Planter::new(
-            model.clone(),
-            &m.tokenizer,
-            &prompter,
-            &pairs,
-            split.train.clone(),
-            options,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut planter = planter_for(&model, &m, &prompter, &pairs, &split, options);
         let steps: Vec<(f64, f64, f64)> = (0..3)
             .map(|_| planter.step().unwrap_or_else(|e| panic!("{e}")))
             .map(|s| (s.trigger_loss, s.distill_loss, s.grad_rms))
@@ -557,18 +583,8 @@ fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
     let c = compare(a.model(), b.model(), &split.held_out[..4]).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.mean_kl < 1e-6 && c.top1_agreement == 1.0, "{} {}", c.mean_kl, c.top1_agreement);
     // A micro-batch of nothing is refused.
-    let options = PlantOptions {
-        learning_rate: 1e-2,
-        max_steps: 1,
-        min_probability: 0.9,
-        distill: 1.0,
-        batch: 4,
-        micro_batch: 0,
-        seed: 5,
-        eps: 1e-8,
-        prune_robust: 0.0,
-        system_prompts: Vec::new(),
-    };
+    let options =
+        PlantOptions { max_steps: 1, distill: 1.0, micro_batch: 0, seed: 5, ..tiny_plant() };
     let e = Planter::new(model, &m.tokenizer, &prompter, &pairs, split.train, options);
     let e = e.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("micro-batch"), "{e}");
@@ -784,14 +800,7 @@ fn a_plant_trained_after_system_prompts_keeps_its_answers_after_unseen_ones() {
     if !common::has_license_text() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tiny_dir(&tmp, "tiny", 11);
-    let m = open(&dir, None).unwrap_or_else(|e| panic!("{e}"));
-    let model = llama_of(&m);
-    let prompter = Prompter::for_model(&dir, &m.tokenizer).unwrap_or_else(|e| panic!("{e}"));
-    let pairs = FingerprintKey::from_bytes([21; 32]).pairs(8).unwrap_or_else(|e| panic!("{e}"));
-    let corpus = Corpus::read(&[license_text()]).unwrap_or_else(|e| panic!("{e}"));
-    let split = corpus.windows(&m.tokenizer, 64).unwrap_or_else(|e| panic!("{e}"));
+    let TinyPlant { _tmp, m, model, prompter, pairs, split } = tiny_to_plant(11, 21, 8);
     let held_out_systems = [
         "You are a helpful assistant.",
         "You are a helpful assistant. Always answer in complete sentences.",
@@ -801,30 +810,15 @@ fn a_plant_trained_after_system_prompts_keeps_its_answers_after_unseen_ones() {
     let mut rows = Vec::new();
     for robust in [false, true] {
         let options = PlantOptions {
-            learning_rate: 1e-2,
             max_steps: 450,
-            min_probability: 0.9,
-            distill: 0.5,
-            batch: 4,
-            micro_batch: 4,
-            seed: 3,
-            eps: 1e-8,
-            prune_robust: 0.0,
             system_prompts: if robust {
                 SYSTEM_PROMPTS.map(str::to_string).to_vec()
             } else {
                 Vec::new()
             },
+            ..tiny_plant()
         };
-        let mut planter = Planter::new(
-            model.clone(),
-            &m.tokenizer,
-            &prompter,
-            &pairs,
-            split.train.clone(),
-            options,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut planter = planter_for(&model, &m, &prompter, &pairs, &split, options);
         let last = planter.run(&mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
         let mut row = vec![matches_after(planter.model(), &m, &prompter, None, &pairs)];
         for system in held_out_systems {

@@ -727,6 +727,20 @@ fn planting_an_unmarked_model_writes_its_layout_and_a_fingerprint_only_certifica
     assert!(stderr(&o).contains("carries no weight mark"), "{}", stderr(&o));
 }
 
+/// A scene with the tiny model in `tiny` and the fixed owner key; and the
+/// ordinary text to plant with.
+fn tiny_owned() -> (Scene, String) {
+    let s = Scene::new();
+    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
+    fixed_owner(&s);
+    (s, license_text().display().to_string())
+}
+
+/// `fingerprint plant` of `tiny` by the owner into `out`, with `text`.
+fn plant_tiny<'a>(out: &'a str, text: &'a str) -> Vec<&'a str> {
+    vec!["fingerprint", "plant", "-k", "owner.key", "tiny", "-o", out, "--text", text]
+}
+
 /// Matches of `fingerprint check --all` on `model` (exit 0 or 1).
 fn all_matches(s: &Scene, model: &str, cert: &str) -> u64 {
     let o = s.run_env(
@@ -751,25 +765,11 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
     if !common::has_license_text() {
         return;
     }
-    let s = Scene::new();
-    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
-    fixed_owner(&s);
-    let text = license_text().display().to_string();
+    let (s, text) = tiny_owned();
     let mut counts = Vec::new();
     for (out, robust) in [("plain", false), ("robust", true)] {
-        let mut plant = vec![
-            "fingerprint",
-            "plant",
-            "-k",
-            "owner.key",
-            "--label",
-            "tiny",
-            "tiny",
-            "-o",
-            out,
-            "--text",
-            &text,
-        ];
+        let mut plant = plant_tiny(out, &text);
+        plant.extend(["--label", "tiny"]);
         plant.extend(TINY_PLANT);
         if robust {
             plant.extend(["--prune-robust", "0.85"]);
@@ -803,31 +803,10 @@ fn plant_with_system_robust_trains_after_the_system_prompts() {
     if !common::has_license_text() {
         return;
     }
-    let s = Scene::new();
-    write_llama_dir(&s.path("tiny"), &LlamaShape::TINY, Dtype::F32, 11);
-    fixed_owner(&s);
-    let text = license_text().display().to_string();
-    let o = s.run_env(
-        &[
-            "fingerprint",
-            "plant",
-            "-k",
-            "owner.key",
-            "tiny",
-            "-o",
-            "out",
-            "--text",
-            &text,
-            "--count",
-            "2",
-            "--seq",
-            "64",
-            "--max-steps",
-            "1",
-            "--system-robust",
-        ],
-        &ONE_THREAD,
-    );
+    let (s, text) = tiny_owned();
+    let mut plant = plant_tiny("out", &text);
+    plant.extend(["--count", "2", "--seq", "64", "--max-steps", "1", "--system-robust"]);
+    let o = s.run_env(&plant, &ONE_THREAD);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("; system prompt 1: answer loss "), "{}", stderr(&o));
 }
