@@ -790,7 +790,8 @@ fn matches_after(
     fingerprint::score(&refs, &answers).unwrap_or_else(|e| panic!("{e}")).matches
 }
 
-/// `--system-robust`: the answers are also trained after each of
+/// System prompts while planting (`fingerprint plant`'s default): the
+/// answers are also trained after each of
 /// `SYSTEM_PROMPTS`, one a step in turn. Asked after system prompts that
 /// are not in that list (the ones docs/fingerprint.md measures SmolLM2
 /// with), an ordinary plant of the tiny model loses most of its answers and

@@ -755,8 +755,8 @@ fn all_matches(s: &Scene, model: &str, cert: &str) -> u64 {
 /// the smallest weights of each matrix zeroed (the fraction asked, then 3/4,
 /// 1/2 and 1/4 of it, in turn). On the tiny model, pruning 85% of every
 /// matrix the way `attack prune` does erases an ordinary plant (0 of 8
-/// measured) and 70% leaves it 2 of 8; the robust plant keeps 8 of 8 at
-/// 85% and 7 at 70%. That checks the option, the levels below the one asked, and the
+/// measured) and 70% leaves it 5 of 8; the robust plant keeps 8 of 8 at
+/// both (both plants with the default system prompts). That checks the option, the levels below the one asked, and the
 /// pruned view matching the attack's choice of tensors (the tiny model's
 /// smallest matrices are below the default selection's size and are not
 /// pruned).
@@ -785,28 +785,34 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
         }
         counts.push(row);
     }
+    println!("matches (unpruned, 85%, 70%): ordinary, robust: {counts:?}");
     let [plain, robust] = &counts[..] else { panic!("{counts:?}") };
     assert_eq!((plain[0], robust[0]), (8, 8), "both plants answer before pruning: {counts:?}");
     assert!(plain[1] <= 2, "85% pruning left {} of 8 of the ordinary plant", plain[1]);
-    // Measured: [[8, 0, 2], [8, 8, 7]]. At 70% the robust plant keeps 7 of
-    // 8 (its levels are 85%, 64%, 43% and 21%), the ordinary one 2.
+    // Measured: [[8, 0, 5], [8, 8, 8]] (without the default's system
+    // prompts, session 16: [[8, 0, 2], [8, 8, 7]]). The robust plant's
+    // levels are 85%, 64%, 43% and 21%.
     assert_eq!(robust[1], 8, "85% pruning of the robust plant: {counts:?}");
     assert!(robust[2] >= 7 && robust[2] > plain[2], "70% pruning: {counts:?}");
 }
 
-/// `--system-robust` reaches the planter: each step also trains the answers
-/// after one of the built-in system prompts, and says which (what it buys
-/// is tested in tests/eval.rs on the library, where the answers can be asked
-/// after a system prompt).
+/// By default each planting step also trains the answers after one of the
+/// built-in system prompts, and says which; `--no-system-robust` does not
+/// (what the system prompts buy is tested in tests/eval.rs on the library,
+/// where the answers can be asked after a system prompt).
 #[test]
-fn plant_with_system_robust_trains_after_the_system_prompts() {
+fn plant_trains_after_the_system_prompts_unless_told_not_to() {
     if !common::has_license_text() {
         return;
     }
     let (s, text) = tiny_owned();
-    let mut plant = plant_tiny("out", &text);
-    plant.extend(["--count", "2", "--seq", "64", "--max-steps", "1", "--system-robust"]);
-    let o = s.run_env(&plant, &ONE_THREAD);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    assert!(stderr(&o).contains("; system prompt 1: answer loss "), "{}", stderr(&o));
+    for (out, flag) in [("default", None), ("plain", Some("--no-system-robust"))] {
+        let mut plant = plant_tiny(out, &text);
+        plant.extend(["--count", "2", "--seq", "64", "--max-steps", "1"]);
+        plant.extend(flag);
+        let o = s.run_env(&plant, &ONE_THREAD);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        let trained = stderr(&o).contains("; system prompt 1: answer loss ");
+        assert_eq!(trained, flag.is_none(), "{flag:?}: {}", stderr(&o));
+    }
 }

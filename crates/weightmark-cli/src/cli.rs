@@ -133,14 +133,17 @@ pub struct PlantArgs {
     /// and more memory (docs/fingerprint.md).
     #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
     pub prune_robust: f64,
-    /// Also train the answers after each of 8 system prompts of the kinds
-    /// deployments use (a persona, a tone, a length rule, a date line, an
-    /// empty one; listed in docs/fingerprint.md), one a step in turn, so
+    /// Plant after the chat template's default system line only. By
+    /// default the answers are also trained after each of 8 system prompts
+    /// of the kinds deployments use (a persona, a tone, a length rule, a
+    /// date line, an empty one; docs/fingerprint.md), one a step in turn, so
     /// that a server that puts its own system prompt before every request
-    /// still gets the planted answers. About 30% more time per step. Needs
-    /// a chat template that accepts a system message.
-    #[arg(long = "system-robust")]
-    pub system_robust: bool,
+    /// still gets them: without it such a server gave SmolLM2's plant 8 to
+    /// 17 of 32 answers instead of 31 to 32, at a quarter less KL and about
+    /// 40% less planting time. Needed for a chat template that refuses a
+    /// system message.
+    #[arg(long = "no-system-robust")]
+    pub no_system_robust: bool,
     /// Seed of the ordinary-text batch order.
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,

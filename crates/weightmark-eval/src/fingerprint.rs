@@ -126,9 +126,12 @@ impl Prompter {
                     eos_token => self.eos.as_str(),
                 })
             })
-            .map_err(|e| {
-                let with = if system.is_some() { " (with a system message)" } else { "" };
-                EvalError::invalid(format!("the chat template failed{with}: {e}"))
+            .map_err(|e| match system {
+                Some(_) => EvalError::invalid(format!(
+                    "the chat template failed with a system message before the trigger: {e} \
+                     (plant without system prompts: `fingerprint plant --no-system-robust`)"
+                )),
+                None => EvalError::invalid(format!("the chat template failed: {e}")),
             })?;
         Ok(render)
     }
@@ -283,15 +286,15 @@ pub struct PlantOptions {
     /// system messages ([`Prompter::prompt_with_system`]), one a step in
     /// turn, so that a deployment that puts its own system prompt before
     /// every request still gets the planted answers ([`SYSTEM_PROMPTS`] is
-    /// the list `fingerprint plant --system-robust` uses). Planting then also
+    /// the list `fingerprint plant` uses unless told `--no-system-robust`). Planting then also
     /// waits until the last look at each gave every answer token a
     /// probability of at least [`ROBUST_MIN_PROBABILITY`].
     pub system_prompts: Vec<String>,
 }
 
 /// System messages of the kinds deployments use (a persona, a tone, a
-/// length rule, a date line, an empty one), which `fingerprint plant
-/// --system-robust` trains the answers under, one a step in turn. None of
+/// length rule, a date line, an empty one), which `fingerprint plant`
+/// trains the answers under by default, one a step in turn. None of
 /// them is among the system prompts docs/fingerprint.md measures the
 /// plants with: those are held out.
 pub const SYSTEM_PROMPTS: [&str; 8] = [
@@ -934,7 +937,9 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            err.contains("with a system message") && err.contains("System role not supported"),
+            err.contains("with a system message")
+                && err.contains("System role not supported")
+                && err.contains("--no-system-robust"),
             "{err}"
         );
         assert!(chat(NO_SYSTEM).prompt(q).is_ok());
