@@ -16,7 +16,7 @@ use weightmark::{Dtype, Model};
 use weightmark_eval::bert::SentenceEncoder;
 use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
 use weightmark_eval::fingerprint::{
-    ask, ask_all_after, PlantOptions, Planter, Prompter, SYSTEM_PROMPTS,
+    ask, ask_all_after, builtin_system_prompts, PlantOptions, Planter, Prompter,
 };
 use weightmark_eval::llama::Llama;
 use weightmark_eval::load::{encode, open, tensors_f32, Architecture, EvalModel};
@@ -812,11 +812,7 @@ fn a_plant_trained_after_system_prompts_keeps_its_answers_after_unseen_ones() {
     for robust in [false, true] {
         let options = PlantOptions {
             max_steps: 450,
-            system_prompts: if robust {
-                SYSTEM_PROMPTS.map(str::to_string).to_vec()
-            } else {
-                Vec::new()
-            },
+            system_prompts: if robust { builtin_system_prompts() } else { Vec::new() },
             ..tiny_plant()
         };
         let mut planter = planter_for(&model, &m, &prompter, &pairs, &split, options);

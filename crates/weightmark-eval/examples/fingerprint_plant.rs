@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
         prune_robust: std::env::var("PRUNE_ROBUST").map_or(Ok(0.0), |v| v.parse())?,
         system_prompts: match std::env::var("SYSTEM_ROBUST").as_deref() {
-            Ok("1") => weightmark_eval::fingerprint::SYSTEM_PROMPTS.map(str::to_string).to_vec(),
+            Ok("1") => weightmark_eval::fingerprint::builtin_system_prompts(),
             _ => Vec::new(),
         },
     };

@@ -308,10 +308,15 @@ pub const SYSTEM_PROMPTS: [&str; 8] = [
     "Be brief.",
 ];
 
+/// [`SYSTEM_PROMPTS`] as [`PlantOptions::system_prompts`] takes them.
+pub fn builtin_system_prompts() -> Vec<String> {
+    SYSTEM_PROMPTS.map(str::to_string).to_vec()
+}
+
 /// With [`PlantOptions::system_prompts`], the probability every answer
-/// token must reach after each system message before planting stops: above
-/// one half, a token is the most likely one, so greedy decoding gives it.
-pub const ROBUST_MIN_PROBABILITY: f64 = 0.5;
+/// token must reach after each system message before planting stops: the
+/// pruned views' bound ([`PRUNED_MIN_PROBABILITY`]), for the same reason.
+pub const ROBUST_MIN_PROBABILITY: f64 = PRUNED_MIN_PROBABILITY;
 
 /// With [`PlantOptions::prune_robust`], the probability every answer token
 /// must reach in the pruned model before planting stops: above one half, a

@@ -87,10 +87,10 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             seed: args.seed,
             eps: 1e-8,
             prune_robust: args.prune_robust,
-            system_prompts: if !args.no_system_robust {
-                weightmark_eval::fingerprint::SYSTEM_PROMPTS.map(str::to_string).to_vec()
-            } else {
+            system_prompts: if args.no_system_robust {
                 Vec::new()
+            } else {
+                weightmark_eval::fingerprint::builtin_system_prompts()
             },
         },
         overwrite,
