@@ -278,19 +278,19 @@ pub fn encode_stochastic(dtype: Dtype, values: &[f64], uniforms: &[u32], out: &m
                 }
             }
         }
-        Dtype::F32 => encode_with::<4>(values, uniforms, out, |v, u| {
+        Dtype::F32 => encode_with::<4, 23>(values, uniforms, out, |v, u| {
             round_stochastic_bits(v, u, 23, |b| (b as f32).to_bits().into())
                 .map(|bits| f32::from_bits(bits as u32))
                 .or_else(|| round_stochastic(v, u))
                 .map(f32::to_le_bytes)
         }),
-        Dtype::F16 => encode_with::<2>(values, uniforms, out, |v, u| {
+        Dtype::F16 => encode_with::<2, 10>(values, uniforms, out, |v, u| {
             round_stochastic_f16_bits(v, u)
                 .map(f16::from_bits)
                 .or_else(|| round_stochastic::<f16>(v, u))
                 .map(f16::to_le_bytes)
         }),
-        Dtype::BF16 => encode_with::<2>(values, uniforms, out, |v, u| {
+        Dtype::BF16 => encode_with::<2, 7>(values, uniforms, out, |v, u| {
             round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
                 .map(|bits| bf16::from_bits(bits as u16))
                 .or_else(|| round_stochastic(v, u))
@@ -300,18 +300,78 @@ pub fn encode_stochastic(dtype: Dtype, values: &[f64], uniforms: &[u32], out: &m
     }
 }
 
-/// The loop of [`encode_stochastic`] for one narrow type.
-fn encode_with<const N: usize>(
+/// Elements rounded side by side by [`stochastic_lanes`] before a block is
+/// written.
+const LANE_BLOCK: usize = 256;
+
+/// The loop of [`encode_stochastic`] for one narrow type of `N` bytes and
+/// `M` stored mantissa bits: blocks whose every element is in the type's
+/// normal range (nearly all of a model) are rounded side by side by
+/// [`stochastic_lanes`]; a block with any other element goes through
+/// `round` one element at a time. Both make the same choice for every
+/// element (a test compares them).
+fn encode_with<const N: usize, const M: u32>(
     values: &[f64],
     uniforms: &[u32],
     out: &mut [u8],
     round: impl Fn(f64, u32) -> Option<[u8; N]>,
 ) {
-    for ((&v, &u), o) in values.iter().zip(uniforms).zip(out.chunks_exact_mut(N)) {
-        if let Some(bytes) = round(v, u) {
-            o.copy_from_slice(&bytes);
+    let mut bits = [0u32; LANE_BLOCK];
+    let blocks = values.chunks(LANE_BLOCK).zip(uniforms.chunks(LANE_BLOCK));
+    for ((v, u), o) in blocks.zip(out.chunks_mut(LANE_BLOCK * N)) {
+        let len = v.len().min(u.len()).min(o.len() / N);
+        let bits = &mut bits[..len];
+        if stochastic_lanes::<M>(&v[..len], &u[..len], bits) {
+            for (b, o) in bits.iter().zip(o.chunks_exact_mut(N)) {
+                o.copy_from_slice(&b.to_le_bytes()[..N]);
+            }
+            continue;
+        }
+        for ((&v, &u), o) in v.iter().zip(u).zip(o.chunks_exact_mut(N)) {
+            if let Some(bytes) = round(v, u) {
+                o.copy_from_slice(&bytes);
+            }
         }
     }
+}
+
+/// Keyed stochastic rounding of each `values[k]` (uniform `uniforms[k]`)
+/// to the binary type with `M` stored mantissa bits (10: f16, 7: bf16, 23:
+/// f32), its bits into `bits[k]`, lane by lane without a branch: the
+/// arithmetic of [`round_stochastic_f16_bits`] and
+/// [`round_stochastic_bits`] (truncate the f64 mantissa to `M` bits and
+/// rebase the exponent for the lower neighbour; the discarded bits `frac`
+/// against the uniform for "up"). Returns whether every value was in the
+/// range those fast paths take (f16: `[2^-14, 65504)`; f32 and bf16:
+/// `[2^-126, 1e38)`); where one was not, `bits` is meaningless for it and
+/// the caller rounds the block another way.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn stochastic_lanes<const M: u32>(values: &[f64], uniforms: &[u32], bits: &mut [u32]) -> bool {
+    let (min, max, rebias, sign_bit) = if M == 10 {
+        (6.103515625e-5, 65504.0, 1008u64, 15)
+    } else {
+        (1.1754943508222875e-38, 1.0e38, 896u64, if M == 23 { 31 } else { 15 })
+    };
+    let shift = 52 - M;
+    let mut all = true;
+    for ((&v, &u), b) in values.iter().zip(uniforms).zip(bits.iter_mut()) {
+        let magnitude = v.abs();
+        all &= (magnitude >= min) & (magnitude < max);
+        let raw = magnitude.to_bits();
+        let frac = raw & ((1u64 << shift) - 1);
+        let exponent = (raw >> 52).wrapping_sub(rebias);
+        let lower = (exponent << M) | ((raw >> shift) & ((1u64 << M) - 1));
+        // uniform / 2^32 < frac / 2^shift, in exact integer arithmetic
+        // (both sides below 2^64).
+        let up = if shift >= 32 {
+            (u64::from(u) << (shift - 32)) < frac
+        } else {
+            u64::from(u) < (frac << (32 - shift))
+        };
+        let sign = u64::from(v.is_sign_negative()) << sign_bit;
+        *b = (lower.wrapping_add(u64::from(up)) | sign) as u32;
+    }
+    all
 }
 
 /// Fast path of keyed stochastic rounding for a binary float type with f32's
@@ -570,6 +630,80 @@ mod tests {
                 .map(|b| bf16::from_bits(b as u16));
             let slow16 = round_stochastic::<bf16>(v, u);
             assert_eq!(fast16.map(bf16::to_bits), slow16.map(bf16::to_bits), "bf16 v={v} u={u}");
+        }
+    }
+
+    /// Each element through the per-element fast paths and their
+    /// fallback, as `encode_stochastic` rounded before it worked in lanes.
+    fn encode_one_at_a_time(dtype: Dtype, values: &[f64], uniforms: &[u32], out: &mut [u8]) {
+        for (k, (&v, &u)) in values.iter().zip(uniforms).enumerate() {
+            let bytes: Option<Vec<u8>> = match dtype {
+                Dtype::F16 => round_stochastic_f16_bits(v, u)
+                    .map(f16::from_bits)
+                    .or_else(|| round_stochastic::<f16>(v, u))
+                    .map(|x| x.to_le_bytes().to_vec()),
+                Dtype::BF16 => round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
+                    .map(|b| bf16::from_bits(b as u16))
+                    .or_else(|| round_stochastic(v, u))
+                    .map(|x: bf16| x.to_le_bytes().to_vec()),
+                _ => round_stochastic_bits(v, u, 23, |b| (b as f32).to_bits().into())
+                    .map(|b| f32::from_bits(b as u32))
+                    .or_else(|| round_stochastic(v, u))
+                    .map(|x: f32| x.to_le_bytes().to_vec()),
+            };
+            if let Some(b) = bytes {
+                let n = b.len();
+                out[k * n..(k + 1) * n].copy_from_slice(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_in_lanes_writes_what_rounding_one_element_at_a_time_writes() {
+        let mut state = 0x5851_f42d_4c95_7f2du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Weights of every scale a model has, with edge uniforms; then
+        // blocks salted with zeros, subnormals, huge values, infinities and
+        // NaN (rounded one at a time), and every f16 value with midpoints.
+        let mut values: Vec<f64> = (0..300_000)
+            .map(|_| {
+                let r = next();
+                let m = 1.0 + (r >> 12) as f64 / (1u64 << 52) as f64;
+                let m = if r & 1 == 1 { -m } else { m };
+                m * 2f64.powi((r % 29) as i32 - 14)
+            })
+            .collect();
+        let mut bits = [0u32; LANE_BLOCK];
+        assert!(stochastic_lanes::<10>(&values[..LANE_BLOCK], &[7; LANE_BLOCK], &mut bits));
+        let specials = [0.0, -0.0, 1e-45, -3e-8, 65504.0, 65519.0, -70000.0, 1e38, 3.3e38, 1e300];
+        for (k, s) in specials.into_iter().chain([f64::INFINITY, f64::NAN]).enumerate() {
+            values[100_000 + 997 * k] = s;
+        }
+        for b in 0..0x7c00u16 {
+            let (x, y) = (f16::from_bits(b).to_f64(), f16::from_bits(b + 1).to_f64());
+            values.extend([x, -(x + y) / 2.0, x + (y - x) / 3.0]);
+        }
+        let uniforms: Vec<u32> = (0..values.len())
+            .map(|k| match k % 7 {
+                0 => 0,
+                1 => u32::MAX,
+                2 => 1 << 31,
+                _ => next() as u32,
+            })
+            .collect();
+        for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32] {
+            let n = dtype.size();
+            let mut lanes = vec![0xa5u8; values.len() * n];
+            let mut one = lanes.clone();
+            encode_stochastic(dtype, &values, &uniforms, &mut lanes);
+            encode_one_at_a_time(dtype, &values, &uniforms, &mut one);
+            let first = lanes.chunks(n).zip(one.chunks(n)).position(|(a, b)| a != b);
+            assert_eq!(first, None, "{dtype:?}: first difference at element {first:?}");
         }
     }
 
