@@ -642,10 +642,12 @@ mod tests {
                     .map(f16::from_bits)
                     .or_else(|| round_stochastic::<f16>(v, u))
                     .map(|x| x.to_le_bytes().to_vec()),
-                Dtype::BF16 => round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
-                    .map(|b| bf16::from_bits(b as u16))
-                    .or_else(|| round_stochastic(v, u))
-                    .map(|x: bf16| x.to_le_bytes().to_vec()),
+                Dtype::BF16 => {
+                    round_stochastic_bits(v, u, 7, |b| bf16::from_f64(b).to_bits().into())
+                        .map(|b| bf16::from_bits(b as u16))
+                        .or_else(|| round_stochastic(v, u))
+                        .map(|x: bf16| x.to_le_bytes().to_vec())
+                }
                 _ => round_stochastic_bits(v, u, 23, |b| (b as f32).to_bits().into())
                     .map(|b| f32::from_bits(b as u32))
                     .or_else(|| round_stochastic(v, u))
