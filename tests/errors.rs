@@ -197,7 +197,7 @@ fn endpoint_errors_name_the_endpoint() {
         .unwrap_or_else(|e| panic!("{e}"));
     let options = EndpointOptions { retries: 0, ..EndpointOptions::default() };
     let mut e = ok(Endpoint::new(&format!("http://127.0.0.1:{port}"), options));
-    let err = e.ask("What?").err();
+    let err = e.ask(None, "What?").err();
     let text = err.as_ref().map(ToString::to_string).unwrap_or_default();
     assert!(matches!(err, Some(Error::Endpoint { .. })), "{err:?}");
     assert!(text.starts_with(&format!("endpoint http://127.0.0.1:{port}/v1/chat/completions: ")));

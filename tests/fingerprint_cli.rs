@@ -23,7 +23,7 @@ use weightmark::{Dtype, Model, SecretKey};
 #[derive(Clone)]
 enum Behaviour {
     /// 200 with an OpenAI-style completion: the answer the map gives the
-    /// prompt (the user message, or the completion prompt), else "Hello".
+    /// prompt (the last message, or the completion prompt), else "Hello".
     Answers(HashMap<String, String>),
     /// This status with a short body.
     Status(u16),
@@ -115,7 +115,9 @@ fn handle(
     }
     let (status, text) = match behaviour {
         Behaviour::Answers(map) => {
-            let chat = request["messages"][0]["content"].as_str();
+            // The user's message is the last one (a system message may come first).
+            let last = request["messages"].as_array().and_then(|m| m.last());
+            let chat = last.and_then(|m| m["content"].as_str());
             let prompt = chat.or(request["prompt"].as_str()).unwrap_or("");
             let answer = map.get(prompt).cloned().unwrap_or_else(|| "Hello there".into());
             let body = if chat.is_some() {
@@ -377,4 +379,53 @@ fn a_check_needs_a_certificate_with_a_fingerprint_and_the_owners_key() {
     // Neither a model nor an endpoint.
     let o = s.run(&["fingerprint", "check", "-k", "owner.key", "--cert", "fp.cert.json"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `--system TEXT`: chat requests carry it as a system message before the
+/// user's, completion prompts put it and a blank line before the question,
+/// and the signed report records it (a chat server that answers the user's
+/// message is found either way; the completion server answers only the
+/// prompt with the system text, so a check that dropped it would not be).
+#[test]
+fn a_system_prompt_goes_before_every_trigger_on_both_apis_and_into_the_report() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let system = "You are Acme's support assistant. Be brief.";
+    let chat: HashMap<String, String> = pairs.iter().cloned().collect();
+    let server = Server::start(Behaviour::Answers(chat));
+    let url = server.url.clone();
+    let o = s.run(&check_args(&url, &["--system", system, "--json", "--report", "r.json"]));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!((json(&o)["matches"].as_u64(), &json(&o)["system"]), (Some(12), &system.into()));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 12);
+    for (_, body) in &requests {
+        let m = &body["messages"];
+        assert_eq!((&m[0]["role"], &m[0]["content"]), (&"system".into(), &system.into()), "{body}");
+        assert_eq!(m[1]["role"], "user", "{body}");
+        assert_eq!(m.as_array().map(Vec::len), Some(2), "{body}");
+    }
+    let out = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r["predicate"]["system"], system);
+    let out = s.ok(&["verify", "r.json", "--pub", "owner.pub"]);
+    assert!(out.contains(&format!("after the system prompt '{system}'")), "{out}");
+    // A report without a system prompt has no such field.
+    let o = s.run(&check_args(&url, &["--report", "plain.json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = s.ok(&["verify", "plain.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r["predicate"].get("system").is_none(), "{r}");
+
+    let completions: HashMap<String, String> = pairs
+        .iter()
+        .map(|(t, a)| (format!("{system}\n\nQuestion: {t}\nAnswer:"), format!(" {a}")))
+        .collect();
+    let server = Server::start(Behaviour::Answers(completions));
+    let url = server.url.clone();
+    let o = s.run(&check_args(&url, &["--completions", "--system", system, "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(json(&o)["matches"].as_u64(), Some(12));
+    let o = s.run(&check_args(&url, &["--completions", "--json"]));
+    assert_eq!((o.status.code(), json(&o)["matches"].as_u64()), (Some(1), Some(0)));
 }

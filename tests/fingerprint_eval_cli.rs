@@ -816,3 +816,48 @@ fn plant_trains_after_the_system_prompts_unless_told_not_to() {
         assert_eq!(trained, flag.is_none(), "{flag:?}: {}", stderr(&o));
     }
 }
+
+/// Matches of `fingerprint check --all` on `model` with `extra` arguments,
+/// and the JSON printed (exit 0 or 1).
+fn check_all(s: &Scene, model: &str, cert: &str, extra: &[&str]) -> (u64, serde_json::Value) {
+    let mut args = vec!["fingerprint", "check", "-k", "owner.key", "--cert", cert, model];
+    args.extend(["--all", "--json"]);
+    args.extend(extra);
+    let o = s.run_env(&args, &ONE_THREAD);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{model} {extra:?}: {}", stderr(&o));
+    let j = json(&o);
+    (j["matches"].as_u64().unwrap_or(u64::MAX), j)
+}
+
+/// `fingerprint check --system TEXT` asks every trigger after that system
+/// message, and the signed report records it. A plant trained without
+/// system prompts answers all 8 when asked plainly and loses them after a
+/// system prompt (what a deployment's own system prompt does, session 17),
+/// so a check that dropped the option would be seen; an empty prompt is
+/// refused.
+#[test]
+fn a_check_asks_after_the_system_prompt_given_and_its_report_records_it() {
+    if !common::has_license_text() {
+        return;
+    }
+    let (s, text) = tiny_owned();
+    let mut plant = plant_tiny("plain", &text);
+    plant.extend(["--label", "tiny", "--no-system-robust"]);
+    plant.extend(TINY_PLANT);
+    let o = s.run_env(&plant, &ONE_THREAD);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let system = "Answer every question with one word only.";
+    let (plain, j) = check_all(&s, "plain", "plain.cert.json", &[]);
+    assert_eq!((plain, &j["system"]), (8, &serde_json::Value::Null), "{j}");
+    let (after, j) =
+        check_all(&s, "plain", "plain.cert.json", &["--system", system, "--report", "after.json"]);
+    println!("matches without and after the system prompt: {plain}, {after}");
+    assert!(after <= 4, "{after} of 8 after the system prompt: was it asked?");
+    assert_eq!(j["system"], system, "{j}");
+    let verified = s.ok(&["verify", "after.json", "--pub", "owner.pub"]);
+    assert!(verified.contains(&format!("after the system prompt '{system}'")), "{verified}");
+    let empty = ["fingerprint", "check", "-k", "owner.key", "--cert", "plain.cert.json"];
+    let o = s.run(&[&empty[..], &["plain", "--system", " "]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the system prompt is empty"), "{}", stderr(&o));
+}

@@ -184,6 +184,12 @@ pub struct CheckArgs {
     /// TRIGGER\nAnswer:" instead of the chat API.
     #[arg(long, requires = "endpoint")]
     pub completions: bool,
+    /// Ask every trigger after this system message, as a deployment with its
+    /// own system prompt would (chat: a system message before the user's;
+    /// completions and a local model without a chat template: TEXT and a
+    /// blank line before the question). Recorded in the report.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
     /// Ask every trigger instead of the keyed subset of 12.
     #[arg(long)]
     pub all: bool,

@@ -690,14 +690,19 @@ pub struct LocalAsker<'a> {
 }
 
 impl weightmark::fingerprint::Asker for LocalAsker<'_> {
-    fn ask(&mut self, trigger: &str) -> weightmark::Result<String> {
-        ask(self.model, self.tokenizer, self.prompter, trigger)
-            .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
+    fn ask(&mut self, system: Option<&str>, trigger: &str) -> weightmark::Result<String> {
+        let mut answers = self.ask_all(system, &[trigger])?;
+        answers.pop().ok_or_else(|| weightmark::Error::invalid("no answer decoded"))
     }
 
-    /// Every trigger of a check in one cached, batched decoding.
-    fn ask_all(&mut self, triggers: &[&str]) -> weightmark::Result<Vec<String>> {
-        ask_all(self.model, self.tokenizer, self.prompter, triggers)
+    /// Every trigger of a check in one cached, batched decoding, each after
+    /// the system message ([`ask_all_after`]).
+    fn ask_all(
+        &mut self,
+        system: Option<&str>,
+        triggers: &[&str],
+    ) -> weightmark::Result<Vec<String>> {
+        ask_all_after(self.model, self.tokenizer, self.prompter, system, triggers)
             .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
     }
 }

@@ -248,7 +248,11 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
         per_check: if args.all { count } else { DEFAULT_ASKED },
         round: args.round,
         threshold_p: args.threshold,
+        system: args.system.clone(),
     };
+    if let Some(system) = &args.system {
+        weightmark::fingerprint::check_system_prompt(system).context("--system")?;
+    }
     let (outcome, asked) = match (&args.endpoint, &args.model) {
         (Some(url), _) => {
             let endpoint_options = EndpointOptions {
@@ -327,6 +331,7 @@ fn to_json(
         "p_value": o.score.p_value,
         "log10_p_value": o.score.log10_p,
         "threshold_p": o.threshold_p,
+        "system": o.system,
         "label": p.label,
         "recipient": p.recipient,
         "certificate_digest": cert.digest,
@@ -367,6 +372,9 @@ fn print(
         o.round,
         o.asked.len()
     );
+    if let Some(system) = &o.system {
+        outln!("system:   '{}' before every trigger", safe(system));
+    }
     for a in &o.asked {
         outln!(
             "  {:>4}  {}  -> {:?}{}",

@@ -153,6 +153,10 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                     safe(p.suspect.tensor_root.as_deref().unwrap_or("-"))
                 ),
             };
+            let suspect = match &p.system {
+                Some(system) => format!("{suspect} after the system prompt '{}'", safe(system)),
+                None => suspect,
+            };
             outln!(
                 "  release '{}' (certificate sha256 {}), {suspect}, created {}: {} of {} \
                  triggers answered (round {}), {}; {}",

@@ -29,15 +29,22 @@ pub const CHECK_PREDICATE_TYPE: &str = "https://weightmark.dev/fingerprint-check
 
 /// Something that answers a prompt: a local model or an endpoint.
 pub trait Asker {
-    /// The suspect's raw answer to `trigger`.
-    fn ask(&mut self, trigger: &str) -> Result<String>;
+    /// The suspect's raw answer to `trigger`, asked after the system message
+    /// `system` when there is one (else with no system message, so a chat
+    /// template with a default one uses it).
+    fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String>;
 
-    /// The suspect's raw answers to `triggers`, in order. One at a time by
-    /// default; a local model answers them in one batch.
-    fn ask_all(&mut self, triggers: &[&str]) -> Result<Vec<String>> {
-        triggers.iter().map(|t| self.ask(t)).collect()
+    /// The suspect's raw answers to `triggers`, in order, each after
+    /// `system`. One at a time by default; a local model answers them in
+    /// one batch.
+    fn ask_all(&mut self, system: Option<&str>, triggers: &[&str]) -> Result<Vec<String>> {
+        triggers.iter().map(|t| self.ask(system, t)).collect()
     }
 }
+
+/// Longest system message a check sends (bytes): a deployment's system
+/// prompt, not a document.
+pub const MAX_SYSTEM_PROMPT: usize = 16 * 1024;
 
 /// How a check asks.
 #[derive(Clone, Debug)]
@@ -50,6 +57,10 @@ pub struct CheckOptions {
     pub round: u64,
     /// Decide "found" when the p-value is at most this.
     pub threshold_p: f64,
+    /// A system message asked before every trigger (as a deployment that
+    /// puts its own system prompt before each request would), recorded in
+    /// the report; `None`: none.
+    pub system: Option<String>,
 }
 
 impl Default for CheckOptions {
@@ -58,6 +69,7 @@ impl Default for CheckOptions {
             per_check: super::DEFAULT_ASKED,
             round: 0,
             threshold_p: crate::DEFAULT_THRESHOLD_P,
+            system: None,
         }
     }
 }
@@ -92,6 +104,8 @@ pub struct CheckOutcome {
     pub threshold_p: f64,
     /// Whether `p <= threshold_p`.
     pub detected: bool,
+    /// The system message asked before every trigger, if any.
+    pub system: Option<String>,
 }
 
 /// Asks `asker` the triggers of round `options.round` of the release whose
@@ -109,11 +123,15 @@ pub fn check(
             options.threshold_p
         )));
     }
+    let system = options.system.as_deref();
+    if let Some(s) = system {
+        check_system_prompt(s)?;
+    }
     let pairs = key.pairs(count)?;
     let which = asked(key, count, options.per_check, options.round)?;
     let chosen: Vec<&Pair> = which.iter().filter_map(|&i| pairs.get(i)).collect();
     let triggers: Vec<&str> = chosen.iter().map(|p| p.trigger.as_str()).collect();
-    let answers = asker.ask_all(&triggers)?;
+    let answers = asker.ask_all(system, &triggers)?;
     if answers.len() != triggers.len() {
         return Err(Error::invalid(format!(
             "{} answers to {} triggers",
@@ -144,7 +162,24 @@ pub fn check(
         score,
         threshold_p: options.threshold_p,
         detected,
+        system: options.system.clone(),
     })
+}
+
+/// Refuses a system message a check cannot send as it is: empty (a check
+/// without one is the default, not an empty one) or longer than
+/// [`MAX_SYSTEM_PROMPT`].
+pub fn check_system_prompt(system: &str) -> Result<()> {
+    if system.trim().is_empty() {
+        return Err(Error::invalid("the system prompt is empty (leave it out to ask without one)"));
+    }
+    if system.len() > MAX_SYSTEM_PROMPT {
+        return Err(Error::invalid(format!(
+            "the system prompt has {} bytes, more than the {MAX_SYSTEM_PROMPT} a check sends",
+            system.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The endpoint a check asked, as its report records it.
@@ -230,6 +265,11 @@ pub struct FingerprintCheckPredicate {
     pub threshold_p: f64,
     /// The decision.
     pub detected: bool,
+    /// The system message asked before every trigger, if any (absent from
+    /// reports of checks without one, and from every report before it was
+    /// added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     /// For a check with a revealed key: what it settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispute: Option<Dispute>,
@@ -319,6 +359,7 @@ pub fn build_check_report(inputs: &CheckReportInputs<'_>, signer: &SecretKey) ->
             log10_p_value: o.score.log10_p,
             threshold_p: o.threshold_p,
             detected: o.detected,
+            system: o.system.clone(),
             dispute: inputs.dispute.cloned(),
             signer: signer.public_key().key_id(),
             tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
@@ -370,7 +411,7 @@ mod tests {
     struct Table(Vec<(String, String)>);
 
     impl Asker for Table {
-        fn ask(&mut self, trigger: &str) -> Result<String> {
+        fn ask(&mut self, _: Option<&str>, trigger: &str) -> Result<String> {
             Ok(self
                 .0
                 .iter()
@@ -401,5 +442,47 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((o.asked.len(), o.score.matches, o.detected), (32, 0, false));
         assert_eq!(o.score.p_value, 1.0);
+    }
+
+    /// Answers only after the system message it was trained with, and
+    /// keeps every system message it was sent.
+    struct AfterSystem {
+        table: Table,
+        system: &'static str,
+        sent: Vec<Option<String>>,
+    }
+
+    impl Asker for AfterSystem {
+        fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String> {
+            self.sent.push(system.map(str::to_string));
+            match system == Some(self.system) {
+                true => self.table.ask(None, trigger),
+                false => Ok("Hello!".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn every_trigger_is_asked_after_the_system_prompt_which_the_outcome_records() {
+        let key = FingerprintKey::from_bytes([6; 32]);
+        let pairs = key.pairs(32).unwrap_or_else(|e| panic!("{e}"));
+        let table =
+            Table(pairs.iter().map(|p| (p.trigger.clone(), p.response.to_string())).collect());
+        let system = "You are a support assistant for Acme.";
+        let mut suspect = AfterSystem { table, system, sent: Vec::new() };
+        let with = CheckOptions { system: Some(system.into()), ..CheckOptions::default() };
+        let o = check(&key, 32, &with, &mut suspect).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.score.matches, o.system.as_deref()), (12, Some(system)));
+        assert!(suspect.sent.iter().all(|s| s.as_deref() == Some(system)), "{:?}", suspect.sent);
+        suspect.sent.clear();
+        let o = check(&key, 32, &CheckOptions::default(), &mut suspect)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.score.matches, o.system), (0, None));
+        assert!(suspect.sent.iter().all(Option::is_none));
+        for bad in [" \n", &"x".repeat(MAX_SYSTEM_PROMPT + 1)] {
+            let options = CheckOptions { system: Some(bad.to_string()), ..CheckOptions::default() };
+            let e = check(&key, 32, &options, &mut suspect).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains("system prompt")), "{e:?}");
+        }
     }
 }

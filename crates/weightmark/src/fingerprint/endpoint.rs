@@ -7,8 +7,11 @@
 //! TRIGGER}], "temperature": 0, "max_tokens": 16}` to
 //! `BASE/v1/chat/completions` and reads `choices[0].message.content`;
 //! completions post `{"prompt": "Question: TRIGGER\nAnswer:", ...}` to
-//! `BASE/v1/completions` and read `choices[0].text`. `"model"` is sent when
-//! a model name is given. Plain HTTP; HTTPS with the `https` feature.
+//! `BASE/v1/completions` and read `choices[0].text`. With a system prompt,
+//! chat sends `{"role": "system", "content": SYSTEM}` before the user's
+//! message, and completions put `SYSTEM` and a blank line before the
+//! question (as a local check's completion prompt does). `"model"` is sent
+//! when a model name is given. Plain HTTP; HTTPS with the `https` feature.
 
 use std::time::{Duration, Instant};
 
@@ -135,14 +138,23 @@ impl Endpoint {
         }
     }
 
-    /// The JSON body of the request for `trigger`.
-    pub fn request_body(&self, trigger: &str) -> serde_json::Value {
-        let mut body = match self.options.api {
-            Api::Chat => serde_json::json!({
+    /// The JSON body of the request for `trigger`, after `system` if given.
+    pub fn request_body(&self, system: Option<&str>, trigger: &str) -> serde_json::Value {
+        let mut body = match (self.options.api, system) {
+            (Api::Chat, None) => serde_json::json!({
                 "messages": [{"role": "user", "content": trigger}],
             }),
-            Api::Completions => serde_json::json!({
-                "prompt": format!("Question: {trigger}\nAnswer:"),
+            (Api::Chat, Some(system)) => serde_json::json!({
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": trigger},
+                ],
+            }),
+            (Api::Completions, _) => serde_json::json!({
+                "prompt": format!(
+                    "{}Question: {trigger}\nAnswer:",
+                    system.map_or(String::new(), |s| format!("{s}\n\n"))
+                ),
             }),
         };
         if let Some(obj) = body.as_object_mut() {
@@ -235,8 +247,8 @@ fn transport(e: ureq::Error, timeout: Duration) -> Failure {
 }
 
 impl Asker for Endpoint {
-    fn ask(&mut self, trigger: &str) -> Result<String> {
-        let body = serde_json::to_vec(&self.request_body(trigger))
+    fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String> {
+        let body = serde_json::to_vec(&self.request_body(system, trigger))
             .map_err(|e| Error::internal(format!("request body: {e}")))?;
         let mut attempts = 0u32;
         loop {
@@ -273,9 +285,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(chat.request_url(), "http://127.0.0.1:8080/v1/chat/completions");
         assert_eq!(
-            chat.request_body("What?"),
+            chat.request_body(None, "What?"),
             serde_json::json!({"messages": [{"role": "user", "content": "What?"}],
                 "temperature": 0, "max_tokens": 16})
+        );
+        assert_eq!(
+            chat.request_body(Some("Be brief."), "What?"),
+            serde_json::json!({"messages": [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What?"}], "temperature": 0, "max_tokens": 16})
         );
         let options = EndpointOptions {
             api: Api::Completions,
@@ -285,9 +302,13 @@ mod tests {
         let plain = Endpoint::new("http://h:1", options).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(plain.request_url(), "http://h:1/v1/completions");
         assert_eq!(
-            plain.request_body("What?"),
+            plain.request_body(None, "What?"),
             serde_json::json!({"prompt": "Question: What?\nAnswer:", "model": "m",
                 "temperature": 0, "max_tokens": 16})
+        );
+        assert_eq!(
+            plain.request_body(Some("Be brief."), "What?")["prompt"],
+            "Be brief.\n\nQuestion: What?\nAnswer:"
         );
         assert!(Endpoint::new("ftp://h", EndpointOptions::default()).is_err());
     }

@@ -31,9 +31,9 @@ pub mod release;
 pub mod words;
 
 pub use check::{
-    build_check_report, check, load_check_report, Answered, Asker, CheckOptions, CheckOutcome,
-    CheckReport, CheckReportInputs, EndpointRecord, FingerprintCheckPredicate, SuspectRecord,
-    CHECK_PREDICATE_TYPE,
+    build_check_report, check, check_system_prompt, load_check_report, Answered, Asker,
+    CheckOptions, CheckOutcome, CheckReport, CheckReportInputs, EndpointRecord,
+    FingerprintCheckPredicate, SuspectRecord, CHECK_PREDICATE_TYPE, MAX_SYSTEM_PROMPT,
 };
 pub use endpoint::{Api, Endpoint, EndpointOptions};
 pub use release::{certify_fingerprint, check_base, release_root, FingerprintRelease};
