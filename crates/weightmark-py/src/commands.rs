@@ -175,7 +175,7 @@ pub fn embed_files(r: EmbedRequest, progress: &dyn Progress) -> Outcome<String> 
         tensors: &report.tensors,
         fidelity: &report.fidelity,
         blind: &report.blind,
-        informed: &report.informed,
+        informed: report.informed.as_ref(),
     });
     out.insert("model".into(), json!(r.model.display().to_string()));
     out.insert("output".into(), json!(report.written.path.display().to_string()));

@@ -90,7 +90,7 @@ pub fn mark(
         tensors: &marked.summaries,
         fidelity: &marked.fidelity,
         blind: &marked.blind,
-        informed: &marked.informed,
+        informed: Some(&marked.informed),
     });
     Ok((marked.tensors, json_text(&record)?, json_text(&serde_json::Value::Object(summary))?))
 }

@@ -24,8 +24,8 @@ pub struct Marked<'a> {
     pub fidelity: &'a Fidelity,
     /// Blind statistics of the output.
     pub blind: &'a Stats,
-    /// Informed statistics of the output against the input.
-    pub informed: &'a Stats,
+    /// Informed statistics of the output against the input, where measured.
+    pub informed: Option<&'a Stats>,
 }
 
 /// A finite number, or JSON null (an SNR of an unchanged tensor is infinite).
@@ -63,7 +63,7 @@ pub fn marking_summary(m: &Marked<'_>) -> Map<String, Value> {
         })
         .collect();
     let blind_z = m.blind.z();
-    let informed_z = m.informed.z();
+    let informed_z = m.informed.map_or(f64::NAN, Stats::z);
     let mut out = Map::new();
     out.insert("scheme".into(), json!(m.scheme.name()));
     out.insert("label".into(), json!(m.label));

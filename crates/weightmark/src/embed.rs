@@ -99,8 +99,11 @@ pub struct EmbedReport {
     pub fidelity: Fidelity,
     /// Blind statistics of the output (measured, unattacked).
     pub blind: Stats,
-    /// Informed statistics of the output against the input (measured).
-    pub informed: Stats,
+    /// Informed statistics of the output against the input (measured), by
+    /// [`embed`]; `None` from [`issue`], which skips that check: no
+    /// certificate holds it, and a lab issuing a certificate per licensee
+    /// would spend about a third of each marking on it.
+    pub informed: Option<Stats>,
     /// The signed certificate.
     pub certificate: Envelope,
     /// The strength used, how it was chosen, and what it predicted.
@@ -367,6 +370,9 @@ pub(crate) struct Marking<'o> {
     /// `ss2` only.
     ss2: Option<Ss2Marking>,
     results: Mutex<BTreeMap<String, (Fidelity, Stats, Stats)>>,
+    /// Whether `ss2` marking measures the informed statistics of each
+    /// marked tensor (else they are left at zero and not reported).
+    informed_check: bool,
     originals: Mutex<Vec<(String, Sha256Digest)>>,
     /// The fingerprinted release being marked ([`embed_superseding`]), and
     /// the unmarked original's tensor root its keys are bound to.
@@ -506,6 +512,7 @@ impl<'o> Marking<'o> {
             ss2,
             mark_key,
             results: Mutex::new(BTreeMap::new()),
+            informed_check: true,
             originals: Mutex::new(Vec::new()),
             base,
         })
@@ -573,7 +580,10 @@ impl<'o> Marking<'o> {
         }
         let blind = crate::ss2::detect_tensor(&marked, &axes, None, &keys, weights);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
-        let informed = crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights);
+        let informed = match self.informed_check {
+            true => crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights),
+            false => Vec::new(),
+        };
         let weight = ss2.strengths.recipient_weight();
         let both = |stats: Vec<Stats>| stats.into_iter().reduce(|p, q| p.and_weighted(q, weight));
         let (b, i) = (both(blind).unwrap_or_default(), both(informed).unwrap_or_default());
@@ -802,7 +812,10 @@ pub fn issue(
     key: &SecretKey,
     options: &EmbedOptions<'_>,
 ) -> Result<EmbedReport> {
-    let marking = Marking::new(model, key, options, None)?;
+    let mut marking = Marking::new(model, key, options, None)?;
+    // No certificate holds the informed statistics (`ss1` measures them
+    // with the mark, at no extra pass, and they are dropped below).
+    marking.informed_check = false;
     let transform = |t: &TensorRef<'_>| marking.mark(t);
     let write_options = WriteOptions { progress: options.progress, overwrite: options.overwrite };
     let written = crate::model::digest_model(model, out, &transform, &write_options)?;
@@ -818,6 +831,7 @@ pub(crate) fn certify_written(
     written: WriteReport,
 ) -> Result<EmbedReport> {
     let strength = marking.strength;
+    let informed_check = marking.informed_check;
     let recipient_share = recipient_share(marking.options, &strength);
     let mut m = marking.finish(model, key, &written.tensor_digests);
     m.predicate.files = Some(release_files(&written.all_files()));
@@ -829,7 +843,7 @@ pub(crate) fn certify_written(
         tensors: m.tensors,
         fidelity: m.fidelity,
         blind: m.blind,
-        informed: m.informed,
+        informed: informed_check.then_some(m.informed),
         certificate,
         strength,
         recipient_share,

@@ -253,12 +253,13 @@ fn summary(
     let both = options.scheme == weightmark::Scheme::Ss2
         && options.recipient.is_some()
         && options.recipient_code == weightmark::RecipientCode::Independent;
+    let informed_z = report.informed.map_or(f64::NAN, |s| s.z());
     outln!(
         "  blind z of the output{}: {blind_z:.1} ({}); informed z: {:.0} ({})",
         if both { " (release and recipient components, as detect decides)" } else { "" },
         p_bound(p_value_bound(blind_z)),
-        report.informed.z(),
-        p_bound(p_value_bound(report.informed.z()))
+        informed_z,
+        p_bound(p_value_bound(informed_z))
     );
     let threshold_z = z_for_p(weightmark::DEFAULT_THRESHOLD_P);
     if blind_z < threshold_z {
@@ -270,7 +271,7 @@ fn summary(
             report.strength.strength,
             report.strength_for_blind_threshold(),
             100.0 * report.strength_for_blind_threshold(),
-            report.informed.z()
+            informed_z
         );
     }
     let w = &report.written;
