@@ -968,6 +968,56 @@ fn add_by_group(y: &[f64], rank: &[u32], sums: &mut [f64]) {
     }
 }
 
+/// For each group of residual channels ([`GROUP`] consecutive canonical
+/// ranks), the stored columns in it, in stored order, padded with `cols`
+/// (one past the row); `None` unless `rank` holds `cols` ranks and no group
+/// has more than [`GROUP`] columns (as in any permutation).
+fn group_members(rank: &[u32], cols: usize) -> Option<Vec<[u32; GROUP]>> {
+    let pad = u32::try_from(cols).ok()?;
+    if rank.len() != cols {
+        return None;
+    }
+    let mut members = vec![[pad; GROUP]; groups(cols)];
+    let mut filled = vec![0usize; members.len()];
+    for (j, &c) in rank.iter().enumerate() {
+        let g = c as usize / GROUP;
+        let slot = members.get_mut(g)?.get_mut(*filled.get(g)?)?;
+        *slot = u32::try_from(j).ok()?;
+        filled[g] += 1;
+    }
+    Some(members)
+}
+
+/// Each group's sum of its finite `y` ([`group_members`]; `y` one longer
+/// than the row, NaN last), in stored order from `0.0`: what
+/// [`add_by_group`] adds up element by element, group by group instead.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn group_sums(y: &[f64], members: &[[u32; GROUP]], sums: &mut [f64]) {
+    let Some(last) = y.len().checked_sub(1) else { return };
+    // Four groups side by side (four independent chains of additions),
+    // each still adding its columns in stored order.
+    let mut four = sums.chunks_exact_mut(4).zip(members.chunks_exact(4));
+    for (s, m) in four.by_ref() {
+        let mut acc = [0.0f64; 4];
+        for k in 0..GROUP {
+            for (a, m) in acc.iter_mut().zip(m) {
+                let v = y[(m[k] as usize).min(last)];
+                *a = if v.is_finite() { *a + v } else { *a };
+            }
+        }
+        s.copy_from_slice(&acc);
+    }
+    let done = sums.len() / 4 * 4;
+    for (s, m) in sums.iter_mut().zip(members).skip(done) {
+        let mut acc = 0.0;
+        for &j in m {
+            let v = y[(j as usize).min(last)];
+            acc = if v.is_finite() { acc + v } else { acc };
+        }
+        *s = acc;
+    }
+}
+
 /// `acc` plus `Σ y_j p_j` over the finite `y_j`, in element order.
 #[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn add_products(y: &[f64], p: &[f64], acc: f64) -> f64 {
@@ -1163,14 +1213,23 @@ pub fn detect_tensor_coded(
     match layout {
         Layout::Plain | Layout::Cols(_) => {
             let block = rows_per_chunk(cols);
+            // A row read in one piece sums its groups by gathering each
+            // group's columns ([`group_sums`]), else by adding each element
+            // to its group ([`add_by_group`]): the same sums.
+            let members = match layout {
+                Layout::Cols(rank) if cols <= CHUNK_ELEMENTS => group_members(rank, cols),
+                _ => None,
+            };
             in_batches(
                 rows.div_ceil(block),
                 batch,
                 |ci| {
                     let mut coded = new_readings();
                     let mut stats = vec![Stats::default(); keys.len()];
-                    let (mut x, mut y, mut p, mut buf) =
-                        (Vec::new(), vec![0.0; width], vec![0.0; width], Vec::new());
+                    // One more `y` than a piece: NaN, the column a group
+                    // short of members reads.
+                    let (mut x, mut ys, mut p, mut buf) =
+                        (Vec::new(), vec![f64::NAN; width + 1], vec![0.0; width], Vec::new());
                     let mut sums = vec![0.0; groups(cols)];
                     let mut s_plain = vec![0.0; keys.len()];
                     for i in ci * block..((ci + 1) * block).min(rows) {
@@ -1180,14 +1239,15 @@ pub fn detect_tensor_coded(
                         sums.iter_mut().for_each(|s| *s = 0.0);
                         s_plain.iter_mut().for_each(|s| *s = 0.0);
                         for k in pieces() {
-                            let y = &mut y[..k.len()];
+                            let y = &mut ys[..k.len()];
                             decode_piece(i, &k, &mut x);
                             acc.0 += row_y(i, k.start, cols, &x, profile, reference, y);
                             if let Some(a) = weights {
                                 a.weigh(i, k.start, y);
                             }
-                            match layout {
-                                Layout::Cols(rank) => {
+                            match (layout, &members) {
+                                (Layout::Cols(_), Some(m)) => group_sums(&ys, m, &mut sums),
+                                (Layout::Cols(rank), None) => {
                                     let rank = rank.get(k.clone()).unwrap_or_default();
                                     add_by_group(y, rank, &mut sums);
                                 }
@@ -1529,6 +1589,46 @@ mod tests {
             let (e, f) = one.install(|| Profile::of_pair(&t, &other32, cols));
             assert_eq!((bits(&e), bits(&f)), (bits(&c), bits(&d)), "{rows} x {cols} one thread");
         }
+    }
+
+    #[test]
+    fn gathering_each_group_gives_the_sums_of_adding_each_element_to_its_group() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for cols in [8usize, 13, 64, 576, 1003] {
+            // A keyed-looking permutation of the ranks.
+            let mut rank: Vec<u32> = (0..cols as u32).collect();
+            for k in (1..cols).rev() {
+                rank.swap(k, (next() % (k as u64 + 1)) as usize);
+            }
+            let members = group_members(&rank, cols).unwrap_or_else(|| panic!("{cols}"));
+            for _ in 0..20 {
+                let mut y: Vec<f64> = (0..cols)
+                    .map(|_| match next() % 10 {
+                        0 => f64::NAN,
+                        1 => f64::INFINITY,
+                        2 => 0.0,
+                        _ => (next() >> 11) as f64 / (1u64 << 50) as f64 - 4.0,
+                    })
+                    .collect();
+                let mut scattered = vec![0.0; groups(cols)];
+                add_by_group(&y, &rank, &mut scattered);
+                y.push(f64::NAN);
+                let mut gathered = vec![7.0; groups(cols)];
+                group_sums(&y, &members, &mut gathered);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&gathered), bits(&scattered), "{cols} columns");
+            }
+        }
+        // Not a permutation: a group with nine columns is left to
+        // `add_by_group`.
+        assert!(group_members(&[0; 9], 9).is_none());
+        assert!(group_members(&[0, 1], 3).is_none());
     }
 
     #[test]
