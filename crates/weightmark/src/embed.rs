@@ -569,8 +569,14 @@ impl<'o> Marking<'o> {
             (None, None) => None,
         };
         let weights = ss2.weights.get(t.name);
-        let (data, fidelity) =
-            crate::ss2::embed_tensor(t, &axes, &release, recipient, ss2.strengths, weights);
+        let (data, fidelity, profile) = crate::ss2::embed_tensor_profiled(
+            t,
+            &axes,
+            &release,
+            recipient,
+            ss2.strengths,
+            weights,
+        );
         let marked = t.with_data(&data);
         // Measured as `detect` with this release's certificate decides: on
         // both components when the recipient's is an independent pattern.
@@ -578,7 +584,9 @@ impl<'o> Marking<'o> {
         if coded.is_none() {
             keys.extend(own.as_ref());
         }
-        let blind = crate::ss2::detect_tensor(&marked, &axes, None, &keys, weights);
+        let known = profile.as_ref();
+        let (blind, _) =
+            crate::ss2::detect_tensor_coded(&marked, &axes, None, &keys, weights, known, &[]);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed = match self.informed_check {
             true => crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights),

@@ -199,6 +199,25 @@ pub fn embed_tensor(
     strengths: Strengths,
     weights: Option<&TensorWeights>,
 ) -> (Vec<u8>, Fidelity) {
+    let (data, fidelity, _) =
+        embed_tensor_profiled(t, axes, release, recipient, strengths, weights);
+    (data, fidelity)
+}
+
+/// [`embed_tensor`], and the marked tensor's blind profile where its rows
+/// fit in a chunk: built from the marked values each chunk decodes anyway
+/// (for the fidelity), so that the blind check of the marked tensor
+/// ([`detect_tensor_coded`] with `known`) need not read it once more. The
+/// same profile, bit for bit, as [`Profile::of`] of the marked tensor (the
+/// same chunks, decoded the same way).
+pub(crate) fn embed_tensor_profiled(
+    t: &TensorRef<'_>,
+    axes: &Axes<'_>,
+    release: &TensorStreams,
+    recipient: Option<&dyn SignSource>,
+    strengths: Strengths,
+    weights: Option<&TensorWeights>,
+) -> (Vec<u8>, Fidelity, Option<Profile>) {
     let size = t.dtype.size();
     let (_, cols) = dims(t);
     let layout = Layout::of(axes);
@@ -206,7 +225,7 @@ pub fn embed_tensor(
     // Decoded once (a GGUF tensor): the chunks read it, the copy is marked.
     let source = t.data();
     let mut data = source.to_vec();
-    let parts: Vec<Fidelity> = data
+    let parts: Vec<(Fidelity, Option<ChunkProfile>)> = data
         .par_chunks_mut(block * cols * size)
         .enumerate()
         .map(|(ci, out)| {
@@ -217,7 +236,7 @@ pub fn embed_tensor(
             if cols > CHUNK_ELEMENTS {
                 // One long row (block is 1): read it in pieces.
                 let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
-                return row.embed(input, out, release, recipient, strengths);
+                return (row.embed(input, out, release, recipient, strengths), None);
             }
             let mut w = Vec::with_capacity(n);
             decode_f64(t.dtype, input, &mut w);
@@ -244,11 +263,20 @@ pub fn embed_tensor(
             encode_stochastic(t.dtype, &target, &u, out);
             let mut marked = Vec::with_capacity(n);
             decode_f64(t.dtype, out, &mut marked);
-            Fidelity::between(&w, &marked)
+            let profile = chunk_profile(&marked, cols, &mut Vec::new());
+            (Fidelity::between(&w, &marked), Some(profile))
         })
         .collect();
-    let fidelity = parts.into_iter().fold(Fidelity::default(), Fidelity::merge);
-    (data, fidelity)
+    let mut fidelity = Fidelity::default();
+    let mut profile = Some(Vec::with_capacity(parts.len()));
+    for (f, p) in parts {
+        fidelity = fidelity.merge(f);
+        profile = profile.zip(p).map(|(mut all, p)| {
+            all.push(p);
+            all
+        });
+    }
+    (data, fidelity, profile.map(Profile::from_parts))
 }
 
 /// One row longer than a chunk, worked on in pieces of [`CHUNK_ELEMENTS`]
