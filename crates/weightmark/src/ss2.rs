@@ -1620,6 +1620,33 @@ mod tests {
     }
 
     #[test]
+    fn the_profile_marking_builds_is_the_profile_of_the_marked_tensor_bit_for_bit() {
+        let bits = |p: &Profile| {
+            let mut b: Vec<u64> = p.rows.iter().chain(&p.cols).map(|x| x.to_bits()).collect();
+            b.push(p.total.to_bits());
+            b
+        };
+        // Rows of one chunk and of several, a short last chunk, f16 and
+        // bf16; a row longer than a chunk gives no profile.
+        for (rows, cols, dtype) in
+            [(300, 576, Dtype::F16), (7, 1000, Dtype::BF16), (1, CHUNK_ELEMENTS + 5, Dtype::F16)]
+        {
+            let m = to_model(&[gaussian_matrix("w", rows, cols, dtype, 5)])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+            let release = TensorStreams::new(&MarkKey::from_bytes([3; 32]), "w");
+            let strengths = Strengths::split(0.01, false);
+            let (data, _, profile) =
+                embed_tensor_profiled(&t, &Axes::default(), &release, None, strengths, None);
+            let marked = t.with_data(&data);
+            match profile {
+                Some(p) => assert_eq!(bits(&p), bits(&Profile::of(&marked)), "{rows}x{cols}"),
+                None => assert!(cols > CHUNK_ELEMENTS, "{rows}x{cols}: no profile"),
+            }
+        }
+    }
+
+    #[test]
     fn gathering_each_group_gives_the_sums_of_adding_each_element_to_its_group() {
         let mut state = 0x1234_5678_9abc_def1u64;
         let mut next = move || {
