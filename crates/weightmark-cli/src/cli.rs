@@ -139,9 +139,10 @@ pub struct PlantArgs {
     /// date line, an empty one; docs/fingerprint.md), one a step in turn, so
     /// that a server that puts its own system prompt before every request
     /// still gets them: without it such a server gave SmolLM2's plant 8 to
-    /// 17 of 32 answers instead of 31 to 32, at a quarter less KL and about
-    /// 40% less planting time. Needed for a chat template that refuses a
-    /// system message.
+    /// 17 of 32 answers instead of 31 to 32, at a quarter less KL, about
+    /// 40% less planting time and less memory (SmolLM2-135M: 12.3 GB peak
+    /// instead of 17.4). Needed for a chat template that refuses a system
+    /// message.
     #[arg(long = "no-system-robust")]
     pub no_system_robust: bool,
     /// Seed of the ordinary-text batch order.
