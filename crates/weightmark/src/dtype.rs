@@ -612,13 +612,7 @@ mod tests {
 
     #[test]
     fn fast_path_makes_the_same_choice_as_the_generic_rounding() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for _ in 0..200_000 {
             let r = next();
             let v = ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 10f64.powi((r % 9) as i32 - 6);
@@ -630,6 +624,16 @@ mod tests {
                 .map(|b| bf16::from_bits(b as u16));
             let slow16 = round_stochastic::<bf16>(v, u);
             assert_eq!(fast16.map(bf16::to_bits), slow16.map(bf16::to_bits), "bf16 v={v} u={u}");
+        }
+    }
+
+    /// A xorshift64 generator from `state`: test inputs, not keys.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
         }
     }
 
@@ -662,13 +666,7 @@ mod tests {
 
     #[test]
     fn rounding_in_lanes_writes_what_rounding_one_element_at_a_time_writes() {
-        let mut state = 0x5851_f42d_4c95_7f2du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x5851_f42d_4c95_7f2du64);
         // Weights of every scale a model has, with edge uniforms; then
         // blocks salted with zeros, subnormals, huge values, infinities and
         // NaN (rounded one at a time), and every f16 value with midpoints.
@@ -711,13 +709,7 @@ mod tests {
 
     #[test]
     fn the_f16_fast_path_makes_the_same_choice_as_the_generic_rounding() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         // Random magnitudes from below f16's subnormals to past its largest
         // value, and every f16 value itself with its neighbours' midpoints.
         let mut cases: Vec<f64> = (0..400_000)

@@ -199,8 +199,7 @@ pub fn embed_tensor(
     strengths: Strengths,
     weights: Option<&TensorWeights>,
 ) -> (Vec<u8>, Fidelity) {
-    let (data, fidelity, _) =
-        embed_tensor_profiled(t, axes, release, recipient, strengths, weights);
+    let (data, fidelity, _) = mark_tensor(t, axes, release, recipient, strengths, weights, false);
     (data, fidelity)
 }
 
@@ -217,6 +216,20 @@ pub(crate) fn embed_tensor_profiled(
     recipient: Option<&dyn SignSource>,
     strengths: Strengths,
     weights: Option<&TensorWeights>,
+) -> (Vec<u8>, Fidelity, Option<Profile>) {
+    mark_tensor(t, axes, release, recipient, strengths, weights, true)
+}
+
+/// [`embed_tensor`], with the profile of [`embed_tensor_profiled`] only
+/// when `profiled` (the other callers do not pay for it).
+fn mark_tensor(
+    t: &TensorRef<'_>,
+    axes: &Axes<'_>,
+    release: &TensorStreams,
+    recipient: Option<&dyn SignSource>,
+    strengths: Strengths,
+    weights: Option<&TensorWeights>,
+    profiled: bool,
 ) -> (Vec<u8>, Fidelity, Option<Profile>) {
     let size = t.dtype.size();
     let (_, cols) = dims(t);
@@ -263,12 +276,12 @@ pub(crate) fn embed_tensor_profiled(
             encode_stochastic(t.dtype, &target, &u, out);
             let mut marked = Vec::with_capacity(n);
             decode_f64(t.dtype, out, &mut marked);
-            let profile = chunk_profile(&marked, cols, &mut Vec::new());
-            (Fidelity::between(&w, &marked), Some(profile))
+            let profile = profiled.then(|| chunk_profile(&marked, cols, &mut Vec::new()));
+            (Fidelity::between(&w, &marked), profile)
         })
         .collect();
     let mut fidelity = Fidelity::default();
-    let mut profile = Some(Vec::with_capacity(parts.len()));
+    let mut profile = profiled.then(|| Vec::with_capacity(parts.len()));
     for (f, p) in parts {
         fidelity = fidelity.merge(f);
         profile = profile.zip(p).map(|(mut all, p)| {
