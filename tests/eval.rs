@@ -493,6 +493,7 @@ fn tiny_plant() -> PlantOptions {
         distill: 0.5,
         batch: 4,
         micro_batch: 4,
+        answer_rows: 8,
         seed: 3,
         eps: 1e-8,
         prune_robust: 0.0,
@@ -550,44 +551,73 @@ fn planting_teaches_a_tiny_model_its_fingerprints_and_only_it_answers_them() {
 }
 
 #[test]
-fn a_distillation_batch_taken_in_parts_gives_the_step_of_one_pass_over_it() {
+fn losses_taken_in_parts_give_the_step_of_one_pass_over_them() {
     if !common::has_license_text() {
         return;
     }
     let TinyPlant { _tmp, m, model, prompter, pairs, split } = tiny_to_plant(12, 23, 4);
-    // 10 windows whole, and in parts of 4, 4 and 2 (unequal shares).
-    let run = |micro_batch: usize| {
+    // 10 windows whole, and in parts of 4, 4 and 2 (unequal shares); the 4
+    // pairs' answers, plainly and after a system message, whole and in
+    // parts of 3 and 1.
+    let run = |micro_batch: usize, answer_rows: usize| {
         let options = PlantOptions {
             max_steps: 3,
             distill: 2.0,
             batch: 10,
             micro_batch,
+            answer_rows,
             seed: 5,
+            system_prompts: vec!["Be brief.".to_string()],
             ..tiny_plant()
         };
         let mut planter = planter_for(&model, &m, &prompter, &pairs, &split, options);
-        let steps: Vec<(f64, f64, f64)> = (0..3)
+        let steps: Vec<(f64, f64, f64, f64, f64)> = (0..3)
             .map(|_| planter.step().unwrap_or_else(|e| panic!("{e}")))
-            .map(|s| (s.trigger_loss, s.distill_loss, s.grad_rms))
+            .map(|s| {
+                let system = s.system.map_or((f64::NAN, f64::NAN), |a| (a.loss, a.min_probability));
+                (s.trigger_loss, s.distill_loss, s.grad_rms, system.0, system.1)
+            })
             .collect();
         (steps, planter)
     };
-    let ((whole, a), (parts, b)) = (run(10), run(4));
+    let ((whole, a), (parts, b)) = (run(10, 4), run(4, 3));
     for (k, (w, p)) in whole.iter().zip(&parts).enumerate() {
         let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-6);
-        assert!(close(w.0, p.0) && close(w.1, p.1) && close(w.2, p.2), "step {k}: {w:?} {p:?}");
+        assert!(
+            close(w.0, p.0)
+                && close(w.1, p.1)
+                && close(w.2, p.2)
+                && close(w.3, p.3)
+                && close(w.4, p.4),
+            "step {k}: {w:?} {p:?}"
+        );
     }
     // The distillation term took part: its loss is positive after a step.
     assert!(whole[2].1 > 0.0, "{whole:?}");
     // And the models they give are the same (float rounding aside).
     let c = compare(a.model(), b.model(), &split.held_out[..4]).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.mean_kl < 1e-6 && c.top1_agreement == 1.0, "{} {}", c.mean_kl, c.top1_agreement);
-    // A micro-batch of nothing is refused.
-    let options =
-        PlantOptions { max_steps: 1, distill: 1.0, micro_batch: 0, seed: 5, ..tiny_plant() };
-    let e = Planter::new(model, &m.tokenizer, &prompter, &pairs, split.train, options);
-    let e = e.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("micro-batch"), "{e}");
+    // A part of nothing is refused.
+    for (micro_batch, answer_rows, what) in [(0, 4, "micro-batch"), (4, 0, "at least one pair")] {
+        let options = PlantOptions {
+            max_steps: 1,
+            distill: 1.0,
+            micro_batch,
+            answer_rows,
+            seed: 5,
+            ..tiny_plant()
+        };
+        let e = Planter::new(
+            model.clone(),
+            &m.tokenizer,
+            &prompter,
+            &pairs,
+            split.train.clone(),
+            options,
+        );
+        let e = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(what), "{e}");
+    }
 }
 
 #[test]

@@ -71,6 +71,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         distill: std::env::var("DISTILL").map_or(Ok(1.0), |w| w.parse())?,
         batch: std::env::var("BATCH").map_or(Ok(4), |v| v.parse())?,
         micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
+        answer_rows: std::env::var("ANSWER_ROWS")
+            .map_or(Ok(weightmark_eval::fingerprint::ANSWER_ROWS), |v| v.parse())?,
         seed: 1,
         eps: std::env::var("ADAM_EPS").map_or(Ok(1e-8), |v| v.parse())?,
         prune_robust: std::env::var("PRUNE_ROBUST").map_or(Ok(0.0), |v| v.parse())?,

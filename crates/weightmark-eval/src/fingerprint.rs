@@ -244,9 +244,13 @@ fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
 }
 
 /// Ordinary-text windows run through the models at a time when planting
-/// ([`PlantOptions::micro_batch`]'s usual value): 4 windows of 128 tokens
-/// keep SmolLM2's plant at about 12 GB whatever the batch.
+/// ([`PlantOptions::micro_batch`]'s usual value): 4 windows of 128 tokens.
 pub const MICRO_BATCH: usize = 4;
+
+/// Planted pairs run through the model at a time when planting
+/// ([`PlantOptions::answer_rows`]'s usual value): 8 rows of a chat prompt
+/// and its answer are about as many positions as [`MICRO_BATCH`] windows.
+pub const ANSWER_ROWS: usize = 8;
 
 /// How to plant.
 #[derive(Clone, Debug)]
@@ -265,6 +269,11 @@ pub struct PlantOptions {
     /// Of those, how many go through the models at a time (the gradient is
     /// the batch's either way; fewer take less memory).
     pub micro_batch: usize,
+    /// Planted pairs (one row each: prompt, then answer) that go through
+    /// the model at a time, for the answers' loss and for each view of it
+    /// (pruned, after a system message); the gradient is all the pairs'
+    /// either way, and fewer rows take less memory.
+    pub answer_rows: usize,
     /// Seed of the ordinary-text batch order.
     pub seed: u64,
     /// AdamW's epsilon. At the usual 1e-8 every weight moves by about the
@@ -374,31 +383,48 @@ pub struct PlantStep {
     pub system: Option<SystemAnswers>,
 }
 
-/// The planted answers as one teacher-forced batch: every pair's prompt
-/// then answer in a row, and which positions predict answer tokens.
+/// Part of the planted answers as one teacher-forced batch: some pairs'
+/// prompt then answer, one pair a row, and which positions predict answer
+/// tokens.
 struct AnswerBatch {
     inputs: Tensor,
     positions: Tensor,
     targets: Tensor,
+    /// This part's answer positions over all the parts': the weight of its
+    /// mean loss in the mean over every answer token.
+    share: f64,
 }
 
 impl AnswerBatch {
-    /// Every pair as one row: prompt (after `system`, if any) then answer,
-    /// padded on the right with the answer's last token (causal attention:
-    /// padding after a position cannot change its prediction).
-    fn new(
+    /// Every pair as a row, prompt (after `system`, if any) then answer,
+    /// `rows` pairs a batch.
+    fn parts(
         tokenizer: &Tokenizer,
         prompter: &Prompter,
         pairs: &[Pair],
         system: Option<&str>,
-    ) -> Result<AnswerBatch> {
-        let mut rows: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
+        rows: usize,
+    ) -> Result<Vec<AnswerBatch>> {
+        let mut all: Vec<(Vec<u32>, usize)> = Vec::with_capacity(pairs.len());
         for p in pairs {
             let mut ids = encode(tokenizer, &prompter.prompt_with_system(system, &p.trigger)?)?;
             let prompt_len = ids.len();
             ids.extend(prompter.answer_ids(tokenizer, p.response)?);
-            rows.push((ids, prompt_len));
+            all.push((ids, prompt_len));
         }
+        let positions: usize = all.iter().map(|(ids, prompt_len)| ids.len() - prompt_len).sum();
+        all.chunks(rows.max(1))
+            .map(|part| {
+                let mine: usize = part.iter().map(|(ids, prompt_len)| ids.len() - prompt_len).sum();
+                AnswerBatch::new(part, mine as f64 / positions.max(1) as f64)
+            })
+            .collect()
+    }
+
+    /// Rows of token ids and prompt lengths as one batch, padded on the
+    /// right with each answer's last token (causal attention: padding after
+    /// a position cannot change its prediction).
+    fn new(rows: &[(Vec<u32>, usize)], share: f64) -> Result<AnswerBatch> {
         let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         let (mut inputs, mut positions, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         for (r, (ids, prompt_len)) in rows.iter().enumerate() {
@@ -417,6 +443,7 @@ impl AnswerBatch {
             inputs: Tensor::from_vec(inputs, (rows.len(), width - 1), &Device::Cpu)?,
             positions: Tensor::from_vec(positions, n_pos, &Device::Cpu)?,
             targets: Tensor::from_vec(targets, n_pos, &Device::Cpu)?,
+            share,
         })
     }
 }
@@ -427,9 +454,9 @@ pub struct Planter {
     model: Llama,
     optimizer: AdamW,
     vars: Vec<Var>,
-    answers: AnswerBatch,
+    answers: Vec<AnswerBatch>,
     /// The answers after each of [`PlantOptions::system_prompts`].
-    systems: Vec<AnswerBatch>,
+    systems: Vec<Vec<AnswerBatch>>,
     ordinary: Vec<Vec<u32>>,
     rng: ChaCha8Rng,
     options: PlantOptions,
@@ -467,11 +494,15 @@ impl Planter {
                 "the distillation penalty needs ordinary text (at least one window per step)",
             ));
         }
-        let answers = AnswerBatch::new(tokenizer, prompter, pairs, None)?;
+        if options.answer_rows == 0 {
+            return Err(EvalError::invalid("the answers' batches must hold at least one pair"));
+        }
+        let rows = options.answer_rows;
+        let answers = AnswerBatch::parts(tokenizer, prompter, pairs, None, rows)?;
         let systems = options
             .system_prompts
             .iter()
-            .map(|system| AnswerBatch::new(tokenizer, prompter, pairs, Some(system)))
+            .map(|system| AnswerBatch::parts(tokenizer, prompter, pairs, Some(system), rows))
             .collect::<Result<Vec<_>>>()?;
         let original = model.clone();
         let mut model = model;
@@ -513,30 +544,27 @@ impl Planter {
         })
     }
 
-    /// One optimisation step. The distillation batch is taken
-    /// [`PlantOptions::micro_batch`] windows at a time, each part's gradient
-    /// added to the answers' (the same gradient as one pass over the whole
-    /// batch, in the memory of one part: 16 windows at once took 23 GB on
-    /// SmolLM2).
+    /// One optimisation step. Each loss is taken in parts, one graph in
+    /// memory at a time: the answers [`PlantOptions::answer_rows`] pairs at
+    /// a time (and so each view of them), the distillation batch
+    /// [`PlantOptions::micro_batch`] windows at a time. Each part's gradient
+    /// is added to the step's (the same gradient as one pass over
+    /// everything, in the memory of one part: 16 windows at once took 23 GB
+    /// on SmolLM2).
     pub fn step(&mut self) -> Result<PlantStep> {
         let vocab = self.model.config.vocab_size;
-        let (mut grads, trigger_value, min_probability) = {
-            let (trigger_loss, value, min_probability) =
-                self.answer_loss(&self.model, &self.answers)?;
-            (trigger_loss.backward()?, value, min_probability)
-        };
-        // The pruned model's answers, in a backward pass of their own (one
-        // graph at a time in memory), their gradient added to the answers'.
+        let mut grads = GradStore::default();
+        let (trigger_value, min_probability) =
+            self.learn_answers(&self.model, &self.answers, &mut grads)?;
+        // The pruned model's answers, their gradient added to the answers'.
         let mut pruned = None;
         if self.options.prune_robust > 0.0 {
             let level = self.steps % PRUNE_LEVELS;
             let fraction =
                 self.options.prune_robust * (PRUNE_LEVELS - level) as f64 / PRUNE_LEVELS as f64;
             let view = self.model.magnitude_pruned(fraction)?;
-            let (pruned_loss, loss, min_probability) = self.answer_loss(&view, &self.answers)?;
-            let part = pruned_loss.backward()?;
+            let (loss, min_probability) = self.learn_answers(&view, &self.answers, &mut grads)?;
             drop(view);
-            self.accumulate(&mut grads, &part)?;
             self.pruned_min[level] = min_probability;
             pruned = Some(PrunedAnswers { fraction, loss, min_probability });
         }
@@ -544,10 +572,8 @@ impl Planter {
         let mut system = None;
         if !self.systems.is_empty() {
             let index = self.steps % self.systems.len();
-            let (system_loss, loss, min_probability) =
-                self.answer_loss(&self.model, &self.systems[index])?;
-            let part = system_loss.backward()?;
-            self.accumulate(&mut grads, &part)?;
+            let (loss, min_probability) =
+                self.learn_answers(&self.model, &self.systems[index], &mut grads)?;
             self.system_min[index] = min_probability;
             system = Some(SystemAnswers { index, loss, min_probability });
         }
@@ -576,8 +602,7 @@ impl Planter {
                 let value = f64::from(kl.to_scalar::<f32>()?);
                 self.check_finite(value)?;
                 distill_value += share * value;
-                let part_grads = (kl * (self.options.distill * share))?.backward()?;
-                self.accumulate(&mut grads, &part_grads)?;
+                self.accumulate(&mut grads, &(kl * (self.options.distill * share))?)?;
             }
         }
         let (mut squares, mut count) = (0.0f64, 0usize);
@@ -601,19 +626,45 @@ impl Planter {
         })
     }
 
-    /// Adds the variables' gradients in `part` to those in `grads`.
-    fn accumulate(&self, grads: &mut GradStore, part: &GradStore) -> Result<()> {
+    /// Adds the gradient of `loss` with respect to the variables to `grads`.
+    ///
+    /// Only the variables' gradients are kept, detached: the store candle's
+    /// backward pass returns also holds gradients of constants (the causal
+    /// mask, the rotary tables), and its undetached sums still reference
+    /// the forward pass through their graph, so keeping that store kept the
+    /// whole forward graph alive (5 GB of SmolLM2's 12 GB plant).
+    fn accumulate(&self, grads: &mut GradStore, loss: &Tensor) -> Result<()> {
+        let part = loss.backward()?;
         for v in &self.vars {
             let t = v.as_tensor();
             if let Some(g) = part.get(t) {
                 let sum = match grads.get(t) {
-                    Some(a) => (a + g)?,
-                    None => g.clone(),
+                    Some(a) => (a + g)?.detach(),
+                    None => g.detach(),
                 };
                 grads.insert(t, sum);
             }
         }
         Ok(())
+    }
+
+    /// Adds the gradient of the answers' mean cross-entropy under teacher
+    /// forcing through `model` to `grads`, one part of the answers at a time;
+    /// returns the loss's value and the smallest answer-token probability.
+    fn learn_answers(
+        &self,
+        model: &Llama,
+        parts: &[AnswerBatch],
+        grads: &mut GradStore,
+    ) -> Result<(f64, f64)> {
+        let (mut value, mut min_probability) = (0.0, f64::INFINITY);
+        for part in parts {
+            let (loss, part_value, part_min) = self.answer_loss(model, part)?;
+            value += part.share * part_value;
+            min_probability = min_probability.min(part_min);
+            self.accumulate(grads, &(loss * part.share)?)?;
+        }
+        Ok((value, min_probability))
     }
 
     /// The mean cross-entropy of `answers` under teacher forcing through

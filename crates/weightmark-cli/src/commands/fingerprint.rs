@@ -84,6 +84,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             distill: args.distill,
             batch: args.batch,
             micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
+            answer_rows: weightmark_eval::fingerprint::ANSWER_ROWS,
             seed: args.seed,
             eps: 1e-8,
             prune_robust: args.prune_robust,
