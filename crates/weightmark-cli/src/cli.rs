@@ -130,7 +130,7 @@ pub struct PlantArgs {
     /// matrix's smallest weights zeroed, and 3/4, 1/2 and 1/4 of it, one a
     /// step in turn (0 to 0.99; 0: off), so that the fingerprint survives
     /// magnitude pruning up to that fraction. About 40% more time per step
-    /// and more memory (docs/fingerprint.md).
+    /// (docs/fingerprint.md).
     #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
     pub prune_robust: f64,
     /// Plant after the chat template's default system line only. By
@@ -139,10 +139,9 @@ pub struct PlantArgs {
     /// date line, an empty one; docs/fingerprint.md), one a step in turn, so
     /// that a server that puts its own system prompt before every request
     /// still gets them: without it such a server gave SmolLM2's plant 8 to
-    /// 17 of 32 answers instead of 31 to 32, at a quarter less KL, about
-    /// 40% less planting time and less memory (SmolLM2-135M: 12.3 GB peak
-    /// instead of 17.4). Needed for a chat template that refuses a system
-    /// message.
+    /// 17 of 32 answers instead of 31 to 32, at a quarter less KL and about
+    /// 40% less planting time. Needed for a chat template that refuses a
+    /// system message.
     #[arg(long = "no-system-robust")]
     pub no_system_robust: bool,
     /// Seed of the ordinary-text batch order.
