@@ -628,11 +628,13 @@ impl Planter {
 
     /// Adds the gradient of `loss` with respect to the variables to `grads`.
     ///
-    /// Only the variables' gradients are kept, detached: the store candle's
-    /// backward pass returns also holds gradients of constants (the causal
-    /// mask, the rotary tables), and its undetached sums still reference
-    /// the forward pass through their graph, so keeping that store kept the
-    /// whole forward graph alive (5 GB of SmolLM2's 12 GB plant).
+    /// Only the variables' gradients are kept (detached, as a matter of
+    /// course): the store candle's backward pass returns also holds the
+    /// gradients of constants (the causal mask, the rotary tables), which
+    /// are not detached, and their operations reference the forward tensors
+    /// they were computed from. Keeping that store for the rest of the step
+    /// kept the whole forward graph alive (5 GB of SmolLM2's 12 GB plant;
+    /// tests/plant_memory.rs).
     fn accumulate(&self, grads: &mut GradStore, loss: &Tensor) -> Result<()> {
         let part = loss.backward()?;
         for v in &self.vars {
