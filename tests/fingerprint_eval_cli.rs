@@ -861,3 +861,73 @@ fn a_check_asks_after_the_system_prompt_given_and_its_report_records_it() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("the system prompt is empty"), "{}", stderr(&o));
 }
+
+/// Every file of the planted model directory `dir` (not certificates).
+fn model_bytes(s: &Scene, dir: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(s.path(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap_or_else(|e| panic!("{dir}: {e}")))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `--checkpoint`: a plant stopped by its step budget and run again with a
+/// larger one goes on from its saved state and writes, byte for byte, the
+/// model of a plant never stopped (with the pruned levels and the system
+/// prompts, whose last looks are part of the state). Another plant's
+/// checkpoint, a spent budget and a file that is not a checkpoint are
+/// refused with one line naming the file, and nothing is written.
+#[test]
+fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_never_stopped() {
+    if !common::has_license_text() {
+        return;
+    }
+    let (s, text) = tiny_owned();
+    let plant = |out: &'static str, steps: &'static str, extra: &[&str]| {
+        let mut args = plant_tiny(out, &text);
+        args.extend(["--count", "4", "--seq", "64", "--lr", "1e-2", "--distill", "0.5"]);
+        args.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", steps]);
+        args.extend(extra);
+        s.run_env(&args, &ONE_THREAD)
+    };
+    let whole = plant("whole", "7", &[]);
+    assert_eq!(whole.status.code(), Some(0), "{}", stderr(&whole));
+    // Saved at steps 2 and 3 (the budget), then 4 more steps from step 3.
+    let ck = ["--checkpoint", "plant.ckpt", "--checkpoint-every", "2"];
+    let first = plant("first", "3", &ck);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(s.path("plant.ckpt").is_file());
+    let resumed = plant("resumed", "7", &ck);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let said = stderr(&resumed);
+    assert!(said.contains("going on from the plant saved in plant.ckpt"), "{said}");
+    assert!(said.contains("step 4: ") && !said.contains("step 1: "), "{said}");
+    let (a, b) = (model_bytes(&s, "whole"), model_bytes(&s, "resumed"));
+    assert!(!a.is_empty());
+    assert!(a == b, "the resumed plant's model differs from the uninterrupted plant's");
+    assert!(a != model_bytes(&s, "first"), "3 steps and 7 steps wrote the same model");
+
+    // Refusals: exit 2, one line naming the checkpoint, no output.
+    let refused = |o: &std::process::Output, out: &str, why: &str| {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+        let e = stderr(o);
+        assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "{e}");
+        assert!(e.contains("plant.ckpt") && e.contains(why), "{e}");
+        assert!(!s.path(out).exists() && !s.path(&format!("{out}.cert.json")).exists());
+    };
+    // The checkpoint now holds step 7's state, saved when the budget ran out.
+    let spent = plant("spent", "7", &ck);
+    refused(&spent, "spent", "already took 7 steps");
+    let mut other = plant_tiny("other", &text);
+    other.extend(["--count", "4", "--seq", "64", "--lr", "2e-2", "--distill", "0.5"]);
+    other.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", "9"]);
+    other.extend(ck);
+    refused(&s.run_env(&other, &ONE_THREAD), "other", "a checkpoint of another plant");
+    std::fs::write(s.path("plant.ckpt"), b"not a checkpoint").unwrap_or_else(|e| panic!("{e}"));
+    refused(&plant("junk", "9", &ck), "junk", "not a planting checkpoint");
+}

@@ -17,12 +17,12 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var, D};
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use tokenizers::Tokenizer;
 use weightmark::fingerprint::Pair;
 
+use crate::adamw::{AdamW, ParamsAdamW};
 use crate::error::{EvalError, Result};
 use crate::llama::{Llama, NextToken};
 use crate::load::encode;
@@ -448,6 +448,67 @@ impl AnswerBatch {
     }
 }
 
+/// [`Planter::identity`] of a planter of `vars` (its starting weights),
+/// `answers`, `systems`, `ordinary` and `options`.
+fn identity(
+    vars: &[Var],
+    answers: &[AnswerBatch],
+    systems: &[Vec<AnswerBatch>],
+    ordinary: &[Vec<u32>],
+    options: &PlantOptions,
+) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let word = |h: &mut Sha256, x: u64| h.update(x.to_le_bytes());
+    h.update(b"weightmark plant identity v1\0");
+    let o = options;
+    for x in [o.learning_rate, o.distill, o.eps, o.prune_robust] {
+        word(&mut h, x.to_bits());
+    }
+    for n in [o.batch, o.micro_batch, o.answer_rows] {
+        word(&mut h, n as u64);
+    }
+    word(&mut h, o.seed);
+    word(&mut h, o.system_prompts.len() as u64);
+    for p in &o.system_prompts {
+        word(&mut h, p.len() as u64);
+        h.update(p.as_bytes());
+    }
+    let ints = |h: &mut Sha256, t: &Tensor| -> Result<()> {
+        let values = t.flatten_all()?.to_dtype(candle_core::DType::I64)?.to_vec1::<i64>()?;
+        word(h, values.len() as u64);
+        for v in values {
+            word(h, v as u64);
+        }
+        Ok(())
+    };
+    for parts in std::iter::once(answers).chain(systems.iter().map(Vec::as_slice)) {
+        word(&mut h, parts.len() as u64);
+        for a in parts {
+            ints(&mut h, &a.inputs)?;
+            ints(&mut h, &a.positions)?;
+            ints(&mut h, &a.targets)?;
+            word(&mut h, a.share.to_bits());
+        }
+    }
+    word(&mut h, ordinary.len() as u64);
+    for w in ordinary {
+        word(&mut h, w.len() as u64);
+        w.iter().for_each(|&t| h.update(t.to_le_bytes()));
+    }
+    word(&mut h, vars.len() as u64);
+    for v in vars {
+        for &d in v.dims() {
+            word(&mut h, d as u64);
+        }
+        let values = v.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?;
+        for x in values.to_vec1::<f32>()? {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().into())
+}
+
 /// A model being planted.
 pub struct Planter {
     original: Llama,
@@ -468,6 +529,18 @@ pub struct Planter {
     system_min: Vec<f64>,
     /// Steps taken.
     pub steps: usize,
+    /// What the plant is made of ([`Planter::identity`]).
+    identity: [u8; 32],
+}
+
+/// Where and how often [`Planter::run_saving`] saves its state.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    /// The checkpoint file ([`crate::checkpoint`]), replaced at each save.
+    pub path: std::path::PathBuf,
+    /// Saved after every this many steps (0: only when training stops
+    /// unfinished).
+    pub every: usize,
 }
 
 impl Planter {
@@ -528,6 +601,7 @@ impl Planter {
             weight_decay: 0.0,
             ..ParamsAdamW::default()
         };
+        let identity = identity(&vars, &answers, &systems, &ordinary, &options)?;
         Ok(Planter {
             original,
             model,
@@ -541,7 +615,78 @@ impl Planter {
             options,
             pruned_min: [0.0; PRUNE_LEVELS],
             steps: 0,
+            identity,
         })
+    }
+
+    /// SHA-256 of what this plant is made of: the model's starting weights,
+    /// the answers' token sequences (plain and after each system prompt),
+    /// the ordinary-text windows and every option that changes a step
+    /// (not `max_steps` or `min_probability`, which only say when to stop).
+    /// A checkpoint resumes only a planter of the same identity.
+    pub fn identity(&self) -> [u8; 32] {
+        self.identity
+    }
+
+    /// Saves everything the next step depends on to `path`
+    /// ([`crate::checkpoint`]): the weights, AdamW's moments and step count,
+    /// the ordinary-text batch order's position, the last look at each
+    /// pruned level and system prompt, the rates.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let header = crate::checkpoint::Header {
+            identity: self.identity,
+            steps: self.steps,
+            optimizer_steps: self.optimizer.steps(),
+            rng_word_pos: self.rng.get_word_pos(),
+            pruned_min: self.pruned_min.to_vec(),
+            system_min: self.system_min.clone(),
+            learning_rate: self.options.learning_rate,
+            distill: self.options.distill,
+        };
+        let slots: Vec<_> = self
+            .vars
+            .iter()
+            .zip(self.optimizer.moments())
+            .map(|(var, (m, v))| (var.as_tensor(), m, v))
+            .collect();
+        if slots.len() != self.vars.len() {
+            return Err(EvalError::invalid("the optimiser does not hold every variable"));
+        }
+        crate::checkpoint::save(path, &header, &slots)
+    }
+
+    /// Restores the state [`Planter::save_checkpoint`] saved to `path`, by
+    /// a planter of the same [`Planter::identity`]: the steps that follow are
+    /// those the saving planter would have taken. Another plant's checkpoint
+    /// (other weights, pairs, text or options) is refused, naming the file.
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
+        let (header, slots) = crate::checkpoint::load(path, &shapes)?;
+        if header.identity != self.identity {
+            return Err(EvalError::input(
+                path,
+                "a checkpoint of another plant (the model, the pairs, the ordinary text or a \
+                 training option differs; only --max-steps may change): remove it or name \
+                 another file",
+            ));
+        }
+        if header.pruned_min.len() != PRUNE_LEVELS
+            || header.system_min.len() != self.system_min.len()
+        {
+            return Err(EvalError::input(path, "not a planting checkpoint: wrong state sizes"));
+        }
+        let mut moments = Vec::with_capacity(slots.len());
+        for (var, (theta, m, v)) in self.vars.iter().zip(slots) {
+            var.set(&theta)?;
+            moments.push((m, v));
+        }
+        self.optimizer.restore(header.optimizer_steps, moments)?;
+        self.rng.set_word_pos(header.rng_word_pos);
+        self.pruned_min.copy_from_slice(&header.pruned_min);
+        self.system_min = header.system_min;
+        self.set_rates(header.learning_rate, header.distill);
+        self.steps = header.steps;
+        Ok(())
     }
 
     /// One optimisation step. Each loss is taken in parts, one graph in
@@ -701,6 +846,25 @@ impl Planter {
     /// (checked before each update) or the step budget runs out; `on_step`
     /// sees each step. Returns the last step's numbers.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&PlantStep)) -> Result<PlantStep> {
+        self.run_saving(on_step, None)
+    }
+
+    /// [`Planter::run`], saving a checkpoint ([`Planter::save_checkpoint`])
+    /// after every `checkpoint.every` steps and when the step budget runs
+    /// out before planting is done (not when it is done: the planted model
+    /// is then written). A planter resumed from a checkpoint
+    /// ([`Planter::resume`]) goes on from its step.
+    pub fn run_saving(
+        &mut self,
+        on_step: &mut dyn FnMut(&PlantStep),
+        checkpoint: Option<&Checkpointing>,
+    ) -> Result<PlantStep> {
+        if self.steps > 0 && self.steps >= self.options.max_steps {
+            return Err(EvalError::invalid(format!(
+                "planting already took {} steps, and at most {} are allowed: allow more to go on",
+                self.steps, self.options.max_steps
+            )));
+        }
         let mut last = None;
         while self.steps < self.options.max_steps {
             let s = self.step()?;
@@ -712,6 +876,12 @@ impl Planter {
             last = Some(s);
             if done {
                 break;
+            }
+            if let Some(c) = checkpoint {
+                let due = c.every > 0 && self.steps % c.every == 0;
+                if due || self.steps >= self.options.max_steps {
+                    self.save_checkpoint(&c.path)?;
+                }
             }
         }
         last.ok_or_else(|| EvalError::invalid("planting needs at least one step"))
@@ -787,6 +957,9 @@ pub struct PlantRequest<'a> {
     pub overwrite: weightmark::Overwrite,
     /// Creation time of the certificate, RFC 3339 UTC.
     pub created: String,
+    /// Save the plant's state there every so many steps, and go on from it
+    /// if the file exists ([`Planter::resume`]).
+    pub checkpoint: Option<Checkpointing>,
 }
 
 /// What planting did.
@@ -847,7 +1020,12 @@ pub fn plant_release(
     let before = score(&original)?;
     let mut planter =
         Planter::new(original, &m.tokenizer, &prompter, &pairs, ordinary, request.options.clone())?;
-    let last = planter.run(on_step)?;
+    if let Some(c) = &request.checkpoint {
+        if std::fs::symlink_metadata(&c.path).is_ok() {
+            planter.resume(&c.path)?;
+        }
+    }
+    let last = planter.run_saving(on_step, request.checkpoint.as_ref())?;
     let values = planter
         .model()
         .merged_tensors()?

@@ -15,6 +15,9 @@
 //!   with LoRA, and writes the result in the input's layout and dtypes.
 //! - [`fingerprint`] asks a model the `fp1` triggers and plants them by
 //!   training, with a distillation penalty that keeps ordinary text unchanged.
+//! - [`checkpoint`] saves a plant's state so that it can stop and go on
+//!   later with the same result ([`adamw`]: an optimiser whose state can be
+//!   saved).
 //! - [`calibrate`] measures the activation statistics that AWQ/SmoothQuant-
 //!   style smoothing (`weightmark attack smooth`) takes its factors from.
 //! - [`curve`] follows a mark through fine-tuning: detection and held-out
@@ -24,8 +27,10 @@
 //! The crate is kept out of the default `weightmark` build: the CLI gains the
 //! `eval` commands and `attack finetune` with `--features eval`.
 
+pub mod adamw;
 pub mod bert;
 pub mod calibrate;
+pub mod checkpoint;
 pub mod curve;
 
 pub mod error;

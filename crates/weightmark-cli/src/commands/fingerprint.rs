@@ -53,7 +53,7 @@ fn plant(_: &PlantArgs) -> anyhow::Result<Outcome> {
 #[cfg(feature = "eval")]
 fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
     use weightmark::{check_release_paths, default_certificate_path, resolve_output};
-    use weightmark_eval::fingerprint::{plant_release, PlantOptions, PlantRequest};
+    use weightmark_eval::fingerprint::{plant_release, Checkpointing, PlantOptions, PlantRequest};
 
     let key = SecretKey::load(&args.key)?;
     let model = Model::open(&args.model)?;
@@ -96,10 +96,20 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         },
         overwrite,
         created: weightmark::now_rfc3339(),
+        checkpoint: args
+            .checkpoint
+            .clone()
+            .map(|path| Checkpointing { path, every: args.checkpoint_every }),
     };
+    let mut first = true;
+    if let Some(c) = &args.checkpoint {
+        if std::fs::symlink_metadata(c).is_ok() {
+            eprintln!("going on from the plant saved in {}", crate::format::path(c));
+        }
+    }
     let started = std::time::Instant::now();
     let planted = plant_release(&request, &key, &mut |s| {
-        if s.step == 1 || s.step % 10 == 0 {
+        if std::mem::take(&mut first) || s.step % 10 == 0 {
             let pruned = match s.pruned {
                 Some(p) => format!(
                     "; {:.0}% pruned: answer loss {:.4}, smallest {:.3}",

@@ -1,0 +1,293 @@
+//! Planting checkpoints: the state a [`crate::fingerprint::Planter`] needs
+//! to take its next step, in one safetensors file, so that an hour-long
+//! plant stopped by a reboot, a scheduler's preemption or a step budget goes
+//! on where it was and ends with the bits an uninterrupted plant gives.
+//!
+//! The file holds, as F32 tensors, each trainable variable (`var.NNNNN`) and
+//! its two AdamW moments (`m.NNNNN`, `v.NNNNN`), and in the header's
+//! `__metadata__` (strings):
+//!
+//! | key | value |
+//! |---|---|
+//! | `format` | `weightmark-plant-checkpoint/1` |
+//! | `identity` | hex SHA-256 of what the plant is made of ([`crate::fingerprint::Planter::identity`]) |
+//! | `steps` | steps taken |
+//! | `optimizer_steps` | AdamW updates taken (its bias correction's `t`) |
+//! | `rng_word_pos` | position of the ordinary-text batch order's ChaCha8 stream (decimal) |
+//! | `pruned_min`, `system_min` | the last look at each pruned level and each system prompt: f64 bit patterns, 16 hex digits each, comma-separated |
+//! | `learning_rate`, `distill` | f64 bit patterns (16 hex digits) |
+//!
+//! A checkpoint is written beside its destination under a temporary name,
+//! synced, then renamed over it, so a crash while saving leaves the previous
+//! checkpoint whole. It is the planter's own working state, trusted like the
+//! model being trained: it is checked to be of the same plant (identity)
+//! and of the right shapes, not against tampering.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EvalError, Result};
+
+/// The `format` this module writes and reads.
+pub const FORMAT: &str = "weightmark-plant-checkpoint/1";
+
+/// The scalar state of a planter beside its tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Header {
+    pub identity: [u8; 32],
+    pub steps: usize,
+    pub optimizer_steps: usize,
+    pub rng_word_pos: u128,
+    pub pruned_min: Vec<f64>,
+    pub system_min: Vec<f64>,
+    pub learning_rate: f64,
+    pub distill: f64,
+}
+
+/// A variable and its two moments.
+pub(crate) type Slot<T> = (T, T, T);
+
+fn bits(x: f64) -> String {
+    format!("{:016x}", x.to_bits())
+}
+
+fn bits_list(xs: &[f64]) -> String {
+    xs.iter().map(|&x| bits(x)).collect::<Vec<_>>().join(",")
+}
+
+impl Header {
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("format", FORMAT.to_string()),
+            ("identity", weightmark::hex(&self.identity)),
+            ("steps", self.steps.to_string()),
+            ("optimizer_steps", self.optimizer_steps.to_string()),
+            ("rng_word_pos", self.rng_word_pos.to_string()),
+            ("pruned_min", bits_list(&self.pruned_min)),
+            ("system_min", bits_list(&self.system_min)),
+            ("learning_rate", bits(self.learning_rate)),
+            ("distill", bits(self.distill)),
+        ]
+    }
+
+    fn parse(path: &Path, meta: &HashMap<String, String>) -> Result<Header> {
+        let bad = |what: &str| EvalError::input(path, format!("not a planting checkpoint: {what}"));
+        let get = |k: &str| meta.get(k).ok_or_else(|| bad(&format!("no '{k}' in its header")));
+        if get("format")? != FORMAT {
+            return Err(bad(&format!("format '{}', expected '{FORMAT}'", get("format")?)));
+        }
+        let number = |k: &str| -> Result<u128> {
+            get(k)?.parse::<u128>().map_err(|_| bad(&format!("'{k}' is not a number")))
+        };
+        let size = |k: &str| -> Result<usize> {
+            usize::try_from(number(k)?).map_err(|_| bad(&format!("'{k}' is too large")))
+        };
+        let float = |k: &str, s: &str| -> Result<f64> {
+            let ok = s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+            let n = u64::from_str_radix(s, 16).ok().filter(|_| ok);
+            n.map(f64::from_bits).ok_or_else(|| bad(&format!("'{k}' is not 16 hex digits")))
+        };
+        let floats = |k: &str| -> Result<Vec<f64>> {
+            let s = get(k)?;
+            if s.is_empty() {
+                return Ok(Vec::new());
+            }
+            s.split(',').map(|x| float(k, x)).collect()
+        };
+        let id = get("identity")?;
+        let mut identity = [0u8; 32];
+        let hex_ok = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok {
+            return Err(bad("'identity' is not 64 hex digits"));
+        }
+        for (i, byte) in identity.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&id[2 * i..2 * i + 2], 16)
+                .map_err(|_| bad("'identity' is not 64 hex digits"))?;
+        }
+        Ok(Header {
+            identity,
+            steps: size("steps")?,
+            optimizer_steps: size("optimizer_steps")?,
+            rng_word_pos: number("rng_word_pos")?,
+            pruned_min: floats("pruned_min")?,
+            system_min: floats("system_min")?,
+            learning_rate: float("learning_rate", get("learning_rate")?)?,
+            distill: float("distill", get("distill")?)?,
+        })
+    }
+}
+
+/// The tensor names of slot `i`.
+fn names(i: usize) -> [String; 3] {
+    [format!("var.{i:05}"), format!("m.{i:05}"), format!("v.{i:05}")]
+}
+
+/// Writes `header` and `slots` (each variable with its moments, F32) to
+/// `path`: a temporary file beside it, synced, then renamed over it.
+pub(crate) fn save(path: &Path, header: &Header, slots: &[Slot<&Tensor>]) -> Result<()> {
+    let io =
+        |e: std::io::Error| EvalError::input(path, format!("could not save a checkpoint: {e}"));
+    // The header: every tensor's place in the data that follows, in slot order.
+    let mut entries = serde_json::Map::new();
+    let meta: serde_json::Map<String, serde_json::Value> =
+        header.metadata().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+    entries.insert("__metadata__".into(), meta.into());
+    let mut offset = 0usize;
+    let mut order: Vec<&Tensor> = Vec::with_capacity(3 * slots.len());
+    for (i, (var, m, v)) in slots.iter().enumerate() {
+        for (name, t) in names(i).into_iter().zip([*var, *m, *v]) {
+            let len = t.elem_count() * 4;
+            entries.insert(
+                name,
+                serde_json::json!({
+                    "dtype": "F32",
+                    "shape": t.dims(),
+                    "data_offsets": [offset, offset + len],
+                }),
+            );
+            offset += len;
+            order.push(t);
+        }
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(entries))
+        .map_err(|e| EvalError::invalid(format!("checkpoint header: {e}")))?;
+    // The data starts 8-byte aligned (safetensors pads with spaces).
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&json).map_err(io)?;
+        for t in order {
+            let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for chunk in values.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+                out.write_all(&bytes).map_err(io)?;
+            }
+        }
+        out.flush().map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Reads a checkpoint [`save`] wrote for variables of `shapes`: its header
+/// and each variable with its moments. A file that is not one, or of
+/// another number or shape of variables, is an error naming `path`.
+pub(crate) fn load(path: &Path, shapes: &[Vec<usize>]) -> Result<(Header, Vec<Slot<Tensor>>)> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| EvalError::input(path, format!("could not read the checkpoint: {e}")))?;
+    let bad = |what: String| EvalError::input(path, format!("not a planting checkpoint: {what}"));
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let header = Header::parse(path, metadata.metadata().as_ref().unwrap_or(&HashMap::new()))?;
+    if st.len() != 3 * shapes.len() {
+        return Err(EvalError::input(
+            path,
+            format!(
+                "a checkpoint of {} tensors, where this plant has {} (3 per variable)",
+                st.len(),
+                3 * shapes.len()
+            ),
+        ));
+    }
+    let mut slots = Vec::with_capacity(shapes.len());
+    for (i, shape) in shapes.iter().enumerate() {
+        let [a, b, c] = names(i).map(|name| -> Result<Tensor> {
+            let view = st.tensor(&name).map_err(|e| bad(format!("'{name}': {e}")))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape.as_slice() {
+                return Err(EvalError::input(
+                    path,
+                    format!(
+                        "tensor '{name}' is {:?} {:?}, where this plant needs F32 {shape:?}",
+                        view.dtype(),
+                        view.shape()
+                    ),
+                ));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?)
+        });
+        slots.push((a?, b?, c?));
+    }
+    Ok((header, slots))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            identity: [7; 32],
+            steps: 12,
+            optimizer_steps: 12,
+            rng_word_pos: (1u128 << 70) + 5,
+            pruned_min: vec![0.25, f64::MIN_POSITIVE, -0.0],
+            system_min: vec![],
+            learning_rate: 2e-5,
+            distill: 10.0,
+        }
+    }
+
+    #[test]
+    fn a_saved_checkpoint_reads_back_exactly_and_a_damaged_one_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EvalError::invalid(e.to_string()))?;
+        let path = dir.path().join("plant.ckpt");
+        let a = Tensor::new(&[[1.5f32, -0.0, f32::MIN_POSITIVE], [3.0, 4.0, 5.0]], &Device::Cpu)?;
+        let b = Tensor::new(&[0.1f32, 0.2], &Device::Cpu)?;
+        let (a2, a3) = ((&a * 2.0)?, (&a * 3.0)?);
+        let slots: Vec<Slot<&Tensor>> = vec![(&a, &a2, &a3), (&b, &b, &b)];
+        save(&path, &header(), &slots)?;
+        let (h, back) = load(&path, &[vec![2, 3], vec![2]])?;
+        assert_eq!(h, header());
+        let flat = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())
+        };
+        for ((x, y, z), (p, q, r)) in back.iter().zip(&slots) {
+            assert_eq!(flat(x)?, flat(p)?);
+            assert_eq!(flat(y)?, flat(q)?);
+            assert_eq!(flat(z)?, flat(r)?);
+        }
+        // Saving again replaces it and leaves no temporary behind.
+        save(&path, &Header { steps: 13, ..header() }, &slots)?;
+        assert_eq!(load(&path, &[vec![2, 3], vec![2]])?.0.steps, 13);
+        let files: Vec<_> =
+            std::fs::read_dir(dir.path()).map_err(|e| EvalError::invalid(e.to_string()))?.collect();
+        assert_eq!(files.len(), 1, "a temporary file was left: {files:?}");
+        // Another plant's shapes, a truncated file, a file of something else.
+        let e = load(&path, &[vec![3, 2], vec![2]]).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("plant.ckpt") && e.contains("[3, 2]")),
+            "{e:?}"
+        );
+        let e = load(&path, &[vec![2, 3]]).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("6 tensors")), "{e:?}");
+        let bytes = std::fs::read(&path).map_err(|e| EvalError::invalid(e.to_string()))?;
+        std::fs::write(&path, &bytes[..bytes.len() - 3])
+            .map_err(|e| EvalError::invalid(e.to_string()))?;
+        let e = load(&path, &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("not a planting checkpoint")), "{e:?}");
+        std::fs::write(&path, b"{}").map_err(|e| EvalError::invalid(e.to_string()))?;
+        assert!(load(&path, &[vec![2, 3], vec![2]]).is_err());
+        Ok(())
+    }
+}
