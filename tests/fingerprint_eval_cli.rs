@@ -930,4 +930,22 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
     refused(&s.run_env(&other, &ONE_THREAD), "other", "a checkpoint of another plant");
     std::fs::write(s.path("plant.ckpt"), b"not a checkpoint").unwrap_or_else(|e| panic!("{e}"));
     refused(&plant("junk", "9", &ck), "junk", "not a planting checkpoint");
+    // A checkpoint where it would replace or clutter what the plant reads or
+    // writes is refused before anything is read or trained.
+    let input_before = model_bytes(&s, "tiny");
+    for (path, why) in [
+        ("tiny/model.safetensors", "would replace the key, the input or the output"),
+        ("tiny/plant.ckpt", "must not go inside the input model directory"),
+        ("placed", "would replace the key, the input or the output"),
+        ("placed/plant.ckpt", "must not go inside the output model directory"),
+        ("placed.cert.json", "would replace the certificate"),
+        ("owner.key", "would replace the key"),
+    ] {
+        let o = plant("placed", "9", &["--checkpoint", path]);
+        assert_eq!(o.status.code(), Some(2), "{path}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(path) && e.contains(why), "{path}: {e}");
+        assert!(!s.path("placed").exists() && !s.path("placed.cert.json").exists());
+    }
+    assert!(model_bytes(&s, "tiny") == input_before, "the input model was modified");
 }

@@ -119,7 +119,10 @@ pub use progress::{NoProgress, Progress};
 pub use provenance::{
     load_certificate, load_certificate_unverified, Certificate, ReleasePredicate,
 };
-pub use release::{check_release_paths, check_superseding_path, default_certificate_path};
+pub use release::{
+    check_release_paths, check_side_path, check_superseding_path, default_certificate_path,
+    same_file,
+};
 pub use scheme::{
     p_value_bound, z_for_p, Fidelity, Scheme, Stats, DEFAULT_STRENGTH, DEFAULT_THRESHOLD_P,
 };

@@ -40,31 +40,46 @@ pub fn check_release_paths(
             output.display()
         )));
     }
-    if same_file(certificate, key)
-        || same_file(certificate, output)
-        || model.files.iter().any(|f| same_file(certificate, &f.path))
+    check_side_path(model, key, output, certificate, "certificate")
+}
+
+/// Refuses a file that a release command writes beside its output (its
+/// certificate; `fingerprint plant`'s checkpoint, `what`) at `path` when
+/// it would replace the key, the output or a file of the input `model`, or
+/// land inside the input's or the output's directory, naming `path` and
+/// `what` it is.
+pub fn check_side_path(
+    model: &Model,
+    key: &Path,
+    output: &Path,
+    path: &Path,
+    what: &str,
+) -> Result<()> {
+    if same_file(path, key)
+        || same_file(path, output)
+        || model.files.iter().any(|f| same_file(path, &f.path))
     {
         return Err(Error::invalid(format!(
-            "{}: the certificate would replace the key, the input or the output; choose another \
-             certificate path",
-            certificate.display()
+            "{}: the {what} would replace the key, the input or the output; choose another \
+             {what} path",
+            path.display()
         )));
     }
     let inside_input = model.path.is_dir()
-        && match (std::path::absolute(certificate), model.path.canonicalize()) {
+        && match (std::path::absolute(path), model.path.canonicalize()) {
             (Ok(c), Ok(input)) => c.canonicalize().unwrap_or(c).starts_with(input),
             _ => false,
         };
     if inside_input {
         return Err(Error::invalid(format!(
-            "{}: the certificate must not go inside the input model directory",
-            certificate.display()
+            "{}: the {what} must not go inside the input model directory",
+            path.display()
         )));
     }
-    if certificate_inside_output(certificate, output) {
+    if certificate_inside_output(path, output) {
         return Err(Error::invalid(format!(
-            "{}: the certificate must not go inside the output model directory",
-            certificate.display()
+            "{}: the {what} must not go inside the output model directory",
+            path.display()
         )));
     }
     Ok(())
@@ -85,7 +100,7 @@ pub fn check_superseding_path(certificate: &Path, superseded: &Path) -> Result<(
 }
 
 /// Whether two paths name the same file (resolving links where they exist).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),

@@ -63,6 +63,14 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
     if let Some(old) = &args.cert {
         weightmark::check_superseding_path(&cert_path, old)?;
     }
+    if let Some(c) = &args.checkpoint {
+        weightmark::check_side_path(&model, &args.key, &destination, c, "checkpoint")?;
+        for (other, what) in [(Some(&cert_path), "certificate"), (args.cert.as_ref(), "--cert")] {
+            if other.is_some_and(|o| weightmark::same_file(o, c)) {
+                bail!("{}: the checkpoint would replace the {what}", crate::format::path(c));
+            }
+        }
+    }
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     prepare_outputs(&[&destination, &cert_path], overwrite).map_err(crate::force_hint)?;
     let base = args.cert.as_deref().map(|p| load_certificate(p, &key.public_key())).transpose()?;
