@@ -876,60 +876,78 @@ fn model_bytes(s: &Scene, dir: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// The number of steps a `fingerprint plant` run printed it took.
+fn steps_taken(o: &std::process::Output) -> usize {
+    let out = stdout(o);
+    let at = out.find(" steps, ").unwrap_or_else(|| panic!("no step count in: {out}"));
+    let head = &out[..at];
+    let n = head.rsplit('(').next().unwrap_or_default();
+    n.trim().parse().unwrap_or_else(|_| panic!("no step count in: {out}"))
+}
+
 /// `--checkpoint`: a plant stopped by its step budget and run again with a
 /// larger one goes on from its saved state and writes, byte for byte, the
-/// model of a plant never stopped (with the pruned levels and the system
-/// prompts, whose last looks are part of the state). Another plant's
-/// checkpoint, a spent budget and a file that is not a checkpoint are
-/// refused with one line naming the file, and nothing is written.
+/// model of a plant never stopped, and stops at the same step. Stopped one
+/// step before the uninterrupted plant finished, it finishes at once only if
+/// the last look at every pruned level and every system prompt came back
+/// with the rest of the state. Another plant's checkpoint, a spent budget,
+/// a file that is not a checkpoint and a checkpoint path that would
+/// replace or clutter an input or an output are refused with one line
+/// naming the file, and nothing is written.
 #[test]
 fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_never_stopped() {
     if !common::has_license_text() {
         return;
     }
     let (s, text) = tiny_owned();
-    let plant = |out: &'static str, steps: &'static str, extra: &[&str]| {
+    let plant = |out: &str, steps: &str, extra: &[&str]| {
         let mut args = plant_tiny(out, &text);
         args.extend(["--count", "4", "--seq", "64", "--lr", "1e-2", "--distill", "0.5"]);
         args.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", steps]);
         args.extend(extra);
         s.run_env(&args, &ONE_THREAD)
     };
-    let whole = plant("whole", "7", &[]);
+    let whole = plant("whole", "450", &[]);
     assert_eq!(whole.status.code(), Some(0), "{}", stderr(&whole));
-    // Saved at steps 2 and 3 (the budget), then 4 more steps from step 3.
-    let ck = ["--checkpoint", "plant.ckpt", "--checkpoint-every", "2"];
-    let first = plant("first", "3", &ck);
+    assert!(stdout(&whole).contains("4 of 4 after"), "{}", stdout(&whole));
+    let n = steps_taken(&whole);
+    assert!(n > 12, "planted in {n} steps: too few to stop twice on the way");
+    // Saved every 5 steps and when the budget of n - 1 runs out, then on.
+    let budget = (n - 1).to_string();
+    let ck = ["--checkpoint", "plant.ckpt", "--checkpoint-every", "5"];
+    let first = plant("first", &budget, &ck);
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
-    assert!(s.path("plant.ckpt").is_file());
-    let resumed = plant("resumed", "7", &ck);
+    assert_eq!(steps_taken(&first), n - 1);
+    let resumed = plant("resumed", "450", &ck);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     let said = stderr(&resumed);
-    assert!(said.contains("going on from the plant saved in plant.ckpt"), "{said}");
-    assert!(said.contains("step 4: ") && !said.contains("step 1: "), "{said}");
+    let going_on = format!("going on from step {} of the plant saved in plant.ckpt", n - 1);
+    assert!(said.contains(&going_on), "{said}");
+    assert!(said.contains(&format!("step {n}: ")) && !said.contains("step 1: "), "{said}");
+    assert_eq!(steps_taken(&resumed), n, "the resumed plant stopped at another step");
     let (a, b) = (model_bytes(&s, "whole"), model_bytes(&s, "resumed"));
     assert!(!a.is_empty());
     assert!(a == b, "the resumed plant's model differs from the uninterrupted plant's");
-    assert!(a != model_bytes(&s, "first"), "3 steps and 7 steps wrote the same model");
+    assert!(a != model_bytes(&s, "first"), "n - 1 and n steps wrote the same model");
 
-    // Refusals: exit 2, one line naming the checkpoint, no output.
-    let refused = |o: &std::process::Output, out: &str, why: &str| {
+    // Refusals: exit 2, the error line names the checkpoint, no output.
+    let refused = |o: &std::process::Output, out: &str, path: &str, why: &str| {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
         let e = stderr(o);
-        assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "{e}");
-        assert!(e.contains("plant.ckpt") && e.contains(why), "{e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.contains("error")).collect();
+        assert!(errors.len() == 1 && errors[0].contains(path) && errors[0].contains(why), "{e}");
         assert!(!s.path(out).exists() && !s.path(&format!("{out}.cert.json")).exists());
     };
-    // The checkpoint now holds step 7's state, saved when the budget ran out.
-    let spent = plant("spent", "7", &ck);
-    refused(&spent, "spent", "already took 7 steps");
+    // The checkpoint holds step n - 1, saved when that budget ran out.
+    let spent = plant("spent", &budget, &ck);
+    refused(&spent, "spent", "plant.ckpt", &format!("already took {} steps", n - 1));
     let mut other = plant_tiny("other", &text);
     other.extend(["--count", "4", "--seq", "64", "--lr", "2e-2", "--distill", "0.5"]);
-    other.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", "9"]);
+    other.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", "450"]);
     other.extend(ck);
-    refused(&s.run_env(&other, &ONE_THREAD), "other", "a checkpoint of another plant");
+    refused(&s.run_env(&other, &ONE_THREAD), "other", "plant.ckpt", "another plant");
     std::fs::write(s.path("plant.ckpt"), b"not a checkpoint").unwrap_or_else(|e| panic!("{e}"));
-    refused(&plant("junk", "9", &ck), "junk", "not a planting checkpoint");
+    refused(&plant("junk", "450", &ck), "junk", "plant.ckpt", "not a planting checkpoint");
     // A checkpoint where it would replace or clutter what the plant reads or
     // writes is refused before anything is read or trained.
     let input_before = model_bytes(&s, "tiny");
@@ -938,14 +956,12 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
         ("tiny/plant.ckpt", "must not go inside the input model directory"),
         ("placed", "would replace the key, the input or the output"),
         ("placed/plant.ckpt", "must not go inside the output model directory"),
+        ("tiny/../placed/plant.ckpt", "must not go inside the output model directory"),
         ("placed.cert.json", "would replace the certificate"),
         ("owner.key", "would replace the key"),
+        ("missing/plant.ckpt", "does not exist"),
     ] {
-        let o = plant("placed", "9", &["--checkpoint", path]);
-        assert_eq!(o.status.code(), Some(2), "{path}: {}", stderr(&o));
-        let e = stderr(&o);
-        assert!(e.contains(path) && e.contains(why), "{path}: {e}");
-        assert!(!s.path("placed").exists() && !s.path("placed.cert.json").exists());
+        refused(&plant("placed", "9", &["--checkpoint", path]), "placed", path, why);
     }
     assert!(model_bytes(&s, "tiny") == input_before, "the input model was modified");
 }

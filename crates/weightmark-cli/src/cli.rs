@@ -148,10 +148,11 @@ pub struct PlantArgs {
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
     /// Save the plant's state to FILE every --checkpoint-every steps and
-    /// when --max-steps runs out first (about 12 bytes a parameter: 1.6 GB
-    /// for SmolLM2-135M); if FILE exists, go on from it. The same command
-    /// (only --max-steps may differ) then ends with the model an
-    /// uninterrupted plant writes.
+    /// when --max-steps runs out first (12 bytes a parameter: 1.6 GB for
+    /// SmolLM2-135M); if FILE exists, go on from it. Run the same command
+    /// again to go on (only --max-steps may differ; after a spent
+    /// --max-steps, another -o or --force): with one thread, the result is
+    /// the model an uninterrupted plant writes (docs/fingerprint.md).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// Steps between two saves of --checkpoint (0: only when --max-steps

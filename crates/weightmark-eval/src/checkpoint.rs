@@ -17,11 +17,14 @@
 //! | `pruned_min`, `system_min` | the last look at each pruned level and each system prompt: f64 bit patterns, 16 hex digits each, comma-separated |
 //! | `learning_rate`, `distill` | f64 bit patterns (16 hex digits) |
 //!
-//! A checkpoint is written beside its destination under a temporary name,
-//! synced, then renamed over it, so a crash while saving leaves the previous
-//! checkpoint whole. It is the planter's own working state, trusted like the
-//! model being trained: it is checked to be of the same plant (identity)
-//! and of the right shapes, not against tampering.
+//! A checkpoint is written beside its destination under a temporary name
+//! ([`weightmark::write_atomic_with`]: removed on a handled signal, or by
+//! the next run once its process is gone), synced, then renamed over it, so
+//! a crash while saving leaves the previous checkpoint whole. It is the
+//! planter's own working state, trusted like the model being trained and
+//! to be protected like it: it is checked to be of the same plant
+//! (identity) and of the right shapes, not against tampering, and whoever
+//! can write it chooses the weights that the owner's key then certifies.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -126,10 +129,8 @@ fn names(i: usize) -> [String; 3] {
 }
 
 /// Writes `header` and `slots` (each variable with its moments, F32) to
-/// `path`: a temporary file beside it, synced, then renamed over it.
+/// `path`, atomically ([`weightmark::write_atomic_with`]).
 pub(crate) fn save(path: &Path, header: &Header, slots: &[Slot<&Tensor>]) -> Result<()> {
-    let io =
-        |e: std::io::Error| EvalError::input(path, format!("could not save a checkpoint: {e}"));
     // The header: every tensor's place in the data that follows, in slot order.
     let mut entries = serde_json::Map::new();
     let meta: serde_json::Map<String, serde_json::Value> =
@@ -156,38 +157,35 @@ pub(crate) fn save(path: &Path, header: &Header, slots: &[Slot<&Tensor>]) -> Res
         .map_err(|e| EvalError::invalid(format!("checkpoint header: {e}")))?;
     // The data starts 8-byte aligned (safetensors pads with spaces).
     json.resize(json.len().div_ceil(8) * 8, b' ');
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
-        out.write_all(&json).map_err(io)?;
+    let write = |out: &mut dyn Write| -> std::io::Result<()> {
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
         for t in order {
-            let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let values = t
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(std::io::Error::other)?;
             for chunk in values.chunks(1 << 16) {
                 let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-                out.write_all(&bytes).map_err(io)?;
+                out.write_all(&bytes)?;
             }
         }
-        out.flush().map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    };
+    weightmark::write_atomic_with(path, weightmark::Overwrite::Replace, write)?;
     Ok(())
 }
 
-/// Reads a checkpoint [`save`] wrote for variables of `shapes`: its header
-/// and each variable with its moments. A file that is not one, or of
-/// another number or shape of variables, is an error naming `path`.
-pub(crate) fn load(path: &Path, shapes: &[Vec<usize>]) -> Result<(Header, Vec<Slot<Tensor>>)> {
+/// Reads a checkpoint [`save`] wrote for the plant of `identity`, whose
+/// variables have `shapes`: its header and each variable with its moments.
+/// A file that is not one, another plant's, or one of another number or
+/// shape of variables is an error naming `path`.
+pub(crate) fn load(
+    path: &Path,
+    identity: &[u8; 32],
+    shapes: &[Vec<usize>],
+) -> Result<(Header, Vec<Slot<Tensor>>)> {
     let bytes = std::fs::read(path)
         .map_err(|e| EvalError::input(path, format!("could not read the checkpoint: {e}")))?;
     let bad = |what: String| EvalError::input(path, format!("not a planting checkpoint: {what}"));
@@ -195,6 +193,13 @@ pub(crate) fn load(path: &Path, shapes: &[Vec<usize>]) -> Result<(Header, Vec<Sl
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let header = Header::parse(path, metadata.metadata().as_ref().unwrap_or(&HashMap::new()))?;
+    if &header.identity != identity {
+        return Err(EvalError::input(
+            path,
+            "a checkpoint of another plant (the model, the pairs, the ordinary text or a training \
+             option differs; only the step budget may change): remove it or name another file",
+        ));
+    }
     if st.len() != 3 * shapes.len() {
         return Err(EvalError::input(
             path,
@@ -257,7 +262,7 @@ mod tests {
         let (a2, a3) = ((&a * 2.0)?, (&a * 3.0)?);
         let slots: Vec<Slot<&Tensor>> = vec![(&a, &a2, &a3), (&b, &b, &b)];
         save(&path, &header(), &slots)?;
-        let (h, back) = load(&path, &[vec![2, 3], vec![2]])?;
+        let (h, back) = load(&path, &[7; 32], &[vec![2, 3], vec![2]])?;
         assert_eq!(h, header());
         let flat = |t: &Tensor| -> Result<Vec<u32>> {
             Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())
@@ -269,25 +274,27 @@ mod tests {
         }
         // Saving again replaces it and leaves no temporary behind.
         save(&path, &Header { steps: 13, ..header() }, &slots)?;
-        assert_eq!(load(&path, &[vec![2, 3], vec![2]])?.0.steps, 13);
+        assert_eq!(load(&path, &[7; 32], &[vec![2, 3], vec![2]])?.0.steps, 13);
         let files: Vec<_> =
             std::fs::read_dir(dir.path()).map_err(|e| EvalError::invalid(e.to_string()))?.collect();
         assert_eq!(files.len(), 1, "a temporary file was left: {files:?}");
         // Another plant's shapes, a truncated file, a file of something else.
-        let e = load(&path, &[vec![3, 2], vec![2]]).err().map(|e| e.to_string());
+        let e = load(&path, &[7; 32], &[vec![3, 2], vec![2]]).err().map(|e| e.to_string());
         assert!(
             e.as_deref().is_some_and(|e| e.contains("plant.ckpt") && e.contains("[3, 2]")),
             "{e:?}"
         );
-        let e = load(&path, &[vec![2, 3]]).err().map(|e| e.to_string());
+        let e = load(&path, &[7; 32], &[vec![2, 3]]).err().map(|e| e.to_string());
         assert!(e.as_deref().is_some_and(|e| e.contains("6 tensors")), "{e:?}");
+        let e = load(&path, &[8; 32], &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("another plant")), "{e:?}");
         let bytes = std::fs::read(&path).map_err(|e| EvalError::invalid(e.to_string()))?;
         std::fs::write(&path, &bytes[..bytes.len() - 3])
             .map_err(|e| EvalError::invalid(e.to_string()))?;
-        let e = load(&path, &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+        let e = load(&path, &[7; 32], &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
         assert!(e.as_deref().is_some_and(|e| e.contains("not a planting checkpoint")), "{e:?}");
         std::fs::write(&path, b"{}").map_err(|e| EvalError::invalid(e.to_string()))?;
-        assert!(load(&path, &[vec![2, 3], vec![2]]).is_err());
+        assert!(load(&path, &[7; 32], &[vec![2, 3], vec![2]]).is_err());
         Ok(())
     }
 }

@@ -448,9 +448,16 @@ impl AnswerBatch {
     }
 }
 
-/// [`Planter::identity`] of a planter of `vars` (its starting weights),
-/// `answers`, `systems`, `ordinary` and `options`.
+/// What a step of [`Planter`] computes, as [`Planter::identity`] hashes it:
+/// a planter whose steps change (an optimiser, a loss, an order of
+/// operations) takes a new number, and refuses the checkpoints of the old.
+const PLANTER_VERSION: u64 = 1;
+
+/// [`Planter::identity`] of a planter of `model` (its configuration) with
+/// `vars` (its starting weights), `answers`, `systems`, `ordinary` and
+/// `options`.
 fn identity(
+    model: &Llama,
     vars: &[Var],
     answers: &[AnswerBatch],
     systems: &[Vec<AnswerBatch>],
@@ -460,7 +467,11 @@ fn identity(
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let word = |h: &mut Sha256, x: u64| h.update(x.to_le_bytes());
-    h.update(b"weightmark plant identity v1\0");
+    h.update(b"weightmark plant identity\0");
+    word(&mut h, PLANTER_VERSION);
+    let config = format!("{:?}", model.config);
+    word(&mut h, config.len() as u64);
+    h.update(config.as_bytes());
     let o = options;
     for x in [o.learning_rate, o.distill, o.eps, o.prune_robust] {
         word(&mut h, x.to_bits());
@@ -498,6 +509,7 @@ fn identity(
     }
     word(&mut h, vars.len() as u64);
     for v in vars {
+        word(&mut h, v.rank() as u64);
         for &d in v.dims() {
             word(&mut h, d as u64);
         }
@@ -601,7 +613,7 @@ impl Planter {
             weight_decay: 0.0,
             ..ParamsAdamW::default()
         };
-        let identity = identity(&vars, &answers, &systems, &ordinary, &options)?;
+        let identity = identity(&model, &vars, &answers, &systems, &ordinary, &options)?;
         Ok(Planter {
             original,
             model,
@@ -661,19 +673,13 @@ impl Planter {
     /// (other weights, pairs, text or options) is refused, naming the file.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
-        let (header, slots) = crate::checkpoint::load(path, &shapes)?;
-        if header.identity != self.identity {
-            return Err(EvalError::input(
-                path,
-                "a checkpoint of another plant (the model, the pairs, the ordinary text or a \
-                 training option differs; only --max-steps may change): remove it or name \
-                 another file",
-            ));
-        }
+        let (header, slots) = crate::checkpoint::load(path, &self.identity, &shapes)?;
+        let rate = |x: f64| x.is_finite() && x >= 0.0;
         if header.pruned_min.len() != PRUNE_LEVELS
             || header.system_min.len() != self.system_min.len()
+            || !(rate(header.learning_rate) && header.learning_rate > 0.0 && rate(header.distill))
         {
-            return Err(EvalError::input(path, "not a planting checkpoint: wrong state sizes"));
+            return Err(EvalError::input(path, "not a planting checkpoint: a state out of range"));
         }
         let mut moments = Vec::with_capacity(slots.len());
         for (var, (theta, m, v)) in self.vars.iter().zip(slots) {
@@ -994,6 +1000,10 @@ pub fn plant_release(
     }
     let destination = weightmark::resolve_output(&m.model, request.output)?;
     weightmark::prepare_outputs(&[&destination], request.overwrite)?;
+    if let Some(c) = &request.checkpoint {
+        // Found unwritable now, not after the first hour of training.
+        weightmark::prepare_outputs(&[&c.path], weightmark::Overwrite::Replace)?;
+    }
     let crate::load::Architecture::Llama(config) = &m.architecture else {
         return Err(EvalError::input(
             request.model,
@@ -1023,6 +1033,16 @@ pub fn plant_release(
     if let Some(c) = &request.checkpoint {
         if std::fs::symlink_metadata(&c.path).is_ok() {
             planter.resume(&c.path)?;
+            if planter.steps >= request.options.max_steps {
+                return Err(EvalError::input(
+                    &c.path,
+                    format!(
+                        "this plant already took {} steps, and at most {} are allowed: allow more \
+                         steps to go on, or remove the checkpoint to start over",
+                        planter.steps, request.options.max_steps
+                    ),
+                ));
+            }
         }
     }
     let last = planter.run_saving(on_step, request.checkpoint.as_ref())?;

@@ -380,6 +380,37 @@ pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_output(path, bytes, Overwrite::Replace)
 }
 
+/// Writes the file `path` through `write` atomically: into a temporary file
+/// beside it (registered, so that [`remove_temporaries`] removes it on a
+/// handled signal, and [`remove_stale_temporaries`] once its process is
+/// gone), buffered, synced, then renamed to `path` (replacing a file there
+/// only when `overwrite` allows it), and the directory synced. For large
+/// files made piece by piece, such as a training checkpoint; an error from
+/// `write` is reported against `path`.
+pub fn write_atomic_with(
+    path: &Path,
+    overwrite: Overwrite,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    if overwrite == Overwrite::Refuse && std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::OutputExists { path: path.to_path_buf() });
+    }
+    let mut out = AtomicFile::create(path)?;
+    {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
+        write(&mut buffered).map_err(|e| Error::io(path, e))?;
+        buffered.flush().map_err(|e| Error::io(path, e))?;
+    }
+    out.file()?.sync_all().map_err(|e| Error::io(path, e))?;
+    out.commit(overwrite)?;
+    // The rename itself made durable (best effort: not every file system
+    // lets a directory be opened for syncing).
+    if let Ok(dir) = std::fs::File::open(parent_dir(path)) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
 /// Writes `text` to `path` atomically, refusing to replace an existing file
 /// unless `overwrite` is [`Overwrite::Replace`] ([`Error::OutputExists`]):
 /// for evidence (certificates, reports) that must not be lost silently.

@@ -107,7 +107,7 @@ pub use identify::{
 pub use inspect::{inspect_json, Digests};
 pub use io::{
     prepare_outputs, remove_stale_temporaries, remove_temporaries, write_atomic,
-    write_atomic_bytes, write_new, Overwrite,
+    write_atomic_bytes, write_atomic_with, write_new, Overwrite,
 };
 pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
 pub use llama::{HeadPermutation, LlamaConfig};

@@ -66,8 +66,8 @@ pub fn check_side_path(
         )));
     }
     let inside_input = model.path.is_dir()
-        && match (std::path::absolute(path), model.path.canonicalize()) {
-            (Ok(c), Ok(input)) => c.canonicalize().unwrap_or(c).starts_with(input),
+        && match (resolved(path), model.path.canonicalize()) {
+            (Some(c), Ok(input)) => c.starts_with(input),
             _ => false,
         };
     if inside_input {
@@ -99,21 +99,45 @@ pub fn check_superseding_path(certificate: &Path, superseded: &Path) -> Result<(
     Ok(())
 }
 
-/// Whether two paths name the same file (resolving links where they exist).
+/// Whether two paths name the same file (resolving links where they exist:
+/// for a file not yet written, the links of its directory).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+    match (resolved(a), resolved(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
+}
+
+/// `path` with links and `..` resolved, whether or not it exists yet: its
+/// longest existing ancestor's canonical path, then the rest of it with
+/// `.` and `..` applied (a directory not yet made cannot be a link), so
+/// that `d/../out` and a path through a link to a directory name the file
+/// they would reach.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).ok()?;
+    let parts: Vec<Component<'_>> = absolute.components().collect();
+    for k in (1..=parts.len()).rev() {
+        let Ok(mut out) = parts[..k].iter().collect::<PathBuf>().canonicalize() else { continue };
+        for c in &parts[k..] {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        return Some(out);
+    }
+    Some(absolute)
 }
 
 /// Whether `certificate` would land inside an output that is (or will be) a
 /// directory: one that exists as a directory, or any path not ending in
 /// `.safetensors`.
 fn certificate_inside_output(certificate: &Path, output: &Path) -> bool {
-    let (Ok(certificate), Ok(output)) =
-        (std::path::absolute(certificate), std::path::absolute(output))
-    else {
+    let (Some(certificate), Some(output)) = (resolved(certificate), resolved(output)) else {
         return false;
     };
     let output_is_dir = output.is_dir() || output.extension().is_none_or(|e| e != "safetensors");
@@ -187,5 +211,41 @@ mod tests {
             &input.join("c.json"),
         ));
         assert!(e.contains("inside the input model directory"), "{e}");
+    }
+
+    /// A side file spelt around the rules (`..` through another directory, a
+    /// link to a directory) is caught like one spelt plainly, whether or not
+    /// the file or the output exists yet.
+    #[test]
+    fn a_side_path_spelt_through_dot_dot_or_a_link_is_refused_like_a_plain_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let input = d.join("model");
+        std::fs::create_dir_all(&input).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(d.join("other")).unwrap_or_else(|e| panic!("{e}"));
+        write_file(
+            &input.join("model.safetensors"),
+            &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let (key, out) = (d.join("k.key"), d.join("out"));
+        let side = |p: &Path| err_text(check_side_path(&model, &key, &out, p, "checkpoint"));
+        assert_eq!(side(&d.join("plant.ckpt")), "");
+        // The key and the output, not yet written, reached through `..`.
+        assert!(side(&d.join("other/../k.key")).contains("would replace the key"));
+        assert!(side(&d.join("other/../out")).contains("would replace the key"));
+        assert!(side(&d.join("other/../out/x.ckpt")).contains("inside the output"));
+        assert!(side(&d.join("nothing/../out/x.ckpt")).contains("inside the output"));
+        assert!(side(&d.join("other/../model/x.ckpt")).contains("inside the input"));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&input, d.join("link")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(side(&d.join("link/x.ckpt")).contains("inside the input"));
+            assert!(side(&d.join("link/model.safetensors")).contains("would replace"));
+        }
+        assert!(same_file(&d.join("other/../a"), &d.join("a")));
+        assert!(!same_file(&d.join("other/a"), &d.join("a")));
     }
 }

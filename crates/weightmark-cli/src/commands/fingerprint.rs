@@ -110,14 +110,17 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             .map(|path| Checkpointing { path, every: args.checkpoint_every }),
     };
     let mut first = true;
-    if let Some(c) = &args.checkpoint {
-        if std::fs::symlink_metadata(c).is_ok() {
-            eprintln!("going on from the plant saved in {}", crate::format::path(c));
-        }
-    }
     let started = std::time::Instant::now();
     let planted = plant_release(&request, &key, &mut |s| {
-        if std::mem::take(&mut first) || s.step % 10 == 0 {
+        let first = std::mem::take(&mut first);
+        if let (true, Some(c)) = (first && s.step > 1, &args.checkpoint) {
+            eprintln!(
+                "going on from step {} of the plant saved in {}",
+                s.step - 1,
+                crate::format::path(c)
+            );
+        }
+        if first || s.step % 10 == 0 {
             let pruned = match s.pruned {
                 Some(p) => format!(
                     "; {:.0}% pruned: answer loss {:.4}, smallest {:.3}",
