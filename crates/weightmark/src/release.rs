@@ -153,6 +153,18 @@ mod tests {
         r.err().map(|e| e.to_string()).unwrap_or_default()
     }
 
+    /// A model directory `dir` (created) holding one 64×64 F32 matrix.
+    fn one_matrix_model_dir(dir: &Path) -> Model {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        write_file(
+            &dir.join("model.safetensors"),
+            &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Model::open(dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn default_certificate_goes_beside_the_output_never_inside() {
         assert_eq!(
@@ -196,14 +208,7 @@ mod tests {
     fn a_certificate_inside_the_input_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let input = dir.path().join("model");
-        std::fs::create_dir(&input).unwrap_or_else(|e| panic!("{e}"));
-        write_file(
-            &input.join("model.safetensors"),
-            &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let model = one_matrix_model_dir(&input);
         let e = err_text(check_release_paths(
             &model,
             &dir.path().join("k.key"),
@@ -221,15 +226,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path();
         let input = d.join("model");
-        std::fs::create_dir_all(&input).unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(d.join("other")).unwrap_or_else(|e| panic!("{e}"));
-        write_file(
-            &input.join("model.safetensors"),
-            &[gaussian_matrix("w", 64, 64, crate::Dtype::F32, 1)],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let model = Model::open(&input).unwrap_or_else(|e| panic!("{e}"));
+        let model = one_matrix_model_dir(&input);
         let (key, out) = (d.join("k.key"), d.join("out"));
         let side = |p: &Path| err_text(check_side_path(&model, &key, &out, p, "checkpoint"));
         assert_eq!(side(&d.join("plant.ckpt")), "");
