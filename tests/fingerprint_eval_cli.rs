@@ -885,6 +885,22 @@ fn steps_taken(o: &std::process::Output) -> usize {
     n.trim().parse().unwrap_or_else(|_| panic!("no step count in: {out}"))
 }
 
+/// `bytes`, a planting checkpoint, with its header's `__metadata__` changed
+/// by `edit` (the tensors' offsets are relative to the data, so they hold).
+fn with_metadata(
+    bytes: &[u8],
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_else(|e| panic!("{e}"))) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap_or_else(|e| panic!("{e}"));
+    let meta = header.get_mut("__metadata__").and_then(|m| m.as_object_mut());
+    edit(meta.unwrap_or_else(|| panic!("no __metadata__")));
+    let mut json = serde_json::to_vec(&header).unwrap_or_else(|e| panic!("{e}"));
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    [&(json.len() as u64).to_le_bytes()[..], &json, &bytes[8 + n..]].concat()
+}
+
 /// `--checkpoint`: a plant stopped by its step budget and run again with a
 /// larger one goes on from its saved state and writes, byte for byte, the
 /// model of a plant never stopped, and stops at the same step. Stopped one
@@ -941,6 +957,33 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
     // The checkpoint holds step n - 1, saved when that budget ran out.
     let spent = plant("spent", &budget, &ck);
     refused(&spent, "spent", "plant.ckpt", &format!("already took {} steps", n - 1));
+    // The same plant's checkpoint, edited: state no plant saves is refused
+    // before a step is taken (a NaN moment would make every weight NaN).
+    let saved = std::fs::read(s.path("plant.ckpt")).unwrap_or_else(|e| panic!("{e}"));
+    let lr_2e2 = format!("{:016x}", 2e-2f64.to_bits());
+    let pruned = vec![format!("{:016x}", 2.0f64.to_bits()); 4].join(",");
+    for (key, value, why) in [
+        ("optimizer_steps", "0", "optimiser updates in"),
+        ("learning_rate", lr_2e2.as_str(), "not a planting checkpoint of this command"),
+        ("pruned_min", pruned.as_str(), "outside 0 to 1"),
+        ("rng_word_pos", "1", "ordinary-text batch position 1"),
+    ] {
+        let edited = with_metadata(&saved, |m| {
+            m.insert(key.into(), value.into());
+        });
+        std::fs::write(s.path("plant.ckpt"), edited).unwrap_or_else(|e| panic!("{e}"));
+        refused(&plant("edited", "450", &ck), "edited", "plant.ckpt", why);
+    }
+    let mut nan = saved.clone();
+    let hlen = u64::from_le_bytes(saved[..8].try_into().unwrap_or_else(|e| panic!("{e}")));
+    let hlen = hlen as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&saved[8..8 + hlen]).unwrap_or_else(|e| panic!("{e}"));
+    let start = header["v.00000"]["data_offsets"][0].as_u64();
+    let at = 8 + hlen + start.unwrap_or_else(|| panic!("no v.00000 in {header}")) as usize;
+    nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(s.path("plant.ckpt"), nan).unwrap_or_else(|e| panic!("{e}"));
+    refused(&plant("edited", "450", &ck), "edited", "plant.ckpt", "'v.00000' holds a non-finite");
     let mut other = plant_tiny("other", &text);
     other.extend(["--count", "4", "--seq", "64", "--lr", "2e-2", "--distill", "0.5"]);
     other.extend(["--seed", "3", "--prune-robust", "0.5", "--max-steps", "450"]);

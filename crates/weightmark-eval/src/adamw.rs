@@ -50,7 +50,10 @@ impl AdamW {
 
     /// Updates every variable that has a gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.steps += 1;
+        self.steps = self
+            .steps
+            .checked_add(1)
+            .ok_or_else(|| crate::EvalError::invalid("AdamW's step count overflowed"))?;
         let p = &self.params;
         let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
         let (c1, c2) = (1.0 / (1.0 - p.beta1.powi(t)), 1.0 / (1.0 - p.beta2.powi(t)));

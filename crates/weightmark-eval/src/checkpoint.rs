@@ -22,9 +22,16 @@
 //! the next run once its process is gone), synced, then renamed over it, so
 //! a crash while saving leaves the previous checkpoint whole. It is the
 //! planter's own working state, trusted like the model being trained and
-//! to be protected like it: it is checked to be of the same plant
-//! (identity) and of the right shapes, not against tampering, and whoever
-//! can write it chooses the weights that the owner's key then certifies.
+//! to be protected like it. Reading checks what a damaged, truncated or
+//! swapped file would get wrong: a regular file, of this plant (identity),
+//! of exactly the size its variables take (before the data is read), of
+//! the right shapes, finite weights and moments and second moments not
+//! negative; [`crate::fingerprint::Planter::resume`] checks the scalar
+//! state (one optimiser update a step, a batch-order position the steps
+//! can reach, probabilities within 0 to 1, rates in range), and `fingerprint
+//! plant` that the rates are the command's. It is not a defence against
+//! deliberate tampering: whoever can write the file chooses the weights
+//! that the owner's key then certifies.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -36,6 +43,9 @@ use crate::error::{EvalError, Result};
 
 /// The `format` this module writes and reads.
 pub const FORMAT: &str = "weightmark-plant-checkpoint/1";
+
+/// The largest header read (safetensors' own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 /// The scalar state of a planter beside its tensors.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,13 +196,37 @@ pub(crate) fn load(
     identity: &[u8; 32],
     shapes: &[Vec<usize>],
 ) -> Result<(Header, Vec<Slot<Tensor>>)> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| EvalError::input(path, format!("could not read the checkpoint: {e}")))?;
+    use std::io::Read;
     let bad = |what: String| EvalError::input(path, format!("not a planting checkpoint: {what}"));
-    let (_, metadata) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let header = Header::parse(path, metadata.metadata().as_ref().unwrap_or(&HashMap::new()))?;
+    let unreadable =
+        |e: std::io::Error| EvalError::input(path, format!("could not read the checkpoint: {e}"));
+    // Its header first, from a regular file (a FIFO would hang, a directory
+    // fail late), then the data only if it is this plant's and its size is
+    // exactly what this plant's variables take: another model or a large
+    // unrelated file is refused before it is read.
+    let len = std::fs::metadata(path).map_err(unreadable)?;
+    if !len.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let len = len.len();
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = vec![0u8; 8];
+    file.read_exact(&mut bytes).map_err(|_| bad(format!("{len} bytes, too short for a header")))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+    if n > MAX_HEADER || 8 + n > len {
+        return Err(bad(format!("a header of {n} bytes in a file of {len}")));
+    }
+    bytes.resize(8 + n as usize, 0);
+    file.read_exact(&mut bytes[8..]).map_err(unreadable)?;
+    let entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..]).map_err(|e| bad(format!("its header: {e}")))?;
+    let metadata: HashMap<String, String> = match entries.get("__metadata__") {
+        Some(m) => {
+            serde_json::from_value(m.clone()).map_err(|e| bad(format!("its header: {e}")))?
+        }
+        None => HashMap::new(),
+    };
+    let header = Header::parse(path, &metadata)?;
     if &header.identity != identity {
         return Err(EvalError::input(
             path,
@@ -200,16 +234,27 @@ pub(crate) fn load(
              option differs; only the step budget may change): remove it or name another file",
         ));
     }
-    if st.len() != 3 * shapes.len() {
+    let count = entries.len() - usize::from(entries.contains_key("__metadata__"));
+    if count != 3 * shapes.len() {
         return Err(EvalError::input(
             path,
             format!(
-                "a checkpoint of {} tensors, where this plant has {} (3 per variable)",
-                st.len(),
+                "a checkpoint of {count} tensors, where this plant has {} (3 per variable)",
                 3 * shapes.len()
             ),
         ));
     }
+    let data: u128 =
+        shapes.iter().map(|s| 12 * s.iter().map(|&d| d as u128).product::<u128>()).sum();
+    if u128::from(len) != u128::from(8 + n) + data {
+        return Err(bad(format!(
+            "{len} bytes, where its header and this plant's variables take {}",
+            u128::from(8 + n) + data
+        )));
+    }
+    bytes.reserve_exact(usize::try_from(data).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut slots = Vec::with_capacity(shapes.len());
     for (i, shape) in shapes.iter().enumerate() {
         let [a, b, c] = names(i).map(|name| -> Result<Tensor> {
@@ -229,6 +274,16 @@ pub(crate) fn load(
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
+            // Weights and first moments are finite, second moments (running
+            // means of squares) finite and not negative: anything else would
+            // turn the next update's weights into NaN, which a certificate
+            // would then cover.
+            let second = name.starts_with("v.");
+            if values.iter().any(|x| !x.is_finite() || (second && *x < 0.0)) {
+                let what =
+                    if second { "a non-finite or negative value" } else { "a non-finite value" };
+                return Err(bad(format!("tensor '{name}' holds {what}")));
+            }
             Ok(Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?)
         });
         slots.push((a?, b?, c?));
@@ -295,6 +350,26 @@ mod tests {
         assert!(e.as_deref().is_some_and(|e| e.contains("not a planting checkpoint")), "{e:?}");
         std::fs::write(&path, b"{}").map_err(|e| EvalError::invalid(e.to_string()))?;
         assert!(load(&path, &[7; 32], &[vec![2, 3], vec![2]]).is_err());
+        // A byte more, a directory: refused before the data is read.
+        let io = |e: std::io::Error| EvalError::invalid(e.to_string());
+        let longer = [bytes.as_slice(), &[0]].concat();
+        std::fs::write(&path, longer).map_err(io)?;
+        let e = load(&path, &[7; 32], &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("bytes, where")), "{e:?}");
+        let e = load(dir.path(), &[7; 32], &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("not a regular file")), "{e:?}");
+        // A weight that is not finite, a second moment below zero.
+        let nan = Tensor::new(&[0.1f32, f32::NAN], &Device::Cpu)?;
+        let below = Tensor::new(&[0.1f32, -1e-30], &Device::Cpu)?;
+        for (slot, name) in [((&nan, &b, &b), "var.00001"), ((&b, &b, &below), "v.00001")] {
+            save(&path, &header(), &[(&a, &a2, &a3), slot])?;
+            let e = load(&path, &[7; 32], &[vec![2, 3], vec![2]]).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains(&format!("'{name}' holds"))), "{e:?}");
+        }
+        // A negative first moment is an ordinary one.
+        let m = (&b * -1.0)?;
+        save(&path, &header(), &[(&a, &a2, &a3), (&b, &m, &b)])?;
+        load(&path, &[7; 32], &[vec![2, 3], vec![2]])?;
         Ok(())
     }
 }

@@ -674,12 +674,41 @@ impl Planter {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
         let (header, slots) = crate::checkpoint::load(path, &self.identity, &shapes)?;
+        let out_of_range =
+            |what: &str| EvalError::input(path, format!("not a planting checkpoint: {what}"));
         let rate = |x: f64| x.is_finite() && x >= 0.0;
         if header.pruned_min.len() != PRUNE_LEVELS
             || header.system_min.len() != self.system_min.len()
-            || !(rate(header.learning_rate) && header.learning_rate > 0.0 && rate(header.distill))
         {
-            return Err(EvalError::input(path, "not a planting checkpoint: a state out of range"));
+            return Err(out_of_range(
+                "a last look at another number of pruned levels or system prompts",
+            ));
+        }
+        let probability = |p: &f64| (0.0..=1.0).contains(p);
+        if !(header.pruned_min.iter().all(probability) && header.system_min.iter().all(probability))
+        {
+            return Err(out_of_range("a smallest answer-token probability outside 0 to 1"));
+        }
+        if !(rate(header.learning_rate) && header.learning_rate > 0.0 && rate(header.distill)) {
+            return Err(out_of_range("a learning rate or distillation weight out of range"));
+        }
+        if header.distill > 0.0 && (self.ordinary.is_empty() || self.options.batch == 0) {
+            return Err(out_of_range("a distillation weight, for a plant without ordinary text"));
+        }
+        // One AdamW update a step, and at most one batch of ordinary-text
+        // windows (two words of the batch order's stream each) a step.
+        if header.optimizer_steps != header.steps {
+            return Err(out_of_range(&format!(
+                "{} optimiser updates in {} steps",
+                header.optimizer_steps, header.steps
+            )));
+        }
+        let reachable = 2 * self.options.batch as u128 * header.steps as u128;
+        if header.rng_word_pos > reachable || header.rng_word_pos % 2 != 0 {
+            return Err(out_of_range(&format!(
+                "ordinary-text batch position {}, where {} steps reach at most {reachable}",
+                header.rng_word_pos, header.steps
+            )));
         }
         let mut moments = Vec::with_capacity(slots.len());
         for (var, (theta, m, v)) in self.vars.iter().zip(slots) {
@@ -901,6 +930,13 @@ impl Planter {
         self.options.distill = distill;
     }
 
+    /// The learning rate and distillation weight of the next step (those of
+    /// [`PlantOptions`] unless [`Planter::set_rates`] or a resumed
+    /// checkpoint changed them).
+    pub fn rates(&self) -> (f64, f64) {
+        (self.options.learning_rate, self.options.distill)
+    }
+
     /// The model as planted so far.
     pub fn model(&self) -> &Llama {
         &self.model
@@ -1033,6 +1069,25 @@ pub fn plant_release(
     if let Some(c) = &request.checkpoint {
         if std::fs::symlink_metadata(&c.path).is_ok() {
             planter.resume(&c.path)?;
+            // This command never changes its rates while planting, so a
+            // checkpoint of its plant has the command's (the identity covers
+            // the rates the plant started with, not those it saved).
+            let asked = (request.options.learning_rate, request.options.distill);
+            if planter.rates().0.to_bits() != asked.0.to_bits()
+                || planter.rates().1.to_bits() != asked.1.to_bits()
+            {
+                return Err(EvalError::input(
+                    &c.path,
+                    format!(
+                        "not a planting checkpoint of this command: it goes on at learning rate {} \
+                         and distillation weight {}, where this command plants at {} and {}",
+                        planter.rates().0,
+                        planter.rates().1,
+                        asked.0,
+                        asked.1
+                    ),
+                ));
+            }
             if planter.steps >= request.options.max_steps {
                 return Err(EvalError::input(
                     &c.path,
@@ -1053,6 +1108,16 @@ pub fn plant_release(
         .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
     drop(planter);
+    // A NaN weight would be rounded into the model and certified; nothing is
+    // written instead.
+    if let Some(name) =
+        values.iter().filter(|(_, v)| v.iter().any(|x| !x.is_finite())).map(|p| p.0).min()
+    {
+        return Err(EvalError::invalid(format!(
+            "planting diverged: tensor '{name}' holds a non-finite weight; nothing was written \
+             (plant again with a lower --lr)"
+        )));
+    }
     let written = weightmark::attack::write_replaced(
         &m.model,
         request.output,
