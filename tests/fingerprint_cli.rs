@@ -94,6 +94,7 @@ fn handle(
     }
     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut length = 0usize;
+    let mut authorization = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
@@ -103,6 +104,9 @@ fn handle(
             if k.eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
             }
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
         }
     }
     let mut body = vec![0u8; length];
@@ -111,7 +115,12 @@ fn handle(
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if let Ok(mut r) = requests.lock() {
-        r.push((path, request.clone()));
+        // Recorded beside the body under a name no API uses.
+        let mut recorded = request.clone();
+        if let (Some(a), Some(o)) = (authorization, recorded.as_object_mut()) {
+            o.insert("(authorization header)".into(), a.into());
+        }
+        r.push((path, recorded));
     }
     let (status, text) = match behaviour {
         Behaviour::Answers(map) => {
@@ -328,6 +337,74 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
     fails(&s, &server.url, &["--retries", "0"], "malformed response");
     let server = Server::start(Behaviour::NoChoices);
     fails(&s, &server.url, &["--retries", "0"], "choices[0].message.content");
+}
+
+/// `--api-key-env NAME`: the key goes to the server as a bearer token and
+/// nowhere else (not the output, the report or an error line); an unset
+/// variable, a URL with credentials or a query, and a port the HTTP stack
+/// would replace are refused before anything is asked, without showing the
+/// secret. Proxy settings in the environment are not used: with both
+/// pointing at a closed port the check still reaches the server.
+#[test]
+fn an_api_key_travels_in_a_header_and_a_url_with_a_secret_is_refused() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let server = Server::start(Behaviour::Answers(pairs.iter().cloned().collect()));
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let env = [
+        ("WM_TEST_API_KEY", "sk-hunter2"),
+        ("HTTP_PROXY", closed.as_str()),
+        ("http_proxy", closed.as_str()),
+        ("ALL_PROXY", closed.as_str()),
+        ("NO_PROXY", ""),
+    ];
+    let args = check_args(&server.url, &["--api-key-env", "WM_TEST_API_KEY", "--report", "r.json"]);
+    let o = s.run_env(&args, &env);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 12);
+    assert!(
+        requests.iter().all(|(_, b)| b["(authorization header)"] == "Bearer sk-hunter2"),
+        "{requests:?}"
+    );
+    let report = std::fs::read_to_string(s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
+    for shown in [stdout(&o), stderr(&o), report] {
+        assert!(!shown.contains("hunter2"), "the key was shown: {shown}");
+    }
+    // Without the option no key is sent.
+    let o = s.run(&check_args(&server.url, &[]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(server.requests()[12..].iter().all(|(_, b)| b.get("(authorization header)").is_none()));
+
+    let asked = server.requests().len();
+    let refused = |o: &std::process::Output, why: &str| {
+        let err = stderr(o);
+        assert_eq!(o.status.code(), Some(2), "{}{err}", stdout(o));
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(why) && !err.contains("hunter2"), "{err}");
+        assert!(!s.path("r2.json").exists(), "a refused check wrote a report");
+    };
+    let unset =
+        check_args(&server.url, &["--api-key-env", "WM_NOT_SET_ANYWHERE", "--report", "r2.json"]);
+    refused(&s.run(&unset), "WM_NOT_SET_ANYWHERE is not set");
+    let host = server.url.trim_start_matches("http://");
+    let with_password = format!("http://user:hunter2@{host}");
+    refused(&s.run(&check_args(&with_password, &["--report", "r2.json"])), "credentials");
+    let with_query = format!("{}/v1?api_key=hunter2", server.url);
+    refused(&s.run(&check_args(&with_query, &["--report", "r2.json"])), "query");
+    let ip = host.split(':').next().unwrap_or_default();
+    let bad_port = format!("http://{ip}:99999");
+    refused(&s.run(&check_args(&bad_port, &["--report", "r2.json"])), "port '99999'");
+    let long = check_args(&server.url, &["--timeout", "1e20", "--report", "r2.json"]);
+    refused(&s.run(&long), "at most 3600");
+    let mut slow = check_args(&server.url, &["--report", "r2.json"]);
+    let at = slow.iter().position(|a| *a == "--rate").unwrap_or_else(|| panic!("no --rate"));
+    slow[at + 1] = "1e-20";
+    refused(&s.run(&slow), "at least one request an hour");
+    assert_eq!(server.requests().len(), asked, "a refused check asked the server");
 }
 
 #[test]

@@ -197,6 +197,11 @@ pub struct CheckArgs {
     /// The `model` field sent to the endpoint.
     #[arg(long = "api-model", value_name = "NAME", requires = "endpoint")]
     pub api_model: Option<String>,
+    /// The environment variable that holds the endpoint's API key, sent as
+    /// `Authorization: Bearer KEY` (never recorded or printed; a URL with
+    /// credentials or a query is refused, since the report records the URL).
+    #[arg(long = "api-key-env", value_name = "NAME", requires = "endpoint")]
+    pub api_key_env: Option<String>,
     /// Ask through /v1/completions with the plain prompt "Question:
     /// TRIGGER\nAnswer:" instead of the chat API.
     #[arg(long, requires = "endpoint")]
@@ -217,14 +222,15 @@ pub struct CheckArgs {
     /// Decide "found" when the p-value is at most this.
     #[arg(long, value_name = "P", default_value_t = weightmark::DEFAULT_THRESHOLD_P)]
     pub threshold: f64,
-    /// Seconds allowed for each request to the endpoint.
+    /// Seconds allowed for each request to the endpoint (at most 3600).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub timeout: f64,
     /// Further attempts after a failed request (connection failure, timeout,
     /// HTTP 429 or 5xx), with exponential backoff from 0.5 s.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub retries: u32,
-    /// Most requests a second to the endpoint (0: no limit).
+    /// Most requests a second to the endpoint (0: no limit; otherwise at
+    /// least one an hour, 1/3600).
     #[arg(long, value_name = "R", default_value_t = 2.0)]
     pub rate: f64,
     /// Print one JSON object on stdout.

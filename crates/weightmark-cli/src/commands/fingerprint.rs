@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::json;
 use weightmark::fingerprint::{
-    build_check_report, check as check_release, Api, CheckOptions, CheckOutcome, CheckReportInputs,
-    Endpoint, EndpointOptions, EndpointRecord, FingerprintKey, SuspectRecord, DEFAULT_ASKED,
+    build_check_report, check as check_release, Api, ApiKey, CheckOptions, CheckOutcome,
+    CheckReportInputs, Endpoint, EndpointOptions, EndpointRecord, FingerprintKey, SuspectRecord,
+    DEFAULT_ASKED,
 };
 use weightmark::provenance::{envelope_to_string, load_fingerprint_reveal, Dispute};
 use weightmark::{
@@ -240,8 +241,8 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     if !(args.threshold > 0.0 && args.threshold < 1.0) {
         bail!("--threshold {} must be a probability between 0 and 1", args.threshold);
     }
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        bail!("--timeout {} must be a positive number of seconds", args.timeout);
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        bail!("--timeout {} must be a positive number of seconds, at most 3600", args.timeout);
     }
     let overwrite = if args.force { Overwrite::Replace } else { Overwrite::Refuse };
     if let Some(report) = &args.report {
@@ -277,6 +278,20 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     }
     let (outcome, asked) = match (&args.endpoint, &args.model) {
         (Some(url), _) => {
+            let api_key = match &args.api_key_env {
+                Some(name) => {
+                    let Some(key) = std::env::var_os(name) else {
+                        bail!("--api-key-env: the environment variable {name} is not set");
+                    };
+                    let key = key
+                        .into_string()
+                        .map_err(|_| anyhow::anyhow!("--api-key-env: {name} is not valid UTF-8"))?;
+                    let key = ApiKey::new(key)
+                        .map_err(|why| anyhow::anyhow!("--api-key-env: {name}: {why}"))?;
+                    Some(key)
+                }
+                None => None,
+            };
             let endpoint_options = EndpointOptions {
                 api: if args.completions { Api::Completions } else { Api::Chat },
                 model: args.api_model.clone(),
@@ -284,6 +299,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
                 retries: args.retries,
                 backoff: Duration::from_millis(500),
                 rate: args.rate,
+                api_key,
             };
             let mut endpoint = Endpoint::new(url, endpoint_options)?;
             let outcome = check_release(&key, count, &options, &mut endpoint)?;

@@ -12,6 +12,14 @@
 //! message, and completions put `SYSTEM` and a blank line before the
 //! question (as a local check's completion prompt does). `"model"` is sent
 //! when a model name is given. Plain HTTP; HTTPS with the `https` feature.
+//!
+//! What a signed report records about the endpoint is its URL, so a URL
+//! that carries a secret (`user:password@`, a `?api_key=` query) is refused:
+//! an API key goes in an `Authorization: Bearer` header instead
+//! ([`EndpointOptions::api_key`]), which is neither recorded nor printed.
+//! Proxy settings in the environment (`HTTP_PROXY`, `ALL_PROXY`, ...) are
+//! not used: the answers recorded are the endpoint's own, not a
+//! middlebox's.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +63,41 @@ pub struct EndpointOptions {
     pub backoff: Duration,
     /// Most requests per second (0: no limit).
     pub rate: f64,
+    /// Sent as `Authorization: Bearer KEY` with every request; never
+    /// recorded in a report or printed.
+    pub api_key: Option<ApiKey>,
+}
+
+/// An endpoint's API key: visible ASCII (no spaces or control characters,
+/// so it cannot split a header), at most [`MAX_API_KEY`] bytes, wiped from
+/// memory when dropped, and shown as `ApiKey(…)` by `Debug`.
+#[derive(Clone)]
+pub struct ApiKey(zeroize::Zeroizing<String>);
+
+/// Longest API key accepted (bytes).
+pub const MAX_API_KEY: usize = 4096;
+
+impl ApiKey {
+    /// `key`, if it can go in a header; the error does not show it.
+    pub fn new(key: String) -> std::result::Result<ApiKey, String> {
+        let key = zeroize::Zeroizing::new(key);
+        if key.is_empty() {
+            return Err("the API key is empty".into());
+        }
+        if key.len() > MAX_API_KEY {
+            return Err(format!("the API key is longer than {MAX_API_KEY} bytes"));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the API key holds a space, a control or a non-ASCII character".into());
+        }
+        Ok(ApiKey(key))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(…)")
+    }
 }
 
 impl Default for EndpointOptions {
@@ -66,9 +109,16 @@ impl Default for EndpointOptions {
             retries: 2,
             backoff: Duration::from_millis(500),
             rate: 2.0,
+            api_key: None,
         }
     }
 }
+
+/// Longest time allowed for one request.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Smallest non-zero rate limit: one request an hour.
+pub const MIN_RATE: f64 = 1.0 / 3600.0;
 
 /// Largest response body read (bytes).
 const MAX_RESPONSE: u64 = 1 << 20;
@@ -94,15 +144,15 @@ impl Endpoint {
     /// An endpoint at `url`: a base URL (`http://host:port`, with or without
     /// a trailing `/v1`) to which the API's path is appended.
     pub fn new(url: &str, options: EndpointOptions) -> Result<Endpoint> {
+        check_url(url)?;
         let bad = |reason: &str| Error::Endpoint { url: url.to_string(), reason: reason.into() };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(bad("not an http:// or https:// URL"));
+        if options.timeout.is_zero() || options.timeout > MAX_TIMEOUT {
+            return Err(bad("the timeout must be more than 0 and at most 3600 seconds"));
         }
-        if options.timeout.is_zero() {
-            return Err(bad("the timeout must be positive"));
-        }
-        if !(options.rate >= 0.0 && options.rate.is_finite()) {
-            return Err(bad("the rate limit must be a non-negative number of requests a second"));
+        if !(options.rate == 0.0 || (options.rate >= MIN_RATE && options.rate.is_finite())) {
+            return Err(bad(
+                "the rate limit must be 0 (none) or at least one request an hour (1/3600 a second)",
+            ));
         }
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
@@ -114,6 +164,7 @@ impl Endpoint {
             .timeout_global(Some(options.timeout))
             .http_status_as_error(false)
             .max_redirects(0)
+            .proxy(None)
             .build();
         Ok(Endpoint {
             url: url.to_string(),
@@ -171,7 +222,8 @@ impl Endpoint {
     fn pace(&mut self) {
         if self.options.rate > 0.0 {
             if let Some(last) = self.last {
-                let gap = Duration::from_secs_f64(1.0 / self.options.rate);
+                let gap = Duration::try_from_secs_f64(1.0 / self.options.rate)
+                    .unwrap_or(Duration::from_secs(3600));
                 let since = last.elapsed();
                 if since < gap {
                     std::thread::sleep(gap - since);
@@ -185,11 +237,12 @@ impl Endpoint {
     fn attempt(&mut self, body: &[u8]) -> std::result::Result<String, Failure> {
         self.pace();
         let permanent = |reason: String| Failure { reason, transient: false };
-        let response = self
-            .agent
-            .post(&self.request_url)
-            .header("Content-Type", "application/json")
-            .send(body);
+        let mut request =
+            self.agent.post(&self.request_url).header("Content-Type", "application/json");
+        if let Some(key) = &self.options.api_key {
+            request = request.header("Authorization", format!("Bearer {}", key.0.as_str()));
+        }
+        let response = request.send(body);
         let mut response = match response {
             Ok(r) => r,
             Err(e) => return Err(transport(e, self.options.timeout)),
@@ -225,25 +278,98 @@ impl Endpoint {
     }
 }
 
-/// A transport failure (no HTTP status) in words; all are transient.
+/// A transport failure (no HTTP status) in words. A timeout, a failed
+/// connection or read and an unknown host may pass; a response that breaks
+/// HTTP or is not text, and a request that cannot be made, are not retried.
 fn transport(e: ureq::Error, timeout: Duration) -> Failure {
-    let reason = match e {
-        ureq::Error::Timeout(_) => format!("timed out after {} s", timeout.as_secs_f64()),
+    let transient = |reason: String| Failure { reason, transient: true };
+    let permanent = |reason: String| Failure { reason, transient: false };
+    match e {
+        ureq::Error::Timeout(_) => {
+            transient(format!("timed out after {} s", timeout.as_secs_f64()))
+        }
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            format!("timed out after {} s", timeout.as_secs_f64())
+            transient(format!("timed out after {} s", timeout.as_secs_f64()))
         }
-        ureq::Error::Io(e) => format!("cannot connect or read: {e}"),
-        ureq::Error::ConnectionFailed => "cannot connect".to_string(),
-        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            permanent(format!("malformed response: {e}"))
+        }
+        ureq::Error::Io(e) => transient(format!("cannot connect or read: {e}")),
+        ureq::Error::ConnectionFailed => transient("cannot connect".to_string()),
+        ureq::Error::HostNotFound => transient("host not found".to_string()),
         ureq::Error::BodyExceedsLimit(n) => {
-            return Failure {
-                reason: format!("malformed response: larger than {n} bytes"),
-                transient: false,
-            }
+            permanent(format!("malformed response: larger than {n} bytes"))
         }
-        e => format!("request failed: {e}"),
+        ureq::Error::Protocol(e) => permanent(format!("malformed response: {e}")),
+        e => permanent(format!("request failed: {e}")),
+    }
+}
+
+/// Refuses a URL that is not `http(s)://HOST[:PORT][/PATH]`: one with
+/// credentials, a query or a fragment (a secret there would go into the
+/// signed report, and the API's path cannot follow them), a port that is
+/// not 1 to 65535 (which the HTTP stack would silently replace by 80),
+/// spaces or control characters, or `https://` in a build without TLS. The
+/// error shows the URL without its credentials.
+fn check_url(url: &str) -> Result<()> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let authority = rest.map(|r| r.split('/').next().unwrap_or(r));
+    // Shown without what may be secret: credentials, a query, a fragment.
+    let mut shown = match (rest, authority.and_then(|a| a.rfind('@'))) {
+        (Some(r), Some(at)) => format!("{}…@{}", &url[..url.len() - r.len()], &r[at + 1..]),
+        _ => url.to_string(),
     };
-    Failure { reason, transient: true }
+    if let Some(cut) = shown.find(['?', '#']) {
+        shown.replace_range(cut + 1.., "…");
+    }
+    let bad = |reason: &str| Error::Endpoint { url: shown.clone(), reason: reason.into() };
+    let (Some(_), Some(authority)) = (rest, authority) else {
+        return Err(bad("not an http:// or https:// URL"));
+    };
+    if authority.contains('@') {
+        return Err(bad(
+            "a URL with credentials would put them in the signed report: give the API key in an \
+             environment variable (--api-key-env NAME) instead",
+        ));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err(bad(
+            "a URL with a query or fragment: give the server's base URL (http://host:port, with \
+             or without /v1), and an API key through --api-key-env NAME",
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("a URL with a space or control character"));
+    }
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, tail)) => match tail.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(bad("not a host and port")),
+            },
+            None => return Err(bad("an IPv6 address without its closing ']'")),
+        },
+        None => authority.split_once(':').map(|(_, port)| port),
+    };
+    let host = authority.split(':').next().unwrap_or_default();
+    if host.is_empty() && !authority.starts_with('[') {
+        return Err(bad("no host"));
+    }
+    if let Some(port) = port {
+        let ok =
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0);
+        if !ok {
+            return Err(bad(&format!("port '{port}' is not a number from 1 to 65535")));
+        }
+    }
+    if url.starts_with("https://") && !cfg!(feature = "https") {
+        return Err(bad(
+            "this build speaks plain HTTP only: build weightmark with the `https` feature to \
+             check an https:// endpoint",
+        ));
+    }
+    Ok(())
 }
 
 impl Asker for Endpoint {
@@ -311,5 +437,61 @@ mod tests {
             "Be brief.\n\nQuestion: What?\nAnswer:"
         );
         assert!(Endpoint::new("ftp://h", EndpointOptions::default()).is_err());
+    }
+
+    /// URLs that would leak a secret into a report, or that the HTTP stack
+    /// would read otherwise than written, are refused; the error line never
+    /// shows the credentials.
+    #[test]
+    fn urls_with_secrets_or_odd_ports_are_refused() {
+        let refused = |url: &str, why: &str| {
+            let e = Endpoint::new(url, EndpointOptions::default()).err().map(|e| e.to_string());
+            let e = e.unwrap_or_else(|| panic!("{url} was accepted"));
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "{url}: the error shows the password: {e}");
+        };
+        refused("http://user:hunter2@h:8080/v1", "credentials");
+        refused("http://hunter2@h", "credentials");
+        refused("http://h:8080/v1?api_key=hunter2", "query or fragment");
+        refused("http://h:8080/#hunter2", "query or fragment");
+        refused("http://h:99999", "port '99999'");
+        refused("http://h:0", "port '0'");
+        refused("http://h:80a", "port '80a'");
+        refused("http://h:", "port ''");
+        refused("http://:8080", "no host");
+        refused("http://[::1", "closing ']'");
+        refused("http://h /v1", "space");
+        let ok = |url: &str| {
+            Endpoint::new(url, EndpointOptions::default()).unwrap_or_else(|e| panic!("{url}: {e}"))
+        };
+        assert_eq!(
+            ok("http://[::1]:8080/v1").request_url(),
+            "http://[::1]:8080/v1/chat/completions"
+        );
+        assert_eq!(ok("http://[::1]").request_url(), "http://[::1]/v1/chat/completions");
+        assert_eq!(ok("http://h:65535").request_url(), "http://h:65535/v1/chat/completions");
+        if !cfg!(feature = "https") {
+            refused("https://h", "plain HTTP only");
+        }
+        // Limits that would panic or wait for ever.
+        for (timeout, rate) in [(0.0, 2.0), (3601.0, 2.0), (60.0, 1e-20), (60.0, f64::NAN)] {
+            let options = EndpointOptions {
+                timeout: Duration::from_secs_f64(timeout),
+                rate,
+                ..Default::default()
+            };
+            assert!(Endpoint::new("http://h:1", options).is_err(), "{timeout} s, rate {rate}");
+        }
+    }
+
+    #[test]
+    fn api_keys_are_header_safe_and_never_shown() {
+        assert!(ApiKey::new(String::new()).is_err());
+        assert!(ApiKey::new("sk-1 2".into()).is_err());
+        assert!(ApiKey::new("sk-1\r\nX-Evil: 1".into()).is_err());
+        assert!(ApiKey::new("k".repeat(MAX_API_KEY + 1)).is_err());
+        let key = ApiKey::new("sk-hunter2".into()).unwrap_or_else(|e| panic!("{e}"));
+        let options = EndpointOptions { api_key: Some(key), ..Default::default() };
+        assert!(!format!("{options:?}").contains("hunter2"));
     }
 }

@@ -35,7 +35,7 @@ pub use check::{
     CheckOptions, CheckOutcome, CheckReport, CheckReportInputs, EndpointRecord,
     FingerprintCheckPredicate, SuspectRecord, CHECK_PREDICATE_TYPE, MAX_SYSTEM_PROMPT,
 };
-pub use endpoint::{Api, Endpoint, EndpointOptions};
+pub use endpoint::{Api, ApiKey, Endpoint, EndpointOptions};
 pub use release::{certify_fingerprint, check_base, release_root, FingerprintRelease};
 
 use zeroize::Zeroizing;
