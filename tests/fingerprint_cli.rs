@@ -407,6 +407,62 @@ fn an_api_key_travels_in_a_header_and_a_url_with_a_secret_is_refused() {
     assert_eq!(server.requests().len(), asked, "a refused check asked the server");
 }
 
+/// A check report signed by the right key but whose numbers do not follow
+/// from its own answers (a match count, p-value or decision that the
+/// recorded answers do not give, a normalised form that is not the
+/// answer's, a repeated pair, a "match" that is no candidate answer) is
+/// refused by `verify`, naming the file and what does not add up.
+#[test]
+fn verify_refuses_a_signed_check_report_whose_numbers_do_not_follow_from_its_answers() {
+    use weightmark::provenance::{envelope_to_string, parse_envelope, sign_statement, Statement};
+    let s = Scene::new();
+    let pairs = release(&s);
+    let server = Server::start(Behaviour::Answers(pairs.iter().take(20).cloned().collect()));
+    let o = s.run(&check_args(&server.url, &["--report", "r.json"]));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    s.ok(&["verify", "r.json", "--pub", "owner.pub"]);
+    let bytes = std::fs::read(s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
+    let envelope = parse_envelope(&bytes, &s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
+    let key = SecretKey::load(&s.path("owner.key")).unwrap_or_else(|e| panic!("{e}"));
+    let payload = weightmark::provenance::verify_envelope(&envelope, &key.public_key())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let statement: Statement<serde_json::Value> =
+        serde_json::from_slice(&payload).unwrap_or_else(|e| panic!("{e}"));
+    // Re-signing unchanged passes: what follows fails for its edit alone.
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(Edit, &str); 7] = [
+        (|_| {}, ""),
+        (|p| p["matches"] = (p["matches"].as_u64().unwrap_or(0) - 1).into(), "answers are marked"),
+        (|p| p["p_value"] = (p["p_value"].as_f64().unwrap_or(0.0) * 10.0).into(), "p "),
+        (|p| p["detected"] = false.into(), "detected is false"),
+        (|p| p["asked"][0]["normalised"] = "zebra".into(), "not its normalised form"),
+        (|p| p["asked"][1]["index"] = p["asked"][0]["index"].clone(), "repeated"),
+        (
+            |p| {
+                let a = &mut p["asked"][2];
+                (a["answer"], a["normalised"], a["matched"]) =
+                    ("Xyzzy".into(), "xyzzy".into(), true.into());
+            },
+            "no candidate",
+        ),
+    ];
+    for (edit, why) in edits {
+        let mut edited = statement.clone();
+        edit(&mut edited.predicate);
+        let signed = sign_statement(&edited, &key).unwrap_or_else(|e| panic!("{e}"));
+        let text = envelope_to_string(&signed).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(s.path("edited.json"), text).unwrap_or_else(|e| panic!("{e}"));
+        let o = s.run(&["verify", "edited.json", "--pub", "owner.pub"]);
+        if why.is_empty() {
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+            continue;
+        }
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{why}: {}{err}", stdout(&o));
+        assert!(err.contains("edited.json") && err.contains(why), "{why}: {err}");
+    }
+}
+
 #[test]
 fn a_check_needs_a_certificate_with_a_fingerprint_and_the_owners_key() {
     let s = Scene::new();

@@ -399,8 +399,71 @@ pub fn parse_check_statement(
         }
         None => return Err("payload is not an in-toto statement".into()),
     }
-    serde_json::from_slice(payload)
-        .map_err(|e| format!("payload is not a weightmark fingerprint check: {e}"))
+    let statement: Statement<FingerprintCheckPredicate> = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload is not a weightmark fingerprint check: {e}"))?;
+    statement.predicate.consistent().map_err(|why| {
+        format!("a fingerprint check whose numbers do not follow from its own answers: {why}")
+    })?;
+    Ok(statement)
+}
+
+impl FingerprintCheckPredicate {
+    /// What anyone can recompute from the report itself, without the key:
+    /// the scheme; distinct pair indices below K, at most K of them; each
+    /// answer's normalised form ([`normalise`]); that a matched answer is
+    /// one of the public candidates (every keyed response is); the match
+    /// count; the p-value and its `log10` from the number asked and the
+    /// matches (to 1e-9 relative, so reports of other builds of the same
+    /// arithmetic pass); the decision from the p-value and the threshold.
+    /// Whether a match is the keyed response needs the key (`reveal`).
+    pub fn consistent(&self) -> std::result::Result<(), String> {
+        if self.scheme != SCHEME {
+            return Err(format!("scheme '{}', not '{SCHEME}'", self.scheme));
+        }
+        let n = self.asked.len();
+        if n == 0 || n > self.count {
+            return Err(format!("{n} triggers asked of a release of {}", self.count));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in self.asked.iter().enumerate() {
+            if a.index >= self.count || !seen.insert(a.index) {
+                return Err(format!("answer {i}: pair index {} repeated or past K", a.index));
+            }
+            if normalise(&a.answer) != a.normalised {
+                return Err(format!("answer {i}: '{}' is not its normalised form", a.normalised));
+            }
+            if a.matched && !super::words::ANSWERS.contains(&a.normalised.as_str()) {
+                return Err(format!("answer {i}: '{}' matched, but is no candidate", a.normalised));
+            }
+        }
+        let matches = self.asked.iter().filter(|a| a.matched).count();
+        if matches != self.matches {
+            return Err(format!(
+                "matches {}, where {matches} answers are marked matched",
+                self.matches
+            ));
+        }
+        let q = 1.0 / super::CANDIDATES as f64;
+        let log10_p = super::binomial::upper_tail_log10(n as u64, q, matches as u64);
+        let p = 10f64.powf(log10_p);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300);
+        if !(close(log10_p, self.log10_p_value) || (log10_p - self.log10_p_value).abs() <= 1e-9) {
+            return Err(format!(
+                "log10 p {}, where {matches} matches of {n} give {log10_p}",
+                self.log10_p_value
+            ));
+        }
+        if !(close(p, self.p_value) || p == self.p_value) {
+            return Err(format!("p {}, where {matches} matches of {n} give {p}", self.p_value));
+        }
+        if self.detected != (self.p_value <= self.threshold_p) {
+            return Err(format!(
+                "detected is {}, where p {} against threshold {} says otherwise",
+                self.detected, self.p_value, self.threshold_p
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
