@@ -463,6 +463,26 @@ fn verify_refuses_a_signed_check_report_whose_numbers_do_not_follow_from_its_ans
     }
 }
 
+/// Rounds 0 and 1 ask disjoint triggers; round 2 (of 12 of 32) re-asks 4
+/// of round 0's, and the check says so on stderr (a published report of
+/// round 0 disclosed their answers), still answering with its verdict.
+#[test]
+fn a_round_that_re_asks_earlier_triggers_says_so() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let server = Server::start(Behaviour::Answers(pairs.iter().cloned().collect()));
+    for (round, note) in
+        [("1", None), ("2", Some("round 2 asks 4 of its 12 triggers that an earlier round asked"))]
+    {
+        let o = s.run(&check_args(&server.url, &["--round", round]));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        match note {
+            Some(note) => assert!(stderr(&o).contains(note), "{}", stderr(&o)),
+            None => assert!(!stderr(&o).contains("note:"), "{}", stderr(&o)),
+        }
+    }
+}
+
 #[test]
 fn a_check_needs_a_certificate_with_a_fingerprint_and_the_owners_key() {
     let s = Scene::new();

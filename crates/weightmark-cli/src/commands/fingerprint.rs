@@ -276,6 +276,16 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     if let Some(system) = &args.system {
         weightmark::fingerprint::check_system_prompt(system).context("--system")?;
     }
+    let again = weightmark::fingerprint::asked_before(count, options.per_check, args.round)?;
+    if again > 0 {
+        eprintln!(
+            "weightmark: note: round {} asks {again} of its {} triggers that an earlier round \
+             asked; if a report of that round was published, a model may have learnt their \
+             answers from it, which the p-value does not allow for (docs/fingerprint.md)",
+            args.round,
+            options.per_check.min(count)
+        );
+    }
     let (outcome, asked) = match (&args.endpoint, &args.model) {
         (Some(url), _) => {
             let api_key = match &args.api_key_env {

@@ -186,6 +186,35 @@ fn check_count(count: usize) -> Result<()> {
     Ok(())
 }
 
+/// How many of the triggers round `round` asks an earlier round asked too
+/// (the same for every key: rounds are windows of one keyed order). Once
+/// the pairs run out (round 2 of 12 of 32 re-asks 4 of round 0's), a
+/// published report of an earlier round may have taught a model the
+/// answers it disclosed, which the p-value's null hypothesis does not
+/// allow for; `fingerprint check` says so.
+pub fn asked_before(count: usize, per_check: usize, round: u64) -> Result<usize> {
+    check_count(count)?;
+    if per_check == 0 {
+        return Err(Error::invalid("fp1: a check asks at least one trigger"));
+    }
+    if round == 0 {
+        return Ok(0);
+    }
+    if per_check >= count {
+        return Ok(count);
+    }
+    let window = |r: u64| {
+        let start = (r % count as u64) as usize * per_check % count;
+        (0..per_check).map(move |j| (start + j) % count)
+    };
+    // Earlier rounds' starts repeat with period `count`.
+    let mut seen = vec![false; count];
+    for r in 0..round.min(count as u64) {
+        window(r).for_each(|p| seen[p] = true);
+    }
+    Ok(window(round).filter(|&p| seen[p]).count())
+}
+
 /// The indices of the pairs one check asks, in the order asked: round `r`
 /// takes `per_check` consecutive positions of a keyed order of the `count`
 /// pairs, starting at `r * per_check` and wrapping around. Rounds 0, 1, ...
@@ -254,6 +283,24 @@ mod tests {
 
     fn key(seed: u8) -> FingerprintKey {
         FingerprintKey::from_bytes([seed; 32])
+    }
+
+    #[test]
+    fn asked_before_counts_what_earlier_rounds_asked() {
+        let k = key(9);
+        for (count, per_check) in [(32, 12), (32, 8), (7, 3), (5, 5)] {
+            let mut before = HashSet::new();
+            for round in 0..3 * count as u64 {
+                let now = asked(&k, count, per_check, round).unwrap_or_default();
+                let again = now.iter().filter(|i| before.contains(*i)).count();
+                let said = asked_before(count, per_check, round).unwrap_or(usize::MAX);
+                assert_eq!(said, again, "K {count}, {per_check} a check, round {round}");
+                before.extend(now);
+            }
+        }
+        assert_eq!(asked_before(32, 12, 1).ok(), Some(0));
+        assert_eq!(asked_before(32, 12, 2).ok(), Some(4));
+        assert_eq!(asked_before(32, 12, u64::MAX).ok(), Some(12));
     }
 
     #[test]
