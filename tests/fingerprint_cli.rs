@@ -27,6 +27,8 @@ enum Behaviour {
     Answers(HashMap<String, String>),
     /// This status with a short body.
     Status(u16),
+    /// "Hello" to the first this many requests, then HTTP 400.
+    FailAfter(usize),
     /// Reads the request and never answers.
     Hang,
     /// 200 with a body that is not JSON.
@@ -140,6 +142,16 @@ fn handle(
             (200, body.to_string())
         }
         Behaviour::Status(code) => (*code, "{\"error\": \"the server is unwell\"}".into()),
+        Behaviour::FailAfter(n) => {
+            let asked = requests.lock().map(|r| r.len()).unwrap_or(0);
+            if asked > *n {
+                (400, "{\"error\": \"no more\"}".into())
+            } else {
+                let body = serde_json::json!({"choices": [{"index": 0,
+                    "message": {"role": "assistant", "content": "Hello"}}]});
+                (200, body.to_string())
+            }
+        }
         Behaviour::Hang => {
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -325,6 +337,15 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
     let server = Server::start(Behaviour::Status(400));
     fails(&s, &server.url, &["--retries", "3"], "HTTP 400");
     assert_eq!(server.requests().len(), 1, "a 400 is not retried");
+
+    // A failure part-way says how far the check got.
+    let server = Server::start(Behaviour::FailAfter(3));
+    fails(
+        &s,
+        &server.url,
+        &["--retries", "0"],
+        "HTTP 400 Bad Request: {\"error\": \"no more\"} (after 3 of 12 answers)",
+    );
 
     // A timeout.
     let server = Server::start(Behaviour::Hang);

@@ -38,7 +38,20 @@ pub trait Asker {
     /// `system`. One at a time by default; a local model answers them in
     /// one batch.
     fn ask_all(&mut self, system: Option<&str>, triggers: &[&str]) -> Result<Vec<String>> {
-        triggers.iter().map(|t| self.ask(system, t)).collect()
+        let mut answers = Vec::with_capacity(triggers.len());
+        for t in triggers {
+            match self.ask(system, t) {
+                Ok(a) => answers.push(a),
+                // An endpoint that fails part-way: say how far the check got.
+                Err(Error::Endpoint { url, reason }) if !answers.is_empty() => {
+                    let (got, of) = (answers.len(), triggers.len());
+                    let reason = format!("{reason} (after {got} of {of} answers)");
+                    return Err(Error::Endpoint { url, reason });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(answers)
     }
 }
 
