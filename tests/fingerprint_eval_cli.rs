@@ -885,15 +885,20 @@ fn steps_taken(o: &std::process::Output) -> usize {
     n.trim().parse().unwrap_or_else(|_| panic!("no step count in: {out}"))
 }
 
+/// The header of `bytes`, a planting checkpoint (safetensors): its length
+/// and its JSON.
+fn checkpoint_header(bytes: &[u8]) -> (usize, serde_json::Map<String, serde_json::Value>) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_else(|e| panic!("{e}"))) as usize;
+    (n, serde_json::from_slice(&bytes[8..8 + n]).unwrap_or_else(|e| panic!("{e}")))
+}
+
 /// `bytes`, a planting checkpoint, with its header's `__metadata__` changed
 /// by `edit` (the tensors' offsets are relative to the data, so they hold).
 fn with_metadata(
     bytes: &[u8],
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_else(|e| panic!("{e}"))) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap_or_else(|e| panic!("{e}"));
+    let (n, mut header) = checkpoint_header(bytes);
     let meta = header.get_mut("__metadata__").and_then(|m| m.as_object_mut());
     edit(meta.unwrap_or_else(|| panic!("no __metadata__")));
     let mut json = serde_json::to_vec(&header).unwrap_or_else(|e| panic!("{e}"));
@@ -975,12 +980,9 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
         refused(&plant("edited", "450", &ck), "edited", "plant.ckpt", why);
     }
     let mut nan = saved.clone();
-    let hlen = u64::from_le_bytes(saved[..8].try_into().unwrap_or_else(|e| panic!("{e}")));
-    let hlen = hlen as usize;
-    let header: serde_json::Value =
-        serde_json::from_slice(&saved[8..8 + hlen]).unwrap_or_else(|e| panic!("{e}"));
+    let (hlen, header) = checkpoint_header(&saved);
     let start = header["v.00000"]["data_offsets"][0].as_u64();
-    let at = 8 + hlen + start.unwrap_or_else(|| panic!("no v.00000 in {header}")) as usize;
+    let at = 8 + hlen + start.unwrap_or_else(|| panic!("no v.00000 in {header:?}")) as usize;
     nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(s.path("plant.ckpt"), nan).unwrap_or_else(|e| panic!("{e}"));
     refused(&plant("edited", "450", &ck), "edited", "plant.ckpt", "'v.00000' holds a non-finite");
