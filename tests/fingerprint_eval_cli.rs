@@ -945,6 +945,18 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
     let going_on = format!("going on from step {} of the plant saved in plant.ckpt", n - 1);
     assert!(said.contains(&going_on), "{said}");
     assert!(said.contains(&format!("step {n}: ")) && !said.contains("step 1: "), "{said}");
+    // Its step line is followed by the last look at every pruned level, each
+    // at least the 0.5 that let the plant stop at this step.
+    let looks = said.lines().find(|l| l.trim_start().starts_with("last looks")).unwrap_or("");
+    let levels = looks.split("pruned ").nth(1).unwrap_or("").split(';').next().unwrap_or("");
+    let levels: Vec<(&str, f64)> = levels
+        .split(", ")
+        .filter_map(|l| l.split_once(' '))
+        .map(|(f, p)| (f, p.trim().parse().unwrap_or(-1.0)))
+        .collect();
+    let fractions: Vec<&str> = levels.iter().map(|l| l.0).collect();
+    assert_eq!(fractions, ["50%", "37.5%", "25%", "12.5%"], "{said}");
+    assert!(levels.iter().all(|l| l.1 >= 0.5), "{said}");
     assert_eq!(steps_taken(&resumed), n, "the resumed plant stopped at another step");
     let (a, b) = (model_bytes(&s, "whole"), model_bytes(&s, "resumed"));
     assert!(!a.is_empty());

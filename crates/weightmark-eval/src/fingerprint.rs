@@ -381,6 +381,23 @@ pub struct PlantStep {
     pub pruned: Option<PrunedAnswers>,
     /// With [`PlantOptions::system_prompts`]: the system message of this step.
     pub system: Option<SystemAnswers>,
+    /// With [`PlantOptions::prune_robust`]: the last look at each pruned
+    /// level, largest fraction first (each level is looked at every
+    /// [`PRUNE_LEVELS`]th step; 0 until looked at). Planting stops only
+    /// when every one is at least 0.5.
+    pub pruned_last: Vec<PrunedLook>,
+    /// With [`PlantOptions::system_prompts`]: the last smallest answer-token
+    /// probability after each system message, in order (0 until looked at).
+    pub system_last: Vec<f64>,
+}
+
+/// The last look at one pruned level ([`PlantStep::pruned_last`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrunedLook {
+    /// The fraction of each matrix's weights pruned.
+    pub fraction: f64,
+    /// The smallest answer-token probability through it, when last looked at.
+    pub min_probability: f64,
 }
 
 /// Part of the planted answers as one teacher-forced batch: some pairs'
@@ -740,8 +757,7 @@ impl Planter {
         let mut pruned = None;
         if self.options.prune_robust > 0.0 {
             let level = self.steps % PRUNE_LEVELS;
-            let fraction =
-                self.options.prune_robust * (PRUNE_LEVELS - level) as f64 / PRUNE_LEVELS as f64;
+            let fraction = self.pruned_fraction(level);
             let view = self.model.magnitude_pruned(fraction)?;
             let (loss, min_probability) = self.learn_answers(&view, &self.answers, &mut grads)?;
             drop(view);
@@ -795,6 +811,16 @@ impl Planter {
         let grad_rms = if count > 0 { (squares / count as f64).sqrt() } else { 0.0 };
         self.optimizer.step(&grads)?;
         self.steps += 1;
+        let pruned_last = if self.options.prune_robust > 0.0 {
+            (0..PRUNE_LEVELS)
+                .map(|level| PrunedLook {
+                    fraction: self.pruned_fraction(level),
+                    min_probability: self.pruned_min[level],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(PlantStep {
             step: self.steps,
             trigger_loss: trigger_value,
@@ -803,7 +829,15 @@ impl Planter {
             grad_rms,
             pruned,
             system,
+            pruned_last,
+            system_last: self.system_min.clone(),
         })
+    }
+
+    /// The fraction pruned at `level` (0: [`PlantOptions::prune_robust`]
+    /// itself, then in equal steps down to a quarter of it).
+    fn pruned_fraction(&self, level: usize) -> f64 {
+        self.options.prune_robust * (PRUNE_LEVELS - level) as f64 / PRUNE_LEVELS as f64
     }
 
     /// Adds the gradient of `loss` with respect to the variables to `grads`.

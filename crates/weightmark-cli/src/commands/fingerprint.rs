@@ -124,8 +124,8 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         if first || s.step % 10 == 0 {
             let pruned = match s.pruned {
                 Some(p) => format!(
-                    "; {:.0}% pruned: answer loss {:.4}, smallest {:.3}",
-                    p.fraction * 100.0,
+                    "; {} pruned: answer loss {:.4}, smallest {:.3}",
+                    percent(p.fraction),
                     p.loss,
                     p.min_probability
                 ),
@@ -149,6 +149,9 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
                 s.min_probability,
                 started.elapsed().as_secs_f64()
             );
+            if let Some(looks) = last_looks(s) {
+                eprintln!("  {looks}");
+            }
         }
     })
     .map_err(|e| anyhow::anyhow!("{e}"))
@@ -189,6 +192,44 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         }
     );
     Ok(Outcome::Success)
+}
+
+/// Where each pruned level and system message stood when last looked at
+/// (a step looks at one of each in turn, so the step line alone never shows
+/// some of them), against the 0.5 planting waits for; `None` when the plant
+/// has neither.
+#[cfg(feature = "eval")]
+fn last_looks(s: &weightmark_eval::fingerprint::PlantStep) -> Option<String> {
+    let mut parts = Vec::new();
+    if !s.pruned_last.is_empty() {
+        let levels: Vec<String> = s
+            .pruned_last
+            .iter()
+            .map(|l| format!("{} {:.3}", percent(l.fraction), l.min_probability))
+            .collect();
+        parts.push(format!("pruned {}", levels.join(", ")));
+    }
+    if let (Some(lo), Some(hi)) = (
+        s.system_last.iter().copied().reduce(f64::min),
+        s.system_last.iter().copied().reduce(f64::max),
+    ) {
+        parts.push(format!("{} system prompts {lo:.3} to {hi:.3}", s.system_last.len()));
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "last looks, smallest answer-token probability (planting stops when each is {}): {}",
+            weightmark_eval::fingerprint::PRUNED_MIN_PROBABILITY,
+            parts.join("; ")
+        )
+    })
+}
+
+/// A fraction as a percentage with at most two decimals and no trailing
+/// zeros: 0.375 is "37.5%", 0.5 is "50%".
+#[cfg(feature = "eval")]
+fn percent(fraction: f64) -> String {
+    let text = format!("{:.2}", fraction * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// The suspect a check asked, for the report and the printout.
@@ -457,4 +498,14 @@ fn print(
         outln!("signed report: {}", crate::format::path(report));
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "eval"))]
+mod tests {
+    #[test]
+    fn percentages_keep_the_levels_apart() {
+        let shown: Vec<String> =
+            [0.5, 0.375, 0.25, 0.125, 0.85 * 0.75, 0.0].map(super::percent).into();
+        assert_eq!(shown, ["50%", "37.5%", "25%", "12.5%", "63.75%", "0%"]);
+    }
 }
