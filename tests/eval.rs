@@ -16,7 +16,7 @@ use weightmark::{Dtype, Model};
 use weightmark_eval::bert::SentenceEncoder;
 use weightmark_eval::finetune::{FinetuneOptions, Method, Trainer};
 use weightmark_eval::fingerprint::{
-    ask, ask_all_after, builtin_system_prompts, PlantOptions, Planter, Prompter,
+    ask, ask_all_after, builtin_system_prompts, Checkpointing, PlantOptions, Planter, Prompter,
 };
 use weightmark_eval::llama::Llama;
 use weightmark_eval::load::{encode, open, tensors_f32, Architecture, EvalModel};
@@ -618,6 +618,57 @@ fn losses_taken_in_parts_give_the_step_of_one_pass_over_them() {
         let e = e.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains(what), "{e}");
     }
+}
+
+/// A checkpoint that cannot be saved does not end a plant: each step due
+/// to save says why (naming the file) and planting goes on to the same
+/// model as a plant that saved; the checkpoint it had saved stays whole.
+#[test]
+fn a_checkpoint_that_cannot_be_saved_is_reported_and_planting_goes_on() {
+    if !common::has_license_text() {
+        return;
+    }
+    let TinyPlant { _tmp, m, model, prompter, pairs, split } = tiny_to_plant(13, 24, 4);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let options = PlantOptions { max_steps: 4, ..tiny_plant() };
+    let run = |path: &std::path::Path, block_after: Option<usize>| {
+        let mut planter = planter_for(&model, &m, &prompter, &pairs, &split, options.clone());
+        let checkpoint = Checkpointing { path: path.to_path_buf(), every: 2 };
+        let mut failed = Vec::new();
+        planter
+            .run_saving(
+                &mut |s| {
+                    failed.push((s.step, s.checkpoint_failed.clone()));
+                    // A directory where the next save would rename its file.
+                    if Some(s.step) == block_after {
+                        let aside = path.with_extension("aside");
+                        std::fs::rename(path, &aside).unwrap_or_else(|e| panic!("{e}"));
+                        std::fs::create_dir_all(path.join("x")).unwrap_or_else(|e| panic!("{e}"));
+                    }
+                },
+                Some(&checkpoint),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        (failed, planter)
+    };
+    let (saved, a) = run(&dir.path().join("a.ckpt"), None);
+    assert_eq!(saved.len(), 4, "{saved:?}");
+    assert!(saved.iter().all(|(_, f)| f.is_none()), "{saved:?}");
+    let path = dir.path().join("b.ckpt");
+    let (failed, b) = run(&path, Some(2));
+    let steps: Vec<usize> = failed.iter().map(|f| f.0).collect();
+    assert_eq!(steps, [1, 2, 3, 4], "planting stopped: {failed:?}");
+    // Due after steps 2 and 4; step 4's (the budget's end) could not replace
+    // the directory.
+    assert!(failed[..3].iter().all(|(_, f)| f.is_none()), "{failed:?}");
+    let why = failed[3].1.clone().unwrap_or_default();
+    assert!(why.contains("b.ckpt"), "{why}");
+    // The step-2 checkpoint moved aside is whole: a planter resumes from it.
+    let mut resumed = planter_for(&model, &m, &prompter, &pairs, &split, options.clone());
+    resumed.resume(&path.with_extension("aside")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resumed.steps, 2);
+    let c = compare(a.model(), b.model(), &split.held_out[..2]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.mean_kl == 0.0 && c.top1_agreement == 1.0, "{} {}", c.mean_kl, c.top1_agreement);
 }
 
 #[test]

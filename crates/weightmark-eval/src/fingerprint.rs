@@ -389,6 +389,11 @@ pub struct PlantStep {
     /// With [`PlantOptions::system_prompts`]: the last smallest answer-token
     /// probability after each system message, in order (0 until looked at).
     pub system_last: Vec<f64>,
+    /// With [`Planter::run_saving`]: why the checkpoint due after this step
+    /// could not be saved. Planting goes on (hours of training are not
+    /// thrown away for a full disk), and the previous checkpoint, replaced
+    /// only by a whole new one, stays as it was.
+    pub checkpoint_failed: Option<String>,
 }
 
 /// The last look at one pruned level ([`PlantStep::pruned_last`]).
@@ -831,6 +836,7 @@ impl Planter {
             system,
             pruned_last,
             system_last: self.system_min.clone(),
+            checkpoint_failed: None,
         })
     }
 
@@ -921,8 +927,10 @@ impl Planter {
     /// [`Planter::run`], saving a checkpoint ([`Planter::save_checkpoint`])
     /// after every `checkpoint.every` steps and when the step budget runs
     /// out before planting is done (not when it is done: the planted model
-    /// is then written). A planter resumed from a checkpoint
-    /// ([`Planter::resume`]) goes on from its step.
+    /// is then written). A save that fails does not stop planting: the
+    /// step's [`PlantStep::checkpoint_failed`] says why, before `on_step`
+    /// sees it. A planter resumed from a checkpoint ([`Planter::resume`])
+    /// goes on from its step.
     pub fn run_saving(
         &mut self,
         on_step: &mut dyn FnMut(&PlantStep),
@@ -936,21 +944,22 @@ impl Planter {
         }
         let mut last = None;
         while self.steps < self.options.max_steps {
-            let s = self.step()?;
-            on_step(&s);
+            let mut s = self.step()?;
             let done = s.min_probability >= self.options.min_probability
                 && (self.options.prune_robust == 0.0
                     || self.pruned_min.iter().all(|p| *p >= PRUNED_MIN_PROBABILITY))
                 && self.system_min.iter().all(|p| *p >= ROBUST_MIN_PROBABILITY);
+            if let (false, Some(c)) = (done, checkpoint) {
+                let due = c.every > 0 && self.steps % c.every == 0;
+                if due || self.steps >= self.options.max_steps {
+                    s.checkpoint_failed =
+                        self.save_checkpoint(&c.path).err().map(|e| e.to_string());
+                }
+            }
+            on_step(&s);
             last = Some(s);
             if done {
                 break;
-            }
-            if let Some(c) = checkpoint {
-                let due = c.every > 0 && self.steps % c.every == 0;
-                if due || self.steps >= self.options.max_steps {
-                    self.save_checkpoint(&c.path)?;
-                }
             }
         }
         last.ok_or_else(|| EvalError::invalid("planting needs at least one step"))

@@ -153,6 +153,13 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
                 eprintln!("  {looks}");
             }
         }
+        if let Some(why) = &s.checkpoint_failed {
+            eprintln!(
+                "warning: step {}: the checkpoint could not be saved, planting goes on \
+                 (the last one saved is kept): {why}",
+                s.step
+            );
+        }
     })
     .map_err(|e| anyhow::anyhow!("{e}"))
     .with_context(|| format!("could not plant in {}", crate::format::path(&args.model)))?;
