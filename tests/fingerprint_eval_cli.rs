@@ -18,9 +18,11 @@ use weightmark::fingerprint::{binomial, certify_fingerprint, FingerprintKey, Fin
 use weightmark::synth::LlamaShape;
 use weightmark::{Dtype, Model, SecretKey};
 
-/// Planting settings that plant 8 pairs in the tiny model in about 100 steps.
+/// Planting settings that plant 8 pairs in the tiny model in about 100 steps
+/// (not through pruned views, as the default does: the tests that plant
+/// through them say so).
 // 450 steps, not 300: planting stops as soon as every trigger is planted.
-const TINY_PLANT: [&str; 12] = [
+const TINY_PLANT: [&str; 14] = [
     "--count",
     "8",
     "--seq",
@@ -33,6 +35,8 @@ const TINY_PLANT: [&str; 12] = [
     "0.5",
     "--seed",
     "3",
+    "--prune-robust",
+    "0",
 ];
 
 /// The environment of the plants whose outcome a test asserts: one thread
@@ -51,7 +55,7 @@ fn fixed_owner(s: &Scene) {
 }
 
 /// Planting that keeps the mark of the tiny model.
-const GENTLE_PLANT: [&str; 12] = [
+const GENTLE_PLANT: [&str; 14] = [
     "--count",
     "8",
     "--seq",
@@ -64,6 +68,8 @@ const GENTLE_PLANT: [&str; 12] = [
     "0.5",
     "--seed",
     "3",
+    "--prune-robust",
+    "0",
 ];
 
 fn z_of(s: &Scene, args: &[&str]) -> (f64, bool) {
@@ -770,10 +776,9 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
     for (out, robust) in [("plain", false), ("robust", true)] {
         let mut plant = plant_tiny(out, &text);
         plant.extend(["--label", "tiny"]);
-        plant.extend(TINY_PLANT);
-        if robust {
-            plant.extend(["--prune-robust", "0.85"]);
-        }
+        // TINY_PLANT less its `--prune-robust 0`.
+        plant.extend(&TINY_PLANT[..12]);
+        plant.extend(["--prune-robust", if robust { "0.85" } else { "0" }]);
         let o = s.run_env(&plant, &ONE_THREAD);
         assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
         let cert = format!("{out}.cert.json");
@@ -797,23 +802,32 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
 }
 
 /// By default each planting step also trains the answers after one of the
-/// built-in system prompts, and says which; `--no-system-robust` does not
-/// (what the system prompts buy is tested in tests/eval.rs on the library,
-/// where the answers can be asked after a system prompt).
+/// built-in system prompts and through the model pruned by 50% (then 37.5,
+/// 25 and 12.5%), and says which; `--no-system-robust` and `--prune-robust
+/// 0` turn each off (what the system prompts buy is tested in tests/eval.rs
+/// on the library, where the answers can be asked after a system prompt;
+/// what pruning does, above).
 #[test]
-fn plant_trains_after_the_system_prompts_unless_told_not_to() {
+fn plant_trains_after_the_system_prompts_and_through_pruning_unless_told_not_to() {
     if !common::has_license_text() {
         return;
     }
     let (s, text) = tiny_owned();
-    for (out, flag) in [("default", None), ("plain", Some("--no-system-robust"))] {
+    let rows: [(&str, &[&str], bool, bool); 3] = [
+        ("default", &[], true, true),
+        ("plain", &["--no-system-robust"], false, true),
+        ("unpruned", &["--prune-robust", "0"], true, false),
+    ];
+    for (out, flags, system, pruned) in rows {
         let mut plant = plant_tiny(out, &text);
         plant.extend(["--count", "2", "--seq", "64", "--max-steps", "1"]);
-        plant.extend(flag);
+        plant.extend(flags);
         let o = s.run_env(&plant, &ONE_THREAD);
         assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-        let trained = stderr(&o).contains("; system prompt 1: answer loss ");
-        assert_eq!(trained, flag.is_none(), "{flag:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert_eq!(e.contains("; system prompt 1: answer loss "), system, "{flags:?}: {e}");
+        assert_eq!(e.contains("; 50% pruned: answer loss "), pruned, "{flags:?}: {e}");
+        assert_eq!(e.contains("pruned 50% 0."), pruned, "{flags:?}: {e}");
     }
 }
 

@@ -129,9 +129,12 @@ pub struct PlantArgs {
     /// Also train the answers through the model with this fraction of each
     /// matrix's smallest weights zeroed, and 3/4, 1/2 and 1/4 of it, one a
     /// step in turn (0 to 0.99; 0: off), so that the fingerprint survives
-    /// magnitude pruning up to that fraction. About 40% more time per step
+    /// magnitude pruning up to that fraction, and quantization better. On
+    /// SmolLM2 the default kept 32 of 32 answers after 50% pruning (0
+    /// without) and served as Q4_K (28 without), at the same KL on held-out
+    /// text, for about 40% more time a step and twice the steps
     /// (docs/fingerprint.md).
-    #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.0)]
+    #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.5)]
     pub prune_robust: f64,
     /// Plant after the chat template's default system line only. By
     /// default the answers are also trained after each of 8 system prompts
