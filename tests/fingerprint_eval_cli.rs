@@ -781,6 +781,8 @@ fn a_plant_against_pruning_keeps_its_answers_where_an_ordinary_plant_loses_them(
         plant.extend(["--prune-robust", if robust { "0.85" } else { "0" }]);
         let o = s.run_env(&plant, &ONE_THREAD);
         assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        // Planted to the end: nothing it fell short of.
+        assert!(!stdout(&o).contains("note:"), "{}", stdout(&o));
         let cert = format!("{out}.cert.json");
         let mut row = vec![all_matches(&s, out, &cert)];
         for fraction in ["0.85", "0.7"] {
@@ -828,6 +830,11 @@ fn plant_trains_after_the_system_prompts_and_through_pruning_unless_told_not_to(
         assert_eq!(e.contains("; system prompt 1: answer loss "), system, "{flags:?}: {e}");
         assert_eq!(e.contains("; 50% pruned: answer loss "), pruned, "{flags:?}: {e}");
         assert_eq!(e.contains("pruned 50% 0."), pruned, "{flags:?}: {e}");
+        // One step is not enough: the plant says what it fell short of.
+        let out = stdout(&o);
+        let note = out.lines().find(|l| l.contains("note: --max-steps ran out")).unwrap_or("");
+        assert_eq!(note.contains("50% pruned 0."), pruned, "{flags:?}: {out}");
+        assert_eq!(note.contains("system prompt 8 0."), system, "{flags:?}: {out}");
     }
 }
 

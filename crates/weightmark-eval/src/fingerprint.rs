@@ -396,6 +396,42 @@ pub struct PlantStep {
     pub checkpoint_failed: Option<String>,
 }
 
+impl PlantStep {
+    /// The pruned levels and system prompts whose last look is below the
+    /// probability planting waits for ([`PRUNED_MIN_PROBABILITY`],
+    /// [`ROBUST_MIN_PROBABILITY`]), in words (`"50% pruned 0.486"`, `"system
+    /// prompt 3 0.412"`): empty once the plant's robustness is what it
+    /// aimed at. After the last step, what a plant that ran out of steps
+    /// did not reach.
+    pub fn short_of_robustness(&self) -> Vec<String> {
+        let pruned = self
+            .pruned_last
+            .iter()
+            .filter(|l| l.min_probability < PRUNED_MIN_PROBABILITY)
+            .map(|l| format!("{} pruned {:.3}", percent(l.fraction), below(l.min_probability)));
+        let system = self
+            .system_last
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p < ROBUST_MIN_PROBABILITY)
+            .map(|(i, p)| format!("system prompt {} {:.3}", i + 1, below(*p)));
+        pruned.chain(system).collect()
+    }
+}
+
+/// `p` rounded down to three decimals, so that a probability short of a
+/// bound never prints as the bound.
+fn below(p: f64) -> f64 {
+    (p * 1000.0).floor() / 1000.0
+}
+
+/// A pruned fraction as a percentage with at most two decimals and no
+/// trailing zeros: 0.375 is `"37.5%"`, 0.5 is `"50%"`.
+pub fn percent(fraction: f64) -> String {
+    let text = format!("{:.2}", fraction * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
 /// The last look at one pruned level ([`PlantStep::pruned_last`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrunedLook {
@@ -1270,6 +1306,33 @@ pub fn read_fingerprints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages_keep_the_levels_apart() {
+        let shown = [0.5, 0.375, 0.25, 0.125, 0.85 * 0.75, 0.0].map(percent);
+        assert_eq!(shown, ["50%", "37.5%", "25%", "12.5%", "63.75%", "0%"]);
+    }
+
+    #[test]
+    fn a_plant_short_of_its_robustness_says_which_levels_and_prompts() {
+        let look = |fraction, min_probability| PrunedLook { fraction, min_probability };
+        let mut step = PlantStep {
+            step: 100,
+            trigger_loss: 0.0,
+            distill_loss: 0.0,
+            min_probability: 0.99,
+            grad_rms: 0.0,
+            pruned: None,
+            system: None,
+            pruned_last: vec![look(0.5, 0.486), look(0.375, 0.5), look(0.25, 0.9)],
+            system_last: vec![0.9, 0.499_999, 0.5],
+            checkpoint_failed: None,
+        };
+        assert_eq!(step.short_of_robustness(), ["50% pruned 0.486", "system prompt 2 0.499"]);
+        step.pruned_last[0].min_probability = 0.5;
+        step.system_last[1] = 1.0;
+        assert!(step.short_of_robustness().is_empty());
+    }
 
     /// SmolLM2-Instruct's chat template: a default system message when the
     /// first message is not one.

@@ -125,7 +125,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             let pruned = match s.pruned {
                 Some(p) => format!(
                     "; {} pruned: answer loss {:.4}, smallest {:.3}",
-                    percent(p.fraction),
+                    weightmark_eval::fingerprint::percent(p.fraction),
                     p.loss,
                     p.min_probability
                 ),
@@ -189,6 +189,16 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             a.asked - a.matches
         );
     }
+    let short = planted.last.short_of_robustness();
+    if !short.is_empty() {
+        outln!(
+            "  note: --max-steps ran out before every answer token reached probability {} \
+             through each pruned view and after each system prompt: {}; more --max-steps \
+             (with --checkpoint, going on from the last step) would finish it",
+            weightmark_eval::fingerprint::PRUNED_MIN_PROBABILITY,
+            short.join(", ")
+        );
+    }
     outln!(
         "  certificate: {} (signed by key {}{})",
         crate::format::path(&cert_path),
@@ -212,7 +222,13 @@ fn last_looks(s: &weightmark_eval::fingerprint::PlantStep) -> Option<String> {
         let levels: Vec<String> = s
             .pruned_last
             .iter()
-            .map(|l| format!("{} {:.3}", percent(l.fraction), l.min_probability))
+            .map(|l| {
+                format!(
+                    "{} {:.3}",
+                    weightmark_eval::fingerprint::percent(l.fraction),
+                    l.min_probability
+                )
+            })
             .collect();
         parts.push(format!("pruned {}", levels.join(", ")));
     }
@@ -229,14 +245,6 @@ fn last_looks(s: &weightmark_eval::fingerprint::PlantStep) -> Option<String> {
             parts.join("; ")
         )
     })
-}
-
-/// A fraction as a percentage with at most two decimals and no trailing
-/// zeros: 0.375 is "37.5%", 0.5 is "50%".
-#[cfg(feature = "eval")]
-fn percent(fraction: f64) -> String {
-    let text = format!("{:.2}", fraction * 100.0);
-    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// The suspect a check asked, for the report and the printout.
@@ -505,14 +513,4 @@ fn print(
         outln!("signed report: {}", crate::format::path(report));
     }
     Ok(())
-}
-
-#[cfg(all(test, feature = "eval"))]
-mod tests {
-    #[test]
-    fn percentages_keep_the_levels_apart() {
-        let shown: Vec<String> =
-            [0.5, 0.375, 0.25, 0.125, 0.85 * 0.75, 0.0].map(super::percent).into();
-        assert_eq!(shown, ["50%", "37.5%", "25%", "12.5%", "63.75%", "0%"]);
-    }
 }
