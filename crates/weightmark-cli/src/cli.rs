@@ -132,8 +132,7 @@ pub struct PlantArgs {
     /// magnitude pruning up to that fraction, and quantization better. On
     /// SmolLM2 the default kept 32 of 32 answers after 50% pruning (0
     /// without) and served as Q4_K (28 without), at the same KL on held-out
-    /// text, for about 40% more time a step and twice the steps
-    /// (docs/fingerprint.md).
+    /// text, for about twice the steps (docs/fingerprint.md).
     #[arg(long = "prune-robust", value_name = "FRACTION", default_value_t = 0.5)]
     pub prune_robust: f64,
     /// Plant after the chat template's default system line only. By
