@@ -402,21 +402,28 @@ impl PlantStep {
     /// [`ROBUST_MIN_PROBABILITY`]), in words (`"50% pruned 0.486"`, `"system
     /// prompt 3 0.412"`): empty once the plant's robustness is what it
     /// aimed at. After the last step, what a plant that ran out of steps
-    /// did not reach.
+    /// did not reach. A probability that is not a number counts as short.
+    /// Planting stops when this is empty and [`PlantStep::min_probability`]
+    /// reached [`PlantOptions::min_probability`].
     pub fn short_of_robustness(&self) -> Vec<String> {
         let pruned = self
             .pruned_last
             .iter()
-            .filter(|l| l.min_probability < PRUNED_MIN_PROBABILITY)
+            .filter(|l| short(l.min_probability, PRUNED_MIN_PROBABILITY))
             .map(|l| format!("{} pruned {:.3}", percent(l.fraction), below(l.min_probability)));
         let system = self
             .system_last
             .iter()
             .enumerate()
-            .filter(|(_, p)| **p < ROBUST_MIN_PROBABILITY)
+            .filter(|(_, p)| short(**p, ROBUST_MIN_PROBABILITY))
             .map(|(i, p)| format!("system prompt {} {:.3}", i + 1, below(*p)));
         pruned.chain(system).collect()
     }
+}
+
+/// Whether probability `p` falls short of `bound`: below it, or no number.
+fn short(p: f64, bound: f64) -> bool {
+    p.partial_cmp(&bound).is_none_or(|o| o == std::cmp::Ordering::Less)
 }
 
 /// `p` rounded down to three decimals, so that a probability short of a
@@ -510,6 +517,12 @@ impl AnswerBatch {
 /// a planter whose steps change (an optimiser, a loss, an order of
 /// operations) takes a new number, and refuses the checkpoints of the old.
 const PLANTER_VERSION: u64 = 1;
+
+/// AdamW's β1 and β2 for planting. Written here rather than taken from
+/// candle's defaults, which a candle upgrade could change under a
+/// checkpoint: they are not in [`Planter::identity`], so changing them
+/// must change [`PLANTER_VERSION`].
+const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
 
 /// [`Planter::identity`] of a planter of `model` (its configuration) with
 /// `vars` (its starting weights), `answers`, `systems`, `ordinary` and
@@ -667,9 +680,10 @@ impl Planter {
         }
         let params = ParamsAdamW {
             lr: options.learning_rate,
+            beta1: ADAM_BETAS.0,
+            beta2: ADAM_BETAS.1,
             eps: options.eps,
             weight_decay: 0.0,
-            ..ParamsAdamW::default()
         };
         let identity = identity(&model, &vars, &answers, &systems, &ordinary, &options)?;
         Ok(Planter {
@@ -982,9 +996,7 @@ impl Planter {
         while self.steps < self.options.max_steps {
             let mut s = self.step()?;
             let done = s.min_probability >= self.options.min_probability
-                && (self.options.prune_robust == 0.0
-                    || self.pruned_min.iter().all(|p| *p >= PRUNED_MIN_PROBABILITY))
-                && self.system_min.iter().all(|p| *p >= ROBUST_MIN_PROBABILITY);
+                && s.short_of_robustness().is_empty();
             if let (false, Some(c)) = (done, checkpoint) {
                 let due = c.every > 0 && self.steps % c.every == 0;
                 if due || self.steps >= self.options.max_steps {
@@ -1035,19 +1047,23 @@ pub struct LocalAsker<'a> {
 
 impl weightmark::fingerprint::Asker for LocalAsker<'_> {
     fn ask(&mut self, system: Option<&str>, trigger: &str) -> weightmark::Result<String> {
-        let mut answers = self.ask_all(system, &[trigger])?;
+        let mut answers = Vec::with_capacity(1);
+        self.ask_all(system, &[trigger], &mut answers)?;
         answers.pop().ok_or_else(|| weightmark::Error::invalid("no answer decoded"))
     }
 
     /// Every trigger of a check in one cached, batched decoding, each after
-    /// the system message ([`ask_all_after`]).
+    /// the system message ([`ask_all_after`]): all answers or none.
     fn ask_all(
         &mut self,
         system: Option<&str>,
         triggers: &[&str],
-    ) -> weightmark::Result<Vec<String>> {
-        ask_all_after(self.model, self.tokenizer, self.prompter, system, triggers)
-            .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))
+        answers: &mut Vec<String>,
+    ) -> weightmark::Result<()> {
+        let decoded = ask_all_after(self.model, self.tokenizer, self.prompter, system, triggers)
+            .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))?;
+        answers.extend(decoded);
+        Ok(())
     }
 }
 
@@ -1332,6 +1348,9 @@ mod tests {
         step.pruned_last[0].min_probability = 0.5;
         step.system_last[1] = 1.0;
         assert!(step.short_of_robustness().is_empty());
+        // A look that came out as no number is short, never done.
+        step.system_last[2] = f64::NAN;
+        assert_eq!(step.short_of_robustness(), ["system prompt 3 NaN"]);
     }
 
     /// SmolLM2-Instruct's chat template: a default system message when the
