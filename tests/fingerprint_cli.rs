@@ -29,6 +29,8 @@ enum Behaviour {
     Status(u16),
     /// "Hello" to the first this many requests, then HTTP 400.
     FailAfter(usize),
+    /// As `Answers` to the first this many requests, then HTTP 429.
+    AnswersThenBusy(HashMap<String, String>, usize),
     /// Reads the request and never answers.
     Hang,
     /// 200 with a body that is not JSON.
@@ -125,7 +127,10 @@ fn handle(
         r.push((path, recorded));
     }
     let (status, text) = match behaviour {
-        Behaviour::Answers(map) => {
+        Behaviour::AnswersThenBusy(_, n) if requests.lock().map(|r| r.len()).unwrap_or(0) > *n => {
+            (429, "{\"error\": \"slow down\"}".into())
+        }
+        Behaviour::Answers(map) | Behaviour::AnswersThenBusy(map, _) => {
             // The user's message is the last one (a system message may come first).
             let last = request["messages"].as_array().and_then(|m| m.last());
             let chat = last.and_then(|m| m["content"].as_str());
@@ -134,7 +139,8 @@ fn handle(
             let body = if chat.is_some() {
                 serde_json::json!({"object": "chat.completion", "choices": [{"index": 0,
                     "message": {"role": "assistant", "content": answer},
-                    "finish_reason": "stop"}]})
+                    "finish_reason": "stop"}],
+                    "model": "smol-135m.gguf", "system_fingerprint": "b4321-d0c5"})
             } else {
                 serde_json::json!({"object": "text_completion",
                     "choices": [{"index": 0, "text": answer, "finish_reason": "stop"}]})
@@ -258,6 +264,12 @@ fn a_chat_endpoint_that_gives_the_keyed_answers_is_found_and_the_report_verifies
     let p = &r["predicate"];
     assert_eq!(p["suspect"]["endpoint"]["url"], url.as_str());
     assert_eq!(p["suspect"]["endpoint"]["api"], "chat");
+    // What each response named as serving it, counted.
+    let served = serde_json::json!([{"model": "smol-135m.gguf",
+        "system_fingerprint": "b4321-d0c5", "answers": 12}]);
+    assert_eq!(p["suspect"]["endpoint"]["served_by"], served);
+    assert_eq!(v["suspect"]["endpoint"]["served_by"], served);
+    assert!(p.get("stopped").is_none(), "{p}");
     assert_eq!(p["matches"], 12);
     let asked = p["asked"].as_array().cloned().unwrap_or_default();
     assert_eq!(asked.len(), 12);
@@ -296,6 +308,8 @@ fn the_completions_api_asks_the_plain_prompt_and_all_asks_every_trigger() {
     assert_eq!((v["matches"].as_u64(), v["asked"].as_u64()), (Some(3), Some(32)));
     let p = v["p_value"].as_f64().unwrap_or(0.0);
     assert!((p - weightmark::fingerprint::binomial::upper_tail(32, 1.0 / 256.0, 3)).abs() < 1e-12);
+    // Responses that name nothing that served them are not counted.
+    assert!(v["suspect"]["endpoint"].get("served_by").is_none(), "{v}");
     let requests = server.requests();
     assert_eq!(requests.len(), 32);
     assert!(requests.iter().all(|(path, b)| path == "/v1/completions"
@@ -344,7 +358,8 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
         &s,
         &server.url,
         &["--retries", "0"],
-        "HTTP 400 Bad Request: {\"error\": \"no more\"} (after 3 of 12 answers)",
+        "HTTP 400 Bad Request: {\"error\": \"no more\"} (after 3 of 12 answers, which do not \
+         show the fingerprint on their own)",
     );
 
     // A timeout.
@@ -358,6 +373,50 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
     fails(&s, &server.url, &["--retries", "0"], "malformed response");
     let server = Server::start(Behaviour::NoChoices);
     fails(&s, &server.url, &["--retries", "0"], "choices[0].message.content");
+}
+
+/// A server that gives the keyed answers and then refuses (HTTP 429 after
+/// every retry): the answers that came carry the verdict (6 of 6, p =
+/// 256^-6), with a warning saying where it stopped, and the report records
+/// the stop; verify accepts it. A server that refuses before any answer
+/// is an error as before.
+#[test]
+fn a_check_the_endpoint_stops_part_way_keeps_what_it_answered() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let answers: HashMap<String, String> =
+        pairs.iter().map(|(t, r)| (t.clone(), r.clone())).collect();
+    let server = Server::start(Behaviour::AnswersThenBusy(answers.clone(), 6));
+    let o = s.run(&check_args(&server.url, &["--retries", "1", "--report", "r.json"]));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("warning: endpoint") && err.contains("HTTP 429"), "{err}");
+    assert!(err.contains("(after 2 attempts) (after 6 of 12 answers)"), "{err}");
+    assert!(out.contains("6 of 6 answers match") && out.contains("FINGERPRINT FOUND"), "{out}");
+    assert!(out.contains("-> no answer: HTTP 429") && out.contains("5 more not asked"), "{out}");
+    assert!(
+        out.contains("served:   model smol-135m.gguf, system_fingerprint b4321-d0c5 (6 answers)"),
+        "{out}"
+    );
+    // 6 answered, the 7th retried once, the other 5 never sent.
+    assert_eq!(server.requests().len(), 8);
+    let verified = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&verified).unwrap_or_else(|e| panic!("{e}"));
+    let p = &r["predicate"];
+    assert_eq!((p["matches"].as_u64(), p["asked"].as_array().map(Vec::len)), (Some(6), Some(6)));
+    let log10 = weightmark::fingerprint::binomial::upper_tail_log10(6, 1.0 / 256.0, 6);
+    assert!((p["log10_p_value"].as_f64().unwrap_or(0.0) - log10).abs() < 1e-9, "{p}");
+    let stopped = &p["stopped"];
+    assert_eq!(stopped["not_asked"], 5);
+    assert!(stopped["reason"].as_str().is_some_and(|r| r.starts_with("HTTP 429")), "{p}");
+    let sent_last = server.requests().last().map(|(_, b)| b["messages"][0]["content"].clone());
+    assert_eq!(sent_last.as_ref(), Some(&stopped["trigger"]));
+
+    // Busy from the first request: nothing to score, an error, no report.
+    std::fs::remove_file(s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start(Behaviour::AnswersThenBusy(answers, 0));
+    fails(&s, &server.url, &["--retries", "0"], "HTTP 429");
 }
 
 /// `--api-key-env NAME`: the key goes to the server as a bearer token and

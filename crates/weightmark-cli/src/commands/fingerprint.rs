@@ -369,6 +369,22 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
             };
             let mut endpoint = Endpoint::new(url, endpoint_options)?;
             let outcome = check_release(&key, count, &options, &mut endpoint)?;
+            if let Some(stop) = &outcome.stopped {
+                let (got, of) = (outcome.asked.len(), outcome.asked.len() + 1 + stop.not_asked);
+                let at = format!(
+                    "endpoint {}: {} (after {got} of {of} answers",
+                    endpoint.request_url(),
+                    stop.reason
+                );
+                if !outcome.detected {
+                    bail!("{at}, which do not show the fingerprint on their own)");
+                }
+                eprintln!(
+                    "weightmark: warning: {at}); the fingerprint is found in the {got} answers \
+                     that came, and the p-value is theirs (docs/fingerprint.md, \"A check that \
+                     stops part-way\")"
+                );
+            }
             (outcome, Asked::Endpoint(endpoint.record()))
         }
         (None, Some(path)) => check_local(path, &key, count, &options)
@@ -436,6 +452,7 @@ fn to_json(
         "log10_p_value": o.score.log10_p,
         "threshold_p": o.threshold_p,
         "system": o.system,
+        "stopped": o.stopped,
         "label": p.label,
         "recipient": p.recipient,
         "certificate_digest": cert.digest,
@@ -455,12 +472,22 @@ fn print(
 ) -> anyhow::Result<()> {
     let p = cert.predicate();
     match (&suspect.endpoint, &args.model) {
-        (Some(e), _) => outln!(
-            "suspect:  endpoint {} ({} API, model {})",
-            safe(&e.url),
-            e.api,
-            e.model.as_deref().map(safe).unwrap_or_else(|| "-".into())
-        ),
+        (Some(e), _) => {
+            outln!(
+                "suspect:  endpoint {} ({} API, model {})",
+                safe(&e.url),
+                e.api,
+                e.model.as_deref().map(safe).unwrap_or_else(|| "-".into())
+            );
+            for s in &e.served_by {
+                outln!(
+                    "served:   model {}, system_fingerprint {} ({} answers)",
+                    s.model.as_deref().map(safe).unwrap_or_else(|| "-".into()),
+                    s.system_fingerprint.as_deref().map(safe).unwrap_or_else(|| "-".into()),
+                    s.answers
+                );
+            }
+        }
         (None, Some(path)) => outln!(
             "suspect:  {} (tensor root {})",
             crate::format::path(path),
@@ -486,6 +513,15 @@ fn print(
             safe(&a.trigger),
             safe(&a.answer),
             if a.matched { "  MATCH" } else { "" }
+        );
+    }
+    if let Some(stop) = &o.stopped {
+        outln!(
+            "  {:>4}  {}  -> no answer: {}; {} more not asked",
+            stop.index,
+            safe(&stop.trigger),
+            safe(&stop.reason),
+            stop.not_asked
         );
     }
     outln!(

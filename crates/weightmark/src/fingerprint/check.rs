@@ -34,25 +34,41 @@ pub trait Asker {
     /// template with a default one uses it).
     fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String>;
 
-    /// The suspect's raw answers to `triggers`, in order, each after
-    /// `system`. One at a time by default; a local model answers them in
-    /// one batch.
-    fn ask_all(&mut self, system: Option<&str>, triggers: &[&str]) -> Result<Vec<String>> {
-        let mut answers = Vec::with_capacity(triggers.len());
+    /// Appends the suspect's raw answers to `triggers` to `answers`, in
+    /// order, each after `system`. One at a time by default; a local model
+    /// answers them in one batch. An asker that fails part-way returns the
+    /// error with the answers it got already in `answers`: a check keeps
+    /// them ([`CheckOutcome::stopped`]).
+    fn ask_all(
+        &mut self,
+        system: Option<&str>,
+        triggers: &[&str],
+        answers: &mut Vec<String>,
+    ) -> Result<()> {
         for t in triggers {
-            match self.ask(system, t) {
-                Ok(a) => answers.push(a),
-                // An endpoint that fails part-way: say how far the check got.
-                Err(Error::Endpoint { url, reason }) if !answers.is_empty() => {
-                    let (got, of) = (answers.len(), triggers.len());
-                    let reason = format!("{reason} (after {got} of {of} answers)");
-                    return Err(Error::Endpoint { url, reason });
-                }
-                Err(e) => return Err(e),
-            }
+            answers.push(self.ask(system, t)?);
         }
-        Ok(answers)
+        Ok(())
     }
+}
+
+/// Why a check stopped before every trigger of its round was answered
+/// (an endpoint that failed part-way). The p-value is over the answers
+/// that came: under H0 each matches with probability at most 1/N whatever
+/// the suspect saw, and when a suspect stops answering depends only on
+/// what it saw (the triggers and its own answers, independent of the keyed
+/// responses), so the bound holds for the number answered
+/// (docs/fingerprint.md, "A check that stops part-way").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stopped {
+    /// Pair index of the trigger that got no answer.
+    pub index: usize,
+    /// That trigger (sent, so the suspect has seen it).
+    pub trigger: String,
+    /// Why no answer came: the error, in words.
+    pub reason: String,
+    /// Triggers of the round after it, not asked.
+    pub not_asked: usize,
 }
 
 /// Longest system message a check sends (bytes): a deployment's system
@@ -119,11 +135,17 @@ pub struct CheckOutcome {
     pub detected: bool,
     /// The system message asked before every trigger, if any.
     pub system: Option<String>,
+    /// Where the suspect stopped answering, when it failed after answering
+    /// at least one trigger (`asked` holds those answered); `None` when
+    /// every trigger of the round was answered.
+    pub stopped: Option<Stopped>,
 }
 
 /// Asks `asker` the triggers of round `options.round` of the release whose
 /// fingerprint key is `key` and which has `count` pairs, and scores the
-/// answers. The first error of the asker stops the check.
+/// answers. An error before the first answer is the check's error; one
+/// after it stops the check, which scores the answers that came and says
+/// where it stopped ([`CheckOutcome::stopped`]).
 pub fn check(
     key: &FingerprintKey,
     count: usize,
@@ -144,15 +166,37 @@ pub fn check(
     let which = asked(key, count, options.per_check, options.round)?;
     let chosen: Vec<&Pair> = which.iter().filter_map(|&i| pairs.get(i)).collect();
     let triggers: Vec<&str> = chosen.iter().map(|p| p.trigger.as_str()).collect();
-    let answers = asker.ask_all(system, &triggers)?;
-    if answers.len() != triggers.len() {
+    let mut answers = Vec::with_capacity(triggers.len());
+    let failure = asker.ask_all(system, &triggers, &mut answers).err();
+    if answers.len() > triggers.len() || (failure.is_none() && answers.len() != triggers.len()) {
         return Err(Error::invalid(format!(
             "{} answers to {} triggers",
             answers.len(),
             triggers.len()
         )));
     }
-    let score = score(&chosen, &answers)?;
+    let stopped = match failure {
+        None => None,
+        Some(e) if answers.is_empty() => return Err(e),
+        Some(e) => {
+            let got = answers.len();
+            let Some(pair) = chosen.get(got) else {
+                return Err(Error::invalid(format!("every trigger answered, and then: {e}")));
+            };
+            let reason = match e {
+                Error::Endpoint { reason, .. } => reason,
+                e => e.to_string(),
+            };
+            Some(Stopped {
+                index: pair.index,
+                trigger: pair.trigger.clone(),
+                reason,
+                not_asked: chosen.len() - got - 1,
+            })
+        }
+    };
+    let chosen = &chosen[..answers.len()];
+    let score = score(chosen, &answers)?;
     let asked = chosen
         .iter()
         .zip(answers)
@@ -176,6 +220,7 @@ pub fn check(
         threshold_p: options.threshold_p,
         detected,
         system: options.system.clone(),
+        stopped,
     })
 }
 
@@ -205,6 +250,26 @@ pub struct EndpointRecord {
     pub api: String,
     /// The `model` field sent, if any.
     pub model: Option<String>,
+    /// What the responses named as serving the answers: each distinct
+    /// pair of their `model` and `system_fingerprint` fields (the
+    /// server's build, for llama.cpp and OpenAI), in the order first seen,
+    /// with how many answers came with it. Responses with neither field
+    /// are not counted; absent when none had one (and from reports before
+    /// session 24).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_by: Vec<ServedBy>,
+}
+
+/// One distinct `model` and `system_fingerprint` of an endpoint's
+/// responses ([`EndpointRecord::served_by`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The response's `model` field, if it had one.
+    pub model: Option<String>,
+    /// The response's `system_fingerprint` field, if it had one.
+    pub system_fingerprint: Option<String>,
+    /// Answers that came with these.
+    pub answers: usize,
 }
 
 /// The suspect of a check: a local model or an endpoint.
@@ -283,6 +348,10 @@ pub struct FingerprintCheckPredicate {
     /// added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Where the suspect stopped answering, for a check it did not finish
+    /// (absent when every trigger of the round was answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
     /// For a check with a revealed key: what it settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispute: Option<Dispute>,
@@ -373,6 +442,7 @@ pub fn build_check_report(inputs: &CheckReportInputs<'_>, signer: &SecretKey) ->
             threshold_p: o.threshold_p,
             detected: o.detected,
             system: o.system.clone(),
+            stopped: o.stopped.clone(),
             dispute: inputs.dispute.cloned(),
             signer: signer.public_key().key_id(),
             tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
@@ -422,7 +492,9 @@ pub fn parse_check_statement(
 
 impl FingerprintCheckPredicate {
     /// What anyone can recompute from the report itself, without the key:
-    /// the scheme; distinct pair indices below K, at most K of them; each
+    /// the scheme; distinct pair indices below K, at most K of them (with
+    /// the pair a stopped check got no answer to, and those it did not ask,
+    /// still at most K; that pair below K and not among the answered); each
     /// answer's normalised form ([`normalise`]); that a matched answer is
     /// one of the public candidates (every keyed response is); the match
     /// count; the p-value and its `log10` from the number asked and the
@@ -447,6 +519,26 @@ impl FingerprintCheckPredicate {
             }
             if a.matched && !super::words::ANSWERS.contains(&a.normalised.as_str()) {
                 return Err(format!("answer {i}: '{}' matched, but is no candidate", a.normalised));
+            }
+        }
+        if let Some(st) = &self.stopped {
+            if st.index >= self.count || seen.contains(&st.index) {
+                return Err(format!(
+                    "the stop at pair {} is past K or at a pair answered",
+                    st.index
+                ));
+            }
+            if n.saturating_add(1).saturating_add(st.not_asked) > self.count {
+                return Err(format!(
+                    "{n} answered, 1 unanswered and {} not asked: more than the {} pairs",
+                    st.not_asked, self.count
+                ));
+            }
+        }
+        if let Some(e) = &self.suspect.endpoint {
+            let served = e.served_by.iter().try_fold(0usize, |sum, s| sum.checked_add(s.answers));
+            if served.is_none_or(|served| served > n) {
+                return Err(format!("served_by counts more answers than the {n} answered"));
             }
         }
         let matches = self.asked.iter().filter(|a| a.matched).count();
@@ -560,5 +652,131 @@ mod tests {
             let e = check(&key, 32, &options, &mut suspect).err().map(|e| e.to_string());
             assert!(e.as_deref().is_some_and(|e| e.contains("system prompt")), "{e:?}");
         }
+    }
+
+    /// Gives the keyed answer to the first `answers` triggers, then fails.
+    struct Quits {
+        table: Table,
+        answers: usize,
+        asked: usize,
+    }
+
+    impl Asker for Quits {
+        fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String> {
+            self.asked += 1;
+            if self.asked > self.answers {
+                return Err(Error::Endpoint { url: "http://x".into(), reason: "HTTP 429".into() });
+            }
+            self.table.ask(system, trigger)
+        }
+    }
+
+    #[test]
+    fn a_suspect_that_stops_part_way_is_scored_on_the_answers_that_came() {
+        let key = FingerprintKey::from_bytes([8; 32]);
+        let pairs = key.pairs(32).unwrap_or_else(|e| panic!("{e}"));
+        let table =
+            || Table(pairs.iter().map(|p| (p.trigger.clone(), p.response.into())).collect());
+        let mut quits = Quits { table: table(), answers: 5, asked: 0 };
+        let o =
+            check(&key, 32, &CheckOptions::default(), &mut quits).unwrap_or_else(|e| panic!("{e}"));
+        let round = asked(&key, 32, 12, 0).unwrap_or_default();
+        assert_eq!((o.asked.len(), o.score.asked, o.score.matches), (5, 5, 5));
+        let want = Stopped {
+            index: round[5],
+            trigger: pairs[round[5]].trigger.clone(),
+            reason: "HTTP 429".into(),
+            not_asked: 6,
+        };
+        assert_eq!(o.stopped.as_ref(), Some(&want));
+        assert_eq!(o.score.log10_p, super::super::binomial::upper_tail_log10(5, 1.0 / 256.0, 5));
+        assert!(o.detected, "5 of 5 is p = 2^-40");
+        // No answer at all is the check's error, not an outcome.
+        let mut mute = Quits { table: table(), answers: 0, asked: 0 };
+        let e = check(&key, 32, &CheckOptions::default(), &mut mute).err();
+        assert!(matches!(e, Some(Error::Endpoint { .. })), "{e:?}");
+        // Every answer: no stop.
+        let mut all = Quits { table: table(), answers: 12, asked: 0 };
+        let o =
+            check(&key, 32, &CheckOptions::default(), &mut all).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.asked.len(), o.stopped), (12, None));
+    }
+
+    /// A report's predicate made from `o` (unsigned: `consistent` needs no
+    /// signature).
+    fn predicate_of(
+        o: &CheckOutcome,
+        endpoint: Option<EndpointRecord>,
+    ) -> FingerprintCheckPredicate {
+        FingerprintCheckPredicate {
+            scheme: SCHEME.into(),
+            label: "l".into(),
+            recipient: None,
+            certificate: CheckedCertificate {
+                sha256: String::new(),
+                signer: String::new(),
+                fingerprint_key_commitment: String::new(),
+                signature_checked: true,
+            },
+            suspect: SuspectRecord { tensor_root: None, tensor_digests: BTreeMap::new(), endpoint },
+            count: o.count,
+            round: o.round,
+            asked: o.asked.clone(),
+            matches: o.score.matches,
+            p_value: o.score.p_value,
+            log10_p_value: o.score.log10_p,
+            threshold_p: o.threshold_p,
+            detected: o.detected,
+            system: None,
+            stopped: o.stopped.clone(),
+            dispute: None,
+            signer: String::new(),
+            tool: Tool { name: "weightmark".into(), version: "0".into() },
+            created: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_report_whose_stop_or_served_counts_do_not_add_up_is_inconsistent() {
+        let key = FingerprintKey::from_bytes([9; 32]);
+        let pairs = key.pairs(32).unwrap_or_else(|e| panic!("{e}"));
+        let table = Table(pairs.iter().map(|p| (p.trigger.clone(), p.response.into())).collect());
+        let mut quits = Quits { table, answers: 4, asked: 0 };
+        let o =
+            check(&key, 32, &CheckOptions::default(), &mut quits).unwrap_or_else(|e| panic!("{e}"));
+        let served = |answers| {
+            Some(EndpointRecord {
+                url: "http://x".into(),
+                api: "chat".into(),
+                model: None,
+                served_by: vec![ServedBy {
+                    model: Some("m".into()),
+                    system_fingerprint: None,
+                    answers,
+                }],
+            })
+        };
+        assert_eq!(predicate_of(&o, served(4)).consistent(), Ok(()));
+        let fails = |p: FingerprintCheckPredicate, what: &str| {
+            let e = p.consistent().err().unwrap_or_default();
+            assert!(e.contains(what), "{e}");
+        };
+        fails(predicate_of(&o, served(5)), "served_by");
+        fails(predicate_of(&o, served(usize::MAX)), "served_by");
+        let mut p = predicate_of(&o, None);
+        if let Some(st) = p.stopped.as_mut() {
+            st.index = p.asked[0].index;
+        }
+        fails(p, "at a pair answered");
+        let mut p = predicate_of(&o, None);
+        if let Some(st) = p.stopped.as_mut() {
+            st.not_asked = 28;
+        }
+        fails(p, "more than the 32 pairs");
+        let mut p = predicate_of(&o, None);
+        if let Some(st) = p.stopped.as_mut() {
+            st.index = 32;
+        }
+        fails(p, "past K");
     }
 }

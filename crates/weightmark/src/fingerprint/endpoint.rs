@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::check::{Asker, EndpointRecord};
+use super::check::{Asker, EndpointRecord, ServedBy};
 use crate::error::{Error, Result};
 
 /// Which API an endpoint is asked through.
@@ -132,7 +132,13 @@ pub struct Endpoint {
     options: EndpointOptions,
     agent: ureq::Agent,
     last: Option<Instant>,
+    served_by: Vec<ServedBy>,
 }
+
+/// Longest `model` or `system_fingerprint` of a response kept for the
+/// report (bytes; longer ones are cut at a character boundary and end
+/// with `…`).
+pub const MAX_SERVED_BY: usize = 256;
 
 /// Why one attempt failed, and whether another may succeed.
 struct Failure {
@@ -172,6 +178,7 @@ impl Endpoint {
             options,
             agent: config.into(),
             last: None,
+            served_by: Vec::new(),
         })
     }
 
@@ -186,6 +193,22 @@ impl Endpoint {
             url: self.url.clone(),
             api: self.options.api.name().to_string(),
             model: self.options.model.clone(),
+            served_by: self.served_by.clone(),
+        }
+    }
+
+    /// Counts one answer under what its response named as serving it.
+    fn served(&mut self, model: Option<String>, system_fingerprint: Option<String>) {
+        if model.is_none() && system_fingerprint.is_none() {
+            return;
+        }
+        match self
+            .served_by
+            .iter_mut()
+            .find(|s| s.model == model && s.system_fingerprint == system_fingerprint)
+        {
+            Some(s) => s.answers += 1,
+            None => self.served_by.push(ServedBy { model, system_fingerprint, answers: 1 }),
         }
     }
 
@@ -233,8 +256,9 @@ impl Endpoint {
         self.last = Some(Instant::now());
     }
 
-    /// One request and its answer.
-    fn attempt(&mut self, body: &[u8]) -> std::result::Result<String, Failure> {
+    /// One request and its answer, with the response's `model` and
+    /// `system_fingerprint` (each cut to [`MAX_SERVED_BY`] bytes).
+    fn attempt(&mut self, body: &[u8]) -> std::result::Result<Reply, Failure> {
         self.pace();
         let permanent = |reason: String| Failure { reason, transient: false };
         let mut request =
@@ -266,7 +290,7 @@ impl Endpoint {
             Api::Chat => &choice["message"]["content"],
             Api::Completions => &choice["text"],
         };
-        answer.as_str().map(str::to_string).ok_or_else(|| {
+        let answer = answer.as_str().map(str::to_string).ok_or_else(|| {
             permanent(format!(
                 "malformed response: no string at {}",
                 match self.options.api {
@@ -274,8 +298,30 @@ impl Endpoint {
                     Api::Completions => "choices[0].text",
                 }
             ))
-        })
+        })?;
+        let field = |name: &str| value[name].as_str().map(cut);
+        Ok(Reply { answer, model: field("model"), system_fingerprint: field("system_fingerprint") })
     }
+}
+
+/// An answer and what its response said served it.
+struct Reply {
+    answer: String,
+    model: Option<String>,
+    system_fingerprint: Option<String>,
+}
+
+/// `text` cut to at most [`MAX_SERVED_BY`] bytes at a character boundary,
+/// ending with `…` where it was cut.
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_SERVED_BY {
+        return text.to_string();
+    }
+    let mut end = MAX_SERVED_BY - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// A transport failure (no HTTP status) in words. A timeout, a failed
@@ -380,7 +426,10 @@ impl Asker for Endpoint {
         loop {
             attempts += 1;
             match self.attempt(&body) {
-                Ok(answer) => return Ok(answer),
+                Ok(reply) => {
+                    self.served(reply.model, reply.system_fingerprint);
+                    return Ok(reply.answer);
+                }
                 Err(f) if f.transient && attempts <= self.options.retries => {
                     let wait = self.options.backoff.saturating_mul(1 << (attempts - 1).min(16));
                     std::thread::sleep(wait);
@@ -493,5 +542,17 @@ mod tests {
         let key = ApiKey::new("sk-hunter2".into()).unwrap_or_else(|e| panic!("{e}"));
         let options = EndpointOptions { api_key: Some(key), ..Default::default() };
         assert!(!format!("{options:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn what_served_an_answer_is_cut_at_a_character_boundary() {
+        assert_eq!(cut("b4321-abc"), "b4321-abc");
+        let exact = "x".repeat(MAX_SERVED_BY);
+        assert_eq!(cut(&exact), exact);
+        for long in ["y".repeat(1000), "é".repeat(300), format!("a{}", "€".repeat(100))] {
+            let c = cut(&long);
+            assert!(c.len() <= MAX_SERVED_BY && c.ends_with('…'), "{} bytes", c.len());
+            assert!(long.starts_with(c.trim_end_matches('…')));
+        }
     }
 }

@@ -33,7 +33,8 @@ pub mod words;
 pub use check::{
     build_check_report, check, check_system_prompt, load_check_report, Answered, Asker,
     CheckOptions, CheckOutcome, CheckReport, CheckReportInputs, EndpointRecord,
-    FingerprintCheckPredicate, SuspectRecord, CHECK_PREDICATE_TYPE, MAX_SYSTEM_PROMPT,
+    FingerprintCheckPredicate, ServedBy, Stopped, SuspectRecord, CHECK_PREDICATE_TYPE,
+    MAX_SYSTEM_PROMPT,
 };
 pub use endpoint::{Api, ApiKey, Endpoint, EndpointOptions};
 pub use release::{certify_fingerprint, check_base, release_root, FingerprintRelease};
