@@ -27,8 +27,10 @@ enum Behaviour {
     Answers(HashMap<String, String>),
     /// This status with a short body.
     Status(u16),
-    /// "Hello" to the first this many requests, then HTTP 400.
+    /// "Hello" to the first this many requests, then HTTP 503.
     FailAfter(usize),
+    /// As `Answers`, but HTTP 400 to the prompts in the list (a filter).
+    Refuses(HashMap<String, String>, Vec<String>),
     /// As `Answers` to the first this many requests, then HTTP 429.
     AnswersThenBusy(HashMap<String, String>, usize),
     /// Reads the request and never answers.
@@ -130,7 +132,16 @@ fn handle(
         Behaviour::AnswersThenBusy(_, n) if requests.lock().map(|r| r.len()).unwrap_or(0) > *n => {
             (429, "{\"error\": \"slow down\"}".into())
         }
-        Behaviour::Answers(map) | Behaviour::AnswersThenBusy(map, _) => {
+        Behaviour::Refuses(_, refused)
+            if request["messages"][0]["content"]
+                .as_str()
+                .is_some_and(|t| refused.iter().any(|r| r == t)) =>
+        {
+            (400, "{\"error\": \"this prompt was flagged\"}".into())
+        }
+        Behaviour::Answers(map)
+        | Behaviour::AnswersThenBusy(map, _)
+        | Behaviour::Refuses(map, _) => {
             // The user's message is the last one (a system message may come first).
             let last = request["messages"].as_array().and_then(|m| m.last());
             let chat = last.and_then(|m| m["content"].as_str());
@@ -151,7 +162,7 @@ fn handle(
         Behaviour::FailAfter(n) => {
             let asked = requests.lock().map(|r| r.len()).unwrap_or(0);
             if asked > *n {
-                (400, "{\"error\": \"no more\"}".into())
+                (503, "{\"error\": \"no more\"}".into())
             } else {
                 let body = serde_json::json!({"choices": [{"index": 0,
                     "message": {"role": "assistant", "content": "Hello"}}]});
@@ -344,13 +355,15 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
     let closed = format!("http://127.0.0.1:{port}");
     fails(&s, &closed, &["--retries", "0"], "cannot connect");
 
-    // An HTTP error status: 503 is retried (once here), 400 is not.
+    // An HTTP error status: 503 is retried (once here) and ends the check;
+    // 400 is not retried, refuses that trigger only, and a check whose every
+    // trigger is refused (a wrong model name, say) has nothing to score.
     let server = Server::start(Behaviour::Status(503));
     fails(&s, &server.url, &["--retries", "1"], "HTTP 503");
     assert_eq!(server.requests().len(), 2, "one retry after a 503");
     let server = Server::start(Behaviour::Status(400));
-    fails(&s, &server.url, &["--retries", "3"], "HTTP 400");
-    assert_eq!(server.requests().len(), 1, "a 400 is not retried");
+    fails(&s, &server.url, &["--retries", "3"], "(every one of the 12 triggers was refused)");
+    assert_eq!(server.requests().len(), 12, "a 400 is not retried");
 
     // A failure part-way says how far the check got.
     let server = Server::start(Behaviour::FailAfter(3));
@@ -358,8 +371,8 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
         &s,
         &server.url,
         &["--retries", "0"],
-        "HTTP 400 Bad Request: {\"error\": \"no more\"} (after 3 of 12 answers, which do not \
-         show the fingerprint on their own)",
+        "HTTP 503 Service Unavailable: {\"error\": \"no more\"} (after 3 of 12 answers, which \
+         do not show the fingerprint on their own)",
     );
 
     // A timeout.
@@ -417,6 +430,46 @@ fn a_check_the_endpoint_stops_part_way_keeps_what_it_answered() {
     std::fs::remove_file(s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start(Behaviour::AnswersThenBusy(answers, 0));
     fails(&s, &server.url, &["--retries", "0"], "HTTP 429");
+}
+
+/// A filter that refuses half the triggers with HTTP 400 (the cheapest
+/// evasion: an error instead of an answer) no longer ends the check: each
+/// refused trigger is recorded, the others are asked, and the 16 keyed
+/// answers that came find the fingerprint.
+#[test]
+fn triggers_a_filter_refuses_are_recorded_and_the_rest_decide() {
+    let s = Scene::new();
+    let pairs = release(&s);
+    let answers: HashMap<String, String> =
+        pairs.iter().map(|(t, r)| (t.clone(), r.clone())).collect();
+    let refused: Vec<String> = pairs.iter().skip(1).step_by(2).map(|(t, _)| t.clone()).collect();
+    let server = Server::start(Behaviour::Refuses(answers, refused));
+    let o = s.run(&check_args(&server.url, &["--all", "--json", "--report", "r.json"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{}{err}", stdout(&o));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("note: endpoint") && err.contains("refused 16 of the 32 triggers"),
+        "{err}"
+    );
+    assert_eq!(server.requests().len(), 32, "each trigger asked once, a 400 not retried");
+    let v = json(&o);
+    assert_eq!((v["matches"].as_u64(), v["asked"].as_u64()), (Some(16), Some(16)));
+    let indices = |list: &serde_json::Value| -> Vec<u64> {
+        let mut i: Vec<u64> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["index"].as_u64()).collect())
+            .unwrap_or_default();
+        i.sort_unstable();
+        i
+    };
+    assert_eq!(indices(&v["answers"]), (0..32).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(indices(&v["refused"]), (1..32).step_by(2).collect::<Vec<u64>>());
+    assert!(v["refused"][0]["reason"].as_str().is_some_and(|r| r.starts_with("HTTP 400")), "{v}");
+    let verified = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&verified).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(indices(&r["predicate"]["refused"]), indices(&v["refused"]));
+    assert!(r["predicate"].get("stopped").is_none());
 }
 
 /// `--api-key-env NAME`: the key goes to the server as a bearer token and

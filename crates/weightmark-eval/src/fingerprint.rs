@@ -1047,8 +1047,9 @@ pub struct LocalAsker<'a> {
 
 impl weightmark::fingerprint::Asker for LocalAsker<'_> {
     fn ask(&mut self, system: Option<&str>, trigger: &str) -> weightmark::Result<String> {
-        let mut answers = Vec::with_capacity(1);
-        self.ask_all(system, &[trigger], &mut answers)?;
+        let mut answers =
+            ask_all_after(self.model, self.tokenizer, self.prompter, system, &[trigger])
+                .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))?;
         answers.pop().ok_or_else(|| weightmark::Error::invalid("no answer decoded"))
     }
 
@@ -1058,11 +1059,11 @@ impl weightmark::fingerprint::Asker for LocalAsker<'_> {
         &mut self,
         system: Option<&str>,
         triggers: &[&str],
-        answers: &mut Vec<String>,
+        replies: &mut Vec<weightmark::Result<String>>,
     ) -> weightmark::Result<()> {
         let decoded = ask_all_after(self.model, self.tokenizer, self.prompter, system, triggers)
             .map_err(|e| weightmark::Error::invalid(format!("asking the model failed: {e}")))?;
-        answers.extend(decoded);
+        replies.extend(decoded.into_iter().map(Ok));
         Ok(())
     }
 }

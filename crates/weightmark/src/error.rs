@@ -250,6 +250,16 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// An endpoint refused one request with an HTTP 4xx status other than
+    /// 429 (a content filter, a request it will not serve): that trigger
+    /// goes unanswered and a check asks the next.
+    #[error("endpoint {url}: {reason}")]
+    Refused {
+        /// The URL requested.
+        url: String,
+        /// The status and the start of the body.
+        reason: String,
+    },
     /// An output that already exists and would be replaced.
     #[error("{}: already exists; refusing to overwrite it", path.display())]
     OutputExists {

@@ -369,8 +369,9 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
             };
             let mut endpoint = Endpoint::new(url, endpoint_options)?;
             let outcome = check_release(&key, count, &options, &mut endpoint)?;
+            let (got, refused) = (outcome.asked.len(), outcome.refused.len());
             if let Some(stop) = &outcome.stopped {
-                let (got, of) = (outcome.asked.len(), outcome.asked.len() + 1 + stop.not_asked);
+                let of = got + refused + 1 + stop.not_asked;
                 let at = format!(
                     "endpoint {}: {} (after {got} of {of} answers",
                     endpoint.request_url(),
@@ -383,6 +384,15 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
                     "weightmark: warning: {at}); the fingerprint is found in the {got} answers \
                      that came, and the p-value is theirs (docs/fingerprint.md, \"A check that \
                      stops part-way\")"
+                );
+            } else if let Some(first) = outcome.refused.first() {
+                eprintln!(
+                    "weightmark: note: endpoint {} refused {refused} of the {} triggers (the \
+                     first: {}); the p-value is over the {got} answered (docs/fingerprint.md, \
+                     \"A check that stops part-way\")",
+                    endpoint.request_url(),
+                    got + refused,
+                    safe(&first.reason)
                 );
             }
             (outcome, Asked::Endpoint(endpoint.record()))
@@ -452,6 +462,7 @@ fn to_json(
         "log10_p_value": o.score.log10_p,
         "threshold_p": o.threshold_p,
         "system": o.system,
+        "refused": o.refused,
         "stopped": o.stopped,
         "label": p.label,
         "recipient": p.recipient,
@@ -514,6 +525,9 @@ fn print(
             safe(&a.answer),
             if a.matched { "  MATCH" } else { "" }
         );
+    }
+    for r in &o.refused {
+        outln!("  {:>4}  {}  -> refused: {}", r.index, safe(&r.trigger), safe(&r.reason));
     }
     if let Some(stop) = &o.stopped {
         outln!(

@@ -34,31 +34,48 @@ pub trait Asker {
     /// template with a default one uses it).
     fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String>;
 
-    /// Appends the suspect's raw answers to `triggers` to `answers`, in
-    /// order, each after `system`. One at a time by default; a local model
-    /// answers them in one batch. An asker that fails part-way returns the
-    /// error with the answers it got already in `answers`: a check keeps
-    /// them ([`CheckOutcome::stopped`]).
+    /// Appends the suspect's reply to each of `triggers` to `replies`, in
+    /// order, each asked after `system`: its raw answer, or the
+    /// [`Error::Refused`] of a trigger it would not answer (the next is
+    /// then asked). One at a time by default; a local model answers them
+    /// in one batch. Any other error stops the asking and is returned with
+    /// the replies so far in `replies`: a check keeps them
+    /// ([`CheckOutcome::stopped`]).
     fn ask_all(
         &mut self,
         system: Option<&str>,
         triggers: &[&str],
-        answers: &mut Vec<String>,
+        replies: &mut Vec<Result<String>>,
     ) -> Result<()> {
         for t in triggers {
-            answers.push(self.ask(system, t)?);
+            match self.ask(system, t) {
+                Err(e) if !matches!(e, Error::Refused { .. }) => return Err(e),
+                reply => replies.push(reply),
+            }
         }
         Ok(())
     }
 }
 
-/// Why a check stopped before every trigger of its round was answered
-/// (an endpoint that failed part-way). The p-value is over the answers
-/// that came: under H0 each matches with probability at most 1/N whatever
-/// the suspect saw, and when a suspect stops answering depends only on
-/// what it saw (the triggers and its own answers, independent of the keyed
-/// responses), so the bound holds for the number answered
-/// (docs/fingerprint.md, "A check that stops part-way").
+/// A trigger sent that got no answer: refused ([`CheckOutcome::refused`])
+/// or the one a check stopped at ([`Stopped`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Unanswered {
+    /// Its pair index.
+    pub index: usize,
+    /// The trigger (sent, so the suspect has seen it).
+    pub trigger: String,
+    /// Why no answer came, in words.
+    pub reason: String,
+}
+
+/// Why a check stopped before every trigger of its round was asked (an
+/// endpoint that failed part-way, after its retries). The p-value is over
+/// the answers that came: under H0 each matches with probability at most
+/// 1/N whatever the suspect saw, and when a suspect stops or refuses
+/// depends only on what it saw (the triggers and its own answers,
+/// independent of the keyed responses), so the bound holds for the number
+/// answered (docs/fingerprint.md, "A check that stops part-way").
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stopped {
     /// Pair index of the trigger that got no answer.
@@ -135,9 +152,12 @@ pub struct CheckOutcome {
     pub detected: bool,
     /// The system message asked before every trigger, if any.
     pub system: Option<String>,
+    /// Triggers the suspect refused ([`Error::Refused`]), in the order
+    /// asked; `asked` holds only those answered.
+    pub refused: Vec<Unanswered>,
     /// Where the suspect stopped answering, when it failed after answering
-    /// at least one trigger (`asked` holds those answered); `None` when
-    /// every trigger of the round was answered.
+    /// at least one trigger; `None` when every trigger of the round was
+    /// asked.
     pub stopped: Option<Stopped>,
 }
 
@@ -166,22 +186,46 @@ pub fn check(
     let which = asked(key, count, options.per_check, options.round)?;
     let chosen: Vec<&Pair> = which.iter().filter_map(|&i| pairs.get(i)).collect();
     let triggers: Vec<&str> = chosen.iter().map(|p| p.trigger.as_str()).collect();
-    let mut answers = Vec::with_capacity(triggers.len());
-    let failure = asker.ask_all(system, &triggers, &mut answers).err();
-    if answers.len() > triggers.len() || (failure.is_none() && answers.len() != triggers.len()) {
+    let mut replies = Vec::with_capacity(triggers.len());
+    let failure = asker.ask_all(system, &triggers, &mut replies).err();
+    if replies.len() > triggers.len() || (failure.is_none() && replies.len() != triggers.len()) {
         return Err(Error::invalid(format!(
-            "{} answers to {} triggers",
-            answers.len(),
+            "{} replies to {} triggers",
+            replies.len(),
             triggers.len()
         )));
     }
+    let (mut answered, mut answers, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first_refusal = None;
+    for (pair, reply) in chosen.iter().zip(replies) {
+        match reply {
+            Ok(answer) => {
+                answered.push(*pair);
+                answers.push(answer);
+            }
+            Err(e) => {
+                let reason = match &e {
+                    Error::Refused { reason, .. } | Error::Endpoint { reason, .. } => {
+                        reason.clone()
+                    }
+                    e => e.to_string(),
+                };
+                refused.push(Unanswered {
+                    index: pair.index,
+                    trigger: pair.trigger.clone(),
+                    reason,
+                });
+                first_refusal.get_or_insert(e);
+            }
+        }
+    }
+    let sent = answered.len() + refused.len();
     let stopped = match failure {
         None => None,
-        Some(e) if answers.is_empty() => return Err(e),
+        Some(e) if answered.is_empty() => return Err(e),
         Some(e) => {
-            let got = answers.len();
-            let Some(pair) = chosen.get(got) else {
-                return Err(Error::invalid(format!("every trigger answered, and then: {e}")));
+            let Some(pair) = chosen.get(sent) else {
+                return Err(Error::invalid(format!("every trigger replied to, and then: {e}")));
             };
             let reason = match e {
                 Error::Endpoint { reason, .. } => reason,
@@ -191,13 +235,24 @@ pub fn check(
                 index: pair.index,
                 trigger: pair.trigger.clone(),
                 reason,
-                not_asked: chosen.len() - got - 1,
+                not_asked: chosen.len() - sent - 1,
             })
         }
     };
-    let chosen = &chosen[..answers.len()];
-    let score = score(chosen, &answers)?;
-    let asked = chosen
+    if answered.is_empty() {
+        // Every trigger refused: nothing to score, and most likely a request
+        // the endpoint never serves (a wrong model name, a missing key).
+        return Err(match first_refusal {
+            Some(Error::Refused { url, reason }) => Error::Endpoint {
+                url,
+                reason: format!("{reason} (every one of the {sent} triggers was refused)"),
+            },
+            Some(e) => e,
+            None => Error::invalid("no trigger asked"),
+        });
+    }
+    let score = score(&answered, &answers)?;
+    let asked = answered
         .iter()
         .zip(answers)
         .map(|(p, answer)| {
@@ -220,6 +275,7 @@ pub fn check(
         threshold_p: options.threshold_p,
         detected,
         system: options.system.clone(),
+        refused,
         stopped,
     })
 }
@@ -348,8 +404,12 @@ pub struct FingerprintCheckPredicate {
     /// added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Triggers the suspect refused, in the order asked (absent when none
+    /// was).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Unanswered>,
     /// Where the suspect stopped answering, for a check it did not finish
-    /// (absent when every trigger of the round was answered).
+    /// (absent when every trigger of the round was asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<Stopped>,
     /// For a check with a revealed key: what it settles.
@@ -442,6 +502,7 @@ pub fn build_check_report(inputs: &CheckReportInputs<'_>, signer: &SecretKey) ->
             threshold_p: o.threshold_p,
             detected: o.detected,
             system: o.system.clone(),
+            refused: o.refused.clone(),
             stopped: o.stopped.clone(),
             dispute: inputs.dispute.cloned(),
             signer: signer.public_key().key_id(),
@@ -492,9 +553,10 @@ pub fn parse_check_statement(
 
 impl FingerprintCheckPredicate {
     /// What anyone can recompute from the report itself, without the key:
-    /// the scheme; distinct pair indices below K, at most K of them (with
-    /// the pair a stopped check got no answer to, and those it did not ask,
-    /// still at most K; that pair below K and not among the answered); each
+    /// the scheme; distinct pair indices below K, answered and refused (so
+    /// at most K of them; with the pair a stopped check got no answer to,
+    /// also below K and distinct, and those it did not ask, still at most
+    /// K); the `served_by` counts at most the number answered; each
     /// answer's normalised form ([`normalise`]); that a matched answer is
     /// one of the public candidates (every keyed response is); the match
     /// count; the p-value and its `log10` from the number asked and the
@@ -521,16 +583,22 @@ impl FingerprintCheckPredicate {
                 return Err(format!("answer {i}: '{}' matched, but is no candidate", a.normalised));
             }
         }
+        for (i, r) in self.refused.iter().enumerate() {
+            if r.index >= self.count || !seen.insert(r.index) {
+                return Err(format!("refusal {i}: pair index {} repeated or past K", r.index));
+            }
+        }
         if let Some(st) = &self.stopped {
             if st.index >= self.count || seen.contains(&st.index) {
                 return Err(format!(
-                    "the stop at pair {} is past K or at a pair answered",
+                    "the stop at pair {} is past K or at a pair already asked",
                     st.index
                 ));
             }
-            if n.saturating_add(1).saturating_add(st.not_asked) > self.count {
+            let sent = seen.len() + 1;
+            if sent.saturating_add(st.not_asked) > self.count {
                 return Err(format!(
-                    "{n} answered, 1 unanswered and {} not asked: more than the {} pairs",
+                    "{sent} triggers sent and {} not asked: more than the {} pairs",
                     st.not_asked, self.count
                 ));
             }
@@ -728,6 +796,7 @@ mod tests {
             threshold_p: o.threshold_p,
             detected: o.detected,
             system: None,
+            refused: o.refused.clone(),
             stopped: o.stopped.clone(),
             dispute: None,
             signer: String::new(),
@@ -767,7 +836,7 @@ mod tests {
         if let Some(st) = p.stopped.as_mut() {
             st.index = p.asked[0].index;
         }
-        fails(p, "at a pair answered");
+        fails(p, "at a pair already asked");
         let mut p = predicate_of(&o, None);
         if let Some(st) = p.stopped.as_mut() {
             st.not_asked = 28;
@@ -778,5 +847,60 @@ mod tests {
             st.index = 32;
         }
         fails(p, "past K");
+    }
+
+    /// Refuses (HTTP 400) every trigger whose pair index is in the list,
+    /// answers the rest with the keyed response.
+    struct Filter {
+        table: Table,
+        refuse: Vec<String>,
+    }
+
+    impl Asker for Filter {
+        fn ask(&mut self, system: Option<&str>, trigger: &str) -> Result<String> {
+            if self.refuse.iter().any(|t| t == trigger) {
+                let reason = "HTTP 400 Bad Request: flagged".to_string();
+                return Err(Error::Refused { url: "http://x".into(), reason });
+            }
+            self.table.ask(system, trigger)
+        }
+    }
+
+    #[test]
+    fn refused_triggers_are_recorded_and_the_check_asks_on() {
+        let key = FingerprintKey::from_bytes([10; 32]);
+        let pairs = key.pairs(32).unwrap_or_else(|e| panic!("{e}"));
+        let round = asked(&key, 32, 12, 0).unwrap_or_default();
+        let table =
+            || Table(pairs.iter().map(|p| (p.trigger.clone(), p.response.into())).collect());
+        // A filter that refuses 9 of the 12: 3 answered, all keyed.
+        let refuse: Vec<String> =
+            round.iter().skip(1).take(9).map(|&i| pairs[i].trigger.clone()).collect();
+        let mut filter = Filter { table: table(), refuse };
+        let o = check(&key, 32, &CheckOptions::default(), &mut filter)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answered: Vec<usize> = o.asked.iter().map(|a| a.index).collect();
+        assert_eq!(answered, [round[0], round[10], round[11]]);
+        let refused: Vec<usize> = o.refused.iter().map(|r| r.index).collect();
+        assert_eq!(refused, round[1..10]);
+        assert!(o.refused.iter().all(|r| r.reason == "HTTP 400 Bad Request: flagged"));
+        assert_eq!((o.score.asked, o.score.matches, o.stopped.is_none()), (3, 3, true));
+        assert_eq!(o.score.log10_p, super::super::binomial::upper_tail_log10(3, 1.0 / 256.0, 3));
+        assert_eq!(predicate_of(&o, None).consistent(), Ok(()));
+        // A refusal listed twice, or at a pair answered, does not add up.
+        let mut p = predicate_of(&o, None);
+        p.refused.push(p.refused[0].clone());
+        assert!(p.consistent().is_err_and(|e| e.contains("repeated")));
+        let mut p = predicate_of(&o, None);
+        p.refused[0].index = p.asked[0].index;
+        assert!(p.consistent().is_err_and(|e| e.contains("repeated")));
+        // Everything refused: an error that says so, naming the first reason.
+        let refuse = pairs.iter().map(|p| p.trigger.clone()).collect();
+        let mut wall = Filter { table: table(), refuse };
+        let e = check(&key, 32, &CheckOptions::default(), &mut wall).err().map(|e| e.to_string());
+        let want =
+            "endpoint http://x: HTTP 400 Bad Request: flagged (every one of the 12 triggers \
+                    was refused)";
+        assert_eq!(e.as_deref(), Some(want));
     }
 }

@@ -144,6 +144,9 @@ pub const MAX_SERVED_BY: usize = 256;
 struct Failure {
     reason: String,
     transient: bool,
+    /// An HTTP 4xx status other than 429: this request refused, not the
+    /// endpoint gone.
+    refused: bool,
 }
 
 impl Endpoint {
@@ -260,7 +263,7 @@ impl Endpoint {
     /// `system_fingerprint` (each cut to [`MAX_SERVED_BY`] bytes).
     fn attempt(&mut self, body: &[u8]) -> std::result::Result<Reply, Failure> {
         self.pace();
-        let permanent = |reason: String| Failure { reason, transient: false };
+        let permanent = |reason: String| Failure { reason, transient: false, refused: false };
         let mut request =
             self.agent.post(&self.request_url).header("Content-Type", "application/json");
         if let Some(key) = &self.options.api_key {
@@ -280,6 +283,7 @@ impl Endpoint {
             return Err(Failure {
                 reason: format!("HTTP {status} {reason}: {excerpt}").trim_end().to_string(),
                 transient: status == 429 || status >= 500,
+                refused: (400..500).contains(&status) && status != 429,
             });
         }
         let text = text.map_err(|e| transport(e, self.options.timeout))?;
@@ -328,8 +332,8 @@ fn cut(text: &str) -> String {
 /// connection or read and an unknown host may pass; a response that breaks
 /// HTTP or is not text, and a request that cannot be made, are not retried.
 fn transport(e: ureq::Error, timeout: Duration) -> Failure {
-    let transient = |reason: String| Failure { reason, transient: true };
-    let permanent = |reason: String| Failure { reason, transient: false };
+    let transient = |reason: String| Failure { reason, transient: true, refused: false };
+    let permanent = |reason: String| Failure { reason, transient: false, refused: false };
     match e {
         ureq::Error::Timeout(_) => {
             transient(format!("timed out after {} s", timeout.as_secs_f64()))
@@ -440,9 +444,10 @@ impl Asker for Endpoint {
                     } else {
                         String::new()
                     };
-                    return Err(Error::Endpoint {
-                        url: self.request_url.clone(),
-                        reason: format!("{}{tries}", f.reason),
+                    let (url, reason) = (self.request_url.clone(), format!("{}{tries}", f.reason));
+                    return Err(match f.refused {
+                        true => Error::Refused { url, reason },
+                        false => Error::Endpoint { url, reason },
                     });
                 }
             }
