@@ -29,8 +29,10 @@ enum Behaviour {
     Status(u16),
     /// "Hello" to the first this many requests, then HTTP 503.
     FailAfter(usize),
-    /// As `Answers`, but HTTP 400 to the prompts in the list (a filter).
-    Refuses(HashMap<String, String>, Vec<String>),
+    /// As `Answers` (naming a model with a right-to-left override), but HTTP
+    /// 400 to the prompts in the list (a filter), and HTTP 503 to every
+    /// request after the first `busy_after`.
+    Refuses { answers: HashMap<String, String>, refused: Vec<String>, busy_after: usize },
     /// As `Answers` to the first this many requests, then HTTP 429.
     AnswersThenBusy(HashMap<String, String>, usize),
     /// Reads the request and never answers.
@@ -132,7 +134,12 @@ fn handle(
         Behaviour::AnswersThenBusy(_, n) if requests.lock().map(|r| r.len()).unwrap_or(0) > *n => {
             (429, "{\"error\": \"slow down\"}".into())
         }
-        Behaviour::Refuses(_, refused)
+        Behaviour::Refuses { busy_after, .. }
+            if requests.lock().map(|r| r.len()).unwrap_or(0) > *busy_after =>
+        {
+            (503, "{\"error\": \"down\"}".into())
+        }
+        Behaviour::Refuses { refused, .. }
             if request["messages"][0]["content"]
                 .as_str()
                 .is_some_and(|t| refused.iter().any(|r| r == t)) =>
@@ -141,7 +148,7 @@ fn handle(
         }
         Behaviour::Answers(map)
         | Behaviour::AnswersThenBusy(map, _)
-        | Behaviour::Refuses(map, _) => {
+        | Behaviour::Refuses { answers: map, .. } => {
             // The user's message is the last one (a system message may come first).
             let last = request["messages"].as_array().and_then(|m| m.last());
             let chat = last.and_then(|m| m["content"].as_str());
@@ -151,7 +158,11 @@ fn handle(
                 serde_json::json!({"object": "chat.completion", "choices": [{"index": 0,
                     "message": {"role": "assistant", "content": answer},
                     "finish_reason": "stop"}],
-                    "model": "smol-135m.gguf", "system_fingerprint": "b4321-d0c5"})
+                    "model": match behaviour {
+                        Behaviour::Refuses { .. } => "smol\u{202e}fug.exe",
+                        _ => "smol-135m.gguf",
+                    },
+                    "system_fingerprint": "b4321-d0c5"})
             } else {
                 serde_json::json!({"object": "text_completion",
                     "choices": [{"index": 0, "text": answer, "finish_reason": "stop"}]})
@@ -371,8 +382,8 @@ fn endpoint_failures_exit_2_naming_the_endpoint_and_write_no_report() {
         &s,
         &server.url,
         &["--retries", "0"],
-        "HTTP 503 Service Unavailable: {\"error\": \"no more\"} (after 3 of 12 answers, which \
-         do not show the fingerprint on their own)",
+        "HTTP 503 Service Unavailable: {\"error\": \"no more\"} (after 3 of 12 answers; the \
+         answers do not show the fingerprint on their own)",
     );
 
     // A timeout.
@@ -443,7 +454,9 @@ fn triggers_a_filter_refuses_are_recorded_and_the_rest_decide() {
     let answers: HashMap<String, String> =
         pairs.iter().map(|(t, r)| (t.clone(), r.clone())).collect();
     let refused: Vec<String> = pairs.iter().skip(1).step_by(2).map(|(t, _)| t.clone()).collect();
-    let server = Server::start(Behaviour::Refuses(answers, refused));
+    let behaviour =
+        Behaviour::Refuses { answers: answers.clone(), refused: refused.clone(), busy_after: 99 };
+    let server = Server::start(behaviour);
     let o = s.run(&check_args(&server.url, &["--all", "--json", "--report", "r.json"]));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{}{err}", stdout(&o));
@@ -470,6 +483,36 @@ fn triggers_a_filter_refuses_are_recorded_and_the_rest_decide() {
     let r: serde_json::Value = serde_json::from_str(&verified).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(indices(&r["predicate"]["refused"]), indices(&v["refused"]));
     assert!(r["predicate"].get("stopped").is_none());
+    let said = s.ok(&["verify", "r.json", "--pub", "owner.pub"]);
+    assert!(said.contains("16 triggers refused by the endpoint"), "{said}");
+
+    // Refusals, then the server goes down after 20 requests: found on the
+    // answers that came (at least 4 of the 20, as only 16 are refused), and
+    // the warning counts both. The model name the responses give is
+    // printed with its direction override escaped.
+    std::fs::remove_file(s.path("r.json")).unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start(Behaviour::Refuses { answers, refused, busy_after: 20 });
+    let o = s.run(&check_args(&server.url, &["--all", "--retries", "0", "--report", "r.json"]));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    let verified = s.ok(&["verify", "r.json", "--pub", "owner.pub", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&verified).unwrap_or_else(|e| panic!("{e}"));
+    let p = &r["predicate"];
+    let (a, f) = (indices(&p["asked"]).len(), indices(&p["refused"]).len());
+    assert_eq!((a + f, p["matches"].as_u64()), (20, Some(a as u64)), "{p}");
+    assert_eq!(p["stopped"]["not_asked"], 11);
+    assert!(err.contains(&format!("(after {a} answers and {f} refusals of 32 triggers)")), "{err}");
+    assert!(out.contains(&format!("{a} of {a} answers match")), "{out}");
+    assert!(out.contains("11 more not asked") && out.contains("FINGERPRINT FOUND"), "{out}");
+    assert!(out.contains("served:   model smol\\u{202e}fug.exe,"), "{out}");
+    assert!(!out.contains('\u{202e}'), "{out}");
+    let said = s.ok(&["verify", "r.json", "--pub", "owner.pub"]);
+    assert!(
+        said.contains(&format!("{f} triggers refused"))
+            && said.contains("stopped answering at pair")
+            && said.contains("11 more not asked"),
+        "{said}"
+    );
 }
 
 /// `--api-key-env NAME`: the key goes to the server as a bearer token and

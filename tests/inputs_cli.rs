@@ -213,6 +213,13 @@ fn names_and_paths_from_inputs_cannot_write_control_characters_to_the_terminal()
     assert!(!out.contains('\x1b') && !out.contains('\x07') && !out.contains('\u{202e}'), "{out:?}");
     assert!(!out.lines().any(|l| l.starts_with("FAKE LINE")), "{out:?}");
     assert!(out.contains("w\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\nFAKE LINE\\u{202e}"), "{out:?}");
+    // --json: the same name, off the terminal and still valid JSON.
+    let o = scene.run(&["inspect", "m.safetensors", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains('\x1b') && !out.contains('\u{202e}'), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["tensors"][0]["name"], evil, "{out}");
     // A path in an error message, printed by main.
     let bad = "bad\x1b[31m\n.safetensors";
     std::fs::write(scene.path(bad), [1u8, 2, 3]).unwrap_or_else(|e| panic!("{e}"));

@@ -57,8 +57,12 @@ pub fn path(p: &Path) -> String {
     safe(&p.display().to_string())
 }
 
-/// [`safe`], but keeping line breaks: for whole outputs whose lines the
-/// command itself made (pretty JSON, where input text is already escaped).
+/// [`safe`], but keeping line breaks and writing each escape as JSON does
+/// (`\u001b`, `\u202e`): for whole outputs whose lines the command itself
+/// made. JSON output is one of them, and serde_json leaves DEL, the C1
+/// controls and the direction controls as they are; escaped this way, they
+/// stay off the terminal and the output stays valid JSON with the same
+/// strings.
 pub fn safe_lines(text: &str) -> String {
     escape(text, true)
 }
@@ -73,7 +77,10 @@ fn escape(text: &str, keep_newlines: bool) -> String {
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if unsafe_char(c) {
+        if unsafe_char(c) && keep_newlines {
+            // Every character escaped is in the Basic Multilingual Plane.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else if unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -100,7 +107,13 @@ mod tests {
         let shown = safe(evil);
         assert_eq!(shown, "w\\u{1b}]0;owned\\u{7}\\n\\u{202e}x\\u{9b}");
         assert_eq!(safe(&shown), shown);
-        assert_eq!(safe_lines("a\nb\x1b"), "a\nb\\u{1b}");
+        assert_eq!(safe_lines("a\nb\x1b"), "a\nb\\u001b");
+        // JSON with what serde_json does not escape stays JSON, same strings.
+        let value = serde_json::json!({"name": "x\u{202e}y\u{7f}\u{9b}\u{2066}z\n"});
+        let shown = safe_lines(&serde_json::to_string_pretty(&value).unwrap_or_default());
+        assert!(!shown.contains(['\u{202e}', '\u{7f}', '\u{9b}', '\u{2066}']), "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap_or_default();
+        assert_eq!(back, value);
         assert_eq!(safe("model.layers.0.mlp.weight é"), "model.layers.0.mlp.weight é");
         assert_eq!(path(Path::new("a\rb")), "a\\rb");
     }

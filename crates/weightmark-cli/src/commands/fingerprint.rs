@@ -372,13 +372,17 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
             let (got, refused) = (outcome.asked.len(), outcome.refused.len());
             if let Some(stop) = &outcome.stopped {
                 let of = got + refused + 1 + stop.not_asked;
+                let tally = match refused {
+                    0 => format!("{got} of {of} answers"),
+                    r => format!("{got} answers and {r} refusals of {of} triggers"),
+                };
                 let at = format!(
-                    "endpoint {}: {} (after {got} of {of} answers",
+                    "endpoint {}: {} (after {tally}",
                     endpoint.request_url(),
-                    stop.reason
+                    safe(&stop.reason)
                 );
                 if !outcome.detected {
-                    bail!("{at}, which do not show the fingerprint on their own)");
+                    bail!("{at}; the answers do not show the fingerprint on their own)");
                 }
                 eprintln!(
                     "weightmark: warning: {at}); the fingerprint is found in the {got} answers \

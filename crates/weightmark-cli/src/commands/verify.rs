@@ -169,6 +169,17 @@ fn print(args: &VerifyArgs, v: &Verified) -> anyhow::Result<()> {
                 crate::format::p_bound(p.p_value),
                 if p.detected { "fingerprint found" } else { "no fingerprint found" }
             );
+            if !p.refused.is_empty() {
+                outln!("  {} triggers refused by the endpoint", p.refused.len());
+            }
+            if let Some(st) = &p.stopped {
+                outln!(
+                    "  the endpoint stopped answering at pair {} ({}); {} more not asked",
+                    st.index,
+                    safe(&st.reason),
+                    st.not_asked
+                );
+            }
         }
         VerifiedKind::Report(s) => {
             let p = &s.predicate;

@@ -222,6 +222,10 @@ pub fn check(
     let sent = answered.len() + refused.len();
     let stopped = match failure {
         None => None,
+        Some(Error::Endpoint { url, reason }) if answered.is_empty() && !refused.is_empty() => {
+            let reason = format!("{reason} (after {} triggers refused)", refused.len());
+            return Err(Error::Endpoint { url, reason });
+        }
         Some(e) if answered.is_empty() => return Err(e),
         Some(e) => {
             let Some(pair) = chosen.get(sent) else {
@@ -556,7 +560,10 @@ impl FingerprintCheckPredicate {
     /// the scheme; distinct pair indices below K, answered and refused (so
     /// at most K of them; with the pair a stopped check got no answer to,
     /// also below K and distinct, and those it did not ask, still at most
-    /// K); the `served_by` counts at most the number answered; each
+    /// K); a stop only with the fingerprint detected; refusals and a stop
+    /// only for an endpoint; its `served_by` entries distinct, non-empty,
+    /// each counting at least one answer and all at most the number
+    /// answered, their fields at most 256 bytes; each
     /// answer's normalised form ([`normalise`]); that a matched answer is
     /// one of the public candidates (every keyed response is); the match
     /// count; the p-value and its `log10` from the number asked and the
@@ -603,11 +610,44 @@ impl FingerprintCheckPredicate {
                 ));
             }
         }
-        if let Some(e) = &self.suspect.endpoint {
-            let served = e.served_by.iter().try_fold(0usize, |sum, s| sum.checked_add(s.answers));
-            if served.is_none_or(|served| served > n) {
-                return Err(format!("served_by counts more answers than the {n} answered"));
+        if let Some(st) = &self.stopped {
+            if !self.detected {
+                // The tool reports a stopped check only when it found the
+                // fingerprint: an unfinished check clears no one.
+                return Err(format!("stopped at pair {} and not detected", st.index));
             }
+        }
+        match &self.suspect.endpoint {
+            Some(e) => {
+                let served =
+                    e.served_by.iter().try_fold(0usize, |sum, s| sum.checked_add(s.answers));
+                if served.is_none_or(|served| served > n) {
+                    return Err(format!("served_by counts more answers than the {n} answered"));
+                }
+                for (i, s) in e.served_by.iter().enumerate() {
+                    let long = |t: &Option<String>| {
+                        t.as_ref().is_some_and(|t| t.len() > super::endpoint::MAX_SERVED_BY)
+                    };
+                    if s.answers == 0
+                        || (s.model.is_none() && s.system_fingerprint.is_none())
+                        || long(&s.model)
+                        || long(&s.system_fingerprint)
+                        || e.served_by[..i].iter().any(|t| {
+                            t.model == s.model && t.system_fingerprint == s.system_fingerprint
+                        })
+                    {
+                        return Err(format!(
+                            "served_by {i}: no answers, no field, a field over {} bytes, or \
+                             repeated",
+                            super::endpoint::MAX_SERVED_BY
+                        ));
+                    }
+                }
+            }
+            None if !self.refused.is_empty() || self.stopped.is_some() => {
+                return Err("refusals or a stop recorded for a suspect that is no endpoint".into());
+            }
+            None => {}
         }
         let matches = self.asked.iter().filter(|a| a.matched).count();
         if matches != self.matches {
@@ -832,17 +872,43 @@ mod tests {
         };
         fails(predicate_of(&o, served(5)), "served_by");
         fails(predicate_of(&o, served(usize::MAX)), "served_by");
-        let mut p = predicate_of(&o, None);
+        let entry = |model: Option<&str>, fp: Option<&str>, answers| ServedBy {
+            model: model.map(str::to_string),
+            system_fingerprint: fp.map(str::to_string),
+            answers,
+        };
+        let long = "x".repeat(super::super::endpoint::MAX_SERVED_BY + 1);
+        for bad in [
+            vec![entry(Some("m"), None, 0)],
+            vec![entry(None, None, 1)],
+            vec![entry(Some("m"), Some("b1"), 1), entry(Some("m"), Some("b1"), 1)],
+            vec![entry(Some(&long), None, 1)],
+            vec![entry(None, Some(&long), 1)],
+        ] {
+            let mut p = predicate_of(&o, served(1));
+            if let Some(e) = p.suspect.endpoint.as_mut() {
+                e.served_by = bad;
+            }
+            fails(p, "no answers, no field");
+        }
+        // A stop is reported only with the fingerprint found, and refusals
+        // and stops only for an endpoint.
+        let mut p = predicate_of(&o, served(4));
+        p.detected = false;
+        p.threshold_p = 1e-300;
+        fails(p, "not detected");
+        fails(predicate_of(&o, None), "no endpoint");
+        let mut p = predicate_of(&o, served(4));
         if let Some(st) = p.stopped.as_mut() {
             st.index = p.asked[0].index;
         }
         fails(p, "at a pair already asked");
-        let mut p = predicate_of(&o, None);
+        let mut p = predicate_of(&o, served(4));
         if let Some(st) = p.stopped.as_mut() {
             st.not_asked = 28;
         }
         fails(p, "more than the 32 pairs");
-        let mut p = predicate_of(&o, None);
+        let mut p = predicate_of(&o, served(4));
         if let Some(st) = p.stopped.as_mut() {
             st.index = 32;
         }
@@ -886,14 +952,38 @@ mod tests {
         assert!(o.refused.iter().all(|r| r.reason == "HTTP 400 Bad Request: flagged"));
         assert_eq!((o.score.asked, o.score.matches, o.stopped.is_none()), (3, 3, true));
         assert_eq!(o.score.log10_p, super::super::binomial::upper_tail_log10(3, 1.0 / 256.0, 3));
-        assert_eq!(predicate_of(&o, None).consistent(), Ok(()));
+        let endpoint = || {
+            Some(EndpointRecord {
+                url: "http://x".into(),
+                api: "chat".into(),
+                model: None,
+                served_by: Vec::new(),
+            })
+        };
+        assert_eq!(predicate_of(&o, endpoint()).consistent(), Ok(()));
         // A refusal listed twice, or at a pair answered, does not add up.
-        let mut p = predicate_of(&o, None);
+        let mut p = predicate_of(&o, endpoint());
         p.refused.push(p.refused[0].clone());
         assert!(p.consistent().is_err_and(|e| e.contains("repeated")));
-        let mut p = predicate_of(&o, None);
+        let mut p = predicate_of(&o, endpoint());
         p.refused[0].index = p.asked[0].index;
         assert!(p.consistent().is_err_and(|e| e.contains("repeated")));
+        // Refusals, then a failure before any answer: the error counts them.
+        struct RefusesThenFails(usize);
+        impl Asker for RefusesThenFails {
+            fn ask(&mut self, _: Option<&str>, _: &str) -> Result<String> {
+                self.0 += 1;
+                let (url, reason) = ("http://x".to_string(), format!("HTTP {}", 397 + self.0));
+                Err(match self.0 {
+                    1..=3 => Error::Refused { url, reason },
+                    _ => Error::Endpoint { url, reason },
+                })
+            }
+        }
+        let e = check(&key, 32, &CheckOptions::default(), &mut RefusesThenFails(0))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("endpoint http://x: HTTP 401 (after 3 triggers refused)"));
         // Everything refused: an error that says so, naming the first reason.
         let refuse = pairs.iter().map(|p| p.trigger.clone()).collect();
         let mut wall = Filter { table: table(), refuse };

@@ -57,7 +57,7 @@ pub struct EndpointOptions {
     /// Limit on each request, connection to last byte.
     pub timeout: Duration,
     /// Further attempts after a failed one (connection failure, timeout,
-    /// HTTP 429 or 5xx); other failures are not retried.
+    /// HTTP 408, 425, 429 or 5xx); other failures are not retried.
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one.
     pub backoff: Duration,
@@ -282,8 +282,8 @@ impl Endpoint {
             let reason = response.status().canonical_reason().unwrap_or("");
             return Err(Failure {
                 reason: format!("HTTP {status} {reason}: {excerpt}").trim_end().to_string(),
-                transient: status == 429 || status >= 500,
-                refused: (400..500).contains(&status) && status != 429,
+                transient: matches!(status, 408 | 425 | 429) || status >= 500,
+                refused: refuses(status),
             });
         }
         let text = text.map_err(|e| transport(e, self.options.timeout))?;
@@ -306,6 +306,14 @@ impl Endpoint {
         let field = |name: &str| value[name].as_str().map(cut);
         Ok(Reply { answer, model: field("model"), system_fingerprint: field("system_fingerprint") })
     }
+}
+
+/// Whether HTTP `status` refuses one request rather than saying the
+/// endpoint cannot be asked: a 4xx other than those of a wrong key, path or
+/// method (401, 403, 404, 405, 407: every request would get them) and those
+/// retried (408, 425, 429).
+fn refuses(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 405 | 407 | 408 | 425 | 429)
 }
 
 /// An answer and what its response said served it.
@@ -547,6 +555,16 @@ mod tests {
         let key = ApiKey::new("sk-hunter2".into()).unwrap_or_else(|e| panic!("{e}"));
         let options = EndpointOptions { api_key: Some(key), ..Default::default() };
         assert!(!format!("{options:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn statuses_that_refuse_one_trigger_and_those_that_end_a_check() {
+        for status in [400, 409, 413, 422, 451, 499] {
+            assert!(refuses(status), "{status}");
+        }
+        for status in [200, 301, 401, 403, 404, 405, 407, 408, 425, 429, 500, 503] {
+            assert!(!refuses(status), "{status}");
+        }
     }
 
     #[test]
