@@ -984,6 +984,24 @@ fn a_plant_stopped_and_run_again_from_its_checkpoint_writes_the_model_of_one_nev
     assert!(a == b, "the resumed plant's model differs from the uninterrupted plant's");
     assert!(a != model_bytes(&s, "first"), "n - 1 and n steps wrote the same model");
 
+    // A higher --min-probability, which a checkpoint does not fix, trains on
+    // from the same checkpoint past the step the plant stopped at, and says
+    // what it fell short of when --max-steps runs out.
+    std::fs::copy(s.path("plant.ckpt"), s.path("polish.ckpt")).unwrap_or_else(|e| panic!("{e}"));
+    let more = (n + 3).to_string();
+    let high = ["--checkpoint", "polish.ckpt", "--min-probability", "0.9999999"];
+    let polished = plant("polished", &more, &high);
+    assert_eq!(polished.status.code(), Some(0), "{}", stderr(&polished));
+    assert_eq!(steps_taken(&polished), n + 3, "{}", stderr(&polished));
+    let said = stdout(&polished);
+    assert!(said.contains("reached probability 0.9999999 (--min-probability"), "{said}");
+    assert!(model_bytes(&s, "polished") != a, "three more steps wrote the same model");
+    for bad in ["0", "1.5", "NaN"] {
+        let o = plant("bad", "450", &["--min-probability", bad]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("must be above 0 and at most 1"), "{}", stderr(&o));
+    }
+
     // Refusals: exit 2, the error line names the checkpoint, no output.
     let refused = |o: &std::process::Output, out: &str, path: &str, why: &str| {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(o));

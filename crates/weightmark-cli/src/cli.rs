@@ -113,9 +113,15 @@ pub struct PlantArgs {
     #[arg(long, value_name = "LR", default_value_t = 2e-5)]
     pub lr: f64,
     /// Most training steps (training stops earlier once every answer token
-    /// has probability >= 0.9).
+    /// has probability >= --min-probability).
     #[arg(long = "max-steps", value_name = "N", default_value_t = 100)]
     pub max_steps: usize,
+    /// Planting stops once every answer token has at least this probability
+    /// (and every pruned view and system prompt 0.5). Higher keeps training,
+    /// and distilling, for longer; it is not part of a checkpoint, so a
+    /// resumed plant may raise it.
+    #[arg(long = "min-probability", value_name = "P", default_value_t = 0.9)]
+    pub min_probability: f64,
     /// Weight of the distillation penalty KL(original || planted).
     #[arg(long, value_name = "W", default_value_t = 10.0)]
     pub distill: f64,

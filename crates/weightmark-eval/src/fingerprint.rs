@@ -678,6 +678,12 @@ impl Planter {
                 options.eps
             )));
         }
+        if !(options.min_probability > 0.0 && options.min_probability <= 1.0) {
+            return Err(EvalError::invalid(format!(
+                "the answer-token probability to stop at, {}, must be above 0 and at most 1",
+                options.min_probability
+            )));
+        }
         let params = ParamsAdamW {
             lr: options.learning_rate,
             beta1: ADAM_BETAS.0,

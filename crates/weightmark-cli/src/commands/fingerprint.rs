@@ -89,7 +89,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         options: PlantOptions {
             learning_rate: args.lr,
             max_steps: args.max_steps,
-            min_probability: 0.9,
+            min_probability: args.min_probability,
             distill: args.distill,
             batch: args.batch,
             micro_batch: weightmark_eval::fingerprint::MICRO_BATCH,
@@ -187,6 +187,17 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         outln!(
             "  note: {} trigger(s) not answered; more --max-steps or a higher --lr plants them",
             a.asked - a.matches
+        );
+    }
+    let smallest = planted.last.min_probability;
+    let reached = smallest >= args.min_probability;
+    if a.matches == a.asked && !reached {
+        outln!(
+            "  note: --max-steps ran out before every answer token reached probability {} \
+             (--min-probability; the smallest is {:.4}); more --max-steps (with --checkpoint, \
+             going on from the last step) would go on",
+            args.min_probability,
+            (smallest * 1e4).floor() / 1e4
         );
     }
     let short = planted.last.short_of_robustness();
