@@ -478,40 +478,29 @@ pub fn build_check_report(inputs: &CheckReportInputs<'_>, signer: &SecretKey) ->
         subject,
         predicate_type: CHECK_PREDICATE_TYPE.to_string(),
         predicate: FingerprintCheckPredicate {
-            scheme: SCHEME.to_string(),
-            label: p.label.clone(),
-            recipient: p.recipient.clone(),
-            certificate: CheckedCertificate {
-                sha256: cert.digest.clone(),
-                signer: cert.verified_signer.clone().unwrap_or_else(|| p.signer.clone()),
-                fingerprint_key_commitment: fingerprint.key_commitment.clone(),
-                signature_checked: cert.signature_checked,
-            },
-            suspect: SuspectRecord {
-                tensor_root,
-                tensor_digests: inputs
-                    .suspect_tensors
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|(n, d)| (n.clone(), hex(d)))
-                    .collect(),
-                endpoint: inputs.endpoint.clone(),
-            },
-            count: o.count,
-            round: o.round,
-            asked: o.asked.clone(),
-            matches: o.score.matches,
-            p_value: o.score.p_value,
-            log10_p_value: o.score.log10_p,
-            threshold_p: o.threshold_p,
-            detected: o.detected,
-            system: o.system.clone(),
-            refused: o.refused.clone(),
-            stopped: o.stopped.clone(),
             dispute: inputs.dispute.cloned(),
             signer: signer.public_key().key_id(),
-            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
             created: inputs.created.clone(),
+            ..FingerprintCheckPredicate::of_outcome(
+                o,
+                (p.label.clone(), p.recipient.clone()),
+                CheckedCertificate {
+                    sha256: cert.digest.clone(),
+                    signer: cert.verified_signer.clone().unwrap_or_else(|| p.signer.clone()),
+                    fingerprint_key_commitment: fingerprint.key_commitment.clone(),
+                    signature_checked: cert.signature_checked,
+                },
+                SuspectRecord {
+                    tensor_root,
+                    tensor_digests: inputs
+                        .suspect_tensors
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|(n, d)| (n.clone(), hex(d)))
+                        .collect(),
+                    endpoint: inputs.endpoint.clone(),
+                },
+            )
         },
     };
     sign_statement(&statement, signer)
@@ -556,6 +545,39 @@ pub fn parse_check_statement(
 }
 
 impl FingerprintCheckPredicate {
+    /// The predicate of a report of `o` on the release `(label, recipient)`
+    /// of `certificate` about `suspect`, without a dispute, a signer or a
+    /// creation time.
+    fn of_outcome(
+        o: &CheckOutcome,
+        (label, recipient): (String, Option<String>),
+        certificate: CheckedCertificate,
+        suspect: SuspectRecord,
+    ) -> FingerprintCheckPredicate {
+        FingerprintCheckPredicate {
+            scheme: SCHEME.to_string(),
+            label,
+            recipient,
+            certificate,
+            suspect,
+            count: o.count,
+            round: o.round,
+            asked: o.asked.clone(),
+            matches: o.score.matches,
+            p_value: o.score.p_value,
+            log10_p_value: o.score.log10_p,
+            threshold_p: o.threshold_p,
+            detected: o.detected,
+            system: o.system.clone(),
+            refused: o.refused.clone(),
+            stopped: o.stopped.clone(),
+            dispute: None,
+            signer: String::new(),
+            tool: Tool { name: "weightmark".into(), version: env!("CARGO_PKG_VERSION").into() },
+            created: String::new(),
+        }
+    }
+
     /// What anyone can recompute from the report itself, without the key:
     /// the scheme; distinct pair indices below K, answered and refused (so
     /// at most K of them; with the pair a stopped check got no answer to,
@@ -816,33 +838,15 @@ mod tests {
         o: &CheckOutcome,
         endpoint: Option<EndpointRecord>,
     ) -> FingerprintCheckPredicate {
-        FingerprintCheckPredicate {
-            scheme: SCHEME.into(),
-            label: "l".into(),
-            recipient: None,
-            certificate: CheckedCertificate {
-                sha256: String::new(),
-                signer: String::new(),
-                fingerprint_key_commitment: String::new(),
-                signature_checked: true,
-            },
-            suspect: SuspectRecord { tensor_root: None, tensor_digests: BTreeMap::new(), endpoint },
-            count: o.count,
-            round: o.round,
-            asked: o.asked.clone(),
-            matches: o.score.matches,
-            p_value: o.score.p_value,
-            log10_p_value: o.score.log10_p,
-            threshold_p: o.threshold_p,
-            detected: o.detected,
-            system: None,
-            refused: o.refused.clone(),
-            stopped: o.stopped.clone(),
-            dispute: None,
+        let certificate = CheckedCertificate {
+            sha256: String::new(),
             signer: String::new(),
-            tool: Tool { name: "weightmark".into(), version: "0".into() },
-            created: String::new(),
-        }
+            fingerprint_key_commitment: String::new(),
+            signature_checked: true,
+        };
+        let suspect =
+            SuspectRecord { tensor_root: None, tensor_digests: BTreeMap::new(), endpoint };
+        FingerprintCheckPredicate::of_outcome(o, ("l".into(), None), certificate, suspect)
     }
 
     #[test]
