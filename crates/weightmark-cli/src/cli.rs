@@ -234,7 +234,10 @@ pub struct CheckArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub timeout: f64,
     /// Further attempts after a failed request (connection failure, timeout,
-    /// HTTP 429 or 5xx), with exponential backoff from 0.5 s.
+    /// HTTP 408, 425, 429 or 5xx), with exponential backoff from 0.5 s. A
+    /// trigger refused with another 4xx (but 401, 403, 404, 405, 407) is
+    /// recorded and the next one asked; a failure after some answers stops
+    /// the check, which decides on those (docs/fingerprint.md).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub retries: u32,
     /// Most requests a second to the endpoint (0: no limit; otherwise at
