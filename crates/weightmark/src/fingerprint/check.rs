@@ -204,12 +204,7 @@ pub fn check(
                 answers.push(answer);
             }
             Err(e) => {
-                let reason = match &e {
-                    Error::Refused { reason, .. } | Error::Endpoint { reason, .. } => {
-                        reason.clone()
-                    }
-                    e => e.to_string(),
-                };
+                let reason = reason_of(&e);
                 refused.push(Unanswered {
                     index: pair.index,
                     trigger: pair.trigger.clone(),
@@ -231,10 +226,7 @@ pub fn check(
             let Some(pair) = chosen.get(sent) else {
                 return Err(Error::invalid(format!("every trigger replied to, and then: {e}")));
             };
-            let reason = match e {
-                Error::Endpoint { reason, .. } => reason,
-                e => e.to_string(),
-            };
+            let reason = reason_of(&e);
             Some(Stopped {
                 index: pair.index,
                 trigger: pair.trigger.clone(),
@@ -282,6 +274,15 @@ pub fn check(
         refused,
         stopped,
     })
+}
+
+/// Why an asker gave no answer, in words: an endpoint's reason without its
+/// URL (the report records the endpoint once), else the whole error.
+fn reason_of(e: &Error) -> String {
+    match e {
+        Error::Refused { reason, .. } | Error::Endpoint { reason, .. } => reason.clone(),
+        e => e.to_string(),
+    }
 }
 
 /// Refuses a system message a check cannot send as it is: empty (a check
