@@ -20,6 +20,9 @@
 //!   saved).
 //! - [`calibrate`] measures the activation statistics that AWQ/SmoothQuant-
 //!   style smoothing (`weightmark attack smooth`) takes its factors from.
+//! - [`confidence`] matches a planted model's confidence on ordinary text to
+//!   the original's with one scale on its final norm (a temperature), which
+//!   leaves its greedy answers as they were.
 //! - [`curve`] follows a mark through fine-tuning: detection and held-out
 //!   perplexity at checkpoints, beside the simulated `drift` attack of the same
 //!   size.
@@ -31,6 +34,7 @@ pub mod adamw;
 pub mod bert;
 pub mod calibrate;
 pub mod checkpoint;
+pub mod confidence;
 pub mod curve;
 
 pub mod error;

@@ -401,6 +401,32 @@ impl Llama {
         tokens: &Tensor,
         observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
+        let x = self.hidden_observed(tokens, observe)?;
+        Ok(x.broadcast_matmul(&self.head().t()?)?)
+    }
+
+    /// The output matrix `(vocab, hidden)`: the untied head, or the
+    /// embedding when the model ties them. Logits are the final norm's
+    /// output times its transpose.
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The final norm's output `(batch, time, hidden)` for `tokens` `(batch,
+    /// time)`: [`Llama::forward`] is this times [`Llama::head`]'s transpose.
+    /// Scaling the final norm's weight by `s` scales it, and so every
+    /// logit, by `s` (a temperature of `1 / s`).
+    pub fn final_hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.hidden_observed(tokens, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Llama::final_hidden`], showing `observe` what
+    /// [`Llama::forward_observed`] shows it.
+    fn hidden_observed(
+        &self,
+        tokens: &Tensor,
+        observe: &mut dyn FnMut(usize, Site, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (batch, time) = tokens.dims2()?;
         let c = &self.config;
         let device = tokens.device();
@@ -424,9 +450,7 @@ impl Llama {
             observe(l, Site::DownInput, &act)?;
             x = (x + down.forward(&act)?)?;
         }
-        let x = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(x.broadcast_matmul(&head.t()?)?)
+        rms_norm(&x, &self.norm, c.rms_norm_eps)
     }
 
     /// Logits of the last position of each row, `(batch, vocab)`, for
@@ -470,7 +494,7 @@ impl Llama {
         }
         cache.positions += time;
         let last = rms_norm(&x.narrow(1, time - 1, 1)?, &self.norm, c.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let head = self.head();
         Ok(last.broadcast_matmul(&head.t()?)?.squeeze(1)?)
     }
 
