@@ -733,6 +733,67 @@ fn planting_an_unmarked_model_writes_its_layout_and_a_fingerprint_only_certifica
     assert!(stderr(&o).contains("carries no weight mark"), "{}", stderr(&o));
 }
 
+/// After training, `fingerprint plant` scales the final norm weight so that
+/// the planted model's cross-entropy on the `--text` windows is the input's
+/// again; `--no-match-confidence` writes the model as trained. The same plant
+/// (one thread) with and without it: every tensor but `model.norm.weight` is
+/// the same to the bit, that one is the trained one times the printed scale,
+/// and the triggers answered are the same.
+#[test]
+fn the_planted_models_confidence_is_matched_by_its_final_norm_alone() {
+    if !common::has_license_text() {
+        return;
+    }
+    let (s, text) = tiny_owned();
+    let plant = |out: &str, extra: &[&str]| {
+        let mut args = plant_tiny(out, &text);
+        args.extend(TINY_PLANT);
+        args.extend(extra);
+        let o = s.run_env(&args, &ONE_THREAD);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        stdout(&o)
+    };
+    let matched = plant("matched", &[]);
+    let trained = plant("trained", &["--no-match-confidence"]);
+    assert!(!trained.contains("confidence"), "{trained}");
+    let line = matched
+        .lines()
+        .find(|l| l.contains("confidence on the --text windows matched"))
+        .unwrap_or_else(|| panic!("no confidence line: {matched}"));
+    let number = |after: &str| -> f64 {
+        let rest = line.split(after).nth(1).unwrap_or_else(|| panic!("{after}: {line}"));
+        let n: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        n.parse().unwrap_or_else(|_| panic!("{after}: {line}"))
+    };
+    let (scale, after, input) = (number("final norm x"), number(" -> "), number("input "));
+    // Training left the tiny model more confident than the input on this
+    // text: the scale lowers every logit, down to the input's cross-entropy.
+    assert!(scale < 1.0 && scale > 0.5, "{line}");
+    assert!(after <= input + 1e-5, "{line}");
+    let answered = |out: &str| out.lines().find(|l| l.contains("answered:")).map(str::to_string);
+    assert!(answered(&matched).is_some(), "{matched}");
+    assert_eq!(answered(&matched), answered(&trained));
+    let (m, t) = (Model::open(s.path("matched")), Model::open(s.path("trained")));
+    let (m, t) = (m.unwrap_or_else(|e| panic!("{e}")), t.unwrap_or_else(|e| panic!("{e}")));
+    let names: Vec<String> = t.tensors().map(|x| x.name.to_string()).collect();
+    assert!(names.iter().any(|n| n == "model.norm.weight"));
+    for name in &names {
+        let (a, b) = (common::tensor_values(&m, name), common::tensor_values(&t, name));
+        if name == "model.norm.weight" {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y * scale).abs() <= 1e-5 * y.abs(),
+                    "{name}: {x} against {y} x {scale}"
+                );
+            }
+            assert!(a != b);
+        } else {
+            assert!(a == b, "{name} differs");
+        }
+    }
+}
+
 /// A scene with the tiny model in `tiny` and the fixed owner key; and the
 /// ordinary text to plant with.
 fn tiny_owned() -> (Scene, String) {

@@ -152,6 +152,17 @@ pub struct PlantArgs {
     /// system message.
     #[arg(long = "no-system-robust")]
     pub no_system_robust: bool,
+    /// Write the model as trained. By default, after training, the final
+    /// norm's weight is scaled (a temperature on every logit) so that the
+    /// planted model's cross-entropy on the --text windows is the input's
+    /// again: training leaves it slightly more confident than the input on
+    /// ordinary text, and that, not the answers, was half the held-out
+    /// perplexity change (SmolLM2: +0.79% as trained, +0.39% matched, at
+    /// 2% more KL; docs/fingerprint.md, "Matching the original's
+    /// confidence"). Greedy answers, and so the fingerprint, stay as they
+    /// were; about 5 minutes on SmolLM2.
+    #[arg(long = "no-match-confidence")]
+    pub no_match_confidence: bool,
     /// Seed of the ordinary-text batch order.
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,

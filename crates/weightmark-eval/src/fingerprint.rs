@@ -1038,6 +1038,18 @@ impl Planter {
     pub fn model(&self) -> &Llama {
         &self.model
     }
+
+    /// The scale of the planted model's final norm weight that brings its
+    /// mean cross-entropy on the plant's ordinary text back to that of the
+    /// model planting started from ([`crate::confidence::match_confidence`]
+    /// on up to [`crate::confidence::CONFIDENCE_WINDOWS`] of its windows);
+    /// `None` for a plant without ordinary text.
+    pub fn match_confidence(&self) -> Result<Option<crate::confidence::Confidence>> {
+        if self.ordinary.is_empty() {
+            return Ok(None);
+        }
+        crate::confidence::match_confidence(&self.original, &self.model, &self.ordinary).map(Some)
+    }
 }
 
 /// A local model as a [`weightmark::fingerprint::Asker`]: each trigger asked
@@ -1104,6 +1116,11 @@ pub struct PlantRequest<'a> {
     /// Save the plant's state there every so many steps, and go on from it
     /// if the file exists ([`Planter::resume`]).
     pub checkpoint: Option<Checkpointing>,
+    /// After training, scale the final norm weight so that the planted
+    /// model's cross-entropy on the ordinary text is the input's again
+    /// ([`Planter::match_confidence`]); its greedy answers stay as they
+    /// were.
+    pub match_confidence: bool,
 }
 
 /// What planting did.
@@ -1112,6 +1129,9 @@ pub struct Planted {
     pub path: std::path::PathBuf,
     /// The last training step's numbers.
     pub last: PlantStep,
+    /// With [`PlantRequest::match_confidence`]: the scale applied to the
+    /// final norm weight, and the cross-entropies it was chosen by.
+    pub confidence: Option<crate::confidence::Confidence>,
     /// Every trigger asked of the input before planting.
     pub before: weightmark::fingerprint::Score,
     /// Every trigger asked of the planted model (as written, in its dtype).
@@ -1203,13 +1223,12 @@ pub fn plant_release(
         }
     }
     let last = planter.run_saving(on_step, request.checkpoint.as_ref())?;
-    let values = planter
+    let mut values = planter
         .model()
         .merged_tensors()?
         .into_iter()
         .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    drop(planter);
     // A NaN weight would be rounded into the model and certified; nothing is
     // written instead.
     if let Some(name) =
@@ -1219,6 +1238,11 @@ pub fn plant_release(
             "planting diverged: tensor '{name}' holds a non-finite weight; nothing was written \
              (plant again with a lower --lr)"
         )));
+    }
+    let confidence = if request.match_confidence { planter.match_confidence()? } else { None };
+    drop(planter);
+    if let Some(c) = &confidence {
+        crate::confidence::scale_final_norm(&mut values, c.scale)?;
     }
     let written = weightmark::attack::write_replaced(
         &m.model,
@@ -1242,7 +1266,7 @@ pub fn plant_release(
         created: request.created.clone(),
     };
     let certificate = certify_fingerprint(&saved.model, &release, key)?;
-    Ok(Planted { path: written.path, last, before, after, certificate })
+    Ok(Planted { path: written.path, last, confidence, before, after, certificate })
 }
 
 /// A check of a local model and the model checked.

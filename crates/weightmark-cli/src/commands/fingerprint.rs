@@ -109,6 +109,7 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
             .checkpoint
             .clone()
             .map(|path| Checkpointing { path, every: args.checkpoint_every }),
+        match_confidence: !args.no_match_confidence,
     };
     let mut first = true;
     let started = std::time::Instant::now();
@@ -183,6 +184,24 @@ fn plant(args: &PlantArgs) -> anyhow::Result<Outcome> {
         a.asked,
         p_text(a.p_value, a.log10_p)
     );
+    if let Some(c) = &planted.confidence {
+        let what = if c.scale == 1.0 {
+            "already no more confident than the input's: final norm kept"
+        } else if c.after > c.original {
+            "brought as near the input's as one scale can: final norm"
+        } else {
+            "matched to the input's: final norm"
+        };
+        outln!(
+            "  confidence on the --text windows {what} x{:.6} (cross-entropy {:.5} -> {:.5} \
+             nats before rounding, input {:.5}, {} positions)",
+            c.scale,
+            c.before,
+            c.after,
+            c.original,
+            c.positions
+        );
+    }
     if a.matches < a.asked {
         outln!(
             "  note: {} trigger(s) not answered; more --max-steps or a higher --lr plants them",
