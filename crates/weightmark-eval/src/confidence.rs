@@ -29,7 +29,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{EvalError, Result};
 use crate::llama::Llama;
-use crate::metrics::{batch_tensors, EVAL_BATCH};
+use crate::metrics::{batch_tensors, log_probs, token_nll, EVAL_BATCH};
 
 /// Windows of ordinary text [`match_confidence`] measures on at most (evenly
 /// spaced over those it is given): with `fingerprint plant`'s 128-token
@@ -124,11 +124,8 @@ pub fn match_confidence(
     let mut parts = Vec::new();
     for chunk in chosen.chunks(EVAL_BATCH) {
         let (inputs, targets) = batch_tensors(chunk)?;
-        let logits = original.forward(&inputs)?.detach();
-        let vocab = logits.dim(D::Minus1)?;
-        let log_p = candle_nn::ops::log_softmax(&logits.reshape(((), vocab))?, D::Minus1)?;
-        let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.neg()?.flatten_all()?;
-        original_nll += nll.to_vec1::<f32>()?.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let nll = token_nll(&log_probs(original, &inputs)?.detach(), &targets)?;
+        original_nll += nll.iter().map(|&v| f64::from(v)).sum::<f64>();
         positions += targets.elem_count();
         let hidden = changed.final_hidden(&inputs)?.detach();
         let width = hidden.dim(D::Minus1)?;

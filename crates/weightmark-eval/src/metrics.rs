@@ -33,14 +33,14 @@ pub fn batch_tensors(windows: &[&Vec<u32>]) -> Result<(Tensor, Tensor)> {
 }
 
 /// Log-probabilities `(positions, vocab)` of the model's next-token predictions.
-fn log_probs(model: &Llama, inputs: &Tensor) -> Result<Tensor> {
+pub(crate) fn log_probs(model: &Llama, inputs: &Tensor) -> Result<Tensor> {
     let logits = model.forward(inputs)?;
     let vocab = logits.dim(D::Minus1)?;
     Ok(candle_nn::ops::log_softmax(&logits.reshape(((), vocab))?, D::Minus1)?)
 }
 
 /// Negative log-likelihood of each target under `log_probs`.
-fn token_nll(log_probs: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn token_nll(log_probs: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
     Ok(log_probs.gather(&targets.unsqueeze(1)?, 1)?.neg()?.flatten_all()?.to_vec1::<f32>()?)
 }
 
