@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use weightmark::synth::{llama, write_file, LlamaShape};
 use weightmark::{
     detect, embed, DetectOptions, Dtype, EmbedOptions, Model, NoProgress, SecretKey, Selection,
@@ -73,6 +75,9 @@ fn ss2_wrong_key_zs(
     neurons: Option<weightmark::NeuronSketch>,
     heads: Option<weightmark::HeadSketch>,
 ) -> Vec<f64> {
+    // One decoded copy of each sketch, shared by the thousand targets.
+    let (sketch, neurons, heads) =
+        (sketch.map(Arc::new), neurons.map(Arc::new), heads.map(Arc::new));
     let targets: Vec<Target> = (0u32..1000)
         .map(|i| {
             let mut seed = [0u8; 32];

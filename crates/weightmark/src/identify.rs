@@ -7,6 +7,7 @@
 //! dependence between the tests).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -43,6 +44,12 @@ pub struct Candidates {
 /// another certificate of `dir` supersedes (the same mark) are skipped with
 /// the reason. A directory with none left is an error naming the directory
 /// and the key id.
+///
+/// Memory stays near one release's sketches whatever the number of
+/// licensees: each kept certificate sheds its sketch records and payload
+/// ([`Certificate::shed_sketches`]) once its target is built, and targets
+/// whose sketches are equal (the certificates of one release) share one
+/// decoded copy.
 pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
     let public = secret.public_key();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -64,7 +71,12 @@ pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
             Ok((Target::from_certificate(&certificate, secret)?, certificate))
         });
         match loaded {
-            Ok((target, certificate)) => candidates.push(Candidate { certificate, target }),
+            Ok((mut target, mut certificate)) => {
+                certificate.shed_sketches();
+                let held = candidates.iter().map(|c| &c.target);
+                share_sketches(&mut target, held);
+                candidates.push(Candidate { certificate, target });
+            }
             Err(e) => skipped.push((path, e.to_string())),
         }
     }
@@ -94,6 +106,23 @@ pub fn load_candidates(dir: &Path, secret: &SecretKey) -> Result<Candidates> {
         });
     }
     Ok(Candidates { candidates, skipped })
+}
+
+/// Points `target`'s sketches at an equal one that `held` targets already
+/// hold, so that one release's certificates keep one decoded copy.
+fn share_sketches<'t>(target: &mut Target, held: impl Iterator<Item = &'t Target> + Clone) {
+    fn share<'t, T: PartialEq + 't>(
+        mine: &mut Option<Arc<T>>,
+        held: impl Iterator<Item = &'t Option<Arc<T>>>,
+    ) {
+        let Some(m) = mine.as_ref() else { return };
+        if let Some(same) = held.flatten().find(|h| Arc::ptr_eq(h, m) || **h == *m) {
+            *mine = Some(Arc::clone(same));
+        }
+    }
+    share(&mut target.residual_sketch, held.clone().map(|t| &t.residual_sketch));
+    share(&mut target.neuron_sketch, held.clone().map(|t| &t.neuron_sketch));
+    share(&mut target.head_sketch, held.map(|t| &t.head_sketch));
 }
 
 /// Options for [`identify`].
@@ -386,6 +415,88 @@ mod tests {
         // Each tested tensor once, then the suspect's digests: twice its data.
         assert_eq!(one.1, 2 * model.data_bytes());
         assert_eq!(passes(12), one, "12 certificates read the suspect as often as one");
+    }
+
+    #[test]
+    fn one_releases_certificates_share_one_decoded_sketch_and_answer_as_before() {
+        use crate::synth::{write_llama_file, LlamaShape};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        write_llama_file(&a, &LlamaShape::TINY, crate::Dtype::BF16, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        write_llama_file(&b, &LlamaShape::TINY, crate::Dtype::BF16, 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (model_a, model_b) = (
+            Model::open(&a).unwrap_or_else(|e| panic!("{e}")),
+            Model::open(&b).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let key = SecretKey::from_seed([6; 32]);
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap_or_else(|e| panic!("{e}"));
+        // Release "a": r1's copy written (the suspect), r2 and r3 issued;
+        // release "b", of another model, one certificate.
+        let suspect_path = dir.path().join("r1.safetensors");
+        let options = |r: &str| EmbedOptions::new("a").recipient(r).strength(0.01);
+        let report =
+            embed(&model_a, &suspect_path, &key, &options("r1")).unwrap_or_else(|e| panic!("{e}"));
+        write_cert(&certs, "a1.json", &report);
+        for r in ["r2", "r3"] {
+            let report = crate::embed::issue(&model_a, &suspect_path, &key, &options(r))
+                .unwrap_or_else(|e| panic!("{e}"));
+            write_cert(&certs, &format!("a{}.json", &r[1..]), &report);
+        }
+        let other = dir.path().join("b-copy.safetensors");
+        let report = embed(&model_b, &other, &key, &EmbedOptions::new("b").recipient("r1"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        write_cert(&certs, "b1.json", &report);
+
+        let loaded = load_candidates(&certs, &key).unwrap_or_else(|e| panic!("{e}"));
+        let targets: Vec<&Target> = loaded.candidates.iter().map(|c| &c.target).collect();
+        assert_eq!(targets.len(), 4);
+        let same = |x: &Target, y: &Target| {
+            let (Some(n), Some(m)) = (&x.neuron_sketch, &y.neuron_sketch) else {
+                panic!("a tiny Llama has a neuron sketch")
+            };
+            let (Some(r), Some(s)) = (&x.residual_sketch, &y.residual_sketch) else {
+                panic!("a tiny Llama has a residual sketch")
+            };
+            // (Heads of 16 channels are too narrow for a head sketch.)
+            assert!(x.head_sketch.is_none() && y.head_sketch.is_none());
+            [Arc::ptr_eq(n, m), Arc::ptr_eq(r, s)]
+        };
+        // One decoded copy for release "a"; release "b" keeps its own.
+        assert_eq!(same(targets[0], targets[1]), [true; 2]);
+        assert_eq!(same(targets[0], targets[2]), [true; 2]);
+        assert_eq!(same(targets[0], targets[3]), [false; 2]);
+        for c in &loaded.candidates {
+            let p = c.certificate.predicate();
+            assert!(p.residual_sketch.is_none() && p.neuron_sketch.is_none());
+            assert!(p.head_sketch.is_none() && c.certificate.envelope.payload.is_empty());
+        }
+
+        // The same answer, bit for bit, as certificates read whole, one
+        // target each.
+        let whole: Vec<Candidate> = ["a1", "a2", "a3", "b1"]
+            .iter()
+            .map(|n| {
+                let path = certs.join(format!("{n}.json"));
+                let certificate = crate::provenance::load_certificate(&path, &key.public_key())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let target =
+                    Target::from_certificate(&certificate, &key).unwrap_or_else(|e| panic!("{e}"));
+                Candidate { certificate, target }
+            })
+            .collect();
+        assert!(whole[0].certificate.predicate().neuron_sketch.is_some());
+        let suspect = Model::open(&suspect_path).unwrap_or_else(|e| panic!("{e}"));
+        let options = IdentifyOptions { threshold_p: 1e-9, progress: &NoProgress };
+        let run = |c: &[Candidate]| {
+            let found = identify(&suspect, None, c, &options).unwrap_or_else(|e| panic!("{e}"));
+            serde_json::to_string(&found).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (shared, read_whole) = (run(&loaded.candidates), run(&whole));
+        assert_eq!(shared, read_whole);
+        assert!(shared.contains("\"recipient\":\"r1\""), "{shared}");
     }
 
     #[test]

@@ -374,6 +374,21 @@ impl Certificate {
         &self.statement.predicate
     }
 
+    /// Drops the bulk that testing has no further use for once a
+    /// [`crate::Target`] was derived from this certificate: the predicate's
+    /// sketch records (`residual_sketch`, `neuron_sketch`, `head_sketch`,
+    /// which the target holds decoded) and the envelope's payload (the signed
+    /// bytes, whose signature was checked on reading; `statement` is what
+    /// they said). Path, digest, signature check and every other predicate
+    /// field stay, so reports cite the certificate as before. A 7B release's
+    /// certificate is 5.4 MB, 98% sketches and payload, and
+    /// [`crate::load_candidates`] holds one per licensee.
+    pub fn shed_sketches(&mut self) {
+        let p = &mut self.statement.predicate;
+        (p.residual_sketch, p.neuron_sketch, p.head_sketch) = (None, None, None);
+        self.envelope.payload = String::new();
+    }
+
     /// The release mark key of this certificate derived from the owner's
     /// secret key, checked against the certificate's commitment (a key that
     /// did not make the certificate is [`Error::WrongKey`]).
