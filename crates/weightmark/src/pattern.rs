@@ -55,18 +55,18 @@ impl TensorStreams {
 
     /// Writes the signs of elements `start .. start + out.len()` as `+1.0`/`-1.0`.
     pub fn signs(&self, start: u64, out: &mut [f64]) {
+        if out.is_empty() {
+            return;
+        }
         let mut rng = ChaCha20Rng::from_seed(*self.sign_key);
         rng.set_word_pos(u128::from(start / 32));
-        let mut bit = (start % 32) as u32;
-        let mut word = rng.next_u32() >> bit;
-        for s in out.iter_mut() {
-            if bit == 32 {
-                word = rng.next_u32();
-                bit = 0;
-            }
-            *s = if word & 1 == 1 { 1.0 } else { -1.0 };
-            word >>= 1;
-            bit += 1;
+        // Sign `start + k` is bit `(start + k) % 32` of word `(start + k) / 32`,
+        // low bit first: the rest of the first word, then whole words.
+        let skip = (start % 32) as usize;
+        let (first, rest) = out.split_at_mut((32 - skip).min(out.len()));
+        expand_bits(rng.next_u32() >> skip, first);
+        for chunk in rest.chunks_mut(32) {
+            expand_bits(rng.next_u32(), chunk);
         }
     }
 
@@ -77,6 +77,14 @@ impl TensorStreams {
         for u in out.iter_mut() {
             *u = rng.next_u32();
         }
+    }
+}
+
+/// `out[b]` = `+1.0` where bit `b` of `word` is set, else `-1.0` (at most 32
+/// values): a loop without a branch per value, which the compiler vectorises.
+fn expand_bits(word: u32, out: &mut [f64]) {
+    for (b, s) in out.iter_mut().enumerate().take(32) {
+        *s = if (word >> b) & 1 == 1 { 1.0 } else { -1.0 };
     }
 }
 
@@ -103,6 +111,38 @@ mod tests {
         let mut d_part = vec![0u32; 100];
         s.dither(200, &mut d_part);
         assert_eq!(d_part, d_all[200..]);
+    }
+
+    /// The signs as the first version wrote them, one bit at a time: every
+    /// mark ever made depends on them, so the word-at-a-time version must
+    /// give exactly these.
+    fn signs_bit_by_bit(s: &TensorStreams, start: u64, out: &mut [f64]) {
+        let mut rng = ChaCha20Rng::from_seed(*s.sign_key);
+        rng.set_word_pos(u128::from(start / 32));
+        let mut bit = (start % 32) as u32;
+        let mut word = rng.next_u32() >> bit;
+        for v in out.iter_mut() {
+            if bit == 32 {
+                word = rng.next_u32();
+                bit = 0;
+            }
+            *v = if word & 1 == 1 { 1.0 } else { -1.0 };
+            word >>= 1;
+            bit += 1;
+        }
+    }
+
+    #[test]
+    fn signs_word_at_a_time_are_the_bit_by_bit_signs() {
+        let s = streams();
+        for start in [0u64, 1, 5, 31, 32, 33, 63, 64, 65, 1000, 4093, (1 << 40) + 17] {
+            for len in [0usize, 1, 2, 26, 27, 31, 32, 33, 64, 100, 513, 4096] {
+                let (mut got, mut want) = (vec![0.0; len], vec![0.0; len]);
+                s.signs(start, &mut got);
+                signs_bit_by_bit(&s, start, &mut want);
+                assert_eq!(got, want, "start {start}, len {len}");
+            }
+        }
     }
 
     #[test]

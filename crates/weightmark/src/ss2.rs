@@ -486,6 +486,74 @@ pub(crate) fn sums_side_by_side<const K: usize>(rows: [&[f64]; K]) -> [f64; K] {
     sums
 }
 
+/// Keys whose signed sums [`signed_sums`] takes side by side.
+const KEYS_SIDE_BY_SIDE: usize = 8;
+
+/// For each key of `keys`, `Σ_j values[j] · s_j`, where `s_j` is the key's
+/// sign at position `start + map[j]` (`start + j` without a map) among its
+/// `len` signs from `start`, and `0.0` where the map points past them; into
+/// `out` (one per key). Each key's terms are added in `j` order from `-0.0`,
+/// as `Iterator::sum` adds them, so every sum is the one a key-at-a-time
+/// loop gives, bit for bit; eight keys' chains of additions run side by
+/// side instead of one after another (one chain waits on each addition, and
+/// `identify` tests one recipient key per certificate). `own` and `lanes`
+/// are buffers reused between calls.
+#[allow(clippy::too_many_arguments)]
+fn signed_sums(
+    values: &[f64],
+    start: u64,
+    len: usize,
+    map: Option<&[u32]>,
+    keys: &[&TensorStreams],
+    own: &mut Vec<f64>,
+    lanes: &mut Vec<f64>,
+    out: &mut [f64],
+) {
+    const K: usize = KEYS_SIDE_BY_SIDE;
+    // The terms a key-at-a-time sum adds (its `zip` stops at the shorter).
+    let n = values.len().min(map.map_or(len, <[u32]>::len));
+    let values = &values[..n];
+    // Key q of a block reads its n signs at lanes[q n ..]. Not cleared:
+    // every lane of a key in use is written below (lanes of the unused keys
+    // of a last block go into sums that are dropped).
+    lanes.resize(n * K, 0.0);
+    for (block, sums) in keys.chunks(K).zip(out.chunks_mut(K)) {
+        for (key, lane) in block.iter().zip(lanes.chunks_exact_mut(n.max(1))) {
+            match map {
+                None => key.signs(start, lane),
+                Some(m) => {
+                    own.resize(len, 0.0);
+                    key.signs(start, own);
+                    for (l, &c) in lane.iter_mut().zip(m) {
+                        *l = own.get(c as usize).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        let acc = side_by_side_dots(values, lanes);
+        sums.iter_mut().zip(acc).for_each(|(s, a)| *s = a);
+    }
+}
+
+/// `KEYS_SIDE_BY_SIDE` sums `Σ_j values[j] · lanes[q n + j]` (`n` values),
+/// each from `-0.0` in `j` order, side by side.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn side_by_side_dots(values: &[f64], lanes: &[f64]) -> [f64; KEYS_SIDE_BY_SIDE] {
+    let n = values.len();
+    let mut acc = [-0.0f64; KEYS_SIDE_BY_SIDE];
+    let rows: [&[f64]; KEYS_SIDE_BY_SIDE] =
+        std::array::from_fn(|q| lanes.get(q * n..(q + 1) * n).unwrap_or(&[]));
+    if rows.iter().any(|r| r.len() < n) {
+        return acc;
+    }
+    for (j, &v) in values.iter().enumerate() {
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            *a += v * row[j];
+        }
+    }
+    acc
+}
+
 /// Mean magnitudes of a tensor's rows and columns and of the whole, over
 /// finite non-zero elements: each element's expected magnitude is
 /// `rows[i] * cols[j] / total`.
@@ -1273,6 +1341,7 @@ pub fn detect_tensor_coded(
                         (Vec::new(), vec![f64::NAN; width + 1], vec![0.0; width], Vec::new());
                     let mut sums = vec![0.0; groups(cols)];
                     let mut s_plain = vec![0.0; keys.len()];
+                    let (mut s_keys, mut lanes) = (vec![0.0; keys.len()], Vec::new());
                     for i in ci * block..((ci + 1) * block).min(rows) {
                         // Weighted elements and, without a residual axis,
                         // the sum of their y^2 (V), in element order.
@@ -1317,21 +1386,28 @@ pub fn detect_tensor_coded(
                                 code.add((at * sums.len()) as u64, &sums, None, r);
                             }
                         }
-                        for (k, streams) in keys.iter().enumerate() {
-                            let s = match layout {
-                                Layout::Cols(_) => {
-                                    // A matched neuron takes its original's signs.
-                                    let at = axes
-                                        .neurons
-                                        .and_then(|m| m.get(i))
-                                        .map_or(i, |&c| c as usize);
-                                    buf.resize(sums.len(), 0.0);
-                                    streams.signs((at * sums.len()) as u64, &mut buf);
-                                    sums.iter().zip(&buf).map(|(a, b)| a * b).sum()
-                                }
-                                _ => s_plain[k],
-                            };
-                            stats[k] = stats[k].merge(Stats { s, v, elements: n });
+                        match layout {
+                            Layout::Cols(_) => {
+                                // A matched neuron takes its original's signs.
+                                let at =
+                                    axes.neurons.and_then(|m| m.get(i)).map_or(i, |&c| c as usize);
+                                let g = sums.len();
+                                let start = (at * g) as u64;
+                                signed_sums(
+                                    &sums,
+                                    start,
+                                    g,
+                                    None,
+                                    keys,
+                                    &mut buf,
+                                    &mut lanes,
+                                    &mut s_keys,
+                                );
+                            }
+                            _ => s_keys.copy_from_slice(&s_plain),
+                        }
+                        for (st, &s) in stats.iter_mut().zip(&s_keys) {
+                            *st = st.merge(Stats { s, v, elements: n });
                         }
                     }
                     (stats, coded)
@@ -1356,6 +1432,7 @@ pub fn detect_tensor_coded(
                     let mut coded = new_readings();
                     let mut stats = vec![Stats::default(); keys.len()];
                     let (mut x, mut y, mut p) = (Vec::new(), vec![0.0; cols], vec![0.0; cols]);
+                    let mut lanes = Vec::new();
                     let mut sums = vec![0.0; cols];
                     let mut n = 0u64;
                     for &i in group_rows {
@@ -1371,18 +1448,12 @@ pub fn detect_tensor_coded(
                     for (code, r) in codes.iter().zip(coded.iter_mut()) {
                         code.add((g * cols) as u64, &sums, map, r);
                     }
-                    for (k, streams) in keys.iter().enumerate() {
-                        streams.signs((g * cols) as u64, &mut p);
-                        let s: f64 = match axes.neurons.filter(|m| m.len() == cols) {
-                            // Columns are matched neurons: each takes its original's sign.
-                            Some(m) => sums
-                                .iter()
-                                .zip(m)
-                                .map(|(a, &c)| a * p.get(c as usize).copied().unwrap_or(0.0))
-                                .sum(),
-                            None => sums.iter().zip(&p).map(|(a, b)| a * b).sum(),
-                        };
-                        stats[k] = Stats { s, v, elements: n };
+                    // Columns that are matched neurons take their original's signs.
+                    let mut s_keys = vec![0.0; keys.len()];
+                    let start = (g * cols) as u64;
+                    signed_sums(&sums, start, cols, map, keys, &mut p, &mut lanes, &mut s_keys);
+                    for (st, &s) in stats.iter_mut().zip(&s_keys) {
+                        *st = Stats { s, v, elements: n };
                     }
                     (stats, coded)
                 },
@@ -1460,6 +1531,87 @@ mod tests {
     use crate::model::Model;
     use crate::synth::{gaussian_matrix, to_model};
     use crate::Dtype;
+
+    /// Signed sums one key at a time, as detection took them before
+    /// [`signed_sums`]: the reference it must equal bit for bit.
+    fn signed_sums_one_by_one(
+        values: &[f64],
+        start: u64,
+        len: usize,
+        map: Option<&[u32]>,
+        keys: &[&TensorStreams],
+    ) -> Vec<f64> {
+        keys.iter()
+            .map(|k| {
+                let mut p = vec![0.0; len];
+                k.signs(start, &mut p);
+                match map {
+                    Some(m) => values
+                        .iter()
+                        .zip(m)
+                        .map(|(a, &c)| a * p.get(c as usize).copied().unwrap_or(0.0))
+                        .sum(),
+                    None => values.iter().zip(&p).map(|(a, b)| a * b).sum(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signed_sums_side_by_side_are_the_one_key_at_a_time_sums_bit_for_bit() {
+        let streams: Vec<TensorStreams> =
+            (0u8..19).map(|i| TensorStreams::new(&MarkKey::from_bytes([i; 32]), "w")).collect();
+        let (mut own, mut lanes) = (Vec::new(), Vec::new());
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for len in [0usize, 1, 7, 64, 513] {
+            // Values of every magnitude, with signed zeros, infinities and NaN.
+            let values: Vec<f64> = (0..len)
+                .map(|j| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    match j % 37 {
+                        5 => -0.0,
+                        6 => 0.0,
+                        11 if len > 100 => f64::INFINITY,
+                        _ => {
+                            ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5)
+                                * 10f64.powi((j % 9) as i32 - 4)
+                        }
+                    }
+                })
+                .collect();
+            let all_negative_zero = vec![-0.0; len];
+            let nan = {
+                let mut v = values.clone();
+                if let Some(x) = v.get_mut(len / 2) {
+                    *x = f64::NAN;
+                }
+                v
+            };
+            // A map into the signs, with indices past them (sign 0.0).
+            let map: Vec<u32> = (0..len).map(|j| ((j * 7 + 3) % (len + 5)) as u32).collect();
+            for values in [&values, &all_negative_zero, &nan] {
+                for keys in [1usize, 3, 8, 9, 17, 19] {
+                    let keys: Vec<&TensorStreams> = streams.iter().take(keys).collect();
+                    for (start, map) in [(0u64, None), (77, None), (1000, Some(&map[..]))] {
+                        let want = signed_sums_one_by_one(values, start, len, map, &keys);
+                        let mut got = vec![f64::NAN; keys.len()];
+                        signed_sums(values, start, len, map, &keys, &mut own, &mut lanes, &mut got);
+                        // A NaN's sign and payload are left to the compiler
+                        // (IEEE and LLVM do not fix which operand's NaN an
+                        // addition keeps): a NaN must stay a NaN.
+                        let bits = |v: &[f64]| {
+                            v.iter()
+                                .map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() })
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(bits(&got), bits(&want), "len {len}, {} keys", keys.len());
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_recipient_share_splits_the_energy_and_the_default_is_the_old_split() {
