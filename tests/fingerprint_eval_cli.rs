@@ -745,9 +745,19 @@ fn the_planted_models_confidence_is_matched_by_its_final_norm_alone() {
         return;
     }
     let (s, text) = tiny_owned();
+    // Without the distillation penalty, so that training leaves the model
+    // far more confident on the text than the input (measured: 14.1 nats
+    // against 5.6). With it (`--distill 0.5`, and 0.2) whether the plant
+    // ended above or below the input's cross-entropy depended on the CPU
+    // (an Intel Xeon: 5.577 against 5.604, nothing to match); the matching
+    // itself is tested on built models in the eval crate (confidence.rs).
     let plant = |out: &str, extra: &[&str]| {
         let mut args = plant_tiny(out, &text);
-        args.extend(TINY_PLANT);
+        let mut options = TINY_PLANT;
+        if let Some(at) = options.iter().position(|&a| a == "--distill") {
+            options[at + 1] = "0";
+        }
+        args.extend(options);
         args.extend(extra);
         let o = s.run_env(&args, &ONE_THREAD);
         assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -758,18 +768,24 @@ fn the_planted_models_confidence_is_matched_by_its_final_norm_alone() {
     assert!(!trained.contains("confidence"), "{trained}");
     let line = matched
         .lines()
-        .find(|l| l.contains("confidence on the --text windows matched"))
+        .find(|l| l.contains("confidence on the --text windows"))
         .unwrap_or_else(|| panic!("no confidence line: {matched}"));
     let number = |after: &str| -> f64 {
         let rest = line.split(after).nth(1).unwrap_or_else(|| panic!("{after}: {line}"));
         let n: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         n.parse().unwrap_or_else(|_| panic!("{after}: {line}"))
     };
-    let (scale, after, input) = (number("final norm x"), number(" -> "), number("input "));
-    // Training left the tiny model more confident than the input on this
-    // text: the scale lowers every logit, down to the input's cross-entropy.
-    assert!(scale < 1.0 && scale > 0.5, "{line}");
-    assert!(after <= input + 1e-5, "{line}");
+    let (scale, before, after, input) =
+        (number("final norm x"), number("cross-entropy "), number(" -> "), number("input "));
+    // The scale lowers every logit: down to the input's cross-entropy, or
+    // as far as the largest change allowed (a half) takes it.
+    assert!(before > input && after < before, "{line}");
+    if line.contains("windows matched") {
+        assert!(scale < 1.0 && scale > 0.5 && after <= input + 1e-5, "{line}");
+    } else {
+        assert!(line.contains("as near the input's as one scale can"), "{line}");
+        assert!(scale == 0.5 && after > input, "{line}");
+    }
     let answered = |out: &str| out.lines().find(|l| l.contains("answered:")).map(str::to_string);
     assert!(answered(&matched).is_some(), "{matched}");
     assert_eq!(answered(&matched), answered(&trained));
