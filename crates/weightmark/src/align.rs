@@ -170,22 +170,25 @@ fn attention_layers(model: &Model) -> Vec<usize> {
     layers
 }
 
-/// Blocks of `block` rows of the named tensors, concatenated per block.
-fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f64>>> {
+/// Blocks of `block` rows of the named tensors, concatenated per block, or
+/// `None` unless every tensor is a readable matrix that splits into `blocks`
+/// non-empty blocks of rows.
+fn head_tensors<'m>(m: &'m Model, names: &[String], blocks: usize) -> Option<Vec<TensorRef<'m>>> {
     // Every tensor must split into `blocks` non-empty blocks before anything
     // is sized by `blocks` (a number from the suspect's config.json).
     let tensors = names.iter().map(|n| m.tensor(n)).collect::<Option<Vec<_>>>()?;
     let splits = |t: &TensorRef<'_>| matches!(t.shape, [rows, _] if blocks > 0 && *rows >= blocks && rows % blocks == 0);
-    if !tensors.iter().all(splits) {
-        return None;
-    }
+    (tensors.iter().all(|t| splits(t) && t.dtype.is_readable())).then_some(tensors)
+}
+
+/// Each block's features: its rows of every named tensor, decoded to f64 and
+/// concatenated in tensor order (see [`head_tensors`]).
+fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f64>>> {
+    let tensors = head_tensors(m, names, blocks)?;
     let mut features = vec![Vec::new(); blocks];
     let mut scratch = Vec::new();
     for t in &tensors {
         let [rows, cols] = t.shape else { return None };
-        if !t.dtype.is_readable() {
-            return None;
-        }
         // Each block decoded straight into its features (not the whole
         // matrix first): the same values, half the memory.
         let data = t.data();
@@ -198,16 +201,176 @@ fn head_features(m: &Model, names: &[String], blocks: usize) -> Option<Vec<Vec<f
     Some(features)
 }
 
+/// Blocks whose dot products with one suspect block [`dots_with_panel`]
+/// takes side by side.
+const PANEL: usize = 8;
+
+/// The original's blocks (features as [`head_features`] gives them), laid
+/// out [`PANEL`] side by side: element `j` of block `PANEL · g + q` is
+/// `data[(g · len + j) · PANEL + q]`, and the blocks past the last are zero.
+/// One pass over a suspect block then gives its dot products with eight
+/// original blocks, each still added in element order.
+struct Panels {
+    blocks: usize,
+    len: usize,
+    data: Vec<f64>,
+}
+
+impl Panels {
+    /// The panels of `m`'s blocks of the named tensors (see [`head_tensors`]).
+    fn of(m: &Model, names: &[String], blocks: usize) -> Option<Panels> {
+        let tensors = head_tensors(m, names, blocks)?;
+        let lens = tensors
+            .iter()
+            .map(|t| match t.shape {
+                [rows, cols] => Some(rows / blocks * cols),
+                _ => None,
+            })
+            .collect::<Option<Vec<usize>>>()?;
+        let len: usize = lens.iter().sum();
+        let panels = blocks.div_ceil(PANEL);
+        let mut data = vec![0.0; panels.checked_mul(len)?.checked_mul(PANEL)?];
+        let (mut scratch, mut offset) = (Vec::new(), 0);
+        for (t, &per_block) in tensors.iter().zip(&lens) {
+            let bytes = t.data();
+            let per = per_block * t.dtype.size();
+            for b in 0..blocks {
+                decode_f64(t.dtype, bytes.get(b * per..(b + 1) * per)?, &mut scratch);
+                let (g, q) = (b / PANEL, b % PANEL);
+                let at = (g * len + offset) * PANEL;
+                let lane = data.get_mut(at..at + per_block * PANEL)?;
+                for (slot, &x) in lane.chunks_exact_mut(PANEL).zip(&scratch) {
+                    slot[q] = x;
+                }
+            }
+            offset += per_block;
+        }
+        Some(Panels { blocks, len, data })
+    }
+
+    /// Panel `g`'s first `m` elements of each of its blocks, interleaved.
+    fn panel(&self, g: usize, m: usize) -> &[f64] {
+        let at = g * self.len * PANEL;
+        self.data.get(at..at + m.min(self.len) * PANEL).unwrap_or_default()
+    }
+
+    /// Each block's sum of squares over its first `m` elements, in element
+    /// order from `0.0`.
+    fn norms(&self, m: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.blocks.div_ceil(PANEL) * PANEL);
+        for g in 0..self.blocks.div_ceil(PANEL) {
+            out.extend(squares_of_panel(self.panel(g, m)));
+        }
+        out.truncate(self.blocks);
+        out
+    }
+}
+
+/// `acc` plus the `PANEL` dot products `Σ_j a[j] · panel[j · PANEL + q]`,
+/// each lane's additions in `j` order (from `0.0`, over consecutive pieces
+/// of the blocks, what one chain of additions per pair gives, bit for bit),
+/// side by side.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn dots_with_panel(mut acc: [f64; PANEL], a: &[f64], panel: &[f64]) -> [f64; PANEL] {
+    for (&x, p) in a.iter().zip(panel.chunks_exact(PANEL)) {
+        for (s, &y) in acc.iter_mut().zip(p) {
+            *s += x * y;
+        }
+    }
+    acc
+}
+
+/// Each lane's sum of squares `Σ_j panel[j · PANEL + q]²`, from `0.0` in
+/// `j` order, side by side.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn squares_of_panel(panel: &[f64]) -> [f64; PANEL] {
+    let mut acc = [0.0f64; PANEL];
+    for p in panel.chunks_exact(PANEL) {
+        for (s, &y) in acc.iter_mut().zip(p) {
+            *s += y * y;
+        }
+    }
+    acc
+}
+
+/// The cosine of every suspect block with every original block:
+/// `out[i][j]` is [`cosine`] of suspect block `i` and original block `j`,
+/// bit for bit (the same sums in the same order; the norms are taken once
+/// per block instead of once per pair).
+fn block_cosines(suspect: &[Vec<f64>], original: &Panels) -> Vec<Vec<f64>> {
+    let first = suspect.first().map_or(0, |s| s.len().min(original.len));
+    let norms = original.norms(first);
+    let panels = original.blocks.div_ceil(PANEL);
+    // Suspect blocks a few at a time, the blocks read a tile of elements at
+    // a time: a tile of each panel is reused by every block of a share
+    // while it is in cache. Each pair still adds its products in element
+    // order.
+    suspect
+        .par_chunks(SHARE)
+        .flat_map_iter(|share| {
+            let mut acc = vec![[0.0f64; PANEL]; share.len() * panels];
+            let longest = share.iter().map(|s| s.len().min(original.len)).max().unwrap_or(0);
+            for at in (0..longest).step_by(TILE) {
+                for g in 0..panels {
+                    let panel = original.panel(g, original.len);
+                    for (s, sums) in share.iter().zip(acc.chunks_exact_mut(panels)) {
+                        // `cosine` zips the two blocks: each is read to the shorter.
+                        let m = s.len().min(original.len);
+                        let (a, b) = (at.min(m), (at + TILE).min(m));
+                        let tile = panel.get(a * PANEL..b * PANEL).unwrap_or_default();
+                        sums[g] = dots_with_panel(sums[g], &s[a..b], tile);
+                    }
+                }
+            }
+            let norms = &norms;
+            share
+                .iter()
+                .zip(acc.chunks_exact(panels).map(<[[f64; PANEL]]>::to_vec).collect::<Vec<_>>())
+                .map(move |(s, sums)| {
+                    let m = s.len().min(original.len);
+                    let other;
+                    let bb = if m == first {
+                        norms
+                    } else {
+                        other = original.norms(m);
+                        &other
+                    };
+                    let aa = s[..m].iter().fold(0.0, |acc, &x| acc + x * x);
+                    let mut row: Vec<f64> = sums.into_iter().flatten().collect();
+                    row.truncate(original.blocks);
+                    for (c, &bb) in row.iter_mut().zip(bb) {
+                        *c = if aa > 0.0 && bb > 0.0 { *c / (aa.sqrt() * bb.sqrt()) } else { 0.0 };
+                    }
+                    row
+                })
+        })
+        .collect()
+}
+
+/// Suspect blocks [`block_cosines`] takes together (a share of the work).
+const SHARE: usize = 8;
+
+/// Elements of each block [`block_cosines`] reads at a time: a tile of a
+/// panel (`TILE · PANEL` values, 128 KB) and of a share's blocks stay in
+/// the second-level cache.
+const TILE: usize = 2048;
+
 /// Matches suspect blocks to original blocks by cosine; `order[j]` is the
 /// suspect block holding original block `j`. `None` if not confident.
-fn match_blocks(suspect: &[Vec<f64>], original: &[Vec<f64>]) -> Option<Vec<usize>> {
+/// Suspect block after suspect block, each takes the original block of
+/// highest cosine not yet taken (the last of equals).
+fn match_blocks(suspect: &[Vec<f64>], original: &Panels) -> Option<Vec<usize>> {
     let n = suspect.len();
+    if original.blocks < n {
+        return None;
+    }
+    let cosines = block_cosines(suspect, original);
     let mut order = vec![usize::MAX; n];
     let mut taken = vec![false; n];
-    for (i, s) in suspect.iter().enumerate() {
+    for (i, row) in cosines.iter().enumerate() {
         let (j, c) = (0..n)
             .filter(|&j| !taken[j])
-            .map(|j| (j, cosine(s, &original[j])))
+            .map(|j| (j, row[j]))
             .max_by(|a, b| a.1.total_cmp(&b.1))?;
         if c < MIN_COSINE {
             return None;
@@ -231,11 +394,11 @@ fn head_permutation(
     let q_names = [name("q_proj")];
     let kv_order = match_blocks(
         &head_features(suspect, &kv_names, kv_heads)?,
-        &head_features(original, &kv_names, kv_heads)?,
+        &Panels::of(original, &kv_names, kv_heads)?,
     )?;
     let q_order = match_blocks(
         &head_features(suspect, &q_names, heads)?,
-        &head_features(original, &q_names, heads)?,
+        &Panels::of(original, &q_names, heads)?,
     )?;
     let moved = |o: &[usize]| o.iter().enumerate().filter(|(j, &i)| *j != i).count();
     let (q_moved, kv_moved) = (moved(&q_order), moved(&kv_order));
@@ -393,4 +556,159 @@ fn layer_permutation(
     }
     let moved = perm.iter().enumerate().filter(|(j, &i)| *j != i).count();
     (moved > 0).then_some((perm, moved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::Dtype;
+
+    /// A suspect's value of element `k` of tensor `t`.
+    type Values<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;
+
+    /// `match_blocks` as it was written first: one cosine per pair, taken
+    /// when needed. The reference the panels must equal.
+    fn match_blocks_pair_by_pair(
+        suspect: &[Vec<f64>],
+        original: &[Vec<f64>],
+    ) -> Option<Vec<usize>> {
+        let n = suspect.len();
+        let mut order = vec![usize::MAX; n];
+        let mut taken = vec![false; n];
+        for (i, s) in suspect.iter().enumerate() {
+            let (j, c) = (0..n)
+                .filter(|&j| !taken[j])
+                .map(|j| (j, cosine(s, &original[j])))
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            if c < MIN_COSINE {
+                return None;
+            }
+            taken[j] = true;
+            order[j] = i;
+        }
+        Some(order)
+    }
+
+    /// A layer's `q_proj`, `k_proj` and `v_proj` (`heads` query heads and
+    /// `kv` key/value heads of `dim` rows, `cols` columns) as `dtype`, from
+    /// `values` (its values for element `k` of tensor `t`).
+    fn attention(
+        dtype: Dtype,
+        heads: usize,
+        kv: usize,
+        dim: usize,
+        cols: usize,
+        values: impl Fn(usize, usize) -> f64,
+    ) -> Model {
+        let parts = [("q_proj", heads), ("k_proj", kv), ("v_proj", kv)];
+        let tensors = parts
+            .iter()
+            .enumerate()
+            .map(|(t, &(part, h))| {
+                let x: Vec<f64> = (0..h * dim * cols).map(|k| values(t, k)).collect();
+                // NaN included, which the encoders refuse.
+                let bytes: Vec<u8> = x
+                    .iter()
+                    .flat_map(|&v| match dtype {
+                        Dtype::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
+                        Dtype::BF16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
+                        _ => (v as f32).to_le_bytes().to_vec(),
+                    })
+                    .collect();
+                (
+                    format!("model.layers.0.self_attn.{part}.weight"),
+                    dtype,
+                    vec![h * dim, cols],
+                    bytes,
+                )
+            })
+            .collect();
+        match Model::from_tensors("attention", tensors) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn panels_give_every_cosine_and_match_of_the_pair_by_pair_version_bit_for_bit() {
+        let noise = |seed: u64, k: usize| {
+            // A fixed pseudo-random value in [-1, 1).
+            let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (k as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^= z >> 31;
+            z = z.wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 29;
+            (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        };
+        // (query heads, key/value heads, rows per head, columns): a panel
+        // exactly full, a last panel short of blocks, one block alone.
+        for (dtype, heads, kv, dim, cols) in
+            [(Dtype::BF16, 16, 8, 4, 24), (Dtype::F16, 9, 3, 2, 40), (Dtype::F32, 12, 1, 3, 17)]
+        {
+            let original = attention(dtype, heads, kv, dim, cols, |t, k| noise(t as u64, k));
+            let q_names = ["model.layers.0.self_attn.q_proj.weight".to_string()];
+            let kv_names = [
+                "model.layers.0.self_attn.k_proj.weight".to_string(),
+                "model.layers.0.self_attn.v_proj.weight".to_string(),
+            ];
+            // Suspects: the original; its heads reversed with a little
+            // noise; unrelated weights; heads zeroed, with NaN, with ties.
+            let len = |_t: usize| dim * cols;
+            let suspects: Vec<(&str, Values<'_>)> = vec![
+                ("same", Box::new(|t, k| noise(t as u64, k))),
+                (
+                    "reversed",
+                    Box::new(move |t, k| {
+                        let h = if t == 0 { heads } else { kv };
+                        let (b, r) = (k / len(t), k % len(t));
+                        noise(t as u64, (h - 1 - b) * len(t) + r) + 0.1 * noise(7, k)
+                    }),
+                ),
+                ("unrelated", Box::new(|t, k| noise(100 + t as u64, k))),
+                (
+                    "zero head",
+                    Box::new(move |t, k| if k < len(t) { 0.0 } else { noise(t as u64, k) }),
+                ),
+                (
+                    "nan",
+                    Box::new(
+                        move |t, k| if k == len(t) + 1 { f64::NAN } else { noise(t as u64, k) },
+                    ),
+                ),
+                (
+                    "ties",
+                    Box::new(|t, k| if k % 2 == 0 { 1.0 } else { noise(t as u64 + 3, k % 5) }),
+                ),
+            ];
+            for (what, values) in &suspects {
+                let suspect = attention(dtype, heads, kv, dim, cols, values);
+                for (names, blocks) in [(&q_names[..], heads), (&kv_names[..], kv)] {
+                    let (Some(s), Some(o), Some(panels)) = (
+                        head_features(&suspect, names, blocks),
+                        head_features(&original, names, blocks),
+                        Panels::of(&original, names, blocks),
+                    ) else {
+                        panic!("{what}: the blocks of {names:?} could not be read");
+                    };
+                    let got = block_cosines(&s, &panels);
+                    for (i, row) in got.iter().enumerate() {
+                        for (j, &c) in row.iter().enumerate() {
+                            let want = cosine(&s[i], &o[j]);
+                            assert_eq!(c.to_bits(), want.to_bits(), "{what} {dtype:?} ({i}, {j})");
+                        }
+                    }
+                    assert_eq!(
+                        match_blocks(&s, &panels),
+                        match_blocks_pair_by_pair(&s, &o),
+                        "{what} {dtype:?} {names:?}"
+                    );
+                }
+            }
+            // The reversed suspect's heads are found.
+            let reversed = attention(dtype, heads, kv, dim, cols, &suspects[1].1);
+            let undo = head_permutation(&reversed, &original, 0, heads, kv);
+            let Some(undo) = undo else { panic!("{dtype:?}: the reversed heads were not matched") };
+            assert_eq!(undo.q_moved, if heads % 2 == 1 { heads - 1 } else { heads });
+        }
+    }
 }
