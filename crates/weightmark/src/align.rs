@@ -170,6 +170,22 @@ fn attention_layers(model: &Model) -> Vec<usize> {
     layers
 }
 
+/// A neuron's sketch: for each projection `k`, `Σ_c r[c] · proj[c · SKETCH
+/// + k]`, each `k`'s terms added in `c` order from `-0.0` (as
+/// `Iterator::sum` adds them: the sums of one projection after another,
+/// bit for bit), the `SKETCH` sums side by side in one pass over the neuron
+/// and the projection in memory order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn sketch_of(r: &[f64], proj: &[f64]) -> [f64; SKETCH] {
+    let mut acc = [-0.0f64; SKETCH];
+    for (&x, p) in r.iter().zip(proj.chunks_exact(SKETCH)) {
+        for (a, &w) in acc.iter_mut().zip(p) {
+            *a += x * w;
+        }
+    }
+    acc
+}
+
 /// Blocks of `block` rows of the named tensors, concatenated per block, or
 /// `None` unless every tensor is a readable matrix that splits into `blocks`
 /// non-empty blocks of rows.
@@ -529,11 +545,7 @@ fn layer_permutation(
                 || (Vec::new(), Vec::new()),
                 |(r, scratch), i| {
                     f.features(i, r, scratch);
-                    (0..SKETCH)
-                        .map(|k| {
-                            r.iter().enumerate().map(|(c, x)| x * proj[c * SKETCH + k]).sum::<f64>()
-                        })
-                        .collect::<Vec<_>>()
+                    sketch_of(r, &proj)
                 },
             )
             .flatten_iter()
@@ -626,6 +638,33 @@ mod tests {
         match Model::from_tensors("attention", tensors) {
             Ok(m) => m,
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn sketches_side_by_side_are_the_one_projection_at_a_time_sums_bit_for_bit() {
+        let width = 301;
+        let mut proj = vec![0.0; width * SKETCH];
+        fill_normal(&mut stream(0, "weightmark align sketch"), 0, &mut proj);
+        let mut r = vec![0.0; width];
+        fill_normal(&mut stream(1, "a neuron"), 0, &mut r);
+        // No features at all: the empty sums (`-0.0`).
+        let mut cases = vec![r.clone(), vec![0.0; width], vec![-0.0; width], Vec::new()];
+        let mut special = r.clone();
+        special[3] = f64::NAN;
+        special[7] = f64::INFINITY;
+        special[8] = 0.0;
+        cases.push(special);
+        let mut huge = r;
+        huge.iter_mut().step_by(5).for_each(|x| *x *= 1e300);
+        cases.push(huge);
+        for (n, r) in cases.iter().enumerate() {
+            let got = sketch_of(r, &proj);
+            for (k, g) in got.iter().enumerate() {
+                let want: f64 = r.iter().enumerate().map(|(c, x)| x * proj[c * SKETCH + k]).sum();
+                let same = g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan());
+                assert!(same, "case {n}, projection {k}: {g} against {want}");
+            }
         }
     }
 
