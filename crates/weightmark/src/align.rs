@@ -186,9 +186,8 @@ fn sketch_of(r: &[f64], proj: &[f64]) -> [f64; SKETCH] {
     acc
 }
 
-/// Blocks of `block` rows of the named tensors, concatenated per block, or
-/// `None` unless every tensor is a readable matrix that splits into `blocks`
-/// non-empty blocks of rows.
+/// The named tensors, or `None` unless every one is a readable matrix that
+/// splits into `blocks` non-empty blocks of rows.
 fn head_tensors<'m>(m: &'m Model, names: &[String], blocks: usize) -> Option<Vec<TensorRef<'m>>> {
     // Every tensor must split into `blocks` non-empty blocks before anything
     // is sized by `blocks` (a number from the suspect's config.json).
