@@ -16,13 +16,14 @@
 //! (or the suspect). Not yet implemented: residual-stream rotations.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::dtype::decode_f64;
 use crate::error::Result;
-use crate::llama::{attention_part, mlp_tensor, reorder, HeadPermutation, LlamaConfig};
-use crate::model::{Model, OwnedTensor, TensorRef};
+use crate::llama::{attention_part, mlp_tensor, HeadPermutation, LlamaConfig};
+use crate::model::{Model, Reorder, TensorRef};
 use crate::rng::{fill_normal, stream};
 
 /// Sketch length per neuron.
@@ -32,7 +33,9 @@ const MIN_COSINE: f64 = 0.5;
 
 /// A recovered transform, in words, and the re-aligned suspect.
 pub struct Realigned {
-    /// The suspect with the transforms undone (all tensors held in memory).
+    /// The suspect with the transforms undone: a view of the suspect that
+    /// reorders permuted matrices when they are read (rotated matrices are
+    /// held in memory).
     pub model: Model,
     /// The original to compare with, when re-alignment had to change it too
     /// (a rotation folds the original's norm weights into its matrices).
@@ -60,25 +63,49 @@ pub fn realign(suspect: &Model, original: &Model, undo: Undo) -> Result<Option<R
         Some(r) => (&r.suspect, &r.original),
         None => (suspect, original),
     };
-    let permuted = realign_permutations(s, o)?;
+    let permuted = permutations(s, o);
     Ok(match (rotation, permuted) {
         (None, None) => None,
-        (None, Some(p)) => Some(p),
+        (None, Some(p)) => Some(Realigned {
+            model: suspect.view(p.reorders)?,
+            original: None,
+            recovered: p.recovered,
+        }),
         (Some(r), None) => Some(Realigned {
             model: r.suspect,
             original: Some(r.original),
             recovered: vec![r.recovered],
         }),
         (Some(r), Some(mut p)) => {
+            // The rotated suspect is no longer needed as it is: its
+            // tensors move into the view.
             p.recovered.insert(0, r.recovered);
-            p.original = Some(r.original);
-            Some(p)
+            Some(Realigned {
+                model: r.suspect.into_view(p.reorders)?,
+                original: Some(r.original),
+                recovered: p.recovered,
+            })
         }
     })
 }
 
-/// Finds and undoes MLP neuron and attention head permutations.
-fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Realigned>> {
+/// The row orders that undo a layer's permutation of query heads and of
+/// key/value heads.
+type QueryAndKeyValueOrders = (Arc<[usize]>, Arc<[usize]>);
+
+/// Permutations found by [`permutations`]: how to read the suspect to undo
+/// them, and what was recovered, in words.
+struct Permutations {
+    reorders: HashMap<String, Vec<Reorder>>,
+    recovered: Vec<String>,
+}
+
+/// Finds MLP neuron and attention head permutations of `suspect` relative
+/// to `original`; `None` when there are none. They are undone by reading
+/// the suspect through a view ([`Model::view`]) that reorders the permuted
+/// matrices when they are read: nothing is copied (a re-ordered copy of a
+/// permuted 7B suspect held 13.5 GB).
+fn permutations(suspect: &Model, original: &Model) -> Option<Permutations> {
     let mut layers: Vec<usize> = suspect
         .tensors()
         .filter_map(|t| mlp_tensor(t.name).filter(|(_, down)| !down).map(|(l, _)| l))
@@ -102,30 +129,41 @@ fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Real
         None => Vec::new(),
     };
     if found.is_empty() && head_found.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let perms: HashMap<usize, &Vec<usize>> = found.iter().map(|(l, p, _)| (*l, p)).collect();
-    let head_perms: HashMap<usize, &HeadUndo> = head_found.iter().map(|(l, u)| (*l, u)).collect();
-    let mut owned = Vec::new();
+    // Matrices a permutation does not fit (a crafted suspect's) are read
+    // as they are, and so are those it leaves in place (the key/value
+    // heads of a layer whose query heads moved within their groups).
+    let mut reorders: HashMap<String, Vec<Reorder>> = HashMap::new();
+    let mut undo = |t: &TensorRef<'_>, order: Arc<[usize]>, columns: bool| {
+        if order.iter().enumerate().all(|(i, &o)| i == o) {
+            return;
+        }
+        let r = if columns { Reorder::columns(order) } else { Reorder::rows(order) };
+        if let Some(r) = r.filter(|r| r.fits(t.shape)) {
+            reorders.entry(t.name.to_string()).or_default().push(r);
+        }
+    };
+    let neuron_orders: HashMap<usize, Arc<[usize]>> =
+        found.iter().map(|(l, p, _)| (*l, Arc::from(p.as_slice()))).collect();
+    let head_orders: HashMap<usize, QueryAndKeyValueOrders> = head_found
+        .iter()
+        .map(|(l, u)| (*l, (Arc::from(u.q_rows.as_slice()), Arc::from(u.kv_rows.as_slice()))))
+        .collect();
     for t in suspect.tensors() {
-        let mlp = mlp_tensor(t.name).and_then(|(l, down)| perms.get(&l).map(|p| (p, down)));
-        let attention =
-            attention_part(t.name).and_then(|(l, part)| head_perms.get(&l).map(|u| (*u, part)));
-        let data = match (mlp, attention, t.shape) {
-            (Some((perm, down)), _, [rows, cols]) => {
-                reorder(&t.data(), *rows, *cols, t.dtype.size(), perm, down)
+        if let Some((order, down)) =
+            mlp_tensor(t.name).and_then(|(l, down)| neuron_orders.get(&l).map(|p| (p, down)))
+        {
+            undo(&t, Arc::clone(order), down);
+        } else if let Some(((q, kv), part)) =
+            attention_part(t.name).and_then(|(l, part)| head_orders.get(&l).map(|u| (u, part)))
+        {
+            match part {
+                "q_proj" => undo(&t, Arc::clone(q), false),
+                "o_proj" => undo(&t, Arc::clone(q), true),
+                _ => undo(&t, Arc::clone(kv), false),
             }
-            (_, Some((undo, part)), [rows, cols]) => {
-                let (order, columns) = match part {
-                    "q_proj" => (&undo.q_rows, false),
-                    "o_proj" => (&undo.q_rows, true),
-                    _ => (&undo.kv_rows, false),
-                };
-                reorder(&t.data(), *rows, *cols, t.dtype.size(), order, columns)
-            }
-            _ => t.data().into_owned(),
-        };
-        owned.push(OwnedTensor { info: t.info.clone(), data });
+        }
     }
     let mut recovered: Vec<String> = found
         .iter()
@@ -139,11 +177,7 @@ fn realign_permutations(suspect: &Model, original: &Model) -> Result<Option<Real
             u.q_moved, u.q_heads, u.kv_moved, u.kv_heads
         )
     }));
-    Ok(Some(Realigned {
-        model: Model::from_owned(&suspect.path, owned)?,
-        original: None,
-        recovered,
-    }))
+    Some(Permutations { reorders, recovered })
 }
 
 /// How to undo one layer's head permutation: row orders (`out[k] = in[order[k]]`).
@@ -573,6 +607,72 @@ fn layer_permutation(
 mod tests {
     use super::*;
     use crate::dtype::Dtype;
+    use std::borrow::Cow;
+
+    #[test]
+    fn a_realigned_suspect_is_the_unpermuted_model_read_from_the_suspects_own_map() {
+        // A directory model (config.json gives the head counts) whose MLP
+        // neurons and attention heads are permuted, as a file on disk.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (original_dir, out) = (dir.path().join("original"), dir.path().join("out"));
+        for d in [&original_dir, &out] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let shape = crate::synth::LlamaShape {
+            vocab: 256,
+            hidden: 128,
+            intermediate: 344,
+            layers: 2,
+            heads: 8,
+            kv_heads: 2,
+        };
+        crate::synth::write_llama_file(
+            &original_dir.join("model.safetensors"),
+            &shape,
+            Dtype::BF16,
+            7,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let config = serde_json::to_vec(&shape.config_json(Dtype::BF16)).unwrap_or_default();
+        std::fs::write(original_dir.join("config.json"), config).unwrap_or_else(|e| panic!("{e}"));
+        let original = Model::open(&original_dir).unwrap_or_else(|e| panic!("{e}"));
+        let permuted_dir = out.join("permuted");
+        crate::attack::permute::permute(
+            &original,
+            &permuted_dir,
+            crate::attack::PermuteWhat::Both,
+            9,
+            &crate::NoProgress,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let suspect = Model::open(&permuted_dir).unwrap_or_else(|e| panic!("{e}"));
+        let realigned = realign(&suspect, &original, Undo::All)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing recovered"));
+        assert!(realigned.original.is_none());
+        assert_eq!(realigned.recovered.len(), 2 * shape.layers, "{:?}", realigned.recovered);
+        let view = &realigned.model;
+        assert_eq!(view.tensor_count(), suspect.tensor_count());
+        let mut moved = 0;
+        for (o, v) in original.tensors().zip(view.tensors()) {
+            assert_eq!((o.name, o.shape), (v.name, v.shape));
+            // Byte for byte the original's: the permutation undone exactly.
+            assert!(o.data()[..] == v.data()[..], "{} differs", o.name);
+            let stored = suspect.tensor(o.name).unwrap_or_else(|| panic!("{}", o.name));
+            if stored.data()[..] == o.data()[..] {
+                // Not moved: read in place from the suspect's map, not copied.
+                let (read, mapped) = (v.data(), stored.data());
+                assert!(matches!(read, Cow::Borrowed(_)), "{} was copied", o.name);
+                assert_eq!(read.as_ptr(), mapped.as_ptr(), "{}", o.name);
+            } else {
+                assert!(v.is_decoded_on_read(), "{}", o.name);
+                moved += 1;
+            }
+        }
+        // gate, up, down, q and o of every layer, and k and v where the
+        // key/value heads moved.
+        assert!(moved >= 5 * shape.layers, "{moved} moved");
+    }
 
     /// A suspect's value of element `k` of tensor `t`.
     type Values<'a> = Box<dyn Fn(usize, usize) -> f64 + 'a>;

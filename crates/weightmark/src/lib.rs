@@ -112,8 +112,8 @@ pub use io::{
 pub use key::{MarkKey, PublicKey, RevealedRelease, SecretKey};
 pub use llama::{HeadPermutation, LlamaConfig};
 pub use model::{
-    resolve_output, Layout, Model, OutputFile, SkippedFile, TensorRef, WriteReport, DENY_PREFIXES,
-    DENY_SUFFIXES,
+    resolve_output, Layout, Model, OutputFile, Reorder, SkippedFile, TensorRef, WriteReport,
+    DENY_PREFIXES, DENY_SUFFIXES,
 };
 pub use progress::{NoProgress, Progress};
 pub use provenance::{

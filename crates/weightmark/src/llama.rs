@@ -315,12 +315,22 @@ pub fn reorder(
 ) -> Vec<u8> {
     let mut out = vec![0u8; data.len()];
     if columns {
-        for r in 0..rows {
-            let row_in = &data[r * cols * elem..(r + 1) * cols * elem];
-            let row_out = &mut out[r * cols * elem..(r + 1) * cols * elem];
-            for (k, &src) in perm.iter().enumerate() {
-                row_out[k * elem..(k + 1) * elem]
-                    .copy_from_slice(&row_in[src * elem..(src + 1) * elem]);
+        // Elements of 1, 2, 4 or 8 bytes moved as arrays of that size (a
+        // copy of a size known only at run time was a call per element).
+        match elem {
+            1 => reorder_columns::<1>(data, &mut out, cols, perm),
+            2 => reorder_columns::<2>(data, &mut out, cols, perm),
+            4 => reorder_columns::<4>(data, &mut out, cols, perm),
+            8 => reorder_columns::<8>(data, &mut out, cols, perm),
+            _ => {
+                for r in 0..rows {
+                    let row_in = &data[r * cols * elem..(r + 1) * cols * elem];
+                    let row_out = &mut out[r * cols * elem..(r + 1) * cols * elem];
+                    for (k, &src) in perm.iter().enumerate() {
+                        row_out[k * elem..(k + 1) * elem]
+                            .copy_from_slice(&row_in[src * elem..(src + 1) * elem]);
+                    }
+                }
             }
         }
     } else {
@@ -331,6 +341,19 @@ pub fn reorder(
         }
     }
     out
+}
+
+/// [`reorder`]'s columns for `N`-byte elements, row by row.
+fn reorder_columns<const N: usize>(data: &[u8], out: &mut [u8], cols: usize, perm: &[usize]) {
+    if cols == 0 {
+        return;
+    }
+    let row = cols * N;
+    for (row_in, row_out) in data.chunks_exact(row).zip(out.chunks_exact_mut(row)) {
+        for (o, &src) in row_out.chunks_exact_mut(N).zip(perm) {
+            o.copy_from_slice(&row_in[src * N..src * N + N]);
+        }
+    }
 }
 
 /// A permutation of attention heads that keeps grouped-query attention
@@ -552,6 +575,24 @@ mod tests {
         let data: Vec<u8> = (0..6).collect(); // 2 x 3, one byte per element
         assert_eq!(reorder(&data, 2, 3, 1, &[2, 0, 1], true), [2, 0, 1, 5, 3, 4]);
         assert_eq!(reorder(&data, 2, 3, 1, &[1, 0], false), [3, 4, 5, 0, 1, 2]);
+    }
+
+    #[test]
+    fn columns_of_every_element_size_move_whole_elements() {
+        let (rows, cols) = (3, 5);
+        let perm = [3, 0, 4, 2, 1];
+        for elem in [1, 2, 3, 4, 8] {
+            let data: Vec<u8> = (0..rows * cols * elem).map(|i| (i * 37 % 251) as u8).collect();
+            let mut want = Vec::new();
+            for r in 0..rows {
+                for &src in &perm {
+                    let at = (r * cols + src) * elem;
+                    want.extend_from_slice(&data[at..at + elem]);
+                }
+            }
+            assert_eq!(reorder(&data, rows, cols, elem, &perm, true), want, "{elem}-byte elements");
+        }
+        assert!(reorder(&[], 0, 0, 2, &[], true).is_empty());
     }
 
     #[test]

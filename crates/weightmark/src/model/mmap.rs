@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// Maps `file` (opened from `path`) read-only into memory.
 pub(crate) fn map(file: &File, path: &Path) -> Result<Mmap> {
     // SAFETY: the map is read-only and lives no longer than the `Model` that
-    // owns it. Memory-mapped files are undefined behaviour in Rust only if the
+    // owns it and the views of that model that share it (`Model::view`). Memory-mapped files are undefined behaviour in Rust only if the
     // file is modified or truncated while mapped; weightmark never writes its
     // inputs (outputs go to a temporary file that is then renamed, and an
     // output path equal to an input is refused), and the CLI documents that an

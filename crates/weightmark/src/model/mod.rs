@@ -12,6 +12,7 @@ mod header;
 mod index;
 mod mmap;
 pub(crate) mod side;
+mod view;
 mod write;
 
 pub(crate) use write::refuse_same_path;
@@ -20,12 +21,14 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 pub use header::{Header, TensorInfo};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
 pub use side::{SkippedFile, DENY_PREFIXES, DENY_SUFFIXES};
+pub use view::Reorder;
 pub use write::{digest_model, resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
 pub(crate) use write::{finish_directory, write_shard};
 
@@ -43,14 +46,14 @@ pub struct ModelFile {
     pub file_name: String,
     /// The validated header.
     pub header: Header,
-    map: Mmap,
+    map: Arc<Mmap>,
 }
 
 impl ModelFile {
     /// Opens, maps and validates one safetensors file.
     pub fn open(path: &Path) -> Result<ModelFile> {
         let file = crate::io::open_regular(path)?;
-        let map = mmap::map(&file, path)?;
+        let map = Arc::new(mmap::map(&file, path)?);
         // Validate against the bytes actually mapped, not an earlier stat.
         let len = map.len() as u64;
         if map.get(..4) == Some(b"GGUF".as_slice()) {
@@ -95,7 +98,8 @@ pub enum Layout {
     /// A GGUF file, read as f32 tensors with canonical names, each tensor
     /// dequantized when it is read.
     Gguf,
-    /// Tensors held in memory only (a re-aligned suspect).
+    /// Tensors held in memory, or a view of another model's tensors (a
+    /// re-aligned suspect): nothing to write as files.
     Memory,
 }
 
@@ -133,6 +137,7 @@ enum Slot {
     Mapped(usize, usize),
     Owned(usize),
     Gguf(usize),
+    Viewed(usize),
 }
 
 /// Where a tensor's bytes come from.
@@ -142,6 +147,8 @@ enum Source<'a> {
     Bytes(&'a [u8]),
     /// A GGUF tensor and the whole file's bytes: decoded on each read.
     Gguf(&'a crate::gguf::LazyTensor, &'a [u8]),
+    /// A tensor of a view, reordered on each read.
+    Reordered(&'a view::Viewed),
 }
 
 impl std::fmt::Debug for Source<'_> {
@@ -149,6 +156,7 @@ impl std::fmt::Debug for Source<'_> {
         match self {
             Source::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
             Source::Gguf(t, _) => write!(f, "Gguf({:?}, {})", t.gguf.name, t.gguf.ggml_type.name()),
+            Source::Reordered(_) => write!(f, "Reordered"),
         }
     }
 }
@@ -185,11 +193,13 @@ impl<'a> TensorRef<'a> {
     }
 
     /// Its little-endian element bytes: borrowed from the map or memory, or
-    /// for a GGUF tensor dequantized now (each call decodes anew).
+    /// for a GGUF tensor dequantized now, for a reordered tensor of a view
+    /// ([`Model::view`]) reordered now (each call decodes or reorders anew).
     pub fn data(&self) -> Cow<'a, [u8]> {
         match self.source {
             Source::Bytes(b) => Cow::Borrowed(b),
             Source::Gguf(t, file) => Cow::Owned(t.decode(file)),
+            Source::Reordered(v) => Cow::Owned(v.read()),
         }
     }
 
@@ -215,9 +225,10 @@ impl<'a> TensorRef<'a> {
         TensorRef { source: Source::Bytes(data), ..*self }
     }
 
-    /// Whether reading its bytes decodes them (a GGUF tensor).
+    /// Whether reading its bytes produces them anew (a GGUF tensor, or a
+    /// reordered tensor of a view), rather than borrowing them.
     pub fn is_decoded_on_read(&self) -> bool {
-        matches!(self.source, Source::Gguf(..))
+        matches!(self.source, Source::Gguf(..) | Source::Reordered(_))
     }
 }
 
@@ -234,9 +245,11 @@ pub struct Model {
     /// Tensors held in memory (models built in memory).
     pub owned: Vec<OwnedTensor>,
     /// The GGUF file, for GGUF models.
-    pub raw: Option<RawFile>,
+    pub raw: Option<Arc<RawFile>>,
     /// Things the reader wants the user to know (unmapped names, ...).
     pub warnings: Vec<String>,
+    /// The tensors of a view of another model ([`Model::view`]).
+    view: Vec<view::Viewed>,
     by_name: HashMap<String, Slot>,
 }
 
@@ -372,8 +385,9 @@ impl Model {
             files: Vec::new(),
             index: None,
             owned: Vec::new(),
-            raw: Some(RawFile { file_name, map, gguf, tensors }),
+            raw: Some(Arc::new(RawFile { file_name, map, gguf, tensors })),
             warnings,
+            view: Vec::new(),
             by_name,
         })
     }
@@ -435,6 +449,7 @@ impl Model {
             owned: tensors,
             raw: None,
             warnings: Vec::new(),
+            view: Vec::new(),
             by_name,
         })
     }
@@ -464,6 +479,7 @@ impl Model {
             owned: Vec::new(),
             raw: None,
             warnings: Vec::new(),
+            view: Vec::new(),
             by_name,
         })
     }
@@ -474,7 +490,8 @@ impl Model {
         let mapped =
             self.files.iter().flat_map(|f| f.header.tensors.iter().map(move |t| tensor_ref(f, t)));
         let gguf = self.raw.iter().flat_map(|r| r.tensors.iter().map(move |t| gguf_ref(r, t)));
-        mapped.chain(self.owned.iter().map(owned_ref)).chain(gguf)
+        let viewed = self.view.iter().map(view::Viewed::tensor_ref);
+        mapped.chain(self.owned.iter().map(owned_ref)).chain(gguf).chain(viewed)
     }
 
     /// The tensor called `name`, if any.
@@ -489,6 +506,7 @@ impl Model {
                 let r = self.raw.as_ref()?;
                 r.tensors.get(i).map(|t| gguf_ref(r, t))
             }
+            Slot::Viewed(i) => self.view.get(i).map(view::Viewed::tensor_ref),
         }
     }
 
