@@ -703,30 +703,30 @@ impl Profile {
     /// columns, each stripe walking every row. An element without weight in
     /// either tensor adds `+0.0` and counts 0, which changes no sum of
     /// magnitudes (never `-0.0`).
-    fn of_pair<T: Copy + Sync>(a: &TensorRef<'_>, b: &[T], cols: usize) -> (Profile, Profile)
+    fn of_pair<P: Pieces + ?Sized>(a: &TensorRef<'_>, b: &P, cols: usize) -> (Profile, Profile)
     where
-        f64: From<T>,
+        f64: From<P::T>,
     {
         let cols = cols.max(1);
         let size = a.dtype.size().max(1);
         let data = a.data();
         // The elements present in both, and the rows they cover (the last
         // may be short).
-        let n = (data.len() / size).min(b.len());
-        let rows = b.len() / cols;
-        let (data, b) = (&data[..n * size], &b[..n]);
+        let n = (data.len() / size).min(b.count());
+        let rows = b.count() / cols;
+        let data = &data[..n * size];
         // Columns `k` of row `i` of both (empty past the end), and their
         // magnitudes where both have weight (`+0.0` elsewhere) in `mx`, `my`;
-        // returns how many have.
+        // returns how many have. `xs` and `os` are work buffers.
         let magnitudes = |i: usize,
                           k: std::ops::Range<usize>,
-                          xs: &mut Vec<f64>,
+                          (xs, os): (&mut Vec<f64>, &mut Vec<f64>),
                           mx: &mut [f64],
                           my: &mut [f64]|
          -> u64 {
             let (a0, b0) = ((i * cols + k.start).min(n), (i * cols + k.end).min(n));
             decode_f64(a.dtype, &data[a0 * size..b0 * size], xs);
-            let count = pair_magnitudes(xs, &b[a0..b0], mx, my);
+            let count = pair_magnitudes(xs, b.piece(a0..b0, os), mx, my);
             // Past the end (a short last row) nothing has weight.
             let filled = xs.len().min(b0 - a0);
             mx.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
@@ -741,7 +741,7 @@ impl Profile {
         let row_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..rows.div_ceil(block))
             .into_par_iter()
             .map(|c| {
-                let mut xs = Vec::new();
+                let (mut xs, mut os) = (Vec::new(), Vec::new());
                 let width = if side_by_side { 8 * cols } else { CHUNK_ELEMENTS };
                 let (mut mx, mut my) = (vec![0.0; width], vec![0.0; width]);
                 let end = ((c + 1) * block).min(rows);
@@ -754,7 +754,7 @@ impl Profile {
                             for p in (0..cols).step_by(CHUNK_ELEMENTS) {
                                 let piece = p..(p + CHUNK_ELEMENTS).min(cols);
                                 let len = piece.len();
-                                count += magnitudes(i, piece, &mut xs, &mut mx, &mut my);
+                                count += magnitudes(i, piece, (&mut xs, &mut os), &mut mx, &mut my);
                                 a = mx[..len].iter().fold(a, |s, &m| s + m);
                                 b = my[..len].iter().fold(b, |s, &m| s + m);
                             }
@@ -767,7 +767,7 @@ impl Profile {
                     for r in 0..k {
                         let (x, y) =
                             (&mut mx[r * cols..(r + 1) * cols], &mut my[r * cols..(r + 1) * cols]);
-                        let count = magnitudes(first + r, 0..cols, &mut xs, x, y);
+                        let count = magnitudes(first + r, 0..cols, (&mut xs, &mut os), x, y);
                         counts.push(count);
                     }
                     if k == 8 {
@@ -803,9 +803,10 @@ impl Profile {
             .for_each(|(s, ((sx, sy), sn))| {
                 let k = s * STRIPE..s * STRIPE + sx.len();
                 let w = k.len();
-                let (mut xs, mut mx, mut my) = (Vec::new(), vec![0.0; w], vec![0.0; w]);
+                let (mut xs, mut os) = (Vec::new(), Vec::new());
+                let (mut mx, mut my) = (vec![0.0; w], vec![0.0; w]);
                 for i in 0..rows {
-                    magnitudes(i, k.clone(), &mut xs, &mut mx, &mut my);
+                    magnitudes(i, k.clone(), (&mut xs, &mut os), &mut mx, &mut my);
                     add_columns(sx, sy, sn, &mx, &my, &xs);
                 }
             });
@@ -915,27 +916,134 @@ fn axis_map(suspect: Option<&[u32]>, original: Option<&[u32]>, len: usize) -> Ve
 /// The original, decoded at the suspect's positions (element `(i, j)` of
 /// `values` is the original's counterpart of suspect element `(i, j)`), and
 /// balanced.
-struct Reference {
+struct Reference<'a> {
     profile: Profile,
-    values: ReferenceValues,
+    values: ReferenceValues<'a>,
 }
 
 /// The original's values at the suspect's positions (NaN where it has none):
 /// as f32 when the original's dtype converts to f32 exactly (F32, F16, BF16,
 /// FP8, so every value is the same number as in f64, at half the memory: the
-/// embedding of a 7B model is 131M elements), else as f64.
-enum ReferenceValues {
+/// embedding of a 7B model is 131M elements), else as f64; or, when every
+/// element is at the suspect's position already (the same number of
+/// elements, no row or column moved: an unpermuted copy, `embed`'s own
+/// check), the original's stored bytes, decoded a piece at a time when
+/// read: the same numbers without a copy of the tensor.
+enum ReferenceValues<'a> {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    Stored(Stored<'a>),
 }
 
-impl ReferenceValues {
+impl ReferenceValues<'_> {
     /// Element `k`, or NaN outside.
     fn get(&self, k: usize) -> f64 {
         match self {
             ReferenceValues::F32(v) => v.get(k).map_or(f64::NAN, |&x| f64::from(x)),
             ReferenceValues::F64(v) => v.get(k).copied().unwrap_or(f64::NAN),
+            ReferenceValues::Stored(v) => {
+                let mut one = Vec::with_capacity(1);
+                v.piece(k..k + 1, &mut one).first().copied().unwrap_or(f64::NAN)
+            }
         }
+    }
+}
+
+/// A readable tensor's stored bytes, read as f64 values a piece at a time.
+struct Stored<'a> {
+    dtype: crate::dtype::Dtype,
+    bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Values read a piece at a time: a slice of them, or [`Stored`] bytes.
+trait Pieces: Sync {
+    /// The values' type.
+    type T: Copy;
+    /// Number of values.
+    fn count(&self) -> usize;
+    /// Values `k` (the caller keeps `k` within [`Pieces::count`]), in
+    /// `scratch` if they must be decoded.
+    fn piece<'s>(&'s self, k: std::ops::Range<usize>, scratch: &'s mut Vec<f64>) -> &'s [Self::T];
+}
+
+impl<T: Copy + Sync> Pieces for [T] {
+    type T = T;
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn piece<'s>(&'s self, k: std::ops::Range<usize>, _: &'s mut Vec<f64>) -> &'s [T] {
+        self.get(k).unwrap_or_default()
+    }
+}
+
+impl Pieces for Stored<'_> {
+    type T = f64;
+    fn count(&self) -> usize {
+        self.bytes.len() / self.dtype.size().max(1)
+    }
+    fn piece<'s>(&'s self, k: std::ops::Range<usize>, scratch: &'s mut Vec<f64>) -> &'s [f64] {
+        let size = self.dtype.size();
+        let len = k.len();
+        let bytes = self.bytes.get(k.start * size..k.end * size).unwrap_or_default();
+        if !decode_f64(self.dtype, bytes, scratch) {
+            scratch.clear();
+        }
+        // Values it could not give read as NaN (no weight).
+        scratch.resize(len, f64::NAN);
+        scratch
+    }
+}
+
+/// The original's values at the suspect's positions: suspect element
+/// `(i, j)` of a `(rows, cols)` suspect reads original row `row_map[i]`,
+/// column `col_map[j]` (NaN where the original has none); `o_bytes` are
+/// the original's `o`'s bytes.
+fn gathered(
+    o: &TensorRef<'_>,
+    o_bytes: &[u8],
+    (rows, cols): (usize, usize),
+    row_map: &[usize],
+    col_map: &[usize],
+) -> ReferenceValues<'static> {
+    // Row by row (in parallel: each element is set on its own): the
+    // original's row that suspect row `i` maps to is decoded once, then
+    // gathered by the column map; a position outside the original reads as
+    // NaN (no weight).
+    let o_row = cols * o.dtype.size();
+    let gather = |i: usize, row: &mut Vec<f64>| -> bool {
+        let at = row_map.get(i).map_or(usize::MAX, |&r| r);
+        let bytes = at.checked_mul(o_row).and_then(|a| o_bytes.get(a..a.checked_add(o_row)?));
+        let Some(bytes) = bytes else { return false };
+        decode_f64(o.dtype, bytes, row);
+        true
+    };
+    // Columns in the same order in both (the common case: a copy not
+    // permuted) are copied without looking each one up.
+    let same_columns = col_map.iter().enumerate().all(|(k, &j)| k == j);
+    if exact_in_f32(o.dtype) {
+        let mut values = vec![f32::NAN; rows * cols];
+        values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(Vec::new, |row, (i, out)| {
+            if gather(i, row) {
+                if same_columns {
+                    narrow_to_f32(out, row);
+                } else {
+                    for (v, &j) in out.iter_mut().zip(col_map) {
+                        *v = row.get(j).map_or(f32::NAN, |&x| x as f32);
+                    }
+                }
+            }
+        });
+        ReferenceValues::F32(values)
+    } else {
+        let mut values = vec![f64::NAN; rows * cols];
+        values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(Vec::new, |row, (i, out)| {
+            if gather(i, row) {
+                for (v, &j) in out.iter_mut().zip(col_map) {
+                    *v = row.get(j).copied().unwrap_or(f64::NAN);
+                }
+            }
+        });
+        ReferenceValues::F64(values)
     }
 }
 
@@ -981,14 +1089,16 @@ fn informed_piece<T: Copy>(
 /// element-wise arithmetic without branches, which the compiler vectorises;
 /// every element gets exactly the operations of [`Profile::ratio`], so the
 /// values are the same as element by element.
+#[allow(clippy::too_many_arguments)]
 fn row_y(
     i: usize,
     j0: usize,
     cols: usize,
     row: &[f64],
     profile: &Profile,
-    reference: Option<&Reference>,
+    reference: Option<&Reference<'_>>,
     y: &mut [f64],
+    scratch: &mut Vec<f64>,
 ) -> u64 {
     let len = row.len().min(y.len());
     let (row, y) = (&row[..len], &mut y[..len]);
@@ -1006,6 +1116,10 @@ fn row_y(
                 }
                 (Some((ro, co, to)), ReferenceValues::F64(v)) if v.len() >= at + len => {
                     informed_piece(y, row, &v[at..at + len], c, co, (r, t), (ro, to));
+                }
+                (Some((ro, co, to)), ReferenceValues::Stored(v)) if v.count() >= at + len => {
+                    let o = v.piece(at..at + len, scratch);
+                    informed_piece(y, row, o, c, co, (r, t), (ro, to));
                 }
                 _ => row_y_each(i, j0, cols, row, profile, Some(reference), y),
             }
@@ -1041,7 +1155,7 @@ fn row_y_each(
     cols: usize,
     row: &[f64],
     profile: &Profile,
-    reference: Option<&Reference>,
+    reference: Option<&Reference<'_>>,
     y: &mut [f64],
 ) {
     for (jp, (&xi, yj)) in row.iter().zip(y.iter_mut()).enumerate() {
@@ -1235,59 +1349,26 @@ pub fn detect_tensor_coded(
                     _ => axis_map(axes.cols, o.axes.cols, cols),
                 },
             );
-            // Row by row (in parallel: each element is set on its own): the
-            // original's row that suspect row `i` maps to is decoded once,
-            // then gathered by the column map; a position outside the
-            // original reads as NaN (no weight).
             let o_row = cols * o.tensor.dtype.size();
             let o_data = o.tensor.data();
-            let o_bytes: &[u8] = &o_data;
-            let gather = |i: usize, row: &mut Vec<f64>| -> bool {
-                let at = row_map.get(i).map_or(usize::MAX, |&r| r);
-                let bytes =
-                    at.checked_mul(o_row).and_then(|a| o_bytes.get(a..a.checked_add(o_row)?));
-                let Some(bytes) = bytes else { return false };
-                decode_f64(o.tensor.dtype, bytes, row);
-                true
-            };
-            // Columns in the same order in both (the common case: a copy
-            // not permuted) are copied without looking each one up.
-            let same_columns = col_map.iter().enumerate().all(|(k, &j)| k == j);
-            let values = if exact_in_f32(o.tensor.dtype) {
-                let mut values = vec![f32::NAN; rows * cols];
-                values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
-                    Vec::new,
-                    |row, (i, out)| {
-                        if gather(i, row) {
-                            if same_columns {
-                                narrow_to_f32(out, row);
-                            } else {
-                                for (v, &j) in out.iter_mut().zip(&col_map) {
-                                    *v = row.get(j).map_or(f32::NAN, |&x| x as f32);
-                                }
-                            }
-                        }
-                    },
-                );
-                ReferenceValues::F32(values)
+            // Every original element at the suspect's position already:
+            // read the original's bytes as they are stored.
+            let in_place = row_map.iter().enumerate().all(|(k, &i)| k == i)
+                && col_map.iter().enumerate().all(|(k, &j)| k == j)
+                && o.tensor.dtype.is_readable()
+                && rows.checked_mul(o_row) == Some(o_data.len());
+            let values = if in_place {
+                ReferenceValues::Stored(Stored { dtype: o.tensor.dtype, bytes: o_data })
             } else {
-                let mut values = vec![f64::NAN; rows * cols];
-                values.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
-                    Vec::new,
-                    |row, (i, out)| {
-                        if gather(i, row) {
-                            for (v, &j) in out.iter_mut().zip(&col_map) {
-                                *v = row.get(j).copied().unwrap_or(f64::NAN);
-                            }
-                        }
-                    },
-                );
-                ReferenceValues::F64(values)
+                let values = gathered(&o.tensor, &o_data, (rows, cols), &row_map, &col_map);
+                drop(o_data);
+                values
             };
-            drop((row_map, col_map, o_data));
+            drop((row_map, col_map));
             let (ps, po) = match &values {
-                ReferenceValues::F32(v) => Profile::of_pair(suspect, v, cols),
-                ReferenceValues::F64(v) => Profile::of_pair(suspect, v, cols),
+                ReferenceValues::F32(v) => Profile::of_pair(suspect, v.as_slice(), cols),
+                ReferenceValues::F64(v) => Profile::of_pair(suspect, v.as_slice(), cols),
+                ReferenceValues::Stored(v) => Profile::of_pair(suspect, v, cols),
             };
             computed = ps;
             (&computed, Some(Reference { profile: po, values }))
@@ -1339,6 +1420,7 @@ pub fn detect_tensor_coded(
                     // short of members reads.
                     let (mut x, mut ys, mut p, mut buf) =
                         (Vec::new(), vec![f64::NAN; width + 1], vec![0.0; width], Vec::new());
+                    let mut scratch = Vec::new();
                     let mut sums = vec![0.0; groups(cols)];
                     let mut s_plain = vec![0.0; keys.len()];
                     let (mut s_keys, mut lanes) = (vec![0.0; keys.len()], Vec::new());
@@ -1351,7 +1433,8 @@ pub fn detect_tensor_coded(
                         for k in pieces() {
                             let y = &mut ys[..k.len()];
                             decode_piece(i, &k, &mut x);
-                            acc.0 += row_y(i, k.start, cols, &x, profile, reference, y);
+                            acc.0 +=
+                                row_y(i, k.start, cols, &x, profile, reference, y, &mut scratch);
                             if let Some(a) = weights {
                                 a.weigh(i, k.start, y);
                             }
@@ -1432,12 +1515,12 @@ pub fn detect_tensor_coded(
                     let mut coded = new_readings();
                     let mut stats = vec![Stats::default(); keys.len()];
                     let (mut x, mut y, mut p) = (Vec::new(), vec![0.0; cols], vec![0.0; cols]);
-                    let mut lanes = Vec::new();
+                    let (mut lanes, mut scratch) = (Vec::new(), Vec::new());
                     let mut sums = vec![0.0; cols];
                     let mut n = 0u64;
                     for &i in group_rows {
                         decode_row(i, &mut x);
-                        n += row_y(i, 0, cols, &x, profile, reference, &mut y);
+                        n += row_y(i, 0, cols, &x, profile, reference, &mut y, &mut scratch);
                         if let Some(a) = weights {
                             a.weigh(i, 0, &mut y);
                         }
@@ -1692,7 +1775,7 @@ mod tests {
             let mut x = Vec::new();
             decode_f64(mt.dtype, &mt.data(), &mut x);
             let mut y = vec![0.0; n];
-            let count = row_y(0, 0, n, &x, &profile, None, &mut y);
+            let count = row_y(0, 0, n, &x, &profile, None, &mut y, &mut Vec::new());
             let v_elements = sum_squares(&y, 0.0);
             // The vectorised y are those of the element-by-element rule.
             let mut each = vec![0.0; n];
@@ -1770,17 +1853,92 @@ mod tests {
                 })
                 .collect();
             let other32: Vec<f32> = other.iter().map(|&x| x as f32).collect();
-            let (a, b) = Profile::of_pair(&t, &other, cols);
+            let (a, b) = Profile::of_pair(&t, other.as_slice(), cols);
             let (c, d) = Profile::of_pair_element_by_element(&t, &other, cols);
             assert_eq!((bits(&a), bits(&b)), (bits(&c), bits(&d)), "{rows} x {cols} f64");
-            let (a, b) = Profile::of_pair(&t, &other32, cols);
+            let (a, b) = Profile::of_pair(&t, other32.as_slice(), cols);
             let (c, d) = Profile::of_pair_element_by_element(&t, &other32, cols);
             assert_eq!((bits(&a), bits(&b)), (bits(&c), bits(&d)), "{rows} x {cols} f32");
+            // The same values read from stored F32 bytes, a piece at a time.
+            let bytes: Vec<u8> = other32.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let stored = Stored { dtype: Dtype::F32, bytes: bytes.into() };
+            let (a, b) = Profile::of_pair(&t, &stored, cols);
+            assert_eq!((bits(&a), bits(&b)), (bits(&c), bits(&d)), "{rows} x {cols} stored");
             // At any thread count.
             let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
             let one = one.unwrap_or_else(|e| panic!("{e}"));
-            let (e, f) = one.install(|| Profile::of_pair(&t, &other32, cols));
+            let (e, f) = one.install(|| Profile::of_pair(&t, other32.as_slice(), cols));
             assert_eq!((bits(&e), bits(&f)), (bits(&c), bits(&d)), "{rows} x {cols} one thread");
+        }
+    }
+
+    #[test]
+    fn an_original_read_in_place_gives_the_gathered_originals_profiles_and_y_bit_for_bit() {
+        // Suspect and original of the same shape (an unpermuted copy, or
+        // `embed`'s own check), with zeros, NaN and infinities in both; the
+        // original in every readable dtype class (exact in f32 or not).
+        let specials = [0.0f64, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+        let profile_bits = |p: &Profile| {
+            let mut v = bits(&p.rows);
+            v.extend(bits(&p.cols));
+            v.push(p.total.to_bits());
+            v
+        };
+        for (seed, (rows, cols), (ds, d_o)) in [
+            (1, (97, 300), (Dtype::BF16, Dtype::BF16)),
+            (2, (5, CHUNK_ELEMENTS + 77), (Dtype::F16, Dtype::F32)),
+            (3, (64, 33), (Dtype::F32, Dtype::F64)),
+            (4, (1, 1), (Dtype::BF16, Dtype::F16)),
+        ] {
+            let with_specials = |mut t: crate::synth::SynthTensor, every: usize| {
+                let size = t.dtype.size();
+                for k in (0..rows * cols).step_by(every) {
+                    let x = specials[(k / every) % specials.len()];
+                    let mut one = vec![0u8; size];
+                    crate::dtype::encode_nearest(t.dtype, x, &mut one);
+                    t.data[size * k..size * (k + 1)].copy_from_slice(&one);
+                }
+                t
+            };
+            let suspect = with_specials(gaussian_matrix("s", rows, cols, ds, seed), 53);
+            let original = with_specials(gaussian_matrix("o", rows, cols, d_o, seed + 10), 71);
+            let m = to_model(&[suspect, original]).unwrap_or_else(|e| panic!("{e}"));
+            let (s, o) = (
+                m.tensor("s").unwrap_or_else(|| panic!("s")),
+                m.tensor("o").unwrap_or_else(|| panic!("o")),
+            );
+            let identity = |n: usize| (0..n).collect::<Vec<usize>>();
+            let o_data = o.data();
+            let gathered = gathered(&o, &o_data, (rows, cols), &identity(rows), &identity(cols));
+            let stored = ReferenceValues::Stored(Stored { dtype: o.dtype, bytes: o.data() });
+            let mut refs = Vec::new();
+            for values in [gathered, stored] {
+                let (ps, po) = match &values {
+                    ReferenceValues::F32(v) => Profile::of_pair(&s, v.as_slice(), cols),
+                    ReferenceValues::F64(v) => Profile::of_pair(&s, v.as_slice(), cols),
+                    ReferenceValues::Stored(v) => Profile::of_pair(&s, v, cols),
+                };
+                refs.push((ps, Reference { profile: po, values }));
+            }
+            let [(ps_g, ref_g), (ps_s, ref_s)] = &refs[..] else { panic!("two references") };
+            assert_eq!(profile_bits(ps_g), profile_bits(ps_s), "seed {seed}: suspect profile");
+            let (pg, pst) = (&ref_g.profile, &ref_s.profile);
+            assert_eq!(profile_bits(pg), profile_bits(pst), "seed {seed}: original profile");
+            let mut x = Vec::new();
+            let (mut yg, mut ys) = (vec![0.0; cols], vec![0.0; cols]);
+            let mut scratch = Vec::new();
+            let size = s.dtype.size();
+            let data = s.data();
+            for i in 0..rows {
+                decode_f64(s.dtype, &data[i * cols * size..(i + 1) * cols * size], &mut x);
+                let ng = row_y(i, 0, cols, &x, ps_g, Some(ref_g), &mut yg, &mut scratch);
+                let ns = row_y(i, 0, cols, &x, ps_s, Some(ref_s), &mut ys, &mut scratch);
+                assert_eq!((ng, bits(&yg)), (ns, bits(&ys)), "seed {seed}: row {i}");
+                // And element by element (the path of a row without a whole profile).
+                row_y_each(i, 0, cols, &x, ps_s, Some(ref_s), &mut ys);
+                assert_eq!(bits(&yg), bits(&ys), "seed {seed}: row {i}, element by element");
+            }
         }
     }
 
