@@ -430,6 +430,49 @@ fn match_blocks(suspect: &[Vec<f64>], original: &Panels) -> Option<Vec<usize>> {
     Some(order)
 }
 
+/// Whether every block of the named tensors (see [`head_tensors`]) of the
+/// suspect has a cosine of at least [`MIN_COSINE`] with the same block of
+/// the original's; `None` unless both split alike. Each block is decoded
+/// when its cosine is taken (the blocks in parallel), each sum in element
+/// order over the block's rows of every tensor in turn, as [`cosine`] adds
+/// the concatenated features.
+fn blocks_in_place(
+    suspect: &Model,
+    original: &Model,
+    names: &[String],
+    blocks: usize,
+) -> Option<bool> {
+    let (s, o) = (head_tensors(suspect, names, blocks)?, head_tensors(original, names, blocks)?);
+    if s.iter().zip(&o).any(|(a, b)| a.shape != b.shape) {
+        return None;
+    }
+    let (s_data, o_data): (Vec<_>, Vec<_>) =
+        (s.iter().map(|t| t.data()).collect(), o.iter().map(|t| t.data()).collect());
+    let near = (0..blocks).into_par_iter().all(|b| {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+        for ((ts, ds), (to, dz)) in s.iter().zip(&s_data).zip(o.iter().zip(&o_data)) {
+            let [rows, cols] = ts.shape else { return false };
+            let (ps, po) =
+                (rows / blocks * cols * ts.dtype.size(), rows / blocks * cols * to.dtype.size());
+            let (Some(bs), Some(bo)) = (ds.get(b * ps..(b + 1) * ps), dz.get(b * po..(b + 1) * po))
+            else {
+                return false;
+            };
+            decode_f64(ts.dtype, bs, &mut x);
+            decode_f64(to.dtype, bo, &mut y);
+            for (p, q) in x.iter().zip(&y) {
+                ab += p * q;
+                aa += p * p;
+                bb += q * q;
+            }
+        }
+        let c = if aa > 0.0 && bb > 0.0 { ab / (aa.sqrt() * bb.sqrt()) } else { 0.0 };
+        c >= MIN_COSINE
+    });
+    Some(near)
+}
+
 /// The head permutation of one layer, if the heads moved.
 fn head_permutation(
     suspect: &Model,
@@ -441,6 +484,14 @@ fn head_permutation(
     let name = |p: &str| format!("model.layers.{layer}.self_attn.{p}.weight");
     let kv_names = [name("k_proj"), name("v_proj")];
     let q_names = [name("q_proj")];
+    // In place already? (As for neurons: every head near its original
+    // counterpart; read a head at a time, nothing held but the maps.)
+    let in_place = |names: &[String], blocks: usize| {
+        blocks_in_place(suspect, original, names, blocks).unwrap_or(false)
+    };
+    if in_place(&kv_names, kv_heads) && in_place(&q_names, heads) {
+        return None;
+    }
     let kv_order = match_blocks(
         &head_features(suspect, &kv_names, kv_heads)?,
         &Panels::of(original, &kv_names, kv_heads)?,
@@ -840,6 +891,24 @@ mod tests {
                         match_blocks_pair_by_pair(&s, &o),
                         "{what} {dtype:?} {names:?}"
                     );
+                    // The in-place check, a block at a time, is the
+                    // cosine of each block with its counterpart.
+                    let in_place = s.iter().zip(&o).all(|(a, b)| cosine(a, b) >= MIN_COSINE);
+                    assert_eq!(
+                        blocks_in_place(&suspect, &original, names, blocks),
+                        Some(in_place),
+                        "{what} {dtype:?} {names:?}"
+                    );
+                    // (One block reversed is in place.)
+                    let expected = match *what {
+                        "same" => Some(true),
+                        "reversed" => Some(blocks == 1),
+                        "unrelated" => Some(false),
+                        _ => None,
+                    };
+                    if let Some(e) = expected {
+                        assert_eq!(in_place, e, "{what} {names:?}");
+                    }
                 }
             }
             // The reversed suspect's heads are found.
