@@ -332,3 +332,29 @@ fn rotating_a_tied_model_unties_its_head_and_keeps_the_logits() {
     let moved = relative_difference(&a, &b);
     assert!(moved <= 1e-4, "logits moved by {moved} (relative)");
 }
+
+#[test]
+fn smollm2s_permuted_heads_and_neurons_are_all_undone_and_its_own_are_left_in_place() {
+    // A real model (9 query heads in 3 groups, 30 layers): heads and
+    // neurons are first checked in place, so this is where a check too
+    // loose to see a real permutation would show.
+    let path = common::real_model!("smollm2-f16");
+    let original = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("permuted");
+    let both = weightmark::attack::PermuteWhat::Both;
+    weightmark::attack::permute::permute(&original, &out, both, 3, &NoProgress)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let permuted = Model::open(&out).unwrap_or_else(|e| panic!("{e}"));
+    let target = Target::ss1(SecretKey::from_seed([41; 32]).mark_key("r", None), None);
+    let opts = DetectOptions { threshold_p: 1e-9, progress: &NoProgress };
+    let count = |d: &weightmark::Detection, what: &str| {
+        d.realigned.iter().filter(|l| l.starts_with(what)).count()
+    };
+    let layers = 30;
+    let d = detect(&permuted, Some(&original), &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&d, "MLP neurons of layer"), layers, "{:?}", d.realigned);
+    assert_eq!(count(&d, "attention heads of layer"), layers, "{:?}", d.realigned);
+    let d = detect(&original, Some(&original), &target, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.realigned.is_empty(), "{:?}", d.realigned);
+}

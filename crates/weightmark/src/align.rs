@@ -11,9 +11,13 @@
 //! is undone and the report says what was recovered. Nothing here depends on
 //! the key, so the p-value bound of the detection that follows stays exact.
 //! Attention heads are matched the same way (whole heads, key/value heads by
-//! their `k_proj` and `v_proj` rows, query heads by their `q_proj` rows),
-//! when the head counts are known from a `config.json` beside the original
-//! (or the suspect). Not yet implemented: residual-stream rotations.
+//! their `k_proj` and `v_proj` rows, query heads by their `q_proj` rows,
+//! first in place, a head at a time), when the head counts are known from a
+//! `config.json` beside the original (or the suspect). A permutation found
+//! is undone by reading the suspect through a view ([`Model::view`]) that
+//! reorders the permuted matrices when they are read, so nothing is copied.
+//! A rotation of the residual stream is undone first
+//! ([`crate::align_rotation`]); its rotated matrices are held in memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
