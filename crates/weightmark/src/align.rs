@@ -454,7 +454,7 @@ fn blocks_in_place(
         (s.iter().map(|t| t.data()).collect(), o.iter().map(|t| t.data()).collect());
     let near = (0..blocks).into_par_iter().all(|b| {
         let (mut x, mut y) = (Vec::new(), Vec::new());
-        let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+        let mut sums = (0.0, 0.0, 0.0);
         for ((ts, ds), (to, dz)) in s.iter().zip(&s_data).zip(o.iter().zip(&o_data)) {
             let [rows, cols] = ts.shape else { return false };
             let (ps, po) =
@@ -465,14 +465,9 @@ fn blocks_in_place(
             };
             decode_f64(ts.dtype, bs, &mut x);
             decode_f64(to.dtype, bo, &mut y);
-            for (p, q) in x.iter().zip(&y) {
-                ab += p * q;
-                aa += p * p;
-                bb += q * q;
-            }
+            sums = cosine_sums(sums, &x, &y);
         }
-        let c = if aa > 0.0 && bb > 0.0 { ab / (aa.sqrt() * bb.sqrt()) } else { 0.0 };
-        c >= MIN_COSINE
+        cosine_of(sums) >= MIN_COSINE
     });
     Some(near)
 }
@@ -522,12 +517,22 @@ fn head_permutation(
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    cosine_of(cosine_sums((0.0, 0.0, 0.0), a, b))
+}
+
+/// `(ab, aa, bb)` with the terms of `a` and `b` added in element order:
+/// the sums of [`cosine`], carried over several pieces of two vectors.
+fn cosine_sums((mut ab, mut aa, mut bb): (f64, f64, f64), a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     for (x, y) in a.iter().zip(b) {
         ab += x * y;
         aa += x * x;
         bb += y * y;
     }
+    (ab, aa, bb)
+}
+
+/// The cosine from [`cosine_sums`]' sums (0 for a zero vector).
+fn cosine_of((ab, aa, bb): (f64, f64, f64)) -> f64 {
     if aa > 0.0 && bb > 0.0 {
         ab / (aa.sqrt() * bb.sqrt())
     } else {
