@@ -576,27 +576,52 @@ fn chunk_profile(v: &[f64], cols: usize, scratch: &mut Vec<f64>) -> ChunkProfile
     let cols = cols.max(1);
     let mut row_means = Vec::with_capacity(v.len().div_ceil(cols));
     let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+    add_chunk_profile(v, cols, scratch, &mut row_means, &mut col_sum, &mut col_n);
+    (row_means, col_sum, col_n)
+}
+
+/// [`chunk_profile`] into given buffers: the rows' means are appended to
+/// `row_means`, and the columns' magnitudes and counts added to `col_sum`
+/// and `col_n` (`cols` long, zero for the chunk's own share).
+fn add_chunk_profile(
+    v: &[f64],
+    cols: usize,
+    scratch: &mut Vec<f64>,
+    row_means: &mut Vec<f64>,
+    col_sum: &mut [f64],
+    col_n: &mut [u64],
+) {
+    let cols = cols.max(1);
     let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
     let mut eight = v.chunks_exact(8 * cols);
     for group in eight.by_ref() {
         let mut r = group.chunks_exact(cols);
         let rows: [&[f64]; 8] = std::array::from_fn(|_| r.next().unwrap_or(&[]));
-        let sums = add_rows(rows, &mut col_sum, &mut col_n, scratch);
+        let sums = add_rows(rows, col_sum, col_n, scratch);
         row_means.extend(sums.map(mean));
     }
     for row in eight.remainder().chunks(cols) {
-        let [sum] = add_rows([row], &mut col_sum, &mut col_n, scratch);
+        let [sum] = add_rows([row], col_sum, col_n, scratch);
         row_means.push(mean(sum));
     }
-    (row_means, col_sum, col_n)
 }
 
 /// A tensor's [`Profile`] built from its chunks of [`rows_per_chunk`] rows
 /// in order, by whoever reads the tensor anyway (the allocation's pass):
-/// the same profile, bit for bit, as [`Profile::of`].
+/// the same profile, bit for bit, as [`Profile::of`]. Each chunk's column
+/// sums are added to the running ones as the chunk comes, in the order
+/// [`Profile::from_parts`] adds them, so the builder holds one chunk's
+/// sums, not every chunk's.
 pub(crate) struct ProfileBuilder {
     cols: usize,
-    parts: Vec<ChunkProfile>,
+    row_means: Vec<f64>,
+    /// The columns' sums and counts of the chunks so far (empty before the
+    /// first).
+    col_sum: Vec<f64>,
+    col_n: Vec<u64>,
+    /// The current chunk's own column sums and counts.
+    chunk_sum: Vec<f64>,
+    chunk_n: Vec<u64>,
     scratch: Vec<f64>,
 }
 
@@ -606,7 +631,11 @@ impl ProfileBuilder {
     pub(crate) fn new(cols: usize) -> Option<ProfileBuilder> {
         (cols <= CHUNK_ELEMENTS).then(|| ProfileBuilder {
             cols: cols.max(1),
-            parts: Vec::new(),
+            row_means: Vec::new(),
+            col_sum: Vec::new(),
+            col_n: Vec::new(),
+            chunk_sum: Vec::new(),
+            chunk_n: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -619,13 +648,25 @@ impl ProfileBuilder {
 
     /// Adds the next chunk of rows (decoded).
     pub(crate) fn add_chunk(&mut self, v: &[f64]) {
-        let part = chunk_profile(v, self.cols, &mut self.scratch);
-        self.parts.push(part);
+        let (cols, rows) = (self.cols, &mut self.row_means);
+        if self.col_sum.is_empty() {
+            // The first chunk's sums are the running sums.
+            (self.col_sum, self.col_n) = (vec![0.0; cols], vec![0u64; cols]);
+            add_chunk_profile(v, cols, &mut self.scratch, rows, &mut self.col_sum, &mut self.col_n);
+            return;
+        }
+        self.chunk_sum.clear();
+        self.chunk_sum.resize(cols, 0.0);
+        self.chunk_n.clear();
+        self.chunk_n.resize(cols, 0);
+        add_chunk_profile(v, cols, &mut self.scratch, rows, &mut self.chunk_sum, &mut self.chunk_n);
+        self.col_sum.iter_mut().zip(&self.chunk_sum).for_each(|(a, b)| *a += b);
+        self.col_n.iter_mut().zip(&self.chunk_n).for_each(|(a, b)| *a += b);
     }
 
     /// The profile.
     pub(crate) fn finish(self) -> Profile {
-        Profile::from_parts(self.parts)
+        Profile::from_sums(self.row_means, self.col_sum, &self.col_n)
     }
 }
 
@@ -681,11 +722,16 @@ impl Profile {
             col_sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
             col_n.iter_mut().zip(&n).for_each(|(a, b)| *a += b);
         }
+        Profile::from_sums(row_means, col_sum, &col_n)
+    }
+
+    /// The profile from its rows' means and its columns' sums and counts.
+    fn from_sums(row_means: Vec<f64>, col_sum: Vec<f64>, col_n: &[u64]) -> Profile {
         let (sum, n) = (col_sum.iter().sum::<f64>(), col_n.iter().sum::<u64>());
         let total = if n > 0 { sum / n as f64 } else { 0.0 };
         // The means replace the sums in place: one column-sized vector less.
         let mut col_means = col_sum;
-        for (s, &n) in col_means.iter_mut().zip(&col_n) {
+        for (s, &n) in col_means.iter_mut().zip(col_n) {
             *s = if n > 0 { *s / n as f64 } else { 0.0 };
         }
         Profile { rows: row_means, cols: col_means, total }
@@ -2050,9 +2096,20 @@ mod tests {
         let total = col_sum.iter().sum::<f64>() / col_n.iter().sum::<u64>() as f64;
         let col_means: Vec<f64> = col_sum.iter().zip(&col_n).map(|(s, &n)| s / n as f64).collect();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
-        assert_eq!(bits(&got.rows), bits(&row_means));
-        assert_eq!(bits(&got.cols), bits(&col_means));
-        assert_eq!(got.total.to_bits(), total.to_bits());
+        // The builder the allocation's pass feeds, one chunk at a time,
+        // gives the same profile.
+        let mut builder = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder"));
+        for chunk in x.chunks(builder.rows_per_chunk() * cols) {
+            builder.add_chunk(chunk);
+        }
+        for p in [got, builder.finish()] {
+            assert_eq!(bits(&p.rows), bits(&row_means));
+            assert_eq!(bits(&p.cols), bits(&col_means));
+            assert_eq!(p.total.to_bits(), total.to_bits());
+        }
+        // A builder given no chunk gives the empty tensor's profile.
+        let empty = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder")).finish();
+        assert!(empty.rows.is_empty() && empty.cols.is_empty() && empty.total == 0.0);
     }
 
     fn one(dtype: Dtype) -> Model {
