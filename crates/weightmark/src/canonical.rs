@@ -49,8 +49,8 @@ const ORDER_SOURCES: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"]
 impl Canonical {
     /// The canonical residual order of `model` (one pass over its embedding).
     pub fn of(model: &Model) -> Canonical {
-        let Some((t, rows, cols)) = order_source(model) else { return Canonical::default() };
-        let key = column_mean_magnitudes(&t, rows, cols);
+        let Some((t, _, cols)) = order_source(model) else { return Canonical::default() };
+        let key = column_mean_magnitudes(&t, cols);
         let mut order: Vec<usize> = (0..cols).collect();
         order.sort_by(|&a, &b| key[b].total_cmp(&key[a]).then(a.cmp(&b)));
         let mut rank = vec![0u32; cols];
@@ -660,41 +660,95 @@ fn channel_bits(t: &TensorRef<'_>, rows: &[usize]) -> Option<Vec<u64>> {
     Some(bits)
 }
 
-/// Mean |w| of each column (finite elements), rows summed in a fixed order.
-fn column_mean_magnitudes(t: &TensorRef<'_>, rows: usize, cols: usize) -> Vec<f64> {
+/// Mean |w| of each column (finite elements), rows summed in a fixed order:
+/// each chunk of rows sums its columns row after row, and the chunks' sums
+/// are added in chunk order. The chunks run in parallel a batch at a time,
+/// so only a batch of their column sums is held, and the result does not
+/// depend on the thread count.
+fn column_mean_magnitudes(t: &TensorRef<'_>, cols: usize) -> Vec<f64> {
     let size = t.dtype.size();
-    let block = (crate::scheme::CHUNK_ELEMENTS / cols).max(1);
-    let parts: Vec<(Vec<f64>, Vec<u64>)> = t
-        .data()
-        .par_chunks(block * cols * size)
-        .map(|bytes| {
+    let block = (crate::scheme::CHUNK_ELEMENTS / cols.max(1)).max(1);
+    let data = t.data();
+    let chunk = (block * cols * size).max(1);
+    let (mut sum, mut n) = (vec![0.0; cols], vec![0u64; cols]);
+    crate::ss2::in_batches(
+        data.len().div_ceil(chunk),
+        MAGNITUDE_BATCH,
+        |c| {
+            let bytes = data.get(c * chunk..((c + 1) * chunk).min(data.len())).unwrap_or_default();
             let mut v = Vec::new();
             decode_f64(t.dtype, bytes, &mut v);
             let (mut sum, mut n) = (vec![0.0; cols], vec![0u64; cols]);
-            for row in v.chunks(cols) {
-                for (j, x) in row.iter().enumerate() {
-                    if x.is_finite() {
-                        sum[j] += x.abs();
-                        n[j] += 1;
-                    }
-                }
+            for row in v.chunks(cols.max(1)) {
+                add_finite_magnitudes(row, &mut sum, &mut n);
             }
             (sum, n)
-        })
-        .collect();
-    let (mut sum, mut n) = (vec![0.0; cols], vec![0u64; cols]);
-    for (s, c) in parts {
-        sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
-        n.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
-    }
-    let _ = rows;
+        },
+        |(s, c)| {
+            sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+            n.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
+        },
+    );
     sum.iter().zip(&n).map(|(s, &c)| if c > 0 { s / c as f64 } else { 0.0 }).collect()
+}
+
+/// Chunks of [`column_mean_magnitudes`] whose column sums are held at once.
+const MAGNITUDE_BATCH: usize = 32;
+
+/// Adds `|x_j|` of each finite `x_j` of `row` to `sum[j]` and counts it in
+/// `n[j]`. A value that is not finite adds `+0.0`, which changes no sum of
+/// magnitudes (never `-0.0`), so the loop needs no branch.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_finite_magnitudes(row: &[f64], sum: &mut [f64], n: &mut [u64]) {
+    for ((s, c), &x) in sum.iter_mut().zip(n.iter_mut()).zip(row) {
+        let finite = x.is_finite();
+        *s += if finite { x.abs() } else { 0.0 };
+        *c += u64::from(finite);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{llama, LlamaShape};
+    use crate::synth::{gaussian_matrix, llama, to_model, LlamaShape};
+
+    #[test]
+    fn column_magnitudes_add_chunks_of_rows_in_order_bit_for_bit() {
+        // 3000 rows of 1000 columns (65 rows to a chunk, more chunks than a
+        // batch holds), with zeros, infinities and NaN.
+        let (rows, cols) = (3000, 1000);
+        let mut t = gaussian_matrix("w", rows, cols, crate::Dtype::BF16, 7);
+        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for k in (0..rows * cols).step_by(89) {
+            let x = half::bf16::from_f32(specials[k % specials.len()]);
+            t.data[2 * k..2 * k + 2].copy_from_slice(&x.to_le_bytes());
+        }
+        let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+        let mut x = Vec::new();
+        decode_f64(t.dtype, &t.data(), &mut x);
+        let block = crate::scheme::CHUNK_ELEMENTS / cols;
+        assert!(rows.div_ceil(block) > MAGNITUDE_BATCH);
+        // Element by element: each chunk's columns row after row, the
+        // chunks' sums added in order to zero.
+        let (mut sum, mut n) = (vec![0.0f64; cols], vec![0u64; cols]);
+        for chunk in x.chunks(block * cols) {
+            let (mut s, mut c) = (vec![0.0f64; cols], vec![0u64; cols]);
+            for row in chunk.chunks(cols) {
+                for (j, v) in row.iter().enumerate() {
+                    if v.is_finite() {
+                        s[j] += v.abs();
+                        c[j] += 1;
+                    }
+                }
+            }
+            sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+            n.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
+        }
+        let want: Vec<u64> = sum.iter().zip(&n).map(|(s, &c)| (s / c as f64).to_bits()).collect();
+        let got: Vec<u64> = column_mean_magnitudes(&t, cols).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn the_order_follows_a_permutation_of_the_embedding_columns() {

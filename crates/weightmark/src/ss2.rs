@@ -238,58 +238,67 @@ fn mark_tensor(
     // Decoded once (a GGUF tensor): the chunks read it, the copy is marked.
     let source = t.data();
     let mut data = source.to_vec();
-    let parts: Vec<(Fidelity, Option<ChunkProfile>)> = data
-        .par_chunks_mut(block * cols * size)
-        .enumerate()
-        .map(|(ci, out)| {
-            let first_row = ci * block;
-            let n = out.len() / size;
-            let start = first_row * cols;
-            let input = source.get(start * size..(start + n) * size).unwrap_or_default();
-            if cols > CHUNK_ELEMENTS {
-                // One long row (block is 1): read it in pieces.
-                let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
-                return (row.embed(input, out, release, recipient, strengths), None);
+    let chunk = (block * cols * size).max(1);
+    let mark_chunk = |ci: usize, out: &mut [u8]| -> (Fidelity, Option<ChunkProfile>) {
+        let first_row = ci * block;
+        let n = out.len() / size;
+        let start = first_row * cols;
+        let input = source.get(start * size..(start + n) * size).unwrap_or_default();
+        if cols > CHUNK_ELEMENTS {
+            // One long row (block is 1): read it in pieces.
+            let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
+            return (row.embed(input, out, release, recipient, strengths), None);
+        }
+        let mut w = Vec::with_capacity(n);
+        decode_f64(t.dtype, input, &mut w);
+        let mut u = vec![0u32; n];
+        release.dither(start as u64, &mut u);
+        let (mut p, mut q, mut buf) = (vec![0.0; cols], vec![0.0; cols], Vec::new());
+        let mut target = vec![0.0; n];
+        let mut a = vec![0.0; if weights.is_some() { cols } else { 0 }];
+        for (r, (row_w, row_t)) in w.chunks(cols).zip(target.chunks_mut(cols)).enumerate() {
+            let i = first_row + r;
+            let len = row_w.len();
+            row_signs(release, layout, i, &mut p[..len], &mut buf);
+            match recipient {
+                Some(rs) => row_signs(rs, layout, i, &mut q[..len], &mut buf),
+                None => q[..len].iter_mut().for_each(|v| *v = 0.0),
             }
-            let mut w = Vec::with_capacity(n);
-            decode_f64(t.dtype, input, &mut w);
-            let mut u = vec![0u32; n];
-            release.dither(start as u64, &mut u);
-            let (mut p, mut q, mut buf) = (vec![0.0; cols], vec![0.0; cols], Vec::new());
-            let mut target = vec![0.0; n];
-            let mut a = vec![0.0; if weights.is_some() { cols } else { 0 }];
-            for (r, (row_w, row_t)) in w.chunks(cols).zip(target.chunks_mut(cols)).enumerate() {
-                let i = first_row + r;
-                let len = row_w.len();
-                row_signs(release, layout, i, &mut p[..len], &mut buf);
-                match recipient {
-                    Some(rs) => row_signs(rs, layout, i, &mut q[..len], &mut buf),
-                    None => q[..len].iter_mut().for_each(|v| *v = 0.0),
-                }
-                let a = weights.map(|weights| {
-                    let a = &mut a[..len];
-                    weights.multipliers(i, 0, a);
-                    &*a
-                });
-                mark_piece(row_t, row_w, (&p[..len], &q[..len]), a, strengths);
-            }
-            encode_stochastic(t.dtype, &target, &u, out);
-            let mut marked = Vec::with_capacity(n);
-            decode_f64(t.dtype, out, &mut marked);
-            let profile = profiled.then(|| chunk_profile(&marked, cols, &mut Vec::new()));
-            (Fidelity::between(&w, &marked), profile)
-        })
-        .collect();
+            let a = weights.map(|weights| {
+                let a = &mut a[..len];
+                weights.multipliers(i, 0, a);
+                &*a
+            });
+            mark_piece(row_t, row_w, (&p[..len], &q[..len]), a, strengths);
+        }
+        encode_stochastic(t.dtype, &target, &u, out);
+        let mut marked = Vec::with_capacity(n);
+        decode_f64(t.dtype, out, &mut marked);
+        let profile = profiled.then(|| chunk_profile(&marked, cols, &mut Vec::new()));
+        (Fidelity::between(&w, &marked), profile)
+    };
+    // The chunks in parallel a batch at a time; their changes and profile
+    // shares are merged in chunk order.
     let mut fidelity = Fidelity::default();
-    let mut profile = profiled.then(|| Vec::with_capacity(parts.len()));
-    for (f, p) in parts {
-        fidelity = fidelity.merge(f);
-        profile = profile.zip(p).map(|(mut all, p)| {
-            all.push(p);
-            all
-        });
+    let mut profile = profiled.then(|| ProfileBuilder::any(cols));
+    for (b, batch) in data.chunks_mut(PROFILE_BATCH * chunk).enumerate() {
+        let parts: Vec<(Fidelity, Option<ChunkProfile>)> = batch
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(k, out)| mark_chunk(b * PROFILE_BATCH + k, out))
+            .collect();
+        for (f, p) in parts {
+            fidelity = fidelity.merge(f);
+            match (profile.as_mut(), p) {
+                (Some(builder), Some(p)) => builder.add_part(p),
+                // A chunk without a share (a row longer than a chunk): no
+                // profile.
+                (Some(_), None) => profile = None,
+                (None, _) => {}
+            }
+        }
     }
-    (data, fidelity, profile.map(Profile::from_parts))
+    (data, fidelity, profile.map(ProfileBuilder::finish))
 }
 
 /// One row longer than a chunk, worked on in pieces of [`CHUNK_ELEMENTS`]
@@ -609,9 +618,8 @@ fn add_chunk_profile(
 /// A tensor's [`Profile`] built from its chunks of [`rows_per_chunk`] rows
 /// in order, by whoever reads the tensor anyway (the allocation's pass):
 /// the same profile, bit for bit, as [`Profile::of`]. Each chunk's column
-/// sums are added to the running ones as the chunk comes, in the order
-/// [`Profile::from_parts`] adds them, so the builder holds one chunk's
-/// sums, not every chunk's.
+/// sums are added to the running ones as the chunk comes, in chunk order,
+/// so the builder holds one chunk's sums, not every chunk's.
 pub(crate) struct ProfileBuilder {
     cols: usize,
     row_means: Vec<f64>,
@@ -629,7 +637,13 @@ impl ProfileBuilder {
     /// A builder for a tensor whose rows have `cols` columns, if its profile
     /// is built from whole-row chunks (rows of at most [`CHUNK_ELEMENTS`]).
     pub(crate) fn new(cols: usize) -> Option<ProfileBuilder> {
-        (cols <= CHUNK_ELEMENTS).then(|| ProfileBuilder {
+        (cols <= CHUNK_ELEMENTS).then(|| ProfileBuilder::any(cols))
+    }
+
+    /// A builder for rows of `cols` columns, given its chunks' shares
+    /// ([`ProfileBuilder::add_part`]) if the rows are longer than a chunk.
+    fn any(cols: usize) -> ProfileBuilder {
+        ProfileBuilder {
             cols: cols.max(1),
             row_means: Vec::new(),
             col_sum: Vec::new(),
@@ -637,7 +651,7 @@ impl ProfileBuilder {
             chunk_sum: Vec::new(),
             chunk_n: Vec::new(),
             scratch: Vec::new(),
-        })
+        }
     }
 
     /// Rows per chunk: the chunks given to [`ProfileBuilder::add_chunk`]
@@ -664,65 +678,68 @@ impl ProfileBuilder {
         self.col_n.iter_mut().zip(&self.chunk_n).for_each(|(a, b)| *a += b);
     }
 
+    /// Adds the next chunk's share, worked out apart ([`chunk_profile`]).
+    fn add_part(&mut self, (rows, sum, n): ChunkProfile) {
+        self.row_means.extend(rows);
+        if self.col_sum.is_empty() {
+            (self.col_sum, self.col_n) = (sum, n);
+            return;
+        }
+        self.col_sum.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
+        self.col_n.iter_mut().zip(&n).for_each(|(a, b)| *a += b);
+    }
+
     /// The profile.
     pub(crate) fn finish(self) -> Profile {
         Profile::from_sums(self.row_means, self.col_sum, &self.col_n)
     }
 }
 
+/// Chunks worked on in parallel whose shares of a profile are held at once
+/// before they are added in order.
+const PROFILE_BATCH: usize = 32;
+
 impl Profile {
     fn of(t: &TensorRef<'_>) -> Profile {
         let size = t.dtype.size();
         let (_, cols) = dims(t);
+        let cols = cols.max(1);
         let block = rows_per_chunk(cols);
-        let parts: Vec<ChunkProfile> = t
-            .data()
-            .par_chunks(block * cols * size)
-            .map(|bytes| {
-                let (mut v, mut scratch) = (Vec::new(), Vec::new());
-                if cols <= CHUNK_ELEMENTS {
-                    decode_f64(t.dtype, bytes, &mut v);
-                    return chunk_profile(&v, cols, &mut scratch);
-                }
-                let mut row_means = Vec::with_capacity(block);
-                let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
-                // A row longer than a chunk is read in pieces of a chunk.
-                for row in bytes.chunks(cols * size) {
-                    let (mut s, mut n) = (0.0, 0u64);
-                    for (p, piece) in row.chunks(CHUNK_ELEMENTS * size).enumerate() {
-                        decode_f64(t.dtype, piece, &mut v);
-                        for (jp, x) in v.iter().enumerate() {
-                            let j = p * CHUNK_ELEMENTS + jp;
-                            if x.is_finite() && *x != 0.0 {
-                                s += x.abs();
-                                n += 1;
-                                col_sum[j] += x.abs();
-                                col_n[j] += 1;
-                            }
+        let data = t.data();
+        let chunk = (block * cols * size).max(1);
+        // Built as the chunks come, in order (a row longer than a chunk is
+        // one chunk).
+        let mut builder = ProfileBuilder::any(cols);
+        let part = |c: usize| -> ChunkProfile {
+            let bytes = data.get(c * chunk..((c + 1) * chunk).min(data.len())).unwrap_or_default();
+            let (mut v, mut scratch) = (Vec::new(), Vec::new());
+            if cols <= CHUNK_ELEMENTS {
+                decode_f64(t.dtype, bytes, &mut v);
+                return chunk_profile(&v, cols, &mut scratch);
+            }
+            let mut row_means = Vec::with_capacity(block);
+            let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+            // A row longer than a chunk is read in pieces of a chunk.
+            for row in bytes.chunks(cols * size) {
+                let (mut s, mut n) = (0.0, 0u64);
+                for (p, piece) in row.chunks(CHUNK_ELEMENTS * size).enumerate() {
+                    decode_f64(t.dtype, piece, &mut v);
+                    for (jp, x) in v.iter().enumerate() {
+                        let j = p * CHUNK_ELEMENTS + jp;
+                        if x.is_finite() && *x != 0.0 {
+                            s += x.abs();
+                            n += 1;
+                            col_sum[j] += x.abs();
+                            col_n[j] += 1;
                         }
                     }
-                    row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
                 }
-                (row_means, col_sum, col_n)
-            })
-            .collect();
-        Profile::from_parts(parts)
-    }
-
-    /// The profile from its chunks' shares, merged in chunk order.
-    fn from_parts(parts: Vec<ChunkProfile>) -> Profile {
-        let mut row_means = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
-        let (mut col_sum, mut col_n) = (Vec::new(), Vec::new());
-        for (r, s, n) in parts {
-            row_means.extend(r);
-            if col_sum.is_empty() {
-                (col_sum, col_n) = (s, n);
-                continue;
+                row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
             }
-            col_sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
-            col_n.iter_mut().zip(&n).for_each(|(a, b)| *a += b);
-        }
-        Profile::from_sums(row_means, col_sum, &col_n)
+            (row_means, col_sum, col_n)
+        };
+        in_batches(data.len().div_ceil(chunk), PROFILE_BATCH, part, |p| builder.add_part(p));
+        builder.finish()
     }
 
     /// The profile from its rows' means and its columns' sums and counts.
@@ -1325,7 +1342,7 @@ const CODED_BATCH: usize = 32;
 /// the results to `merge` in index order: the order of the sums (so every
 /// bit of the result) does not depend on the thread count, and only one
 /// batch of results is held at a time.
-fn in_batches<T: Send>(
+pub(crate) fn in_batches<T: Send>(
     n: usize,
     batch: usize,
     f: impl Fn(usize) -> T + Sync + Send,
@@ -1995,11 +2012,15 @@ mod tests {
             b.push(p.total.to_bits());
             b
         };
-        // Rows of one chunk and of several, a short last chunk, f16 and
-        // bf16; a row longer than a chunk gives no profile.
-        for (rows, cols, dtype) in
-            [(300, 576, Dtype::F16), (7, 1000, Dtype::BF16), (1, CHUNK_ELEMENTS + 5, Dtype::F16)]
-        {
+        // Rows of one chunk and of several, chunks of more than one batch,
+        // a short last chunk, f16 and bf16; a row longer than a chunk gives
+        // no profile.
+        for (rows, cols, dtype) in [
+            (300, 576, Dtype::F16),
+            (7, 1000, Dtype::BF16),
+            (2203, 1000, Dtype::BF16),
+            (1, CHUNK_ELEMENTS + 5, Dtype::F16),
+        ] {
             let m = to_model(&[gaussian_matrix("w", rows, cols, dtype, 5)])
                 .unwrap_or_else(|e| panic!("{e}"));
             let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
@@ -2057,9 +2078,11 @@ mod tests {
 
     #[test]
     fn the_profile_sums_every_row_and_column_in_element_order() {
-        // 203 rows (not a multiple of the four read side by side) of 1000
-        // columns (65 rows to a chunk), with zeros, NaN and infinities.
-        let (rows, cols) = (203, 1000);
+        // 2203 rows (not a multiple of the eight read side by side) of 1000
+        // columns (65 rows to a chunk: 34 chunks, more than a batch), with
+        // zeros, NaN and infinities.
+        let (rows, cols): (usize, usize) = (2203, 1000);
+        assert!(rows.div_ceil(rows_per_chunk(cols)) > PROFILE_BATCH);
         let mut t = gaussian_matrix("w", rows, cols, Dtype::F16, 11);
         let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         for k in (0..rows * cols).step_by(97) {
