@@ -196,6 +196,40 @@ fn one_long_row_is_marked_and_tested_in_memory_near_its_size() {
     }
 }
 
+#[test]
+fn a_rotated_suspect_is_realigned_in_less_memory_than_the_model() {
+    let scene = Scene::new();
+    // 142 MB of F32, no tensor above 8 MB; rotated, every matrix changes.
+    let shape = LlamaShape {
+        vocab: 2048,
+        hidden: 512,
+        intermediate: 2048,
+        layers: 8,
+        heads: 8,
+        kv_heads: 8,
+    };
+    let model = scene.path("m.safetensors");
+    weightmark::synth::write_llama_file(&model, &shape, Dtype::F32, 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let size = std::fs::metadata(&model).map(|m| m.len()).unwrap_or_else(|e| panic!("{e}"));
+    scene.keygen("owner");
+    scene.ok(&["embed", "-k", "owner.key", "m.safetensors", "-o", "marked.safetensors"]);
+    scene.ok(&["attack", "rotate", "marked.safetensors", "-o", "rot.safetensors", "--seed", "3"]);
+    // Realigning held the rotated suspect and the folded original in
+    // memory: twice the model (331 MB here). Both are now read from a
+    // temporary file, one matrix in memory at a time.
+    let cert = "marked.safetensors.cert.json";
+    let args = ["detect", "-k", "owner.key", "--cert", cert, "--original", "m.safetensors"];
+    let args = [&args[..], &["rot.safetensors", "--json"]].concat();
+    let o = run_bounded(&scene, &args, size, Duration::from_secs(300));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
+    let realigned = report["realigned"].to_string();
+    assert!(realigned.contains("rotated"), "{realigned}");
+    assert!(report["z"].as_f64().is_some_and(|z| z > 100.0), "{report}");
+}
+
 /// A safetensors file with one small F32 tensor of the given name.
 fn tensor(name: &str) -> SynthTensor {
     SynthTensor { name: name.into(), dtype: Dtype::F32, shape: vec![2], data: vec![0; 8] }

@@ -17,7 +17,8 @@
 //! is undone by reading the suspect through a view ([`Model::view`]) that
 //! reorders the permuted matrices when they are read, so nothing is copied.
 //! A rotation of the residual stream is undone first
-//! ([`crate::align_rotation`]); its rotated matrices are held in memory.
+//! ([`crate::align_rotation`]); its rotated matrices are written to a
+//! temporary file and read from there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ const MIN_COSINE: f64 = 0.5;
 pub struct Realigned {
     /// The suspect with the transforms undone: a view of the suspect that
     /// reorders permuted matrices when they are read (rotated matrices are
-    /// held in memory).
+    /// read from a temporary file).
     pub model: Model,
     /// The original to compare with, when re-alignment had to change it too
     /// (a rotation folds the original's norm weights into its matrices).

@@ -12,13 +12,15 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::llama::{as_matrix, folded, norm_weights, role, Role};
-use crate::model::{Model, OwnedTensor, TensorRef};
+use crate::model::{Model, SpillWriter, TensorRef};
 
 /// A rotation found and undone.
 pub struct Unrotated {
-    /// The suspect rotated back.
+    /// The suspect rotated back: a view of it whose rotated matrices are
+    /// read from a temporary file.
     pub suspect: Model,
-    /// The original with its norms folded in (and set to 1).
+    /// The original with its norms folded in (and set to 1): a view of it,
+    /// the changed tensors likewise in a temporary file.
     pub original: Model,
     /// What was recovered.
     pub recovered: String,
@@ -96,12 +98,30 @@ fn polar(m: &Array2<f64>) -> Array2<f64> {
     x
 }
 
-fn encode(t: &TensorRef<'_>, m: &Array2<f64>) -> OwnedTensor {
+/// `m` in `t`'s dtype (rounded to nearest), as `t`'s new bytes.
+fn encode(t: &TensorRef<'_>, m: &Array2<f64>) -> Vec<u8> {
     let mut data = t.data().into_owned();
     for (o, &v) in data.chunks_exact_mut(t.dtype.size()).zip(m.iter()) {
         crate::dtype::encode_nearest(t.dtype, v, o);
     }
-    OwnedTensor { info: t.info.clone(), data }
+    data
+}
+
+/// A view of `model` with the tensors `change` gives new values for (in
+/// stored layout) read from a temporary file, written one tensor at a
+/// time: the rest are borrowed, and no more than one changed tensor is in
+/// memory at once.
+fn replaced(
+    model: &Model,
+    change: impl Fn(&TensorRef<'_>) -> Option<Array2<f64>>,
+) -> Result<Model> {
+    let mut spill = SpillWriter::new()?;
+    for t in model.tensors() {
+        if let Some(m) = change(&t) {
+            spill.put(t.name, &encode(&t, &m))?;
+        }
+    }
+    model.view_replacing(&spill.finish()?)
 }
 
 /// Finds and undoes a rotation of the residual stream; `None` if the
@@ -157,35 +177,19 @@ pub fn unrotate(
     if signed_permutation && undo == crate::align::Undo::RotationsOnly {
         return Ok(None);
     }
-    let mut s_owned = Vec::new();
-    for t in suspect.tensors() {
-        let m = match role(t.name) {
-            Some(Role::Reads(_)) => {
-                as_matrix(&t).filter(|m| m.ncols() == hidden).map(|m| m.dot(&q.t()))
-            }
-            Some(Role::Writes) => as_matrix(&t).filter(|m| m.nrows() == hidden).map(|m| q.dot(&m)),
-            _ => None,
-        };
-        s_owned.push(match m {
-            Some(m) => encode(&t, &m),
-            None => OwnedTensor { info: t.info.clone(), data: t.data().into_owned() },
-        });
-    }
-    let mut o_owned = Vec::new();
-    for t in original.tensors() {
-        let m = match role(t.name) {
-            Some(Role::Reads(_)) => folded(&t, &norms),
-            Some(Role::Norm) => Some(Array2::from_elem((1, t.elements()), 1.0)),
-            _ => None,
-        };
-        o_owned.push(match m {
-            Some(m) => encode(&t, &m),
-            None => OwnedTensor { info: t.info.clone(), data: t.data().into_owned() },
-        });
-    }
+    let suspect = replaced(suspect, |t| match role(t.name) {
+        Some(Role::Reads(_)) => as_matrix(t).filter(|m| m.ncols() == hidden).map(|m| m.dot(&q.t())),
+        Some(Role::Writes) => as_matrix(t).filter(|m| m.nrows() == hidden).map(|m| q.dot(&m)),
+        _ => None,
+    })?;
+    let original = replaced(original, |t| match role(t.name) {
+        Some(Role::Reads(_)) => folded(t, &norms),
+        Some(Role::Norm) => Some(Array2::from_elem((1, t.elements()), 1.0)),
+        _ => None,
+    })?;
     Ok(Some(Unrotated {
-        suspect: Model::from_owned(&suspect.path, s_owned)?,
-        original: Model::from_owned(&original.path, o_owned)?,
+        suspect,
+        original,
         recovered: format!(
             "the residual stream was rotated ({hidden} x {hidden} orthogonal matrix recovered by \
              Procrustes, norm weights folded): undone"

@@ -17,5 +17,8 @@ pub(crate) fn map(file: &File, path: &Path) -> Result<Mmap> {
     // inputs (outputs go to a temporary file that is then renamed, and an
     // output path equal to an input is refused), and the CLI documents that an
     // input must not be modified by another program while it is being read.
+    // The one file weightmark maps that it wrote itself, a re-aligned
+    // suspect's spill file (`view::SpillWriter`), is unnamed and written
+    // only before it is mapped.
     unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))
 }

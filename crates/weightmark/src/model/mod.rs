@@ -29,6 +29,7 @@ pub use header::{Header, TensorInfo};
 pub use index::{ShardIndex, INDEX_FILE_NAME};
 pub use side::{SkippedFile, DENY_PREFIXES, DENY_SUFFIXES};
 pub use view::Reorder;
+pub(crate) use view::SpillWriter;
 pub use write::{digest_model, resolve_output, write_model, OutputFile, WriteOptions, WriteReport};
 pub(crate) use write::{finish_directory, write_shard};
 

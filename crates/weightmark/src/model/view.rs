@@ -143,6 +143,39 @@ impl Model {
         self.view_with(owned, reorders)
     }
 
+    /// A view of this model in which the tensors `spilled` holds are read
+    /// from it (new bytes of the same dtype and shape: a rotated matrix)
+    /// and every other tensor is borrowed as [`Model::view`] borrows it. An
+    /// error names a tensor the model does not have or whose spilled bytes
+    /// do not fit it.
+    pub(crate) fn view_replacing(&self, spilled: &Spilled) -> Result<Model> {
+        let owned = self.owned.iter().map(|t| (t.info.clone(), Arc::new(t.data.clone()))).collect();
+        let mut model = self.view_with(owned, HashMap::new())?;
+        let mut wanted: HashMap<&str, &Range<usize>> =
+            spilled.ranges.iter().map(|(n, r)| (n.as_str(), r)).collect();
+        for v in &mut model.view {
+            let Some(range) = wanted.remove(v.info.name.as_str()) else { continue };
+            if range.len() != v.info.end - v.info.begin || !v.reorders.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{}: {} new bytes do not fit tensor '{}' of {} bytes",
+                    self.path.display(),
+                    range.len(),
+                    v.info.name.escape_debug(),
+                    v.info.end - v.info.begin
+                )));
+            }
+            v.held = Held::Map(Arc::clone(&spilled.map), range.clone());
+        }
+        if let Some(name) = wanted.keys().min() {
+            return Err(Error::invalid(format!(
+                "{}: no tensor '{}' to replace",
+                self.path.display(),
+                name.escape_debug()
+            )));
+        }
+        Ok(model)
+    }
+
     /// The view, with the tensors of `self.owned` given as `owned`.
     fn view_with(
         &self,
@@ -210,6 +243,50 @@ impl Model {
     }
 }
 
+/// New bytes of some tensors, written to an unnamed temporary file (in
+/// `TMPDIR`, deleted when the last map of it goes) and mapped: a view
+/// ([`Model::view_replacing`]) reads them from the page cache, which can
+/// give them back to the disk, instead of holding them in memory.
+pub(crate) struct Spilled {
+    map: Arc<Mmap>,
+    ranges: HashMap<String, Range<usize>>,
+}
+
+/// Writes a [`Spilled`], one tensor after another.
+pub(crate) struct SpillWriter {
+    dir: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    at: usize,
+    ranges: HashMap<String, Range<usize>>,
+}
+
+impl SpillWriter {
+    /// A new, empty temporary file; an error names the directory.
+    pub(crate) fn new() -> Result<SpillWriter> {
+        let dir = std::env::temp_dir();
+        let file = tempfile::tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(SpillWriter { dir, out, at: 0, ranges: HashMap::new() })
+    }
+
+    /// Appends the new bytes of tensor `name`.
+    pub(crate) fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.out.write_all(bytes).map_err(|e| Error::io(&self.dir, e))?;
+        self.ranges.insert(name.to_string(), self.at..self.at + bytes.len());
+        self.at += bytes.len();
+        Ok(())
+    }
+
+    /// The file written, mapped.
+    pub(crate) fn finish(self) -> Result<Spilled> {
+        let dir = self.dir;
+        let file = self.out.into_inner().map_err(|e| Error::io(&dir, e.into_error()))?;
+        let map = super::mmap::map(&file, &dir)?;
+        Ok(Spilled { map: Arc::new(map), ranges: self.ranges })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +326,47 @@ mod tests {
                 let borrowed = matches!(got, Cow::Borrowed(_));
                 assert_eq!(borrowed, !v.is_decoded_on_read(), "{}", b.name);
             }
+        }
+    }
+
+    #[test]
+    fn a_view_reads_spilled_tensors_from_the_spill_and_borrows_the_rest() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("m.safetensors");
+        let tensors = [
+            gaussian_matrix("a", 5, 3, Dtype::BF16, 1),
+            gaussian_matrix("b", 4, 6, Dtype::F32, 2),
+            gaussian_matrix("c", 2, 2, Dtype::F16, 3),
+        ];
+        write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
+        let base = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let new_a: Vec<u8> = (0..30u8).collect();
+        let new_c: Vec<u8> = (100..108u8).collect();
+        let mut spill = SpillWriter::new().unwrap_or_else(|e| panic!("{e}"));
+        for (name, bytes) in [("c", &new_c), ("a", &new_a)] {
+            spill.put(name, bytes).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let spilled = spill.finish().unwrap_or_else(|e| panic!("{e}"));
+        let view = base.view_replacing(&spilled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(view.layout, Layout::Memory);
+        assert_eq!(view.tensors().map(|t| t.name).collect::<Vec<_>>(), ["a", "b", "c"]);
+        for (b, v) in base.tensors().zip(view.tensors()) {
+            assert_eq!((b.dtype, b.shape, b.info), (v.dtype, v.shape, v.info), "{}", b.name);
+            let got = v.data();
+            assert!(matches!(got, Cow::Borrowed(_)), "{}: read in place", v.name);
+            match v.name {
+                "a" => assert_eq!(got[..], new_a[..]),
+                "c" => assert_eq!(got[..], new_c[..]),
+                _ => assert_eq!(got.as_ptr(), b.data().as_ptr(), "b is the base's own bytes"),
+            }
+        }
+        // Spilled bytes of another size, or of a tensor the model lacks.
+        for (name, len, says) in [("b", 95, "do not fit tensor 'b'"), ("d", 4, "no tensor 'd'")] {
+            let mut spill = SpillWriter::new().unwrap_or_else(|e| panic!("{e}"));
+            spill.put(name, &vec![0; len]).unwrap_or_else(|e| panic!("{e}"));
+            let spilled = spill.finish().unwrap_or_else(|e| panic!("{e}"));
+            let e = base.view_replacing(&spilled).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says) && e.contains("m.safetensors"), "{e}");
         }
     }
 
