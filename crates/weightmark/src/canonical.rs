@@ -125,7 +125,11 @@ pub fn match_residual(
         }
         let step = (rows / MATCH_ROWS).max(1);
         let size = t.dtype.size();
-        let mut out = vec![Vec::with_capacity(rows / step + 1); cols];
+        // Each column's vector at its final size from the start (`vec!`
+        // would clone an empty vector, without its capacity, and every
+        // column would grow by copies).
+        let taken = rows.div_ceil(step);
+        let mut out: Vec<Vec<f64>> = (0..cols).map(|_| Vec::with_capacity(taken)).collect();
         let mut row = Vec::new();
         let data = t.data();
         for r in (0..rows).step_by(step) {
