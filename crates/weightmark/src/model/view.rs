@@ -329,8 +329,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_view_reads_spilled_tensors_from_the_spill_and_borrows_the_rest() {
+    /// A file `m.safetensors` of three small matrices, `a`, `b` and `c`
+    /// (bf16, f32, f16), opened; the directory holds it.
+    fn three_tensors() -> (tempfile::TempDir, Model) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("m.safetensors");
         let tensors = [
@@ -340,6 +341,12 @@ mod tests {
         ];
         write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
         let base = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        (dir, base)
+    }
+
+    #[test]
+    fn a_view_reads_spilled_tensors_from_the_spill_and_borrows_the_rest() {
+        let (_dir, base) = three_tensors();
         let new_a: Vec<u8> = (0..30u8).collect();
         let new_c: Vec<u8> = (100..108u8).collect();
         let mut spill = SpillWriter::new().unwrap_or_else(|e| panic!("{e}"));
@@ -372,15 +379,7 @@ mod tests {
 
     #[test]
     fn a_view_reads_reordered_rows_and_columns_and_borrows_the_rest() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("m.safetensors");
-        let tensors = [
-            gaussian_matrix("a", 5, 3, Dtype::BF16, 1),
-            gaussian_matrix("b", 4, 6, Dtype::F32, 2),
-            gaussian_matrix("c", 2, 2, Dtype::F16, 3),
-        ];
-        write_file(&path, &tensors, None).unwrap_or_else(|e| panic!("{e}"));
-        let base = Model::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (dir, base) = three_tensors();
         let rows = |o: &[usize]| Reorder::rows(order(o)).unwrap_or_else(|| panic!("{o:?}"));
         let cols = |o: &[usize]| Reorder::columns(order(o)).unwrap_or_else(|| panic!("{o:?}"));
         let changes: HashMap<String, Vec<Reorder>> = [
