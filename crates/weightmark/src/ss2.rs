@@ -662,31 +662,33 @@ impl ProfileBuilder {
 
     /// Adds the next chunk of rows (decoded).
     pub(crate) fn add_chunk(&mut self, v: &[f64]) {
-        let (cols, rows) = (self.cols, &mut self.row_means);
-        if self.col_sum.is_empty() {
-            // The first chunk's sums are the running sums.
-            (self.col_sum, self.col_n) = (vec![0.0; cols], vec![0u64; cols]);
-            add_chunk_profile(v, cols, &mut self.scratch, rows, &mut self.col_sum, &mut self.col_n);
-            return;
-        }
+        let cols = self.cols;
         self.chunk_sum.clear();
         self.chunk_sum.resize(cols, 0.0);
         self.chunk_n.clear();
         self.chunk_n.resize(cols, 0);
-        add_chunk_profile(v, cols, &mut self.scratch, rows, &mut self.chunk_sum, &mut self.chunk_n);
-        self.col_sum.iter_mut().zip(&self.chunk_sum).for_each(|(a, b)| *a += b);
-        self.col_n.iter_mut().zip(&self.chunk_n).for_each(|(a, b)| *a += b);
+        let (rows, scratch) = (&mut self.row_means, &mut self.scratch);
+        add_chunk_profile(v, cols, scratch, rows, &mut self.chunk_sum, &mut self.chunk_n);
+        self.merge_chunk();
     }
 
     /// Adds the next chunk's share, worked out apart ([`chunk_profile`]).
     fn add_part(&mut self, (rows, sum, n): ChunkProfile) {
         self.row_means.extend(rows);
+        (self.chunk_sum, self.chunk_n) = (sum, n);
+        self.merge_chunk();
+    }
+
+    /// Adds the current chunk's column sums and counts to the running ones;
+    /// the first chunk's become the running ones.
+    fn merge_chunk(&mut self) {
         if self.col_sum.is_empty() {
-            (self.col_sum, self.col_n) = (sum, n);
+            std::mem::swap(&mut self.col_sum, &mut self.chunk_sum);
+            std::mem::swap(&mut self.col_n, &mut self.chunk_n);
             return;
         }
-        self.col_sum.iter_mut().zip(&sum).for_each(|(a, b)| *a += b);
-        self.col_n.iter_mut().zip(&n).for_each(|(a, b)| *a += b);
+        self.col_sum.iter_mut().zip(&self.chunk_sum).for_each(|(a, b)| *a += b);
+        self.col_n.iter_mut().zip(&self.chunk_n).for_each(|(a, b)| *a += b);
     }
 
     /// The profile.
