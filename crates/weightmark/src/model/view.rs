@@ -144,7 +144,8 @@ impl Model {
     }
 
     /// A view of this model in which the tensors `spilled` holds are read
-    /// from it (new bytes of the same dtype and shape: a rotated matrix)
+    /// from it (new bytes of the tensor as read, in its dtype and shape: a
+    /// rotated matrix; a reorder of this view no longer applies to them)
     /// and every other tensor is borrowed as [`Model::view`] borrows it. An
     /// error names a tensor the model does not have or whose spilled bytes
     /// do not fit it.
@@ -155,7 +156,7 @@ impl Model {
             spilled.ranges.iter().map(|(n, r)| (n.as_str(), r)).collect();
         for v in &mut model.view {
             let Some(range) = wanted.remove(v.info.name.as_str()) else { continue };
-            if range.len() != v.info.end - v.info.begin || !v.reorders.is_empty() {
+            if range.len() != v.info.end - v.info.begin {
                 return Err(Error::invalid(format!(
                     "{}: {} new bytes do not fit tensor '{}' of {} bytes",
                     self.path.display(),
@@ -165,6 +166,7 @@ impl Model {
                 )));
             }
             v.held = Held::Map(Arc::clone(&spilled.map), range.clone());
+            v.reorders.clear();
         }
         if let Some(name) = wanted.keys().min() {
             return Err(Error::invalid(format!(
@@ -367,6 +369,14 @@ mod tests {
                 _ => assert_eq!(got.as_ptr(), b.data().as_ptr(), "b is the base's own bytes"),
             }
         }
+        // New bytes of a reordered tensor of a view are the tensor as read:
+        // the reorder no longer applies.
+        let rows = Reorder::rows(order(&[4, 0, 3, 1, 2])).unwrap_or_else(|| panic!("rows"));
+        let reordered = base.view([("a".to_string(), vec![rows])].into());
+        let reordered = reordered.unwrap_or_else(|e| panic!("{e}"));
+        let again = reordered.view_replacing(&spilled).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(by_name(&again, "a").data()[..], new_a[..]);
+        assert!(!by_name(&again, "a").is_decoded_on_read());
         // Spilled bytes of another size, or of a tensor the model lacks.
         for (name, len, says) in [("b", 95, "do not fit tensor 'b'"), ("d", 4, "no tensor 'd'")] {
             let mut spill = SpillWriter::new().unwrap_or_else(|e| panic!("{e}"));
