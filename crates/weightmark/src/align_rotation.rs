@@ -145,9 +145,14 @@ pub fn unrotate(
         Some(c) if c < 0.5 => {}
         _ => return Ok(None),
     }
-    let (Some(se_m), Some(oe_m)) = (as_matrix(&se), as_matrix(&oe)) else { return Ok(None) };
+    // The embeddings' width (a 1-D embedding is one row). The fit and the
+    // check below each hold at most two decoded embedding-sized matrices
+    // (f64: 1 GB each for a 32000 x 4096 vocabulary), one pair at a time.
+    let hidden = match *oe.shape {
+        [n] | [_, n] => n,
+        _ => return Ok(None),
+    };
     let norms = norm_weights(original);
-    let hidden = oe_m.ncols();
     let mut m = Array2::<f64>::zeros((hidden, hidden));
     // Only tensors whose rows no other edit reorders: the embeddings and the
     // output head (vocabulary rows). Neuron and head permutations reorder the
@@ -167,9 +172,14 @@ pub fn unrotate(
     }
     let q = polar(&m);
     // Confirm: the rotated-back embeddings must line up with the original's.
-    if mean_row_cosine(&se_m.dot(&q.t()), &oe_m) < 0.9 {
+    let Some(se_m) = as_matrix(&se) else { return Ok(None) };
+    let back = se_m.dot(&q.t());
+    drop(se_m);
+    let Some(oe_m) = as_matrix(&oe) else { return Ok(None) };
+    if mean_row_cosine(&back, &oe_m) < 0.9 {
         return Ok(None);
     }
+    drop((back, oe_m));
     // A signed permutation is a rotation too; ss2 detection is invariant to
     // it (canonical order, magnitudes), and undoing it would re-round every
     // weight for nothing.
