@@ -569,8 +569,10 @@ fn side_by_side_dots(values: &[f64], lanes: &[f64]) -> [f64; KEYS_SIDE_BY_SIDE] 
 #[derive(Clone, Debug)]
 pub(crate) struct Profile {
     rows: Vec<f64>,
-    cols: Vec<f64>,
     total: f64,
+    /// `1 / C_j` of each column, or 0 for a column without weight: `y`
+    /// multiplies by it rather than dividing by the column's mean.
+    inverse_cols: Vec<f64>,
 }
 
 /// One chunk's share of a [`Profile`]: its rows' means and its columns' sums
@@ -613,6 +615,98 @@ fn add_chunk_profile(
         let [sum] = add_rows([row], col_sum, col_n, scratch);
         row_means.push(mean(sum));
     }
+}
+
+/// The shares of a chunk of whole rows of two tensors of `cols` columns in
+/// their pair profiles ([`Profile::of_pair`]): the chunk has `len`
+/// elements, of which `xs` and `os` hold the first (an element past either
+/// has no weight). The same shares, bit for bit, as [`chunk_profile`] of
+/// each tensor's magnitudes where both have weight (`+0.0` elsewhere): rows
+/// eight side by side where both hold all eight, else one at a time (each
+/// row's sum and each column's still add in element order).
+fn pair_chunk_profiles<T: Copy>(
+    xs: &[f64],
+    os: &[T],
+    len: usize,
+    cols: usize,
+    scratch: &mut Vec<f64>,
+) -> (ChunkProfile, ChunkProfile)
+where
+    f64: From<T>,
+{
+    let cols = cols.max(1);
+    let rows = len.div_ceil(cols);
+    let held = xs.len().min(os.len()).min(len);
+    let (mut x_means, mut y_means) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let (mut sx, mut sy, mut sn) = (vec![0.0; cols], vec![0.0; cols], vec![0u64; cols]);
+    let mean = |s: f64, n: u64| if n > 0 { s / n as f64 } else { 0.0 };
+    let piece = |r: usize| {
+        let k = (r * cols).min(held)..((r + 1) * cols).min(held);
+        (&xs[k.clone()], &os[k])
+    };
+    let mut r = 0;
+    while r < rows {
+        let sums: Vec<(f64, f64, u64)> = if (r + 8) * cols <= held {
+            let x: [&[f64]; 8] = std::array::from_fn(|k| piece(r + k).0);
+            let o: [&[T]; 8] = std::array::from_fn(|k| piece(r + k).1);
+            add_pair_rows(x, o, &mut sx, &mut sy, &mut sn, scratch).to_vec()
+        } else {
+            let (x, o) = piece(r);
+            add_pair_rows([x], [o], &mut sx, &mut sy, &mut sn, scratch).to_vec()
+        };
+        for (a, b, n) in sums {
+            x_means.push(mean(a, n));
+            y_means.push(mean(b, n));
+            r += 1;
+        }
+    }
+    ((x_means, sx, sn.clone()), (y_means, sy, sn))
+}
+
+/// Adds `K` rows of two tensors side by side (`xs[r]` and `os[r]`, as long
+/// as the shortest) to the columns' sums of magnitudes `sx`, `sy` and counts
+/// `sn`, where both have weight (finite and non-zero; `+0.0` elsewhere,
+/// which changes no sum); returns each row's two sums and its count. Each
+/// column adds its rows in order and each row its elements in order.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn add_pair_rows<T: Copy, const K: usize>(
+    xs: [&[f64]; K],
+    os: [&[T]; K],
+    sx: &mut [f64],
+    sy: &mut [f64],
+    sn: &mut [u64],
+    scratch: &mut Vec<f64>,
+) -> [(f64, f64, u64); K]
+where
+    f64: From<T>,
+{
+    let len = xs.iter().map(|r| r.len()).chain(os.iter().map(|r| r.len())).min().unwrap_or(0);
+    let len = len.min(sx.len()).min(sy.len()).min(sn.len());
+    let (sx, sy, sn) = (&mut sx[..len], &mut sy[..len], &mut sn[..len]);
+    scratch.clear();
+    scratch.resize(2 * K * len, 0.0);
+    let (mxs, mys) = scratch.split_at_mut(K * len);
+    let mut counts = [0u64; K];
+    for r in 0..K {
+        let (mx, my) = (&mut mxs[r * len..(r + 1) * len], &mut mys[r * len..(r + 1) * len]);
+        let (x, o) = (&xs[r][..len], &os[r][..len]);
+        let mut n = 0u64;
+        for j in 0..len {
+            let (x, y) = (x[j], f64::from(o[j]));
+            let both = x.is_finite() & y.is_finite() & (x != 0.0) & (y != 0.0);
+            let (a, b) = if both { (x.abs(), y.abs()) } else { (0.0, 0.0) };
+            mx[j] = a;
+            my[j] = b;
+            sx[j] += a;
+            sy[j] += b;
+            sn[j] += u64::from(both);
+            n += u64::from(both);
+        }
+        counts[r] = n;
+    }
+    let rx = sums_side_by_side::<K>(std::array::from_fn(|r| &mxs[r * len..(r + 1) * len]));
+    let ry = sums_side_by_side::<K>(std::array::from_fn(|r| &mys[r * len..(r + 1) * len]));
+    std::array::from_fn(|r| (rx[r], ry[r], counts[r]))
 }
 
 /// A tensor's [`Profile`] built from its chunks of [`rows_per_chunk`] rows
@@ -753,7 +847,21 @@ impl Profile {
         for (s, &n) in col_means.iter_mut().zip(col_n) {
             *s = if n > 0 { *s / n as f64 } else { 0.0 };
         }
-        Profile { rows: row_means, cols: col_means, total }
+        Profile::new(row_means, col_means, total)
+    }
+
+    /// The profile of the given means (the columns' replaced by their
+    /// inverses in place).
+    fn new(rows: Vec<f64>, mut cols: Vec<f64>, total: f64) -> Profile {
+        cols.iter_mut().for_each(|c| *c = if *c > 0.0 { 1.0 / *c } else { 0.0 });
+        Profile { rows, total, inverse_cols: cols }
+    }
+
+    /// `T / R_i`, the scale of row `i`'s elements: 0 where the row or the
+    /// tensor has no weight, `None` past the last row.
+    fn row_scale(&self, i: usize) -> Option<f64> {
+        let (r, t) = (*self.rows.get(i)?, self.total);
+        Some(if r > 0.0 && t > 0.0 { t / r } else { 0.0 })
     }
 
     /// The profiles of two tensors of the same shape (`cols` columns), both
@@ -761,13 +869,13 @@ impl Profile {
     /// informed comparison must not balance the suspect over the weights an
     /// edit left (pruning keeps the large ones) and the original over all.
     ///
-    /// Every sum adds its terms in element order (a row's along the row, a
-    /// column's down the rows), so the result does not depend on the thread
-    /// count; the rows' sums are taken in parallel by blocks of rows, eight
-    /// rows side by side, and the columns' in parallel by stripes of
-    /// columns, each stripe walking every row. An element without weight in
-    /// either tensor adds `+0.0` and counts 0, which changes no sum of
-    /// magnitudes (never `-0.0`).
+    /// One pass over both, in the chunks of [`Profile::of`] and added in the
+    /// same order ([`ProfileBuilder`]): each chunk's magnitudes where both
+    /// have weight (`+0.0` elsewhere, which changes no sum of magnitudes)
+    /// are profiled as a tensor of their own would be. So the result does
+    /// not depend on the thread count, and whoever holds both tensors' chunks
+    /// anyway (marking, [`pair_chunk_profiles`]) builds the same profiles bit
+    /// for bit.
     fn of_pair<P: Pieces + ?Sized>(a: &TensorRef<'_>, b: &P, cols: usize) -> (Profile, Profile)
     where
         f64: From<P::T>,
@@ -780,121 +888,71 @@ impl Profile {
         let n = (data.len() / size).min(b.count());
         let rows = b.count() / cols;
         let data = &data[..n * size];
-        // Columns `k` of row `i` of both (empty past the end), and their
-        // magnitudes where both have weight (`+0.0` elsewhere) in `mx`, `my`;
-        // returns how many have. `xs` and `os` are work buffers.
-        let magnitudes = |i: usize,
-                          k: std::ops::Range<usize>,
-                          (xs, os): (&mut Vec<f64>, &mut Vec<f64>),
-                          mx: &mut [f64],
-                          my: &mut [f64]|
-         -> u64 {
-            let (a0, b0) = ((i * cols + k.start).min(n), (i * cols + k.end).min(n));
-            decode_f64(a.dtype, &data[a0 * size..b0 * size], xs);
-            let count = pair_magnitudes(xs, b.piece(a0..b0, os), mx, my);
-            // Past the end (a short last row) nothing has weight.
-            let filled = xs.len().min(b0 - a0);
-            mx.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
-            my.get_mut(filled..).into_iter().flatten().for_each(|m| *m = 0.0);
-            count
+        let block = rows_per_chunk(cols);
+        let (mut px, mut py) = (ProfileBuilder::any(cols), ProfileBuilder::any(cols));
+        let part = |c: usize| -> (ChunkProfile, ChunkProfile) {
+            let (first, end) = (c * block, ((c + 1) * block).min(rows));
+            let (mut xs, mut os, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+            // Elements `k` of both (nothing past the end), and their
+            // magnitudes where both have weight.
+            let magnitudes = |k: std::ops::Range<usize>,
+                              (xs, os): (&mut Vec<f64>, &mut Vec<f64>),
+                              mx: &mut Vec<f64>,
+                              my: &mut Vec<f64>| {
+                let (a0, b0) = (k.start.min(n), k.end.min(n));
+                decode_f64(a.dtype, &data[a0 * size..b0 * size], xs);
+                mx.clear();
+                mx.resize(k.len(), 0.0);
+                my.clear();
+                my.resize(k.len(), 0.0);
+                pair_magnitudes(xs, b.piece(a0..b0, os), mx, my);
+            };
+            let (mut mx, mut my) = (Vec::new(), Vec::new());
+            if cols <= CHUNK_ELEMENTS {
+                let k = (first * cols).min(n)..(end * cols).min(n);
+                decode_f64(a.dtype, &data[k.start * size..k.end * size], &mut xs);
+                let o = b.piece(k, &mut os);
+                return pair_chunk_profiles(&xs, o, (end - first) * cols, cols, &mut scratch);
+            }
+            // A row longer than a chunk (the chunk's only row), read in
+            // pieces of a chunk; each column has this one element.
+            let i = first;
+            let share = |m: &[f64], (s, n): &mut (f64, u64), col_sum: &mut Vec<f64>| {
+                *s = m.iter().fold(*s, |a, &x| a + x);
+                *n += m.iter().map(|&x| u64::from(x != 0.0)).sum::<u64>();
+                col_sum.extend(m.iter().map(|&x| 0.0 + x));
+            };
+            let (mut sx, mut sy) = ((0.0, 0u64), (0.0, 0u64));
+            let (mut cx, mut cy) = (Vec::with_capacity(cols), Vec::with_capacity(cols));
+            for p in (0..cols).step_by(CHUNK_ELEMENTS) {
+                let k = i * cols + p..i * cols + (p + CHUNK_ELEMENTS).min(cols);
+                magnitudes(k, (&mut xs, &mut os), &mut mx, &mut my);
+                share(&mx, &mut sx, &mut cx);
+                share(&my, &mut sy, &mut cy);
+            }
+            let col_n: Vec<u64> = cx.iter().map(|&x| u64::from(x != 0.0)).collect();
+            let mean = |(s, n): (f64, u64)| if n > 0 { s / n as f64 } else { 0.0 };
+            ((vec![mean(sx)], cx, col_n.clone()), (vec![mean(sy)], cy, col_n))
         };
-        // Rows: sums and counts, eight rows side by side; a row longer
-        // than a chunk alone, in pieces of a chunk (its sums carried from
-        // piece to piece), so the work buffers stay a chunk's size.
-        let side_by_side = cols <= CHUNK_ELEMENTS;
-        let block = rows_per_chunk(cols).next_multiple_of(8);
-        let row_parts: Vec<(Vec<f64>, Vec<f64>, Vec<u64>)> = (0..rows.div_ceil(block))
-            .into_par_iter()
-            .map(|c| {
-                let (mut xs, mut os) = (Vec::new(), Vec::new());
-                let width = if side_by_side { 8 * cols } else { CHUNK_ELEMENTS };
-                let (mut mx, mut my) = (vec![0.0; width], vec![0.0; width]);
-                let end = ((c + 1) * block).min(rows);
-                let (mut sx, mut sy, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-                for first in (c * block..end).step_by(8) {
-                    let k = (end - first).min(8);
-                    if !side_by_side {
-                        for i in first..first + k {
-                            let (mut a, mut b, mut count) = (0.0, 0.0, 0u64);
-                            for p in (0..cols).step_by(CHUNK_ELEMENTS) {
-                                let piece = p..(p + CHUNK_ELEMENTS).min(cols);
-                                let len = piece.len();
-                                count += magnitudes(i, piece, (&mut xs, &mut os), &mut mx, &mut my);
-                                a = mx[..len].iter().fold(a, |s, &m| s + m);
-                                b = my[..len].iter().fold(b, |s, &m| s + m);
-                            }
-                            sx.push(a);
-                            sy.push(b);
-                            counts.push(count);
-                        }
-                        continue;
-                    }
-                    for r in 0..k {
-                        let (x, y) =
-                            (&mut mx[r * cols..(r + 1) * cols], &mut my[r * cols..(r + 1) * cols]);
-                        let count = magnitudes(first + r, 0..cols, (&mut xs, &mut os), x, y);
-                        counts.push(count);
-                    }
-                    if k == 8 {
-                        sx.extend(sums_side_by_side(eight_rows(&mx, cols)));
-                        sy.extend(sums_side_by_side(eight_rows(&my, cols)));
-                    } else {
-                        for r in 0..k {
-                            let [x] = sums_side_by_side([&mx[r * cols..(r + 1) * cols]]);
-                            let [y] = sums_side_by_side([&my[r * cols..(r + 1) * cols]]);
-                            sx.push(x);
-                            sy.push(y);
-                        }
-                    }
-                }
-                (sx, sy, counts)
-            })
-            .collect();
-        let (mut row_x, mut row_y, mut row_n) = (Vec::new(), Vec::new(), Vec::new());
-        for (x, y, c) in row_parts {
-            row_x.extend(x);
-            row_y.extend(y);
-            row_n.extend(c);
-        }
-        // Columns: stripes, each down every row in order, written in place.
-        const STRIPE: usize = 512;
-        let (mut col_x, mut col_y, mut col_n) =
-            (vec![0.0; cols], vec![0.0; cols], vec![0u64; cols]);
-        col_x
-            .par_chunks_mut(STRIPE)
-            .zip(col_y.par_chunks_mut(STRIPE))
-            .zip(col_n.par_chunks_mut(STRIPE))
-            .enumerate()
-            .for_each(|(s, ((sx, sy), sn))| {
-                let k = s * STRIPE..s * STRIPE + sx.len();
-                let w = k.len();
-                let (mut xs, mut os) = (Vec::new(), Vec::new());
-                let (mut mx, mut my) = (vec![0.0; w], vec![0.0; w]);
-                for i in 0..rows {
-                    magnitudes(i, k.clone(), (&mut xs, &mut os), &mut mx, &mut my);
-                    add_columns(sx, sy, sn, &mx, &my, &xs);
-                }
-            });
-        let n: u64 = row_n.iter().sum();
-        // The means replace the sums in place.
-        let make = |mut r: Vec<f64>, mut c: Vec<f64>| {
-            let mean = |s: &mut f64, n: &u64| *s = if *n > 0 { *s / *n as f64 } else { 0.0 };
-            let total = if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 };
-            r.iter_mut().zip(&row_n).for_each(|(s, n)| mean(s, n));
-            c.iter_mut().zip(&col_n).for_each(|(s, n)| mean(s, n));
-            Profile { rows: r, cols: c, total }
-        };
-        (make(row_x, col_x), make(row_y, col_y))
+        in_batches(rows.div_ceil(block), PROFILE_BATCH, part, |(x, y)| {
+            px.add_part(x);
+            py.add_part(y);
+        });
+        (px.finish(), py.finish())
     }
 
     /// `min(|x| / m, CLIP)` for element `(i, j)`, or `None` where it has no
     /// weight (zero, non-finite, or an all-zero row or column).
+    ///
+    /// `|x| / m` is taken as `|x| · (T / R_i) · (1 / C_j)`: one division
+    /// per row and one per column rather than two per element (the same
+    /// number up to rounding; every path takes it this way).
     fn ratio(&self, i: usize, j: usize, x: f64) -> Option<f64> {
-        if !x.is_finite() || x == 0.0 || self.total <= 0.0 {
+        if !x.is_finite() || x == 0.0 {
             return None;
         }
-        let m = self.rows.get(i)? * self.cols.get(j)? / self.total;
-        (m > 0.0).then(|| (x.abs() / m).min(CLIP))
+        let (s, c) = (self.row_scale(i)?, *self.inverse_cols.get(j)?);
+        (s > 0.0 && c > 0.0).then(|| (x.abs() * s * c).min(CLIP))
     }
 }
 
@@ -924,26 +982,6 @@ where
 fn narrow_to_f32(out: &mut [f32], row: &[f64]) {
     for (v, &x) in out.iter_mut().zip(row) {
         *v = x as f32;
-    }
-}
-
-/// Eight rows of `cols` elements, one after another in `m`.
-fn eight_rows(m: &[f64], cols: usize) -> [&[f64]; 8] {
-    std::array::from_fn(|r| m.get(r * cols..(r + 1) * cols).unwrap_or_default())
-}
-
-/// Adds one row's magnitudes to the column sums of both tensors, and `1`
-/// to the counts where the element has weight in both (a magnitude is
-/// non-zero exactly there). `xs` bounds the row (a short last row).
-#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
-fn add_columns(sx: &mut [f64], sy: &mut [f64], sn: &mut [u64], mx: &[f64], my: &[f64], xs: &[f64]) {
-    let len = xs.len().min(sx.len()).min(sy.len()).min(sn.len()).min(mx.len()).min(my.len());
-    for ((((a, b), c), &x), &y) in
-        sx[..len].iter_mut().zip(&mut sy[..len]).zip(&mut sn[..len]).zip(&mx[..len]).zip(&my[..len])
-    {
-        *a += x;
-        *b += y;
-        *c += u64::from(x != 0.0);
     }
 }
 
@@ -1120,28 +1158,24 @@ fn exact_in_f32(dtype: crate::dtype::Dtype) -> bool {
 
 /// `y` of each element of a piece of a row against the original's piece `o`
 /// (the common case of [`row_y`]): the suspect's and the original's ratios,
-/// each from its own profile (`r`, `c`, `t` and `ro`, `co`, `to`).
-#[allow(clippy::too_many_arguments)]
+/// each from its own profile (the columns' inverse means `c`, `co` and the
+/// rows' scales `s`, `so`, as in [`blind_piece`]).
 #[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
 fn informed_piece<T: Copy>(
     y: &mut [f64],
     row: &[f64],
     o: &[T],
-    c: &[f64],
-    co: &[f64],
-    (r, t): (f64, f64),
-    (ro, to): (f64, f64),
+    (c, co): (&[f64], &[f64]),
+    (s, so): (f64, f64),
 ) where
     f64: From<T>,
 {
     for ((yj, (&x, &o)), (&c, &co)) in y.iter_mut().zip(row.iter().zip(o)).zip(c.iter().zip(co)) {
         let o = f64::from(o);
-        let m = r * c / t;
-        let ratio = (x.abs() / m).min(CLIP);
-        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
-        let mo = ro * co / to;
-        let ratio_o = (o.abs() / mo).min(CLIP);
-        let valid_o = o.is_finite() && o != 0.0 && to > 0.0 && mo > 0.0;
+        let ratio = (x.abs() * s * c).min(CLIP);
+        let valid = x.is_finite() && x != 0.0 && s > 0.0 && c > 0.0;
+        let ratio_o = (o.abs() * so * co).min(CLIP);
+        let valid_o = o.is_finite() && o != 0.0 && so > 0.0 && co > 0.0;
         *yj = if valid && valid_o { ratio - ratio_o } else { f64::NAN };
     }
 }
@@ -1167,24 +1201,24 @@ fn row_y(
 ) -> u64 {
     let len = row.len().min(y.len());
     let (row, y) = (&row[..len], &mut y[..len]);
-    fn whole(p: &Profile, i: usize, j: std::ops::Range<usize>) -> Option<(f64, &[f64], f64)> {
-        Some((*p.rows.get(i)?, p.cols.get(j)?, p.total))
+    fn whole(p: &Profile, i: usize, j: std::ops::Range<usize>) -> Option<(f64, &[f64])> {
+        Some((p.row_scale(i)?, p.inverse_cols.get(j)?))
     }
     match (whole(profile, i, j0..j0 + len), reference) {
-        (Some((r, c, t)), None) => blind_piece(y, row, c, (r, t)),
-        (Some((r, c, t)), Some(reference)) => {
+        (Some((r, c)), None) => blind_piece(y, row, c, r),
+        (Some((r, c)), Some(reference)) => {
             let at = i * cols + j0;
             let whole_o = whole(&reference.profile, i, j0..j0 + len);
             match (whole_o, &reference.values) {
-                (Some((ro, co, to)), ReferenceValues::F32(v)) if v.len() >= at + len => {
-                    informed_piece(y, row, &v[at..at + len], c, co, (r, t), (ro, to));
+                (Some((ro, co)), ReferenceValues::F32(v)) if v.len() >= at + len => {
+                    informed_piece(y, row, &v[at..at + len], (c, co), (r, ro));
                 }
-                (Some((ro, co, to)), ReferenceValues::F64(v)) if v.len() >= at + len => {
-                    informed_piece(y, row, &v[at..at + len], c, co, (r, t), (ro, to));
+                (Some((ro, co)), ReferenceValues::F64(v)) if v.len() >= at + len => {
+                    informed_piece(y, row, &v[at..at + len], (c, co), (r, ro));
                 }
-                (Some((ro, co, to)), ReferenceValues::Stored(v)) if v.count() >= at + len => {
+                (Some((ro, co)), ReferenceValues::Stored(v)) if v.count() >= at + len => {
                     let o = v.piece(at..at + len, scratch);
-                    informed_piece(y, row, o, c, co, (r, t), (ro, to));
+                    informed_piece(y, row, o, (c, co), (r, ro));
                 }
                 _ => row_y_each(i, j0, cols, row, profile, Some(reference), y),
             }
@@ -1195,13 +1229,13 @@ fn row_y(
 }
 
 /// `y` of each element of a piece of a row, blind (the common case of
-/// [`row_y`]): the ratio to the expected magnitude `r · c_j / t`.
+/// [`row_y`]): the ratio to the expected magnitude, `|x| · s · c_j` with the
+/// row's scale `s` and the columns' inverse means `c` ([`Profile::ratio`]).
 #[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
-fn blind_piece(y: &mut [f64], row: &[f64], c: &[f64], (r, t): (f64, f64)) {
+fn blind_piece(y: &mut [f64], row: &[f64], c: &[f64], s: f64) {
     for ((yj, &x), &c) in y.iter_mut().zip(row).zip(c) {
-        let m = r * c / t;
-        let ratio = (x.abs() / m).min(CLIP);
-        let valid = x.is_finite() && x != 0.0 && t > 0.0 && m > 0.0;
+        let ratio = (x.abs() * s * c).min(CLIP);
+        let valid = x.is_finite() && x != 0.0 && s > 0.0 && c > 0.0;
         *yj = if valid { ratio - 1.0 } else { f64::NAN };
     }
 }
@@ -1614,8 +1648,12 @@ pub fn detect_tensor_coded(
 
 #[cfg(test)]
 impl Profile {
-    /// [`Profile::of_pair`] as it was written first, one element at a time:
-    /// the reference the faster one must equal bit for bit.
+    /// [`Profile::of_pair`] one element at a time: the reference the faster
+    /// one must equal bit for bit. Each row's sums add along the row; each
+    /// column's add down the rows of a chunk of [`rows_per_chunk`] rows,
+    /// from zero, and the chunks' sums are added to the running ones in
+    /// chunk order (the first's becoming them); the total adds the columns'
+    /// sums in column order.
     ///
     /// The profiles of two tensors of the same shape (`cols` columns), both
     /// over the elements that are finite and non-zero in **both**: an
@@ -1629,45 +1667,52 @@ impl Profile {
     where
         f64: From<T>,
     {
-        let rows = b.len() / cols.max(1);
-        let mut acc = [(vec![0.0; rows], vec![0.0; cols]), (vec![0.0; rows], vec![0.0; cols])];
-        let (mut row_n, mut col_n) = (vec![0u64; rows], vec![0u64; cols]);
-        // The suspect is decoded in pieces of a chunk, in element order.
-        let (size, mut xs) = (a.dtype.size(), Vec::new());
-        // Element `k` is at row `i`, column `j`, counted along (no division
-        // per element).
-        let (mut i, mut j) = (0usize, 0usize);
         let cols = cols.max(1);
-        for (p, piece) in a.data().chunks(CHUNK_ELEMENTS * size).enumerate() {
-            decode_f64(a.dtype, piece, &mut xs);
-            let first = p * CHUNK_ELEMENTS;
-            for (&x, &y) in xs.iter().zip(b.get(first..).unwrap_or_default()) {
-                let y = f64::from(y);
-                if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
-                    acc[0].0[i] += x.abs();
-                    acc[0].1[j] += x.abs();
-                    acc[1].0[i] += y.abs();
-                    acc[1].1[j] += y.abs();
-                    row_n[i] += 1;
-                    col_n[j] += 1;
+        let rows = b.len() / cols;
+        let block = rows_per_chunk(cols);
+        let mut xs = Vec::new();
+        decode_f64(a.dtype, &a.data(), &mut xs);
+        let mut row_sums = [vec![0.0; rows], vec![0.0; rows]];
+        let mut row_n = vec![0u64; rows];
+        let mut running: [Option<Vec<f64>>; 2] = [None, None];
+        let mut col_n = vec![0u64; cols];
+        for first in (0..rows).step_by(block) {
+            let mut chunk = [vec![0.0; cols], vec![0.0; cols]];
+            for i in first..(first + block).min(rows) {
+                for j in 0..cols {
+                    let k = i * cols + j;
+                    let (Some(&x), Some(&y)) = (xs.get(k), b.get(k)) else { continue };
+                    let y = f64::from(y);
+                    if x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0 {
+                        for (t, m) in [x.abs(), y.abs()].into_iter().enumerate() {
+                            row_sums[t][i] += m;
+                            chunk[t][j] += m;
+                        }
+                        row_n[i] += 1;
+                        col_n[j] += 1;
+                    }
                 }
-                j += 1;
-                if j == cols {
-                    (i, j) = (i + 1, 0);
+            }
+            for (r, c) in running.iter_mut().zip(chunk) {
+                match r {
+                    None => *r = Some(c),
+                    Some(r) => r.iter_mut().zip(&c).for_each(|(a, b)| *a += b),
                 }
             }
         }
-        let n: u64 = row_n.iter().sum();
-        // The means replace the sums in place.
-        let make = |(mut r, mut c): (Vec<f64>, Vec<f64>)| {
-            let mean = |s: &mut f64, n: &u64| *s = if *n > 0 { *s / *n as f64 } else { 0.0 };
-            let total = if n > 0 { r.iter().sum::<f64>() / n as f64 } else { 0.0 };
-            r.iter_mut().zip(&row_n).for_each(|(s, n)| mean(s, n));
-            c.iter_mut().zip(&col_n).for_each(|(s, n)| mean(s, n));
-            Profile { rows: r, cols: c, total }
+        let n: u64 = col_n.iter().sum();
+        let make = |r: &[f64], c: Option<Vec<f64>>| {
+            let c = c.unwrap_or_default();
+            let mean = |s: f64, n: u64| if n > 0 { s / n as f64 } else { 0.0 };
+            let total = mean(c.iter().fold(0.0, |a, &s| a + s), n);
+            Profile::new(
+                r.iter().zip(&row_n).map(|(&s, &n)| mean(s, n)).collect(),
+                c.iter().zip(&col_n).map(|(&s, &n)| mean(s, n)).collect(),
+                total,
+            )
         };
-        let [x, y] = acc;
-        (make(x), make(y))
+        let [rx, ry] = running;
+        (make(&row_sums[0], rx), make(&row_sums[1], ry))
     }
 }
 
@@ -1885,7 +1930,8 @@ mod tests {
         // stripe, one long row), with zeros, NaN and infinities in both.
         let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         let bits = |p: &Profile| {
-            let mut v: Vec<u64> = p.rows.iter().chain(&p.cols).map(|x| x.to_bits()).collect();
+            let mut v: Vec<u64> =
+                p.rows.iter().chain(&p.inverse_cols).map(|x| x.to_bits()).collect();
             v.push(p.total.to_bits());
             v
         };
@@ -1946,7 +1992,7 @@ mod tests {
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
         let profile_bits = |p: &Profile| {
             let mut v = bits(&p.rows);
-            v.extend(bits(&p.cols));
+            v.extend(bits(&p.inverse_cols));
             v.push(p.total.to_bits());
             v
         };
@@ -2010,7 +2056,8 @@ mod tests {
     #[test]
     fn the_profile_marking_builds_is_the_profile_of_the_marked_tensor_bit_for_bit() {
         let bits = |p: &Profile| {
-            let mut b: Vec<u64> = p.rows.iter().chain(&p.cols).map(|x| x.to_bits()).collect();
+            let mut b: Vec<u64> =
+                p.rows.iter().chain(&p.inverse_cols).map(|x| x.to_bits()).collect();
             b.push(p.total.to_bits());
             b
         };
@@ -2129,12 +2176,14 @@ mod tests {
         }
         for p in [got, builder.finish()] {
             assert_eq!(bits(&p.rows), bits(&row_means));
-            assert_eq!(bits(&p.cols), bits(&col_means));
+            let inverse: Vec<f64> =
+                col_means.iter().map(|&c| if c > 0.0 { 1.0 / c } else { 0.0 }).collect();
+            assert_eq!(bits(&p.inverse_cols), bits(&inverse));
             assert_eq!(p.total.to_bits(), total.to_bits());
         }
         // A builder given no chunk gives the empty tensor's profile.
         let empty = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder")).finish();
-        assert!(empty.rows.is_empty() && empty.cols.is_empty() && empty.total == 0.0);
+        assert!(empty.rows.is_empty() && empty.inverse_cols.is_empty() && empty.total == 0.0);
     }
 
     fn one(dtype: Dtype) -> Model {
