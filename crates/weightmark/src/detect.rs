@@ -916,7 +916,7 @@ fn test_scoped(
                 aligned.as_ref(),
                 &refs,
                 weights.get(t.name),
-                weights.profile(t.name),
+                crate::ss2::Known { blind: weights.profile(t.name), pair: None },
                 &code_refs,
             );
             for (&c, r) in coded.iter().zip(&readings) {

@@ -569,7 +569,7 @@ impl<'o> Marking<'o> {
             (None, None) => None,
         };
         let weights = ss2.weights.get(t.name);
-        let (data, fidelity, profile) = crate::ss2::embed_tensor_profiled(
+        let (data, fidelity, profiles) = crate::ss2::embed_tensor_profiled(
             t,
             &axes,
             &release,
@@ -584,12 +584,25 @@ impl<'o> Marking<'o> {
         if coded.is_none() {
             keys.extend(own.as_ref());
         }
-        let known = profile.as_ref();
+        // The profiles marking built spare the checks a pass each.
+        let (blind_known, informed_known) =
+            profiles.as_ref().map(|p| (p.blind(), p.informed())).unwrap_or_default();
         let (blind, _) =
-            crate::ss2::detect_tensor_coded(&marked, &axes, None, &keys, weights, known, &[]);
+            crate::ss2::detect_tensor_coded(&marked, &axes, None, &keys, weights, blind_known, &[]);
         let aligned = crate::ss2::Aligned { tensor: *t, axes, residual: None };
         let informed = match self.informed_check {
-            true => crate::ss2::detect_tensor(&marked, &axes, Some(&aligned), &keys, weights),
+            true => {
+                let check = crate::ss2::detect_tensor_coded(
+                    &marked,
+                    &axes,
+                    Some(&aligned),
+                    &keys,
+                    weights,
+                    informed_known,
+                    &[],
+                );
+                check.0
+            }
             false => Vec::new(),
         };
         let weight = ss2.strengths.recipient_weight();

@@ -203,12 +203,14 @@ pub fn embed_tensor(
     (data, fidelity)
 }
 
-/// [`embed_tensor`], and the marked tensor's blind profile where its rows
-/// fit in a chunk: built from the marked values each chunk decodes anyway
-/// (for the fidelity), so that the blind check of the marked tensor
-/// ([`detect_tensor_coded`] with `known`) need not read it once more. The
-/// same profile, bit for bit, as [`Profile::of`] of the marked tensor (the
-/// same chunks, decoded the same way).
+/// [`embed_tensor`], and the marked tensor's profiles where its rows fit in
+/// a chunk: built from the original and marked values each chunk decodes
+/// anyway (for the fidelity), so that the checks of the marked tensor
+/// ([`detect_tensor_coded`] with [`MarkedProfiles::blind`] or
+/// [`MarkedProfiles::informed`]) need not read it for them. The same
+/// profiles, bit for bit, as [`Profile::of`] of the marked tensor and
+/// [`Profile::of_pair`] of it and the original (the same chunks, decoded
+/// the same way).
 pub(crate) fn embed_tensor_profiled(
     t: &TensorRef<'_>,
     axes: &Axes<'_>,
@@ -216,8 +218,44 @@ pub(crate) fn embed_tensor_profiled(
     recipient: Option<&dyn SignSource>,
     strengths: Strengths,
     weights: Option<&TensorWeights>,
-) -> (Vec<u8>, Fidelity, Option<Profile>) {
+) -> (Vec<u8>, Fidelity, Option<MarkedProfiles>) {
     mark_tensor(t, axes, release, recipient, strengths, weights, true)
+}
+
+/// The profiles of a marked tensor that its checks read
+/// ([`embed_tensor_profiled`]).
+pub(crate) struct MarkedProfiles {
+    /// The marked tensor's blind profile ([`Profile::of`]).
+    blind: Profile,
+    /// The marked tensor's and the original's pair profiles
+    /// ([`Profile::of_pair`]).
+    pair: (Profile, Profile),
+}
+
+impl MarkedProfiles {
+    /// What the blind check of the marked tensor reads.
+    pub(crate) fn blind(&self) -> Known<'_> {
+        Known { blind: Some(&self.blind), pair: None }
+    }
+
+    /// What the informed check of the marked tensor against its original
+    /// (read in place) reads.
+    pub(crate) fn informed(&self) -> Known<'_> {
+        Known { blind: None, pair: Some((&self.pair.0, &self.pair.1)) }
+    }
+}
+
+/// Profiles of a suspect that a pass over it already gave, so that
+/// detection need not read it for them. Each must be the one detection
+/// would compute, bit for bit.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Known<'a> {
+    /// Its blind profile (the allocation's pass,
+    /// [`crate::allocation::ModelWeights::for_detection`], or marking's).
+    pub(crate) blind: Option<&'a Profile>,
+    /// Its and its original's pair profiles ([`Profile::of_pair`]), used
+    /// when the original is read in place (marking's own check).
+    pub(crate) pair: Option<(&'a Profile, &'a Profile)>,
 }
 
 /// [`embed_tensor`], with the profile of [`embed_tensor_profiled`] only
@@ -230,7 +268,7 @@ fn mark_tensor(
     strengths: Strengths,
     weights: Option<&TensorWeights>,
     profiled: bool,
-) -> (Vec<u8>, Fidelity, Option<Profile>) {
+) -> (Vec<u8>, Fidelity, Option<MarkedProfiles>) {
     let size = t.dtype.size();
     let (_, cols) = dims(t);
     let layout = Layout::of(axes);
@@ -239,7 +277,8 @@ fn mark_tensor(
     let source = t.data();
     let mut data = source.to_vec();
     let chunk = (block * cols * size).max(1);
-    let mark_chunk = |ci: usize, out: &mut [u8]| -> (Fidelity, Option<ChunkProfile>) {
+    type Shares = (ChunkProfile, ChunkProfile, ChunkProfile);
+    let mark_chunk = |ci: usize, out: &mut [u8]| -> (Fidelity, Option<Shares>) {
         let first_row = ci * block;
         let n = out.len() / size;
         let start = first_row * cols;
@@ -274,31 +313,45 @@ fn mark_tensor(
         encode_stochastic(t.dtype, &target, &u, out);
         let mut marked = Vec::with_capacity(n);
         decode_f64(t.dtype, out, &mut marked);
-        let profile = profiled.then(|| chunk_profile(&marked, cols, &mut Vec::new()));
+        let profile = profiled.then(|| {
+            let mut scratch = Vec::new();
+            let blind = chunk_profile(&marked, cols, &mut scratch);
+            let (x, o) = pair_chunk_profiles(&marked, &w, n, cols, &mut scratch);
+            (blind, x, o)
+        });
         (Fidelity::between(&w, &marked), profile)
     };
     // The chunks in parallel a batch at a time; their changes and profile
     // shares are merged in chunk order.
     let mut fidelity = Fidelity::default();
-    let mut profile = profiled.then(|| ProfileBuilder::any(cols));
+    let builder = || ProfileBuilder::any(cols);
+    let mut profiles = profiled.then(|| [builder(), builder(), builder()]);
     for (b, batch) in data.chunks_mut(PROFILE_BATCH * chunk).enumerate() {
-        let parts: Vec<(Fidelity, Option<ChunkProfile>)> = batch
+        let parts: Vec<(Fidelity, Option<Shares>)> = batch
             .par_chunks_mut(chunk)
             .enumerate()
             .map(|(k, out)| mark_chunk(b * PROFILE_BATCH + k, out))
             .collect();
         for (f, p) in parts {
             fidelity = fidelity.merge(f);
-            match (profile.as_mut(), p) {
-                (Some(builder), Some(p)) => builder.add_part(p),
+            match (profiles.as_mut(), p) {
+                (Some([blind, x, o]), Some((pb, px, po))) => {
+                    blind.add_part(pb);
+                    x.add_part(px);
+                    o.add_part(po);
+                }
                 // A chunk without a share (a row longer than a chunk): no
-                // profile.
-                (Some(_), None) => profile = None,
+                // profiles.
+                (Some(_), None) => profiles = None,
                 (None, _) => {}
             }
         }
     }
-    (data, fidelity, profile.map(ProfileBuilder::finish))
+    let profiles = profiles.map(|[blind, x, o]| MarkedProfiles {
+        blind: blind.finish(),
+        pair: (x.finish(), o.finish()),
+    });
+    (data, fidelity, profiles)
 }
 
 /// One row longer than a chunk, worked on in pieces of [`CHUNK_ELEMENTS`]
@@ -1356,18 +1409,16 @@ fn add_finite(sums: &mut [f64], y: &[f64]) {
     }
 }
 
-/// Detection statistics of one tensor under several keys at once, reading it
-/// twice (the magnitude profile, then the sums): blind, or informed when
-/// `original` is given (same shape). Each keyed sign multiplies the sum of
-/// `y` over its group ([`GROUP`]); `V` is the sum of the groups' squares.
-pub fn detect_tensor(
+/// [`detect_tensor_coded`] without codes or known profiles.
+#[cfg(test)]
+fn detect_tensor(
     suspect: &TensorRef<'_>,
     axes: &Axes<'_>,
     original: Option<&Aligned<'_>>,
     keys: &[&TensorStreams],
     weights: Option<&TensorWeights>,
 ) -> Vec<Stats> {
-    detect_tensor_coded(suspect, axes, original, keys, weights, None, &[]).0
+    detect_tensor_coded(suspect, axes, original, keys, weights, Known::default(), &[]).0
 }
 
 /// Items of a parallel pass whose results are held at once when recipient
@@ -1391,11 +1442,14 @@ pub(crate) fn in_batches<T: Send>(
     }
 }
 
-/// [`detect_tensor`], and the per-group reading of each recipient code in
+/// Detection statistics of one tensor under several keys at once, reading it
+/// twice (the magnitude profile, then the sums): blind, or informed when
+/// `original` is given (same shape). Each keyed sign multiplies the sum of
+/// `y` over its group ([`GROUP`]); `V` is the sum of the groups' squares.
+/// With the statistics, the per-group reading of each recipient code in
 /// `codes` ([`crate::tardos`]): each code's signs multiply the same sums
-/// `Y` (per sign position) that the keys' signs do. `known` is the
-/// suspect's blind profile when a pass over it already gave it (the
-/// allocation's, [`crate::allocation::ModelWeights::for_detection`]).
+/// `Y` (per sign position) that the keys' signs do. `known` holds the
+/// suspect's profiles that a pass over it already gave ([`Known`]).
 #[allow(clippy::too_many_arguments)]
 pub fn detect_tensor_coded(
     suspect: &TensorRef<'_>,
@@ -1403,7 +1457,7 @@ pub fn detect_tensor_coded(
     original: Option<&Aligned<'_>>,
     keys: &[&TensorStreams],
     weights: Option<&TensorWeights>,
-    known: Option<&Profile>,
+    known: Known<'_>,
     codes: &[&CodeStream],
 ) -> (Vec<Stats>, Vec<Reading>) {
     let (rows, cols) = dims(suspect);
@@ -1415,7 +1469,7 @@ pub fn detect_tensor_coded(
     let suspect_bytes: &[u8] = &suspect_data;
     let computed;
     let (profile, reference) = match original {
-        None => match known {
+        None => match known.blind {
             Some(p) => (p, None),
             None => {
                 computed = Profile::of(suspect);
@@ -1464,10 +1518,12 @@ pub fn detect_tensor_coded(
                 values
             };
             drop((row_map, col_map));
-            let (ps, po) = match &values {
-                ReferenceValues::F32(v) => Profile::of_pair(suspect, v.as_slice(), cols),
-                ReferenceValues::F64(v) => Profile::of_pair(suspect, v.as_slice(), cols),
-                ReferenceValues::Stored(v) => Profile::of_pair(suspect, v, cols),
+            let (ps, po) = match (&values, known.pair) {
+                // Read in place: the pair profiles marking built, if given.
+                (ReferenceValues::Stored(_), Some((ps, po))) => (ps.clone(), po.clone()),
+                (ReferenceValues::F32(v), _) => Profile::of_pair(suspect, v.as_slice(), cols),
+                (ReferenceValues::F64(v), _) => Profile::of_pair(suspect, v.as_slice(), cols),
+                (ReferenceValues::Stored(v), _) => Profile::of_pair(suspect, v, cols),
             };
             computed = ps;
             (&computed, Some(Reference { profile: po, values }))
@@ -2054,7 +2110,7 @@ mod tests {
     }
 
     #[test]
-    fn the_profile_marking_builds_is_the_profile_of_the_marked_tensor_bit_for_bit() {
+    fn the_profiles_marking_builds_are_those_of_the_marked_tensor_bit_for_bit() {
         let bits = |p: &Profile| {
             let mut b: Vec<u64> =
                 p.rows.iter().chain(&p.inverse_cols).map(|x| x.to_bits()).collect();
@@ -2078,10 +2134,31 @@ mod tests {
             let (data, _, profile) =
                 embed_tensor_profiled(&t, &Axes::default(), &release, None, strengths, None);
             let marked = t.with_data(&data);
-            match profile {
-                Some(p) => assert_eq!(bits(&p), bits(&Profile::of(&marked)), "{rows}x{cols}"),
-                None => assert!(cols > CHUNK_ELEMENTS, "{rows}x{cols}: no profile"),
-            }
+            let Some(p) = profile else {
+                assert!(cols > CHUNK_ELEMENTS, "{rows}x{cols}: no profile");
+                continue;
+            };
+            assert_eq!(bits(&p.blind), bits(&Profile::of(&marked)), "{rows}x{cols}");
+            let stored = Stored { dtype: t.dtype, bytes: t.data() };
+            let (x, o) = Profile::of_pair(&marked, &stored, cols);
+            assert_eq!(
+                bits(&p.pair.0),
+                bits(&x),
+                "{rows}x{cols}: the marked tensor's pair profile"
+            );
+            assert_eq!(bits(&p.pair.1), bits(&o), "{rows}x{cols}: the original's pair profile");
+            // The checks read them instead of computing them: the same
+            // statistics.
+            let axes = Axes::default();
+            let aligned = Aligned { tensor: t, axes, residual: None };
+            let keys = [&release];
+            let check = |original: Option<&Aligned<'_>>, known| {
+                detect_tensor_coded(&marked, &axes, original, &keys, None, known, &[]).0
+            };
+            assert_eq!(check(None, p.blind()), check(None, Known::default()), "{rows}x{cols}");
+            let informed = check(Some(&aligned), p.informed());
+            assert_eq!(informed, check(Some(&aligned), Known::default()), "{rows}x{cols}");
+            assert!(informed[0].z() > 5.0, "{rows}x{cols}: informed z {}", informed[0].z());
         }
     }
 
