@@ -319,7 +319,7 @@ fn mark_tensor(
             let (x, o) = pair_chunk_profiles(&marked, &w, n, cols, &mut scratch);
             (blind, x, o)
         });
-        (Fidelity::between(&w, &marked), profile)
+        (Fidelity::between_in_lanes(&w, &marked), profile)
     };
     // The chunks in parallel a batch at a time; their changes and profile
     // shares are merged in chunk order.
