@@ -278,7 +278,7 @@ fn mark_tensor(
     let mut data = source.to_vec();
     let chunk = (block * cols * size).max(1);
     type Shares = (ChunkProfile, ChunkProfile, ChunkProfile);
-    let mark_chunk = |ci: usize, out: &mut [u8]| -> (Fidelity, Option<Shares>) {
+    let mark_chunk = |bufs: &mut ChunkBuffers, ci: usize, out: &mut [u8]| {
         let first_row = ci * block;
         let n = out.len() / size;
         let start = first_row * cols;
@@ -288,12 +288,16 @@ fn mark_tensor(
             let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
             return (row.embed(input, out, release, recipient, strengths), None);
         }
-        let mut w = Vec::with_capacity(n);
-        decode_f64(t.dtype, input, &mut w);
-        let mut u = vec![0u32; n];
-        release.dither(start as u64, &mut u);
+        // Every value of the buffers is written before it is read (a
+        // buffer reused from the last chunk only keeps its allocation).
+        let ChunkBuffers { w, u, target, marked, scratch } = bufs;
+        decode_f64(t.dtype, input, w);
+        u.resize(n, 0);
+        let u = &mut u[..n];
+        release.dither(start as u64, u);
         let (mut p, mut q, mut buf) = (vec![0.0; cols], vec![0.0; cols], Vec::new());
-        let mut target = vec![0.0; n];
+        target.resize(n, 0.0);
+        let target = &mut target[..n];
         let mut a = vec![0.0; if weights.is_some() { cols } else { 0 }];
         for (r, (row_w, row_t)) in w.chunks(cols).zip(target.chunks_mut(cols)).enumerate() {
             let i = first_row + r;
@@ -310,16 +314,14 @@ fn mark_tensor(
             });
             mark_piece(row_t, row_w, (&p[..len], &q[..len]), a, strengths);
         }
-        encode_stochastic(t.dtype, &target, &u, out);
-        let mut marked = Vec::with_capacity(n);
-        decode_f64(t.dtype, out, &mut marked);
-        let profile = profiled.then(|| {
-            let mut scratch = Vec::new();
-            let blind = chunk_profile(&marked, cols, &mut scratch);
-            let (x, o) = pair_chunk_profiles(&marked, &w, n, cols, &mut scratch);
+        encode_stochastic(t.dtype, target, u, out);
+        decode_f64(t.dtype, out, marked);
+        let profile: Option<Shares> = profiled.then(|| {
+            let blind = chunk_profile(marked, cols, scratch);
+            let (x, o) = pair_chunk_profiles(marked, w, n, cols, scratch);
             (blind, x, o)
         });
-        (Fidelity::between_in_lanes(&w, &marked), profile)
+        (Fidelity::between_in_lanes(w, marked), profile)
     };
     // The chunks in parallel a batch at a time; their changes and profile
     // shares are merged in chunk order.
@@ -330,7 +332,9 @@ fn mark_tensor(
         let parts: Vec<(Fidelity, Option<Shares>)> = batch
             .par_chunks_mut(chunk)
             .enumerate()
-            .map(|(k, out)| mark_chunk(b * PROFILE_BATCH + k, out))
+            .map_init(ChunkBuffers::default, |bufs, (k, out)| {
+                mark_chunk(bufs, b * PROFILE_BATCH + k, out)
+            })
             .collect();
         for (f, p) in parts {
             fidelity = fidelity.merge(f);
@@ -352,6 +356,21 @@ fn mark_tensor(
         pair: (x.finish(), o.finish()),
     });
     (data, fidelity, profiles)
+}
+
+/// The work buffers of marking one chunk, kept from chunk to chunk.
+#[derive(Default)]
+struct ChunkBuffers {
+    /// The original values.
+    w: Vec<f64>,
+    /// The rounding dither.
+    u: Vec<u32>,
+    /// The marked values before rounding.
+    target: Vec<f64>,
+    /// The marked values after rounding.
+    marked: Vec<f64>,
+    /// For the profiles.
+    scratch: Vec<f64>,
 }
 
 /// One row longer than a chunk, worked on in pieces of [`CHUNK_ELEMENTS`]
@@ -736,8 +755,11 @@ where
     let len = xs.iter().map(|r| r.len()).chain(os.iter().map(|r| r.len())).min().unwrap_or(0);
     let len = len.min(sx.len()).min(sy.len()).min(sn.len());
     let (sx, sy, sn) = (&mut sx[..len], &mut sy[..len], &mut sn[..len]);
-    scratch.clear();
-    scratch.resize(2 * K * len, 0.0);
+    // Every value read below is written first: a longer buffer is not
+    // refilled.
+    if scratch.len() < 2 * K * len {
+        scratch.resize(2 * K * len, 0.0);
+    }
     let (mxs, mys) = scratch.split_at_mut(K * len);
     let mut counts = [0u64; K];
     for r in 0..K {
