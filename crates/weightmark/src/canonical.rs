@@ -117,89 +117,125 @@ pub fn match_residual(
     let name = ORDER_SOURCES
         .iter()
         .find(|n| suspect.tensor(n).is_some() && original.tensor(n).is_some())?;
-    let columns = |m: &Model| -> Option<Vec<Vec<f64>>> {
-        let t = m.tensor(name)?;
-        let [rows, cols] = *t.shape else { return None };
-        if cols != hidden || !t.dtype.is_readable() {
-            return None;
-        }
-        let step = (rows / MATCH_ROWS).max(1);
-        let size = t.dtype.size();
-        // Each column's vector at its final size from the start (`vec!`
-        // would clone an empty vector, without its capacity, and every
-        // column would grow by copies).
-        let taken = rows.div_ceil(step);
-        let mut out: Vec<Vec<f64>> = (0..cols).map(|_| Vec::with_capacity(taken)).collect();
-        let mut row = Vec::new();
-        let data = t.data();
-        for r in (0..rows).step_by(step) {
-            decode_f64(t.dtype, data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
-            for (c, v) in out.iter_mut().zip(&row) {
-                c.push(if v.is_finite() { *v } else { 0.0 });
-            }
-        }
-        for c in &mut out {
-            let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
-            c.iter_mut().for_each(|v| *v -= mean);
-            let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                c.iter_mut().for_each(|v| *v /= norm);
-            }
-        }
-        Some(out)
-    };
-    let (sc, oc) = (columns(suspect)?, columns(original)?);
+    let (sc, oc) = (match_columns(suspect, name, hidden)?, match_columns(original, name, hidden)?);
     let mut by_rank = vec![0usize; hidden];
     for (stored, &r) in co.rank.iter().enumerate() {
         *by_rank.get_mut(r as usize)? = stored;
     }
-    Some(
-        (0..hidden)
-            .into_par_iter()
-            .map(|j| {
-                let r = cs.rank[j] as usize;
-                let (lo, hi) = (r.saturating_sub(MATCH_WINDOW), (r + MATCH_WINDOW + 1).min(hidden));
-                let mut best = (by_rank[r], f64::MIN);
-                // Eight candidates side by side (each dot product still adds
-                // in element order), the rest one at a time; the first
-                // largest wins, as candidates are compared in order.
-                let window = &by_rank[lo..hi];
-                let mut eights = window.chunks_exact(8);
-                let mut consider = |k: usize, c: f64| {
-                    if c.abs() > best.1 {
-                        best = (k, c.abs());
-                    }
-                };
-                for ks in eights.by_ref() {
-                    let others: [&[f64]; 8] = std::array::from_fn(|i| oc[ks[i]].as_slice());
-                    let dots = dots_side_by_side(&sc[j], others);
-                    ks.iter().zip(dots).for_each(|(&k, c)| consider(k, c));
-                }
-                for &k in eights.remainder() {
-                    let [c] = dots_side_by_side(&sc[j], [oc[k].as_slice()]);
-                    consider(k, c);
-                }
-                best.0
-            })
-            .collect(),
-    )
+    let window = |j: usize| -> Option<(usize, std::ops::Range<usize>)> {
+        let r = *cs.rank.get(j)? as usize;
+        (r < hidden)
+            .then(|| (r, r.saturating_sub(MATCH_WINDOW)..(r + MATCH_WINDOW + 1).min(hidden)))
+    };
+    // Suspect channels in canonical order, a block of neighbours at a time:
+    // their windows overlap, so each candidate's column is read once for
+    // the block rather than once per channel.
+    let mut order: Vec<usize> = (0..hidden).collect();
+    order.sort_by_key(|&j| (cs.rank.get(j).copied(), j));
+    let blocks: Vec<Vec<(usize, usize)>> = order
+        .par_chunks(MATCH_BLOCK)
+        .map(|block| -> Option<Vec<(usize, usize)>> {
+            let windows: Vec<(usize, std::ops::Range<usize>)> =
+                block.iter().map(|&j| window(j)).collect::<Option<_>>()?;
+            let lo = windows.iter().map(|(_, w)| w.start).min()?;
+            let hi = windows.iter().map(|(_, w)| w.end).max()?;
+            // The block's columns side by side (a short block repeats its
+            // first; those dot products are not read).
+            let len = block.iter().map(|&j| sc[j].len()).min().unwrap_or(0);
+            let a: Vec<[f64; MATCH_BLOCK]> = (0..len)
+                .map(|t| std::array::from_fn(|i| sc[*block.get(i).unwrap_or(&block[0])][t]))
+                .collect();
+            // Dot products with every candidate of the union of the windows,
+            // four candidates at a time.
+            let mut dots: Vec<[f64; MATCH_BLOCK]> = Vec::with_capacity(hi - lo + 3);
+            for first in (lo..hi).step_by(4) {
+                let b: [&[f64]; 4] =
+                    std::array::from_fn(|k| oc[by_rank[(first + k).min(hi - 1)]].as_slice());
+                dots.extend(dots_block(&a, b));
+            }
+            // The first largest |correlation| in each channel's own window,
+            // candidates compared in canonical order.
+            Some(
+                block
+                    .iter()
+                    .zip(&windows)
+                    .enumerate()
+                    .map(|(i, (&j, (r, w)))| {
+                        let mut best = (by_rank[*r], f64::MIN);
+                        for p in w.clone() {
+                            let c = dots[p - lo][i];
+                            if c.abs() > best.1 {
+                                best = (by_rank[p], c.abs());
+                            }
+                        }
+                        (j, best.0)
+                    })
+                    .collect(),
+            )
+        })
+        .collect::<Option<_>>()?;
+    let mut matched = vec![0usize; hidden];
+    for (j, k) in blocks.into_iter().flatten() {
+        matched[j] = k;
+    }
+    Some(matched)
 }
 
-/// The dot products of `a` with each of `K` vectors, each adding its
-/// products in element order (the `K` chains side by side, not one after
-/// another); a vector shorter than `a` ends its sum early, as a zip would.
-#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
-fn dots_side_by_side<const K: usize>(a: &[f64], bs: [&[f64]; K]) -> [f64; K] {
-    let len = bs.iter().map(|b| b.len()).min().unwrap_or(0).min(a.len());
-    let mut sums = [0.0f64; K];
-    let heads = bs.map(|b| &b[..len]);
-    for (j, &x) in a[..len].iter().enumerate() {
-        for (s, b) in sums.iter_mut().zip(&heads) {
-            *s += x * b[j];
+/// The columns [`match_residual`] compares: each embedding column on a
+/// fixed sample of rows, centred and scaled to norm 1 (non-finite entries
+/// read as 0). `None` unless `m`'s tensor `name` is a readable matrix of
+/// `hidden` columns.
+fn match_columns(m: &Model, name: &str, hidden: usize) -> Option<Vec<Vec<f64>>> {
+    let t = m.tensor(name)?;
+    let [rows, cols] = *t.shape else { return None };
+    if cols != hidden || !t.dtype.is_readable() {
+        return None;
+    }
+    let step = (rows / MATCH_ROWS).max(1);
+    let size = t.dtype.size();
+    // Each column's vector at its final size from the start (`vec!`
+    // would clone an empty vector, without its capacity, and every
+    // column would grow by copies).
+    let taken = rows.div_ceil(step);
+    let mut out: Vec<Vec<f64>> = (0..cols).map(|_| Vec::with_capacity(taken)).collect();
+    let mut row = Vec::new();
+    let data = t.data();
+    for r in (0..rows).step_by(step) {
+        decode_f64(t.dtype, data.get(r * cols * size..(r + 1) * cols * size)?, &mut row);
+        for (c, v) in out.iter_mut().zip(&row) {
+            c.push(if v.is_finite() { *v } else { 0.0 });
         }
     }
-    for (s, b) in sums.iter_mut().zip(bs) {
-        *s = a.iter().zip(b).skip(len).fold(*s, |acc, (x, y)| acc + x * y);
+    for c in &mut out {
+        let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
+        c.iter_mut().for_each(|v| *v -= mean);
+        let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            c.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    Some(out)
+}
+
+/// Suspect channels matched together by [`match_residual`].
+const MATCH_BLOCK: usize = 8;
+
+/// The dot products of each of [`MATCH_BLOCK`] vectors (`a[t][i]` is
+/// element `t` of vector `i`) with each of four vectors `bs`: for each
+/// vector of `bs`, one per `a` vector. Each adds its products in element
+/// order, over the elements both have.
+#[multiversion::multiversion(targets("x86_64+avx2+avx+sse4.1+popcnt"))]
+fn dots_block(a: &[[f64; MATCH_BLOCK]], bs: [&[f64]; 4]) -> [[f64; MATCH_BLOCK]; 4] {
+    let len = bs.iter().map(|b| b.len()).min().unwrap_or(0).min(a.len());
+    let bs = bs.map(|b| &b[..len]);
+    let mut sums = [[0.0f64; MATCH_BLOCK]; 4];
+    for (t, at) in a[..len].iter().enumerate() {
+        for (s, b) in sums.iter_mut().zip(&bs) {
+            let bt = b[t];
+            for (s, &x) in s.iter_mut().zip(at) {
+                *s += x * bt;
+            }
+        }
     }
     sums
 }
@@ -860,6 +896,55 @@ mod tests {
         // The flips are found too (the neuron sketch reads gates through them).
         let expected_flips: Vec<bool> = perm.iter().map(|&src| src % 2 == 0).collect();
         assert_eq!(flipped, expected_flips);
+    }
+
+    #[test]
+    fn residual_matching_in_blocks_is_the_channel_by_channel_matching() {
+        // 200 channels: windows cut at both ends and a short last block.
+        let shape = LlamaShape { vocab: 700, hidden: 200, ..SHAPE };
+        let tensors = llama(&shape, crate::Dtype::F32, 9);
+        let embedding = tensors.iter().find(|t| t.name == "model.embed_tokens.weight");
+        let original = only_embedding(embedding.unwrap_or_else(|| panic!("no embedding")).clone());
+        let (e, rows, cols) = embedding_values(&original);
+        // The suspect: channels permuted, some flipped, all a little noisy.
+        let perm: Vec<usize> = (0..cols).map(|j| (j * 37 + 11) % cols).collect();
+        let noisy: Vec<f64> = (0..rows * cols)
+            .map(|k| {
+                let src = perm[k % cols];
+                let x = e[(k / cols) * cols + src] * if src % 3 == 0 { -1.0 } else { 1.0 };
+                x + 0.05 * x.abs() * ((k as f64) * 0.7).sin()
+            })
+            .collect();
+        let suspect = only_embedding(with_embedding(&tensors, &noisy));
+        let (cs, co) = (Canonical::of(&suspect), Canonical::of(&original));
+        let got = match_residual(&suspect, &original, &cs, &co)
+            .unwrap_or_else(|| panic!("the matching must apply"));
+        // Channel by channel, each dot product on its own.
+        let name = "model.embed_tokens.weight";
+        let sc = match_columns(&suspect, name, cols).unwrap_or_else(|| panic!("suspect"));
+        let oc = match_columns(&original, name, cols).unwrap_or_else(|| panic!("original"));
+        let mut by_rank = vec![0usize; cols];
+        for (stored, &r) in co.rank.iter().enumerate() {
+            by_rank[r as usize] = stored;
+        }
+        let want: Vec<usize> = (0..cols)
+            .map(|j| {
+                let r = cs.rank[j] as usize;
+                let mut best = (by_rank[r], f64::MIN);
+                let window = r.saturating_sub(MATCH_WINDOW)..(r + MATCH_WINDOW + 1).min(cols);
+                for &k in &by_rank[window] {
+                    let c = sc[j].iter().zip(&oc[k]).fold(0.0, |s, (a, b)| s + a * b);
+                    if c.abs() > best.1 {
+                        best = (k, c.abs());
+                    }
+                }
+                best.0
+            })
+            .collect();
+        assert_eq!(got, want);
+        // And it finds the channels.
+        let right = got.iter().zip(&perm).filter(|(a, b)| a == b).count();
+        assert!(right >= 190, "{right} of {cols} channels matched");
     }
 
     #[test]
