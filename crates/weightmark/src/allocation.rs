@@ -637,8 +637,13 @@ fn row_sums(
         let rows: [&[f64]; SIDE_BY_SIDE] = std::array::from_fn(|_| rows.next().unwrap_or(&[]));
         out.extend_from_slice(&sums_side_by_side(rows));
     }
-    for row in whole.remainder().chunks(width) {
-        out.extend_from_slice(&sums_side_by_side([row]));
+    // The rest side by side too (a short last row adds its own elements).
+    let rest: Vec<&[f64]> = whole.remainder().chunks(width).collect();
+    if !rest.is_empty() {
+        crate::ss2::side_by_side!(rest.len(), K => {
+            let rows: [&[f64]; K] = std::array::from_fn(|i| rest[i]);
+            out.extend_from_slice(&sums_side_by_side(rows));
+        });
     }
     out
 }
@@ -733,6 +738,21 @@ mod tests {
         // Cheaper channels (smaller h) get more, monotonically.
         assert!(a.windows(2).take(199).all(|w| w[0] >= w[1]));
         assert!(a[0] > 2.0 && a[199] < 0.5, "{} {}", a[0], a[199]);
+    }
+
+    #[test]
+    fn row_sums_add_each_row_in_element_order_however_many_rows_there_are() {
+        // 8 side by side, then 0 to 7 more, the last possibly short.
+        for (rows, width, short) in [(8usize, 5usize, 0usize), (13, 7, 0), (5, 9, 4), (1, 3, 1)] {
+            let n = rows * width - short;
+            let values: Vec<f64> = (0..n).map(|k| ((k as f64) * 0.77).sin() * 1e3).collect();
+            let mut terms = Vec::new();
+            let got = row_sums(&values, width, |x| x * x, &mut terms);
+            let want: Vec<f64> =
+                values.chunks(width).map(|r| r.iter().fold(0.0, |s, &x| s + x * x)).collect();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{rows} rows of {width}, {short} short");
+        }
     }
 
     #[test]

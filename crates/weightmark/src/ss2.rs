@@ -41,6 +41,49 @@ use crate::pattern::{SignSource, TensorStreams};
 use crate::scheme::{Fidelity, Stats, CHUNK_ELEMENTS};
 use crate::tardos::{CodeStream, Reading};
 
+/// `$body` with `$k` a constant equal to `$n` (1 to 8): how a number of
+/// rows known only at run time (the rest of a chunk after its groups of
+/// eight) is still read side by side, one chain of additions per row.
+macro_rules! side_by_side {
+    ($n:expr, $k:ident => $body:expr) => {
+        match $n {
+            1 => {
+                const $k: usize = 1;
+                $body
+            }
+            2 => {
+                const $k: usize = 2;
+                $body
+            }
+            3 => {
+                const $k: usize = 3;
+                $body
+            }
+            4 => {
+                const $k: usize = 4;
+                $body
+            }
+            5 => {
+                const $k: usize = 5;
+                $body
+            }
+            6 => {
+                const $k: usize = 6;
+                $body
+            }
+            7 => {
+                const $k: usize = 7;
+                $body
+            }
+            _ => {
+                const $k: usize = 8;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use side_by_side;
+
 /// Magnitude ratios above this are clipped (outliers carry no more weight
 /// than a typical element four times its expected size).
 const CLIP: f64 = 4.0;
@@ -683,7 +726,17 @@ fn add_chunk_profile(
         let sums = add_rows(rows, col_sum, col_n, scratch);
         row_means.extend(sums.map(mean));
     }
-    for row in eight.remainder().chunks(cols) {
+    // The rest side by side too (each row's sum and each column's still in
+    // element order), a short last row alone.
+    let rest: Vec<&[f64]> = eight.remainder().chunks(cols).collect();
+    let full = rest.iter().take_while(|r| r.len() == cols).count();
+    if full > 0 {
+        side_by_side!(full, K => {
+            let rows: [&[f64]; K] = std::array::from_fn(|i| rest[i]);
+            row_means.extend(add_rows(rows, col_sum, col_n, scratch).map(mean));
+        });
+    }
+    for &row in &rest[full..] {
         let [sum] = add_rows([row], col_sum, col_n, scratch);
         row_means.push(mean(sum));
     }
@@ -718,10 +771,14 @@ where
     };
     let mut r = 0;
     while r < rows {
-        let sums: Vec<(f64, f64, u64)> = if (r + 8) * cols <= held {
-            let x: [&[f64]; 8] = std::array::from_fn(|k| piece(r + k).0);
-            let o: [&[T]; 8] = std::array::from_fn(|k| piece(r + k).1);
-            add_pair_rows(x, o, &mut sx, &mut sy, &mut sn, scratch).to_vec()
+        // Up to eight rows both hold whole side by side, else one.
+        let whole = (held / cols).saturating_sub(r).min(8).min(rows - r);
+        let sums: Vec<(f64, f64, u64)> = if whole > 0 {
+            side_by_side!(whole, K => {
+                let x: [&[f64]; K] = std::array::from_fn(|k| piece(r + k).0);
+                let o: [&[T]; K] = std::array::from_fn(|k| piece(r + k).1);
+                add_pair_rows(x, o, &mut sx, &mut sy, &mut sn, scratch).to_vec()
+            })
         } else {
             let (x, o) = piece(r);
             add_pair_rows([x], [o], &mut sx, &mut sy, &mut sn, scratch).to_vec()
@@ -2020,6 +2077,9 @@ mod tests {
             (4, (1, 70_000), Dtype::BF16),
             (5, (8, 1536), Dtype::F16),
             (6, (1100, 64), Dtype::F32),
+            // Five rows to a chunk (a Llama down projection's width): every
+            // chunk is a rest of fewer than eight rows.
+            (7, (23, 11008), Dtype::BF16),
         ] {
             let mut t = gaussian_matrix("w", rows, cols, dtype, seed);
             let size = dtype.size();
@@ -2146,6 +2206,7 @@ mod tests {
             (300, 576, Dtype::F16),
             (7, 1000, Dtype::BF16),
             (2203, 1000, Dtype::BF16),
+            (23, 11008, Dtype::BF16),
             (1, CHUNK_ELEMENTS + 5, Dtype::F16),
         ] {
             let m = to_model(&[gaussian_matrix("w", rows, cols, dtype, 5)])
@@ -2227,61 +2288,64 @@ mod tests {
     #[test]
     fn the_profile_sums_every_row_and_column_in_element_order() {
         // 2203 rows (not a multiple of the eight read side by side) of 1000
-        // columns (65 rows to a chunk: 34 chunks, more than a batch), with
+        // columns (65 rows to a chunk: 34 chunks, more than a batch), and 23
+        // rows of 11008 (five rows to a chunk, none a group of eight), with
         // zeros, NaN and infinities.
-        let (rows, cols): (usize, usize) = (2203, 1000);
-        assert!(rows.div_ceil(rows_per_chunk(cols)) > PROFILE_BATCH);
-        let mut t = gaussian_matrix("w", rows, cols, Dtype::F16, 11);
-        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
-        for k in (0..rows * cols).step_by(97) {
-            let x = half::f16::from_f32(specials[k % specials.len()]);
-            t.data[2 * k..2 * k + 2].copy_from_slice(&x.to_le_bytes());
-        }
-        let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
-        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
-        let got = Profile::of(&t);
-        // Element by element: rows in column order, columns in row order
-        // within each chunk of rows, chunks added in order.
-        let mut x = Vec::new();
-        decode_f64(t.dtype, &t.data(), &mut x);
-        let block = rows_per_chunk(cols);
-        let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
-        let mut row_means = Vec::new();
-        for chunk in x.chunks(block * cols) {
-            let (mut cs, mut cn) = (vec![0.0; cols], vec![0u64; cols]);
-            for row in chunk.chunks(cols) {
-                let (mut s, mut n) = (0.0, 0u64);
-                for (j, v) in row.iter().enumerate() {
-                    if v.is_finite() && *v != 0.0 {
-                        s += v.abs();
-                        n += 1;
-                        cs[j] += v.abs();
-                        cn[j] += 1;
-                    }
-                }
-                row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
+        assert!(2203usize.div_ceil(rows_per_chunk(1000)) > PROFILE_BATCH);
+        for (rows, cols) in [(2203usize, 1000usize), (23, 11008)] {
+            let mut t = gaussian_matrix("w", rows, cols, Dtype::F16, 11);
+            let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+            for k in (0..rows * cols).step_by(97) {
+                let x = half::f16::from_f32(specials[k % specials.len()]);
+                t.data[2 * k..2 * k + 2].copy_from_slice(&x.to_le_bytes());
             }
-            col_sum.iter_mut().zip(&cs).for_each(|(a, b)| *a += b);
-            col_n.iter_mut().zip(&cn).for_each(|(a, b)| *a += b);
-        }
-        let total = col_sum.iter().sum::<f64>() / col_n.iter().sum::<u64>() as f64;
-        let col_means: Vec<f64> = col_sum.iter().zip(&col_n).map(|(s, &n)| s / n as f64).collect();
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
-        // The builder the allocation's pass feeds, one chunk at a time,
-        // gives the same profile.
-        let mut builder = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder"));
-        for chunk in x.chunks(builder.rows_per_chunk() * cols) {
-            builder.add_chunk(chunk);
-        }
-        for p in [got, builder.finish()] {
-            assert_eq!(bits(&p.rows), bits(&row_means));
-            let inverse: Vec<f64> =
-                col_means.iter().map(|&c| if c > 0.0 { 1.0 / c } else { 0.0 }).collect();
-            assert_eq!(bits(&p.inverse_cols), bits(&inverse));
-            assert_eq!(p.total.to_bits(), total.to_bits());
+            let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+            let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+            let got = Profile::of(&t);
+            // Element by element: rows in column order, columns in row order
+            // within each chunk of rows, chunks added in order.
+            let mut x = Vec::new();
+            decode_f64(t.dtype, &t.data(), &mut x);
+            let block = rows_per_chunk(cols);
+            let (mut col_sum, mut col_n) = (vec![0.0; cols], vec![0u64; cols]);
+            let mut row_means = Vec::new();
+            for chunk in x.chunks(block * cols) {
+                let (mut cs, mut cn) = (vec![0.0; cols], vec![0u64; cols]);
+                for row in chunk.chunks(cols) {
+                    let (mut s, mut n) = (0.0, 0u64);
+                    for (j, v) in row.iter().enumerate() {
+                        if v.is_finite() && *v != 0.0 {
+                            s += v.abs();
+                            n += 1;
+                            cs[j] += v.abs();
+                            cn[j] += 1;
+                        }
+                    }
+                    row_means.push(if n > 0 { s / n as f64 } else { 0.0 });
+                }
+                col_sum.iter_mut().zip(&cs).for_each(|(a, b)| *a += b);
+                col_n.iter_mut().zip(&cn).for_each(|(a, b)| *a += b);
+            }
+            let total = col_sum.iter().sum::<f64>() / col_n.iter().sum::<u64>() as f64;
+            let col_means: Vec<f64> =
+                col_sum.iter().zip(&col_n).map(|(s, &n)| s / n as f64).collect();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+            // The builder the allocation's pass feeds, one chunk at a time,
+            // gives the same profile.
+            let mut builder = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder"));
+            for chunk in x.chunks(builder.rows_per_chunk() * cols) {
+                builder.add_chunk(chunk);
+            }
+            for p in [got, builder.finish()] {
+                assert_eq!(bits(&p.rows), bits(&row_means));
+                let inverse: Vec<f64> =
+                    col_means.iter().map(|&c| if c > 0.0 { 1.0 / c } else { 0.0 }).collect();
+                assert_eq!(bits(&p.inverse_cols), bits(&inverse));
+                assert_eq!(p.total.to_bits(), total.to_bits());
+            }
         }
         // A builder given no chunk gives the empty tensor's profile.
-        let empty = ProfileBuilder::new(cols).unwrap_or_else(|| panic!("a builder")).finish();
+        let empty = ProfileBuilder::new(1000).unwrap_or_else(|| panic!("a builder")).finish();
         assert!(empty.rows.is_empty() && empty.inverse_cols.is_empty() && empty.total == 0.0);
     }
 
