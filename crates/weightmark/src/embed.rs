@@ -576,6 +576,7 @@ impl<'o> Marking<'o> {
             recipient,
             ss2.strengths,
             weights,
+            self.informed_check,
         );
         let marked = t.with_data(&data);
         // Measured as `detect` with this release's certificate decides: on

@@ -242,7 +242,8 @@ pub fn embed_tensor(
     strengths: Strengths,
     weights: Option<&TensorWeights>,
 ) -> (Vec<u8>, Fidelity) {
-    let (data, fidelity, _) = mark_tensor(t, axes, release, recipient, strengths, weights, false);
+    let (data, fidelity, _) =
+        mark_tensor(t, axes, release, recipient, strengths, weights, (false, false));
     (data, fidelity)
 }
 
@@ -253,7 +254,8 @@ pub fn embed_tensor(
 /// [`MarkedProfiles::informed`]) need not read it for them. The same
 /// profiles, bit for bit, as [`Profile::of`] of the marked tensor and
 /// [`Profile::of_pair`] of it and the original (the same chunks, decoded
-/// the same way).
+/// the same way); the pair only when `pair` (for an informed check).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn embed_tensor_profiled(
     t: &TensorRef<'_>,
     axes: &Axes<'_>,
@@ -261,8 +263,9 @@ pub(crate) fn embed_tensor_profiled(
     recipient: Option<&dyn SignSource>,
     strengths: Strengths,
     weights: Option<&TensorWeights>,
+    pair: bool,
 ) -> (Vec<u8>, Fidelity, Option<MarkedProfiles>) {
-    mark_tensor(t, axes, release, recipient, strengths, weights, true)
+    mark_tensor(t, axes, release, recipient, strengths, weights, (true, pair))
 }
 
 /// The profiles of a marked tensor that its checks read
@@ -271,8 +274,8 @@ pub(crate) struct MarkedProfiles {
     /// The marked tensor's blind profile ([`Profile::of`]).
     blind: Profile,
     /// The marked tensor's and the original's pair profiles
-    /// ([`Profile::of_pair`]).
-    pair: (Profile, Profile),
+    /// ([`Profile::of_pair`]), if they were asked for.
+    pair: Option<(Profile, Profile)>,
 }
 
 impl MarkedProfiles {
@@ -284,7 +287,7 @@ impl MarkedProfiles {
     /// What the informed check of the marked tensor against its original
     /// (read in place) reads.
     pub(crate) fn informed(&self) -> Known<'_> {
-        Known { blind: None, pair: Some((&self.pair.0, &self.pair.1)) }
+        Known { blind: None, pair: self.pair.as_ref().map(|(x, o)| (x, o)) }
     }
 }
 
@@ -301,8 +304,9 @@ pub(crate) struct Known<'a> {
     pub(crate) pair: Option<(&'a Profile, &'a Profile)>,
 }
 
-/// [`embed_tensor`], with the profile of [`embed_tensor_profiled`] only
-/// when `profiled` (the other callers do not pay for it).
+/// [`embed_tensor`], with the profiles of [`embed_tensor_profiled`] only
+/// when `profiled` (blind, pair) asks for them (the other callers do not
+/// pay for them).
 fn mark_tensor(
     t: &TensorRef<'_>,
     axes: &Axes<'_>,
@@ -310,7 +314,7 @@ fn mark_tensor(
     recipient: Option<&dyn SignSource>,
     strengths: Strengths,
     weights: Option<&TensorWeights>,
-    profiled: bool,
+    (profiled, pair): (bool, bool),
 ) -> (Vec<u8>, Fidelity, Option<MarkedProfiles>) {
     let size = t.dtype.size();
     let (_, cols) = dims(t);
@@ -320,7 +324,7 @@ fn mark_tensor(
     let source = t.data();
     let mut data = source.to_vec();
     let chunk = (block * cols * size).max(1);
-    type Shares = (ChunkProfile, ChunkProfile, ChunkProfile);
+    type Shares = (ChunkProfile, Option<(ChunkProfile, ChunkProfile)>);
     let mark_chunk = |bufs: &mut ChunkBuffers, ci: usize, out: &mut [u8]| {
         let first_row = ci * block;
         let n = out.len() / size;
@@ -361,8 +365,7 @@ fn mark_tensor(
         decode_f64(t.dtype, out, marked);
         let profile: Option<Shares> = profiled.then(|| {
             let blind = chunk_profile(marked, cols, scratch);
-            let (x, o) = pair_chunk_profiles(marked, w, n, cols, scratch);
-            (blind, x, o)
+            (blind, pair.then(|| pair_chunk_profiles(marked, w, n, cols, scratch)))
         });
         (Fidelity::between_in_lanes(w, marked), profile)
     };
@@ -370,7 +373,7 @@ fn mark_tensor(
     // shares are merged in chunk order.
     let mut fidelity = Fidelity::default();
     let builder = || ProfileBuilder::any(cols);
-    let mut profiles = profiled.then(|| [builder(), builder(), builder()]);
+    let mut profiles = profiled.then(|| (builder(), pair.then(|| [builder(), builder()])));
     for (b, batch) in data.chunks_mut(PROFILE_BATCH * chunk).enumerate() {
         let parts: Vec<(Fidelity, Option<Shares>)> = batch
             .par_chunks_mut(chunk)
@@ -382,10 +385,12 @@ fn mark_tensor(
         for (f, p) in parts {
             fidelity = fidelity.merge(f);
             match (profiles.as_mut(), p) {
-                (Some([blind, x, o]), Some((pb, px, po))) => {
+                (Some((blind, pairs)), Some((pb, shares))) => {
                     blind.add_part(pb);
-                    x.add_part(px);
-                    o.add_part(po);
+                    if let (Some([x, o]), Some((px, po))) = (pairs.as_mut(), shares) {
+                        x.add_part(px);
+                        o.add_part(po);
+                    }
                 }
                 // A chunk without a share (a row longer than a chunk): no
                 // profiles.
@@ -394,9 +399,9 @@ fn mark_tensor(
             }
         }
     }
-    let profiles = profiles.map(|[blind, x, o]| MarkedProfiles {
+    let profiles = profiles.map(|(blind, pairs)| MarkedProfiles {
         blind: blind.finish(),
-        pair: (x.finish(), o.finish()),
+        pair: pairs.map(|[x, o]| (x.finish(), o.finish())),
     });
     (data, fidelity, profiles)
 }
@@ -2215,7 +2220,7 @@ mod tests {
             let release = TensorStreams::new(&MarkKey::from_bytes([3; 32]), "w");
             let strengths = Strengths::split(0.01, false);
             let (data, _, profile) =
-                embed_tensor_profiled(&t, &Axes::default(), &release, None, strengths, None);
+                embed_tensor_profiled(&t, &Axes::default(), &release, None, strengths, None, true);
             let marked = t.with_data(&data);
             let Some(p) = profile else {
                 assert!(cols > CHUNK_ELEMENTS, "{rows}x{cols}: no profile");
@@ -2224,12 +2229,9 @@ mod tests {
             assert_eq!(bits(&p.blind), bits(&Profile::of(&marked)), "{rows}x{cols}");
             let stored = Stored { dtype: t.dtype, bytes: t.data() };
             let (x, o) = Profile::of_pair(&marked, &stored, cols);
-            assert_eq!(
-                bits(&p.pair.0),
-                bits(&x),
-                "{rows}x{cols}: the marked tensor's pair profile"
-            );
-            assert_eq!(bits(&p.pair.1), bits(&o), "{rows}x{cols}: the original's pair profile");
+            let Some(pair) = &p.pair else { panic!("{rows}x{cols}: pair profiles asked for") };
+            assert_eq!(bits(&pair.0), bits(&x), "{rows}x{cols}: the marked tensor pair profile");
+            assert_eq!(bits(&pair.1), bits(&o), "{rows}x{cols}: the original pair profile");
             // The checks read them instead of computing them: the same
             // statistics.
             let axes = Axes::default();
