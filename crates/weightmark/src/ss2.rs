@@ -2127,6 +2127,43 @@ mod tests {
     }
 
     #[test]
+    fn blind_y_of_every_row_is_the_element_by_element_rule_bit_for_bit() {
+        // Rows of different means (so each row's scale is not 1), with
+        // zeros, NaN and infinities, and an all-zero column.
+        let (rows, cols) = (97usize, 300usize);
+        let mut t = gaussian_matrix("w", rows, cols, Dtype::F32, 21);
+        let specials = [0.0f32, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for k in 0..rows * cols {
+            let (i, j) = (k / cols, k % cols);
+            let x = f32::from_le_bytes([
+                t.data[4 * k],
+                t.data[4 * k + 1],
+                t.data[4 * k + 2],
+                t.data[4 * k + 3],
+            ]);
+            let x = match (j, k % 61) {
+                (7, _) => 0.0,
+                (_, 0) => specials[(k / 61) % specials.len()],
+                _ => x * (1.0 + i as f32 * 0.37),
+            };
+            t.data[4 * k..4 * k + 4].copy_from_slice(&x.to_le_bytes());
+        }
+        let m = to_model(&[t]).unwrap_or_else(|e| panic!("{e}"));
+        let t = m.tensor("w").unwrap_or_else(|| panic!("w"));
+        let profile = Profile::of(&t);
+        let mut x = Vec::new();
+        decode_f64(t.dtype, &t.data(), &mut x);
+        let (mut y, mut each) = (vec![0.0; cols], vec![0.0; cols]);
+        for (i, row) in x.chunks(cols).enumerate() {
+            row_y(i, 0, cols, row, &profile, None, &mut y, &mut Vec::new());
+            row_y_each(i, 0, cols, row, &profile, None, &mut each);
+            let bits = |v: &[f64]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&each), "row {i}");
+            assert!(y[7].is_nan() && y.iter().filter(|v| v.is_finite()).count() > cols / 2);
+        }
+    }
+
+    #[test]
     fn an_original_read_in_place_gives_the_gathered_originals_profiles_and_y_bit_for_bit() {
         // Suspect and original of the same shape (an unpermuted copy, or
         // `embed`'s own check), with zeros, NaN and infinities in both; the
