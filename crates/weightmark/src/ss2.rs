@@ -320,9 +320,10 @@ fn mark_tensor(
     let (_, cols) = dims(t);
     let layout = Layout::of(axes);
     let block = rows_per_chunk(cols);
-    // Decoded once (a GGUF tensor): the chunks read it, the copy is marked.
+    // Decoded once (a GGUF tensor): the chunks read it and copy their part
+    // into the output (in parallel, while it is in cache), then mark it.
     let source = t.data();
-    let mut data = source.to_vec();
+    let mut data = vec![0u8; source.len()];
     let chunk = (block * cols * size).max(1);
     type Shares = (ChunkProfile, Option<(ChunkProfile, ChunkProfile)>);
     let mark_chunk = |bufs: &mut ChunkBuffers, ci: usize, out: &mut [u8]| {
@@ -330,6 +331,10 @@ fn mark_tensor(
         let n = out.len() / size;
         let start = first_row * cols;
         let input = source.get(start * size..(start + n) * size).unwrap_or_default();
+        // The original bytes first: an element marking leaves alone (not
+        // finite, or overflowing) keeps them.
+        let held = input.len().min(out.len());
+        out[..held].copy_from_slice(&input[..held]);
         if cols > CHUNK_ELEMENTS {
             // One long row (block is 1): read it in pieces.
             let row = LongRow { dtype: t.dtype, i: first_row, cols, layout, weights };
